@@ -1,0 +1,375 @@
+"""Checks on the kustomize base in k8s/, run on what `kubectl kustomize k8s/` renders.
+
+The rendered documents are what a cluster receives, so every check looks at them rather than at the
+source files: schema validation per Kubernetes version, the typed models of the `kubernetes` client,
+cross-object invariants (labels, ports, env sources, shutdown timing) and checkov.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import json
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+from kubernetes.utils import parse_quantity
+
+REPO = Path(__file__).resolve().parents[1]
+K8S_DIR = REPO / "k8s"
+K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34"]
+
+# The Secret is never rendered (it holds values); these are the keys the README's
+# `kubectl create secret generic message-app-secrets` command and init.sh's overlay create.
+SECRET_NAME = "message-app-secrets"
+SECRET_KEYS = {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
+# Environment the app and gunicorn.conf.py read (the app contract). Each must get a value from the
+# manifests, unless listed in APP_DEFAULTS, where the app's own default is the intended one.
+APP_ENV_VARS = {
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_TLS",
+    "REDIS_AUTH_TOKEN",
+    "REDIS_DB",
+    "SECRET_KEY",
+    "SESSION_LIFETIME_SECONDS",
+    "MESSAGE_MAX_LENGTH",
+    "MESSAGES_MAX_PER_SESSION",
+    "SESSION_COOKIE_SECURE",
+    "REDIS_CLIENT_CACHE",
+    "LOG_LEVEL",
+    "REPLICA_NAME",
+    "WEB_CONCURRENCY",
+    "FORWARDED_ALLOW_IPS",
+}
+APP_DEFAULTS = {"REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+"}
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
+# gunicorn.conf.py's graceful_timeout per the app contract, used until that file exists.
+CONTRACT_GRACEFUL_TIMEOUT = 20
+
+
+def _render() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders the kustomize base offline)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
+    """Render once per module; the file copy is what checkov scans."""
+    docs = _render()
+    path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return docs, path
+
+
+@pytest.fixture(scope="module")
+def docs(rendered: tuple[list[dict[str, Any]], Path]) -> list[dict[str, Any]]:
+    return rendered[0]
+
+
+def _model_name(doc: dict[str, Any]) -> str:
+    """`apps/v1` + `Deployment` -> `V1Deployment`, the client's class naming."""
+    version = doc["apiVersion"].rpartition("/")[2]
+    return version[0].upper() + version[1:] + doc["kind"]
+
+
+def _to_model(doc: dict[str, Any]) -> Any:
+    """Deserialize like the client does for an API response (its signature changed in v32)."""
+    client = ApiClient()
+    text = json.dumps(doc)
+    if "response_text" in inspect.signature(client.deserialize).parameters:
+        return client.deserialize(text, _model_name(doc), "application/json")
+    return client.deserialize(SimpleNamespace(data=text), _model_name(doc))
+
+
+@pytest.fixture(scope="module")
+def models(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One typed model per kind; the base has exactly one object of each kind."""
+    return {doc["kind"]: _to_model(doc) for doc in docs}
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_renders_the_expected_objects_and_no_secret(docs: list[dict[str, Any]]) -> None:
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    config_name = _one(docs, "ConfigMap")["metadata"]["name"]
+    assert config_name.startswith("message-app-config-"), "generator adds a content hash"
+    assert kinds == sorted(
+        [
+            ("ConfigMap", config_name),
+            ("Deployment", "message-app"),
+            ("HorizontalPodAutoscaler", "message-app"),
+            ("NetworkPolicy", "message-app"),
+            ("PodDisruptionBudget", "message-app"),
+            ("Service", "message-app"),
+            ("ServiceAccount", "message-app"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_strictly(docs: list[dict[str, Any]], version: str) -> None:
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_catches_a_misspelled_field(docs: list[dict[str, Any]]) -> None:
+    """Guards the check above: clients silently ignore a typo'd probe name."""
+    bad = copy.deepcopy(_one(docs, "Deployment"))
+    container = bad["spec"]["template"]["spec"]["containers"][0]
+    container["livenessprobe"] = container.pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSIONS[-1], strict=True)
+
+
+def test_every_object_round_trips_through_the_typed_models(docs: list[dict[str, Any]]) -> None:
+    """The client drops fields it does not know, so equality proves every field was understood."""
+    client = ApiClient()
+    for doc in docs:
+        assert client.sanitize_for_serialization(_to_model(doc)) == doc, doc["kind"]
+
+
+def test_no_object_sets_a_namespace(docs: list[dict[str, Any]]) -> None:
+    assert [d["kind"] for d in docs if "namespace" in d["metadata"]] == []
+
+
+def test_selectors_match_the_pod_labels(models: dict[str, Any]) -> None:
+    deployment = models["Deployment"]
+    pod_labels = deployment.spec.template.metadata.labels
+    selectors = {
+        "Deployment": deployment.spec.selector.match_labels,
+        "Service": models["Service"].spec.selector,
+        "PodDisruptionBudget": models["PodDisruptionBudget"].spec.selector.match_labels,
+        "NetworkPolicy": models["NetworkPolicy"].spec.pod_selector.match_labels,
+    }
+    for i, spread in enumerate(deployment.spec.template.spec.topology_spread_constraints):
+        selectors[f"topologySpread[{i}]"] = spread.label_selector.match_labels
+    for owner, selector in selectors.items():
+        assert selector, owner
+        assert selector.items() <= pod_labels.items(), owner
+    assert deployment.spec.selector.match_expressions is None
+    target = models["HorizontalPodAutoscaler"].spec.scale_target_ref
+    assert (target.api_version, target.kind, target.name) == (
+        "apps/v1",
+        "Deployment",
+        deployment.metadata.name,
+    )
+
+
+def test_pods_carry_the_recommended_labels(models: dict[str, Any]) -> None:
+    labels = models["Deployment"].spec.template.metadata.labels
+    assert labels["app.kubernetes.io/name"] == "message-app"
+    assert {"app.kubernetes.io/component", "app.kubernetes.io/part-of"} <= labels.keys()
+
+
+def _resolve_port(port: int | str, container: Any) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p.container_port for p in container.ports if p.name == port]
+    return number
+
+
+def test_ports_line_up(models: dict[str, Any]) -> None:
+    (container,) = models["Deployment"].spec.template.spec.containers
+    assert [(p.name, p.container_port) for p in container.ports] == [("http", 8080)]
+    (service_port,) = models["Service"].spec.ports
+    assert (service_port.name, service_port.port) == ("http", 80)
+    assert models["Service"].spec.type == "LoadBalancer"
+    assert _resolve_port(service_port.target_port, container) == 8080
+    for probe in (container.startup_probe, container.liveness_probe, container.readiness_probe):
+        assert _resolve_port(probe.http_get.port, container) == 8080
+    assert container.readiness_probe.http_get.path == "/readyz"
+    assert container.liveness_probe.http_get.path == "/healthz"
+    assert container.startup_probe.http_get.path == "/healthz"
+    (ingress,) = models["NetworkPolicy"].spec.ingress
+    ingress_ports = [(_resolve_port(p.port, container), p.protocol) for p in ingress.ports]
+    assert ingress_ports == [(8080, "TCP")]
+
+
+def test_network_policy_egress_allows_dns_and_the_configured_redis_port(
+    models: dict[str, Any],
+) -> None:
+    policy = models["NetworkPolicy"].spec
+    assert sorted(policy.policy_types) == ["Egress", "Ingress"]
+    allowed = {(p.port, p.protocol) for rule in policy.egress for p in rule.ports}
+    redis_port = int(models["ConfigMap"].data["REDIS_PORT"])
+    assert allowed == {(53, "UDP"), (53, "TCP"), (redis_port, "TCP")}
+
+
+def _env_vars_read_by(path: Path) -> set[str]:
+    """Names of the environment variables a Python file looks up.
+
+    Catches os.environ.get/os.getenv/os.environ[...] and helpers called with the environment as
+    an argument (`_integer(env, "REDIS_PORT", ...)`), which is how settings modules read it.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        candidates: list[ast.expr] = []
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func).lower()
+            passes_env = any("env" in ast.unparse(arg).lower() for arg in node.args)
+            if "env" in func or passes_env:
+                candidates = list(node.args)
+        elif isinstance(node, ast.Subscript) and "environ" in ast.unparse(node.value):
+            candidates = [node.slice]
+        # The name comes before any default value (`_choice(env, "LOG_LEVEL", "INFO", ...)`).
+        strings = [c.value for c in candidates if isinstance(c, ast.Constant)]
+        first = next((v for v in strings if isinstance(v, str)), "")
+        if ENV_NAME.fullmatch(first):
+            names.add(first)
+    return names
+
+
+def test_the_contract_env_list_covers_what_the_app_reads() -> None:
+    """Keeps APP_ENV_VARS honest once the app's settings module exists."""
+    sources = [REPO / "app" / "config.py", REPO / "gunicorn.conf.py"]
+    present = [p for p in sources if p.exists()]
+    if not present:
+        pytest.skip("app/config.py and gunicorn.conf.py are not written yet")
+    read = set().union(*(_env_vars_read_by(p) for p in present))
+    assert read, "the parser found no environment lookups; it needs updating"
+    assert read <= APP_ENV_VARS, sorted(read - APP_ENV_VARS)
+
+
+def test_every_env_var_has_a_source_and_every_referenced_key_exists(
+    models: dict[str, Any],
+) -> None:
+    (container,) = models["Deployment"].spec.template.spec.containers
+    config = models["ConfigMap"]
+    sources: dict[str, str] = {}
+    for env_from in container.env_from:
+        assert env_from.secret_ref is None, "secrets are mapped key by key below"
+        assert env_from.config_map_ref.name == config.metadata.name
+        sources.update(dict.fromkeys(config.data, "configmap"))
+    for var in container.env:
+        ref = var.value_from
+        if ref.secret_key_ref is not None:
+            assert ref.secret_key_ref.name == SECRET_NAME
+            assert ref.secret_key_ref.key in SECRET_KEYS
+            # Only the Redis token may be absent (Redis without AUTH); a pod without SECRET_KEY
+            # must not start, or replicas would sign cookies with different keys.
+            assert bool(ref.secret_key_ref.optional) == (var.name == "REDIS_AUTH_TOKEN")
+            sources[var.name] = "secret"
+        else:
+            assert ref.field_ref.field_path == "metadata.name"
+            sources[var.name] = "fieldRef"
+    missing = APP_ENV_VARS - sources.keys() - APP_DEFAULTS.keys()
+    assert not missing, sorted(missing)
+    assert not sources.keys() - APP_ENV_VARS, "the manifests set variables nobody reads"
+    assert sources["REPLICA_NAME"] == "fieldRef"
+    assert {k for k, v in sources.items() if v == "secret"} == SECRET_KEYS
+
+
+def _graceful_timeout() -> float:
+    conf = REPO / "gunicorn.conf.py"
+    if not conf.exists():
+        return CONTRACT_GRACEFUL_TIMEOUT
+    return float(runpy.run_path(str(conf)).get("graceful_timeout", 30))  # gunicorn's default
+
+
+def test_graceful_shutdown_fits_in_the_grace_period(models: dict[str, Any]) -> None:
+    pod = models["Deployment"].spec.template.spec
+    (container,) = pod.containers
+    pre_stop = container.lifecycle.pre_stop
+    if pre_stop.sleep is not None:
+        pause = pre_stop.sleep.seconds
+    else:
+        command = pre_stop._exec.command
+        assert command[0] in {"sleep", "/bin/sleep"}
+        pause = int(command[1])
+    assert pause >= 5, "too short for the endpoint removal to reach the load balancer"
+    assert pause + _graceful_timeout() < pod.termination_grace_period_seconds
+
+
+def test_requests_do_not_exceed_limits(models: dict[str, Any]) -> None:
+    (container,) = models["Deployment"].spec.template.spec.containers
+    resources = container.resources
+    assert resources.requests.keys() == resources.limits.keys() == {"cpu", "memory"}
+    for name, request in resources.requests.items():
+        assert parse_quantity(request) <= parse_quantity(resources.limits[name]), name
+
+
+def test_pod_meets_the_restricted_pod_security_standard(models: dict[str, Any]) -> None:
+    pod = models["Deployment"].spec.template.spec
+    (container,) = pod.containers
+    assert pod.automount_service_account_token is False
+    assert pod.security_context.run_as_non_root is True
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert pod.host_network is None and pod.host_pid is None and pod.host_ipc is None
+    user = container.security_context.run_as_user or pod.security_context.run_as_user
+    assert isinstance(user, int) and user > 0
+    ctx = container.security_context
+    assert ctx.allow_privilege_escalation is False
+    assert ctx.privileged is None
+    assert ctx.capabilities.drop == ["ALL"] and ctx.capabilities.add is None
+    assert ctx.read_only_root_filesystem is True
+    mounts = {m.mount_path: m.name for m in container.volume_mounts}
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes[mounts["/tmp"]].empty_dir is not None
+    assert all(v.host_path is None for v in pod.volumes)
+
+
+def test_capacity_objects_agree(models: dict[str, Any]) -> None:
+    replicas = models["Deployment"].spec.replicas
+    hpa = models["HorizontalPodAutoscaler"].spec
+    assert replicas == hpa.min_replicas == 3
+    assert hpa.max_replicas >= hpa.min_replicas
+    (metric,) = hpa.metrics
+    assert metric.resource.name == "cpu" and metric.resource.target.type == "Utilization"
+    pdb = models["PodDisruptionBudget"].spec
+    assert pdb.max_unavailable == 1 and pdb.min_available is None
+    zones = {
+        c.topology_key for c in models["Deployment"].spec.template.spec.topology_spread_constraints
+    }
+    assert zones == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+
+
+def test_checkov_finds_no_failed_checks(rendered: tuple[list[dict[str, Any]], Path]) -> None:
+    path = rendered[1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "checkov.main",
+            "-f",
+            str(path),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(proc.stdout)
+    summary = report["summary"]
+    failed = [c["check_id"] for c in report["results"]["failed_checks"]]
+    assert failed == [] and summary["failed"] == 0
+    assert summary["passed"] > 50
+    # Passed and skipped checks are listed too (no --quiet), so the reasons can be checked.
+    assert summary["skipped"] == len(report["results"]["skipped_checks"]) > 0
+    for skipped in report["results"]["skipped_checks"]:
+        reason = skipped["check_result"].get("suppress_comment", "")
+        assert len(reason) > 20 and reason != "No comment provided", skipped["check_id"]
