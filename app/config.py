@@ -1,0 +1,128 @@
+"""Settings, read once from the environment.
+
+The environment is the only source of configuration so that the same image runs locally,
+in CI and on EKS, where a ConfigMap and a Secret supply these variables. Every value is
+checked here, at start-up, so a typo stops the process with one line that names the
+variable instead of surfacing later as a confusing runtime error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import current_app
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A variable is missing or malformed; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment, validated."""
+
+    redis_host: str | None
+    redis_port: int
+    redis_tls: bool
+    redis_auth_token: str | None
+    redis_db: int
+    redis_client_cache: bool
+    secret_key: str
+    session_lifetime_seconds: int
+    session_cookie_secure: bool
+    message_max_length: int
+    messages_max_per_session: int
+    log_level: str
+    replica_name: str
+
+    @property
+    def max_content_length(self) -> int:
+        """The largest request body worth reading.
+
+        Derived rather than configured: a maximal message percent-encodes to at most
+        12 bytes per character (4 UTF-8 bytes, each as %XX), plus room for the token.
+        """
+        return self.message_max_length * 12 + 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        redis_host = _text(env, "REDIS_HOST")
+        secret_key = _text(env, "SECRET_KEY")
+        if redis_host is None:
+            raise ConfigError(
+                "REDIS_HOST is not set: set it to the Redis/Valkey host (the ConfigMap does this "
+                "on Kubernetes), or run `python -m app`, which starts an embedded Valkey"
+            )
+        if secret_key is None:
+            raise ConfigError(
+                "SECRET_KEY is not set: every replica must share one random secret "
+                '(e.g. python -c "import secrets; print(secrets.token_hex(32))")'
+            )
+        if len(secret_key) < 16:
+            raise ConfigError("SECRET_KEY is too short: use at least 16 characters (32+ random)")
+        return cls(
+            redis_host=redis_host,
+            redis_port=_integer(env, "REDIS_PORT", 6379, 1, 65535),
+            redis_tls=_boolean(env, "REDIS_TLS", False),
+            redis_auth_token=_text(env, "REDIS_AUTH_TOKEN"),
+            redis_db=_integer(env, "REDIS_DB", 0, 0, 15),
+            redis_client_cache=_boolean(env, "REDIS_CLIENT_CACHE", True),
+            secret_key=secret_key,
+            session_lifetime_seconds=_integer(env, "SESSION_LIFETIME_SECONDS", 1800, 60, 2_592_000),
+            session_cookie_secure=_boolean(env, "SESSION_COOKIE_SECURE", False),
+            message_max_length=_integer(env, "MESSAGE_MAX_LENGTH", 2000, 1, 100_000),
+            messages_max_per_session=_integer(env, "MESSAGES_MAX_PER_SESSION", 500, 1, 1_000_000),
+            log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
+            replica_name=_text(env, "REPLICA_NAME") or socket.gethostname(),
+        )
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number ({low}-{high})") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.upper() not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw.upper()
+
+
+def current_settings() -> Settings:
+    """The settings of the app handling the current request."""
+    return current_app.extensions["settings"]

@@ -1,0 +1,259 @@
+"""The session interface: flask-session's Redis interface, tightened.
+
+What it changes, and why:
+
+* JSON only. flask-session 0.8 falls back to ``pickle.loads`` when decoding fails, so anyone
+  able to write to Redis could run code in the app; here an undecodable document is logged and
+  treated as no session.
+* The CSRF secret lives in its own signed cookie, not in Redis. flask-wtf keeps its secret
+  in the session, which would store a Redis key for every visitor who merely sees a form;
+  this way a session is stored only once it holds something (the first saved message).
+* No rewrite of an unchanged session. flask-session rewrites the whole document on every
+  request; here it is written when modified, and the sliding expiry is refreshed with one
+  pipelined EXPIRE pair at most once per refresh interval per worker.
+* Health checks and static files never open a session; a Redis failure while opening one
+  yields a marker session that the app turns into a 503 (Flask opens the session before any
+  view or error handler runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import NullSession
+from flask_session.base import Serializer, ServerSideSession
+from flask_session.redis import RedisSessionInterface
+from itsdangerous import BadSignature, URLSafeSerializer
+from redis import RedisError
+
+from .store import MessageStore, SessionGone
+
+log = logging.getLogger(__name__)
+
+CSRF_KEY = "csrf_token"  # flask-wtf's session key (WTF_CSRF_FIELD_NAME)
+CSRF_COOKIE = "csrf"
+SESSIONLESS_PREFIXES = ("/healthz", "/readyz", "/static/")
+_REFRESH_MEMORY = 50_000  # sessions whose last TTL refresh a worker remembers
+
+
+class StrictJSONSerializer(Serializer):
+    """Session documents as JSON; anything else is rejected, never unpickled."""
+
+    def encode(self, session: Mapping[str, Any]) -> bytes:
+        return json.dumps(
+            {k: v for k, v in session.items() if k != CSRF_KEY}, separators=(",", ":")
+        ).encode()
+
+    def decode(self, serialized_data: bytes) -> dict:
+        value = json.loads(serialized_data)
+        if not isinstance(value, dict):
+            raise ValueError("a session document must be a JSON object")
+        return value
+
+
+class MessageSession(ServerSideSession):
+    """A server-side session that knows whether it was loaded from Redis."""
+
+    stored: bool = False  # loaded from Redis, as opposed to new in this request
+    csrf_cookie_secret: str | None = None  # the CSRF secret as the request's cookie held it
+    ended: bool = False  # destroyed or found gone: the browser's cookie is to be deleted
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A short, non-secret label for the page: the session id itself is a bearer credential."""
+        if not self.stored and not self.has_content:
+            return None
+        return hashlib.sha256(self.sid.encode()).hexdigest()[:12]
+
+    @property
+    def has_content(self) -> bool:
+        return any(key not in (CSRF_KEY, "_permanent") for key in self.keys())
+
+
+class UnavailableSession(NullSession):
+    """Stands in for the session when Redis could not be reached while opening it."""
+
+
+class MessageSessionInterface(RedisSessionInterface):
+    session_class = MessageSession
+
+    def __init__(self, app: Flask, store: MessageStore, lifetime_seconds: int) -> None:
+        super().__init__(
+            app,
+            client=store.client,
+            key_prefix="session:",
+            use_signer=False,
+            permanent=True,
+            sid_length=32,
+            serialization_format="json",
+        )
+        self.serializer = StrictJSONSerializer()
+        self.store = store
+        self.lifetime_seconds = lifetime_seconds
+        # Sliding expiry without a write per request: refreshing at most every tenth of the
+        # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
+        self.refresh_interval = min(60.0, lifetime_seconds / 10)
+        self._refreshed: OrderedDict[str, float] = OrderedDict()
+        self._csrf_signer = URLSafeSerializer(app.secret_key, salt="csrf-cookie")
+
+    # Reading -----------------------------------------------------------------------------
+
+    def open_session(self, app: Flask, request: Request) -> Any:
+        if request.path.startswith(SESSIONLESS_PREFIXES):
+            return self.make_null_session(app)
+        try:
+            session = super().open_session(app, request)
+        except RedisError as exc:
+            log.warning("session store unavailable while opening a session: %s", exc)
+            return UnavailableSession()
+        session.stored = request.cookies.get(self.get_cookie_name(app)) == session.sid
+        csrf_secret = self._read_csrf_cookie(request)
+        session.csrf_cookie_secret = csrf_secret
+        if csrf_secret is not None:
+            # Bypass the change callback: restoring the secret is not a modification.
+            dict.__setitem__(session, CSRF_KEY, csrf_secret)
+        return session
+
+    def _retrieve_session_data(self, store_id: str) -> dict | None:
+        raw = self.store.reads.get(store_id)
+        if raw is None:
+            return None
+        try:
+            return self.serializer.decode(raw)
+        except ValueError:
+            log.warning("ignoring a session document that is not JSON: %s", store_id[-6:])
+            return None
+
+    def _read_csrf_cookie(self, request: Request) -> str | None:
+        value = request.cookies.get(CSRF_COOKIE)
+        if not value:
+            return None
+        try:
+            secret = self._csrf_signer.loads(value)
+        except BadSignature:
+            return None
+        return secret if isinstance(secret, str) else None
+
+    # Writing -----------------------------------------------------------------------------
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        if not isinstance(session, MessageSession):
+            return
+        self._write_csrf_cookie(app, session, response)
+        response.vary.add("Cookie")
+        if session.ended:
+            response.delete_cookie(
+                self.get_cookie_name(app),
+                domain=self.get_cookie_domain(app),
+                path=self.get_cookie_path(app),
+            )
+            return
+        if not session.has_content:
+            return
+        store_id = self._get_store_id(session.sid)
+        if session.modified:
+            self._upsert_session(app.permanent_session_lifetime, session, store_id)
+            self._remember_refresh(store_id)
+        else:
+            self._refresh_if_due(store_id)
+        response.set_cookie(
+            self.get_cookie_name(app),
+            session.sid,
+            expires=self.get_expiration_time(app, session),
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+
+    # The operations the views need ---------------------------------------------------------
+    # They write to Redis inside the view, where a RedisError becomes a clean 503; Flask calls
+    # save_session after the view, where an error could only be a 500.
+
+    def messages(self, session: MessageSession) -> list[str]:
+        if not session.stored:
+            return []
+        return self.store.messages(self._get_store_id(session.sid))
+
+    def append_message(self, session: MessageSession, text: str, limit: int) -> int:
+        """Store one message; a new session's document is created in the same script."""
+        started = None
+        document = None
+        if not session.stored:
+            started = datetime.now(UTC).isoformat(timespec="seconds")
+            document = self.serializer.encode({**session, "started": started})
+        store_id = self._get_store_id(session.sid)
+        try:
+            count = self.store.append(
+                store_id, text, limit=limit, ttl_seconds=self.lifetime_seconds, document=document
+            )
+        except SessionGone:
+            self.end(session)
+            raise
+        if started is not None:
+            # Already stored by the script: bypass the change callback so that
+            # save_session does not write the document a second time.
+            dict.__setitem__(session, "started", started)
+            session.stored = True
+        self._remember_refresh(store_id)
+        return count
+
+    def destroy(self, session: MessageSession) -> None:
+        if session.stored:
+            store_id = self._get_store_id(session.sid)
+            self.store.delete(store_id)
+            self._refreshed.pop(store_id, None)
+        self.end(session)
+
+    def end(self, session: MessageSession) -> None:
+        """Forget the session here and in the browser (its keys are gone from Redis)."""
+        csrf_secret = dict.get(session, CSRF_KEY)
+        session.clear()
+        if csrf_secret is not None:
+            dict.__setitem__(session, CSRF_KEY, csrf_secret)
+        session.stored = False
+        session.ended = True
+
+    def _delete_session(self, store_id: str) -> None:
+        self.store.delete(store_id)
+        self._refreshed.pop(store_id, None)
+
+    def _refresh_if_due(self, store_id: str) -> None:
+        last = self._refreshed.get(store_id)
+        if last is not None and time.monotonic() - last < self.refresh_interval:
+            return
+        try:
+            self.store.refresh(store_id, self.lifetime_seconds)
+        except RedisError as exc:
+            # The page is already rendered; a missed refresh only shortens the idle timeout.
+            log.warning("could not refresh the session expiry: %s", exc)
+            return
+        self._remember_refresh(store_id)
+
+    def _remember_refresh(self, store_id: str) -> None:
+        self._refreshed[store_id] = time.monotonic()
+        self._refreshed.move_to_end(store_id)
+        if len(self._refreshed) > _REFRESH_MEMORY:
+            self._refreshed.popitem(last=False)
+
+    def _write_csrf_cookie(self, app: Flask, session: MessageSession, response: Response) -> None:
+        secret = dict.get(session, CSRF_KEY)
+        if secret is None or secret == session.csrf_cookie_secret:
+            return
+        response.set_cookie(
+            CSRF_COOKIE,
+            self._csrf_signer.dumps(secret),
+            httponly=True,
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            path=self.get_cookie_path(app),
+        )

@@ -1,0 +1,86 @@
+"""The message pages: the same paths and forms as the original Spring Boot sample."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response
+
+from .config import current_settings
+from .store import SessionFull, SessionGone
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("messages", __name__)
+
+
+@bp.get("/")
+def index() -> Any:
+    return render_page()
+
+
+@bp.post("/persistMessage")
+def persist_message() -> Any:
+    settings = current_settings()
+    raw = request.form.get("message")
+    text = (raw or "").strip()
+    if not text:
+        log.info("message refused: empty")
+        return render_page(400, "Write a message before saving: it was empty.", draft=raw or "")
+    if len(text) > settings.message_max_length:
+        log.info("message refused: %d characters", len(text))
+        return render_page(
+            400,
+            f"A message can be at most {settings.message_max_length:,} characters; "
+            f"this one has {len(text):,}. Nothing was saved.",
+            draft=raw or "",
+        )
+    try:
+        current_app.session_interface.append_message(
+            session._get_current_object(), text, settings.messages_max_per_session
+        )
+    except SessionFull:
+        log.info("message refused: session full")
+        return render_page(
+            409,
+            f"This session already holds {settings.messages_max_per_session:,} messages, the most "
+            "it can keep. Nothing was saved; destroy the session to start over.",
+            draft=raw or "",
+        )
+    except SessionGone:
+        log.info("message refused: session ended meanwhile")
+        return render_page(
+            409,
+            "Your session ended (it expired or was destroyed in another tab), so the message "
+            "was not saved. Save it again to start a new session.",
+            draft=raw or "",
+        )
+    return redirect(url_for(".index"), code=303)
+
+
+@bp.post("/destroy")
+def destroy() -> Response:
+    current_app.session_interface.destroy(session._get_current_object())
+    return redirect(url_for(".index"), code=303)
+
+
+def render_page(status: int = 200, error: str | None = None, draft: str = "") -> Any:
+    """The message page, also for refused input: the reason is shown above the messages,
+    which are read back from Redis to show that they are intact."""
+    settings = current_settings()
+    return (
+        render_template(
+            "index.html",
+            messages=current_app.session_interface.messages(session._get_current_object()),
+            fingerprint=session.fingerprint,
+            started=session.get("started"),
+            lifetime_minutes=settings.session_lifetime_seconds // 60,
+            replica=settings.replica_name,
+            max_length=settings.message_max_length,
+            error=error,
+            draft=draft,
+        ),
+        status,
+    )
