@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Creates or updates the AWS infrastructure of flask-eks-sessions with CloudFormation:
+# the bootstrap stack (template bucket, ECR repository), then the main stack (VPC, EKS, ElastiCache).
+# Re-runnable: an unchanged stack is "no changes", not an error. Works with bash 3.2 (macOS) and GNU/BSD tools.
+set -euo pipefail
+
+PROG=${0##*/}
+ROOT=$(cd "$(dirname "$0")" && pwd)
+CFN_DIR="$ROOT/cfn"
+
+usage() {
+  cat <<EOF
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-o KEY=VALUE]... [-h]
+
+Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
+ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
+(VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs.
+Safe to re-run: unchanged stacks are left alone.
+
+  -p PROFILE        AWS CLI profile (required); every aws call uses it
+  -r REGION         AWS region (default: the profile's region, aws configure get region)
+  -s STACK_NAME     main stack name (default: flask-eks-sessions)
+  -a PRINCIPAL_ARN  IAM role or user given cluster-admin on EKS (default: the caller, from
+                    aws sts get-caller-identity; an assumed-role session becomes its role ARN)
+  -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o EKSNodeGroupDesiredSize=2);
+                    parameters not given fall back to the template defaults on every run
+  -h                show this help
+
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a and -o are new.
+Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
+EOF
+}
+
+die() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+
+usage_error() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  usage >&2
+  exit 2
+}
+
+say() {
+  printf '==> %s\n' "$*"
+}
+
+PROFILE=""
+REGION=""
+STACK="flask-eks-sessions"
+PRINCIPAL=""
+OVERRIDES=()
+
+if [ "${1:-}" = "--help" ]; then
+  usage
+  exit 0
+fi
+while getopts ':p:r:s:a:o:h' opt; do
+  case $opt in
+    p) PROFILE=$OPTARG ;;
+    r) REGION=$OPTARG ;;
+    s) STACK=$OPTARG ;;
+    a) PRINCIPAL=$OPTARG ;;
+    o)
+      case $OPTARG in
+        [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
+        *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
+      esac
+      ;;
+    h)
+      usage
+      exit 0
+      ;;
+    :) usage_error "option -$OPTARG needs a value" ;;
+    *) usage_error "unknown option -$OPTARG" ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 0 ] || usage_error "unexpected argument: $1"
+[ -n "$PROFILE" ] || usage_error "missing -p PROFILE (the AWS CLI profile to deploy with)"
+BOOTSTRAP="$STACK-bootstrap"
+
+# Check every prerequisite before touching anything, and name all that are missing at once.
+missing=0
+if ! command -v aws >/dev/null 2>&1; then
+  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
+  missing=1
+fi
+if ! command -v jq >/dev/null 2>&1; then
+  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
+  missing=1
+fi
+[ "$missing" -eq 0 ] || exit 1
+for t in bootstrap main network securitygroups cache eks; do
+  [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
+done
+
+if [ -z "$REGION" ]; then
+  REGION=$(aws configure get region --profile "$PROFILE" || true)
+fi
+[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
+
+# Every AWS call goes through here so none can miss the profile or the region.
+awsp() {
+  aws --profile "$PROFILE" --region "$REGION" "$@"
+}
+
+# Prints the stack's status, or NONE when it does not exist; any other error is fatal.
+stack_status() {
+  local out
+  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>&1); then
+    jq -r '.Stacks[0].StackStatus' <<<"$out"
+  elif grep -q 'does not exist' <<<"$out"; then
+    echo NONE
+  else
+    printf '%s\n' "$out" >&2
+    die "could not read stack $1"
+  fi
+}
+
+# Prints the FAILED events of the stack's latest operation, then those of the nested stacks that
+# failed in it, because the parent only says "Embedded stack ... was not successfully created".
+print_failed_events() {
+  local stack=$1 depth=${2:-0} events nested
+  events=$(awsp cloudformation describe-stack-events --stack-name "$stack" --output json) || return 0
+  # Events come newest first; the latest operation starts at the stack's own "User Initiated" event.
+  events=$(jq '.StackEvents
+    | (first(range(length) as $i | select(.[$i].ResourceStatusReason == "User Initiated"
+        and .[$i].PhysicalResourceId == .[$i].StackId) | $i) // length) as $end
+    | .[:$end + 1] | map(select(.ResourceStatus | test("FAILED")))' <<<"$events")
+  printf '%s: failed events of stack %s:\n' "$PROG" "$stack" >&2
+  jq -r '.[] | "  \(.Timestamp)  \(.LogicalResourceId)  \(.ResourceType)  \(.ResourceStatus)  \(.ResourceStatusReason // "")"' <<<"$events" >&2
+  [ "$depth" -lt 3 ] || return 0
+  nested=$(jq -r '.[] | select(.ResourceType == "AWS::CloudFormation::Stack"
+    and (.PhysicalResourceId // "") != "" and .PhysicalResourceId != .StackId) | .PhysicalResourceId' <<<"$events" | sort -u)
+  local id
+  for id in $nested; do
+    print_failed_events "$id" $((depth + 1))
+  done
+}
+
+# Creates the stack or updates it; "no updates" is success. Remaining arguments go to create/update-stack.
+deploy_stack() {
+  local name=$1 status out
+  shift
+  status=$(stack_status "$name")
+  case $status in
+    ROLLBACK_COMPLETE)
+      # A stack whose creation rolled back holds no resources and cannot be updated: recreate it.
+      print_failed_events "$name"
+      say "stack $name is $status from an earlier failed creation: deleting it before creating it again"
+      awsp cloudformation delete-stack --stack-name "$name"
+      awsp cloudformation wait stack-delete-complete --stack-name "$name" || die "could not delete $name"
+      status=NONE
+      ;;
+  esac
+  case $status in
+    NONE)
+      say "creating stack $name (waiting; follow it in the CloudFormation console)"
+      awsp cloudformation create-stack --stack-name "$name" "$@" --output json >/dev/null
+      if ! awsp cloudformation wait stack-create-complete --stack-name "$name"; then
+        print_failed_events "$name"
+        die "creating stack $name failed (events above); fix the cause and run $PROG again"
+      fi
+      ;;
+    CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE)
+      say "updating stack $name"
+      if out=$(awsp cloudformation update-stack --stack-name "$name" "$@" --output json 2>&1); then
+        if ! awsp cloudformation wait stack-update-complete --stack-name "$name"; then
+          print_failed_events "$name"
+          die "updating stack $name failed (events above); it rolled back to its previous state"
+        fi
+      elif grep -q 'No updates are to be performed' <<<"$out"; then
+        say "No changes to deploy: stack $name is up to date"
+      else
+        printf '%s\n' "$out" >&2
+        die "could not update stack $name"
+      fi
+      ;;
+    *_IN_PROGRESS)
+      die "stack $name is busy ($status); wait until it finishes, then run $PROG again"
+      ;;
+    *)
+      print_failed_events "$name"
+      die "stack $name is in state $status and cannot be updated; see the events above (./destroy.sh removes it)"
+      ;;
+  esac
+}
+
+# Prints one output (empty when absent) from describe-stacks JSON given as $1.
+output_of() {
+  jq -r --arg k "$2" '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == $k) | .OutputValue' <<<"$1"
+}
+
+caller_principal() {
+  local arn
+  arn=$(awsp sts get-caller-identity --output json | jq -r .Arn)
+  case $arn in
+    arn:*:sts::*:assumed-role/*)
+      # EKS access entries need the role, not the temporary session: arn:P:sts::A:assumed-role/R/S -> arn:P:iam::A:role/R
+      local partition account role
+      partition=${arn#arn:}
+      partition=${partition%%:*}
+      account=${arn#arn:*:sts::}
+      account=${account%%:*}
+      role=${arn#*:assumed-role/}
+      role=${role%%/*}
+      arn="arn:$partition:iam::$account:role/$role"
+      ;;
+    arn:*:iam::*:root)
+      die "you are signed in as the account root user, which cannot be a cluster admin: pass -a with an IAM role or user ARN"
+      ;;
+  esac
+  printf '%s\n' "$arn"
+}
+
+say "profile $PROFILE, region $REGION, stacks $BOOTSTRAP and $STACK"
+if [ -z "$PRINCIPAL" ]; then
+  PRINCIPAL=$(caller_principal)
+fi
+say "cluster admin: $PRINCIPAL"
+
+for t in "$CFN_DIR"/*.yaml; do
+  say "validating ${t##*/}"
+  awsp cloudformation validate-template --template-body "file://$t" --output json >/dev/null ||
+    die "template ${t##*/} is invalid (see above)"
+done
+
+deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml"
+BOOTSTRAP_JSON=$(awsp cloudformation describe-stacks --stack-name "$BOOTSTRAP" --output json)
+BUCKET=$(output_of "$BOOTSTRAP_JSON" TemplateBucketName)
+REPO_URI=$(output_of "$BOOTSTRAP_JSON" EcrRepositoryUri)
+if [ -z "$BUCKET" ] || [ -z "$REPO_URI" ]; then
+  die "stack $BOOTSTRAP has no TemplateBucketName/EcrRepositoryUri output"
+fi
+
+# main.yaml reads the nested templates from the bucket root (https://BUCKET.s3.REGION.amazonaws.com/NAME.yaml).
+say "uploading the nested templates to s3://$BUCKET/"
+for t in network securitygroups cache eks; do
+  awsp s3 cp "$CFN_DIR/$t.yaml" "s3://$BUCKET/$t.yaml" --only-show-errors
+done
+
+# JSON, not the shorthand syntax, so list values such as PublicSubnets=a,b,c survive their commas.
+PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
+  | {ParameterKey: .k, ParameterValue: .v}]' --args \
+  "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
+  ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+# NAMED_IAM: the nested stacks create named IAM roles; AUTO_EXPAND: nested stacks.
+deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \
+  --parameters "$PARAMS" \
+  --capabilities CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND
+
+say "outputs of stack $STACK:"
+awsp cloudformation describe-stacks --stack-name "$STACK" --output json |
+  jq -r '.Stacks[0].Outputs // [] | sort_by(.OutputKey) | .[] | "  \(.OutputKey)\t\(.OutputValue)"'
+echo
+echo "Next: build and push the image and write the cluster configuration to .deploy/:"
+echo "  ./init.sh -p $PROFILE -r $REGION -s $STACK"

@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Removes everything deploy.sh and init.sh created: the Kubernetes objects first (so the Service's
+# load balancer is gone before CloudFormation deletes the VPC), the main stack, then every object
+# version of the template bucket and every image in ECR, then the bootstrap stack.
+# Re-runnable: whatever is already gone is reported and skipped. Works with bash 3.2 (macOS) and GNU/BSD tools.
+set -euo pipefail
+
+PROG=${0##*/}
+ROOT=$(cd "$(dirname "$0")" && pwd)
+
+usage() {
+  cat <<EOF
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-y] [-h]
+
+Deletes the message-app Kubernetes objects (and waits for the load balancer to go), the main stack
+STACK_NAME, the contents of the template bucket (every version and delete marker) and of the ECR
+repository, and the bootstrap stack STACK_NAME-bootstrap. Asks for the stack name as confirmation.
+
+  -p PROFILE     AWS CLI profile (required); every aws call uses it
+  -r REGION      AWS region (default: the profile's region, aws configure get region)
+  -s STACK_NAME  main stack name (default: flask-eks-sessions)
+  -y             do not ask (needed when there is no terminal, e.g. in CI)
+  -h             show this help
+
+Changed from the original sample: -s is really used and optional; -r and -y are new; the versioned
+bucket is emptied completely, so deleting the bootstrap stack no longer fails.
+EOF
+}
+
+die() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+
+usage_error() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  usage >&2
+  exit 2
+}
+
+say() {
+  printf '==> %s\n' "$*"
+}
+
+PROFILE=""
+REGION=""
+STACK="flask-eks-sessions"
+YES=0
+
+if [ "${1:-}" = "--help" ]; then
+  usage
+  exit 0
+fi
+while getopts ':p:r:s:yh' opt; do
+  case $opt in
+    p) PROFILE=$OPTARG ;;
+    r) REGION=$OPTARG ;;
+    s) STACK=$OPTARG ;;
+    y) YES=1 ;;
+    h)
+      usage
+      exit 0
+      ;;
+    :) usage_error "option -$OPTARG needs a value" ;;
+    *) usage_error "unknown option -$OPTARG" ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 0 ] || usage_error "unexpected argument: $1"
+[ -n "$PROFILE" ] || usage_error "missing -p PROFILE (the AWS CLI profile the stacks were deployed with)"
+BOOTSTRAP="$STACK-bootstrap"
+
+# Check every prerequisite before touching anything, and name all that are missing at once.
+missing=0
+if ! command -v aws >/dev/null 2>&1; then
+  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
+  missing=1
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  printf '%s: kubectl is missing: install it, see https://kubernetes.io/docs/tasks/tools/ (or: brew install kubectl)\n' "$PROG" >&2
+  missing=1
+fi
+if ! command -v jq >/dev/null 2>&1; then
+  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
+  missing=1
+fi
+[ "$missing" -eq 0 ] || exit 1
+
+if [ -z "$REGION" ]; then
+  REGION=$(aws configure get region --profile "$PROFILE" || true)
+fi
+[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
+
+if [ "$YES" -ne 1 ]; then
+  [ -t 0 ] || die "refusing to delete without confirmation: no terminal to ask on; pass -y to confirm"
+  printf 'This deletes stacks %s and %s in %s (profile %s): the EKS cluster, the cache and every\n' \
+    "$STACK" "$BOOTSTRAP" "$REGION" "$PROFILE"
+  printf 'session in it, all template versions and all images. Type the stack name (%s) to confirm: ' "$STACK"
+  answer=""
+  read -r answer || true
+  [ "$answer" = "$STACK" ] || die "not confirmed; nothing was deleted"
+fi
+
+# Every AWS call goes through here so none can miss the profile or the region.
+awsp() {
+  aws --profile "$PROFILE" --region "$REGION" "$@"
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/destroy.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# Prints describe-stacks JSON, or nothing when the stack does not exist; any other error is fatal.
+stack_json() {
+  local out
+  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>&1); then
+    printf '%s\n' "$out"
+  elif ! grep -q 'does not exist' <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    die "could not read stack $1"
+  fi
+}
+
+print_failed_events() {
+  printf '%s: failed events of stack %s:\n' "$PROG" "$1" >&2
+  awsp cloudformation describe-stack-events --stack-name "$1" --output json |
+    jq -r '.StackEvents[] | select(.ResourceStatus | test("FAILED"))
+      | "  \(.Timestamp)  \(.LogicalResourceId)  \(.ResourceType)  \(.ResourceStatus)  \(.ResourceStatusReason // "")"' >&2 || true
+}
+
+delete_stack() {
+  say "deleting stack $1 (waiting)"
+  awsp cloudformation delete-stack --stack-name "$1"
+  if ! awsp cloudformation wait stack-delete-complete --stack-name "$1"; then
+    print_failed_events "$1"
+    die "deleting stack $1 failed (events above); fix the cause and run $PROG again"
+  fi
+}
+
+# The Service's load balancer and its security group are not in any stack: unless they are deleted
+# first, they keep the VPC (and so the main stack) from being deleted.
+delete_kubernetes_objects() {
+  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig" out
+  if ! out=$(awsp eks describe-cluster --name "$cluster" --output json 2>&1); then
+    grep -q 'ResourceNotFoundException' <<<"$out" || {
+      printf '%s\n' "$out" >&2
+      die "could not look up cluster $cluster"
+    }
+    say "cluster $cluster: already gone, no Kubernetes objects to delete"
+    return 0
+  fi
+  # A kubeconfig of our own: never act on whatever cluster the user's current context points at.
+  awsp eks update-kubeconfig --name "$cluster" --kubeconfig "$kubeconfig" >/dev/null
+  overlay="$ROOT/k8s"
+  if [ -f "$ROOT/.deploy/kustomization.yaml" ] && [ -f "$ROOT/.deploy/secrets.env" ]; then
+    overlay="$ROOT/.deploy"
+  fi
+  say "deleting the Kubernetes objects of ${overlay#"$ROOT"/}/ from cluster $cluster"
+  kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
+    die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
+  say "waiting until service message-app and its load balancer are gone"
+  kubectl --kubeconfig "$kubeconfig" wait --for=delete service/message-app --timeout=600s ||
+    die "service message-app is still there after 10 minutes; check it with kubectl describe service message-app, then run $PROG again"
+}
+
+# Deletes every object version and delete marker, 1000 at a time (the DeleteObjects limit).
+# Each round lists from the start, so deletions never invalidate a pagination token.
+empty_bucket() {
+  local bucket=$1 page count total=0 errors
+  while :; do
+    if ! page=$(awsp s3api list-object-versions --bucket "$bucket" --max-items 1000 --output json 2>&1); then
+      if grep -q 'NoSuchBucket' <<<"$page"; then
+        say "bucket $bucket: already gone"
+        return 0
+      fi
+      printf '%s\n' "$page" >&2
+      die "could not list bucket $bucket"
+    fi
+    jq '{Objects: ([(.Versions // [])[], (.DeleteMarkers // [])[]] | map({Key, VersionId}) | .[:1000]),
+      Quiet: true}' <<<"$page" >"$WORK/delete.json"
+    count=$(jq '.Objects | length' "$WORK/delete.json")
+    [ "$count" -gt 0 ] || break
+    errors=$(awsp s3api delete-objects --bucket "$bucket" --delete "file://$WORK/delete.json" --output json |
+      jq '.Errors // [] | length')
+    [ "$errors" -eq 0 ] || die "S3 refused to delete $errors object versions from $bucket"
+    total=$((total + count))
+  done
+  say "bucket $bucket: deleted $total object versions and delete markers"
+}
+
+# Deletes every image by digest (that removes all its tags), 100 at a time (the BatchDeleteImage limit).
+empty_repository() {
+  local repo=$1 images count chunk failures
+  if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>&1); then
+    if grep -q 'RepositoryNotFoundException' <<<"$images"; then
+      say "repository $repo: already gone"
+      return 0
+    fi
+    printf '%s\n' "$images" >&2
+    die "could not list repository $repo"
+  fi
+  jq -c '.imageIds | map({imageDigest}) | unique | range(0; length; 100) as $i | .[$i:$i + 100]' \
+    <<<"$images" >"$WORK/images.jsonl"
+  count=$(jq '.imageIds | map(.imageDigest) | unique | length' <<<"$images")
+  # fd 3, so that nothing inside the loop can read the list as its standard input.
+  while read -r chunk <&3; do
+    failures=$(awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json |
+      jq '.failures // [] | length')
+    [ "$failures" -eq 0 ] || die "ECR refused to delete $failures images from $repo"
+  done 3<"$WORK/images.jsonl"
+  say "repository $repo: deleted $count images"
+}
+
+say "profile $PROFILE, region $REGION, stacks $STACK and $BOOTSTRAP"
+
+MAIN_JSON=$(stack_json "$STACK")
+if [ -z "$MAIN_JSON" ]; then
+  say "stack $STACK: already gone"
+else
+  CLUSTER=$(jq -r '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == "ClusterName") | .OutputValue' <<<"$MAIN_JSON")
+  if [ -n "$CLUSTER" ]; then
+    delete_kubernetes_objects "$CLUSTER"
+  else
+    say "stack $STACK has no ClusterName output (its creation never finished): no Kubernetes objects to delete"
+  fi
+  delete_stack "$STACK"
+fi
+
+# The templates stay until the main stack is gone, so a failed deletion above can still be retried.
+BOOTSTRAP_JSON=$(stack_json "$BOOTSTRAP")
+if [ -z "$BOOTSTRAP_JSON" ]; then
+  say "stack $BOOTSTRAP: already gone"
+else
+  # The stack's own resource list finds the bucket and repository even when its outputs are missing
+  # (a creation that failed half-way, or a deletion that failed).
+  awsp cloudformation describe-stack-resources --stack-name "$BOOTSTRAP" --output json |
+    jq -r '.StackResources[] | select(.ResourceStatus != "DELETE_COMPLETE" and (.PhysicalResourceId // "") != "")
+      | "\(.ResourceType) \(.PhysicalResourceId)"' >"$WORK/resources.txt"
+  while read -r type id <&3; do
+    case $type in
+      AWS::S3::Bucket) empty_bucket "$id" ;;
+      AWS::ECR::Repository) empty_repository "$id" ;;
+    esac
+  done 3<"$WORK/resources.txt"
+  delete_stack "$BOOTSTRAP"
+fi
+
+echo
+say "done: stacks $STACK and $BOOTSTRAP are deleted"
+if [ -n "${CLUSTER:-}" ]; then
+  echo "Your kubeconfig still has a context for cluster $CLUSTER: list them with kubectl config get-contexts,"
+  echo "remove it with kubectl config delete-context NAME."
+fi

@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# After deploy.sh: points kubectl at the new EKS cluster, builds and pushes the app image, and writes
+# the cluster configuration as a git-ignored kustomize overlay in .deploy/ (ConfigMap values from the
+# stack outputs, a Secret with the cache AUTH token and SECRET_KEY, the pushed image).
+# Works with bash 3.2 (macOS) and GNU/BSD tools; edits no tracked file.
+set -euo pipefail
+
+PROG=${0##*/}
+ROOT=$(cd "$(dirname "$0")" && pwd)
+DEPLOY_DIR="$ROOT/.deploy"
+
+usage() {
+  cat <<EOF
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-u DOCKERHUB_USER -n REPO] [-t TAG] [-P PLATFORM] [-h]
+
+Reads the outputs of stack STACK_NAME, runs aws eks update-kubeconfig for its cluster, builds the image
+with docker (else podman, else buildah) and pushes it, then writes .deploy/ (git-ignored):
+kustomization.yaml (base ../k8s, ConfigMap values from the stack, the image) and secrets.env (mode 600:
+REDIS_AUTH_TOKEN from Secrets Manager and SECRET_KEY, generated once and kept on re-runs so sessions
+survive). Secrets are never printed.
+
+  -p PROFILE         AWS CLI profile (required); every aws call uses it
+  -r REGION          AWS region (default: the profile's region, aws configure get region)
+  -s STACK_NAME      main stack name (default: flask-eks-sessions)
+  -u DOCKERHUB_USER  push to Docker Hub as docker.io/USER/REPO:TAG instead of the stack's ECR
+  -n REPO            Docker Hub repository name (with -u; log in first: docker login)
+  -t TAG             image tag (default: the short git commit, plus a UTC timestamp when the work
+                     tree has changes, or a timestamp outside git; never "latest": ECR tags are immutable)
+  -P PLATFORM        image platform (default: linux/amd64, the default t3 nodes; linux/arm64 for Graviton)
+  -h                 show this help
+
+Changed from the original sample: -p is really used; -r is now the REGION (the Docker Hub repository
+moved to -n); ECR is the default registry; nothing in k8s/ is edited (no sed -i), the settings go to .deploy/.
+Next: kubectl apply -k .deploy/
+EOF
+}
+
+die() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+
+usage_error() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  usage >&2
+  exit 2
+}
+
+say() {
+  printf '==> %s\n' "$*"
+}
+
+PROFILE=""
+REGION=""
+STACK="flask-eks-sessions"
+HUB_USER=""
+HUB_REPO=""
+TAG=""
+PLATFORM="linux/amd64"
+
+if [ "${1:-}" = "--help" ]; then
+  usage
+  exit 0
+fi
+while getopts ':p:r:s:u:n:t:P:h' opt; do
+  case $opt in
+    p) PROFILE=$OPTARG ;;
+    r) REGION=$OPTARG ;;
+    s) STACK=$OPTARG ;;
+    u) HUB_USER=$OPTARG ;;
+    n) HUB_REPO=$OPTARG ;;
+    t) TAG=$OPTARG ;;
+    P) PLATFORM=$OPTARG ;;
+    h)
+      usage
+      exit 0
+      ;;
+    :) usage_error "option -$OPTARG needs a value" ;;
+    *) usage_error "unknown option -$OPTARG" ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 0 ] || usage_error "unexpected argument: $1"
+[ -n "$PROFILE" ] || usage_error "missing -p PROFILE (the AWS CLI profile the stack was deployed with)"
+if [ -n "$HUB_USER" ] && [ -z "$HUB_REPO" ]; then
+  usage_error "-u needs -n REPO (the Docker Hub repository; -r is the region now)"
+fi
+if [ -z "$HUB_USER" ] && [ -n "$HUB_REPO" ]; then
+  usage_error "-n REPO needs -u DOCKERHUB_USER"
+fi
+
+# Check every prerequisite before touching anything, and name all that are missing at once.
+missing=0
+if ! command -v aws >/dev/null 2>&1; then
+  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
+  missing=1
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  printf '%s: kubectl is missing: install it, see https://kubernetes.io/docs/tasks/tools/ (or: brew install kubectl)\n' "$PROG" >&2
+  missing=1
+fi
+if ! command -v jq >/dev/null 2>&1; then
+  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
+  missing=1
+fi
+BUILDER=""
+for b in docker podman buildah; do
+  if command -v "$b" >/dev/null 2>&1; then
+    BUILDER=$b
+    break
+  fi
+done
+if [ -z "$BUILDER" ]; then
+  printf '%s: no container builder: none of docker, podman, buildah is installed; install one (https://docs.docker.com/get-docker/, or apt-get install podman / brew install podman)\n' "$PROG" >&2
+  missing=1
+fi
+[ "$missing" -eq 0 ] || exit 1
+[ -f "$ROOT/k8s/kustomization.yaml" ] || die "$ROOT/k8s/kustomization.yaml is missing (the overlay's base)"
+
+if [ -z "$REGION" ]; then
+  REGION=$(aws configure get region --profile "$PROFILE" || true)
+fi
+[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
+
+# Every AWS call goes through here so none can miss the profile or the region.
+awsp() {
+  aws --profile "$PROFILE" --region "$REGION" "$@"
+}
+
+say "profile $PROFILE, region $REGION, stack $STACK, builder $BUILDER"
+if ! STACK_JSON=$(awsp cloudformation describe-stacks --stack-name "$STACK" --output json 2>&1); then
+  if grep -q 'does not exist' <<<"$STACK_JSON"; then
+    die "stack $STACK does not exist in $REGION: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK first"
+  fi
+  printf '%s\n' "$STACK_JSON" >&2
+  die "could not read stack $STACK"
+fi
+STATUS=$(jq -r '.Stacks[0].StackStatus' <<<"$STACK_JSON")
+case $STATUS in
+  CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE) ;;
+  *) die "stack $STACK is $STATUS, not ready: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK and wait for it to succeed" ;;
+esac
+
+output() {
+  local v
+  v=$(jq -r --arg k "$1" '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == $k) | .OutputValue' <<<"$STACK_JSON")
+  [ -n "$v" ] || die "stack $STACK has no output $1 (was it deployed from this repository's cfn/?)"
+  printf '%s\n' "$v"
+}
+CLUSTER=$(output ClusterName)
+CACHE_HOST=$(output CachePrimaryEndpoint)
+CACHE_PORT=$(output CachePort)
+CACHE_TLS=$(output CacheTls)
+SECRET_ARN=$(output AuthTokenSecretArn)
+ECR_URI=$(output EcrRepositoryUri)
+
+say "adding cluster $CLUSTER to your kubeconfig"
+awsp eks update-kubeconfig --name "$CLUSTER"
+
+if [ -z "$TAG" ]; then
+  TAG=$(date -u +%Y%m%d%H%M%S)
+  if command -v git >/dev/null 2>&1 && sha=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
+    # A clean tree is fully named by its commit; local changes get a unique tag instead.
+    if [ -z "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then
+      TAG=$sha
+    else
+      TAG="$sha-dirty-$TAG"
+    fi
+  fi
+fi
+
+build_image() {
+  say "building $1 for $PLATFORM with $BUILDER"
+  case $BUILDER in
+    buildah) buildah bud --platform "$PLATFORM" -t "$1" "$ROOT" ;;
+    *) "$BUILDER" build --platform "$PLATFORM" -t "$1" "$ROOT" ;;
+  esac
+  say "pushing $1"
+  case $BUILDER in
+    buildah) buildah push "$1" "docker://$1" ;;
+    *) "$BUILDER" push "$1" ;;
+  esac
+}
+
+if [ -n "$HUB_USER" ]; then
+  IMAGE_REPO="docker.io/$HUB_USER/$HUB_REPO"
+  say "pushing to Docker Hub; if the push is refused, log in first: $BUILDER login docker.io"
+  build_image "$IMAGE_REPO:$TAG"
+else
+  IMAGE_REPO=$ECR_URI
+  REGISTRY=${ECR_URI%%/*}
+  REPO_NAME=${ECR_URI#*/}
+  # ECR tags are immutable: a tag that is already there names this very build, so keep it.
+  if out=$(awsp ecr describe-images --repository-name "$REPO_NAME" --image-ids "imageTag=$TAG" --output json 2>&1); then
+    say "image $IMAGE_REPO:$TAG is already in ECR (tags are immutable): not building it again"
+  elif grep -q 'ImageNotFoundException' <<<"$out"; then
+    say "logging $BUILDER in to $REGISTRY"
+    awsp ecr get-login-password | "$BUILDER" login --username AWS --password-stdin "$REGISTRY"
+    build_image "$IMAGE_REPO:$TAG"
+  else
+    printf '%s\n' "$out" >&2
+    die "could not look up $REPO_NAME:$TAG in ECR"
+  fi
+fi
+
+say "reading the cache AUTH token from Secrets Manager"
+TOKEN=$(awsp secretsmanager get-secret-value --secret-id "$SECRET_ARN" --query SecretString --output text |
+  jq -r '.token // empty') || die "could not read the AUTH token from secret $SECRET_ARN"
+[ -n "$TOKEN" ] || die "secret $SECRET_ARN has no JSON key 'token'"
+
+# Secrets: owner-only from the start (umask), then replaced atomically.
+umask 077
+mkdir -p "$DEPLOY_DIR"
+chmod 700 "$DEPLOY_DIR"
+# Belt and braces next to the repository's .gitignore: nothing in here is ever committed.
+printf '*\n' >"$DEPLOY_DIR/.gitignore"
+SECRET_KEY=""
+if [ -f "$DEPLOY_DIR/secrets.env" ]; then
+  # Keep the existing key: a new one would invalidate every signed cookie, i.e. every session.
+  SECRET_KEY=$(sed -n 's/^SECRET_KEY=//p' "$DEPLOY_DIR/secrets.env" | head -n 1)
+fi
+if [ -z "$SECRET_KEY" ]; then
+  if command -v openssl >/dev/null 2>&1; then
+    SECRET_KEY=$(openssl rand -hex 32)
+  else
+    SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  fi
+fi
+tmp=$(mktemp "$DEPLOY_DIR/secrets.env.XXXXXX")
+printf 'SECRET_KEY=%s\nREDIS_AUTH_TOKEN=%s\n' "$SECRET_KEY" "$TOKEN" >"$tmp"
+chmod 600 "$tmp"
+mv -f "$tmp" "$DEPLOY_DIR/secrets.env"
+
+cat >"$DEPLOY_DIR/kustomization.yaml" <<EOF
+# Generated by init.sh for stack $STACK in $REGION; re-run init.sh instead of editing.
+# Git-ignored: secrets.env next to this file holds REDIS_AUTH_TOKEN and SECRET_KEY.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../k8s
+configMapGenerator:
+  - name: message-app-config
+    behavior: merge
+    literals:
+      - "REDIS_HOST=$CACHE_HOST"
+      - "REDIS_PORT=$CACHE_PORT"
+      - "REDIS_TLS=$CACHE_TLS"
+      # The Service's load balancer serves plain HTTP on port 80: Secure cookies would never come back.
+      - "SESSION_COOKIE_SECURE=false"
+secretGenerator:
+  - name: message-app-secrets
+    envs:
+      - secrets.env
+images:
+  - name: message-app
+    newName: "$IMAGE_REPO"
+    newTag: "$TAG"
+EOF
+
+# Build the overlay offline once so a broken one fails here, not in kubectl apply; the output holds secrets.
+kubectl kustomize "$DEPLOY_DIR" >/dev/null || die "the overlay in $DEPLOY_DIR does not build (see above)"
+
+say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG)"
+OVERLAY="$DEPLOY_DIR/"
+[ "$PWD" != "$ROOT" ] || OVERLAY=".deploy/"
+echo
+echo "Next:"
+echo "  kubectl apply -k $OVERLAY"
+echo "  kubectl get pods            # 3 message-app pods become Running/Ready"
+echo "  kubectl get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open http://EXTERNAL-IP/"
