@@ -12,7 +12,6 @@ import copy
 import inspect
 import json
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -280,10 +279,14 @@ def test_every_env_var_has_a_source_and_every_referenced_key_exists(
 
 
 def _graceful_timeout() -> float:
+    """gunicorn.conf.py's `graceful_timeout = N`, read without running the file (it checks env)."""
     conf = REPO / "gunicorn.conf.py"
     if not conf.exists():
         return CONTRACT_GRACEFUL_TIMEOUT
-    return float(runpy.run_path(str(conf)).get("graceful_timeout", 30))  # gunicorn's default
+    for node in ast.parse(conf.read_text()).body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "graceful_timeout":
+            return float(ast.literal_eval(node.value))
+    return 30.0  # gunicorn's default
 
 
 def test_graceful_shutdown_fits_in_the_grace_period(models: dict[str, Any]) -> None:
