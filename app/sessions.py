@@ -71,11 +71,15 @@ class MessageSession(ServerSideSession):
         """A short, non-secret label for the page: the session id itself is a bearer credential."""
         if not self.stored and not self.has_content:
             return None
-        return hashlib.sha256(self.sid.encode()).hexdigest()[:12]
+        return _fingerprint(self.sid)
 
     @property
     def has_content(self) -> bool:
         return any(key not in (CSRF_KEY, "_permanent") for key in self.keys())
+
+
+def _fingerprint(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
 class UnavailableSession(NullSession):
@@ -129,7 +133,10 @@ class MessageSessionInterface(RedisSessionInterface):
         try:
             return self.serializer.decode(raw)
         except ValueError:
-            log.warning("ignoring a session document that is not JSON: %s", store_id[-6:])
+            log.warning(
+                "ignoring a session document that is not JSON",
+                extra={"session": _fingerprint(store_id.removeprefix(self.key_prefix))},
+            )
             return None
 
     def _read_csrf_cookie(self, request: Request) -> str | None:

@@ -1,0 +1,158 @@
+"""The session interface: what is stored, when, and what is never trusted."""
+
+from __future__ import annotations
+
+import pickle
+
+from app.sessions import CSRF_COOKIE
+
+from .support import csrf_token, listed_messages, save
+
+
+class Bomb:
+    """Unpickling this would record that pickle ran: the interface must never do it."""
+
+    exploded = False
+
+    def __reduce__(self):
+        return (setattr, (Bomb, "exploded", True))
+
+
+def test_pickled_session_data_is_never_unpickled(client, fake_redis):
+    save(client, "mine")
+    sid = client.get_cookie("session").value
+    fake_redis.set("session:" + sid, pickle.dumps({"_permanent": True, "x": Bomb()}))
+    page = client.get("/").get_data(as_text=True)
+    assert Bomb.exploded is False
+    assert listed_messages(page) == []  # treated as no session: a fresh one
+    save(client, "again")
+    assert client.get_cookie("session").value != sid
+
+
+def test_session_document_is_json(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    assert fake_redis.get("session:" + sid).startswith(b'{"_permanent":true,"started":')
+
+
+def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis):
+    client.get("/")
+    assert client.get_cookie(CSRF_COOKIE) is not None
+    assert client.get_cookie("session") is None
+    assert fake_redis.keys("*") == []
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    assert b"csrf" not in fake_redis.get("session:" + sid)
+
+
+def test_tampered_csrf_cookie_is_ignored(client):
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    value = client.get_cookie(CSRF_COOKIE).value
+    client.set_cookie(CSRF_COOKIE, value[:-2] + ("AA" if not value.endswith("AA") else "BB"))
+    response = client.post("/persistMessage", data={"message": "x", "csrf_token": token})
+    assert response.status_code == 400
+
+
+def test_forged_session_cookie_gets_a_fresh_session_never_adopted(client, fake_redis):
+    client.set_cookie("session", "attacker-chosen-id")
+    page = client.get("/").get_data(as_text=True)
+    assert listed_messages(page) == []
+    save(client, "mine")
+    assert client.get_cookie("session").value != "attacker-chosen-id"
+    assert fake_redis.keys("session:attacker-chosen-id*") == []
+
+
+def test_another_users_session_is_not_reachable_by_a_guessed_cookie(app):
+    alice = app.test_client()
+    save(alice, "alice's secret")
+    mallory = app.test_client()
+    mallory.set_cookie("session", alice.get_cookie("session").value[:-1] + "x")
+    assert listed_messages(mallory.get("/").get_data(as_text=True)) == []
+
+
+def test_expired_session_yields_a_fresh_session(client, fake_redis):
+    save(client, "soon gone")
+    for key in fake_redis.keys("session:*"):
+        fake_redis.delete(key)  # what the TTL does
+    assert listed_messages(client.get("/").get_data(as_text=True)) == []
+    assert save(client, "new start").status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["new start"]
+
+
+def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
+    client = make_app(session_lifetime_seconds=600).test_client()
+    save(client, "hello")
+    keys = fake_redis.keys("session:*")
+    assert len(keys) == 2
+    for key in keys:
+        assert 590 <= fake_redis.ttl(key) <= 600
+        fake_redis.expire(key, 100)  # as if 500 s had passed
+    client.application.session_interface._refreshed.clear()  # refresh interval elapsed
+    client.get("/")
+    for key in keys:
+        assert fake_redis.ttl(key) > 500
+
+
+def test_unchanged_session_is_not_rewritten(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"marker"}', keepttl=True)
+    client.get("/")
+    client.get("/")
+    assert fake_redis.get("session:" + sid) == b'{"_permanent":true,"started":"marker"}'
+
+
+def test_session_cookie_flags(client):
+    save(client, "hello")
+    cookie = client.get_cookie("session")
+    assert cookie.http_only
+    assert cookie.same_site == "Lax"
+    assert not cookie.secure
+    assert cookie.expires is not None  # permanent: survives a browser restart until expiry
+
+
+def test_cookies_are_secure_when_configured(make_app):
+    client = make_app(session_cookie_secure=True).test_client()
+    response = client.get("/", base_url="https://localhost")
+    assert "Secure" in response.headers["Set-Cookie"]
+    token = csrf_token(response.get_data(as_text=True))
+    response = client.post(
+        "/persistMessage",
+        data={"message": "x", "csrf_token": token},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/"},
+    )
+    assert response.status_code == 303
+    assert all("Secure" in c for c in response.headers.getlist("Set-Cookie"))
+
+
+def test_save_after_destroy_elsewhere_is_refused_not_resurrected(app, fake_redis):
+    tab1 = app.test_client()
+    save(tab1, "first")
+    token = csrf_token(tab1.get("/").get_data(as_text=True))
+    # Another tab destroys the session while this page is open.
+    for key in fake_redis.keys("session:*"):
+        fake_redis.delete(key)
+    response = tab1.post("/persistMessage", data={"message": "late", "csrf_token": token})
+    # The request found no session (it was deleted before it began): a new one is started.
+    assert response.status_code == 303
+    assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
+
+
+def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, monkeypatch):
+    client = app.test_client()
+    save(client, "first")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    store = app.session_interface.store
+    real_append = store.append
+
+    def delete_then_append(store_id, *args, **kwargs):
+        fake_redis.delete(store_id, store_id + ":messages")  # destroyed in another tab
+        return real_append(store_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "append", delete_then_append)
+    response = client.post("/persistMessage", data={"message": "late", "csrf_token": token})
+    assert response.status_code == 409
+    assert "Your session ended" in response.get_data(as_text=True)
+    assert fake_redis.keys("session:*") == []
+    assert "session=;" in response.headers["Set-Cookie"]
