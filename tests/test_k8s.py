@@ -11,6 +11,7 @@ import ast
 import copy
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,12 +59,16 @@ ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
 CONTRACT_GRACEFUL_TIMEOUT = 20
 
 
-def _render() -> list[dict[str, Any]]:
+def _render(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (it renders the kustomize base offline)")
     out = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60, check=True
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -71,7 +76,7 @@ def _render() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
     """Render once per module; the file copy is what checkov scans."""
-    docs = _render()
+    docs = _render(K8S_DIR)
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return docs, path
@@ -372,3 +377,50 @@ def test_checkov_finds_no_failed_checks(rendered: tuple[list[dict[str, Any]], Pa
     for skipped in report["results"]["skipped_checks"]:
         reason = skipped["check_result"].get("suppress_comment", "")
         assert len(reason) > 20 and reason != "No comment provided", skipped["check_id"]
+
+
+def _render_overlay(directory: Path, redis_host: str) -> list[dict[str, Any]]:
+    """An overlay shaped like the one init.sh writes to .deploy/ (stack outputs, secrets, image)."""
+    directory.mkdir()
+    (directory / "secrets.env").write_text("SECRET_KEY=0123456789abcdef0123\nREDIS_AUTH_TOKEN=t\n")
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize refuses absolute paths here.
+        "resources": [os.path.relpath(K8S_DIR, directory)],
+        "configMapGenerator": [
+            {
+                "name": "message-app-config",
+                "behavior": "merge",
+                "literals": [f"REDIS_HOST={redis_host}"],
+            }
+        ],
+        "secretGenerator": [{"name": SECRET_NAME, "envs": ["secrets.env"]}],
+        "images": [
+            {"name": "message-app", "newName": "registry.example/message-app", "newTag": "abc1234"}
+        ],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    return _render(directory)
+
+
+def test_the_deploy_overlay_completes_the_base(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    out = _render_overlay(tmp_path / "deploy", "master.example.cache.amazonaws.com")
+    for doc in out:
+        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+    config, secret, deployment = (_one(out, k) for k in ("ConfigMap", "Secret", "Deployment"))
+    base_config = _one(docs, "ConfigMap")["data"]
+    assert config["data"] == {**base_config, "REDIS_HOST": "master.example.cache.amazonaws.com"}
+    assert secret["data"].keys() == SECRET_KEYS
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/message-app:abc1234"
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    secret_refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container["env"]
+        if "secretKeyRef" in e["valueFrom"]
+    }
+    assert secret_refs == {secret["metadata"]["name"]}
+    # A changed value gives the ConfigMap a new name, so the Deployment rolls its pods.
+    other = _render_overlay(tmp_path / "other", "replica.example.cache.amazonaws.com")
+    assert _one(other, "ConfigMap")["metadata"]["name"] != config["metadata"]["name"]
