@@ -1,0 +1,23 @@
+"""What every variant renders: the app's own page template, and the benchmark's message text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The ceiling and the anchor render the very same files as the app (index.html extends
+# base.html, which links the app's stylesheet through url_for('static')).
+TEMPLATES = REPO_ROOT / "app" / "templates"
+STATIC = REPO_ROOT / "app" / "static"
+
+MESSAGE_LENGTH = 100
+LIFETIME_SECONDS = 1800
+MAX_LENGTH = 2000
+
+
+def message_text(index: int) -> str:
+    """A deterministic message of exactly MESSAGE_LENGTH characters, like a short user note."""
+    head = f"Message {index:05d}: the quick brown fox jumps over the lazy dog while the session "
+    return (head + "store keeps every word safe and sound.")[:MESSAGE_LENGTH].ljust(
+        MESSAGE_LENGTH, "."
+    )

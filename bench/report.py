@@ -1,0 +1,177 @@
+"""Render the results as one Markdown document (printed always, written with --write)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+
+from bench.run import Results
+from bench.wrk import CONNECTIONS, THREADS, wrk_binary
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    versions = ", ".join(
+        f"{name} {_version(name)}" for name in ("flask", "flask-session", "redis", "gunicorn")
+    )
+    wrk = subprocess.run([wrk_binary(), "--version"], capture_output=True, text=True, check=False)
+    wrk_version = (wrk.stdout or wrk.stderr).split(" [", 1)[0].strip()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, {versions}, {wrk_version}; "
+        f"load average at the end {load}"
+    )
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def render(results: Results, command: str) -> str:
+    s = results.settings
+    rows = results.rows
+    ceiling = rows["page_ceiling"].rps
+    out: list[str] = [
+        f"Benchmark run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"wrk -t{THREADS} -c{CONNECTIONS}, {s.duration} s per run, {s.repeats} repeats "
+        "interleaved (order rotated each repeat), medians shown; gunicorn 2 sync workers with "
+        "the repo's gunicorn.conf.py for every variant; one real Valkey on loopback. "
+        f"Page: {results.page_bytes} bytes per variant. CPU columns: CPU time of the "
+        "variant's gunicorn workers and of Valkey over the run, from /proc, per request "
+        "(robust to other load on the machine, unlike req/s).",
+        "",
+        "| row | req/s | p50 ms | p99 ms | x ceiling | req/s range | app CPU µs/req "
+        "| Redis CPU µs/req | non-2xx/3xx + socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows.values():
+        rps = [r.rps for r in row.results]
+        out.append(
+            f"| {row.label} | {row.rps:,.0f} | {row.p50:.2f} | {row.p99:.2f} | "
+            f"{row.rps / ceiling:.2f} | {min(rps):,.0f}-{max(rps):,.0f} | "
+            f"{row.app_cpu_us:.0f} | {row.redis_cpu_us:.0f} | {row.bad} |"
+        )
+    out += [
+        "",
+        "Saves: wrk does not follow redirects, so the POST rows time the POST and its 303 only. "
+        f"Each POST row spreads over {s.pool_sessions} sessions that start with 10 messages "
+        "(so sessions grow only a little during the run); the app needs a cookie and the "
+        "csrf_token of its page, the anchor uses flask-wtf CSRFProtect the same way. "
+        "Saves checked afterwards by counting the listed messages: "
+        + "; ".join(f"{k}: {v}" for k, v in results.saves_verified.items())
+        + ".",
+        "",
+        "**e. Save latency by messages already held** (one client, sequential POSTs on fresh "
+        f"connections, {s.save_sessions} sessions per size filled through the endpoints, "
+        f"{s.save_sessions * s.save_rounds} timed saves round-robin, so a session grows by "
+        f"at most {s.save_rounds} during the timing):",
+        "",
+        "| messages held | app p50 ms | app p99 ms | anchor p50 ms | anchor p99 ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(x.variant, x.held): x for x in results.save_latency}
+    for held in s.save_sizes:
+        app, anchor = by_key[("app", held)], by_key[("anchor", held)]
+        out.append(
+            f"| {held} | {app.percentile(50):.2f} | {app.percentile(99):.2f} | "
+            f"{anchor.percentile(50):.2f} | {anchor.percentile(99):.2f} |"
+        )
+    out += [
+        "",
+        f"**f. Redis work per request** ({s.counted_requests} sequential requests each, after "
+        "warm-up, on a separate Valkey reached through a counting proxy; commands from "
+        "`INFO commandstats` deltas include those run inside Lua scripts; a round trip is one "
+        "batch the app sends before it reads an answer, so a pipeline or a script call is one):",
+        "",
+        "| variant | request | commands/request | total_commands_processed/request "
+        "| round trips/request | new connections |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for cost in results.redis_costs:
+        commands = ", ".join(f"{k} {v:g}" for k, v in sorted(cost.commands.items())) or "none"
+        out.append(
+            f"| {cost.variant} | {cost.request} | {commands} | {cost.total_commands:.2f} | "
+            f"{cost.round_trips:.2f} | {cost.new_connections} |"
+        )
+    out += [
+        "",
+        "**g. Bytes in Redis per session** (10 messages of 100 characters; `MEMORY USAGE key "
+        "SAMPLES 0` of every key of the session):",
+        "",
+        "| variant | keys | bytes |",
+        "|---|---|---:|",
+    ]
+    for fp in results.footprints:
+        keys = ", ".join(f"`{k}` {v}" for k, v in sorted(fp.keys.items()))
+        out.append(f"| {fp.variant} | {keys} | {fp.total} |")
+    fault = results.fault
+    if fault is not None:
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(fault.statuses.items()))
+        first = (
+            f"{fault.first_200_after_start_s:.2f} s"
+            if fault.first_200_after_start_s is not None
+            else "never"
+        )
+        out += [
+            "",
+            f"**h. Fault run**: app `GET /` under wrk for {fault.seconds} s; Valkey saved and "
+            f"stopped at {fault.stop_at:g} s, started again at {fault.start_at:g} s on the same "
+            f"port with the same data (it answered PING {fault.ping_after_start_s:.2f} s after "
+            f"the start command). Responses by status: {statuses}; socket errors: "
+            f"{fault.socket_errors}. First 200 {first} after the start command "
+            f"(poller every 10 ms). The session listed {fault.messages_after} messages "
+            "afterwards.",
+        ]
+    out += ["", "**Targets** (reported, not asserted):", ""]
+    out += _targets(results)
+    if results.failures:
+        out += ["", "**FAILURE**:", ""] + [f"- {f}" for f in results.failures]
+    return "\n".join(out) + "\n"
+
+
+def _targets(results: Results) -> list[str]:
+    rows = results.rows
+    ratio = rows["page_app"].rps / rows["page_ceiling"].rps
+    lines = [
+        f"- (a)/(b) ≥ 0.75 (stretch 0.85): {ratio:.2f} - {_mark(ratio >= 0.75)}",
+        f"- (d) app saves ahead of the anchor: {rows['save_app'].rps:,.0f} vs "
+        f"{rows['save_anchor'].rps:,.0f} req/s - "
+        f"{_mark(rows['save_app'].rps > rows['save_anchor'].rps)}",
+    ]
+    sizes = results.settings.save_sizes
+    by_key = {(x.variant, x.held): x for x in results.save_latency}
+    small, large = by_key[("app", sizes[0])], by_key[("app", sizes[-1])]
+    growth = large.percentile(50) / small.percentile(50)
+    lines.append(
+        f"- (e) app save p50 at {sizes[-1]} within 1.2x of p50 at {sizes[0]}: "
+        f"{growth:.2f}x - {_mark(growth <= 1.2)}"
+    )
+    fault = results.fault
+    if fault is not None:
+        errors_500 = fault.statuses.get(500, 0)
+        first = fault.first_200_after_start_s
+        lines.append(
+            f"- (h) zero 500s: {errors_500} - {_mark(errors_500 == 0)}; first 200 within 2 s "
+            f"of Redis returning: {'never' if first is None else f'{first:.2f} s'} - "
+            f"{_mark(first is not None and first <= 2)}"
+        )
+    return lines

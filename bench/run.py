@@ -1,0 +1,511 @@
+"""The benchmark itself: every measurement of issue 4, run side by side in one process tree."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from bench.client import PageClient
+from bench.pages import message_text
+from bench.rtt_proxy import RoundTripProxy
+from bench.servers import Gunicorn, RedisServer
+from bench.variants import (
+    anchor_app,
+    ceiling_app,
+    our_app,
+    sessions_with_messages,
+    start_all,
+)
+from bench.wrk import CONNECTIONS, Request, WrkResult, run_wrk
+
+PAGE_MESSAGES = 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: int
+    repeats: int
+    warmup: int
+    pool_sessions: int
+    save_sizes: tuple[int, ...]
+    save_sessions: int
+    save_rounds: int
+    counted_requests: int
+    fault_seconds: int
+    fault_stop_at: float
+    fault_start_at: float
+
+    @classmethod
+    def full(cls, duration: int, repeats: int) -> Settings:
+        return cls(duration, repeats, 2, 256, (1, 100, 500), 8, 25, 100, 20, 5.0, 10.0)
+
+    @classmethod
+    def smoke(cls, duration: int, repeats: int) -> Settings:
+        return cls(duration, repeats, 0, 8, (1, 20, 50), 2, 3, 10, 4, 1.0, 2.0)
+
+
+@dataclass
+class Measured:
+    """One wrk run plus the CPU the app's workers and Redis spent on it."""
+
+    wrk: WrkResult
+    app_cpu_us: float
+    redis_cpu_us: float
+
+
+@dataclass
+class Row:
+    """One throughput row: the medians over repeats of one wrk target."""
+
+    key: str
+    label: str
+    measured: list[Measured] = field(default_factory=list)
+
+    @property
+    def results(self) -> list[WrkResult]:
+        return [m.wrk for m in self.measured]
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.results)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(r.p50_ms for r in self.results)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.results)
+
+    @property
+    def app_cpu_us(self) -> float:
+        return statistics.median(m.app_cpu_us for m in self.measured)
+
+    @property
+    def redis_cpu_us(self) -> float:
+        return statistics.median(m.redis_cpu_us for m in self.measured)
+
+    @property
+    def bad(self) -> int:
+        return sum(r.status_errors + r.socket_errors for r in self.results)
+
+
+@dataclass
+class SaveLatency:
+    variant: str
+    held: int
+    samples_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.samples_ms)
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class RedisCost:
+    variant: str
+    request: str
+    commands: dict[str, float]
+    total_commands: float
+    round_trips: float
+    new_connections: int
+
+
+@dataclass
+class Footprint:
+    variant: str
+    keys: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.keys.values())
+
+
+@dataclass
+class FaultRun:
+    seconds: int
+    stop_at: float
+    start_at: float
+    statuses: dict[int, int]
+    socket_errors: int
+    ping_after_start_s: float
+    first_200_after_start_s: float | None
+    messages_after: int
+
+
+@dataclass
+class Results:
+    settings: Settings
+    rows: dict[str, Row]
+    saves_verified: dict[str, str]
+    save_latency: list[SaveLatency]
+    redis_costs: list[RedisCost]
+    footprints: list[Footprint]
+    fault: FaultRun | None
+    page_bytes: dict[str, int]
+    failures: list[str]
+
+
+def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Results:
+    failures: list[str] = []
+    logs = workdir / "logs"
+    logs.mkdir()
+    with ExitStack() as stack:
+        redis_server = RedisServer(workdir / "redis-main")
+        redis_server.start()
+        stack.callback(redis_server.stop)
+        ours = our_app(redis_server.port, 0, logs)
+        anchor = anchor_app(redis_server.port, 1, logs)
+        ceiling = ceiling_app(redis_server.port, logs)
+        for server in (ours, anchor, ceiling):
+            stack.callback(server.stop)
+        log("starting redis and 3 gunicorn instances")
+        start_all([ours, anchor, ceiling])
+
+        log("preparing sessions")
+        page_bytes, page_requests = _page_sessions(ours, anchor, ceiling, failures)
+        pools = {
+            name: sessions_with_messages(server.port, settings.pool_sessions, PAGE_MESSAGES)
+            for name, server in (("save_app", ours), ("save_anchor", anchor))
+        }
+        targets: dict[str, Target] = {
+            "page_app": Target(ours, "/", page_requests["app"]),
+            "page_ceiling": Target(ceiling, "/", page_requests["ceiling"]),
+            "page_anchor": Target(anchor, "/", page_requests["anchor"]),
+        }
+        for name, clients in pools.items():
+            targets[name] = Target(
+                ours if name == "save_app" else anchor,
+                "/persistMessage",
+                [
+                    Request("POST", c.cookie_header, c.save_body(message_text(9999)))
+                    for c in clients
+                ],
+            )
+        rows = _throughput(settings, targets, redis_server, workdir, failures, log)
+        saves_verified = {
+            name: _verify_saves(clients, rows[name], failures, strict=name == "save_app")
+            for name, clients in pools.items()
+        }
+
+        log("save latency by session size")
+        save_latency = _save_latency(settings, ours, anchor)
+
+    log("redis commands, round trips and bytes per session")
+    redis_costs, footprints = _redis_costs(settings, workdir, logs)
+    log(f"fault run ({settings.fault_seconds} s)")
+    fault = _fault_run(settings, workdir, logs, failures)
+    return Results(
+        settings,
+        rows,
+        saves_verified,
+        save_latency,
+        redis_costs,
+        footprints,
+        fault,
+        page_bytes,
+        failures,
+    )
+
+
+def _page_sessions(
+    ours: Gunicorn, anchor: Gunicorn, ceiling: Gunicorn, failures: list[str]
+) -> tuple[dict[str, int], dict[str, list[Request]]]:
+    """One visitor with PAGE_MESSAGES messages per stateful variant; check that all three pages
+    really list the same number of messages, so the rows compare the same work."""
+    page_bytes: dict[str, int] = {}
+    requests: dict[str, list[Request]] = {}
+    for name, server in (("app", ours), ("anchor", anchor), ("ceiling", ceiling)):
+        if name == "ceiling":
+            client = PageClient(server.port)
+        else:
+            client = sessions_with_messages(server.port, 1, PAGE_MESSAGES)[0]
+        page = client.get_page()
+        count = client.message_count()
+        if count != PAGE_MESSAGES:
+            failures.append(f"{name}: page lists {count} messages, expected {PAGE_MESSAGES}")
+        page_bytes[name] = len(page.encode())
+        requests[name] = [Request("GET", client.cookie_header)]
+    return page_bytes, requests
+
+
+ROW_LABELS = {
+    "page_app": "a. app GET / (session with 10 messages)",
+    "page_ceiling": "b. ceiling: bare Flask, same template",
+    "page_anchor": "c. anchor: stock flask-session GET /",
+    "save_app": "d. app POST /persistMessage (303, not followed)",
+    "save_anchor": "d. anchor POST /persistMessage (303, not followed)",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    server: Gunicorn
+    path: str
+    requests: list[Request]
+
+    def run(self, seconds: int, workdir: Path, redis_server: RedisServer) -> Measured:
+        app_before, redis_before = self.server.cpu_seconds(), redis_server.cpu_seconds()
+        result = run_wrk(self.server.base_url + self.path, self.requests, seconds, workdir)
+        app_after, redis_after = self.server.cpu_seconds(), redis_server.cpu_seconds()
+        per_request = 1e6 / max(result.requests, 1)
+        return Measured(
+            result,
+            (app_after - app_before) * per_request,
+            (redis_after - redis_before) * per_request,
+        )
+
+
+def _throughput(
+    settings: Settings,
+    targets: dict[str, Target],
+    redis_server: RedisServer,
+    workdir: Path,
+    failures: list[str],
+    log: Callable[[str], None],
+) -> dict[str, Row]:
+    """Interleave the variants (rotating the order each repeat) so drift in machine load hits
+    every row alike; report medians."""
+    rows = {key: Row(key, ROW_LABELS[key]) for key in targets}
+    keys = list(targets)
+    if settings.warmup:
+        for key in keys:
+            targets[key].run(settings.warmup, workdir, redis_server)
+    for repeat in range(settings.repeats):
+        order = keys[repeat % len(keys) :] + keys[: repeat % len(keys)]
+        for key in order:
+            measured = targets[key].run(settings.duration, workdir, redis_server)
+            rows[key].measured.append(measured)
+            result = measured.wrk
+            log(
+                f"repeat {repeat + 1}/{settings.repeats} {key}: {result.rps:,.0f} req/s "
+                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms, "
+                f"app CPU {measured.app_cpu_us:.0f} us/req, Redis {measured.redis_cpu_us:.0f}"
+            )
+            if result.status_errors or result.socket_errors:
+                failures.append(
+                    f"{key}: {result.status_errors} non-2xx/3xx responses and "
+                    f"{result.socket_errors} socket errors in repeat {repeat + 1}"
+                )
+    return rows
+
+
+def _verify_saves(clients: list[PageClient], row: Row, failures: list[str], strict: bool) -> str:
+    """A 303 alone does not prove a save: count the messages the sessions list now against the
+    saves wrk saw answered. The anchor's read-modify-write loses saves that race on one session
+    (flask-session issues #71, #149), which is reported; for the app any loss is a failure."""
+    counted = sum(r.requests for r in row.results)
+    listed = sum(c.message_count() for c in clients) - PAGE_MESSAGES * len(clients)
+    # Requests in flight when wrk stops are processed but not counted by wrk.
+    slack = CONNECTIONS * len(row.results)
+    if counted <= listed <= counted + slack:
+        return f"all {counted} answered saves listed"
+    if strict or listed > counted + slack:
+        failures.append(f"{row.key}: sessions list {listed} new messages, wrk counted {counted}")
+        return f"MISMATCH: {listed} listed, {counted} answered"
+    return f"{counted - listed} of {counted} answered saves LOST (concurrent saves on a session)"
+
+
+def _save_latency(settings: Settings, ours: Gunicorn, anchor: Gunicorn) -> list[SaveLatency]:
+    """Fill fresh sessions to N messages through the endpoints, then time single saves from one
+    client, round-robin over the sessions (so each session grows by at most save_rounds)."""
+    out: list[SaveLatency] = []
+    for held in settings.save_sizes:
+        for name, server in (("app", ours), ("anchor", anchor)):
+            clients = sessions_with_messages(server.port, settings.save_sessions, held)
+            samples = [
+                clients[i % len(clients)].save(message_text(held + i)) * 1000
+                for i in range(settings.save_sessions * settings.save_rounds)
+            ]
+            out.append(SaveLatency(name, held, samples))
+    return out
+
+
+def _info(client: redis.Redis) -> tuple[dict[str, int], int]:
+    info = client.info("all")
+    calls = {
+        key.removeprefix("cmdstat_"): int(value["calls"])
+        for key, value in info.items()
+        if key.startswith("cmdstat_")
+    }
+    return calls, int(info["total_commands_processed"])
+
+
+def _redis_costs(
+    settings: Settings, workdir: Path, logs: Path
+) -> tuple[list[RedisCost], list[Footprint]]:
+    """A separate Redis reached through the counting proxy, so nothing else talks to it."""
+    costs: list[RedisCost] = []
+    footprints: list[Footprint] = []
+    server = RedisServer(workdir / "redis-costs")
+    proxy = RoundTripProxy(server.port)
+    with ExitStack() as stack:
+        server.start()
+        stack.callback(server.stop)
+        info = server.client()
+        stack.callback(info.close)
+        proxy.start()
+        stack.callback(proxy.stop)
+        ours = our_app(proxy.port, 0, logs, name="app-costs")
+        anchor = anchor_app(proxy.port, 1, logs, name="anchor-costs")
+        for app in (ours, anchor):
+            stack.callback(app.stop)
+        start_all([ours, anchor])
+        for name, app, db in (("app", ours, 0), ("anchor", anchor, 1)):
+            client = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
+            footprints.append(_footprint(name, server, db, client))
+            # Warm both workers (connections, caches) before counting.
+            for _ in range(20):
+                client.get_page()
+
+            def page(c: PageClient = client) -> None:
+                c.get_page()
+
+            def save(c: PageClient = client) -> None:
+                c.save(message_text(1))
+
+            def save_then_page(c: PageClient = client) -> None:
+                c.save(message_text(1))
+                c.get_page()
+
+            for label, action in (
+                ("GET / (unchanged session)", page),
+                ("POST /persistMessage", save),
+                ("POST + the redirected GET /", save_then_page),
+            ):
+                costs.append(_count(name, label, action, settings.counted_requests, info, proxy))
+    return costs, footprints
+
+
+def _count(
+    name: str,
+    label: str,
+    action: Callable[[], None],
+    n: int,
+    info: redis.Redis,
+    proxy: RoundTripProxy,
+) -> RedisCost:
+    """Per-request deltas over n requests. `info` is one long-lived connection, so its own
+    handshake (HELLO, CLIENT SETINFO) is not in the deltas; only its INFO calls are."""
+    calls_before, total_before = _info(info)
+    proxy_before = proxy.snapshot()
+    for _ in range(n):
+        action()
+    # Let in-flight asynchronous work (none expected) land before reading the counters.
+    time.sleep(0.05)
+    proxy_after = proxy.snapshot()
+    calls_after, total_after = _info(info)
+    commands = {
+        cmd: (calls_after.get(cmd, 0) - calls_before.get(cmd, 0)) / n
+        for cmd in calls_after
+        if cmd != "info" and calls_after.get(cmd, 0) != calls_before.get(cmd, 0)
+    }
+    return RedisCost(
+        name,
+        label,
+        commands,
+        # The INFO call that took the "before" snapshot is itself counted in the delta.
+        (total_after - total_before - 1) / n,
+        # Our own INFO call goes straight to Redis, not through the proxy.
+        (proxy_after.round_trips - proxy_before.round_trips) / n,
+        proxy_after.connections - proxy_before.connections,
+    )
+
+
+def _footprint(name: str, server: RedisServer, db: int, client: PageClient) -> Footprint:
+    """MEMORY USAGE of every key in the variant's DB: this DB holds only this one session."""
+    redis_db = server.client(db)
+    sid = client.cookies.get("session", "")
+    keys: dict[str, int] = {}
+    for key in redis_db.scan_iter(count=1000):
+        label = key.decode().replace(sid, "<sid>") if sid else key.decode()
+        keys[label] = int(redis_db.execute_command("MEMORY USAGE", key, "SAMPLES", "0"))
+    return Footprint(name, keys)
+
+
+def _fault_run(
+    settings: Settings, workdir: Path, logs: Path, failures: list[str]
+) -> FaultRun | None:
+    """Steady load on the app; Redis saved and stopped at stop_at, started at start_at on the
+    same port with the same data; a poller times restart -> first 200 for a known session."""
+    server = RedisServer(workdir / "redis-fault")
+    with ExitStack() as stack:
+        server.start()
+        stack.callback(server.stop)
+        app = our_app(server.port, 0, logs, name="app-fault")
+        stack.callback(app.stop)
+        app.start()
+        visitor = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
+        poller = PageClient(app.port, timeout=1.0)
+        poller.cookies = dict(visitor.cookies)
+        result: dict[str, WrkResult] = {}
+
+        def load() -> None:
+            result["wrk"] = run_wrk(
+                app.base_url + "/",
+                [Request("GET", visitor.cookie_header)],
+                settings.fault_seconds,
+                workdir,
+                count_statuses=True,
+            )
+
+        loader = threading.Thread(target=load)
+        started = time.monotonic()
+        loader.start()
+        _sleep_until(started + settings.fault_stop_at)
+        server.stop(save=True)
+        _sleep_until(started + settings.fault_start_at)
+        restart = time.monotonic()
+        first_200: list[float] = []
+        poll_until = started + settings.fault_seconds + 5
+        poll = threading.Thread(
+            target=_poll_first_200, args=(poller, restart, poll_until, first_200)
+        )
+        poll.start()
+        server.start()
+        ping_after = time.monotonic() - restart
+        poll.join()
+        loader.join(timeout=settings.fault_seconds + 60)
+        wrk_result = result.get("wrk")
+        if wrk_result is None:
+            failures.append("fault run: wrk produced no result")
+            return None
+        messages_after = visitor.message_count()
+        if messages_after != PAGE_MESSAGES:
+            failures.append(f"fault run: session lists {messages_after} messages after restart")
+        return FaultRun(
+            settings.fault_seconds,
+            settings.fault_stop_at,
+            settings.fault_start_at,
+            wrk_result.statuses,
+            wrk_result.socket_errors,
+            ping_after,
+            first_200[0] if first_200 else None,
+            messages_after,
+        )
+
+
+def _sleep_until(moment: float) -> None:
+    remaining = moment - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def _poll_first_200(client: PageClient, since: float, until: float, out: list[float]) -> None:
+    """Tight but bounded: one request every ~10 ms until a 200 or the deadline."""
+    while time.monotonic() < until:
+        try:
+            status, _, _ = client.request("GET", "/")
+        except OSError:
+            status = 0
+        if status == 200:
+            out.append(time.monotonic() - since)
+            return
+        time.sleep(0.01)

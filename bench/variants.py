@@ -1,0 +1,69 @@
+"""The three servers being compared, and how to fill them with sessions over plain HTTP."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.client import PageClient
+from bench.pages import message_text
+from bench.servers import HOST, Gunicorn
+
+# Shared by the app and the anchor so the only difference is the code under test; fresh per run.
+SECRET_KEY = secrets.token_hex(32)
+# The app refuses saves past MESSAGES_MAX_PER_SESSION (500 by default); the save rows push
+# sessions past 500, so lift the cap for the benchmark only.
+MESSAGES_MAX = "100000"
+
+
+def _env(redis_port: int, db: int) -> dict[str, str]:
+    # gunicorn.conf.py validates the app's settings in the master, so every variant (the
+    # ceiling too, which ignores them) gets a valid set: one settings file for all rows.
+    return {
+        "REDIS_HOST": HOST,
+        "REDIS_PORT": str(redis_port),
+        "REDIS_DB": str(db),
+        "SECRET_KEY": SECRET_KEY,
+        "MESSAGES_MAX_PER_SESSION": MESSAGES_MAX,
+        "REPLICA_NAME": "bench-replica",
+    }
+
+
+def our_app(redis_port: int, db: int, logs: Path, name: str = "app") -> Gunicorn:
+    return Gunicorn(name, "app:create_app()", _env(redis_port, db), logs / f"{name}.log")
+
+
+def anchor_app(redis_port: int, db: int, logs: Path, name: str = "anchor") -> Gunicorn:
+    return Gunicorn(
+        name, "bench.anchor_app:create_app()", _env(redis_port, db), logs / f"{name}.log"
+    )
+
+
+def ceiling_app(redis_port: int, logs: Path) -> Gunicorn:
+    env = _env(redis_port, 15)
+    return Gunicorn("ceiling", "bench.ceiling_app:create_app()", env, logs / "ceiling.log")
+
+
+def start_all(servers: list[Gunicorn]) -> None:
+    """Start in parallel: each gunicorn takes ~1 s to import Flask, which adds up in smoke runs."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        list(pool.map(lambda server: server.start(), servers))
+
+
+def sessions_with_messages(
+    port: int, count: int, messages: int, threads: int = 4
+) -> list[PageClient]:
+    """`count` visitors, each having saved `messages` messages through the real endpoints, so the
+    stored shape is exactly what the app writes (no knowledge of its Redis layout needed)."""
+
+    def one(_: int) -> PageClient:
+        client = PageClient(port)
+        client.get_page()
+        for index in range(messages):
+            client.save(message_text(index))
+        client.get_page()
+        return client
+
+    with ThreadPoolExecutor(min(threads, count)) as pool:
+        return list(pool.map(one, range(count)))
