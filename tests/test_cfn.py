@@ -368,7 +368,7 @@ def test_three_subnets_per_tier_in_three_azs(templates: dict[str, dict[str, Any]
 def test_db_subnets_use_only_isolated_db_route_tables(
     templates: dict[str, dict[str, Any]],
 ) -> None:
-    """The original associated DB subnet 2 with an app route table; pin the fix."""
+    """The original associated the DB subnets with app route tables; pin the fix."""
     network = templates["network.yaml"]
     tiers = _subnets_by_tier(network)
     table_of: dict[str, str] = {}
@@ -427,7 +427,9 @@ def test_cache_is_an_encrypted_authenticated_replication_group(
     # ElastiCache refuses AUTH tokens containing @, " or /.
     excluded = generate.get("ExcludeCharacters", "")
     assert generate.get("ExcludePunctuation") is True or set('@"/') <= set(excluded)
-    key = cache["Resources"][group["KmsKeyId"]["Ref"]]
+    key_id, attribute = group["KmsKeyId"]["Fn::GetAtt"]
+    key = cache["Resources"][key_id]
+    assert attribute == "Arn"
     assert key["Type"] == "AWS::KMS::Key" and key["Properties"]["EnableKeyRotation"] is True
 
 
@@ -491,6 +493,7 @@ def test_cache_port_is_open_only_to_the_eks_cluster_security_group(
     ]
     assert ingress == [("tcp", 6379, 6379, {"Ref": "EKSClusterSecurityGroup"})]
     assert not any("CidrIp" in r or "CidrIpv6" in r for r in group["SecurityGroupIngress"])
+    assert [r["CidrIp"] for r in group["SecurityGroupEgress"]] == [{"Ref": "VPCcidr"}]
     # Follow the parameter back to the security group EKS creates for the cluster.
     main_stacks = _resources(templates["main.yaml"], "AWS::CloudFormation::Stack")
     passed = main_stacks["SecurityGroupStack"]["Properties"]["Parameters"]
