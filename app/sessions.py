@@ -201,7 +201,12 @@ class MessageSessionInterface(RedisSessionInterface):
         store_id = self._get_store_id(session.sid)
         try:
             count = self.store.append(
-                store_id, text, limit=limit, ttl_seconds=self.lifetime_seconds, document=document
+                store_id,
+                text,
+                limit=limit,
+                ttl_seconds=self.lifetime_seconds,
+                document=document,
+                slack_seconds=int(self.refresh_interval),
             )
         except SessionGone:
             self.end(session)

@@ -51,7 +51,8 @@ CACHE_MAX_ENTRIES = 20_000
 # be raced, and a new session's document and first message appear together. ARGV[4] is the
 # new session's document, or empty for an existing session: a save for a session that is
 # gone (destroyed in another tab, or expired) is refused rather than resurrecting it, as
-# Spring Session does.
+# Spring Session does. The document's TTL is extended only when it has run down by more
+# than ARGV[5] seconds: an EXPIRE would invalidate every replica's cached copy of it.
 _APPEND = """
 if ARGV[4] == '' then
   if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -65,7 +66,9 @@ if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then
 end
 local n = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) - tonumber(ARGV[5]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
 return n
 """
 
@@ -221,7 +224,14 @@ class MessageStore:
         return [raw.decode() for raw in self.reads.lrange(messages_key(store_id))]
 
     def append(
-        self, store_id: str, text: str, *, limit: int, ttl_seconds: int, document: bytes | None
+        self,
+        store_id: str,
+        text: str,
+        *,
+        limit: int,
+        ttl_seconds: int,
+        document: bytes | None,
+        slack_seconds: int = 0,
     ) -> int:
         """Append one message, creating the session from ``document`` when given.
 
@@ -229,7 +239,7 @@ class MessageStore:
         """
         result = self._append(
             keys=[store_id, messages_key(store_id)],
-            args=[text, limit, ttl_seconds, document or b""],
+            args=[text, limit, ttl_seconds, document or b"", slack_seconds],
         )
         if result == -1:
             raise SessionFull

@@ -1,0 +1,87 @@
+"""Configuration: read once from the environment, and a bad value stops start-up in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.config import ConfigError, Settings
+
+from .support import ROOT
+
+BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
+
+
+def test_defaults():
+    settings = Settings.from_env(BASE)
+    assert (settings.redis_port, settings.redis_tls, settings.redis_db) == (6379, False, 0)
+    assert settings.session_lifetime_seconds == 1800
+    assert (settings.message_max_length, settings.messages_max_per_session) == (2000, 500)
+    assert settings.redis_auth_token is None
+    assert settings.redis_client_cache is True
+    assert settings.replica_name  # the hostname
+
+
+def test_every_variable_is_read():
+    env = {
+        **BASE,
+        "REDIS_PORT": "6380",
+        "REDIS_TLS": "true",
+        "REDIS_AUTH_TOKEN": "token",
+        "REDIS_DB": "3",
+        "REDIS_CLIENT_CACHE": "false",
+        "SESSION_LIFETIME_SECONDS": "600",
+        "SESSION_COOKIE_SECURE": "yes",
+        "MESSAGE_MAX_LENGTH": "100",
+        "MESSAGES_MAX_PER_SESSION": "10",
+        "LOG_LEVEL": "debug",
+        "REPLICA_NAME": "pod-1",
+    }
+    s = Settings.from_env(env)
+    assert (s.redis_port, s.redis_tls, s.redis_auth_token, s.redis_db) == (6380, True, "token", 3)
+    assert (s.redis_client_cache, s.session_lifetime_seconds, s.session_cookie_secure) == (
+        False,
+        600,
+        True,
+    )
+    assert (s.message_max_length, s.messages_max_per_session) == (100, 10)
+    assert (s.log_level, s.replica_name) == ("DEBUG", "pod-1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"REDIS_PORT": "abc"}, "REDIS_PORT='abc' is not a whole number"),
+        ({"REDIS_PORT": "70000"}, "REDIS_PORT=70000 is out of range"),
+        ({"REDIS_TLS": "maybe"}, "REDIS_TLS='maybe' is not a boolean (true/false)"),
+        ({"REDIS_DB": "-1"}, "REDIS_DB=-1 is out of range"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' is not one of"),
+        ({"SESSION_LIFETIME_SECONDS": "5"}, "SESSION_LIFETIME_SECONDS=5 is out of range"),
+        ({"SECRET_KEY": ""}, "SECRET_KEY is not set"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY is too short"),
+        ({"REDIS_HOST": ""}, "REDIS_HOST is not set"),
+    ],
+)
+def test_invalid_values_name_the_variable(changes, named):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, **changes})
+    assert named in str(caught.value)
+
+
+def test_gunicorn_refuses_to_start_with_one_line():
+    env = {"PATH": "/usr/bin:/bin", **BASE, "REDIS_PORT": "not-a-port"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: REDIS_PORT='not-a-port' is not a whole number (1-65535)"
+    ]

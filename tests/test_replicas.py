@@ -1,0 +1,235 @@
+"""Three real gunicorn replicas sharing one real Valkey: the reason this app exists.
+
+One cookie jar is used against all three in turn, as a load balancer without stickiness would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from .support import csrf_token, listed_messages, served_by, wait_until
+
+
+@pytest.fixture
+def replicas(valkey, start_replica):
+    return [start_replica(valkey.port, name) for name in ("replica-a", "replica-b", "replica-c")]
+
+
+def browse(base: str, session: requests.Session) -> str:
+    response = session.get(f"{base}/", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def save(base: str, session: requests.Session, text: str, token: str) -> requests.Response:
+    return session.post(
+        f"{base}/persistMessage",
+        data={"message": text, "csrf_token": token},
+        allow_redirects=False,
+        timeout=10,
+    )
+
+
+def test_every_replica_serves_the_same_session(replicas):
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    saved: list[str] = []
+    seen = set()
+    for i in range(12):
+        replica = replicas[i % 3]
+        text = f"message {i} via {replica.name}"
+        assert save(replica.url, browser, text, token).status_code == 303
+        saved.append(text)
+        # The very next request, on the next replica, lists everything saved so far.
+        page = browse(replicas[(i + 1) % 3].url, browser)
+        assert listed_messages(page) == saved
+        seen.add(served_by(page))
+    assert seen == {"replica-a", "replica-b", "replica-c"}
+
+
+def test_killing_a_replica_loses_nothing(replicas):
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    for i, replica in enumerate(replicas):
+        assert save(replica.url, browser, f"m{i}", token).status_code == 303
+    replicas[0].stop(signal.SIGKILL)
+    for replica in replicas[1:]:
+        assert listed_messages(browse(replica.url, browser)) == ["m0", "m1", "m2"]
+
+
+def test_200_concurrent_saves_on_one_session_store_200_messages(replicas, valkey):
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    assert save(replicas[0].url, browser, "seed", token).status_code == 303
+    cookies = browser.cookies.get_dict()
+    texts = [f"concurrent {i}" for i in range(200)]
+
+    def one(i: int) -> int:
+        # A fresh connection per save, with the same cookies: like many tabs at once.
+        return requests.post(
+            f"{replicas[i % 3].url}/persistMessage",
+            data={"message": texts[i], "csrf_token": token},
+            cookies=cookies,
+            allow_redirects=False,
+            timeout=30,
+        ).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(one, range(200)))
+    assert statuses == [303] * 200
+    listed = listed_messages(browse(replicas[1].url, browser))
+    assert listed[0] == "seed"
+    assert sorted(listed[1:]) == sorted(texts)
+    print(f"\nconcurrency: 200 parallel saves over 3 replicas -> {len(listed) - 1} stored")
+
+
+def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, valkey):
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    for i in range(3):
+        assert save(replicas[i].url, browser, f"before {i}", token).status_code == 303
+    valkey.stop()
+    for replica in replicas:
+        page = browser.get(f"{replica.url}/", timeout=10)
+        assert page.status_code == 503
+        assert page.headers["Retry-After"] == "5"
+        assert save(replica.url, browser, "during", token).status_code == 503
+    restarted = time.monotonic()
+    valkey.start()
+
+    def page_ok() -> bool:
+        return browser.get(f"{replicas[1].url}/", timeout=10).status_code == 200
+
+    wait_until(page_ok, 10, "the first 200 after Redis came back")
+    recovery = time.monotonic() - restarted
+    for replica in replicas:
+        assert listed_messages(browse(replica.url, browser)) == [f"before {i}" for i in range(3)]
+    assert save(replicas[2].url, browser, "after", token).status_code == 303
+    for replica in replicas:
+        assert "500" not in replica.log().split('"status": ')[1:]
+    print(f"\noutage: first 200 {recovery:.2f}s after Redis was started again")
+
+
+def test_redis_commands_per_request(valkey, start_replica):
+    admin = valkey.client()
+    browser = requests.Session()
+    # One worker, so that "warm" is certain: each worker keeps its own cache.
+    url = start_replica(valkey.port, "counted", WEB_CONCURRENCY="1").url
+    token = csrf_token(browse(url, browser))
+    assert save(url, browser, "warm", token).status_code == 303
+    browse(url, browser)
+
+    def counts() -> dict[str, int]:
+        stats = admin.info("commandstats")
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+
+    def delta(before: dict[str, int], runs: int) -> dict[str, float]:
+        after = counts()
+        changed = {k: (after[k] - before.get(k, 0)) / runs for k in after if k != "info"}
+        return {k: v for k, v in changed.items() if v}
+
+    before = counts()
+    for _ in range(10):
+        browse(url, browser)
+    per_view = delta(before, 10)
+    before = counts()
+    for i in range(10):  # what a browser does: the POST, then the GET it is redirected to
+        assert save(url, browser, f"m{i}", token).status_code == 303
+        browse(url, browser)
+    per_save = delta(before, 10)
+    print(f"\nredis commands per warm GET /: {per_view}; per save + redirected GET: {per_save}")
+    assert per_view == {}
+    # Round trips: EVALSHA, and the LRANGE that re-reads the changed list. The rest run
+    # inside the script; the session document stays cached (its TTL is not yet due).
+    assert per_save == {
+        "evalsha": 1,
+        "lrange": 1,
+        "exists": 1,
+        "llen": 1,
+        "rpush": 1,
+        "expire": 1,
+        "ttl": 1,
+    }
+
+
+def _worker_pids(master: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _accepted(pids: list[int], client_port: int) -> bool:
+    """True once a worker process holds the server side of our connection."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == client_port:
+            inode = fields[9]
+    if inode is None:
+        return False
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
+    replica = start_replica(valkey.port, "draining", WEB_CONCURRENCY="1")
+    browser = requests.Session()
+    token = csrf_token(browse(replica.url, browser))
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+    body = f"message=in+flight&csrf_token={token}".encode()
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        workers = _worker_pids(replica.process.pid)
+        wait_until(lambda: _accepted(workers, conn.getsockname()[1]), 10, "a worker to accept")
+        replica.process.send_signal(signal.SIGTERM)
+        conn.sendall(body[10:])  # the request is still in flight when shutdown begins
+        reply = conn.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 303"), reply
+    assert replica.process.wait(30) == 0
+    assert listed_messages(valkey_page(valkey)) == ["in flight"]
+
+
+def valkey_page(valkey) -> str:
+    """The stored messages, read straight from Valkey and shaped like the page's list."""
+    admin = valkey.client()
+    (key,) = admin.keys("session:*:messages")
+    items = admin.lrange(key, 0, -1)
+    return "".join(f'<li class="message">{m.decode()}</li>' for m in items)
+
+
+def test_logs_are_json_lines_with_request_ids(replicas):
+    import json
+
+    browser = requests.Session()
+    response = browser.get(f"{replicas[0].url}/", headers={"X-Request-ID": "abc-123"}, timeout=10)
+    assert response.headers["X-Request-ID"] == "abc-123"
+    wait_until(lambda: "abc-123" in replicas[0].log(), 10, "the access log line")
+    lines = [json.loads(line) for line in replicas[0].log().splitlines() if line.strip()]
+    access = [line for line in lines if line.get("request_id") == "abc-123"]
+    assert access and access[0]["status"] == 200 and access[0]["path"] == "/"
