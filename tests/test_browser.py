@@ -1,0 +1,82 @@
+"""A person in a browser: headless Chromium (Debian's) driven by Playwright, against gunicorn."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)",
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    # Chromium and Playwright write caches under HOME; keep them in the test's folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def test_type_save_reload_destroy(browser, valkey, start_replica, tmp_path):
+    replica = start_replica(valkey.port, "browser-replica")
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{replica.url}/")
+    assert page.locator("#served-by").inner_text() == "browser-replica"
+
+    page.fill("textarea[name=message]", "Hello from <Chromium> & co")
+    page.click("text=Save Message")
+    page.wait_for_url(f"{replica.url}/")
+    assert page.locator("li.message").all_inner_texts() == ["Hello from <Chromium> & co"]
+    fingerprint = page.locator("#session-fingerprint").inner_text()
+    assert len(fingerprint) == 12
+
+    page.fill("textarea[name=message]", "second")
+    page.click("text=Save Message")
+    page.reload()
+    assert page.locator("li.message").all_inner_texts() == ["Hello from <Chromium> & co", "second"]
+    assert page.locator("#session-fingerprint").inner_text() == fingerprint
+    page.screenshot(path=str(tmp_path / "messages.png"))
+
+    page.click("text=Destroy Session")
+    page.wait_for_url(f"{replica.url}/")
+    assert page.locator("li.message").count() == 0
+    assert page.locator("#session-fingerprint").inner_text() == "none"
+    assert valkey.client().keys("session:*") == []
+
+
+def test_a_refused_message_shows_the_reason_and_keeps_the_list(browser, valkey, start_replica):
+    replica = start_replica(valkey.port, "browser-replica", MESSAGE_MAX_LENGTH="10")
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{replica.url}/")
+    page.fill("textarea[name=message]", "short")
+    page.click("text=Save Message")
+    page.wait_for_url(f"{replica.url}/")
+    # The textarea's maxlength stops typing past the limit; a crafted post still gets a reason.
+    page.eval_on_selector("textarea", "t => t.removeAttribute('maxlength')")
+    page.fill("textarea[name=message]", "far too long for ten")
+    page.click("text=Save Message")
+    assert "at most 10 characters" in page.locator("#error").inner_text()
+    assert page.locator("li.message").all_inner_texts() == ["short"]
