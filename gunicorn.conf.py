@@ -29,8 +29,6 @@ timeout = 30
 # On SIGTERM workers finish in-flight requests for up to this long; the pod's preStop sleep
 # plus this stays below terminationGracePeriodSeconds (see k8s/deployment.yaml).
 graceful_timeout = 20
-# Behind a load balancer that reuses connections.
-keepalive = 5
 # gunicorn 25+ opens a control socket under $HOME; nothing here uses it, and the container's
 # root filesystem is read-only.
 control_socket_disable = True
