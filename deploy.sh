@@ -127,8 +127,8 @@ print_failed_events() {
   # Events come newest first; the latest operation starts at the stack's own "User Initiated" event.
   events=$(jq '.StackEvents
     | (first(range(length) as $i | select(.[$i].ResourceStatusReason == "User Initiated"
-        and .[$i].PhysicalResourceId == .[$i].StackId) | $i) // length) as $end
-    | .[:$end + 1] | map(select(.ResourceStatus | test("FAILED")))' <<<"$events")
+        and .[$i].PhysicalResourceId == .[$i].StackId) | $i) // length) as $last
+    | .[:$last + 1] | map(select(.ResourceStatus | test("FAILED")))' <<<"$events")
   printf '%s: failed events of stack %s:\n' "$PROG" "$stack" >&2
   jq -r '.[] | "  \(.Timestamp)  \(.LogicalResourceId)  \(.ResourceType)  \(.ResourceStatus)  \(.ResourceStatusReason // "")"' <<<"$events" >&2
   [ "$depth" -lt 3 ] || return 0
@@ -237,9 +237,9 @@ fi
 
 # main.yaml reads the nested templates from the bucket root (https://BUCKET.s3.REGION.amazonaws.com/NAME.yaml).
 say "uploading the nested templates to s3://$BUCKET/"
-for t in network securitygroups cache eks; do
-  awsp s3 cp "$CFN_DIR/$t.yaml" "s3://$BUCKET/$t.yaml" --only-show-errors
-done
+# cp, not sync: sync skips a changed file whose size and age look unchanged.
+awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude '*' \
+  --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml
 
 # JSON, not the shorthand syntax, so list values such as PublicSubnets=a,b,c survive their commas.
 PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")

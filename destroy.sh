@@ -187,7 +187,8 @@ empty_bucket() {
   say "bucket $bucket: deleted $total object versions and delete markers"
 }
 
-# Deletes every image by digest (that removes all its tags), 100 at a time (the BatchDeleteImage limit).
+# Deletes every image as list-images names it (tag and digest, or digest alone when untagged), 100 at
+# a time (the BatchDeleteImage limit). An entry already gone with another tag of the same image is fine.
 empty_repository() {
   local repo=$1 images count chunk failures
   if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>&1); then
@@ -198,13 +199,12 @@ empty_repository() {
     printf '%s\n' "$images" >&2
     die "could not list repository $repo"
   fi
-  jq -c '.imageIds | map({imageDigest}) | unique | range(0; length; 100) as $i | .[$i:$i + 100]' \
-    <<<"$images" >"$WORK/images.jsonl"
-  count=$(jq '.imageIds | map(.imageDigest) | unique | length' <<<"$images")
+  jq -c '.imageIds | range(0; length; 100) as $i | .[$i:$i + 100]' <<<"$images" >"$WORK/images.jsonl"
+  count=$(jq '.imageIds | length' <<<"$images")
   # fd 3, so that nothing inside the loop can read the list as its standard input.
   while read -r chunk <&3; do
     failures=$(awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json |
-      jq '.failures // [] | length')
+      jq '[.failures // [] | .[] | select(.failureCode != "ImageNotFound")] | length')
     [ "$failures" -eq 0 ] || die "ECR refused to delete $failures images from $repo"
   done 3<"$WORK/images.jsonl"
   say "repository $repo: deleted $count images"

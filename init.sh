@@ -30,7 +30,7 @@ survive). Secrets are never printed.
   -h                 show this help
 
 Changed from the original sample: -p is really used; -r is now the REGION (the Docker Hub repository
-moved to -n); ECR is the default registry; nothing in k8s/ is edited (no sed -i), the settings go to .deploy/.
+moved to -n); ECR is the default registry; nothing in k8s/ is edited in place any more, the settings go to .deploy/.
 Next: kubectl apply -k .deploy/
 EOF
 }

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Recording stand-in for aws, kubectl, docker, podman and buildah in tests/test_scripts.py.
+
+The test links this file onto PATH under each tool's name; the name it is called by picks the role.
+Every call appends {"tool", "argv", ...} as one JSON line to $STUB_LOG, so the test can assert the
+calls, their order and their flags. What the stand-in answers itself is exactly what moto cannot
+emulate; everything else goes to the real tool:
+
+- aws: runs the real AWS CLI against moto, except that create/update-stack of the main stack get a
+  stand-in template (moto skips EKS/ElastiCache in CloudFormation and fails on their attributes),
+  an unchanged update of it is refused as CloudFormation does ("No updates are to be performed"),
+  and with STUB_MAIN_FAILS=1 the main stack's waiter fails and its events are canned.
+- kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
+  kubectl first (as kubectl does) and then pretends the cluster deleted the objects.
+- docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
+  `login` records what it read on stdin.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOOL = Path(sys.argv[0]).name
+ARGV = sys.argv[1:]
+
+
+def record(**extra: object) -> None:
+    """Appends this call to the shared log; O_APPEND keeps lines whole when calls overlap."""
+    line = json.dumps({"tool": TOOL, "argv": ARGV, "time": time.time(), **extra}) + "\n"
+    with open(os.environ["STUB_LOG"], "a", encoding="utf-8") as log:
+        log.write(line)
+
+
+def option(name: str) -> str | None:
+    """The value following `name` in argv, if any."""
+    if name in ARGV[:-1]:
+        return ARGV[ARGV.index(name) + 1]
+    return None
+
+
+def real_aws(args: list[str]) -> None:
+    """Replaces this process with the real AWS CLI (moto behind AWS_ENDPOINT_URL)."""
+    os.execv(os.environ["REAL_AWS"], [os.environ["REAL_AWS"], *args])  # noqa: S606
+
+
+def canned_main_events(stack: str) -> dict[str, list[dict[str, str]]]:
+    """Events like CloudFormation's for a nested-stack failure, newest first.
+
+    The last one is an older operation's failure that the script must not show again.
+    """
+    main_id = os.environ["STUB_MAIN_STACK_ID"]
+    nested_id = os.environ["STUB_NESTED_STACK_ID"]
+
+    def event(stack_id: str, logical: str, rtype: str, physical: str, status: str, reason: str):
+        return {
+            "StackId": stack_id,
+            "EventId": f"{logical}-{status}",
+            "StackName": stack_id.split("/")[1],
+            "LogicalResourceId": logical,
+            "PhysicalResourceId": physical,
+            "ResourceType": rtype,
+            "Timestamp": "2026-11-21T10:00:00Z",
+            "ResourceStatus": status,
+            "ResourceStatusReason": reason,
+        }
+
+    stack_type = "AWS::CloudFormation::Stack"
+    if stack == nested_id:
+        return {
+            "StackEvents": [
+                event(
+                    nested_id,
+                    "ReplicationGroup",
+                    "AWS::ElastiCache::ReplicationGroup",
+                    "",
+                    "CREATE_FAILED",
+                    "STUB-CACHE-QUOTA: cache node quota exceeded",
+                ),
+                event(
+                    nested_id,
+                    "CacheStack",
+                    stack_type,
+                    nested_id,
+                    "CREATE_IN_PROGRESS",
+                    "User Initiated",
+                ),
+            ]
+        }
+    return {
+        "StackEvents": [
+            event(main_id, stack, stack_type, main_id, "ROLLBACK_COMPLETE", ""),
+            event(
+                main_id,
+                "CacheStack",
+                stack_type,
+                nested_id,
+                "CREATE_FAILED",
+                "Embedded stack was not successfully created: The following resource(s) "
+                "failed to create: [ReplicationGroup].",
+            ),
+            event(main_id, stack, stack_type, main_id, "CREATE_IN_PROGRESS", "User Initiated"),
+            event(main_id, "OldThing", "AWS::EC2::VPC", "", "UPDATE_FAILED", "STUB-OLD-FAILURE"),
+        ]
+    }
+
+
+def no_updates_if_unchanged(command: str, template: str) -> None:
+    """CloudFormation's answer to an update that changes nothing (moto only gives it when every
+    parameter is passed, main.yaml has defaulted ones): same template, parameters and flags."""
+    state = Path(os.environ["STUB_LOG"] + ".main-stack.json")
+    request = json.dumps([template, [a for a in ARGV if a not in ("create-stack", "update-stack")]])
+    if command == "update-stack" and state.exists() and state.read_text() == request:
+        sys.stderr.write(
+            "\nAn error occurred (ValidationError) when calling the UpdateStack operation: "
+            "No updates are to be performed.\n"
+        )
+        sys.exit(255)
+    state.write_text(request)
+
+
+def aws() -> None:
+    """Records the call; answers the main stack where moto cannot, else runs the real CLI."""
+    # JSON payloads passed as files (delete-objects) vanish with the script's temporary directory.
+    files = {
+        a: Path(a[7:]).read_text() for a in ARGV if a.startswith("file://") and a.endswith(".json")
+    }
+    record(files=files)
+    stack = option("--stack-name")
+    main = os.environ["STUB_MAIN_STACK"]
+    deploys_main = (option("--template-body") or "").endswith("/cfn/main.yaml") and stack
+    if deploys_main and stack != main:
+        sys.exit(f"stand-in aws: main.yaml deployed as {stack!r}, the test expects {main!r}")
+    if "cloudformation" not in ARGV or stack not in (main, os.environ["STUB_NESTED_STACK_ID"]):
+        real_aws(ARGV)
+    command = ARGV[ARGV.index("cloudformation") + 1]
+    args = list(ARGV)
+    if command in ("create-stack", "update-stack"):
+        body = option("--template-body") or ""
+        if not body.endswith("/cfn/main.yaml"):
+            sys.exit(f"stand-in aws: main stack deployed from {body!r}, not cfn/main.yaml")
+        args[args.index(body)] = "file://" + os.environ["STUB_MAIN_TEMPLATE"]
+        no_updates_if_unchanged(command, Path(body[len("file://") :]).read_text())
+    if os.environ.get("STUB_MAIN_FAILS") == "1":
+        if command == "wait":
+            sys.stderr.write(
+                "\nWaiter StackCreateComplete failed: Waiter encountered a terminal failure "
+                'state: For expression "Stacks[].StackStatus" we matched expected path: '
+                '"ROLLBACK_COMPLETE" at least once\n'
+            )
+            sys.exit(255)
+        if command == "describe-stack-events":
+            print(json.dumps(canned_main_events(stack or "")))
+            sys.exit(0)
+    real_aws(args)
+
+
+def kubectl() -> None:
+    """Records the call; builds kustomizations with the real kubectl, fakes the cluster."""
+    kubeconfig = option("--kubeconfig")
+    kubeconfig_text = Path(kubeconfig).read_text() if kubeconfig else None
+    record(kubeconfig_text=kubeconfig_text)
+    real = os.environ["REAL_KUBECTL"]
+    if ARGV[:1] == ["kustomize"]:
+        os.execv(real, [real, *ARGV])  # noqa: S606
+    if os.environ.get("STUB_KUBECTL_FAILS") == "1":
+        sys.exit("error: You must be logged in to the server (Unauthorized)")
+    if "delete" in ARGV and "-k" in ARGV:
+        subprocess.run(
+            [real, "kustomize", option("-k") or ""], check=True, stdout=subprocess.DEVNULL
+        )
+        print('service "message-app" deleted')
+
+
+def builder() -> None:
+    """Records the call; a push to ECR leaves the tag in moto, like a real push."""
+    stdin = sys.stdin.read() if "login" in ARGV else None
+    record(stdin=stdin)
+    if "push" not in ARGV:
+        return
+    image = ARGV[ARGV.index("push") + 1]
+    registry, _, rest = image.partition("/")
+    if ".dkr.ecr." not in registry:
+        return
+    repository, _, tag = rest.rpartition(":")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 2,
+            "digest": "sha256:" + "0" * 64,
+        },
+        "layers": [],
+    }
+    subprocess.run(
+        [
+            os.environ["REAL_AWS"],
+            "--profile",
+            os.environ["STUB_PROFILE"],
+            "--region",
+            os.environ["STUB_REGION"],
+            "ecr",
+            "put-image",
+            "--repository-name",
+            repository,
+            "--image-tag",
+            tag,
+            "--image-manifest",
+            json.dumps({**manifest, "annotations": {"tag": tag}}),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+if __name__ == "__main__":
+    {"aws": aws, "kubectl": kubectl}.get(TOOL, builder)()
