@@ -1,0 +1,65 @@
+# Message app image: Flask + gunicorn, sessions in Redis/ElastiCache.
+# Build: docker build -t message-app .   (or: podman build / buildah bud --format docker)
+#
+# Base pinned by tag, not digest: the tag fixes the CPython minor (3.13, supported until 2029)
+# and the Debian release (bookworm), while still picking up Python patch and Debian security
+# rebuilds. Pin a digest (python:3.13-slim-bookworm@sha256:...) in a registry-connected pipeline
+# where Renovate/Dependabot can keep it fresh; it cannot be resolved or checked offline here.
+
+# ---- builder: resolve and install the runtime dependencies into a self-contained venv ----
+FROM python:3.13-slim-bookworm AS builder
+
+WORKDIR /src
+# Only pyproject.toml: this layer (the slow one) is rebuilt when the dependencies change,
+# not on every code change - the same aim as the original's layered Spring Boot jar.
+COPY pyproject.toml ./
+# `python3 -m venv` works whether the base keeps Python in /usr/local/bin (official image) or
+# /usr/bin. The requirement list is [project].dependencies, read with the stdlib TOML parser,
+# so pyproject.toml stays the single source of truth. pip itself is removed from the venv:
+# nothing installs packages at runtime.
+RUN python3 -m venv /opt/venv \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: -r requirements.txt \
+    && /opt/venv/bin/pip uninstall --yes pip
+
+# ---- runtime: base + venv + app code; no compilers, no pip cache, no build files ----
+FROM python:3.13-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="message-app" \
+      org.opencontainers.image.description="Stateful Flask message app with sessions in Redis (EKS + ElastiCache sample)" \
+      org.opencontainers.image.licenses="MIT-0"
+
+# The venv's bin first, so `gunicorn` and `python` are the venv's own, wherever the base keeps
+# its interpreter. Unbuffered output: JSON log lines reach `kubectl logs` immediately.
+# No bytecode writes: the root filesystem is read-only in Kubernetes (site-packages already
+# carries .pyc files compiled by pip at build time).
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A fixed numeric UID/GID so Kubernetes `runAsNonRoot` can verify it without /etc/passwd;
+# --no-log-init avoids a huge sparse lastlog file for a high UID.
+RUN groupadd --gid 10001 app \
+    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /nonexistent \
+       --shell /usr/sbin/nologin app
+
+COPY --from=builder /opt/venv /opt/venv
+
+# App code last: a code change rebuilds only these small layers. Files stay root-owned, so the
+# app user cannot modify its own code even where the root filesystem is writable.
+WORKDIR /app
+COPY gunicorn.conf.py ./
+COPY app/ ./app/
+
+USER 10001:10001
+EXPOSE 8080
+
+# For docker/podman/compose only (Kubernetes uses the Deployment's probes). Liveness only:
+# /healthz never touches Redis. No curl in the slim image, so the venv's Python does the GET.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
+
+# Exec form: gunicorn is PID 1 and receives SIGTERM directly for its graceful shutdown
+# (graceful_timeout in gunicorn.conf.py). The config binds 0.0.0.0:8080 and puts the worker
+# heartbeat files in /dev/shm, so nothing is written to the root filesystem.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
