@@ -530,9 +530,12 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     assert_profile_and_region(again)
 
 
-def test_deploy_failed_main_stack_prints_its_and_the_nested_failures(world: World) -> None:
+def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
+    world: World,
+) -> None:
     """Real: validation, bootstrap stack, uploads in moto. Stand-in: the main stack's waiter fails
-    and its events (and the failed nested stack's) are canned, as CloudFormation reports them.
+    and its events (and the failed nested stack's) are canned, as CloudFormation reports them; the
+    stack then reads ROLLBACK_COMPLETE until the re-run deletes it (in moto) and recreates it.
 
     Also checks -r, -s, -a and -o: no region lookup, no caller lookup, overrides passed as JSON
     (a comma-separated list value stays whole).
@@ -570,6 +573,27 @@ def test_deploy_failed_main_stack_prints_its_and_the_nested_failures(world: Worl
     assert params["ClusterAdminPrincipalArn"] == admin
     assert params["EKSNodeGroupDesiredSize"] == "2"
     assert params["PublicSubnets"] == subnets
+
+    # The cause fixed, a re-run replaces the rolled-back stack (which cannot be updated).
+    again = world.run(
+        "deploy.sh", "-p", PROFILE, "-r", REGION, "-s", OTHER_STACK, "-a", admin,
+        env={"STUB_MAIN_STACK": OTHER_STACK},
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "is ROLLBACK_COMPLETE from an earlier failed creation: deleting it" in again.stdout
+    assert "STUB-CACHE-QUOTA" in again.stderr
+    assert again.ops()[-8:] == [
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
+        ("cloudformation", "delete-stack", OTHER_STACK),
+        ("cloudformation", "wait", OTHER_STACK),
+        ("cloudformation", "create-stack", OTHER_STACK),
+        ("cloudformation", "wait", OTHER_STACK),
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+    ]
+    assert_profile_and_region(again)
+    assert f"./init.sh -p {PROFILE} -r {REGION} -s {OTHER_STACK}" in again.stdout
 
 
 def test_deploy_stops_at_an_invalid_template(world: World) -> None:

@@ -9,7 +9,8 @@ emulate; everything else goes to the real tool:
 - aws: runs the real AWS CLI against moto, except that create/update-stack of the main stack get a
   stand-in template (moto skips EKS/ElastiCache in CloudFormation and fails on their attributes),
   an unchanged update of it is refused as CloudFormation does ("No updates are to be performed"),
-  and with STUB_MAIN_FAILS=1 the main stack's waiter fails and its events are canned.
+  and with STUB_MAIN_FAILS=1 the main stack's waiter fails; from then on, until the stack is
+  deleted, the stack answers ROLLBACK_COMPLETE and canned events, as CloudFormation would.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
@@ -143,17 +144,26 @@ def aws() -> None:
             sys.exit(f"stand-in aws: main stack deployed from {body!r}, not cfn/main.yaml")
         args[args.index(body)] = "file://" + os.environ["STUB_MAIN_TEMPLATE"]
         no_updates_if_unchanged(command, Path(body[len("file://") :]).read_text())
-    if os.environ.get("STUB_MAIN_FAILS") == "1":
-        if command == "wait":
-            sys.stderr.write(
-                "\nWaiter StackCreateComplete failed: Waiter encountered a terminal failure "
-                'state: For expression "Stacks[].StackStatus" we matched expected path: '
-                '"ROLLBACK_COMPLETE" at least once\n'
-            )
-            sys.exit(255)
+    # After a failed creation the stack stays ROLLBACK_COMPLETE until someone deletes it.
+    rolled_back = Path(os.environ["STUB_LOG"] + ".main-rolled-back")
+    if os.environ.get("STUB_MAIN_FAILS") == "1" and command == "wait":
+        rolled_back.touch()
+        sys.stderr.write(
+            "\nWaiter StackCreateComplete failed: Waiter encountered a terminal failure "
+            'state: For expression "Stacks[].StackStatus" we matched expected path: '
+            '"ROLLBACK_COMPLETE" at least once\n'
+        )
+        sys.exit(255)
+    if rolled_back.exists():
+        if command == "describe-stacks":
+            status = {"StackId": os.environ["STUB_MAIN_STACK_ID"], "StackName": main}
+            print(json.dumps({"Stacks": [{**status, "StackStatus": "ROLLBACK_COMPLETE"}]}))
+            sys.exit(0)
         if command == "describe-stack-events":
             print(json.dumps(canned_main_events(stack or "")))
             sys.exit(0)
+        if command == "delete-stack":
+            rolled_back.unlink()
     real_aws(args)
 
 
