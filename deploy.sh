@@ -193,31 +193,32 @@ output_of() {
   jq -r --arg k "$2" '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == $k) | .OutputValue' <<<"$1"
 }
 
-caller_principal() {
-  local arn
-  arn=$(awsp sts get-caller-identity --output json | jq -r .Arn)
+# EKS access entries take an IAM role or user, not a temporary session: an assumed-role session
+# (SSO, a role) arn:P:sts::A:assumed-role/R/S stands for the role R. Its ARN comes from IAM, because
+# only IAM knows the role's path (SSO roles have one) and EKS needs the exact ARN.
+admin_from_caller() {
+  local arn=$1 role
   case $arn in
     arn:*:sts::*:assumed-role/*)
-      # EKS access entries need the role, not the temporary session: arn:P:sts::A:assumed-role/R/S -> arn:P:iam::A:role/R
-      local partition account role
-      partition=${arn#arn:}
-      partition=${partition%%:*}
-      account=${arn#arn:*:sts::}
-      account=${account%%:*}
       role=${arn#*:assumed-role/}
       role=${role%%/*}
-      arn="arn:$partition:iam::$account:role/$role"
+      if ! awsp iam get-role --role-name "$role" --output json | jq -r .Role.Arn; then
+        die "could not read role $role (iam:GetRole) to name it cluster admin: pass its ARN with -a"
+      fi
       ;;
     arn:*:iam::*:root)
       die "you are signed in as the account root user, which cannot be a cluster admin: pass -a with an IAM role or user ARN"
       ;;
+    *) printf '%s\n' "$arn" ;;
   esac
-  printf '%s\n' "$arn"
 }
 
 say "profile $PROFILE, region $REGION, stacks $BOOTSTRAP and $STACK"
 if [ -z "$PRINCIPAL" ]; then
-  PRINCIPAL=$(caller_principal)
+  CALLER=$(awsp sts get-caller-identity --output json | jq -r .Arn) ||
+    die "could not identify the caller: are the credentials of profile $PROFILE valid (aws sso login --profile $PROFILE)?"
+  # The function's own message explains a failure; exit without a second one.
+  PRINCIPAL=$(admin_from_caller "$CALLER") || exit 1
 fi
 say "cluster admin: $PRINCIPAL"
 

@@ -50,6 +50,8 @@ ACCOUNT = "123456789012"
 STACK = "flask-eks-sessions"  # the scripts' default
 BOOTSTRAP = f"{STACK}-bootstrap"
 OTHER_STACK = "fes-other"  # for -s
+# The profile's role, with a path as SSO roles have: only IAM knows it, the session ARN does not.
+DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/team/deployer"
 CLUSTER = "fes-test-cluster"
 CACHE_HOST = "master.fes-test-cache.abc123.euc1.cache.amazonaws.com"
 NESTED = ("network.yaml", "securitygroups.yaml", "cache.yaml", "eks.yaml")
@@ -143,7 +145,14 @@ def operation(call: dict[str, Any]) -> tuple[str, ...]:
     subject = next(
         (
             option(argv, name)
-            for name in ("--stack-name", "--bucket", "--repository-name", "--name", "--secret-id")
+            for name in (
+                "--stack-name",
+                "--bucket",
+                "--repository-name",
+                "--name",
+                "--secret-id",
+                "--role-name",
+            )
             if option(argv, name)
         ),
         "",
@@ -255,7 +264,7 @@ class World:
                 {"ParameterKey": "EcrRepositoryUri", "ParameterValue": outputs["EcrRepositoryUri"]},
                 {
                     "ParameterKey": "ClusterAdminPrincipalArn",
-                    "ParameterValue": f"arn:aws:iam::{ACCOUNT}:role/deployer",
+                    "ParameterValue": DEPLOYER_ROLE,
                 },
             ],
             Capabilities=["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
@@ -351,10 +360,10 @@ def world(tmp_path: Path, moto_url: str) -> World:
     # The profile is an assumed-role session, as with SSO or a role: deploy.sh must turn it into
     # the role's ARN for the EKS access entry.
     iam = w.client("iam")
-    iam.create_role(RoleName="deployer", AssumeRolePolicyDocument="{}")
-    creds = w.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/deployer", RoleSessionName="alice"
-    )["Credentials"]
+    iam.create_role(RoleName="deployer", Path="/team/", AssumeRolePolicyDocument="{}")
+    creds = w.client("sts").assume_role(RoleArn=DEPLOYER_ROLE, RoleSessionName="alice")[
+        "Credentials"
+    ]
     (tmp_path / "aws-credentials").write_text(
         f"[{PROFILE}]\naws_access_key_id = {creds['AccessKeyId']}\n"
         f"aws_secret_access_key = {creds['SecretAccessKey']}\n"
@@ -481,6 +490,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     assert run.ops() == [
         ("configure", "get", ""),
         ("sts", "get-caller-identity", ""),
+        ("iam", "get-role", "deployer"),
         *[("cloudformation", "validate-template", "")] * len(templates),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
         ("cloudformation", "create-stack", BOOTSTRAP),
@@ -493,7 +503,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         ("cloudformation", "describe-stacks", STACK),
     ]
     assert_profile_and_region(run)
-    validated = [option(c["argv"], "--template-body") for c in run.tool("aws")[2:8]]
+    validated = [option(c["argv"], "--template-body") for c in run.tool("aws")[3:9]]
     assert validated == [f"file://{world.root}/cfn/{name}" for name in templates]
 
     cfn = world.client("cloudformation")
@@ -512,7 +522,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "TemplateBucket": boot["TemplateBucketName"],
         "EcrRepositoryUri": boot["EcrRepositoryUri"],
         # The assumed-role session arn:aws:sts::...:assumed-role/deployer/alice, as its role:
-        "ClusterAdminPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/deployer",
+        "ClusterAdminPrincipalArn": DEPLOYER_ROLE,
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -557,7 +567,7 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
     assert "Next:" not in run.stdout
     ops = run.ops()
     assert ops[0] == ("cloudformation", "validate-template", "")
-    assert not [op for op in ops if op[0] in ("sts", "configure")]
+    assert not [op for op in ops if op[0] in ("sts", "iam", "configure")]
     assert ops[-3:] == [
         ("cloudformation", "wait", OTHER_STACK),
         ("cloudformation", "describe-stack-events", OTHER_STACK),
