@@ -2,18 +2,18 @@
 
 There is no Docker engine and no registry access here, so the official base image named in the
 Dockerfile's FROM lines cannot be pulled. The test satisfies that name with a stand-in: a
-debootstrapped Debian bookworm (minbase plus Debian's python3, python3-venv and python3-pip),
-committed into isolated buildah storage under exactly the name the Dockerfile uses. The stand-in
-is honest for the base only: it carries Debian's Python 3.11 in /usr/bin and is larger than the
-official python:*-slim image (CPython 3.13 in /usr/local/bin). Everything the Dockerfile itself
-does runs for real with buildah (chroot isolation): the venv built from pyproject.toml's
-dependencies with pip against the package index, the numeric user, the layer order, the exec-form
-CMD. The image then runs under podman (runc, host network, read-only root filesystem, /tmp as
-the only writable path) against a real Valkey, and a browser-like session saves a message.
+debootstrapped Debian bookworm (minbase plus Debian's python3, python3-venv and python3-pip,
+trimmed of docs and apt caches the way Debian's slim images are), committed into isolated
+container storage under exactly the name the Dockerfile uses. The stand-in is honest for the base
+only: it carries Debian's Python 3.11 in /usr/bin where the official image has CPython 3.13 in
+/usr/local/bin; its size (~150 MB) is close to the official slim image's. Everything the
+Dockerfile itself does runs for real with buildah (chroot isolation): the venv built from
+pyproject.toml's dependencies by pip against the package index, the numeric user, the layer
+order, the exec-form CMD. The image then runs under podman (runc, host network, read-only root
+filesystem, /tmp the only writable path) against a real Valkey, and a browser-like session
+saves a message.
 
-The image size is reported (build/image-report.json, junit properties, stdout), not compared to
-the 200 MB target directly: the stand-in base is not the official one. What the Dockerfile adds on
-top of its base is measured and bounded instead (see test_image_size).
+The image size and build times are reported (build/image-report.json, junit properties, stdout).
 """
 
 from __future__ import annotations
@@ -49,27 +49,30 @@ STANDIN_CACHE = Path("/tmp/flask-eks-sessions-standin")
 SUITE = "bookworm"
 STANDIN_PACKAGES = "python3,python3-venv,python3-pip,python-is-python3"
 # The official image's environment, so that ENV PATH="/opt/venv/bin:${PATH}" expands the same.
-STANDIN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"} | {
-    "LANG": "C.UTF-8"
+STANDIN_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
 }
 IMAGE = "localhost/message-app:test"
 UID = "10001"
-# python:3.13-slim-bookworm is about 125-150 MB unpacked (not measurable offline). Keeping what
-# the Dockerfile adds under 50 MB keeps the real image under the 200 MB target.
+# The issue's target for the whole image, and a bound on what the Dockerfile adds to its base:
+# python:3.13-slim-bookworm is about 125-150 MB unpacked (not measurable offline), so staying
+# under 50 MB keeps the real image under 200 MB whatever the stand-in's exact size.
+IMAGE_BYTES_TARGET = 200_000_000
 ADDED_BYTES_BUDGET = 50_000_000
 STEP_TIMEOUT = 600
 
 REQUIRED_TOOLS = ("buildah", "podman", "runc", "debootstrap")
-_missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-pytestmark = [
-    pytest.mark.skipif(
-        bool(_missing),
-        reason=f"needs {', '.join(_missing)} (apt-get install -y buildah podman runc debootstrap)",
-    ),
-    pytest.mark.skipif(
-        os.geteuid() != 0, reason="debootstrap and buildah's chroot isolation need root"
-    ),
-]
+
+
+def _skip_without_container_tools() -> None:
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(
+            f"needs {', '.join(missing)} (apt-get install -y buildah podman runc debootstrap)"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap and buildah's chroot isolation need root")
 
 
 def _run(cmd: list[str], *, timeout: float = STEP_TIMEOUT, **kwargs: object) -> str:
@@ -296,6 +299,7 @@ class Build:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
     """One stand-in base and one real build of the repo's Dockerfile for the whole module."""
+    _skip_without_container_tools()
     workdir = tmp_path_factory.mktemp("image")
     (workdir / "tmp").mkdir()
     env = {**os.environ, "TMPDIR": str(workdir / "tmp")}
@@ -462,7 +466,8 @@ def test_image_config(build: Build) -> None:
 
 
 def test_image_size(build: Build, record_property: pytest.RecordProperty) -> None:
-    """Reported against the stand-in; bounded on what the Dockerfile adds to its base."""
+    """Reported, and checked twice: the whole image on the slim-sized stand-in, and what the
+    Dockerfile adds on top of its base, which is what carries over to the official base."""
     image = build.image_bytes(IMAGE)
     base = build.image_bytes(_fully_qualified(build.base_images[0]))
     report = {
@@ -483,6 +488,7 @@ def test_image_size(build: Build, record_property: pytest.RecordProperty) -> Non
     print(f"\nimage report: {json.dumps(report)}")
     assert image > base > 0
     assert image - base < ADDED_BYTES_BUDGET, report
+    assert image < IMAGE_BYTES_TARGET, report
 
 
 def _steps(build_log: str) -> dict[str, bool]:
