@@ -228,7 +228,10 @@ for t in "$CFN_DIR"/*.yaml; do
     die "template ${t##*/} is invalid (see above)"
 done
 
-deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml"
+# ECR names are per account and region and lower case: one repository per stack name.
+REPO_PREFIX=$(printf '%s' "$STACK" | tr '[:upper:]' '[:lower:]' | tr -s '-')
+deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml" \
+  --parameters "ParameterKey=RepositoryName,ParameterValue=${REPO_PREFIX%-}/message-app"
 BOOTSTRAP_JSON=$(awsp cloudformation describe-stacks --stack-name "$BOOTSTRAP" --output json)
 BUCKET=$(output_of "$BOOTSTRAP_JSON" TemplateBucketName)
 REPO_URI=$(output_of "$BOOTSTRAP_JSON" EcrRepositoryUri)

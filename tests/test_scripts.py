@@ -13,10 +13,6 @@ builders: the main stack's template (moto skips EKS and ElastiCache inside Cloud
 on their attributes, so create/update-stack of the main stack get a template with main.yaml's real
 parameters and fixed outputs), a failing main stack (moto never fails one), kubectl against a
 cluster, and docker/podman/buildah. Each test's docstring names what it adds to this.
-
-moto 5.2 generates ECR repository names with capitals for stacks that leave RepositoryName out
-(real CloudFormation generates lower-case ones) and then rejects its own name; the server below is
-started with that one function patched to lower-case it.
 """
 
 from __future__ import annotations
@@ -49,7 +45,7 @@ REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 STACK = "flask-eks-sessions"  # the scripts' default
 BOOTSTRAP = f"{STACK}-bootstrap"
-OTHER_STACK = "fes-other"  # for -s
+OTHER_STACK = "Fes--Other"  # for -s; its ECR repository must still get a valid (lower-case) name
 # The profile's role, with a path as SSO roles have: only IAM knows it, the session ARN does not.
 DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/team/deployer"
 CLUSTER = "fes-test-cluster"
@@ -66,20 +62,7 @@ BASE_TOOLS = (
 BUILDERS = ("docker", "podman", "buildah")
 STANDIN = ROOT / "tests" / "stubs" / "standin.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
-MOTO_LAUNCHER = """
-import sys
-import moto.cloudformation.parsing as parsing
-from moto.server import main
-
-generate = parsing.generate_resource_name
-
-def lower_case_ecr_names(resource_type, stack_name, logical_id):
-    name = generate(resource_type, stack_name, logical_id)
-    return name.lower() if resource_type == "AWS::ECR::Repository" else name
-
-parsing.generate_resource_name = lower_case_ecr_names
-main(sys.argv[1:])
-"""
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
 pytestmark = [
     pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
@@ -91,12 +74,13 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One moto server for the module (it starts in about a second); tests reset it instead."""
-    pytest.importorskip("moto.server", reason="moto[server] not installed")
+    if not MOTO_SERVER.exists():
+        pytest.skip("moto_server (pip package moto[server]) not installed")
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", MOTO_LAUNCHER, "-H", "127.0.0.1", "-p", str(port)],
+            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -531,8 +515,11 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     assert f"CachePrimaryEndpoint\t{CACHE_HOST}" in run.stdout
     assert f"./init.sh -p {PROFILE} -r {REGION} -s {STACK}" in run.stdout
 
+    assert boot["EcrRepositoryName"] == f"{STACK}/message-app"
+
     again = world.run("deploy.sh", "-p", PROFILE)
     assert again.returncode == 0, again.stderr
+    assert f"No changes to deploy: stack {BOOTSTRAP} is up to date" in again.stdout
     assert f"No changes to deploy: stack {STACK} is up to date" in again.stdout
     assert ("cloudformation", "update-stack", STACK) in again.ops()
     assert not [op for op in again.ops() if op[1] == "create-stack"]
@@ -583,6 +570,8 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
     assert params["ClusterAdminPrincipalArn"] == admin
     assert params["EKSNodeGroupDesiredSize"] == "2"
     assert params["PublicSubnets"] == subnets
+    boot = stack_outputs(world.client("cloudformation"), f"{OTHER_STACK}-bootstrap")
+    assert boot["EcrRepositoryName"] == "fes-other/message-app"
 
     # The cause fixed, a re-run replaces the rolled-back stack (which cannot be updated).
     again = world.run(
