@@ -106,15 +106,19 @@ awsp() {
   aws --profile "$PROFILE" --region "$REGION" "$@"
 }
 
+# Error output of the calls whose failure is inspected (kept apart from their JSON output).
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/deploy.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
 # Prints the stack's status, or NONE when it does not exist; any other error is fatal.
 stack_status() {
   local out
-  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>&1); then
+  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>"$WORK/err"); then
     jq -r '.Stacks[0].StackStatus' <<<"$out"
-  elif grep -q 'does not exist' <<<"$out"; then
+  elif grep -q 'does not exist' "$WORK/err"; then
     echo NONE
   else
-    printf '%s\n' "$out" >&2
+    cat "$WORK/err" >&2
     die "could not read stack $1"
   fi
 }
@@ -142,7 +146,7 @@ print_failed_events() {
 
 # Creates the stack or updates it; "no updates" is success. Remaining arguments go to create/update-stack.
 deploy_stack() {
-  local name=$1 status out
+  local name=$1 status
   shift
   status=$(stack_status "$name")
   case $status in
@@ -166,15 +170,15 @@ deploy_stack() {
       ;;
     CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE)
       say "updating stack $name"
-      if out=$(awsp cloudformation update-stack --stack-name "$name" "$@" --output json 2>&1); then
+      if awsp cloudformation update-stack --stack-name "$name" "$@" --output json >/dev/null 2>"$WORK/err"; then
         if ! awsp cloudformation wait stack-update-complete --stack-name "$name"; then
           print_failed_events "$name"
           die "updating stack $name failed (events above); it rolled back to its previous state"
         fi
-      elif grep -q 'No updates are to be performed' <<<"$out"; then
+      elif grep -q 'No updates are to be performed' "$WORK/err"; then
         say "No changes to deploy: stack $name is up to date"
       else
-        printf '%s\n' "$out" >&2
+        cat "$WORK/err" >&2
         die "could not update stack $name"
       fi
       ;;

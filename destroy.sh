@@ -112,10 +112,10 @@ trap 'rm -rf "$WORK"' EXIT
 # Prints describe-stacks JSON, or nothing when the stack does not exist; any other error is fatal.
 stack_json() {
   local out
-  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>&1); then
+  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>"$WORK/err"); then
     printf '%s\n' "$out"
-  elif ! grep -q 'does not exist' <<<"$out"; then
-    printf '%s\n' "$out" >&2
+  elif ! grep -q 'does not exist' "$WORK/err"; then
+    cat "$WORK/err" >&2
     die "could not read stack $1"
   fi
 }
@@ -139,10 +139,10 @@ delete_stack() {
 # The Service's load balancer and its security group are not in any stack: unless they are deleted
 # first, they keep the VPC (and so the main stack) from being deleted.
 delete_kubernetes_objects() {
-  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig" out
-  if ! out=$(awsp eks describe-cluster --name "$cluster" --output json 2>&1); then
-    grep -q 'ResourceNotFoundException' <<<"$out" || {
-      printf '%s\n' "$out" >&2
+  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig"
+  if ! awsp eks describe-cluster --name "$cluster" --output json >/dev/null 2>"$WORK/err"; then
+    grep -q 'ResourceNotFoundException' "$WORK/err" || {
+      cat "$WORK/err" >&2
       die "could not look up cluster $cluster"
     }
     say "cluster $cluster: already gone, no Kubernetes objects to delete"
@@ -167,12 +167,12 @@ delete_kubernetes_objects() {
 empty_bucket() {
   local bucket=$1 page count total=0 errors
   while :; do
-    if ! page=$(awsp s3api list-object-versions --bucket "$bucket" --max-items 1000 --output json 2>&1); then
-      if grep -q 'NoSuchBucket' <<<"$page"; then
+    if ! page=$(awsp s3api list-object-versions --bucket "$bucket" --max-items 1000 --output json 2>"$WORK/err"); then
+      if grep -q 'NoSuchBucket' "$WORK/err"; then
         say "bucket $bucket: already gone"
         return 0
       fi
-      printf '%s\n' "$page" >&2
+      cat "$WORK/err" >&2
       die "could not list bucket $bucket"
     fi
     jq '{Objects: ([(.Versions // [])[], (.DeleteMarkers // [])[]] | map({Key, VersionId}) | .[:1000]),
@@ -191,12 +191,12 @@ empty_bucket() {
 # a time (the BatchDeleteImage limit). An entry already gone with another tag of the same image is fine.
 empty_repository() {
   local repo=$1 images count chunk failures
-  if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>&1); then
-    if grep -q 'RepositoryNotFoundException' <<<"$images"; then
+  if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>"$WORK/err"); then
+    if grep -q 'RepositoryNotFoundException' "$WORK/err"; then
       say "repository $repo: already gone"
       return 0
     fi
-    printf '%s\n' "$images" >&2
+    cat "$WORK/err" >&2
     die "could not list repository $repo"
   fi
   jq -c '.imageIds | range(0; length; 100) as $i | .[$i:$i + 100]' <<<"$images" >"$WORK/images.jsonl"

@@ -127,12 +127,16 @@ awsp() {
   aws --profile "$PROFILE" --region "$REGION" "$@"
 }
 
+# Error output of the calls whose failure is inspected (kept apart from their JSON output).
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/init.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
 say "profile $PROFILE, region $REGION, stack $STACK, builder $BUILDER"
-if ! STACK_JSON=$(awsp cloudformation describe-stacks --stack-name "$STACK" --output json 2>&1); then
-  if grep -q 'does not exist' <<<"$STACK_JSON"; then
+if ! STACK_JSON=$(awsp cloudformation describe-stacks --stack-name "$STACK" --output json 2>"$WORK/err"); then
+  if grep -q 'does not exist' "$WORK/err"; then
     die "stack $STACK does not exist in $REGION: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK first"
   fi
-  printf '%s\n' "$STACK_JSON" >&2
+  cat "$WORK/err" >&2
   die "could not read stack $STACK"
 fi
 STATUS=$(jq -r '.Stacks[0].StackStatus' <<<"$STACK_JSON")
@@ -191,14 +195,14 @@ else
   REGISTRY=${ECR_URI%%/*}
   REPO_NAME=${ECR_URI#*/}
   # ECR tags are immutable: a tag that is already there names this very build, so keep it.
-  if out=$(awsp ecr describe-images --repository-name "$REPO_NAME" --image-ids "imageTag=$TAG" --output json 2>&1); then
+  if awsp ecr describe-images --repository-name "$REPO_NAME" --image-ids "imageTag=$TAG" --output json >/dev/null 2>"$WORK/err"; then
     say "image $IMAGE_REPO:$TAG is already in ECR (tags are immutable): not building it again"
-  elif grep -q 'ImageNotFoundException' <<<"$out"; then
+  elif grep -q 'ImageNotFoundException' "$WORK/err"; then
     say "logging $BUILDER in to $REGISTRY"
     awsp ecr get-login-password | "$BUILDER" login --username AWS --password-stdin "$REGISTRY"
     build_image "$IMAGE_REPO:$TAG"
   else
-    printf '%s\n' "$out" >&2
+    cat "$WORK/err" >&2
     die "could not look up $REPO_NAME:$TAG in ECR"
   fi
 fi
