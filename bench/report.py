@@ -50,7 +50,7 @@ def render(results: Results, command: str) -> str:
     out: list[str] = [
         f"Benchmark run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}. Server: {results.server_version}.",
         "",
         f"wrk -t{THREADS} -c{CONNECTIONS}, {s.duration} s per run, {s.repeats} repeats "
         'interleaved (order rotated each repeat), medians shown ("x ceiling": median of the '

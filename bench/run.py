@@ -162,6 +162,7 @@ class Results:
     fault: FaultRun | None
     page_bytes: dict[str, int]
     failures: list[str]
+    server_version: str
 
 
 def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Results:
@@ -172,6 +173,7 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
         redis_server = RedisServer(workdir / "redis-main")
         redis_server.start()
         stack.callback(redis_server.stop)
+        server_version = redis_server.version()
         ours = our_app(redis_server.port, 0, logs)
         anchor = anchor_app(redis_server.port, 1, logs)
         ceiling = ceiling_app(redis_server.port, logs)
@@ -223,6 +225,7 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
         fault,
         page_bytes,
         failures,
+        server_version,
     )
 
 

@@ -115,6 +115,12 @@ class RedisServer:
         assert self.process is not None
         return cpu_seconds(self.process.pid)
 
+    def version(self) -> str:
+        info = self.client().info("server")
+        if "valkey_version" in info:
+            return f"Valkey {info['valkey_version']}"
+        return f"Redis {info['redis_version']}"
+
     def stop(self, save: bool = False) -> None:
         if self.process is None:
             return
