@@ -254,7 +254,8 @@ PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
   | {ParameterKey: .k, ParameterValue: .v}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})
-# NAMED_IAM: the nested stacks create named IAM roles; AUTO_EXPAND: nested stacks.
+# NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
+# what the console asks for with nested stacks, and costs nothing when no macro is used.
 deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \
   --parameters "$PARAMS" \
   --capabilities CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND

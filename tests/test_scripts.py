@@ -83,6 +83,7 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=log.parent,  # moto may write scratch files into its working directory
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -710,6 +711,7 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert not [op for op in run.ops() if op[0] == "ecr"]
+    assert_profile_and_region(run)
     build = "bud" if builder == "buildah" else "build"
     push = ["push", image, f"docker://{image}"] if builder == "buildah" else ["push", image]
     assert [c["argv"] for c in run.tool(builder)] == [
@@ -728,6 +730,7 @@ def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
     assert f"stack {STACK} does not exist in {REGION}: run ./deploy.sh -p {PROFILE}" in run.stderr
     assert run.tool("docker") == []
     assert not (world.root / ".deploy").exists()
+    assert_profile_and_region(run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,6 +841,7 @@ def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) ->
     assert f"repository {boot['EcrRepositoryName']}: deleted 0 images" in run.stdout
     assert run.tool("kubectl") == []
     assert ("cloudformation", "delete-stack", BOOTSTRAP) in run.ops()
+    assert_profile_and_region(run)
     assert world.client("cloudformation").describe_stacks()["Stacks"] == []
     with pytest.raises(ClientError):
         world.client("s3").head_bucket(Bucket=boot["TemplateBucketName"])
@@ -851,6 +855,7 @@ def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) ->
         ("cloudformation", "describe-stacks", STACK),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
     ]
+    assert_profile_and_region(again)
 
 
 def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(world: World) -> None:
@@ -864,6 +869,7 @@ def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(worl
     assert "could not delete the Kubernetes objects" in run.stderr
     assert not [op for op in run.ops() if op[1] == "delete-stack"]
     assert len(world.client("cloudformation").describe_stacks()["Stacks"]) == 2
+    assert_profile_and_region(run)
 
 
 def test_destroy_without_a_terminal_or_y_refuses(world: World) -> None:
@@ -892,6 +898,7 @@ def test_destroy_asks_for_the_stack_name_on_a_terminal(
     if confirmed:
         assert run.returncode == 0, run.stderr
         assert f"stack {BOOTSTRAP}: already gone" in run.stdout
+        assert_profile_and_region(run)
     else:
         assert run.returncode == 1
         assert "not confirmed; nothing was deleted" in run.stderr
