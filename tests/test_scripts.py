@@ -933,3 +933,10 @@ def test_scripts_are_executable_and_avoid_gnu_only_tools(script: str) -> None:
     )  # fmt: skip
     for pattern in gnu_only:
         assert not re.search(pattern, text), f"{script} uses {pattern}"
+
+
+def test_templates_fit_the_template_body_limit() -> None:
+    """deploy.sh passes every template as --template-body, which CloudFormation caps at 51,200
+    bytes; a bigger one would need --template-url from the bucket."""
+    for template in sorted((ROOT / "cfn").glob("*.yaml")):
+        assert template.stat().st_size <= 51_200, f"{template.name} is too big for --template-body"
