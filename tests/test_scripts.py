@@ -700,7 +700,8 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder: str) -> None:
     """Real: stacks, EKS, Secrets Manager in moto; kubectl kustomize. Stand-in: the one builder on
-    PATH, kubectl. With -u/-n no ECR call is made; -t and -P go to the build.
+    PATH, kubectl. With -u/-n no ECR call is made; -t and -P go to the build. The buildah run also
+    has no openssl, so SECRET_KEY comes from /dev/urandom through od.
     """
     world.create_stacks()
     world.create_cluster()
@@ -708,6 +709,7 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     run = world.run(
         "init.sh", "-p", PROFILE, "-u", "alice", "-n", "message-app", "-t", "v1",
         "-P", "linux/arm64", builders=(builder,),
+        without=("openssl",) if builder == "buildah" else (),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert not [op for op in run.ops() if op[0] == "ecr"]
@@ -721,6 +723,9 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     (container,) = rendered(world.root)["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert container["image"] == image
     assert f"builder {builder}" in run.stdout
+    assert re.fullmatch(
+        r"[0-9a-f]{64}", env_file(world.root / ".deploy" / "secrets.env")["SECRET_KEY"]
+    )
 
 
 def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
