@@ -145,7 +145,9 @@ def render(results: Results, command: str) -> str:
             f"the start command). Responses by status: {statuses}; socket errors: "
             f"{fault.socket_errors}. First 200 {first} after the start command "
             f"(poller every 10 ms). The session listed {fault.messages_after} messages "
-            "afterwards.",
+            "afterwards. One visitor's page views while Valkey was down (status, ms): "
+            + (", ".join(f"{st} {sec * 1000:.0f}" for st, sec in fault.outage_probe) or "none")
+            + ".",
         ]
     out += ["", "**Targets** (reported, not asserted):", ""]
     out += _targets(results)

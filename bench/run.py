@@ -149,6 +149,8 @@ class FaultRun:
     ping_after_start_s: float
     first_200_after_start_s: float | None
     messages_after: int
+    # One visitor's requests while Redis is down: what a user waits for the 503 page.
+    outage_probe: list[tuple[int, float]]
 
 
 @dataclass
@@ -478,6 +480,9 @@ def _fault_run(
         loader.start()
         _sleep_until(started + settings.fault_stop_at)
         server.stop(save=True)
+        prober = PageClient(app.port, timeout=5.0)
+        prober.cookies = dict(visitor.cookies)
+        outage_probe = _probe(prober, 5, until=started + settings.fault_start_at - 0.2)
         _sleep_until(started + settings.fault_start_at)
         restart = time.monotonic()
         first_200: list[float] = []
@@ -506,6 +511,7 @@ def _fault_run(
             ping_after,
             first_200[0] if first_200 else None,
             messages_after,
+            outage_probe,
         )
 
 
@@ -513,6 +519,19 @@ def _sleep_until(moment: float) -> None:
     remaining = moment - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
+
+
+def _probe(client: PageClient, count: int, until: float) -> list[tuple[int, float]]:
+    """A few sequential page views (status, seconds; status 0: no answer within the client's
+    timeout), stopping early at `until`. Under load a 503 waits behind the queued requests."""
+    out: list[tuple[int, float]] = []
+    while len(out) < count and time.monotonic() < until:
+        try:
+            status, _, seconds = client.request("GET", "/")
+        except OSError:
+            status, seconds = 0, client.timeout
+        out.append((status, seconds))
+    return out
 
 
 def _poll_first_200(client: PageClient, since: float, until: float, out: list[float]) -> None:
