@@ -150,10 +150,11 @@ deploy_stack() {
   shift
   status=$(stack_status "$name")
   case $status in
-    ROLLBACK_COMPLETE)
-      # A stack whose creation rolled back holds no resources and cannot be updated: recreate it.
+    ROLLBACK_COMPLETE | REVIEW_IN_PROGRESS)
+      # A stack whose creation rolled back, or a change set never executed (e.g. by the original's
+      # `aws cloudformation deploy`), holds no resources and cannot be updated: recreate it.
       print_failed_events "$name"
-      say "stack $name is $status from an earlier failed creation: deleting it before creating it again"
+      say "stack $name is $status from an earlier creation that did not finish: deleting it before creating it again"
       awsp cloudformation delete-stack --stack-name "$name"
       awsp cloudformation wait stack-delete-complete --stack-name "$name" || die "could not delete $name"
       status=NONE

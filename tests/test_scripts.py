@@ -580,7 +580,10 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
         env={"STUB_MAIN_STACK": OTHER_STACK},
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert "is ROLLBACK_COMPLETE from an earlier failed creation: deleting it" in again.stdout
+    assert (
+        "is ROLLBACK_COMPLETE from an earlier creation that did not finish: deleting it"
+        in again.stdout
+    )
     assert "STUB-CACHE-QUOTA" in again.stderr
     assert again.ops()[-8:] == [
         ("cloudformation", "describe-stacks", OTHER_STACK),
