@@ -44,11 +44,39 @@ class Settings:
 
     @classmethod
     def full(cls, duration: int, repeats: int) -> Settings:
-        return cls(duration, repeats, 2, 128, (1, 100, 500), 8, 25, 100, 20, 5.0, 10.0)
+        """Issue 4's numbers: 1/100/500 messages held, a 20 s fault run (stop 5 s, start 10 s).
+        128 save sessions against 16 connections keep each session growing slowly and two
+        saves rarely racing on one session."""
+        return cls(
+            duration=duration,
+            repeats=repeats,
+            warmup=2,
+            pool_sessions=128,
+            save_sizes=(1, 100, 500),
+            save_sessions=8,
+            save_rounds=25,
+            counted_requests=100,
+            fault_seconds=20,
+            fault_stop_at=5.0,
+            fault_start_at=10.0,
+        )
 
     @classmethod
     def smoke(cls, duration: int, repeats: int) -> Settings:
-        return cls(duration, repeats, 0, 8, (1, 20, 50), 2, 3, 10, 4, 1.0, 2.0)
+        """Every step once with tiny sizes: proves the harness end to end in ~20 s (CI)."""
+        return cls(
+            duration=duration,
+            repeats=repeats,
+            warmup=0,
+            pool_sessions=8,
+            save_sizes=(1, 20, 50),
+            save_sessions=2,
+            save_rounds=3,
+            counted_requests=10,
+            fault_seconds=4,
+            fault_stop_at=1.0,
+            fault_start_at=2.0,
+        )
 
 
 @dataclass
