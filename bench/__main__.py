@@ -36,7 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead of the benchmark: py-spy one app worker under load and list hot spots",
+        help="instead of the benchmark: py-spy one app worker under load, list hot spots and "
+        "keep flame graphs",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (server logs, profiles)"
@@ -76,7 +77,8 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     finally:
-        if args.keep:
+        # A profile is only useful with its flame graphs, so --profile keeps them.
+        if args.keep or args.profile:
             log(f"kept {workdir}")
         else:
             import shutil
