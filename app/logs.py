@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 from flask import g, has_request_context, request
@@ -56,7 +56,7 @@ def configure(level: str) -> None:
 def request_id_from(header_value: str | None) -> str:
     if header_value and _VALID_REQUEST_ID.fullmatch(header_value):
         return header_value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4, at a fraction of the cost
 
 
 class GunicornLogger(GunicornBaseLogger):

@@ -31,15 +31,13 @@ from flask import Flask, Request, Response
 from flask.sessions import NullSession
 from flask_session.base import Serializer, ServerSideSession
 from flask_session.redis import RedisSessionInterface
-from itsdangerous import BadSignature, URLSafeSerializer
 from redis import RedisError
 
+from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
 from .store import MessageStore, SessionGone
 
 log = logging.getLogger(__name__)
 
-CSRF_KEY = "csrf_token"  # flask-wtf's session key (WTF_CSRF_FIELD_NAME)
-CSRF_COOKIE = "csrf"
 SESSIONLESS_PREFIXES = ("/healthz", "/readyz", "/static/")
 _REFRESH_MEMORY = 50_000  # sessions whose last TTL refresh a worker remembers
 
@@ -65,6 +63,7 @@ class MessageSession(ServerSideSession):
     stored: bool = False  # loaded from Redis, as opposed to new in this request
     csrf_cookie_secret: str | None = None  # the CSRF secret as the request's cookie held it
     ended: bool = False  # destroyed or found gone: the browser's cookie is to be deleted
+    cookie_due: bool = False  # created in this request: the browser needs the cookie
 
     @property
     def fingerprint(self) -> str | None:
@@ -106,24 +105,32 @@ class MessageSessionInterface(RedisSessionInterface):
         # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
         self.refresh_interval = min(60.0, lifetime_seconds / 10)
         self._refreshed: OrderedDict[str, float] = OrderedDict()
-        self._csrf_signer = URLSafeSerializer(app.secret_key, salt="csrf-cookie")
+        self._csrf_cookie = CsrfCookie(app.secret_key)
 
     # Reading -----------------------------------------------------------------------------
 
     def open_session(self, app: Flask, request: Request) -> Any:
+        # Written out rather than calling flask-session's open_session, which does the same
+        # plus signer handling this app does not use, and cannot tell us whether the session
+        # was found.
         if request.path.startswith(SESSIONLESS_PREFIXES):
             return self.make_null_session(app)
+        sid = request.cookies.get(self.get_cookie_name(app))
         try:
-            session = super().open_session(app, request)
+            data = self._retrieve_session_data(self._get_store_id(sid)) if sid else None
         except RedisError as exc:
             log.warning("session store unavailable while opening a session: %s", exc)
             return UnavailableSession()
-        session.stored = request.cookies.get(self.get_cookie_name(app)) == session.sid
-        csrf_secret = self._read_csrf_cookie(request)
-        session.csrf_cookie_secret = csrf_secret
-        if csrf_secret is not None:
+        if data is None:
+            session = self.session_class(sid=self._generate_sid(self.sid_length), permanent=True)
+        else:
+            session = self.session_class(data, sid=sid)
+            session.stored = True
+        secret = self._csrf_cookie.load(request.cookies.get(CSRF_COOKIE))
+        session.csrf_cookie_secret = secret
+        if secret is not None:
             # Bypass the change callback: restoring the secret is not a modification.
-            dict.__setitem__(session, CSRF_KEY, csrf_secret)
+            dict.__setitem__(session, CSRF_KEY, secret)
         return session
 
     def _retrieve_session_data(self, store_id: str) -> dict | None:
@@ -139,23 +146,12 @@ class MessageSessionInterface(RedisSessionInterface):
             )
             return None
 
-    def _read_csrf_cookie(self, request: Request) -> str | None:
-        value = request.cookies.get(CSRF_COOKIE)
-        if not value:
-            return None
-        try:
-            secret = self._csrf_signer.loads(value)
-        except BadSignature:
-            return None
-        return secret if isinstance(secret, str) else None
-
     # Writing -----------------------------------------------------------------------------
 
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
         if not isinstance(session, MessageSession):
             return
         self._write_csrf_cookie(app, session, response)
-        response.vary.add("Cookie")
         if session.ended:
             response.delete_cookie(
                 self.get_cookie_name(app),
@@ -169,8 +165,9 @@ class MessageSessionInterface(RedisSessionInterface):
         if session.modified:
             self._upsert_session(app.permanent_session_lifetime, session, store_id)
             self._remember_refresh(store_id)
-        else:
-            self._refresh_if_due(store_id)
+        elif not self._refresh_if_due(store_id) and not session.cookie_due:
+            # The cookie's expiry slides when the server's TTL does, not on every response.
+            return
         response.set_cookie(
             self.get_cookie_name(app),
             session.sid,
@@ -216,6 +213,7 @@ class MessageSessionInterface(RedisSessionInterface):
             # save_session does not write the document a second time.
             dict.__setitem__(session, "started", started)
             session.stored = True
+            session.cookie_due = True
         self._remember_refresh(store_id)
         return count
 
@@ -239,17 +237,19 @@ class MessageSessionInterface(RedisSessionInterface):
         self.store.delete(store_id)
         self._refreshed.pop(store_id, None)
 
-    def _refresh_if_due(self, store_id: str) -> None:
+    def _refresh_if_due(self, store_id: str) -> bool:
+        """Slide the TTL if this worker has not done so lately; True when it did."""
         last = self._refreshed.get(store_id)
         if last is not None and time.monotonic() - last < self.refresh_interval:
-            return
+            return False
         try:
             self.store.refresh(store_id, self.lifetime_seconds)
         except RedisError as exc:
             # The page is already rendered; a missed refresh only shortens the idle timeout.
             log.warning("could not refresh the session expiry: %s", exc)
-            return
+            return False
         self._remember_refresh(store_id)
+        return True
 
     def _remember_refresh(self, store_id: str) -> None:
         self._refreshed[store_id] = time.monotonic()
@@ -263,7 +263,7 @@ class MessageSessionInterface(RedisSessionInterface):
             return
         response.set_cookie(
             CSRF_COOKIE,
-            self._csrf_signer.dumps(secret),
+            self._csrf_cookie.dump(secret),
             httponly=True,
             secure=self.get_cookie_secure(app),
             samesite=self.get_cookie_samesite(app),

@@ -156,3 +156,21 @@ def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, mon
     assert "Your session ended" in response.get_data(as_text=True)
     assert fake_redis.keys("session:*") == []
     assert "session=;" in response.headers["Set-Cookie"]
+
+
+def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
+    response = save(client, "hello")
+    assert any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+    # Within the refresh interval the cookie is not re-sent: its expiry already matches Redis.
+    assert not any(c.startswith("session=") for c in client.get("/").headers.getlist("Set-Cookie"))
+    client.application.session_interface._refreshed.clear()  # the refresh interval elapsed
+    refreshed = client.get("/").headers.getlist("Set-Cookie")
+    assert any(c.startswith("session=") and "Expires=" in c for c in refreshed)
+
+
+def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
+    first = csrf_token(client.get("/").get_data(as_text=True))
+    second = csrf_token(client.get("/").get_data(as_text=True))
+    assert first == second  # one signature per minute per browser, not per page view
+    response = client.post("/persistMessage", data={"message": "x", "csrf_token": second})
+    assert response.status_code == 303
