@@ -7,11 +7,15 @@ environment.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask, session
+from flask import Flask, g, request, session
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -20,16 +24,12 @@ from .config import Settings
 from .sessions import MessageSessionInterface, UnavailableSession
 from .store import DirectReads, MessageStore, TrackedReads, connect
 
-# Set on every response. Every page depends on the cookies, hence Vary: Cookie.
+# Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
 STATIC_HEADERS = [
-    ("Vary", "Cookie"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "same-origin"),
-    (
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'",
-    ),
+    # Pages carry a CSRF token and the user's messages: never cache them.
+    ("Cache-Control", "no-store"),
 ]
 
 
@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
 
-    app = Flask(__name__)
+    # No static folder: the page's only stylesheet is inline (one request per page).
+    app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         PERMANENT_SESSION_LIFETIME=settings.session_lifetime_seconds,
@@ -60,7 +61,12 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     # before CSRFProtect's, whose check parses the form.
     app.before_request(_before_request)
     csrf.init_app(app)
-    app.after_request(_response_headers([("X-Served-By", settings.replica_name), *STATIC_HEADERS]))
+    constant_headers = [
+        ("X-Served-By", settings.replica_name),
+        ("Content-Security-Policy", _content_security_policy(app)),
+        *STATIC_HEADERS,
+    ]
+    app.after_request(_response_headers(constant_headers))
 
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
@@ -81,15 +87,30 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
 
 
 def _before_request() -> Any:
-    logs.current_request_id()  # first, so that every log line of the request carries it
+    current_request = request._get_current_object()
+    # First, so that every log line of the request carries it.
+    g.request_id = logs.request_id_from(current_request.headers.get(logs.REQUEST_ID_HEADER))
     current = session._get_current_object()
     if isinstance(current, UnavailableSession):
         return errors.store_unavailable(redis.ConnectionError("could not open the session"))
-    refusal = errors.reject_invalid_utf8()
-    if refusal is not None:
-        return refusal
+    if current_request.method == "POST":
+        refusal = errors.reject_invalid_utf8(current_request)
+        if refusal is not None:
+            return refusal
     csrf.reuse_token(current)
     return None
+
+
+def _content_security_policy(app: Flask) -> str:
+    """Nothing but this app's own forms and its one inline stylesheet, named by its hash."""
+    source = (Path(app.root_path) / "templates" / "base.html").read_text()
+    style = re.search(r"<style>(.*?)</style>", source, re.S)
+    assert style is not None, "base.html has no <style> block"
+    digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
+    return (
+        f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
 
 
 def _response_headers(constant: list[tuple[str, str]]) -> Callable[[Any], Any]:
@@ -100,9 +121,6 @@ def _response_headers(constant: list[tuple[str, str]]) -> Callable[[Any], Any]:
         headers = response.headers
         headers["X-Request-ID"] = logs.current_request_id()
         headers.extend(constant)
-        # Pages carry a CSRF token and the user's messages: never cache them. Static files
-        # keep the validators Flask gives them.
-        headers.setdefault("Cache-Control", "no-store")
         return response
 
     return add_headers

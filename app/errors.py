@@ -6,7 +6,7 @@ import logging
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from flask import Flask, render_template, request
+from flask import Flask, Request, render_template, request
 from flask_wtf.csrf import CSRFError
 from redis import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -74,16 +74,16 @@ def internal_error(exc: InternalServerError) -> Any:
     return body, 500
 
 
-def reject_invalid_utf8() -> Any:
+def reject_invalid_utf8(post: Request) -> Any:
     """Refuse form bodies that are not UTF-8, before anything parses them.
 
     Werkzeug decodes form fields leniently (invalid bytes survive as %XX text), so a
     message with broken bytes would be stored altered; checking the raw body is the only
     place where the difference can still be seen.
     """
-    if request.method != "POST" or request.mimetype != "application/x-www-form-urlencoded":
+    if post.mimetype != "application/x-www-form-urlencoded":
         return None
-    raw = request.get_data(cache=True)
+    raw = post.get_data(cache=True)
     try:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:

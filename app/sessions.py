@@ -11,7 +11,7 @@ What it changes, and why:
 * No rewrite of an unchanged session. flask-session rewrites the whole document on every
   request; here it is written when modified, and the sliding expiry is refreshed with one
   pipelined EXPIRE pair at most once per refresh interval per worker.
-* Health checks and static files never open a session; a Redis failure while opening one
+* Health checks never open a session; a Redis failure while opening one
   yields a marker session that the app turns into a 503 (Flask opens the session before any
   view or error handler runs).
 """
@@ -38,7 +38,7 @@ from .store import MessageStore, SessionGone
 
 log = logging.getLogger(__name__)
 
-SESSIONLESS_PREFIXES = ("/healthz", "/readyz", "/static/")
+SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz"})
 _REFRESH_MEMORY = 50_000  # sessions whose last TTL refresh a worker remembers
 
 
@@ -50,7 +50,7 @@ class StrictJSONSerializer(Serializer):
             {k: v for k, v in session.items() if k != CSRF_KEY}, separators=(",", ":")
         ).encode()
 
-    def decode(self, serialized_data: bytes) -> dict:
+    def decode(self, serialized_data: str | bytes) -> dict:
         value = json.loads(serialized_data)
         if not isinstance(value, dict):
             raise ValueError("a session document must be a JSON object")
@@ -113,7 +113,7 @@ class MessageSessionInterface(RedisSessionInterface):
         # Written out rather than calling flask-session's open_session, which does the same
         # plus signer handling this app does not use, and cannot tell us whether the session
         # was found.
-        if request.path.startswith(SESSIONLESS_PREFIXES):
+        if request.path in SESSIONLESS_PATHS:
             return self.make_null_session(app)
         sid = request.cookies.get(self.get_cookie_name(app))
         try:
@@ -134,6 +134,7 @@ class MessageSessionInterface(RedisSessionInterface):
         return session
 
     def _retrieve_session_data(self, store_id: str) -> dict | None:
+        self.store.reads.sync()
         raw = self.store.reads.get(store_id)
         if raw is None:
             return None

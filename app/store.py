@@ -105,16 +105,23 @@ def connect(settings: Settings, **overrides: Any) -> redis.Redis:
 
 
 class DirectReads:
-    """Reads that always go to Redis: used with fakeredis and when REDIS_CLIENT_CACHE=false."""
+    """Reads that always go to Redis: used with fakeredis and when REDIS_CLIENT_CACHE=false.
+
+    Values are decoded as TrackedReads decodes them (UTF-8, invalid bytes replaced).
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def get(self, key: str) -> bytes | None:
-        return self.client.get(key)
+    def sync(self) -> None:
+        """Nothing to bring up to date: every read asks Redis."""
 
-    def lrange(self, key: str) -> list[bytes]:
-        return self.client.lrange(key, 0, -1)
+    def get(self, key: str) -> str | None:
+        value = self.client.get(key)
+        return None if value is None else value.decode(errors="replace")
+
+    def lrange(self, key: str) -> list[str]:
+        return [item.decode(errors="replace") for item in self.client.lrange(key, 0, -1)]
 
 
 class TrackedReads:
@@ -122,8 +129,9 @@ class TrackedReads:
 
     A page view of an unchanged session then costs no round trip to Redis: the connection
     runs RESP3 ``CLIENT TRACKING ON`` and Redis pushes an invalidation for every key this
-    process has read as soon as any client (another replica included) changes it; pending
-    pushes are drained before each cache hit.
+    process has read as soon as any client (another replica included) changes it. ``sync``
+    drains the pending pushes; the session interface calls it when a request opens its
+    session, so every request reads the cache as it stood when the request began.
 
     Hand-written instead of redis-py's ``cache_config`` because redis-py refuses caching
     unless the server reports itself as Redis 7.4 or later, which excludes Valkey and every
@@ -137,10 +145,12 @@ class TrackedReads:
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
 
-    def get(self, key: str) -> bytes | None:
+    # Values come back decoded (decode_responses) and are shared by every hit: callers must
+    # not change them.
+    def get(self, key: str) -> str | None:
         return self._read("GET", key, lambda k: self._connected().get(k))
 
-    def lrange(self, key: str) -> list[bytes]:
+    def lrange(self, key: str) -> list[str]:
         return self._read("LRANGE", key, lambda k: self._connected().lrange(k, 0, -1))
 
     def _connected(self) -> redis.Redis:
@@ -150,14 +160,21 @@ class TrackedReads:
             self._client = connect(
                 self._settings,
                 protocol=3,
+                decode_responses=True,
+                # Bytes that are not UTF-8 (never written by this app) must not break a page:
+                # they decode to U+FFFD, and a session document then fails as JSON and is ignored.
+                encoding_errors="replace",
                 single_connection_client=True,
                 redis_connect_func=self._on_connect,
             )
         return self._client
 
-    def _read(self, command: str, key: str, fetch: Callable[[str], T]) -> T:
+    def sync(self) -> None:
         with self._lock:
             self._drain_invalidations()
+
+    def _read(self, command: str, key: str, fetch: Callable[[str], T]) -> T:
+        with self._lock:
             entry = self._cache.get((command, key))
             now = time.monotonic()
             if entry is not None and now - entry[0] < CACHE_MAX_AGE_SECONDS:
@@ -221,7 +238,7 @@ class MessageStore:
         self._append = client.register_script(_APPEND)
 
     def messages(self, store_id: str) -> list[str]:
-        return [raw.decode() for raw in self.reads.lrange(messages_key(store_id))]
+        return self.reads.lrange(messages_key(store_id))
 
     def append(
         self,

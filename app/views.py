@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
 from .config import current_settings
@@ -69,13 +70,17 @@ def destroy() -> Response:
 def render_page(status: int = 200, error: str | None = None, draft: str = "") -> Any:
     """The message page, also for refused input: the reason is shown above the messages,
     which are read back from Redis to show that they are intact."""
-    settings = current_settings()
+    app = current_app._get_current_object()
+    settings = app.extensions["settings"]
+    current = session._get_current_object()
     return (
         render_template(
             "index.html",
-            messages=current_app.session_interface.messages(session._get_current_object()),
-            fingerprint=session.fingerprint,
-            started=session.get("started"),
+            # csrf.reuse_token may have set this browser's recent token already.
+            csrf_token=g.get("csrf_token") or generate_csrf(),
+            messages=app.session_interface.messages(current),
+            fingerprint=current.fingerprint,
+            started=current.get("started"),
             lifetime_minutes=settings.session_lifetime_seconds // 60,
             replica=settings.replica_name,
             max_length=settings.message_max_length,

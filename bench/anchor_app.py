@@ -18,14 +18,14 @@ from datetime import UTC, datetime, timedelta
 import redis
 from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
 from flask_session import Session
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf.csrf import CSRFProtect, generate_csrf
 from werkzeug.wrappers import Response
 
-from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, STATIC, TEMPLATES
+from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, TEMPLATES
 
 
 def create_app() -> Flask:
-    app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=str(STATIC))
+    app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=None)
     app.config.update(
         SECRET_KEY=os.environ["SECRET_KEY"],
         SESSION_TYPE="redis",
@@ -46,6 +46,7 @@ def create_app() -> Flask:
         messages = session.get("messages", [])
         return render_template(
             "index.html",
+            csrf_token=generate_csrf(),
             messages=messages,
             fingerprint=hashlib.sha256(session.sid.encode()).hexdigest()[:12] if messages else None,
             started=session.get("started"),

@@ -14,7 +14,7 @@ import socket
 
 from flask import Blueprint, Flask, render_template
 
-from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, STATIC, TEMPLATES, message_text
+from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, TEMPLATES, message_text
 
 # Shaped like the real values (a ~90-character signed token, a 12-hex fingerprint, an ISO
 # start time) so the page has the same size; fixed per process as a session's values are.
@@ -24,8 +24,7 @@ STARTED = "2026-01-01T00:00:00+00:00"
 
 
 def create_app() -> Flask:
-    app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=str(STATIC))
-    app.jinja_env.globals["csrf_token"] = lambda: CSRF_TOKEN
+    app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=None)
     messages = [message_text(i) for i in range(10)]
     replica = os.environ.get("REPLICA_NAME") or socket.gethostname()
     bp = Blueprint("messages", __name__)
@@ -34,6 +33,7 @@ def create_app() -> Flask:
     def index() -> str:
         return render_template(
             "index.html",
+            csrf_token=CSRF_TOKEN,
             messages=messages,
             fingerprint=FINGERPRINT,
             started=STARTED,

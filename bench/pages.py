@@ -6,9 +6,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The ceiling and the anchor render the very same files as the app (index.html extends
-# base.html, which links the app's stylesheet through url_for('static')).
+# base.html, which carries the page's stylesheet inline).
 TEMPLATES = REPO_ROOT / "app" / "templates"
-STATIC = REPO_ROOT / "app" / "static"
 
 MESSAGE_LENGTH = 100
 LIFETIME_SECONDS = 1800

@@ -74,12 +74,12 @@ def test_tracked_reads_cost_no_command_once_cached(real_settings, valkey):
     admin.set("session:t", b"{}")
     admin.rpush("session:t:messages", b"m1")
     reads = TrackedReads(real_settings)
-    assert reads.get("session:t") == b"{}"
-    assert reads.lrange("session:t:messages") == [b"m1"]
+    assert reads.get("session:t") == "{}"
+    assert reads.lrange("session:t:messages") == ["m1"]
     gets, lranges = calls(admin, "get"), calls(admin, "lrange")
     for _ in range(20):
-        assert reads.get("session:t") == b"{}"
-        assert reads.lrange("session:t:messages") == [b"m1"]
+        assert reads.get("session:t") == "{}"
+        assert reads.lrange("session:t:messages") == ["m1"]
     assert (calls(admin, "get"), calls(admin, "lrange")) == (gets, lranges)
 
 
@@ -88,11 +88,13 @@ def test_tracked_reads_see_a_change_made_by_another_client_at_once(real_settings
     admin.rpush("session:t:messages", b"m1")
     reads = TrackedReads(real_settings)
     other = TrackedReads(real_settings)  # another replica
-    assert reads.lrange("session:t:messages") == [b"m1"]
-    assert other.lrange("session:t:messages") == [b"m1"]
+    assert reads.lrange("session:t:messages") == ["m1"]
+    assert other.lrange("session:t:messages") == ["m1"]
     admin.rpush("session:t:messages", b"m2")
-    assert reads.lrange("session:t:messages") == [b"m1", b"m2"]
+    reads.sync()  # what opening a session does
+    assert reads.lrange("session:t:messages") == ["m1", "m2"]
     admin.delete("session:t:messages")
+    other.sync()
     assert other.lrange("session:t:messages") == []
 
 
@@ -100,13 +102,14 @@ def test_tracked_reads_forget_everything_when_redis_restarts(real_settings, valk
     admin = valkey.client()
     admin.set("session:t", b"v1")
     reads = TrackedReads(real_settings)
-    assert reads.get("session:t") == b"v1"
+    assert reads.get("session:t") == "v1"
     valkey.stop()
+    reads.sync()  # finds the connection closed and forgets what it cached
     with pytest.raises(redis.ConnectionError):
         reads.get("session:t")
     valkey.start()
     valkey.client().set("session:t", b"v2")  # changed while this client was cut off
-    assert reads.get("session:t") == b"v2"
+    assert reads.get("session:t") == "v2"
 
 
 def test_ping_reports_reachability(real_settings, valkey):
@@ -115,3 +118,12 @@ def test_ping_reports_reachability(real_settings, valkey):
     assert store.ping() is True
     valkey.stop()
     assert store.ping() is False
+
+
+def test_bytes_that_are_not_utf8_do_not_break_tracked_reads(real_settings, valkey):
+    valkey.client().set("session:p", b"\x80\x04\x95 a pickle, say")
+    reads = TrackedReads(real_settings)
+    assert reads.get("session:p").startswith("\ufffd")
+    valkey.client().set("session:p", b"{}")
+    reads.sync()
+    assert reads.get("session:p") == "{}"  # the connection is still usable
