@@ -42,8 +42,12 @@ def test_type_save_reload_destroy(browser, valkey, start_replica, tmp_path):
     replica = start_replica(valkey.port, "browser-replica")
     page = browser.new_page()
     page.set_default_timeout(15_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(f"{replica.url}/")
     assert page.locator("#served-by").inner_text() == "browser-replica"
+    # The inline stylesheet is allowed by the Content-Security-Policy's hash, so it applies.
+    assert page.eval_on_selector("main", "m => getComputedStyle(m).maxWidth") == "672px"
 
     page.fill("textarea[name=message]", "Hello from <Chromium> & co")
     page.click("text=Save Message")
@@ -64,6 +68,7 @@ def test_type_save_reload_destroy(browser, valkey, start_replica, tmp_path):
     assert page.locator("li.message").count() == 0
     assert page.locator("#session-fingerprint").inner_text() == "none"
     assert valkey.client().keys("session:*") == []
+    assert problems == []  # no CSP violation or script error along the way
 
 
 def test_a_refused_message_shows_the_reason_and_keeps_the_list(browser, valkey, start_replica):
