@@ -14,12 +14,12 @@ minute changes nothing a user or an attacker could notice).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from typing import Any
 
 from flask import Flask, current_app, g
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import BadSignature, URLSafeSerializer
+
+from .lru import LRU
 
 CSRF_KEY = "csrf_token"  # flask-wtf's session key and form field (WTF_CSRF_FIELD_NAME)
 CSRF_COOKIE = "csrf"
@@ -29,22 +29,12 @@ _CACHE_ENTRIES = 10_000
 csrf = CSRFProtect()
 
 
-class _Bounded(OrderedDict):
-    """A small LRU: oldest entries go first once it holds _CACHE_ENTRIES."""
-
-    def put(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > _CACHE_ENTRIES:
-            self.popitem(last=False)
-
-
 class CsrfCookie:
     """Reads and writes the CSRF secret's cookie; verified values are remembered."""
 
     def __init__(self, secret_key: str) -> None:
         self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
-        self._verified: _Bounded = _Bounded()
+        self._verified: LRU[str, str] = LRU(_CACHE_ENTRIES)
 
     def load(self, value: str | None) -> str | None:
         if not value:
@@ -87,4 +77,4 @@ def remember_token() -> None:
 
 def init_app(app: Flask) -> None:
     csrf.init_app(app)
-    app.extensions["csrf_tokens"] = _Bounded()  # per app: tokens are signed with its key
+    app.extensions["csrf_tokens"] = LRU(_CACHE_ENTRIES)  # per app: tokens are signed with its key

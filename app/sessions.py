@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from flask_session.redis import RedisSessionInterface
 from redis import RedisError
 
 from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
+from .lru import LRU
 from .store import MessageStore, SessionGone
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class MessageSession(ServerSideSession):
     csrf_cookie_secret: str | None = None  # the CSRF secret as the request's cookie held it
     ended: bool = False  # destroyed or found gone: the browser's cookie is to be deleted
     cookie_due: bool = False  # created in this request: the browser needs the cookie
+    document: str | None = None  # the JSON document as read from Redis
 
     @property
     def fingerprint(self) -> str | None:
@@ -104,7 +105,7 @@ class MessageSessionInterface(RedisSessionInterface):
         # Sliding expiry without a write per request: refreshing at most every tenth of the
         # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
         self.refresh_interval = min(60.0, lifetime_seconds / 10)
-        self._refreshed: OrderedDict[str, float] = OrderedDict()
+        self._refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)
         self._csrf_cookie = CsrfCookie(app.secret_key)
 
     # Reading -----------------------------------------------------------------------------
@@ -117,14 +118,15 @@ class MessageSessionInterface(RedisSessionInterface):
             return self.make_null_session(app)
         sid = request.cookies.get(self.get_cookie_name(app))
         try:
-            data = self._retrieve_session_data(self._get_store_id(sid)) if sid else None
+            loaded = self._load(self._get_store_id(sid)) if sid else None
         except RedisError as exc:
             log.warning("session store unavailable while opening a session: %s", exc)
             return UnavailableSession()
-        if data is None:
+        if loaded is None:
             session = self.session_class(sid=self._generate_sid(self.sid_length), permanent=True)
         else:
-            session = self.session_class(data, sid=sid)
+            session = self.session_class(loaded[1], sid=sid)
+            session.document = loaded[0]
             session.stored = True
         secret = self._csrf_cookie.load(request.cookies.get(CSRF_COOKIE))
         session.csrf_cookie_secret = secret
@@ -133,13 +135,14 @@ class MessageSessionInterface(RedisSessionInterface):
             dict.__setitem__(session, CSRF_KEY, secret)
         return session
 
-    def _retrieve_session_data(self, store_id: str) -> dict | None:
+    def _load(self, store_id: str) -> tuple[str, dict] | None:
+        """The session's JSON document and its data; None when missing or not a JSON object."""
         self.store.reads.sync()
-        raw = self.store.reads.get(store_id)
-        if raw is None:
+        document = self.store.reads.get(store_id)
+        if document is None:
             return None
         try:
-            return self.serializer.decode(raw)
+            return document, self.serializer.decode(document)
         except ValueError:
             log.warning(
                 "ignoring a session document that is not JSON",
@@ -163,7 +166,9 @@ class MessageSessionInterface(RedisSessionInterface):
         if not session.has_content:
             return
         store_id = self._get_store_id(session.sid)
-        if session.modified:
+        if session.modified and self.serializer.encode(session).decode() != session.document:
+            # Changed by code other than append_message (which stores its own changes); not
+            # when only flask-wtf's CSRF secret was added, which lives in its own cookie.
             self._upsert_session(app.permanent_session_lifetime, session, store_id)
             self._remember_refresh(store_id)
         elif not self._refresh_if_due(store_id) and not session.cookie_due:
@@ -220,9 +225,7 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def destroy(self, session: MessageSession) -> None:
         if session.stored:
-            store_id = self._get_store_id(session.sid)
-            self.store.delete(store_id)
-            self._refreshed.pop(store_id, None)
+            self._delete_session(self._get_store_id(session.sid))
         self.end(session)
 
     def end(self, session: MessageSession) -> None:
@@ -253,10 +256,7 @@ class MessageSessionInterface(RedisSessionInterface):
         return True
 
     def _remember_refresh(self, store_id: str) -> None:
-        self._refreshed[store_id] = time.monotonic()
-        self._refreshed.move_to_end(store_id)
-        if len(self._refreshed) > _REFRESH_MEMORY:
-            self._refreshed.popitem(last=False)
+        self._refreshed.put(store_id, time.monotonic())
 
     def _write_csrf_cookie(self, app: Flask, session: MessageSession, response: Response) -> None:
         secret = dict.get(session, CSRF_KEY)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .config import Settings
+from .lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class TrackedReads:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._cache: LRU[tuple[str, str], tuple[float, Any]] = LRU(CACHE_MAX_ENTRIES)
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
 
@@ -183,9 +183,7 @@ class TrackedReads:
             # by the parser before the reply, so the value stored below is never stale.
             value = fetch(key)
             if value:
-                self._cache[(command, key)] = (now, value)
-                if len(self._cache) > CACHE_MAX_ENTRIES:
-                    self._cache.popitem(last=False)
+                self._cache.put((command, key), (now, value))
             else:
                 # Nothing is cached for a missing key: the next read asks Redis again.
                 self._cache.pop((command, key), None)

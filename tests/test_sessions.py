@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+from flask import session
+
 from app.sessions import CSRF_COOKIE
 
 from .support import csrf_token, listed_messages, save
@@ -174,3 +176,26 @@ def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
     assert first == second  # one signature per minute per browser, not per page view
     response = client.post("/persistMessage", data={"message": "x", "csrf_token": second})
     assert response.status_code == 303
+
+
+def test_a_new_csrf_secret_alone_does_not_rewrite_the_document(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"marker"}', keepttl=True)
+    client.delete_cookie("csrf")  # flask-wtf makes a new secret on the next page
+    client.get("/")
+    assert client.get_cookie("csrf") is not None
+    assert fake_redis.get("session:" + sid) == b'{"_permanent":true,"started":"marker"}'
+
+
+def test_other_changes_to_the_session_are_stored(app, fake_redis):
+    @app.get("/remember")
+    def remember():
+        session["theme"] = "dark"
+        return "ok"
+
+    client = app.test_client()
+    save(client, "hello")
+    client.get("/remember")
+    sid = client.get_cookie("session").value
+    assert b'"theme":"dark"' in fake_redis.get("session:" + sid)
