@@ -137,8 +137,7 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def _load(self, store_id: str) -> tuple[str, dict] | None:
         """The session's JSON document and its data; None when missing or not a JSON object."""
-        self.store.reads.sync()
-        document = self.store.reads.get(store_id)
+        document = self.store.document(store_id)
         if document is None:
             return None
         try:

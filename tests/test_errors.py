@@ -96,3 +96,26 @@ def test_redis_errors_raised_outside_views_become_503(app):
     assert status == 503
     assert headers == {"Retry-After": "5"}
     assert "Temporarily unavailable" in body
+
+
+def test_while_redis_is_away_a_request_checks_once_instead_of_retrying(
+    client, app, redis_down, monkeypatch
+):
+    save(client, "kept")
+    store = app.extensions["message_store"]
+    reads, pings = [], []
+    real_get, real_ping = store.reads.get, store.ping
+    monkeypatch.setattr(store.reads, "get", lambda key: reads.append(key) or real_get(key))
+    monkeypatch.setattr(store, "ping", lambda: pings.append(1) or real_ping())
+    redis_down()
+    assert_unavailable(client.get("/"))
+    assert (len(reads), len(pings)) == (1, 0)  # the first failure: the full attempt
+    assert_unavailable(client.get("/"))
+    assert (len(reads), len(pings)) == (1, 1)  # then one quick PING, no read
+    redis_down(False)
+    response = client.get("/")
+    assert response.status_code == 200  # the first request after Redis returns succeeds
+    assert "kept" in response.get_data(as_text=True)
+    assert (len(reads), len(pings)) == (2, 2)
+    client.get("/")
+    assert len(pings) == 2  # back to normal: no more PINGs

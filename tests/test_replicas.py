@@ -105,10 +105,10 @@ def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, val
     restarted = time.monotonic()
     valkey.start()
 
-    def page_ok() -> bool:
-        return browser.get(f"{replicas[1].url}/", timeout=10).status_code == 200
+    def page_ok(replica) -> bool:
+        return browser.get(f"{replica.url}/", timeout=10).status_code == 200
 
-    wait_until(page_ok, 10, "the first 200 after Redis came back")
+    wait_until(lambda: page_ok(replicas[1]), 10, "the first 200 after Redis came back")
     recovery = time.monotonic() - restarted
     for replica in replicas:
         assert listed_messages(browse(replica.url, browser)) == [f"before {i}" for i in range(3)]
