@@ -75,16 +75,6 @@ def valkey(tmp_path: Path) -> Iterator[Valkey]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def module_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
-    server = Valkey(tmp_path_factory.mktemp("valkey"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
     """Start `gunicorn -c gunicorn.conf.py 'app:create_app()'` (as in production) on loopback."""
