@@ -7,6 +7,8 @@ set -euo pipefail
 PROG=${0##*/}
 ROOT=$(cd "$(dirname "$0")" && pwd)
 CFN_DIR="$ROOT/cfn"
+# shellcheck source-path=SCRIPTDIR source=scripts/common.sh
+. "$ROOT/scripts/common.sh"
 
 usage() {
   cat <<EOF
@@ -29,21 +31,6 @@ Safe to re-run: unchanged stacks are left alone.
 Changed from the original sample: -b (ignored there) is gone; -r, -s, -a and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
-usage_error() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  usage >&2
-  exit 2
-}
-
-say() {
-  printf '==> %s\n' "$*"
 }
 
 PROFILE=""
@@ -82,66 +69,24 @@ shift $((OPTIND - 1))
 BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
-missing=0
-if ! command -v aws >/dev/null 2>&1; then
-  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
-  missing=1
-fi
-if ! command -v jq >/dev/null 2>&1; then
-  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
-  missing=1
-fi
-[ "$missing" -eq 0 ] || exit 1
+require_tools aws jq
 for t in bootstrap main network securitygroups cache eks; do
   [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
 done
 
-if [ -z "$REGION" ]; then
-  REGION=$(aws configure get region --profile "$PROFILE" || true)
-fi
-[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
-
-# Every AWS call goes through here so none can miss the profile or the region.
-awsp() {
-  aws --profile "$PROFILE" --region "$REGION" "$@"
-}
-
-# Error output of the calls whose failure is inspected (kept apart from their JSON output).
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/deploy.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+resolve_region
+make_work_dir
 
 # Prints the stack's status, or NONE when it does not exist; any other error is fatal.
 stack_status() {
-  local out
-  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>"$WORK/err"); then
-    jq -r '.Stacks[0].StackStatus' <<<"$out"
-  elif grep -q 'does not exist' "$WORK/err"; then
-    echo NONE
+  local json
+  # Runs inside $(), where errexit does not reach: a failed read must stop here, not read as NONE.
+  json=$(stack_json "$1") || exit 1
+  if [ -n "$json" ]; then
+    jq -r '.Stacks[0].StackStatus' <<<"$json"
   else
-    cat "$WORK/err" >&2
-    die "could not read stack $1"
+    echo NONE
   fi
-}
-
-# Prints the FAILED events of the stack's latest operation, then those of the nested stacks that
-# failed in it, because the parent only says "Embedded stack ... was not successfully created".
-print_failed_events() {
-  local stack=$1 depth=${2:-0} events nested
-  events=$(awsp cloudformation describe-stack-events --stack-name "$stack" --output json) || return 0
-  # Events come newest first; the latest operation starts at the stack's own "User Initiated" event.
-  events=$(jq '.StackEvents
-    | (first(range(length) as $i | select(.[$i].ResourceStatusReason == "User Initiated"
-        and .[$i].PhysicalResourceId == .[$i].StackId) | $i) // length) as $last
-    | .[:$last + 1] | map(select(.ResourceStatus | test("FAILED")))' <<<"$events")
-  printf '%s: failed events of stack %s:\n' "$PROG" "$stack" >&2
-  jq -r '.[] | "  \(.Timestamp)  \(.LogicalResourceId)  \(.ResourceType)  \(.ResourceStatus)  \(.ResourceStatusReason // "")"' <<<"$events" >&2
-  [ "$depth" -lt 3 ] || return 0
-  nested=$(jq -r '.[] | select(.ResourceType == "AWS::CloudFormation::Stack"
-    and (.PhysicalResourceId // "") != "" and .PhysicalResourceId != .StackId) | .PhysicalResourceId' <<<"$events" | sort -u)
-  local id
-  for id in $nested; do
-    print_failed_events "$id" $((depth + 1))
-  done
 }
 
 # Creates the stack or updates it; "no updates" is success. Remaining arguments go to create/update-stack.
@@ -193,11 +138,6 @@ deploy_stack() {
   esac
 }
 
-# Prints one output (empty when absent) from describe-stacks JSON given as $1.
-output_of() {
-  jq -r --arg k "$2" '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == $k) | .OutputValue' <<<"$1"
-}
-
 # EKS access entries take an IAM role or user, not a temporary session: an assumed-role session
 # (SSO, a role) arn:P:sts::A:assumed-role/R/S stands for the role R. Its ARN comes from IAM, because
 # only IAM knows the role's path (SSO roles have one) and EKS needs the exact ARN.
@@ -238,8 +178,8 @@ REPO_PREFIX=$(printf '%s' "$STACK" | tr '[:upper:]' '[:lower:]' | tr -s '-')
 deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml" \
   --parameters "ParameterKey=RepositoryName,ParameterValue=${REPO_PREFIX%-}/message-app"
 BOOTSTRAP_JSON=$(awsp cloudformation describe-stacks --stack-name "$BOOTSTRAP" --output json)
-BUCKET=$(output_of "$BOOTSTRAP_JSON" TemplateBucketName)
-REPO_URI=$(output_of "$BOOTSTRAP_JSON" EcrRepositoryUri)
+BUCKET=$(stack_output "$BOOTSTRAP_JSON" TemplateBucketName)
+REPO_URI=$(stack_output "$BOOTSTRAP_JSON" EcrRepositoryUri)
 if [ -z "$BUCKET" ] || [ -z "$REPO_URI" ]; then
   die "stack $BOOTSTRAP has no TemplateBucketName/EcrRepositoryUri output"
 fi

@@ -7,6 +7,8 @@ set -euo pipefail
 
 PROG=${0##*/}
 ROOT=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=scripts/common.sh
+. "$ROOT/scripts/common.sh"
 
 usage() {
   cat <<EOF
@@ -25,21 +27,6 @@ repository, and the bootstrap stack STACK_NAME-bootstrap. Asks for the stack nam
 Changed from the original sample: -s is really used and optional; -r and -y are new; the versioned
 bucket is emptied completely, so deleting the bootstrap stack no longer fails.
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
-usage_error() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  usage >&2
-  exit 2
-}
-
-say() {
-  printf '==> %s\n' "$*"
 }
 
 PROFILE=""
@@ -71,25 +58,8 @@ shift $((OPTIND - 1))
 BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
-missing=0
-if ! command -v aws >/dev/null 2>&1; then
-  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
-  missing=1
-fi
-if ! command -v kubectl >/dev/null 2>&1; then
-  printf '%s: kubectl is missing: install it, see https://kubernetes.io/docs/tasks/tools/ (or: brew install kubectl)\n' "$PROG" >&2
-  missing=1
-fi
-if ! command -v jq >/dev/null 2>&1; then
-  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
-  missing=1
-fi
-[ "$missing" -eq 0 ] || exit 1
-
-if [ -z "$REGION" ]; then
-  REGION=$(aws configure get region --profile "$PROFILE" || true)
-fi
-[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
+require_tools aws kubectl jq
+resolve_region
 
 if [ "$YES" -ne 1 ]; then
   [ -t 0 ] || die "refusing to delete without confirmation: no terminal to ask on; pass -y to confirm"
@@ -101,31 +71,7 @@ if [ "$YES" -ne 1 ]; then
   [ "$answer" = "$STACK" ] || die "not confirmed; nothing was deleted"
 fi
 
-# Every AWS call goes through here so none can miss the profile or the region.
-awsp() {
-  aws --profile "$PROFILE" --region "$REGION" "$@"
-}
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/destroy.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-
-# Prints describe-stacks JSON, or nothing when the stack does not exist; any other error is fatal.
-stack_json() {
-  local out
-  if out=$(awsp cloudformation describe-stacks --stack-name "$1" --output json 2>"$WORK/err"); then
-    printf '%s\n' "$out"
-  elif ! grep -q 'does not exist' "$WORK/err"; then
-    cat "$WORK/err" >&2
-    die "could not read stack $1"
-  fi
-}
-
-print_failed_events() {
-  printf '%s: failed events of stack %s:\n' "$PROG" "$1" >&2
-  awsp cloudformation describe-stack-events --stack-name "$1" --output json |
-    jq -r '.StackEvents[] | select(.ResourceStatus | test("FAILED"))
-      | "  \(.Timestamp)  \(.LogicalResourceId)  \(.ResourceType)  \(.ResourceStatus)  \(.ResourceStatusReason // "")"' >&2 || true
-}
+make_work_dir
 
 delete_stack() {
   say "deleting stack $1 (waiting)"
@@ -216,7 +162,7 @@ MAIN_JSON=$(stack_json "$STACK")
 if [ -z "$MAIN_JSON" ]; then
   say "stack $STACK: already gone"
 else
-  CLUSTER=$(jq -r '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == "ClusterName") | .OutputValue' <<<"$MAIN_JSON")
+  CLUSTER=$(stack_output "$MAIN_JSON" ClusterName)
   if [ -n "$CLUSTER" ]; then
     delete_kubernetes_objects "$CLUSTER"
   else

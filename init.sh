@@ -8,6 +8,8 @@ set -euo pipefail
 PROG=${0##*/}
 ROOT=$(cd "$(dirname "$0")" && pwd)
 DEPLOY_DIR="$ROOT/.deploy"
+# shellcheck source-path=SCRIPTDIR source=scripts/common.sh
+. "$ROOT/scripts/common.sh"
 
 usage() {
   cat <<EOF
@@ -33,21 +35,6 @@ Changed from the original sample: -p is really used; -r is now the REGION (the D
 moved to -n); ECR is the default registry; nothing in k8s/ is edited in place any more, the settings go to .deploy/.
 Next: kubectl apply -k .deploy/
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
-usage_error() {
-  printf '%s: %s\n' "$PROG" "$*" >&2
-  usage >&2
-  exit 2
-}
-
-say() {
-  printf '==> %s\n' "$*"
 }
 
 PROFILE=""
@@ -91,18 +78,7 @@ fi
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
 missing=0
-if ! command -v aws >/dev/null 2>&1; then
-  printf '%s: aws (AWS CLI) is missing: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html (or: pip install awscli)\n' "$PROG" >&2
-  missing=1
-fi
-if ! command -v kubectl >/dev/null 2>&1; then
-  printf '%s: kubectl is missing: install it, see https://kubernetes.io/docs/tasks/tools/ (or: brew install kubectl)\n' "$PROG" >&2
-  missing=1
-fi
-if ! command -v jq >/dev/null 2>&1; then
-  printf '%s: jq is missing: install it (apt-get install jq / brew install jq / https://jqlang.org/download/)\n' "$PROG" >&2
-  missing=1
-fi
+check_tools aws kubectl jq || missing=1
 BUILDER=""
 for b in docker podman buildah; do
   if command -v "$b" >/dev/null 2>&1; then
@@ -117,28 +93,13 @@ fi
 [ "$missing" -eq 0 ] || exit 1
 [ -f "$ROOT/k8s/kustomization.yaml" ] || die "$ROOT/k8s/kustomization.yaml is missing (the overlay's base)"
 
-if [ -z "$REGION" ]; then
-  REGION=$(aws configure get region --profile "$PROFILE" || true)
-fi
-[ -n "$REGION" ] || die "no region: pass -r REGION or set one with: aws configure set region REGION --profile $PROFILE"
-
-# Every AWS call goes through here so none can miss the profile or the region.
-awsp() {
-  aws --profile "$PROFILE" --region "$REGION" "$@"
-}
-
-# Error output of the calls whose failure is inspected (kept apart from their JSON output).
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/init.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+resolve_region
+make_work_dir
 
 say "profile $PROFILE, region $REGION, stack $STACK, builder $BUILDER"
-if ! STACK_JSON=$(awsp cloudformation describe-stacks --stack-name "$STACK" --output json 2>"$WORK/err"); then
-  if grep -q 'does not exist' "$WORK/err"; then
-    die "stack $STACK does not exist in $REGION: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK first"
-  fi
-  cat "$WORK/err" >&2
-  die "could not read stack $STACK"
-fi
+STACK_JSON=$(stack_json "$STACK")
+[ -n "$STACK_JSON" ] ||
+  die "stack $STACK does not exist in $REGION: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK first"
 STATUS=$(jq -r '.Stacks[0].StackStatus' <<<"$STACK_JSON")
 case $STATUS in
   CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE) ;;
@@ -147,7 +108,7 @@ esac
 
 output() {
   local v
-  v=$(jq -r --arg k "$1" '.Stacks[0].Outputs // [] | .[] | select(.OutputKey == $k) | .OutputValue' <<<"$STACK_JSON")
+  v=$(stack_output "$STACK_JSON" "$1")
   [ -n "$v" ] || die "stack $STACK has no output $1 (was it deployed from this repository's cfn/?)"
   printf '%s\n' "$v"
 }

@@ -40,6 +40,7 @@ from botocore.exceptions import ClientError
 from .support import ROOT, free_port, wait_until
 
 SCRIPTS = ("deploy.sh", "init.sh", "destroy.sh")
+LIBRARY = "scripts/common.sh"  # sourced by all three scripts, never run on its own
 PROFILE = "ci"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
@@ -308,6 +309,7 @@ def world(tmp_path: Path, moto_url: str) -> World:
     root.mkdir()
     for script in SCRIPTS:
         shutil.copy2(ROOT / script, root / script)
+    shutil.copytree(ROOT / "scripts", root / "scripts")
     shutil.copytree(ROOT / "cfn", root / "cfn")
     shutil.copytree(ROOT / "k8s", root / "k8s")
     home = tmp_path / "home"
@@ -880,6 +882,27 @@ def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(worl
     assert_profile_and_region(run)
 
 
+def test_destroy_stops_at_a_failed_deletion_and_shows_why(world: World) -> None:
+    """Real: stacks in moto, no cluster. Stand-in: the main stack's delete waiter fails and its
+    canned events follow (as in the deploy test), so destroy.sh shows the latest operation's
+    failures down into the nested stack and keeps the bootstrap stack for a retry.
+    """
+    world.create_stacks()
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_FAILS": "1"})
+    assert run.returncode == 1
+    assert f"deleting stack {STACK} failed (events above)" in run.stderr
+    assert f"failed events of stack {NESTED_STACK_ID}:" in run.stderr
+    assert "STUB-CACHE-QUOTA: cache node quota exceeded" in run.stderr
+    assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
+    assert run.ops()[-3:] == [
+        ("cloudformation", "wait", STACK),
+        ("cloudformation", "describe-stack-events", STACK),
+        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
+    ]
+    assert ("cloudformation", "delete-stack", BOOTSTRAP) not in run.ops()
+    assert_profile_and_region(run)
+
+
 def test_destroy_without_a_terminal_or_y_refuses(world: World) -> None:
     """Real: the confirmation check with stdin not a terminal; only the region is looked up."""
     world.create_stacks()
@@ -918,23 +941,34 @@ def test_destroy_asks_for_the_stack_name_on_a_terminal(
 
 
 def test_scripts_pass_shellcheck() -> None:
-    """Real shellcheck (apt package shellcheck) on the three scripts."""
+    """Real shellcheck (apt package shellcheck) on the three scripts and their library; -x follows
+    the `source` into the library, so names it defines count as defined in the scripts."""
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck; CI installs it)")
     result = subprocess.run(
-        ["shellcheck", *SCRIPTS], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["shellcheck", "-x", *SCRIPTS, LIBRARY],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_scripts_are_executable_and_avoid_gnu_only_tools(script: str) -> None:
-    """They must run on macOS (bash 3.2, BSD tools) as well as on Linux."""
+def test_scripts_are_executable_with_strict_mode(script: str) -> None:
+    """Each is run directly and sets the strict mode itself; the library it sources sets none."""
     path = ROOT / script
     assert os.access(path, os.X_OK)
     text = path.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, LIBRARY])
+def test_scripts_avoid_gnu_only_tools(script: str) -> None:
+    """They must run on macOS (bash 3.2, BSD tools) as well as on Linux."""
+    text = (ROOT / script).read_text()
     gnu_only = (
         r"sed -i", r"readlink -f", r"date -d", r"base64 -w", r"mktemp --", r"grep -P",
         r"declare -A", r"mapfile", r"readarray", r"\$\{\w+,,\}", r"\$\{\w+\^\^\}",
