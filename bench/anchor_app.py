@@ -16,12 +16,12 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import redis
-from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, redirect, request, session, url_for
 from flask_session import Session
 from flask_wtf.csrf import CSRFProtect, generate_csrf
 from werkzeug.wrappers import Response
 
-from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, TEMPLATES
+from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, TEMPLATES, render_page
 
 
 def create_app() -> Flask:
@@ -44,17 +44,12 @@ def create_app() -> Flask:
     @bp.get("/")
     def index() -> str:
         messages = session.get("messages", [])
-        return render_template(
-            "index.html",
+        return render_page(
             csrf_token=generate_csrf(),
             messages=messages,
             fingerprint=hashlib.sha256(session.sid.encode()).hexdigest()[:12] if messages else None,
             started=session.get("started"),
-            lifetime_minutes=LIFETIME_SECONDS // 60,
             replica=replica,
-            max_length=MAX_LENGTH,
-            error=None,
-            draft="",
         )
 
     @bp.post("/persistMessage")

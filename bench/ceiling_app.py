@@ -12,9 +12,9 @@ import os
 import secrets
 import socket
 
-from flask import Blueprint, Flask, render_template
+from flask import Blueprint, Flask
 
-from bench.pages import LIFETIME_SECONDS, MAX_LENGTH, TEMPLATES, message_text
+from bench.pages import TEMPLATES, message_text, render_page
 
 # Shaped like the real values (a ~90-character signed token, a 12-hex fingerprint, an ISO
 # start time) so the page has the same size; fixed per process as a session's values are.
@@ -31,17 +31,12 @@ def create_app() -> Flask:
 
     @bp.get("/")
     def index() -> str:
-        return render_template(
-            "index.html",
+        return render_page(
             csrf_token=CSRF_TOKEN,
             messages=messages,
             fingerprint=FINGERPRINT,
             started=STARTED,
-            lifetime_minutes=LIFETIME_SECONDS // 60,
             replica=replica,
-            max_length=MAX_LENGTH,
-            error=None,
-            draft="",
         )
 
     # Only so that url_for() in the template resolves as it does in the app.

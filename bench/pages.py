@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from flask import render_template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The ceiling and the anchor render the very same files as the app (index.html extends
@@ -12,6 +15,18 @@ TEMPLATES = REPO_ROOT / "app" / "templates"
 MESSAGE_LENGTH = 100
 LIFETIME_SECONDS = 1800
 MAX_LENGTH = 2000
+
+
+def render_page(**values: Any) -> str:
+    """index.html with the context the app passes; the caller gives what varies by session."""
+    return render_template(
+        "index.html",
+        lifetime_minutes=LIFETIME_SECONDS // 60,
+        max_length=MAX_LENGTH,
+        error=None,
+        draft="",
+        **values,
+    )
 
 
 def message_text(index: int) -> str:
