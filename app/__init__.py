@@ -79,7 +79,8 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
         return MessageStore(client, DirectReads(client))
     client = connect(settings)
     reads = TrackedReads(settings) if settings.redis_client_cache else DirectReads(client)
-    # /readyz asks once, quickly: it reports, it does not wait for Redis to come back.
+    # One PING, quickly, no retries: for /readyz, which reports and does not wait, and for
+    # checking whether Redis is back during an outage (see store._fail_fast).
     probe = connect(
         settings, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5, socket_timeout=0.5
     )
@@ -105,7 +106,8 @@ def _content_security_policy(app: Flask) -> str:
     """Nothing but this app's own forms and its one inline stylesheet, named by its hash."""
     source = (Path(app.root_path) / "templates" / "base.html").read_text()
     style = re.search(r"<style>(.*?)</style>", source, re.S)
-    assert style is not None, "base.html has no <style> block"
+    if style is None:
+        raise RuntimeError("app/templates/base.html has no <style> block to allow")
     digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
     return (
         f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
