@@ -35,10 +35,13 @@ T = TypeVar("T")
 KEY_PREFIX = "session:"
 MESSAGES_SUFFIX = ":messages"
 
-# A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page;
-# a Redis that stays away costs at most ~3 s before the user gets a 503 with Retry-After.
+# A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page.
+# Commands answer in well under a millisecond, so half a second means the server is stuck;
+# redis-py retries the handshake inside each command retry, so a server that accepts
+# connections but never answers costs up to (RETRIES + 1)^2 socket timeouts, ~4.5 s, before
+# the first 503 (later requests then fail fast, see _fail_fast).
 CONNECT_TIMEOUT_SECONDS = 1.0
-SOCKET_TIMEOUT_SECONDS = 1.0
+SOCKET_TIMEOUT_SECONDS = 0.5
 RETRIES = 2
 # Below ElastiCache's idle `timeout` and any NAT idle timeout, so pooled connections are
 # checked (PING) before use instead of failing mid-request.
@@ -204,11 +207,13 @@ class TrackedReads:
             connection.disconnect()
 
     def _on_connect(self, connection: redis.connection.AbstractConnection) -> None:
-        connection.on_connect()
+        # No health check inside the handshake: its PING would reconnect, and so recurse,
+        # once per socket timeout while a frozen server accepts connections but never answers.
+        connection.on_connect_check_health(check_health=False)
         # Whatever changed while we were disconnected sent us no invalidation.
         self._cache.clear()
         connection._parser.set_invalidation_push_handler(self._on_invalidation)
-        connection.send_command("CLIENT", "TRACKING", "ON")
+        connection.send_command("CLIENT", "TRACKING", "ON", check_health=False)
         connection.read_response()
 
     def _on_invalidation(self, message: list[Any]) -> None:

@@ -233,3 +233,37 @@ def test_logs_are_json_lines_with_request_ids(replicas):
     lines = [json.loads(line) for line in replicas[0].log().splitlines() if line.strip()]
     access = [line for line in lines if line.get("request_id") == "abc-123"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/"
+
+
+def test_an_unresponsive_redis_gives_503_not_500_and_recovers(valkey, start_replica):
+    """Redis frozen (SIGSTOP: connections stay open, nothing answers) rather than gone."""
+    replica = start_replica(valkey.port, "frozen", WEB_CONCURRENCY="1")
+    browser = requests.Session()
+    token = csrf_token(browse(replica.url, browser))
+    assert save(replica.url, browser, "before", token).status_code == 303
+    redis_pid = valkey.client().info("server")["process_id"]
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        response = browser.post(
+            f"{replica.url}/persistMessage",
+            data={"message": "while frozen", "csrf_token": token},
+            allow_redirects=False,
+            timeout=30,  # below gunicorn's worker timeout; the app answers within seconds
+        )
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        # A page may still come from the worker's cache (nothing can change while Redis is
+        # frozen), or be a 503; never a 500, never a wrong list.
+        page = browser.get(f"{replica.url}/", timeout=30)
+        assert page.status_code in (200, 503)
+        if page.status_code == 200:
+            assert listed_messages(page.text) == ["before"]
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+
+    def saved_after() -> bool:
+        return save(replica.url, browser, "after", token).status_code == 303
+
+    wait_until(saved_after, 15, "a save once Redis answers again")
+    assert listed_messages(browse(replica.url, browser)) == ["before", "after"]
+    assert '"status": 500' not in replica.log()
