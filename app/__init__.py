@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask, g, request, session
+from flask import Flask, request, session
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -88,9 +88,8 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
 
 
 def _before_request() -> Any:
+    logs.current_request_id()  # first, so that every log line of the request carries it
     current_request = request._get_current_object()
-    # First, so that every log line of the request carries it.
-    g.request_id = logs.request_id_from(current_request.headers.get(logs.REQUEST_ID_HEADER))
     current = session._get_current_object()
     if isinstance(current, UnavailableSession):
         return errors.store_unavailable(redis.ConnectionError("could not open the session"))

@@ -9,8 +9,9 @@ What it changes, and why:
   in the session, which would store a Redis key for every visitor who merely sees a form;
   this way a session is stored only once it holds something (the first saved message).
 * No rewrite of an unchanged session. flask-session rewrites the whole document on every
-  request; here it is written when modified, and the sliding expiry is refreshed with one
-  pipelined EXPIRE pair at most once per refresh interval per worker.
+  request; here a save stores its own changes in one script, the document is rewritten only
+  when its stored part changed, and the sliding expiry is refreshed with one pipelined EXPIRE
+  pair at most once per refresh interval per worker.
 * Health checks never open a session; a Redis failure while opening one
   yields a marker session that the app turns into a 503 (Flask opens the session before any
   view or error handler runs).
