@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
 K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35"]
 
-# The Secret is never rendered (it holds values); these are the keys the README's
+# The Secret is never rendered (it holds values); these are the keys docs/kubernetes.md's
 # `kubectl create secret generic message-app-secrets` command and init.sh's overlay create.
 SECRET_NAME = "message-app-secrets"
 SECRET_KEYS = {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
