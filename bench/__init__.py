@@ -1,4 +1,4 @@
-"""Benchmark harness for issue 4: `python -m bench` (see bench/__main__.py for the options).
+"""Benchmark harness: `python -m bench` (see bench/__main__.py for the options).
 
 It starts its own Valkey and gunicorn processes on 127.0.0.1 and drives them with wrk, so the
 numbers compare the app, a bare-Flask ceiling and a stock flask-session anchor on one machine in

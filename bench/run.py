@@ -1,4 +1,4 @@
-"""The benchmark itself: every measurement of issue 4, run side by side in one process tree."""
+"""The benchmark itself: every measurement, run side by side in one process tree."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Settings:
 
     @classmethod
     def full(cls, duration: int, repeats: int) -> Settings:
-        """Issue 4's numbers: 1/100/500 messages held, a 20 s fault run (stop 5 s, start 10 s).
+        """The published numbers: 1/100/500 messages held, a 20 s fault run (stop 5 s, start 10 s).
         128 save sessions against 16 connections keep each session growing slowly and two
         saves rarely racing on one session."""
         return cls(

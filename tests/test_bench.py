@@ -1,4 +1,4 @@
-"""The benchmark harness works end to end (issue 4). Nothing here asserts a timing: CI machines
+"""The benchmark harness works end to end. Nothing here asserts a timing: CI machines
 are too noisy for that; the numbers are for people, the structure and the counts for tests."""
 
 from __future__ import annotations

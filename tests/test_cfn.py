@@ -575,7 +575,7 @@ def test_node_group_runs_al2023_with_the_original_sizes(
     assert nodes["Subnets"] == {"Ref": "PrivateSubnets"}
 
 
-# --- docs/deploy-aws.md ------------------------------------------------------------------------------------
+# --- docs/deploy-aws.md ---------------------------------------------------------------------------
 
 _TABLE_START, _TABLE_END = "<!-- cfn-params:start -->", "<!-- cfn-params:end -->"
 
