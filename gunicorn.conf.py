@@ -4,9 +4,41 @@ Command-line flags (e.g. `--bind 127.0.0.1:9000`) and GUNICORN_CMD_ARGS override
 """
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from app.config import ConfigError, Settings
+# Prometheus metrics summed over the workers: prometheus_client's multiprocess mode, where
+# each worker writes its counts to files in PROMETHEUS_MULTIPROC_DIR. It must be set before
+# the app (and so prometheus_client) is imported. Memory-backed (/dev/shm, or the emptyDir
+# the variable names) and emptied at start, so a restart never adds an old run's counts;
+# the master serves the sum on METRICS_PORT (see app/metrics.py). METRICS_PORT=0: no metrics.
+_METRICS_ON = os.environ.get("METRICS_PORT", "").strip() != "0"
+if _METRICS_ON:
+    _given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - a fixed system path
+    _metrics_dir = Path(_given or tempfile.mkdtemp(prefix="gunicorn-metrics-", dir=_shm))
+    for _stale in _metrics_dir.glob("*.db"):
+        _stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+    def when_ready(server):
+        from app import metrics
+
+        metrics.serve(server.cfg.bind, Settings.from_env().metrics_port)
+
+    def child_exit(server, worker):
+        from app import metrics
+
+        metrics.worker_exited(worker.pid)
+
+    def on_exit(server):
+        if not _given:
+            shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+from app.config import ConfigError, Settings  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR
 
 # Check the app's configuration once, in the master, so that a bad value stops start-up
 # with one line naming the variable instead of a traceback from every worker.
