@@ -122,11 +122,12 @@ class DirectReads:
         """Nothing to bring up to date: every read asks Redis."""
 
     def get(self, key: str) -> str | None:
-        value = self.client.get(key)
+        value = metrics.time_read("GET", self.client.get, key)
         return None if value is None else value.decode(errors="replace")
 
     def lrange(self, key: str) -> list[str]:
-        return [item.decode(errors="replace") for item in self.client.lrange(key, 0, -1)]
+        items = metrics.time_read("LRANGE", lambda k: self.client.lrange(k, 0, -1), key)
+        return [item.decode(errors="replace") for item in items]
 
 
 class TrackedReads:
@@ -188,7 +189,7 @@ class TrackedReads:
             metrics.READ_CACHE_MISSES.inc()
             # Any invalidation that reaches us while this read is in flight is processed
             # by the parser before the reply, so the value stored below is never stale.
-            value = fetch(key)
+            value = metrics.time_read(command, fetch, key)
             if value:
                 self._cache.put((command, key), (now, value))
             else:
