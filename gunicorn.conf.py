@@ -15,13 +15,19 @@ from pathlib import Path
 # the variable names) and emptied at start, so a restart never adds an old run's counts;
 # the master serves the sum on METRICS_PORT (see app/metrics.py). METRICS_PORT=0: no metrics.
 _METRICS_ON = os.environ.get("METRICS_PORT", "").strip() != "0"
-if _METRICS_ON:
-    _given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - a fixed system path
-    _metrics_dir = Path(_given or tempfile.mkdtemp(prefix="gunicorn-metrics-", dir=_shm))
-    for _stale in _metrics_dir.glob("*.db"):
+# Once per master: gunicorn reads this file again on SIGHUP, and the workers it keeps, and
+# the metrics server, go on using the directory as it is.
+if _METRICS_ON and os.environ.get("_METRICS_MASTER_PID") != str(os.getpid()):
+    os.environ["_METRICS_MASTER_PID"] = str(os.getpid())
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - a system path
+        # Made here, so removed by on_exit.
+        os.environ["_METRICS_OWN_DIR"] = tempfile.mkdtemp(prefix="gunicorn-metrics-", dir=_shm)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_METRICS_OWN_DIR"]
+    for _stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         _stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+if _METRICS_ON:
 
     def when_ready(server):
         from app import metrics
@@ -34,8 +40,8 @@ if _METRICS_ON:
         metrics.worker_exited(worker.pid)
 
     def on_exit(server):
-        if not _given:
-            shutil.rmtree(_metrics_dir, ignore_errors=True)
+        if os.environ.get("_METRICS_OWN_DIR"):
+            shutil.rmtree(os.environ["_METRICS_OWN_DIR"], ignore_errors=True)
 
 
 from app.config import ConfigError, Settings  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR

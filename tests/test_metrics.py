@@ -184,6 +184,27 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     assert value(scrape(port), REQUESTS, **labels) == 11
 
 
+def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica):
+    """SIGHUP makes gunicorn read gunicorn.conf.py again and replace every worker."""
+    replica, port = metrics_replica()
+    labels = {"route": "/", "method": "GET", "status": "200"}
+    for _ in range(5):
+        assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    master = replica.process.pid
+    wait_until(lambda: len(workers_of(master)) == 2, 20, "two workers")
+    old = workers_of(master)
+    replica.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(workers_of(master)) == 2 and not workers_of(master) & old,
+        30,
+        "gunicorn to replace every worker",
+    )
+    assert value(scrape(port), REQUESTS, **labels) == 5
+    for _ in range(3):
+        assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    assert value(scrape(port), REQUESTS, **labels) == 8
+
+
 def test_a_restart_of_the_server_starts_from_zero(metrics_replica, tmp_path):
     """A directory named by PROMETHEUS_MULTIPROC_DIR (an emptyDir) is emptied at start."""
     directory = tmp_path / "prometheus"
