@@ -70,7 +70,7 @@ BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
 require_tools aws jq
-for t in bootstrap main network securitygroups cache eks; do
+for t in bootstrap main network securitygroups cache eks observability; do
   [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
 done
 
@@ -188,7 +188,8 @@ fi
 say "uploading the nested templates to s3://$BUCKET/"
 # cp, not sync: sync skips a changed file whose size and age look unchanged.
 awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude '*' \
-  --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml
+  --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml \
+  --include observability.yaml
 
 # JSON, not the shorthand syntax, so list values such as PublicSubnets=a,b,c survive their commas.
 PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")

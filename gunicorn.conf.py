@@ -4,9 +4,47 @@ Command-line flags (e.g. `--bind 127.0.0.1:9000`) and GUNICORN_CMD_ARGS override
 """
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from app.config import ConfigError, Settings
+# Prometheus metrics summed over the workers: prometheus_client's multiprocess mode, where
+# each worker writes its counts to files in PROMETHEUS_MULTIPROC_DIR. It must be set before
+# the app (and so prometheus_client) is imported. Memory-backed (/dev/shm, or the emptyDir
+# the variable names) and emptied at start, so a restart never adds an old run's counts;
+# the master serves the sum on METRICS_PORT (see app/metrics.py). METRICS_PORT=0: no metrics.
+_METRICS_ON = os.environ.get("METRICS_PORT", "").strip() != "0"
+# Once per master: gunicorn reads this file again on SIGHUP, and the workers it keeps, and
+# the metrics server, go on using the directory as it is.
+if _METRICS_ON and os.environ.get("_METRICS_MASTER_PID") != str(os.getpid()):
+    os.environ["_METRICS_MASTER_PID"] = str(os.getpid())
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - a system path
+        # Made here, so removed by on_exit.
+        os.environ["_METRICS_OWN_DIR"] = tempfile.mkdtemp(prefix="gunicorn-metrics-", dir=_shm)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_METRICS_OWN_DIR"]
+    for _stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        _stale.unlink()
+
+if _METRICS_ON:
+
+    def when_ready(server):
+        from app import metrics
+
+        metrics.serve(server.cfg.bind, Settings.from_env().metrics_port)
+
+    def child_exit(server, worker):
+        from app import metrics
+
+        metrics.worker_exited(worker.pid)
+
+    def on_exit(server):
+        if os.environ.get("_METRICS_OWN_DIR"):
+            shutil.rmtree(os.environ["_METRICS_OWN_DIR"], ignore_errors=True)
+
+
+from app.config import ConfigError, Settings  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR
 
 # Check the app's configuration once, in the master, so that a bad value stops start-up
 # with one line naming the variable instead of a traceback from every worker.

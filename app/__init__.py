@@ -19,7 +19,7 @@ from flask import Flask, request, session
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import csrf, errors, health, logs, views
+from . import csrf, errors, health, logs, metrics, views
 from .config import Settings
 from .sessions import MessageSessionInterface, UnavailableSession
 from .store import DirectReads, MessageStore, TrackedReads, connect
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
     errors.register(app)
+    metrics.init_app(app)
     return app
 
 

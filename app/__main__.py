@@ -20,6 +20,14 @@ DATA_DIR = Path(os.environ.get("LOCAL_DATA_DIR", ROOT / ".local-data"))
 
 
 def main() -> None:
+    if os.environ.get("METRICS_PORT", "").strip() != "0" and not os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR"
+    ):
+        # prometheus_client chooses its multiprocess mode when first imported, which `-m app`
+        # did before gunicorn.conf.py could name the directory: start again with it named.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(DATA_DIR / "metrics")
+        (DATA_DIR / "metrics").mkdir(parents=True, exist_ok=True)
+        os.execv(sys.executable, [sys.executable, "-m", "app", *sys.argv[1:]])  # noqa: S606
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     server = None
     if not os.environ.get("REDIS_HOST", "").strip():

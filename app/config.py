@@ -41,6 +41,7 @@ class Settings:
     messages_max_per_session: int
     log_level: str
     replica_name: str
+    metrics_port: int = 9090
 
     @property
     def max_content_length(self) -> int:
@@ -82,6 +83,7 @@ class Settings:
             messages_max_per_session=_integer(env, "MESSAGES_MAX_PER_SESSION", 500, 1, 1_000_000),
             log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
             replica_name=_text(env, "REPLICA_NAME") or socket.gethostname(),
+            metrics_port=_integer(env, "METRICS_PORT", 9090, 0, 65535),
         )
 
 

@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFError
 from redis import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from . import metrics
 from .config import current_settings
 from .views import render_page
 
@@ -45,6 +46,7 @@ def store_unavailable(exc: Exception) -> Any:
 
 def csrf_failed(exc: CSRFError) -> Any:
     log.info("form refused: %s", exc.description)
+    metrics.refused("csrf")
     return render_page(
         400,
         "This form has expired or did not come from this site, so nothing was saved. "
@@ -56,6 +58,7 @@ def csrf_failed(exc: CSRFError) -> Any:
 def http_error(exc: HTTPException) -> Any:
     if exc.code == 413:
         log.info("request refused: body over %s bytes", current_settings().max_content_length)
+        metrics.refused("body_too_large")
     message = _HUMAN.get(exc.code or 500, exc.description or "")
     response = exc.get_response()
     body = render_template("error.html", title=f"{exc.code} {exc.name}", message=message)
@@ -88,5 +91,6 @@ def reject_invalid_utf8(post: Request) -> Any:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
         log.info("form refused: not UTF-8")
+        metrics.refused("invalid_utf8")
         return render_page(400, "The message was not valid UTF-8 text, so nothing was saved.")
     return None

@@ -33,6 +33,7 @@ from flask_session.base import Serializer, ServerSideSession
 from flask_session.redis import RedisSessionInterface
 from redis import RedisError
 
+from . import metrics
 from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
 from .lru import LRU
 from .store import MessageStore, SessionGone
@@ -220,12 +221,14 @@ class MessageSessionInterface(RedisSessionInterface):
             dict.__setitem__(session, "started", started)
             session.stored = True
             session.cookie_due = True
+            metrics.SESSIONS_CREATED.inc()
         self._remember_refresh(store_id)
         return count
 
     def destroy(self, session: MessageSession) -> None:
         if session.stored:
             self._delete_session(self._get_store_id(session.sid))
+            metrics.SESSIONS_DESTROYED.inc()
         self.end(session)
 
     def end(self, session: MessageSession) -> None:

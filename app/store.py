@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from . import metrics
 from .config import Settings
 from .lru import LRU
 
@@ -121,11 +122,12 @@ class DirectReads:
         """Nothing to bring up to date: every read asks Redis."""
 
     def get(self, key: str) -> str | None:
-        value = self.client.get(key)
+        value = metrics.time_read("GET", self.client.get, key)
         return None if value is None else value.decode(errors="replace")
 
     def lrange(self, key: str) -> list[str]:
-        return [item.decode(errors="replace") for item in self.client.lrange(key, 0, -1)]
+        items = metrics.time_read("LRANGE", lambda k: self.client.lrange(k, 0, -1), key)
+        return [item.decode(errors="replace") for item in items]
 
 
 class TrackedReads:
@@ -182,10 +184,12 @@ class TrackedReads:
             entry = self._cache.get((command, key))
             now = time.monotonic()
             if entry is not None and now - entry[0] < CACHE_MAX_AGE_SECONDS:
+                metrics.READ_CACHE_HITS.inc()
                 return entry[1]
+            metrics.READ_CACHE_MISSES.inc()
             # Any invalidation that reaches us while this read is in flight is processed
             # by the parser before the reply, so the value stored below is never stale.
-            value = fetch(key)
+            value = metrics.time_read(command, fetch, key)
             if value:
                 self._cache.put((command, key), (now, value))
             else:
@@ -218,6 +222,7 @@ class TrackedReads:
 
     def _on_invalidation(self, message: list[Any]) -> None:
         keys = message[1]
+        metrics.READ_CACHE_INVALIDATIONS.inc(1 if keys is None else len(keys))
         if keys is None:  # FLUSHALL/FLUSHDB, or the server's tracking table overflowed
             self._cache.clear()
             return
@@ -238,14 +243,17 @@ def _fail_fast(method: Callable[..., T]) -> Callable[..., T]:
     at once. Hand-written: redis-py offers a circuit breaker only for its multi-database client.
     """
 
+    timed = metrics.timed_redis(method)
+
     @functools.wraps(method)
     def guarded(self: MessageStore, *args: Any, **kwargs: Any) -> T:
         if self.away:
             if not self.ping():
+                metrics.FAIL_FAST_RESPONSES.inc()
                 raise RedisConnectionError("Redis is still not answering")
             self.away = False
         try:
-            return method(self, *args, **kwargs)
+            return timed(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError):
             self.away = True
             raise

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from flask_wtf.csrf import generate_csrf
 from werkzeug.wrappers import Response
 
+from . import metrics
 from .config import current_settings
 from .store import SessionFull, SessionGone
 
@@ -29,9 +30,11 @@ def persist_message() -> Any:
     text = (raw or "").strip()
     if not text:
         log.info("message refused: empty")
+        metrics.refused("empty")
         return render_page(400, "Write a message before saving: it was empty.", draft=raw or "")
     if len(text) > settings.message_max_length:
         log.info("message refused: %d characters", len(text))
+        metrics.refused("too_long")
         return render_page(
             400,
             f"A message can be at most {settings.message_max_length:,} characters; "
@@ -44,6 +47,7 @@ def persist_message() -> Any:
         )
     except SessionFull:
         log.info("message refused: session full")
+        metrics.refused("over_count")
         return render_page(
             409,
             f"This session already holds {settings.messages_max_per_session:,} messages, the most "
@@ -52,12 +56,14 @@ def persist_message() -> Any:
         )
     except SessionGone:
         log.info("message refused: session ended meanwhile")
+        metrics.refused("session_gone")
         return render_page(
             409,
             "Your session ended (it expired or was destroyed in another tab), so the message "
             "was not saved. Save it again to start a new session.",
             draft=raw or "",
         )
+    metrics.MESSAGE_SAVES.inc()
     return redirect(url_for(".index"), code=303)
 
 

@@ -164,11 +164,17 @@ def _targets(results: Results) -> list[str]:
     rows = results.rows
     ratio = rows["page_app"].ratio_to(rows["page_ceiling"])
     cpu_ratio = _cpu_ratio(rows["page_ceiling"], rows["page_app"])
+    bare = rows["page_app_no_metrics"]
+    metrics_ratio = rows["page_app"].ratio_to(bare)
+    metrics_cpu = rows["page_app"].app_cpu_us - bare.app_cpu_us
     save_ratio = rows["save_app"].ratio_to(rows["save_anchor"])
     save_cpu = _cpu_ratio(rows["save_anchor"], rows["save_app"])
     lines = [
         f"- (a)/(b) ≥ 0.75 (stretch 0.85): {ratio:.2f} by req/s - {_mark(ratio >= 0.75)}; "
         f"{cpu_ratio:.2f} by CPU per request - {_mark(cpu_ratio >= 0.75)}",
+        f"- cost of the metrics, (a) against (a0): {metrics_ratio:.2f}x the req/s, "
+        f"{metrics_cpu:+.0f} µs of app CPU per page view (reported only; (a)/(b) above "
+        "is with metrics on)",
         f"- (d) app saves ahead of the anchor: {rows['save_app'].rps:,.0f} vs "
         f"{rows['save_anchor'].rps:,.0f} req/s, {save_ratio:.2f}x by req/s - "
         f"{_mark(save_ratio > 1)}; {save_cpu:.2f}x by CPU per request - {_mark(save_cpu > 1)}",

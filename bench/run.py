@@ -207,13 +207,15 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
         ours = our_app(redis_server.port, 0, logs)
         anchor = anchor_app(redis_server.port, 1, logs)
         ceiling = ceiling_app(redis_server.port, logs)
-        for server in (ours, anchor, ceiling):
+        # The cost of the Prometheus metrics: our app again, with METRICS_PORT=0.
+        bare = our_app(redis_server.port, 2, logs, name="app-no-metrics", metrics=False)
+        for server in (ours, anchor, ceiling, bare):
             stack.callback(server.stop)
-        log("starting redis and 3 gunicorn instances")
-        start_all([ours, anchor, ceiling])
+        log("starting redis and 4 gunicorn instances")
+        start_all([ours, anchor, ceiling, bare])
 
         log("preparing sessions")
-        page_bytes, page_requests = _page_sessions(ours, anchor, ceiling, failures)
+        page_bytes, page_requests = _page_sessions(ours, anchor, ceiling, bare, failures)
         pools = {
             name: sessions_with_messages(server.port, settings.pool_sessions, PAGE_MESSAGES)
             for name, server in (("save_app", ours), ("save_anchor", anchor))
@@ -222,6 +224,7 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
             "page_app": Target(ours, "/", page_requests["app"]),
             "page_ceiling": Target(ceiling, "/", page_requests["ceiling"]),
             "page_anchor": Target(anchor, "/", page_requests["anchor"]),
+            "page_app_no_metrics": Target(bare, "/", page_requests["app-no-metrics"]),
         }
         for name, clients in pools.items():
             targets[name] = Target(
@@ -260,13 +263,14 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
 
 
 def _page_sessions(
-    ours: Gunicorn, anchor: Gunicorn, ceiling: Gunicorn, failures: list[str]
+    ours: Gunicorn, anchor: Gunicorn, ceiling: Gunicorn, bare: Gunicorn, failures: list[str]
 ) -> tuple[dict[str, int], dict[str, list[Request]]]:
     """One visitor with PAGE_MESSAGES messages per stateful variant; check that all three pages
     really list the same number of messages, so the rows compare the same work."""
     page_bytes: dict[str, int] = {}
     requests: dict[str, list[Request]] = {}
-    for name, server in (("app", ours), ("anchor", anchor), ("ceiling", ceiling)):
+    variants = (("app", ours), ("anchor", anchor), ("ceiling", ceiling), ("app-no-metrics", bare))
+    for name, server in variants:
         if name == "ceiling":
             client = PageClient(server.port)
         else:
@@ -284,6 +288,7 @@ ROW_LABELS = {
     "page_app": "a. app GET / (session with 10 messages)",
     "page_ceiling": "b. ceiling: bare Flask, same template",
     "page_anchor": "c. anchor: stock flask-session GET /",
+    "page_app_no_metrics": "a0. app GET / with metrics off (METRICS_PORT=0)",
     "save_app": "d. app POST /persistMessage (303, not followed)",
     "save_anchor": "d. anchor POST /persistMessage (303, not followed)",
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.client import PageClient
 from bench.pages import message_text
-from bench.servers import HOST, Gunicorn
+from bench.servers import HOST, Gunicorn, free_port
 
 # Shared by the app and the anchor so the only difference is the code under test; fresh per run.
 SECRET_KEY = secrets.token_hex(32)
@@ -17,7 +17,7 @@ SECRET_KEY = secrets.token_hex(32)
 MESSAGES_MAX = "100000"
 
 
-def _env(redis_port: int, db: int) -> dict[str, str]:
+def _env(redis_port: int, db: int, metrics: bool = False) -> dict[str, str]:
     # gunicorn.conf.py validates the app's settings in the master, so every variant (the
     # ceiling too, which ignores them) gets a valid set: one settings file for all rows.
     return {
@@ -27,11 +27,15 @@ def _env(redis_port: int, db: int) -> dict[str, str]:
         "SECRET_KEY": SECRET_KEY,
         "MESSAGES_MAX_PER_SESSION": MESSAGES_MAX,
         "REPLICA_NAME": "bench-replica",
+        # Prometheus metrics for our app only (each server its own port); 0 turns them off.
+        "METRICS_PORT": str(free_port()) if metrics else "0",
     }
 
 
-def our_app(redis_port: int, db: int, logs: Path, name: str = "app") -> Gunicorn:
-    return Gunicorn(name, "app:create_app()", _env(redis_port, db), logs / f"{name}.log")
+def our_app(
+    redis_port: int, db: int, logs: Path, name: str = "app", metrics: bool = True
+) -> Gunicorn:
+    return Gunicorn(name, "app:create_app()", _env(redis_port, db, metrics), logs / f"{name}.log")
 
 
 def anchor_app(redis_port: int, db: int, logs: Path, name: str = "anchor") -> Gunicorn:

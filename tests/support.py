@@ -122,6 +122,8 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
         SECRET_KEY=SECRET,
         REPLICA_NAME=name,
         WEB_CONCURRENCY="2",
+        # Each replica's own metrics port, so that replicas started together never collide.
+        METRICS_PORT=str(free_port()),
     )
     env.update(extra)
     return env

@@ -31,8 +31,9 @@ TEMPLATE_NAMES = (
     "securitygroups.yaml",
     "eks.yaml",
     "cache.yaml",
+    "observability.yaml",
 )
-NESTED = ("network.yaml", "securitygroups.yaml", "eks.yaml", "cache.yaml")
+NESTED = ("network.yaml", "securitygroups.yaml", "eks.yaml", "cache.yaml", "observability.yaml")
 # Regions the linter checks against (availability of resource types and three AZs).
 LINT_REGIONS = ("us-east-1", "eu-central-1")
 

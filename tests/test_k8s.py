@@ -52,8 +52,13 @@ APP_ENV_VARS = {
     "REPLICA_NAME",
     "WEB_CONCURRENCY",
     "FORWARDED_ALLOW_IPS",
+    "METRICS_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
 }
-APP_DEFAULTS = {"REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+"}
+APP_DEFAULTS = {
+    "REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+",
+    "PROMETHEUS_MULTIPROC_DIR": "a fresh directory on the pod's /dev/shm (memory)",
+}
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
 # gunicorn.conf.py's graceful_timeout per the app contract, used until that file exists.
 CONTRACT_GRACEFUL_TIMEOUT = 20
@@ -194,7 +199,8 @@ def _resolve_port(port: int | str, container: Any) -> int:
 
 def test_ports_line_up(models: dict[str, Any]) -> None:
     (container,) = models["Deployment"].spec.template.spec.containers
-    assert [(p.name, p.container_port) for p in container.ports] == [("http", 8080)]
+    ports = [(p.name, p.container_port) for p in container.ports]
+    assert ports == [("http", 8080), ("metrics", 9090)]  # metrics: see test_k8s_metrics.py
     (service_port,) = models["Service"].spec.ports
     assert (service_port.name, service_port.port) == ("http", 80)
     assert models["Service"].spec.type == "LoadBalancer"
@@ -204,7 +210,7 @@ def test_ports_line_up(models: dict[str, Any]) -> None:
     assert container.readiness_probe.http_get.path == "/readyz"
     assert container.liveness_probe.http_get.path == "/healthz"
     assert container.startup_probe.http_get.path == "/healthz"
-    (ingress,) = models["NetworkPolicy"].spec.ingress
+    ingress = models["NetworkPolicy"].spec.ingress[0]
     ingress_ports = [(_resolve_port(p.port, container), p.protocol) for p in ingress.ports]
     assert ingress_ports == [(8080, "TCP")]
 

@@ -51,7 +51,7 @@ OTHER_STACK = "Fes--Other"  # for -s; its ECR repository must still get a valid 
 DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/team/deployer"
 CLUSTER = "fes-test-cluster"
 CACHE_HOST = "master.fes-test-cache.abc123.euc1.cache.amazonaws.com"
-NESTED = ("network.yaml", "securitygroups.yaml", "cache.yaml", "eks.yaml")
+NESTED = ("network.yaml", "securitygroups.yaml", "cache.yaml", "eks.yaml", "observability.yaml")
 MAIN_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}/main-0001"
 NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}-Cache-X/n-0001"
 # Everything the scripts may run besides the stand-ins; a tool missing here fails a test, which
@@ -490,7 +490,9 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         ("cloudformation", "describe-stacks", STACK),
     ]
     assert_profile_and_region(run)
-    validated = [option(c["argv"], "--template-body") for c in run.tool("aws")[3:9]]
+    validated = [
+        option(c["argv"], "--template-body") for c in run.tool("aws")[3 : 3 + len(templates)]
+    ]
     assert validated == [f"file://{world.root}/cfn/{name}" for name in templates]
 
     cfn = world.client("cloudformation")

@@ -1,0 +1,316 @@
+"""cfn/observability.yaml: the add-on, alarms and dashboard the operators rely on.
+
+The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
+in test_cfn.py. Here: the same tools on a copy with every optional resource switched on (both
+tools drop resources whose condition is false with the default parameters, so the add-on's IAM
+role and log groups would otherwise go unchecked), the dashboard body parsed as JSON, and every
+metric the alarms and the dashboard name checked against what AWS publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .test_cfn import CFN, LINT_REGIONS, _tool
+
+TEMPLATE = CFN / "observability.yaml"
+K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
+
+# Metrics (and their dimensions) as AWS documents them: ElastiCache "Host-level metrics" and
+# "Metrics for Valkey and Redis OSS", Classic Load Balancer "CloudWatch metrics", and Container
+# Insights "Amazon EKS and Kubernetes Container Insights metrics".
+PUBLISHED = {
+    "AWS/ElastiCache": (
+        {"CacheClusterId"},
+        {
+            "CPUUtilization",
+            "EngineCPUUtilization",
+            "DatabaseMemoryUsagePercentage",
+            "Evictions",
+            "ReplicationLag",
+            "IsMaster",
+            "CurrConnections",
+            "FreeableMemory",
+        },
+    ),
+    "AWS/ELB": (
+        {"LoadBalancerName"},
+        {
+            "RequestCount",
+            "Latency",
+            "HTTPCode_Backend_5XX",
+            "HTTPCode_ELB_5XX",
+            "UnHealthyHostCount",
+            "HealthyHostCount",
+            "SurgeQueueLength",
+        },
+    ),
+    "ContainerInsights": (
+        {"ClusterName", "Namespace", "Service"},
+        {"service_number_of_running_pods", "namespace_number_of_running_pods"},
+    ),
+}
+# What the issue asks the alarms to watch.
+ALARMED = {
+    "DatabaseMemoryUsagePercentage",
+    "Evictions",
+    "CPUUtilization",
+    "EngineCPUUtilization",
+    "ReplicationLag",
+    "IsMaster",
+    "HTTPCode_Backend_5XX",
+    "UnHealthyHostCount",
+}
+# ...and the dashboard to show.
+DASHBOARD_METRICS = {
+    "RequestCount",
+    "HTTPCode_Backend_5XX",
+    "Latency",
+    "DatabaseMemoryUsagePercentage",
+    "Evictions",
+    "service_number_of_running_pods",
+}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(path))
+    assert not matches and template is not None, matches
+    return template
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
+    return _load(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def everything_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy whose defaults switch on the add-on, the e-mail and the load-balancer alarms."""
+    text = TEMPLATE.read_text()
+    defaults = {
+        "LoadBalancerName": '"a1b2c3"',
+        "AlarmEmail": '"ops@example.com"',
+        "ContainerInsights": "enabled",
+    }
+    for name, value in defaults.items():
+        text, count = re.subn(
+            rf"(\n  {name}:\n(?:    .*\n)*?    Default: ).*\n", rf"\g<1>{value}\n", text
+        )
+        assert count == 1, name
+    path = tmp_path_factory.mktemp("observability") / "observability.yaml"
+    path.write_text(text)
+    return path
+
+
+def _resources(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
+
+
+def test_cfn_lint_is_clean_with_every_resource_on(everything_on: Path) -> None:
+    exe = _tool("cfn-lint")
+    if exe is None:
+        pytest.skip("cfn-lint is not installed")
+    proc = subprocess.run(
+        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", str(everything_on)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 8), proc.stderr  # 8: informational findings only
+    assert [m for m in json.loads(proc.stdout or "[]") if m["Level"] != "Informational"] == []
+
+
+def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Path) -> None:
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "checkov.main", "-f", str(everything_on)),
+            *("--framework", "cloudformation", "--skip-download", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(proc.stdout)
+    assert [c["check_id"] for c in report["results"]["failed_checks"]] == []
+    checked = {c["resource"] for c in report["results"]["passed_checks"]}
+    # The conditional resources were really looked at, not dropped.
+    for resource in (
+        "AWS::IAM::Role.CloudWatchAgentRole",
+        "AWS::Logs::LogGroup.ApplicationLogGroup",
+        "AWS::SNS::Topic.AlarmTopic",
+        "AWS::KMS::Key.ObservabilityKey",
+    ):
+        assert resource in checked
+
+
+def _metric_stats(value: Any) -> list[dict[str, Any]]:
+    """Every {Namespace, MetricName, Dimensions} inside an alarm's properties."""
+    found = []
+    if isinstance(value, dict):
+        if "MetricName" in value:
+            found.append(value)
+        for item in value.values():
+            found.extend(_metric_stats(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_metric_stats(item))
+    return found
+
+
+def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
+    template: dict[str, Any],
+) -> None:
+    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    watched = set()
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert props["OKActions"] == [{"Ref": "AlarmTopic"}], name
+        stats = _metric_stats(props)
+        assert stats, name
+        for stat in stats:
+            dimensions, metrics = PUBLISHED[stat["Namespace"]]
+            assert stat["MetricName"] in metrics, (name, stat["MetricName"])
+            assert {d["Name"] for d in stat["Dimensions"]} <= dimensions, name
+            watched.add(stat["MetricName"])
+        if "Metrics" in props:
+            ids = {m["Id"] for m in props["Metrics"]}
+            (result,) = [m for m in props["Metrics"] if m.get("ReturnData", True)]
+            used = set(re.findall(r"\b[a-z][a-z0-9_]*\b", result["Expression"]))
+            functions = {"fill", "max"}
+            assert used - functions <= ids, (name, used - ids)
+    assert watched >= ALARMED
+
+
+def test_cache_alarms_cover_every_node_a_replication_group_can_have(
+    template: dict[str, Any],
+) -> None:
+    main = _load(CFN / "main.yaml")
+    nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
+    for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
+        stats = _metric_stats(alarm["Properties"])
+        if stats[0]["Namespace"] != "AWS/ElastiCache" or stats[0]["MetricName"] == "IsMaster":
+            continue
+        members = sorted(d["Value"]["Fn::Sub"] for s in stats for d in s["Dimensions"])
+        assert members == [f"${{ReplicationGroupId}}-{i:03d}" for i in range(1, nodes + 1)], name
+
+
+def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -> None:
+    topic = template["Resources"]["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "ObservabilityKey"}
+    (subscription,) = _resources(template, "AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    statements = template["Resources"]["ObservabilityKey"]["Properties"]["KeyPolicy"]["Statement"]
+    services = [s["Principal"].get("Service") for s in statements]
+    assert "cloudwatch.amazonaws.com" in services
+
+
+def _body(template: dict[str, Any]) -> dict[str, Any]:
+    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    text = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    variables = set(re.findall(r"\$\{([^}]+)\}", text))
+    assert variables <= {*template["Parameters"], "AWS::Region"}, variables
+    return json.loads(re.sub(r"\$\{([^}]+)\}", "x", text))
+
+
+def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The metrics the dashboard shows and the statistics it uses; fails on an unknown one."""
+    body = _body(template)
+    shown = set()
+    for widget in body["widgets"]:
+        assert widget["type"] == "metric"
+        for line in widget["properties"]["metrics"]:
+            if isinstance(line[0], dict):  # an expression: metric math or a SEARCH
+                search = re.search(r"SEARCH\('\{([^,}]+),([^}]*)\} (.*)'", line[0]["expression"])
+                if search:
+                    namespace, dimensions, terms = search.groups()
+                    (metric,) = re.findall(r'MetricName="([^"]+)"', terms)
+                    assert set(dimensions.split(",")) <= PUBLISHED[namespace][0]
+                    assert metric in PUBLISHED[namespace][1]
+                    shown.add(metric)
+                continue
+            namespace, metric, *rest = line
+            options = rest.pop() if rest and isinstance(rest[-1], dict) else {}
+            assert metric in PUBLISHED[namespace][1], metric
+            assert set(rest[0::2]) <= PUBLISHED[namespace][0], (metric, rest)
+            if options.get("visible", True) or any(
+                options["id"] in str(other[0]) for other in widget["properties"]["metrics"]
+            ):
+                shown.add(metric)
+    stats = {
+        line[-1].get("stat")
+        for widget in body["widgets"]
+        for line in widget["properties"]["metrics"]
+        if isinstance(line[-1], dict)
+    }
+    return shown, stats
+
+
+def test_the_dashboard_body_is_json_naming_published_metrics(template: dict[str, Any]) -> None:
+    shown, stats = _dashboard_metrics(template)
+    assert shown >= DASHBOARD_METRICS
+    assert {"p50", "p99"} <= stats
+
+
+def test_the_dashboard_json_check_catches_a_broken_body(template: dict[str, Any]) -> None:
+    (name,) = _resources(template, "AWS::CloudWatch::Dashboard")
+    broken = json.loads(json.dumps(template))
+    props = broken["Resources"][name]["Properties"]
+    props["DashboardBody"]["Fn::Sub"] = props["DashboardBody"]["Fn::Sub"].replace("]", "", 1)
+    with pytest.raises(json.JSONDecodeError):
+        _body(broken)
+    renamed = json.loads(json.dumps(template))
+    props = renamed["Resources"][name]["Properties"]
+    props["DashboardBody"]["Fn::Sub"] = props["DashboardBody"]["Fn::Sub"].replace(
+        '"Evictions"', '"Evicted"'
+    )
+    with pytest.raises(AssertionError):
+        _dashboard_metrics(renamed)
+
+
+def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
+    addons = {
+        a["Properties"]["AddonName"]: a for a in _resources(template, "AWS::EKS::Addon").values()
+    }
+    assert set(addons) == {"amazon-cloudwatch-observability", "eks-pod-identity-agent"}
+    observability = addons["amazon-cloudwatch-observability"]
+    assert "PodIdentityAgentAddon" in observability["DependsOn"]
+    (association,) = observability["Properties"]["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "cloudwatch-agent"
+    role = template["Resources"][association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert any("CloudWatchAgentServerPolicy" in p["Fn::Sub"] for p in role["ManagedPolicyArns"])
+    # The agent scrapes from its namespace, which the app's NetworkPolicy admits to metrics.
+    policy = yaml.safe_load(K8S_POLICY.read_text())
+    admitted = json.dumps(policy["spec"]["ingress"])
+    assert "amazon-cloudwatch" in admitted
+
+
+def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, Any]) -> None:
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    names = sorted(g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values())
+    assert names == [
+        f"/aws/containerinsights/${{ClusterName}}/{kind}"
+        for kind in ("application", "dataplane", "host", "performance")
+    ]
+    for group in groups.values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["ObservabilityKey", "Arn"]}
+    addon = template["Resources"]["CloudWatchObservabilityAddon"]
+    assert set(groups) <= set(addon["DependsOn"]), "the add-on would create them first"
