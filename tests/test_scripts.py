@@ -58,12 +58,17 @@ NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK
 # keeps this list the scripts' real dependency list.
 BASE_TOOLS = (
     "bash", "env", "cat", "grep", "sed", "head", "tr", "od", "sort", "mkdir", "mktemp", "rm", "mv",
-    "chmod", "date", "dirname", "git", "openssl", "jq",
+    "chmod", "date", "dirname", "git", "openssl", "jq", "sleep",
 )  # fmt: skip
 BUILDERS = ("docker", "podman", "buildah")
 STANDIN = ROOT / "tests" / "stubs" / "standin.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+AWS_FIXTURES = ROOT / "tests" / "fixtures" / "aws"
+# What deploy.sh picks in moto's eu-central-1 (zone IDs euc1-az1..3, none refused by EKS).
+ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
+VPC = "vpc-0fe5f00dfe5f00d00"
+CERTIFICATE = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-1111-2222-3333-444455556666"
 
 pytestmark = [
     pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
@@ -161,6 +166,20 @@ class Run:
     def ops(self) -> list[tuple[str, ...]]:
         return [operation(c) for c in self.tool("aws")]
 
+    def aws_calls(self, service: str, name: str) -> list[dict[str, Any]]:
+        """The aws calls of one operation, in order (looked up by operation, not by position)."""
+        return [c for c in self.tool("aws") if operation(c)[:2] == (service, name)]
+
+    def main_stack_parameters(self, stack: str = STACK) -> dict[str, str]:
+        """The parameters deploy.sh gave the main stack's create-stack or update-stack call."""
+        (argv,) = [
+            c["argv"]
+            for c in self.tool("aws")
+            if operation(c)[1:] in (("create-stack", stack), ("update-stack", stack))
+        ]
+        parameters = json.loads(option(argv, "--parameters") or "[]")
+        return {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
+
 
 @dataclass
 class World:
@@ -225,7 +244,7 @@ class World:
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)
 
-    def create_stacks(self) -> dict[str, str]:
+    def create_stacks(self, certificate: str = "") -> dict[str, str]:
         """What a successful deploy.sh leaves behind, made directly (faster than running it).
 
         Real moto bootstrap stack from cfn/bootstrap.yaml, nested templates in its bucket, and the
@@ -252,6 +271,8 @@ class World:
                     "ParameterKey": "ClusterAdminPrincipalArn",
                     "ParameterValue": DEPLOYER_ROLE,
                 },
+                {"ParameterKey": "AvailabilityZones", "ParameterValue": ZONES},
+                {"ParameterKey": "CertificateArn", "ParameterValue": certificate},
             ],
             Capabilities=["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
@@ -280,6 +301,7 @@ def main_standin_template(secret_arn: str) -> str:
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Parameters": json.loads(json.dumps(main["Parameters"])),
+        "Conditions": json.loads(json.dumps(main["Conditions"])),
         "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
         "Outputs": {
             "ClusterName": {"Value": CLUSTER},
@@ -289,6 +311,10 @@ def main_standin_template(secret_arn: str) -> str:
             "AuthTokenSecretArn": {"Value": secret_arn},
             "Region": {"Value": {"Ref": "AWS::Region"}},
             "EcrRepositoryUri": {"Value": {"Ref": "EcrRepositoryUri"}},
+            "CertificateArn": {
+                "Condition": "HasCertificate",
+                "Value": {"Ref": "CertificateArn"},
+            },
         },
     }
     return json.dumps(template, indent=1)
@@ -476,6 +502,8 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     templates = sorted(p.name for p in (world.root / "cfn").glob("*.yaml"))
     assert run.ops() == [
         ("configure", "get", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("ec2", "describe-availability-zones", ""),
         ("sts", "get-caller-identity", ""),
         ("iam", "get-role", "deployer"),
         *[("cloudformation", "validate-template", "")] * len(templates),
@@ -490,8 +518,14 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         ("cloudformation", "describe-stacks", STACK),
     ]
     assert_profile_and_region(run)
-    validated = [option(c["argv"], "--template-body") for c in run.tool("aws")[3:9]]
+    validated = [
+        option(c["argv"], "--template-body")
+        for c in run.tool("aws")
+        if operation(c)[1] == "validate-template"
+    ]
     assert validated == [f"file://{world.root}/cfn/{name}" for name in templates]
+    assert f"Availability Zones: {ZONES} (chosen by zone ID" in run.stdout
+    assert "WARNING: no certificate (-c): the app will be served over plain HTTP" in run.stderr
 
     cfn = world.client("cloudformation")
     boot = stack_outputs(cfn, BOOTSTRAP)
@@ -510,6 +544,8 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "EcrRepositoryUri": boot["EcrRepositoryUri"],
         # The assumed-role session arn:aws:sts::...:assumed-role/deployer/alice, as its role:
         "ClusterAdminPrincipalArn": DEPLOYER_ROLE,
+        "AvailabilityZones": ZONES,
+        "CertificateArn": "",
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -526,6 +562,9 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     assert f"No changes to deploy: stack {STACK} is up to date" in again.stdout
     assert ("cloudformation", "update-stack", STACK) in again.ops()
     assert not [op for op in again.ops() if op[1] == "create-stack"]
+    # The existing stack's zones are kept, not chosen again (new zones would replace every subnet).
+    assert ("ec2", "describe-availability-zones", "") not in again.ops()
+    assert f"Availability Zones: {ZONES} (those of the existing stack {STACK})" in again.stdout
     assert f"./init.sh -p {PROFILE} -r {REGION} -s {STACK}" in again.stdout
     assert_profile_and_region(again)
 
@@ -544,7 +583,7 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
     admin = f"arn:aws:iam::{ACCOUNT}:role/admins"
     run = world.run(
         "deploy.sh", "-p", PROFILE, "-r", REGION, "-s", OTHER_STACK, "-a", admin,
-        "-o", "EKSNodeGroupDesiredSize=2", "-o", f"PublicSubnets={subnets}",
+        "-o", "CacheReplicaCount=0", "-o", f"PublicSubnets={subnets}",
         env={"STUB_MAIN_FAILS": "1", "STUB_MAIN_STACK": OTHER_STACK},
     )  # fmt: skip
     assert run.returncode == 1
@@ -556,7 +595,11 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
     assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
     assert "Next:" not in run.stdout
     ops = run.ops()
-    assert ops[0] == ("cloudformation", "validate-template", "")
+    assert ops[:3] == [
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+        ("ec2", "describe-availability-zones", ""),
+        ("cloudformation", "validate-template", ""),
+    ]
     assert not [op for op in ops if op[0] in ("sts", "iam", "configure")]
     assert ops[-3:] == [
         ("cloudformation", "wait", OTHER_STACK),
@@ -571,7 +614,7 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
         p["ParameterKey"]: p["ParameterValue"] for p in json.loads(option(create, "--parameters"))
     }
     assert params["ClusterAdminPrincipalArn"] == admin
-    assert params["EKSNodeGroupDesiredSize"] == "2"
+    assert params["CacheReplicaCount"] == "0"
     assert params["PublicSubnets"] == subnets
     boot = stack_outputs(world.client("cloudformation"), f"{OTHER_STACK}-bootstrap")
     assert boot["EcrRepositoryName"] == "fes-other/message-app"
@@ -612,6 +655,97 @@ def test_deploy_stops_at_an_invalid_template(world: World) -> None:
     assert world.client("cloudformation").describe_stacks()["Stacks"] == []
 
 
+def test_deploy_chooses_zones_by_id_skipping_those_eks_refuses(world: World) -> None:
+    """Real: everything in moto's us-east-1 as in the first deploy test. Recorded: the account's
+    describe-availability-zones answer (tests/fixtures/aws), where us-east-1b is use1-az3: the
+    first three names, which `!Select [n, !GetAZs ""]` took, would have failed after ten minutes.
+    """
+    run = world.run(
+        "deploy.sh", "-p", PROFILE, "-r", "us-east-1",
+        env={"STUB_AZ_FIXTURE": str(AWS_FIXTURES / "describe-availability-zones-us-east-1.json")},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (call,) = run.aws_calls("ec2", "describe-availability-zones")
+    assert option(call["argv"], "--filters") == "Name=zone-type,Values=availability-zone"
+    chosen = "us-east-1a,us-east-1c,us-east-1d"
+    assert run.main_stack_parameters()["AvailabilityZones"] == chosen
+    assert f"Availability Zones: {chosen} (chosen by zone ID; EKS refuses use1-az3" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("fixture", "listed"),
+    [
+        # moto's own us-west-1: two zones, as most accounts see it.
+        (None, "us-west-1a (usw1-az3), us-west-1b (usw1-az1)"),
+        # An account that still sees usw1-az2: three zones, two usable.
+        (
+            "describe-availability-zones-us-west-1-three.json",
+            "us-west-1a (usw1-az1), us-west-1b (usw1-az3)",
+        ),
+    ],
+)
+def test_deploy_stops_before_creating_anything_without_three_usable_zones(
+    world: World, fixture: str | None, listed: str
+) -> None:
+    """Real: moto's us-west-1 zones, or a recorded answer; the region check comes before any
+    stack, bucket or template call."""
+    env = {"STUB_AZ_FIXTURE": str(AWS_FIXTURES / fixture)} if fixture else {}
+    run = world.run("deploy.sh", "-p", PROFILE, "-r", "us-west-1", env=env)
+    assert run.returncode == 1
+    assert (
+        f"deploy.sh: region us-west-1 has 2 Availability Zones EKS can use ({listed}), 3 are "
+        "needed (EKS refuses use1-az3 usw1-az2 cac1-az3): choose another region with -r; "
+        "nothing was created"
+    ) in run.stderr
+    assert run.ops() == [
+        ("cloudformation", "describe-stacks", STACK),
+        ("ec2", "describe-availability-zones", ""),
+    ]
+    assert "Next:" not in run.stdout
+
+
+def test_deploy_keeps_the_certificate_of_the_stack_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a stack deployed with -c. A re-run without -c keeps its certificate
+    (HTTPS does not vanish because an option was left out); `-c none` returns to plain HTTP,
+    with the warning."""
+    world.create_stacks(certificate=CERTIFICATE)
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["CertificateArn"] == CERTIFICATE
+    assert "WARNING" not in run.stderr
+    assert ("ec2", "describe-availability-zones", "") not in run.ops()
+    assert run.main_stack_parameters()["AvailabilityZones"] == ZONES
+    assert f"CertificateArn\t{CERTIFICATE}" in run.stdout
+
+    plain = world.run("deploy.sh", "-p", PROFILE, "-c", "none")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.main_stack_parameters()["CertificateArn"] == ""
+    assert "WARNING: no certificate (-c)" in plain.stderr
+    assert "CertificateArn" not in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ("-c", CERTIFICATE.replace(REGION, "us-east-1")),
+            1,
+            f"is not in {REGION}: the load balancer can only use an ACM certificate of its own",
+        ),
+        (("-c", "my-cert"), 2, "-c needs an ACM certificate ARN"),
+        (("-o", "AvailabilityZones=a,b,c"), 2, "AvailabilityZones is set by deploy.sh itself"),
+    ],
+)
+def test_deploy_refuses_a_wrong_certificate_or_zone_override(
+    world: World, args: tuple[str, ...], code: int, message: str
+) -> None:
+    """Real: the checks before any AWS call but the profile's region lookup."""
+    run = world.run("deploy.sh", "-p", PROFILE, *args)
+    assert run.returncode == code
+    assert message in run.stderr
+    assert run.ops() in ([], [("configure", "get", "")])
+
+
 # ---------------------------------------------------------------------------------------------
 # init.sh
 
@@ -622,7 +756,12 @@ def rendered(root: Path) -> dict[str, dict[str, Any]]:
         [shutil.which("kubectl") or "kubectl", "kustomize", str(root / ".deploy")],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(out) if doc}
+    # The cluster-wide setting in kube-system (NetworkPolicy enforcement) is keyed apart.
+    return {
+        ("kube-system/" if d["metadata"].get("namespace") == "kube-system" else "") + d["kind"]: d
+        for d in yaml.safe_load_all(out)
+        if d
+    }
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -687,8 +826,18 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     (container,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"{uri}:{tag}"
     assert f"cluster/{CLUSTER}" in Path(world.env["KUBECONFIG"]).read_text()
+    assert "the one command that deploys the app" in run.stdout
     assert "kubectl apply -k .deploy/" in run.stdout
-    assert "kubectl get svc message-app" in run.stdout
+    assert "open http://EXTERNAL-IP/" in run.stdout
+    # No certificate: plain HTTP on port 80, said out loud.
+    assert "WARNING: no certificate: the load balancer serves plain HTTP" in run.stderr
+    service = kinds["Service"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 80)]
+    # The overlay lifts the base's guard namespace from every object of the app, and switches on
+    # NetworkPolicy enforcement (EKS Auto Mode's network policy controller).
+    cni = kinds.pop("kube-system/ConfigMap")
+    assert cni["data"] == {"enable-network-policy-controller": "true"}
+    assert [d["metadata"].get("namespace") for d in kinds.values()] == [None] * len(kinds)
 
     world.client("secretsmanager").put_secret_value(
         SecretId=world.secret_arn, SecretString=json.dumps({"token": "tok-rotated-987654321"})
@@ -731,6 +880,43 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     assert re.fullmatch(
         r"[0-9a-f]{64}", env_file(world.root / ".deploy" / "secrets.env")["SECRET_KEY"]
     )
+
+
+@pytest.mark.parametrize("source", ["stack", "option"])
+def test_init_with_a_certificate_writes_the_https_overlay(world: World, source: str) -> None:
+    """Real: stacks (the certificate as the main stack's output, or -c), EKS, Secrets Manager in
+    moto; kubectl kustomize renders the overlay with k8s/components/https. Stand-in: docker."""
+    world.create_stacks(certificate=CERTIFICATE if source == "stack" else "")
+    world.create_cluster()
+    args = ("-c", CERTIFICATE) if source == "option" else ()
+    run = world.run("init.sh", "-p", PROFILE, *args)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING" not in run.stderr
+    assert "open https://EXTERNAL-IP/" in run.stdout
+    kinds = rendered(world.root)
+    service = kinds["Service"]
+    # TLS on 443 only: port 80 is closed (an NLB cannot redirect), the pods still get plain 8080.
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}
+    ]
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-cert"] == CERTIFICATE
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-ports"] == "https"
+    assert kinds["ConfigMap"]["data"]["SESSION_COOKIE_SECURE"] == "true"
+    assert kinds["ConfigMap"]["data"]["REDIS_HOST"] == CACHE_HOST
+
+
+def test_init_refuses_a_certificate_of_another_region(world: World) -> None:
+    """Real: the stack read from moto; nothing is built or written for a certificate the NLB
+    could not use."""
+    world.create_stacks()
+    world.create_cluster()
+    other = CERTIFICATE.replace(REGION, "us-east-1")
+    run = world.run("init.sh", "-p", PROFILE, "-c", other)
+    assert run.returncode == 1
+    assert f"certificate {other} is not an ACM certificate ARN in {REGION}" in run.stderr
+    assert run.tool("docker") == []
+    assert not (world.root / ".deploy").exists()
 
 
 def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
@@ -785,13 +971,16 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         }
         ecr.put_image(repositoryName=repo, imageManifest=json.dumps(manifest), imageTag=f"t{i}")
 
-    run = world.run("destroy.sh", "-p", PROFILE, "-y")
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_CLUSTER_VPC": VPC})
     assert run.returncode == 0, run.stderr
     assert run.ops() == [
         ("configure", "get", ""),
         ("cloudformation", "describe-stacks", STACK),
         ("eks", "describe-cluster", CLUSTER),
         ("eks", "update-kubeconfig", CLUSTER),
+        ("elbv2", "describe-load-balancers", ""),
+        ("elbv2", "describe-target-groups", ""),
+        ("ec2", "describe-security-groups", ""),
         ("cloudformation", "delete-stack", STACK),
         ("cloudformation", "wait", STACK),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
@@ -806,7 +995,8 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("cloudformation", "wait", BOOTSTRAP),
     ]
     assert_profile_and_region(run)
-    kubeconfig = option(run.tool("aws")[3]["argv"], "--kubeconfig")
+    (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")
+    kubeconfig = option(update_kubeconfig["argv"], "--kubeconfig")
     assert kubeconfig and kubeconfig != world.env["KUBECONFIG"]
     delete, wait = run.tool("kubectl")
     assert delete["argv"] == [
@@ -817,10 +1007,14 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
     assert wait["argv"][2:] == ["wait", "--for=delete", "service/message-app", "--timeout=600s"]
     assert Path(world.env["KUBECONFIG"]).read_text() == user_kubeconfig
     assert not Path(kubeconfig).exists(), "the temporary kubeconfig was left behind"
-    (payload,) = run.tool("aws")[9]["files"].values()
+    (delete_objects,) = run.aws_calls("s3api", "delete-objects")
+    (payload,) = delete_objects["files"].values()
     assert json.loads(payload)["Quiet"] is True
     assert sorted(json.loads(payload)["Objects"], key=str) == entries
-    chunks = [json.loads(option(c["argv"], "--image-ids")) for c in run.tool("aws")[12:14]]
+    chunks = [
+        json.loads(option(c["argv"], "--image-ids") or "")
+        for c in run.aws_calls("ecr", "batch-delete-image")
+    ]
     assert [len(chunk) for chunk in chunks] == [100, 21]
 
     cfn = world.client("cloudformation")
@@ -832,6 +1026,65 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         f"bucket {bucket}: deleted {len(entries)} object versions and delete markers" in run.stdout
     )
     assert f"repository {repo}: deleted 121 images" in run.stdout
+    assert f"no load balancer, target group or security group of the Service is left in {VPC}" in (
+        run.stdout
+    )
+
+
+def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> None:
+    """Real: stacks, EKS, the final empty answers in moto. Recorded: the first two polls still
+    find the Service's NLB, its target group and security group in the cluster's VPC (EKS removes
+    them a while after the Service); the main stack is deleted only after that.
+    """
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run(
+        "destroy.sh", "-p", PROFILE, "-y",
+        env={"STUB_CLUSTER_VPC": VPC, "STUB_LB_LEFT": "2", "LB_WAIT_INTERVAL": "0"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(run.aws_calls("elbv2", "describe-load-balancers")) == 3
+    waiting = [line for line in run.stdout.splitlines() if "waiting for EKS to delete" in line]
+    assert (
+        waiting
+        == [
+            "==> waiting for EKS to delete: load balancer k8s-default-messagea-0123456789, "
+            "target group k8s-default-messagea-abcdef0123, security group sg-0lb0000000000000"
+        ]
+        * 2
+    )
+    ops = run.ops()
+    assert ops.index(("cloudformation", "delete-stack", STACK)) > max(
+        i for i, op in enumerate(ops) if op[1] == "describe-security-groups"
+    )
+    (sg_call, *_) = run.aws_calls("ec2", "describe-security-groups")
+    assert option(sg_call["argv"], "--filters") == f"Name=vpc-id,Values={VPC}"
+    # Without .deploy/ the Service is deleted by name.
+    (delete, _) = run.tool("kubectl")
+    assert delete["argv"][2:] == [
+        "delete",
+        "service",
+        "message-app",
+        "--ignore-not-found",
+        "--wait=true",
+    ]
+
+
+def test_destroy_keeps_the_stacks_while_the_load_balancer_is_still_there(world: World) -> None:
+    """Recorded: the NLB never goes within the limit; deleting the VPC under it would fail
+    half-way, so the script stops with what is left and deletes no stack."""
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run(
+        "destroy.sh", "-p", PROFILE, "-y",
+        env={"STUB_CLUSTER_VPC": VPC, "STUB_LB_LEFT": "99", "LB_WAIT_SECONDS": "0"},
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "load balancer k8s-default-messagea-0123456789" in run.stderr
+    assert f"these are still in {VPC} after 0s and would keep the VPC from being deleted" in (
+        run.stderr
+    )
+    assert not [op for op in run.ops() if op[1] == "delete-stack"]
 
 
 def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) -> None:
@@ -876,7 +1129,7 @@ def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(worl
     world.create_cluster()
     run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_KUBECTL_FAILS": "1"})
     assert run.returncode == 1
-    assert "could not delete the Kubernetes objects" in run.stderr
+    assert "could not delete service message-app; its load balancer would block" in run.stderr
     assert not [op for op in run.ops() if op[1] == "delete-stack"]
     assert len(world.client("cloudformation").describe_stacks()["Stacks"]) == 2
     assert_profile_and_region(run)
