@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recording stand-in for aws, kubectl, docker, podman and buildah in tests/test_scripts.py.
+"""Recording stand-in for aws, kubectl, docker, podman and buildah in the tests in tests/scripts/.
 
 The test links this file onto PATH under each tool's name; the name it is called by picks the role.
 Every call appends {"tool", "argv", ...} as one JSON line to $STUB_LOG, so the test can assert the
@@ -17,6 +17,9 @@ emulate; everything else goes to the real tool:
   load balancer, target group and security group find them still there, as after a Service
   deletion EKS takes a while to clean up).
 - describe-stacks: moto's answer with list parameters written back as CloudFormation writes them.
+- validate-template: moto's real answer (it runs cfn-lint, about a second per template), kept in
+  $STUB_VALIDATE_CACHE by the template's content hash and the region and replayed for the same
+  bytes, so the templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
@@ -24,6 +27,7 @@ emulate; everything else goes to the real tool:
 """
 
 import ast
+import hashlib
 import json
 import os
 import subprocess
@@ -186,8 +190,34 @@ def describe_stacks_as_cloudformation(args: list[str]) -> None:
     sys.exit(0)
 
 
+def validate_template_once(args: list[str]) -> None:
+    """Replays moto's answer for a template already validated with the same content and region."""
+    cache_dir = os.environ.get("STUB_VALIDATE_CACHE")
+    body = option("--template-body") or ""
+    if not cache_dir or not body.startswith("file://"):
+        return
+    digest = hashlib.sha256(Path(body[len("file://") :]).read_bytes())
+    digest.update((option("--region") or "").encode())
+    entry = Path(cache_dir) / f"{digest.hexdigest()}.json"
+    if not entry.exists():
+        out = subprocess.run(
+            [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
+        )
+        answer = {"code": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
+        # Written whole, then renamed: a concurrent reader never sees half an answer.
+        partial = entry.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(answer))
+        partial.replace(entry)
+    answer = json.loads(entry.read_text())
+    sys.stdout.write(answer["stdout"])
+    sys.stderr.write(answer["stderr"])
+    sys.exit(answer["code"])
+
+
 def recorded_answers() -> None:
     """Answers from a recording where the test asks for one; returns when it does not."""
+    if "validate-template" in ARGV:
+        validate_template_once(ARGV)
     fixture = os.environ.get("STUB_AZ_FIXTURE")
     if "describe-availability-zones" in ARGV and fixture:
         print(Path(fixture).read_text())
