@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates or updates the AWS infrastructure of flask-eks-sessions with CloudFormation:
-# the bootstrap stack (template bucket, ECR repository), then the main stack (VPC, EKS, ElastiCache).
+# the bootstrap stack (template bucket, ECR repository), then the main stack (VPC, EKS, ElastiCache),
+# in three Availability Zones chosen by zone ID.
 # Re-runnable: an unchanged stack is "no changes", not an error. Works with bash 3.2 (macOS) and GNU/BSD tools.
 set -euo pipefail
 
@@ -12,45 +13,62 @@ CFN_DIR="$ROOT/cfn"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-o KEY=VALUE]... [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-o KEY=VALUE]... [-h]
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
 (VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs.
 Safe to re-run: unchanged stacks are left alone.
+Availability Zones are chosen by zone ID, skipping those where EKS refuses control-plane subnets
+($EKS_UNSUPPORTED_ZONE_IDS); a region with fewer than $ZONES_NEEDED usable zones stops here, before
+anything is created. An existing stack keeps the zones it was created with.
 
   -p PROFILE        AWS CLI profile (required); every aws call uses it
   -r REGION         AWS region (default: the profile's region, aws configure get region)
   -s STACK_NAME     main stack name (default: flask-eks-sessions)
   -a PRINCIPAL_ARN  IAM role or user given cluster-admin on EKS (default: the caller, from
                     aws sts get-caller-identity; an assumed-role session becomes its role ARN)
-  -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o EKSNodeGroupDesiredSize=2);
+  -c CERT_ARN       ACM certificate (in REGION) for HTTPS on the load balancer; without it the app is
+                    served over plain HTTP (a warning says so). An existing stack keeps its certificate
+                    when -c is left out; -c none removes it
+  -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
                     parameters not given fall back to the template defaults on every run
   -h                show this help
 
-Changed from the original sample: -b (ignored there) is gone; -r, -s, -a and -o are new.
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
 }
+
+# EKS refuses control-plane subnets in these zones (eksctl skips them for the same reason): a stack
+# using one rolls back after about ten minutes.
+EKS_UNSUPPORTED_ZONE_IDS="use1-az3 usw1-az2 cac1-az3"
+# network.yaml has three subnets per tier, one per zone.
+ZONES_NEEDED=3
 
 PROFILE=""
 REGION=""
 STACK="flask-eks-sessions"
 PRINCIPAL=""
+CERTIFICATE=""
 OVERRIDES=()
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:a:o:h' opt; do
+while getopts ':p:r:s:a:c:o:h' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
     s) STACK=$OPTARG ;;
     a) PRINCIPAL=$OPTARG ;;
+    c) CERTIFICATE=$OPTARG ;;
     o)
       case $OPTARG in
+        AvailabilityZones=* | CertificateArn=*)
+          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c)"
+          ;;
         [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
       esac
@@ -75,6 +93,14 @@ for t in bootstrap main network securitygroups cache eks observability; do
 done
 
 resolve_region
+case $CERTIFICATE in
+  "" | none) ;;
+  arn:aws*:acm:"$REGION":[0-9]*:certificate/*) ;;
+  arn:aws*:acm:*)
+    die "certificate $CERTIFICATE is not in $REGION: the load balancer can only use an ACM certificate of its own region"
+    ;;
+  *) usage_error "-c needs an ACM certificate ARN (arn:aws:acm:$REGION:ACCOUNT:certificate/ID), got '$CERTIFICATE'" ;;
+esac
 make_work_dir
 
 # Prints the stack's status, or NONE when it does not exist; any other error is fatal.
@@ -158,7 +184,49 @@ admin_from_caller() {
   esac
 }
 
+# Prints a parameter of the existing main stack (describe-stacks JSON in $1), empty if none.
+stack_parameter() {
+  jq -r --arg k "$2" '.Stacks[0].Parameters // [] | .[] | select(.ParameterKey == $k) | .ParameterValue' <<<"$1"
+}
+
+# Prints ZONES_NEEDED zone names of the region, comma separated: available, ordinary zones (no Local
+# or Wavelength Zones) whose zone ID EKS accepts, in name order. By ID, because a name such as
+# us-east-1b is a different physical zone in every account, while use1-az3 is the same everywhere.
+choose_zones() {
+  local json usable count
+  json=$(awsp ec2 describe-availability-zones --filters Name=zone-type,Values=availability-zone \
+    --output json) || die "could not list the Availability Zones of $REGION (ec2:DescribeAvailabilityZones)"
+  usable=$(jq -r --arg skip "$EKS_UNSUPPORTED_ZONE_IDS" '($skip | split(" ")) as $bad
+    | [.AvailabilityZones[]
+       | select((.ZoneType // "availability-zone") == "availability-zone" and .State == "available")
+       | select(.ZoneId as $id | $bad | index($id) | not)]
+    | sort_by(.ZoneName) | map("\(.ZoneName) (\(.ZoneId))") | .[]' <<<"$json")
+  count=$(printf '%s' "$usable" | grep -c . || true)
+  if [ "$count" -lt "$ZONES_NEEDED" ]; then
+    die "region $REGION has $count Availability Zones EKS can use ($(printf '%s' "$usable" | tr '\n' ',' | sed 's/,/, /g; s/, $//')), $ZONES_NEEDED are needed (EKS refuses $EKS_UNSUPPORTED_ZONE_IDS): choose another region with -r; nothing was created"
+  fi
+  printf '%s\n' "$usable" | head -n "$ZONES_NEEDED" | sed 's/ (.*//' | tr '\n' ',' | sed 's/,$//'
+}
+
 say "profile $PROFILE, region $REGION, stacks $BOOTSTRAP and $STACK"
+# The main stack's zones and certificate, if it exists: its subnets must stay where they are (new
+# zones would replace every subnet), and HTTPS must not vanish because -c was left out.
+EXISTING_JSON=$(stack_json "$STACK")
+ZONES=""
+if [ -n "$EXISTING_JSON" ]; then
+  ZONES=$(stack_parameter "$EXISTING_JSON" AvailabilityZones)
+  [ -n "$CERTIFICATE" ] || CERTIFICATE=$(stack_parameter "$EXISTING_JSON" CertificateArn)
+fi
+if [ -n "$ZONES" ]; then
+  say "Availability Zones: $ZONES (those of the existing stack $STACK)"
+else
+  ZONES=$(choose_zones) || exit 1
+  say "Availability Zones: $ZONES (chosen by zone ID; EKS refuses $EKS_UNSUPPORTED_ZONE_IDS)"
+fi
+[ "$CERTIFICATE" != none ] || CERTIFICATE=""
+if [ -z "$CERTIFICATE" ]; then
+  printf '%s: WARNING: no certificate (-c): the app will be served over plain HTTP, and the session cookie travels unencrypted; pass -c ACM_CERTIFICATE_ARN for HTTPS\n' "$PROG" >&2
+fi
 if [ -z "$PRINCIPAL" ]; then
   CALLER=$(awsp sts get-caller-identity --output json | jq -r .Arn) ||
     die "could not identify the caller: are the credentials of profile $PROFILE valid (aws sso login --profile $PROFILE)?"
@@ -195,7 +263,7 @@ awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude 
 PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
   | {ParameterKey: .k, ParameterValue: .v}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
-  ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.
 deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \

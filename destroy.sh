@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Removes everything deploy.sh and init.sh created: the Kubernetes objects first (so the Service's
-# load balancer is gone before CloudFormation deletes the VPC), the main stack, then every object
+# Removes everything deploy.sh and init.sh created: the Kubernetes objects first, waiting until the
+# Service's load balancer, its target groups and security groups are gone (EKS creates them outside
+# CloudFormation, and they would keep the VPC from being deleted), the main stack, then every object
 # version of the template bucket and every image in ECR, then the bootstrap stack.
 # Re-runnable: whatever is already gone is reported and skipped. Works with bash 3.2 (macOS) and GNU/BSD tools.
 set -euo pipefail
@@ -14,7 +15,8 @@ usage() {
   cat <<EOF
 Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-y] [-h]
 
-Deletes the message-app Kubernetes objects (and waits for the load balancer to go), the main stack
+Deletes the message-app Kubernetes objects (and waits until the load balancer, its target groups
+and security groups are gone, up to \$LB_WAIT_SECONDS, default 900 s), the main stack
 STACK_NAME, the contents of the template bucket (every version and delete marker) and of the ECR
 repository, and the bootstrap stack STACK_NAME-bootstrap. Asks for the stack name as confirmation.
 
@@ -82,11 +84,46 @@ delete_stack() {
   fi
 }
 
-# The Service's load balancer and its security group are not in any stack: unless they are deleted
-# first, they keep the VPC (and so the main stack) from being deleted.
+# What EKS Auto Mode's load balancing made for the Service, outside any stack, in the cluster's VPC:
+# prints one line per load balancer, target group and security group still there. The security
+# groups are those carrying the tags EKS (or the AWS Load Balancer Controller) puts on its own.
+load_balancer_leftovers() {
+  local vpc=$1 cluster=$2
+  awsp elbv2 describe-load-balancers --output json |
+    jq -r --arg vpc "$vpc" '.LoadBalancers[] | select(.VpcId == $vpc) | "load balancer \(.LoadBalancerName)"'
+  awsp elbv2 describe-target-groups --output json |
+    jq -r --arg vpc "$vpc" '.TargetGroups[] | select(.VpcId == $vpc) | "target group \(.TargetGroupName)"'
+  awsp ec2 describe-security-groups --filters "Name=vpc-id,Values=$vpc" --output json |
+    jq -r --arg cluster "$cluster" '.SecurityGroups[]
+      | select(any(.Tags // [] | .[]; (.Key == "eks:eks-cluster-name" and .Value == $cluster)
+          or (.Key == "elbv2.k8s.aws/cluster" and .Value == $cluster)
+          or (.Key | startswith("service.eks.amazonaws.com/"))))
+      | "security group \(.GroupId)"'
+}
+
+# Polls until load_balancer_leftovers finds nothing; EKS deletes them a while after the Service.
+wait_for_load_balancer() {
+  local vpc=$1 cluster=$2 waited=0 left interval=${LB_WAIT_INTERVAL:-15} limit=${LB_WAIT_SECONDS:-900}
+  while :; do
+    left=$(load_balancer_leftovers "$vpc" "$cluster") ||
+      die "could not list the load balancers, target groups and security groups of $vpc"
+    [ -n "$left" ] || break
+    if [ "$waited" -ge "$limit" ]; then
+      printf '%s\n' "$left" >&2
+      die "these are still in $vpc after ${limit}s and would keep the VPC from being deleted; delete them (EC2 console) or wait, then run $PROG again"
+    fi
+    say "waiting for EKS to delete: $(printf '%s' "$left" | tr '\n' ',' | sed 's/,/, /g')"
+    sleep "$interval"
+    waited=$((waited + interval))
+  done
+  say "no load balancer, target group or security group of the Service is left in $vpc"
+}
+
+# The Service's load balancer, target groups and security groups are not in any stack: unless they
+# are deleted first, they keep the VPC (and so the main stack) from being deleted.
 delete_kubernetes_objects() {
-  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig"
-  if ! awsp eks describe-cluster --name "$cluster" --output json >/dev/null 2>"$WORK/err"; then
+  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig" vpc
+  if ! awsp eks describe-cluster --name "$cluster" --output json >"$WORK/cluster.json" 2>"$WORK/err"; then
     grep -q 'ResourceNotFoundException' "$WORK/err" || {
       cat "$WORK/err" >&2
       die "could not look up cluster $cluster"
@@ -95,17 +132,28 @@ delete_kubernetes_objects() {
     return 0
   fi
   # A kubeconfig of our own: never act on whatever cluster the user's current context points at.
+  vpc=$(jq -r '.cluster.resourcesVpcConfig.vpcId // empty' "$WORK/cluster.json")
   awsp eks update-kubeconfig --name "$cluster" --kubeconfig "$kubeconfig" >/dev/null
-  overlay="$ROOT/k8s"
   if [ -f "$ROOT/.deploy/kustomization.yaml" ] && [ -f "$ROOT/.deploy/secrets.env" ]; then
     overlay="$ROOT/.deploy"
+    say "deleting the Kubernetes objects of .deploy/ from cluster $cluster"
+    kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
+      die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
+  else
+    # No overlay here (another machine deployed, or .deploy/ was removed): the Service is what
+    # holds AWS resources, so delete it by name; the rest goes with the cluster.
+    say "no .deploy/ overlay: deleting service message-app from cluster $cluster"
+    kubectl --kubeconfig "$kubeconfig" delete service message-app --ignore-not-found --wait=true ||
+      die "could not delete service message-app; its load balancer would block deleting the VPC. Fix access to the cluster, then run $PROG again"
   fi
-  say "deleting the Kubernetes objects of ${overlay#"$ROOT"/}/ from cluster $cluster"
-  kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
-    die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
-  say "waiting until service message-app and its load balancer are gone"
+  say "waiting until service message-app is gone"
   kubectl --kubeconfig "$kubeconfig" wait --for=delete service/message-app --timeout=600s ||
     die "service message-app is still there after 10 minutes; check it with kubectl describe service message-app, then run $PROG again"
+  if [ -n "$vpc" ]; then
+    wait_for_load_balancer "$vpc" "$cluster"
+  else
+    say "cluster $cluster names no VPC: not waiting for load balancers"
+  fi
 }
 
 # Deletes every object version and delete marker, 1000 at a time (the DeleteObjects limit).

@@ -28,6 +28,11 @@ from kubernetes.utils import parse_quantity
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
+# The namespace the bare base puts every object in; nobody creates it, so `kubectl apply -k k8s/`
+# fails at once with its name, which says what to do. The deploy overlays remove it.
+GUARD_NAMESPACE = "not-deployable-run-init-sh-then-kubectl-apply-k-deploy"
+CERTIFICATE = "arn:aws:acm:eu-central-1:123456789012:certificate/0b1c2d3e-1111-2222-3333-4444"
+SSL_CERT = "service.beta.kubernetes.io/aws-load-balancer-ssl-cert"
 K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35"]
 
 # The Secret is never rendered (it holds values); these are the keys docs/kubernetes.md's
@@ -157,8 +162,23 @@ def test_every_object_round_trips_through_the_typed_models(docs: list[dict[str, 
         assert client.sanitize_for_serialization(_to_model(doc)) == doc, doc["kind"]
 
 
-def test_no_object_sets_a_namespace(docs: list[dict[str, Any]]) -> None:
-    assert [d["kind"] for d in docs if "namespace" in d["metadata"]] == []
+def test_the_bare_base_is_refused_with_a_message_that_says_what_to_do(
+    docs: list[dict[str, Any]],
+) -> None:
+    """Every object goes to a namespace nobody creates, so the API server refuses all of them
+    (nothing half-applied) with the namespace's name, which names the one command to run."""
+    assert {d["metadata"].get("namespace") for d in docs} == {GUARD_NAMESPACE}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", GUARD_NAMESPACE)
+    assert len(GUARD_NAMESPACE) <= 63
+    assert "init-sh" in GUARD_NAMESPACE and "kubectl-apply-k-deploy" in GUARD_NAMESPACE
+    # The one command is written where people look: the README's deploy section, k8s/README.md,
+    # and the last lines init.sh prints.
+    for path in (REPO / "README.md", K8S_DIR / "README.md"):
+        text = path.read_text()
+        assert "kubectl apply -k .deploy/" in text and GUARD_NAMESPACE in text, path.name
+    init_tail = (REPO / "init.sh").read_text().rsplit("\n", 6)[1:]
+    assert any("kubectl apply -k $OVERLAY" in line for line in init_tail)
+    assert any("the one command that deploys the app" in line for line in init_tail)
 
 
 def test_selectors_match_the_pod_labels(models: dict[str, Any]) -> None:
@@ -204,6 +224,13 @@ def test_ports_line_up(models: dict[str, Any]) -> None:
     (service_port,) = models["Service"].spec.ports
     assert (service_port.name, service_port.port) == ("http", 80)
     assert models["Service"].spec.type == "LoadBalancer"
+    # EKS Auto Mode's NLB with IP targets (not a Classic ELB through the nodes).
+    assert models["Service"].spec.load_balancer_class == "eks.amazonaws.com/nlb"
+    annotations = models["Service"].metadata.annotations
+    prefix = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert annotations[prefix + "nlb-target-type"] == "ip"
+    assert annotations[prefix + "scheme"] == "internet-facing"
+    assert annotations[prefix + "healthcheck-path"] == container.readiness_probe.http_get.path
     assert _resolve_port(service_port.target_port, container) == 8080
     for probe in (container.startup_probe, container.liveness_probe, container.readiness_probe):
         assert _resolve_port(probe.http_get.port, container) == 8080
@@ -310,6 +337,38 @@ def test_graceful_shutdown_fits_in_the_grace_period(models: dict[str, Any]) -> N
     assert pause + _graceful_timeout() < pod.termination_grace_period_seconds
 
 
+def _target_group_attributes(service: Any) -> dict[str, str]:
+    key = "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
+    pairs = service.metadata.annotations[key].split(",")
+    return dict(pair.strip().split("=", 1) for pair in pairs)
+
+
+def test_the_nlb_drains_longer_than_a_pod_takes_to_stop(models: dict[str, Any]) -> None:
+    """No request hits a terminating pod: the pod keeps serving (preStop) while the NLB stops
+    sending it new connections, and the NLB keeps a draining target's open connections at least
+    as long as the pod may still answer them."""
+    pod = models["Deployment"].spec.template.spec
+    (container,) = pod.containers
+    pause = container.lifecycle.pre_stop.sleep.seconds
+    attributes = _target_group_attributes(models["Service"])
+    delay = int(attributes["deregistration_delay.timeout_seconds"])
+    # NLB target deregistration reaches the data plane in tens of seconds, not kube-proxy's one.
+    assert pause >= 30
+    assert delay >= pause + _graceful_timeout()
+    assert pause + _graceful_timeout() < pod.termination_grace_period_seconds
+
+
+def test_client_addresses_reach_the_pods_and_nobody_else_can_forge_them(
+    models: dict[str, Any],
+) -> None:
+    """IP targets with client IP preservation: the TCP peer is the client and the NLB adds no
+    X-Forwarded-For, so gunicorn trusts forwarded headers from the pod itself only."""
+    attributes = _target_group_attributes(models["Service"])
+    assert attributes["preserve_client_ip.enabled"] == "true"
+    trusted = models["ConfigMap"].data["FORWARDED_ALLOW_IPS"].split(",")
+    assert set(trusted) <= {"127.0.0.1", "::1"}, trusted
+
+
 def test_requests_do_not_exceed_limits(models: dict[str, Any]) -> None:
     (container,) = models["Deployment"].spec.template.spec.containers
     resources = container.resources
@@ -325,7 +384,10 @@ def test_pod_meets_the_restricted_pod_security_standard(models: dict[str, Any]) 
     assert pod.security_context.run_as_non_root is True
     assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
     assert pod.host_network is None and pod.host_pid is None and pod.host_ipc is None
-    user = container.security_context.run_as_user or pod.security_context.run_as_user
+    # The container's own value wins, 0 included (`or` would read a container's root as the pod's).
+    user = container.security_context.run_as_user
+    if user is None:
+        user = pod.security_context.run_as_user
     assert isinstance(user, int) and user > 0
     ctx = container.security_context
     assert ctx.allow_privilege_escalation is False
@@ -385,15 +447,34 @@ def test_checkov_finds_no_failed_checks(rendered: tuple[list[dict[str, Any]], Pa
         assert len(reason) > 20 and reason != "No comment provided", skipped["check_id"]
 
 
-def _render_overlay(directory: Path, redis_host: str) -> list[dict[str, Any]]:
-    """An overlay shaped like the one init.sh writes to .deploy/ (stack outputs, secrets, image)."""
+def _render_overlay(
+    directory: Path, redis_host: str, certificate: str | None = None
+) -> list[dict[str, Any]]:
+    """An overlay shaped like the one init.sh writes to .deploy/ (stack outputs, secrets, image;
+    with a certificate the HTTPS component and the certificate annotation)."""
     directory.mkdir()
     (directory / "secrets.env").write_text("SECRET_KEY=0123456789abcdef0123\nREDIS_AUTH_TOKEN=t\n")
+    # kustomize refuses absolute paths here.
+    base = os.path.relpath(K8S_DIR, directory)
+    components = [f"{base}/components/deployable"]
+    patches = []
+    if certificate:
+        components.append(f"{base}/components/https")
+        patches.append(
+            {
+                "target": {"kind": "Service", "name": "message-app"},
+                "patch": yaml.safe_dump(
+                    [{"op": "add", "path": "/metadata/annotations/" + SSL_CERT.replace("/", "~1"),
+                      "value": certificate}]
+                ),
+            }
+        )  # fmt: skip
     overlay = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        # kustomize refuses absolute paths here.
-        "resources": [os.path.relpath(K8S_DIR, directory)],
+        "resources": [base],
+        "components": components,
+        "patches": patches,
         "configMapGenerator": [
             {
                 "name": "message-app-config",
@@ -410,8 +491,50 @@ def _render_overlay(directory: Path, redis_host: str) -> list[dict[str, Any]]:
     return _render(directory)
 
 
+def _app_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The app's objects: the cluster-wide setting in kube-system left out."""
+    return [d for d in docs if d["metadata"].get("namespace") != "kube-system"]
+
+
+@pytest.mark.parametrize("certificate", [None, CERTIFICATE], ids=["http", "https"])
+def test_both_deploy_overlays_validate_and_round_trip(
+    certificate: str | None, tmp_path: Path
+) -> None:
+    """kubernetes-validate (strict, every version) and the typed models on what is applied."""
+    out = _render_overlay(tmp_path / "deploy", "master.example.cache.amazonaws.com", certificate)
+    client = ApiClient()
+    for doc in out:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+        assert client.sanitize_for_serialization(_to_model(doc)) == doc, doc["kind"]
+    (cluster_setting,) = [d for d in out if d not in _app_objects(out)]
+    assert (cluster_setting["kind"], cluster_setting["metadata"]["name"]) == (
+        "ConfigMap",
+        "amazon-vpc-cni",
+    )
+    assert cluster_setting["data"] == {"enable-network-policy-controller": "true"}
+    # The guard namespace is gone: the objects land in the kubeconfig context's namespace.
+    assert [d["kind"] for d in _app_objects(out) if "namespace" in d["metadata"]] == []
+    service = _to_model(_one(_app_objects(out), "Service"))
+    config = _one(_app_objects(out), "ConfigMap")["data"]
+    ports = [(p.name, p.port, p.target_port) for p in service.spec.ports]
+    if certificate:
+        # TLS on 443 only (80 closed: an NLB cannot redirect); Secure cookies.
+        assert ports == [("https", 443, "http")]
+        assert service.metadata.annotations[SSL_CERT] == certificate
+        ssl_ports = service.metadata.annotations[
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-ports"
+        ]
+        assert ssl_ports == "https"
+        assert config["SESSION_COOKIE_SECURE"] == "true"
+    else:
+        assert ports == [("http", 80, "http")]
+        assert SSL_CERT not in service.metadata.annotations
+        assert config["SESSION_COOKIE_SECURE"] == "false"
+
+
 def test_the_deploy_overlay_completes_the_base(docs: list[dict[str, Any]], tmp_path: Path) -> None:
-    out = _render_overlay(tmp_path / "deploy", "master.example.cache.amazonaws.com")
+    out = _app_objects(_render_overlay(tmp_path / "deploy", "master.example.cache.amazonaws.com"))
     for doc in out:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
     config, secret, deployment = (_one(out, k) for k in ("ConfigMap", "Secret", "Deployment"))
@@ -429,4 +552,5 @@ def test_the_deploy_overlay_completes_the_base(docs: list[dict[str, Any]], tmp_p
     assert secret_refs == {secret["metadata"]["name"]}
     # A changed value gives the ConfigMap a new name, so the Deployment rolls its pods.
     other = _render_overlay(tmp_path / "other", "replica.example.cache.amazonaws.com")
-    assert _one(other, "ConfigMap")["metadata"]["name"] != config["metadata"]["name"]
+    other_config = _one(_app_objects(other), "ConfigMap")
+    assert other_config["metadata"]["name"] != config["metadata"]["name"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recording stand-in for aws, kubectl, docker, podman and buildah in tests/test_scripts.py.
+"""Recording stand-in for aws, kubectl, docker, podman and buildah in the tests in tests/scripts/.
 
 The test links this file onto PATH under each tool's name; the name it is called by picks the role.
 Every call appends {"tool", "argv", ...} as one JSON line to $STUB_LOG, so the test can assert the
@@ -11,12 +11,23 @@ emulate; everything else goes to the real tool:
   an unchanged update of it is refused as CloudFormation does ("No updates are to be performed"),
   and with STUB_MAIN_FAILS=1 the main stack's waiter fails; from then on, until the stack is
   deleted, the stack answers ROLLBACK_COMPLETE and canned events, as CloudFormation would.
+  Recorded answers where a test needs a region or account moto does not model:
+  STUB_AZ_FIXTURE (a describe-availability-zones answer), STUB_CLUSTER_VPC (moto's EKS names no
+  VPC; this one is added to describe-cluster), STUB_LB_LEFT=N (the first N polls for the Service's
+  load balancer, target group and security group find them still there, as after a Service
+  deletion EKS takes a while to clean up).
+- describe-stacks: moto's answer with list parameters written back as CloudFormation writes them.
+- validate-template: moto's real answer (it runs cfn-lint, about a second per template), kept in
+  $STUB_VALIDATE_CACHE by the template's content hash and the region and replayed for the same
+  bytes, so the templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
   `login` records what it read on stdin.
 """
 
+import ast
+import hashlib
 import json
 import os
 import subprocess
@@ -122,6 +133,112 @@ def no_updates_if_unchanged(command: str, template: str) -> None:
     state.write_text(request)
 
 
+def load_balancer_leftovers(command: str) -> None:
+    """With STUB_LB_LEFT=N, the first N polls find what EKS made for the Service still there."""
+    vpc = os.environ["STUB_CLUSTER_VPC"]
+    polls = Path(os.environ["STUB_LOG"] + ".lb-polls")
+    done = int(polls.read_text()) if polls.exists() else 0
+    if done >= int(os.environ["STUB_LB_LEFT"]):
+        return
+    if command == "describe-security-groups":
+        polls.write_text(str(done + 1))  # the last call of one poll
+    answers = {
+        "describe-load-balancers": {
+            "LoadBalancers": [
+                {
+                    "LoadBalancerName": "k8s-default-messagea-0123456789",
+                    "VpcId": vpc,
+                    "Type": "network",
+                }
+            ]
+        },
+        "describe-target-groups": {
+            "TargetGroups": [{"TargetGroupName": "k8s-default-messagea-abcdef0123", "VpcId": vpc}]
+        },
+        "describe-security-groups": {
+            "SecurityGroups": [
+                {
+                    "GroupId": "sg-0lb0000000000000",
+                    "VpcId": vpc,
+                    "Tags": [
+                        {"Key": "service.eks.amazonaws.com/stack", "Value": "default/message-app"}
+                    ],
+                }
+            ]
+        },
+    }
+    print(json.dumps(answers[command]))
+    sys.exit(0)
+
+
+def describe_stacks_as_cloudformation(args: list[str]) -> None:
+    """moto answers a CommaDelimitedList parameter as a Python list ("['a', 'b']"); CloudFormation
+    answers the string it was given ("a,b"). Runs the real call and puts the string back."""
+    out = subprocess.run(
+        [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        sys.exit(out.returncode)
+    answer = json.loads(out.stdout)
+    for stack in answer.get("Stacks", []):
+        for parameter in stack.get("Parameters", []):
+            value = parameter.get("ParameterValue", "")
+            if value.startswith("[") and value.endswith("]"):
+                parameter["ParameterValue"] = ",".join(ast.literal_eval(value))
+    print(json.dumps(answer))
+    sys.exit(0)
+
+
+def validate_template_once(args: list[str]) -> None:
+    """Replays moto's answer for a template already validated with the same content and region."""
+    cache_dir = os.environ.get("STUB_VALIDATE_CACHE")
+    body = option("--template-body") or ""
+    if not cache_dir or not body.startswith("file://"):
+        return
+    digest = hashlib.sha256(Path(body[len("file://") :]).read_bytes())
+    digest.update((option("--region") or "").encode())
+    entry = Path(cache_dir) / f"{digest.hexdigest()}.json"
+    if not entry.exists():
+        out = subprocess.run(
+            [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
+        )
+        answer = {"code": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
+        # Written whole, then renamed: a concurrent reader never sees half an answer.
+        partial = entry.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(answer))
+        partial.replace(entry)
+    answer = json.loads(entry.read_text())
+    sys.stdout.write(answer["stdout"])
+    sys.stderr.write(answer["stderr"])
+    sys.exit(answer["code"])
+
+
+def recorded_answers() -> None:
+    """Answers from a recording where the test asks for one; returns when it does not."""
+    if "validate-template" in ARGV:
+        validate_template_once(ARGV)
+    fixture = os.environ.get("STUB_AZ_FIXTURE")
+    if "describe-availability-zones" in ARGV and fixture:
+        print(Path(fixture).read_text())
+        sys.exit(0)
+    if "describe-cluster" in ARGV and os.environ.get("STUB_CLUSTER_VPC"):
+        out = subprocess.run(
+            [os.environ["REAL_AWS"], *ARGV], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr)
+            sys.exit(out.returncode)
+        answer = json.loads(out.stdout)
+        answer["cluster"]["resourcesVpcConfig"]["vpcId"] = os.environ["STUB_CLUSTER_VPC"]
+        print(json.dumps(answer))
+        sys.exit(0)
+    polls = ("describe-load-balancers", "describe-target-groups", "describe-security-groups")
+    command = next((a for a in ARGV if a in polls), None)
+    if command and os.environ.get("STUB_LB_LEFT"):
+        load_balancer_leftovers(command)
+
+
 def aws() -> None:
     """Records the call; answers the main stack where moto cannot, else runs the real CLI."""
     # JSON payloads passed as files (delete-objects) vanish with the script's temporary directory.
@@ -129,12 +246,15 @@ def aws() -> None:
         a: Path(a[7:]).read_text() for a in ARGV if a.startswith("file://") and a.endswith(".json")
     }
     record(files=files)
+    recorded_answers()
     stack = option("--stack-name")
     main = os.environ["STUB_MAIN_STACK"]
     deploys_main = (option("--template-body") or "").endswith("/cfn/main.yaml") and stack
     if deploys_main and stack != main:
         sys.exit(f"stand-in aws: main.yaml deployed as {stack!r}, the test expects {main!r}")
     if "cloudformation" not in ARGV or stack not in (main, os.environ["STUB_NESTED_STACK_ID"]):
+        if "describe-stacks" in ARGV:
+            describe_stacks_as_cloudformation(ARGV)
         real_aws(ARGV)
     command = ARGV[ARGV.index("cloudformation") + 1]
     args = list(ARGV)
@@ -164,6 +284,8 @@ def aws() -> None:
             sys.exit(0)
         if command == "delete-stack":
             rolled_back.unlink()
+    if command == "describe-stacks":
+        describe_stacks_as_cloudformation(args)
     real_aws(args)
 
 

@@ -1,0 +1,102 @@
+"""Every script's option parsing and prerequisite checks: nothing but parsing and `command -v`
+runs, so no stand-in is ever called (one shared World)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from .harness import (
+    PROFILE,
+    REAL_AWS,
+    SCRIPTS,
+    World,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ((), 2, "missing -p PROFILE"),
+        (("-p", PROFILE, "-x"), 2, "unknown option -x"),
+        (("-p",), 2, "option -p needs a value"),
+        (("-p", PROFILE, "extra"), 2, "unexpected argument: extra"),
+    ],
+)
+def test_bad_arguments_print_usage_and_exit_2(
+    shared_world: World, script: str, args: tuple[str, ...], code: int, message: str
+) -> None:
+    """Real: the scripts' argument parsing. No AWS, kubectl or builder call may happen."""
+    run = shared_world.run(script, *args)
+    assert run.returncode == code
+    assert f"{script}: {message}" in run.stderr
+    assert "Usage:" in run.stderr
+    assert run.calls == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_says_what_changed_from_the_original(shared_world: World, script: str) -> None:
+    """Real: -h prints the usage on stdout, exit 0, and touches nothing."""
+    run = shared_world.run(script, "-h")
+    assert run.returncode == 0
+    assert f"Usage: {script} -p PROFILE [-r REGION] [-s STACK_NAME]" in run.stdout
+    assert "Changed from the original sample" in run.stdout
+    assert run.calls == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-u", "alice"), "-u needs -n REPO"),
+        (("-n", "app"), "-n REPO needs -u DOCKERHUB_USER"),
+    ],
+)
+def test_init_docker_hub_flags_come_in_pairs(
+    shared_world: World, args: tuple[str, ...], message: str
+) -> None:
+    """Real: init.sh's parsing (-r became the region, so a lone -u must not guess a repository)."""
+    run = shared_world.run("init.sh", "-p", PROFILE, *args)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert run.calls == []
+
+
+@pytest.mark.parametrize(
+    ("script", "without", "named"),
+    [
+        ("deploy.sh", ("aws",), "aws (AWS CLI) is missing"),
+        ("deploy.sh", ("jq",), "jq is missing"),
+        ("init.sh", ("kubectl",), "kubectl is missing"),
+        ("init.sh", ("jq",), "jq is missing"),
+        ("init.sh", ("docker",), "none of docker, podman, buildah is installed"),
+        ("destroy.sh", ("kubectl",), "kubectl is missing"),
+        ("destroy.sh", ("aws", "jq"), "aws (AWS CLI) is missing"),
+    ],
+)
+def test_missing_prerequisite_is_named_before_anything_runs(
+    shared_world: World, script: str, without: tuple[str, ...], named: str
+) -> None:
+    """Real: the prerequisite checks, with the tools really absent from PATH."""
+    args = ["-p", PROFILE, *(["-y"] if script == "destroy.sh" else [])]
+    run = shared_world.run(script, *args, without=without)
+    assert run.returncode == 1
+    lines = run.stderr.splitlines()
+    assert len(lines) == len(without), run.stderr
+    assert any(named in line and "install" in line for line in lines), run.stderr
+    assert run.calls == []
+
+
+def test_region_is_required_when_the_profile_has_none(shared_world: World) -> None:
+    """Real: `aws configure get region` (moto not involved) for a profile without a region."""
+    run = shared_world.run("deploy.sh", "-p", "noregion")
+    assert run.returncode == 1
+    assert "no region: pass -r REGION" in run.stderr
+    assert run.ops() == [("configure", "get", "")]

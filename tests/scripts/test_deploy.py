@@ -1,0 +1,293 @@
+"""deploy.sh against moto: stacks, zones by zone ID, the certificate, failures and re-runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from .harness import (
+    ACCOUNT,
+    AWS_FIXTURES,
+    BOOTSTRAP,
+    CACHE_HOST,
+    CERTIFICATE,
+    CLUSTER,
+    DEPLOYER_ROLE,
+    NESTED,
+    NESTED_STACK_ID,
+    OTHER_STACK,
+    PROFILE,
+    REAL_AWS,
+    REGION,
+    STACK,
+    ZONES,
+    World,
+    assert_profile_and_region,
+    operation,
+    option,
+    stack_outputs,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+]
+
+
+def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) -> None:
+    """Real: every call in moto except that the main stack runs the stand-in template.
+
+    Checks the order of the calls, the validated templates, the uploaded templates (byte for byte
+    in moto's S3), the parameters the main stack got (moto checks them against main.yaml's
+    AllowedPattern), the printed outputs and next command; then a second run is "No changes".
+    """
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    templates = sorted(p.name for p in (world.root / "cfn").glob("*.yaml"))
+    assert run.ops() == [
+        ("configure", "get", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("ec2", "describe-availability-zones", ""),
+        ("sts", "get-caller-identity", ""),
+        ("iam", "get-role", "deployer"),
+        *[("cloudformation", "validate-template", "")] * len(templates),
+        ("cloudformation", "describe-stacks", BOOTSTRAP),
+        ("cloudformation", "create-stack", BOOTSTRAP),
+        ("cloudformation", "wait", BOOTSTRAP),
+        ("cloudformation", "describe-stacks", BOOTSTRAP),
+        ("s3", "cp", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("cloudformation", "create-stack", STACK),
+        ("cloudformation", "wait", STACK),
+        ("cloudformation", "describe-stacks", STACK),
+    ]
+    assert_profile_and_region(run)
+    validated = [
+        option(c["argv"], "--template-body")
+        for c in run.tool("aws")
+        if operation(c)[1] == "validate-template"
+    ]
+    assert validated == [f"file://{world.root}/cfn/{name}" for name in templates]
+    assert f"Availability Zones: {ZONES} (chosen by zone ID" in run.stdout
+    assert "WARNING: no certificate (-c): the app will be served over plain HTTP" in run.stderr
+
+    cfn = world.client("cloudformation")
+    boot = stack_outputs(cfn, BOOTSTRAP)
+    s3 = world.client("s3")
+    for name in NESTED:
+        body = s3.get_object(Bucket=boot["TemplateBucketName"], Key=name)["Body"].read()
+        assert body == (world.root / "cfn" / name).read_bytes()
+
+    create = next(c["argv"] for c in run.tool("aws") if operation(c)[1:] == ("create-stack", STACK))
+    assert option(create, "--template-body") == f"file://{world.root}/cfn/main.yaml"
+    params = {
+        p["ParameterKey"]: p["ParameterValue"] for p in json.loads(option(create, "--parameters"))
+    }
+    assert params == {
+        "TemplateBucket": boot["TemplateBucketName"],
+        "EcrRepositoryUri": boot["EcrRepositoryUri"],
+        # The assumed-role session arn:aws:sts::...:assumed-role/deployer/alice, as its role:
+        "ClusterAdminPrincipalArn": DEPLOYER_ROLE,
+        "AvailabilityZones": ZONES,
+        "CertificateArn": "",
+    }
+    capabilities = create[create.index("--capabilities") + 1 :][:2]
+    assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+    assert cfn.describe_stacks(StackName=STACK)["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+    assert f"ClusterName\t{CLUSTER}" in run.stdout
+    assert f"CachePrimaryEndpoint\t{CACHE_HOST}" in run.stdout
+    assert f"./init.sh -p {PROFILE} -r {REGION} -s {STACK}" in run.stdout
+
+    assert boot["EcrRepositoryName"] == f"{STACK}/message-app"
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert f"No changes to deploy: stack {BOOTSTRAP} is up to date" in again.stdout
+    assert f"No changes to deploy: stack {STACK} is up to date" in again.stdout
+    assert ("cloudformation", "update-stack", STACK) in again.ops()
+    assert not [op for op in again.ops() if op[1] == "create-stack"]
+    # The existing stack's zones are kept, not chosen again (new zones would replace every subnet).
+    assert ("ec2", "describe-availability-zones", "") not in again.ops()
+    assert f"Availability Zones: {ZONES} (those of the existing stack {STACK})" in again.stdout
+    assert f"./init.sh -p {PROFILE} -r {REGION} -s {STACK}" in again.stdout
+    assert_profile_and_region(again)
+
+
+def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
+    world: World,
+) -> None:
+    """Real: validation, bootstrap stack, uploads in moto. Stand-in: the main stack's waiter fails
+    and its events (and the failed nested stack's) are canned, as CloudFormation reports them; the
+    stack then reads ROLLBACK_COMPLETE until the re-run deletes it (in moto) and recreates it.
+
+    Also checks -r, -s, -a and -o: no region lookup, no caller lookup, overrides passed as JSON
+    (a comma-separated list value stays whole).
+    """
+    subnets = "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"
+    admin = f"arn:aws:iam::{ACCOUNT}:role/admins"
+    run = world.run(
+        "deploy.sh", "-p", PROFILE, "-r", REGION, "-s", OTHER_STACK, "-a", admin,
+        "-o", "CacheReplicaCount=0", "-o", f"PublicSubnets={subnets}",
+        env={"STUB_MAIN_FAILS": "1", "STUB_MAIN_STACK": OTHER_STACK},
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert f"creating stack {OTHER_STACK} failed (events above)" in run.stderr
+    assert f"failed events of stack {OTHER_STACK}:" in run.stderr
+    assert "CacheStack  AWS::CloudFormation::Stack  CREATE_FAILED" in run.stderr
+    assert f"failed events of stack {NESTED_STACK_ID}:" in run.stderr
+    assert "STUB-CACHE-QUOTA: cache node quota exceeded" in run.stderr
+    assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
+    assert "Next:" not in run.stdout
+    ops = run.ops()
+    assert ops[:3] == [
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+        ("ec2", "describe-availability-zones", ""),
+        ("cloudformation", "validate-template", ""),
+    ]
+    assert not [op for op in ops if op[0] in ("sts", "iam", "configure")]
+    assert ops[-3:] == [
+        ("cloudformation", "wait", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
+    ]
+    assert_profile_and_region(run)
+    create = next(
+        c["argv"] for c in run.tool("aws") if operation(c)[1:] == ("create-stack", OTHER_STACK)
+    )
+    params = {
+        p["ParameterKey"]: p["ParameterValue"] for p in json.loads(option(create, "--parameters"))
+    }
+    assert params["ClusterAdminPrincipalArn"] == admin
+    assert params["CacheReplicaCount"] == "0"
+    assert params["PublicSubnets"] == subnets
+    boot = stack_outputs(world.client("cloudformation"), f"{OTHER_STACK}-bootstrap")
+    assert boot["EcrRepositoryName"] == "fes-other/message-app"
+
+    # The cause fixed, a re-run replaces the rolled-back stack (which cannot be updated).
+    again = world.run(
+        "deploy.sh", "-p", PROFILE, "-r", REGION, "-s", OTHER_STACK, "-a", admin,
+        env={"STUB_MAIN_STACK": OTHER_STACK},
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (
+        "is ROLLBACK_COMPLETE from an earlier creation that did not finish: deleting it"
+        in again.stdout
+    )
+    assert "STUB-CACHE-QUOTA" in again.stderr
+    assert again.ops()[-8:] == [
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", OTHER_STACK),
+        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
+        ("cloudformation", "delete-stack", OTHER_STACK),
+        ("cloudformation", "wait", OTHER_STACK),
+        ("cloudformation", "create-stack", OTHER_STACK),
+        ("cloudformation", "wait", OTHER_STACK),
+        ("cloudformation", "describe-stacks", OTHER_STACK),
+    ]
+    assert_profile_and_region(again)
+    assert f"./init.sh -p {PROFILE} -r {REGION} -s {OTHER_STACK}" in again.stdout
+
+
+def test_deploy_stops_at_an_invalid_template(world: World) -> None:
+    """Real: moto's validate-template (cfn-lint) rejects a broken cache.yaml; nothing is made."""
+    cache = world.root / "cfn" / "cache.yaml"
+    cache.write_text(cache.read_text() + "\n  Broken:\n    Value: !Ref NoSuchResource\n")
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 1
+    assert "template cache.yaml is invalid" in run.stderr
+    assert not [op for op in run.ops() if op[1] in ("create-stack", "update-stack", "cp")]
+    assert world.client("cloudformation").describe_stacks()["Stacks"] == []
+
+
+def test_deploy_chooses_zones_by_id_skipping_those_eks_refuses(world: World) -> None:
+    """Real: everything in moto's us-east-1 as in the first deploy test. Recorded: the account's
+    describe-availability-zones answer (tests/fixtures/aws), where us-east-1b is use1-az3: the
+    first three names, which `!Select [n, !GetAZs ""]` took, would have failed after ten minutes.
+    """
+    run = world.run(
+        "deploy.sh", "-p", PROFILE, "-r", "us-east-1",
+        env={"STUB_AZ_FIXTURE": str(AWS_FIXTURES / "describe-availability-zones-us-east-1.json")},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (call,) = run.aws_calls("ec2", "describe-availability-zones")
+    assert option(call["argv"], "--filters") == "Name=zone-type,Values=availability-zone"
+    chosen = "us-east-1a,us-east-1c,us-east-1d"
+    assert run.main_stack_parameters()["AvailabilityZones"] == chosen
+    assert f"Availability Zones: {chosen} (chosen by zone ID; EKS refuses use1-az3" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("fixture", "listed"),
+    [
+        # moto's own us-west-1: two zones, as most accounts see it.
+        (None, "us-west-1a (usw1-az3), us-west-1b (usw1-az1)"),
+        # An account that still sees usw1-az2: three zones, two usable.
+        (
+            "describe-availability-zones-us-west-1-three.json",
+            "us-west-1a (usw1-az1), us-west-1b (usw1-az3)",
+        ),
+    ],
+)
+def test_deploy_stops_before_creating_anything_without_three_usable_zones(
+    world: World, fixture: str | None, listed: str
+) -> None:
+    """Real: moto's us-west-1 zones, or a recorded answer; the region check comes before any
+    stack, bucket or template call."""
+    env = {"STUB_AZ_FIXTURE": str(AWS_FIXTURES / fixture)} if fixture else {}
+    run = world.run("deploy.sh", "-p", PROFILE, "-r", "us-west-1", env=env)
+    assert run.returncode == 1
+    assert (
+        f"deploy.sh: region us-west-1 has 2 Availability Zones EKS can use ({listed}), 3 are "
+        "needed (EKS refuses use1-az3 usw1-az2 cac1-az3): choose another region with -r; "
+        "nothing was created"
+    ) in run.stderr
+    assert run.ops() == [
+        ("cloudformation", "describe-stacks", STACK),
+        ("ec2", "describe-availability-zones", ""),
+    ]
+    assert "Next:" not in run.stdout
+
+
+def test_deploy_keeps_the_certificate_of_the_stack_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a stack deployed with -c. A re-run without -c keeps its certificate
+    (HTTPS does not vanish because an option was left out); `-c none` returns to plain HTTP,
+    with the warning."""
+    world.create_stacks(certificate=CERTIFICATE)
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["CertificateArn"] == CERTIFICATE
+    assert "WARNING" not in run.stderr
+    assert ("ec2", "describe-availability-zones", "") not in run.ops()
+    assert run.main_stack_parameters()["AvailabilityZones"] == ZONES
+    assert f"CertificateArn\t{CERTIFICATE}" in run.stdout
+
+    plain = world.run("deploy.sh", "-p", PROFILE, "-c", "none")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.main_stack_parameters()["CertificateArn"] == ""
+    assert "WARNING: no certificate (-c)" in plain.stderr
+    assert "CertificateArn" not in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ("-c", CERTIFICATE.replace(REGION, "us-east-1")),
+            1,
+            f"is not in {REGION}: the load balancer can only use an ACM certificate of its own",
+        ),
+        (("-c", "my-cert"), 2, "-c needs an ACM certificate ARN"),
+        (("-o", "AvailabilityZones=a,b,c"), 2, "AvailabilityZones is set by deploy.sh itself"),
+    ],
+)
+def test_deploy_refuses_a_wrong_certificate_or_zone_override(
+    shared_world: World, args: tuple[str, ...], code: int, message: str
+) -> None:
+    """Real: the checks before any AWS call but the profile's region lookup."""
+    run = shared_world.run("deploy.sh", "-p", PROFILE, *args)
+    assert run.returncode == code
+    assert message in run.stderr
+    assert run.ops() in ([], [("configure", "get", "")])

@@ -1,0 +1,286 @@
+"""destroy.sh against moto: Kubernetes objects and the load balancer first, then the stacks, the
+bucket's versions and the images; confirmation and re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from .harness import (
+    BOOTSTRAP,
+    CLUSTER,
+    NESTED_STACK_ID,
+    PROFILE,
+    REAL_AWS,
+    STACK,
+    VPC,
+    World,
+    assert_profile_and_region,
+    fill_bucket,
+    option,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+]
+
+
+def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: World) -> None:
+    """Real: init.sh's overlay, EKS, stacks, S3 versions/delete markers, ECR images in moto (the
+    bucket is only deleted with its stack when it is empty). Stand-in: kubectl against the cluster.
+    """
+    boot = world.create_stacks()
+    world.create_cluster()
+    assert world.run("init.sh", "-p", PROFILE).returncode == 0
+    user_kubeconfig = Path(world.env["KUBECONFIG"]).read_text()
+    bucket, repo = boot["TemplateBucketName"], boot["EcrRepositoryName"]
+    entries = fill_bucket(world, bucket)
+    # Versions from before versioning was on carry the version id "null"; they must go too.
+    assert {e["VersionId"] for e in entries} >= {"null"}
+    ecr = world.client("ecr")
+    for i in range(120):  # more than one BatchDeleteImage (100 at most)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"digest": f"sha256:{i:064x}"},
+            "layers": [],
+        }
+        ecr.put_image(repositoryName=repo, imageManifest=json.dumps(manifest), imageTag=f"t{i}")
+
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_CLUSTER_VPC": VPC})
+    assert run.returncode == 0, run.stderr
+    assert run.ops() == [
+        ("configure", "get", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("eks", "describe-cluster", CLUSTER),
+        ("eks", "update-kubeconfig", CLUSTER),
+        ("elbv2", "describe-load-balancers", ""),
+        ("elbv2", "describe-target-groups", ""),
+        ("ec2", "describe-security-groups", ""),
+        ("cloudformation", "delete-stack", STACK),
+        ("cloudformation", "wait", STACK),
+        ("cloudformation", "describe-stacks", BOOTSTRAP),
+        ("cloudformation", "describe-stack-resources", BOOTSTRAP),
+        ("s3api", "list-object-versions", bucket),
+        ("s3api", "delete-objects", bucket),
+        ("s3api", "list-object-versions", bucket),
+        ("ecr", "list-images", repo),
+        ("ecr", "batch-delete-image", repo),
+        ("ecr", "batch-delete-image", repo),
+        ("cloudformation", "delete-stack", BOOTSTRAP),
+        ("cloudformation", "wait", BOOTSTRAP),
+    ]
+    assert_profile_and_region(run)
+    (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")
+    kubeconfig = option(update_kubeconfig["argv"], "--kubeconfig")
+    assert kubeconfig and kubeconfig != world.env["KUBECONFIG"]
+    delete, wait = run.tool("kubectl")
+    assert delete["argv"] == [
+        "--kubeconfig", kubeconfig, "delete", "-k", str(world.root / ".deploy"),
+        "--ignore-not-found", "--wait=true",
+    ]  # fmt: skip
+    assert f"cluster/{CLUSTER}" in delete["kubeconfig_text"]
+    assert wait["argv"][2:] == ["wait", "--for=delete", "service/message-app", "--timeout=600s"]
+    assert Path(world.env["KUBECONFIG"]).read_text() == user_kubeconfig
+    assert not Path(kubeconfig).exists(), "the temporary kubeconfig was left behind"
+    (delete_objects,) = run.aws_calls("s3api", "delete-objects")
+    (payload,) = delete_objects["files"].values()
+    assert json.loads(payload)["Quiet"] is True
+    assert sorted(json.loads(payload)["Objects"], key=str) == entries
+    chunks = [
+        json.loads(option(c["argv"], "--image-ids") or "")
+        for c in run.aws_calls("ecr", "batch-delete-image")
+    ]
+    assert [len(chunk) for chunk in chunks] == [100, 21]
+
+    cfn = world.client("cloudformation")
+    assert cfn.describe_stacks()["Stacks"] == []
+    with pytest.raises(ClientError):
+        world.client("s3").head_bucket(Bucket=bucket)
+    assert ecr.describe_repositories()["repositories"] == []
+    assert (
+        f"bucket {bucket}: deleted {len(entries)} object versions and delete markers" in run.stdout
+    )
+    assert f"repository {repo}: deleted 121 images" in run.stdout
+    assert f"no load balancer, target group or security group of the Service is left in {VPC}" in (
+        run.stdout
+    )
+
+
+def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> None:
+    """Real: stacks, EKS, the final empty answers in moto. Recorded: the first two polls still
+    find the Service's NLB, its target group and security group in the cluster's VPC (EKS removes
+    them a while after the Service); the main stack is deleted only after that.
+    """
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run(
+        "destroy.sh", "-p", PROFILE, "-y",
+        env={"STUB_CLUSTER_VPC": VPC, "STUB_LB_LEFT": "2", "LB_WAIT_INTERVAL": "0"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(run.aws_calls("elbv2", "describe-load-balancers")) == 3
+    waiting = [line for line in run.stdout.splitlines() if "waiting for EKS to delete" in line]
+    assert (
+        waiting
+        == [
+            "==> waiting for EKS to delete: load balancer k8s-default-messagea-0123456789, "
+            "target group k8s-default-messagea-abcdef0123, security group sg-0lb0000000000000"
+        ]
+        * 2
+    )
+    ops = run.ops()
+    assert ops.index(("cloudformation", "delete-stack", STACK)) > max(
+        i for i, op in enumerate(ops) if op[1] == "describe-security-groups"
+    )
+    (sg_call, *_) = run.aws_calls("ec2", "describe-security-groups")
+    assert option(sg_call["argv"], "--filters") == f"Name=vpc-id,Values={VPC}"
+    # Without .deploy/ the Service is deleted by name.
+    (delete, _) = run.tool("kubectl")
+    assert delete["argv"][2:] == [
+        "delete",
+        "service",
+        "message-app",
+        "--ignore-not-found",
+        "--wait=true",
+    ]
+
+
+def test_destroy_keeps_the_stacks_while_the_load_balancer_is_still_there(world: World) -> None:
+    """Recorded: the NLB never goes within the limit; deleting the VPC under it would fail
+    half-way, so the script stops with what is left and deletes no stack."""
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run(
+        "destroy.sh", "-p", PROFILE, "-y",
+        env={"STUB_CLUSTER_VPC": VPC, "STUB_LB_LEFT": "99", "LB_WAIT_SECONDS": "0"},
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "load balancer k8s-default-messagea-0123456789" in run.stderr
+    assert f"these are still in {VPC} after 0s and would keep the VPC from being deleted" in (
+        run.stderr
+    )
+    assert not [op for op in run.ops() if op[1] == "delete-stack"]
+
+
+def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) -> None:
+    """Real, all in moto: the main stack is already gone while the bootstrap stack still holds a
+    versioned bucket (where the original's destroy.sh got stuck). A second run finds nothing to do.
+
+    (moto cannot delete a stack whose ECR repository was removed by hand, CloudFormation can, so
+    the repository stays.)
+    """
+    boot = world.create_stacks()
+    world.client("cloudformation").delete_stack(StackName=STACK)
+    fill_bucket(world, boot["TemplateBucketName"])
+
+    run = world.run("destroy.sh", "-p", PROFILE, "-y")
+    assert run.returncode == 0, run.stderr
+    assert f"stack {STACK}: already gone" in run.stdout
+    assert f"repository {boot['EcrRepositoryName']}: deleted 0 images" in run.stdout
+    assert run.tool("kubectl") == []
+    assert ("cloudformation", "delete-stack", BOOTSTRAP) in run.ops()
+    assert_profile_and_region(run)
+    assert world.client("cloudformation").describe_stacks()["Stacks"] == []
+    with pytest.raises(ClientError):
+        world.client("s3").head_bucket(Bucket=boot["TemplateBucketName"])
+
+    again = world.run("destroy.sh", "-p", PROFILE, "-y")
+    assert again.returncode == 0, again.stderr
+    assert f"stack {STACK}: already gone" in again.stdout
+    assert f"stack {BOOTSTRAP}: already gone" in again.stdout
+    assert again.ops() == [
+        ("configure", "get", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("cloudformation", "describe-stacks", BOOTSTRAP),
+    ]
+    assert_profile_and_region(again)
+
+
+def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(world: World) -> None:
+    """Real: stacks and EKS in moto. Stand-in: kubectl answers Unauthorized. Deleting the VPC
+    under a live load balancer would fail half-way, so nothing else may be deleted.
+    """
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_KUBECTL_FAILS": "1"})
+    assert run.returncode == 1
+    assert "could not delete service message-app; its load balancer would block" in run.stderr
+    assert not [op for op in run.ops() if op[1] == "delete-stack"]
+    assert len(world.client("cloudformation").describe_stacks()["Stacks"]) == 2
+    assert_profile_and_region(run)
+
+
+def test_destroy_stops_at_a_failed_deletion_and_shows_why(world: World) -> None:
+    """Real: stacks in moto, no cluster. Stand-in: the main stack's delete waiter fails and its
+    canned events follow (as in the deploy test), so destroy.sh shows the latest operation's
+    failures down into the nested stack and keeps the bootstrap stack for a retry.
+    """
+    world.create_stacks()
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_FAILS": "1"})
+    assert run.returncode == 1
+    assert f"deleting stack {STACK} failed (events above)" in run.stderr
+    assert f"failed events of stack {NESTED_STACK_ID}:" in run.stderr
+    assert "STUB-CACHE-QUOTA: cache node quota exceeded" in run.stderr
+    assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
+    assert run.ops()[-3:] == [
+        ("cloudformation", "wait", STACK),
+        ("cloudformation", "describe-stack-events", STACK),
+        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
+    ]
+    assert ("cloudformation", "delete-stack", BOOTSTRAP) not in run.ops()
+    assert_profile_and_region(run)
+
+
+def test_destroy_without_a_terminal_or_y_refuses(world: World) -> None:
+    """Real: the confirmation check with stdin not a terminal; only the region is looked up."""
+    world.create_stacks()
+    run = world.run("destroy.sh", "-p", PROFILE)
+    assert run.returncode == 1
+    assert "no terminal to ask on; pass -y" in run.stderr
+    assert run.ops() == [("configure", "get", "")]
+    assert len(world.client("cloudformation").describe_stacks()["Stacks"]) == 2
+
+
+@pytest.mark.parametrize(("answer", "confirmed"), [("yes", False), (STACK, True)])
+def test_destroy_asks_for_the_stack_name_on_a_terminal(
+    world: World, answer: str, confirmed: bool
+) -> None:
+    """Real: the prompt on a pseudo-terminal; with nothing deployed, a confirmed run only looks."""
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, f"{answer}\n".encode())
+        run = world.run("destroy.sh", "-p", PROFILE, stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert f"Type the stack name ({STACK}) to confirm" in run.stdout
+    if confirmed:
+        assert run.returncode == 0, run.stderr
+        assert f"stack {BOOTSTRAP}: already gone" in run.stdout
+        assert_profile_and_region(run)
+    else:
+        assert run.returncode == 1
+        assert "not confirmed; nothing was deleted" in run.stderr
+        assert run.ops() == [("configure", "get", "")]
+
+
+def test_destroy_of_a_cluster_without_a_vpc_id_does_not_wait_for_load_balancers(
+    world: World,
+) -> None:
+    """Real, all in moto, whose EKS names no VPC for a cluster (EKS always does): with nothing to
+    look in, the script says so and goes on instead of polling the whole region."""
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("destroy.sh", "-p", PROFILE, "-y")
+    assert run.returncode == 0, run.stderr
+    assert f"cluster {CLUSTER} names no VPC: not waiting for load balancers" in run.stdout
+    assert not [op for op in run.ops() if op[0] == "elbv2"]

@@ -1,0 +1,195 @@
+"""init.sh against moto: the image push, the overlay in .deploy/ (HTTP or HTTPS), re-runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    BUILDERS,
+    CACHE_HOST,
+    CERTIFICATE,
+    CLUSTER,
+    PROFILE,
+    REAL_AWS,
+    REGION,
+    STACK,
+    World,
+    assert_profile_and_region,
+    env_file,
+    git,
+    rendered,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+]
+
+
+def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> None:
+    """Real: stacks, ECR login token and image lookup, EKS update-kubeconfig, Secrets Manager in
+    moto; git for the tag; kubectl kustomize on the real k8s/. Stand-in: docker (its push puts the
+    tag into moto's ECR, so the re-run finds it) and kubectl.
+    """
+    boot = world.create_stacks()
+    world.create_cluster()
+    uri = boot["EcrRepositoryUri"]
+    registry = uri.split("/")[0]
+    tag = git(world.root, "rev-parse", "--short=12", "HEAD")
+
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    assert run.ops() == [
+        ("configure", "get", ""),
+        ("cloudformation", "describe-stacks", STACK),
+        ("eks", "update-kubeconfig", CLUSTER),
+        ("ecr", "describe-images", boot["EcrRepositoryName"]),
+        ("ecr", "get-login-password", ""),
+        ("secretsmanager", "get-secret-value", world.secret_arn),
+    ]
+    assert_profile_and_region(run)
+    password = base64.b64decode(
+        world.client("ecr").get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    ).decode()
+    docker = run.tool("docker")
+    assert [c["argv"] for c in docker] == [
+        ["login", "--username", "AWS", "--password-stdin", registry],
+        ["build", "--platform", "linux/amd64", "-t", f"{uri}:{tag}", str(world.root)],
+        ["push", f"{uri}:{tag}"],
+    ]
+    assert docker[0]["stdin"].strip() == password.split(":", 1)[1]
+    assert [c["argv"] for c in run.tool("kubectl")] == [["kustomize", str(world.root / ".deploy")]]
+
+    deploy_dir = world.root / ".deploy"
+    assert stat.S_IMODE(deploy_dir.stat().st_mode) == 0o700
+    secrets = deploy_dir / "secrets.env"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    values = env_file(secrets)
+    assert values["REDIS_AUTH_TOKEN"] == "tok-first-0123456789"
+    assert re.fullmatch(r"[0-9a-f]{64}", values["SECRET_KEY"])
+    for secret in values.values():
+        assert secret not in run.stdout + run.stderr
+    assert git(world.root, "status", "--porcelain") == "", (
+        "a tracked file changed or .deploy/ shows"
+    )
+
+    kinds = rendered(world.root)
+    config = kinds["ConfigMap"]["data"]
+    assert config["REDIS_HOST"] == CACHE_HOST
+    assert (config["REDIS_PORT"], config["REDIS_TLS"]) == ("6379", "true")
+    assert config["SESSION_COOKIE_SECURE"] == "false"
+    assert config["LOG_LEVEL"] == "INFO", "the base's other settings must survive the merge"
+    secret_data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+    assert secret_data == values
+    (container,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{uri}:{tag}"
+    assert f"cluster/{CLUSTER}" in Path(world.env["KUBECONFIG"]).read_text()
+    assert "the one command that deploys the app" in run.stdout
+    assert "kubectl apply -k .deploy/" in run.stdout
+    assert "open http://EXTERNAL-IP/" in run.stdout
+    # No certificate: plain HTTP on port 80, said out loud.
+    assert "WARNING: no certificate: the load balancer serves plain HTTP" in run.stderr
+    service = kinds["Service"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 80)]
+    # The overlay lifts the base's guard namespace from every object of the app, and switches on
+    # NetworkPolicy enforcement (EKS Auto Mode's network policy controller).
+    cni = kinds.pop("kube-system/ConfigMap")
+    assert cni["data"] == {"enable-network-policy-controller": "true"}
+    assert [d["metadata"].get("namespace") for d in kinds.values()] == [None] * len(kinds)
+
+    world.client("secretsmanager").put_secret_value(
+        SecretId=world.secret_arn, SecretString=json.dumps({"token": "tok-rotated-987654321"})
+    )
+    again = world.run("init.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert f"image {uri}:{tag} is already in ECR" in again.stdout
+    assert again.tool("docker") == []
+    after = env_file(secrets)
+    assert after["SECRET_KEY"] == values["SECRET_KEY"], "a new SECRET_KEY would end every session"
+    assert after["REDIS_AUTH_TOKEN"] == "tok-rotated-987654321"
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder: str) -> None:
+    """Real: stacks, EKS, Secrets Manager in moto; kubectl kustomize. Stand-in: the one builder on
+    PATH, kubectl. With -u/-n no ECR call is made; -t and -P go to the build. The buildah run also
+    has no openssl, so SECRET_KEY comes from /dev/urandom through od.
+    """
+    world.create_stacks()
+    world.create_cluster()
+    image = "docker.io/alice/message-app:v1"
+    run = world.run(
+        "init.sh", "-p", PROFILE, "-u", "alice", "-n", "message-app", "-t", "v1",
+        "-P", "linux/arm64", builders=(builder,),
+        without=("openssl",) if builder == "buildah" else (),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not [op for op in run.ops() if op[0] == "ecr"]
+    assert_profile_and_region(run)
+    build = "bud" if builder == "buildah" else "build"
+    push = ["push", image, f"docker://{image}"] if builder == "buildah" else ["push", image]
+    assert [c["argv"] for c in run.tool(builder)] == [
+        [build, "--platform", "linux/arm64", "-t", image, str(world.root)],
+        push,
+    ]
+    (container,) = rendered(world.root)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+    assert f"builder {builder}" in run.stdout
+    assert re.fullmatch(
+        r"[0-9a-f]{64}", env_file(world.root / ".deploy" / "secrets.env")["SECRET_KEY"]
+    )
+
+
+@pytest.mark.parametrize("source", ["stack", "option"])
+def test_init_with_a_certificate_writes_the_https_overlay(world: World, source: str) -> None:
+    """Real: stacks (the certificate as the main stack's output, or -c), EKS, Secrets Manager in
+    moto; kubectl kustomize renders the overlay with k8s/components/https. Stand-in: docker."""
+    world.create_stacks(certificate=CERTIFICATE if source == "stack" else "")
+    world.create_cluster()
+    args = ("-c", CERTIFICATE) if source == "option" else ()
+    run = world.run("init.sh", "-p", PROFILE, *args)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING" not in run.stderr
+    assert "open https://EXTERNAL-IP/" in run.stdout
+    kinds = rendered(world.root)
+    service = kinds["Service"]
+    # TLS on 443 only: port 80 is closed (an NLB cannot redirect), the pods still get plain 8080.
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}
+    ]
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-cert"] == CERTIFICATE
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-ports"] == "https"
+    assert kinds["ConfigMap"]["data"]["SESSION_COOKIE_SECURE"] == "true"
+    assert kinds["ConfigMap"]["data"]["REDIS_HOST"] == CACHE_HOST
+
+
+def test_init_refuses_a_certificate_of_another_region(world: World) -> None:
+    """Real: the stack read from moto; nothing is built or written for a certificate the NLB
+    could not use."""
+    world.create_stacks()
+    world.create_cluster()
+    other = CERTIFICATE.replace(REGION, "us-east-1")
+    run = world.run("init.sh", "-p", PROFILE, "-c", other)
+    assert run.returncode == 1
+    assert f"certificate {other} is not an ACM certificate ARN in {REGION}" in run.stderr
+    assert run.tool("docker") == []
+    assert not (world.root / ".deploy").exists()
+
+
+def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
+    """Real: describe-stacks in moto answers "does not exist"; nothing is built or written."""
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 1
+    assert f"stack {STACK} does not exist in {REGION}: run ./deploy.sh -p {PROFILE}" in run.stderr
+    assert run.tool("docker") == []
+    assert not (world.root / ".deploy").exists()
+    assert_profile_and_region(run)
