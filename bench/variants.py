@@ -26,6 +26,11 @@ def _env(redis_port: int, db: int) -> dict[str, str]:
         "REDIS_DB": str(db),
         "SECRET_KEY": SECRET_KEY,
         "MESSAGES_MAX_PER_SESSION": MESSAGES_MAX,
+        # Likewise the byte budget and the per-client rate limits: every bench client is one
+        # address saving as fast as it can.
+        "SESSION_MAX_BYTES": str(64 << 20),
+        "RATE_LIMIT_SAVES": "off",
+        "RATE_LIMIT_NEW_SESSIONS": "off",
         "REPLICA_NAME": "bench-replica",
     }
 

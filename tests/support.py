@@ -122,6 +122,9 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
         SECRET_KEY=SECRET,
         REPLICA_NAME=name,
         WEB_CONCURRENCY="2",
+        # Tests save far faster than a person; the limits have tests of their own.
+        RATE_LIMIT_SAVES="off",
+        RATE_LIMIT_NEW_SESSIONS="off",
     )
     env.update(extra)
     return env

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.store import messages_key
+from app.store import session_key
 
 from .support import csrf_token, listed_messages, save
 
@@ -36,7 +36,7 @@ def test_save_redirects_with_303_and_lists_messages_oldest_first(client, fake_re
         assert response.headers["Location"] == "/"
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == ["first", "second", "third"]
-    assert len(session_keys(fake_redis)) == 2  # the document and the message list
+    assert len(session_keys(fake_redis)) == 1  # one hash: the document and the messages
 
 
 def test_message_is_trimmed(client):
@@ -54,7 +54,7 @@ def test_page_shows_a_fingerprint_never_the_session_id(client):
 
 def test_destroy_removes_every_key_and_expires_the_cookie(client, fake_redis):
     save(client, "bye")
-    assert len(session_keys(fake_redis)) == 2
+    assert len(session_keys(fake_redis)) == 1
     token = csrf_token(client.get("/").get_data(as_text=True))
     response = client.post("/destroy", data={"csrf_token": token})
     assert response.status_code == 303
@@ -81,9 +81,7 @@ def existing(client, fake_redis):
 
     def snapshot():
         sid = client.get_cookie("session").value
-        return sorted(fake_redis.keys("*")), fake_redis.lrange(
-            messages_key("session:" + sid), 0, -1
-        )
+        return sorted(fake_redis.keys("*")), fake_redis.hgetall(session_key(sid))
 
     return token, snapshot
 
