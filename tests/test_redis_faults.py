@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import threading
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from dataclasses import replace
 import pytest
 
 from app import create_app
+from app.config import Settings
 
 from .faults import SwitchableProxy, ValkeyProcess, stalled
 from .support import listed_messages, wait_until
@@ -209,3 +211,56 @@ def test_with_wait_no_acknowledged_save_is_lost(settings, servers, proxies):
     print(f"\nwith WAIT: {len(acknowledged)} acknowledged, {len(lost)} lost")
     assert lost == []
     assert len(listed) == len(set(listed))
+
+
+def _fill(user: User, texts: list[str]) -> list[int]:
+    """Save ``texts`` from one page, each with a save id of its own (as from fresh pages)."""
+    form = user.form()
+    return [user.submit({**form, "save_id": secrets.token_urlsafe(16)}, t) for t in texts]
+
+
+def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
+    server = servers("small", "--maxmemory", "20mb", "--maxmemory-policy", "volatile-lru")
+    # Long messages, so that a few hundred sessions fill the 20 MB.
+    app = worker(settings, server.port, message_max_length=16_000, session_max_bytes=1 << 20)
+    users = []
+    while server.client().info("stats")["evicted_keys"] < 50 and len(users) < 1000:
+        user = User(app, f"10.0.{len(users) // 250}.{len(users) % 250}")
+        assert _fill(user, ["\U0001f600" * 16_000, "\U0001f601" * 16_000]) == [303, 303]
+        users.append(user)
+    evicted = server.client().info("stats")["evicted_keys"]
+    halves = 0
+    for user in users:
+        page = user.page()
+        count = len(listed_messages(page))
+        has_session = '<span id="session-fingerprint">none</span>' not in page
+        halves += count not in (0, 2) or has_session != (count == 2)
+    print(f"\neviction: {len(users)} sessions, {evicted} keys evicted, {halves} half sessions")
+    assert evicted > 0
+    assert halves == 0
+
+
+def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
+    server = servers("small", "--maxmemory", "20mb", "--maxmemory-policy", "volatile-lru")
+    defaults = Settings.__dataclass_fields__
+    app = worker(
+        settings,
+        server.port,
+        rate_limit_saves=defaults["rate_limit_saves"].default,
+        rate_limit_new_sessions=defaults["rate_limit_new_sessions"].default,
+    )
+    victims = [User(app, f"198.51.100.{i}") for i in range(1, 6)]
+    for number, victim in enumerate(victims):
+        assert _fill(victim, [f"victim {number} message {i}" for i in range(3)]) == [303] * 3
+    flooder = User(app, "203.0.113.66")
+    form = flooder.form()  # one CSRF cookie and token, reused for every request
+    statuses: dict[int, int] = {}
+    for _ in range(4000):
+        flooder.client.delete_cookie("session")  # a new session every time
+        status = flooder.submit({**form, "save_id": secrets.token_urlsafe(16)}, "\U0001f600" * 2000)
+        statuses[status] = statuses.get(status, 0) + 1
+    kept = [len(listed_messages(victim.page())) for victim in victims]
+    evicted = server.client().info("stats")["evicted_keys"]
+    print(f"\nflood: answers {statuses}, {evicted} keys evicted, victims kept {kept}")
+    assert kept == [3] * 5
+    assert statuses.get(429, 0) > 0
