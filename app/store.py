@@ -207,24 +207,11 @@ class MessageStore:
         """
         args = [text, limit, ttl_seconds, document or b"", save_id, max_bytes]
         wait = self._wait_for_replica()
-        # One pipeline, so that WAIT runs on the connection that made the write.
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._append.sha, 1, key, *args)
-            if wait:
-                pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
-            results = pipe.execute(raise_on_error=False)
-        result = results[0]
-        if isinstance(result, NoScriptError):  # a new or restarted server: load it, once
+        results = self._run_save(key, args, wait)
+        if isinstance(results[0], NoScriptError):  # a new or restarted server: load it, once
             self.client.script_load(_APPEND)
-            return self.append(
-                key,
-                text,
-                save_id=save_id,
-                limit=limit,
-                max_bytes=max_bytes,
-                ttl_seconds=ttl_seconds,
-                document=document,
-            )
+            results = self._run_save(key, args, wait)
+        result = results[0]
         if isinstance(result, Exception):
             raise result
         if result == -1:
@@ -236,6 +223,14 @@ class MessageStore:
         if wait:
             self._check_replicated(results[1])
         return int(result)
+
+    def _run_save(self, key: str, args: list[Any], wait: bool) -> list[Any]:
+        # One pipeline, so that WAIT runs on the connection that made the write.
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._append.sha, 1, key, *args)
+            if wait:
+                pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
+            return pipe.execute(raise_on_error=False)
 
     def _wait_for_replica(self) -> bool:
         if self._wait == "auto":

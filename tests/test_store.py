@@ -154,3 +154,22 @@ def test_bytes_that_are_not_utf8_do_not_break_tracked_reads(real_settings, valke
     valkey.client().hset("session:{p}", "doc", b"{}")
     # The connection is still usable and still tracked.
     wait_until(lambda: seen(reads, "session:{p}") == {"doc": "{}"}, 1, "invalidation")
+
+
+def test_a_server_that_refuses_wait_is_noted_once_and_saves_go_on(fake_redis, caplog):
+    # fakeredis knows no WAIT, as some managed services do not.
+    store = MessageStore(fake_redis, DirectReads(fake_redis), wait_replicas="on")
+    for number in range(1, 4):
+        assert append(store, f"m{number}", document=b"{}" if number == 1 else None) == number
+    assert store.messages(KEY) == ["m1", "m2", "m3"]
+    refusals = [r for r in caplog.records if "refuses WAIT" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+def test_a_script_cache_emptied_by_a_restart_is_loaded_again(real_settings, valkey):
+    client = connect(real_settings)
+    store = MessageStore(client, DirectReads(client))
+    append(store, "before", document=b"{}")
+    valkey.client().script_flush()
+    append(store, "after")
+    assert store.messages(KEY) == ["before", "after"]
