@@ -100,8 +100,8 @@ def test_a_save_during_a_stall_is_stored_once(settings, servers, seconds):
     with stalled(server, seconds):
         first = user.submit(form, "during")
     copies_first = listed_messages(user.page()).count("during")
-    # The user presses Save again on the same form (or the browser resends it).
-    again = user.submit(form, "during")
+    # The user presses Save again on the same form, twice (or the browser resends it).
+    again = [user.submit(form, "during") for _ in range(2)]
     copies = listed_messages(user.page()).count("during")
     print(
         f"\nstall {seconds}s: first answer {first}, {copies_first} copies; again {again}, {copies}"
@@ -109,7 +109,7 @@ def test_a_save_during_a_stall_is_stored_once(settings, servers, seconds):
     assert first in (303, 503)
     if first == 303:
         assert copies_first == 1
-    assert again == 303
+    assert again == [303, 303]
     assert copies == 1
 
 
