@@ -208,6 +208,8 @@ def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake
     # Once a valid id with a suffix naming another key (the message list, in the old layout).
     fake_redis.rpush(f"session:{sid}:messages", b"x")
     for forged in (f"{sid}:messages", sid + "}", "{" + sid, "x" * 43 + "\n", sid[:-1]):
+        # Whatever key such a cookie would name is never asked for (here: not even a hash).
+        fake_redis.set(session_key(forged), b"not a session")
         client.set_cookie("session", forged)
         response = client.get("/")
         assert response.status_code == 200, forged
