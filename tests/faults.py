@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .support import free_port, wait_until
 
@@ -59,7 +61,13 @@ class ValkeyProcess:
             return False
 
     def client(self, socket_timeout: float = 5) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=socket_timeout)
+        # No retries: a test's own command must never be sent twice.
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def replicate(self, primary: ValkeyProcess | None) -> None:
         if primary is None:
@@ -150,10 +158,10 @@ def busy(port: int) -> bool:
 
 @contextlib.contextmanager
 def stalled(server: ValkeyProcess, seconds: float):
-    """Block the server with a busy script for ``seconds``; yields once the stall has begun."""
+    """Block the server with a busy script for ``seconds`` of its CPU time (longer on a busy
+    machine); yields once the stall has begun, returns once the server answers again."""
     runner = threading.Thread(
-        target=lambda: server.client(socket_timeout=seconds + 10).eval(_BUSY, 0, seconds),
-        daemon=True,
+        target=lambda: server.client(socket_timeout=120).eval(_BUSY, 0, seconds), daemon=True
     )
     started = time.monotonic()
     runner.start()
@@ -161,4 +169,5 @@ def stalled(server: ValkeyProcess, seconds: float):
     try:
         yield started
     finally:
-        runner.join(seconds + 15)
+        runner.join(120)
+        wait_until(lambda: not busy(server.port), 30, "the stall to end")
