@@ -49,7 +49,7 @@ class Settings:
     session_max_bytes: int = 262_144
     rate_limit_saves: str = "30/minute"
     rate_limit_new_sessions: str = "10/minute"
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def max_content_length(self) -> int:
@@ -101,7 +101,7 @@ class Settings:
             rate_limit_saves=_rate(env, "RATE_LIMIT_SAVES", "30/minute"),
             rate_limit_new_sessions=_rate(env, "RATE_LIMIT_NEW_SESSIONS", "10/minute"),
             # gunicorn's own variable: one list of trusted proxies for both.
-            forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         )
 
 

@@ -28,7 +28,7 @@ def test_defaults():
         "30/minute",
         "10/minute",
     )
-    assert settings.forwarded_allow_ips == ("127.0.0.1",)
+    assert settings.forwarded_allow_ips == ("127.0.0.1", "::1")
 
 
 def test_every_variable_is_read():
