@@ -197,3 +197,23 @@ def test_pages_are_not_cached_and_carry_security_headers(client):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Served-By"] == "test-replica"
+
+
+def test_a_malformed_save_id_answers_400_and_changes_nothing(client, existing):
+    token, snapshot = existing
+    before = snapshot()
+    data = {"message": "x", "csrf_token": token, "save_id": "not a save id!"}
+    response = client.post("/persistMessage", data=data)
+    assert response.status_code == 400
+    assert "The form was damaged" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+def test_over_the_byte_budget_answers_409(make_app):
+    client = make_app(session_max_bytes=4096).test_client()
+    for i in range(2):
+        assert save(client, f"{i}" * 2000).status_code == 303
+    response = save(client, "2" * 2000)
+    assert response.status_code == 409
+    assert "close to 4 KiB of messages" in response.get_data(as_text=True)
+    assert len(listed_messages(client.get("/").get_data(as_text=True))) == 2
