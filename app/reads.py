@@ -32,6 +32,9 @@ class Reads(Protocol):
     def fields(self, key: str) -> dict[str, str]:
         """Every field of the hash at ``key`` (empty when there is none). Do not change it."""
 
+    def forget(self, key: str) -> None:
+        """This process has just changed ``key``: its next read must ask Redis."""
+
     def reset(self) -> None:
         """Forget every connection and cached value (the node behind them was demoted)."""
 
@@ -55,6 +58,9 @@ class DirectReads:
 
     def fields(self, key: str) -> dict[str, str]:
         return {_decode(k): _decode(v) for k, v in self.client.hgetall(key).items()}
+
+    def forget(self, key: str) -> None:
+        """Nothing cached: every read asks Redis."""
 
     def reset(self) -> None:
         self.client.connection_pool.disconnect()
@@ -117,6 +123,12 @@ class TrackedReads:
         with self._lock:
             if self._drain_invalidations() and self._role.demoted(self._client):
                 self._disconnect()
+
+    def forget(self, key: str) -> None:
+        # Redis pushes the invalidation too, but it may reach this process a moment after the
+        # next request began: a worker must read its own writes without that race.
+        with self._lock:
+            self._cache.pop(key, None)
 
     def reset(self) -> None:
         with self._lock:

@@ -207,10 +207,13 @@ class MessageStore:
         """
         args = [text, limit, ttl_seconds, document or b"", save_id, max_bytes]
         wait = self._wait_for_replica()
-        results = self._run_save(key, args, wait)
-        if isinstance(results[0], NoScriptError):  # a new or restarted server: load it, once
-            self.client.script_load(_APPEND)
+        try:
             results = self._run_save(key, args, wait)
+            if isinstance(results[0], NoScriptError):  # a new or restarted server: load it
+                self.client.script_load(_APPEND)
+                results = self._run_save(key, args, wait)
+        finally:
+            self.reads.forget(key)  # even when failed: the script may have run
         result = results[0]
         if isinstance(result, Exception):
             raise result
@@ -259,10 +262,13 @@ class MessageStore:
     @_guarded
     def write_document(self, key: str, document: bytes, ttl_seconds: int) -> None:
         """Store the session's document (changed by code other than ``append``)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "doc", document)
-            pipe.expire(key, ttl_seconds)
-            pipe.execute()
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, "doc", document)
+                pipe.expire(key, ttl_seconds)
+                pipe.execute()
+        finally:
+            self.reads.forget(key)
 
     @_guarded
     def refresh(self, key: str, ttl_seconds: int) -> None:
@@ -271,7 +277,10 @@ class MessageStore:
 
     @_guarded
     def delete(self, key: str) -> None:
-        self.client.delete(key)
+        try:
+            self.client.delete(key)
+        finally:
+            self.reads.forget(key)
 
     @_guarded
     def call(self, operation: Callable[[], T]) -> T:
