@@ -21,8 +21,11 @@ from redis.retry import Retry
 
 from . import csrf, errors, health, logs, metrics, views
 from .config import Settings
+from .connection import connect
+from .ratelimit import RateLimits
+from .reads import DirectReads, TrackedReads
 from .sessions import MessageSessionInterface, UnavailableSession
-from .store import DirectReads, MessageStore, TrackedReads, connect
+from .store import MessageStore
 
 # Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
 STATIC_HEADERS = [
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     )
     app.extensions["settings"] = settings
     app.extensions["message_store"] = store = _make_store(settings, redis_client)
+    app.extensions["rate_limits"] = RateLimits(settings, store)
     app.session_interface = MessageSessionInterface(app, store, settings.session_lifetime_seconds)
 
     # One hook each way (every hook costs a page view a few microseconds); registered
@@ -76,8 +80,12 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
 
 
 def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
+    waiting = {
+        "wait_replicas": settings.redis_wait_replicas,
+        "wait_timeout_ms": settings.redis_wait_timeout_ms,
+    }
     if client is not None:
-        return MessageStore(client, DirectReads(client))
+        return MessageStore(client, DirectReads(client), **waiting)
     client = connect(settings)
     reads = TrackedReads(settings) if settings.redis_client_cache else DirectReads(client)
     # One PING, quickly, no retries: for /readyz, which reports and does not wait, and for
@@ -85,7 +93,7 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
     probe = connect(
         settings, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5, socket_timeout=0.5
     )
-    return MessageStore(client, reads, probe)
+    return MessageStore(client, reads, probe, **waiting)
 
 
 def _before_request() -> Any:

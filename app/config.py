@@ -8,12 +8,14 @@ variable instead of surfacing later as a confusing runtime error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import current_app
+from limits import parse_many
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -42,6 +44,13 @@ class Settings:
     log_level: str
     replica_name: str
     metrics_port: int = 9090
+    # Defaults here are the production defaults; from_env documents each one.
+    redis_wait_replicas: str = "auto"
+    redis_wait_timeout_ms: int = 200
+    session_max_bytes: int = 262_144
+    rate_limit_saves: str = "30/minute"
+    rate_limit_new_sessions: str = "10/minute"
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def max_content_length(self) -> int:
@@ -84,6 +93,17 @@ class Settings:
             log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
             replica_name=_text(env, "REPLICA_NAME") or socket.gethostname(),
             metrics_port=_integer(env, "METRICS_PORT", 9090, 0, 65535),
+            # auto: wait when the primary has replicas at the first save (see store.py).
+            redis_wait_replicas=_choice(
+                env, "REDIS_WAIT_REPLICAS", "auto", ("AUTO", "ON", "OFF")
+            ).lower(),
+            # Below the 0.5 s socket timeout, so a slow replica costs a 503, not a retry.
+            redis_wait_timeout_ms=_integer(env, "REDIS_WAIT_TIMEOUT_MS", 200, 1, 400),
+            session_max_bytes=_integer(env, "SESSION_MAX_BYTES", 262_144, 1024, 64 << 20),
+            rate_limit_saves=_rate(env, "RATE_LIMIT_SAVES", "30/minute"),
+            rate_limit_new_sessions=_rate(env, "RATE_LIMIT_NEW_SESSIONS", "10/minute"),
+            # gunicorn's own variable: one list of trusted proxies for both.
+            forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         )
 
 
@@ -123,6 +143,32 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if raw.upper() not in allowed:
         raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
     return raw.upper()
+
+
+def _rate(env: Mapping[str, str], name: str, default: str) -> str:
+    """A rate in the `limits` notation ("30/minute", "5 per second; 100/hour"), or "off"."""
+    raw = _text(env, name) or default
+    if raw.lower() == "off":
+        return "off"
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a rate like 30/minute (or off)") from None
+    return raw
+
+
+def _addresses(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    """Comma-separated addresses or networks, or "*" (any)."""
+    raw = _text(env, name) or default
+    entries = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {entry!r} is not an IP address or network") from None
+    return entries
 
 
 def current_settings() -> Settings:

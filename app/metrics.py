@@ -34,9 +34,7 @@ T = TypeVar("T")
 
 PREFIX = "messageapp_"
 
-# Why a message (or a form post) was not saved. The first seven are decided by the views and
-# error handlers; "over_budget" and "rate_limited" are for the Redis-side limits, which call
-# refused() with them.
+# Why a message (or a form post) was not saved, as decided by the views and error handlers.
 REFUSAL_REASONS = (
     "empty",
     "too_long",
@@ -47,6 +45,7 @@ REFUSAL_REASONS = (
     "body_too_large",
     "over_budget",
     "rate_limited",
+    "damaged_form",
 )
 # Redis failures by kind, most specific first (redis-py's classes nest: an authentication
 # failure is a ConnectionError, a READONLY reply is a ResponseError).
@@ -126,8 +125,10 @@ def error_kind(exc: BaseException) -> str:
     return "other"
 
 
-# The store's read operations, timed only when they reach Redis (time_read), not on cache hits.
-_READS = {"GET": REDIS_DURATION.labels("document"), "LRANGE": REDIS_DURATION.labels("messages")}
+# The store's reads of a session (its one hash), timed only when they reach Redis (time_read),
+# not on cache hits; their failures are counted under the store operation that read.
+_READS = ("load", "messages")
+_READ_DURATION = REDIS_DURATION.labels("read")
 
 
 def timed_redis(operation: Callable[..., T]) -> Callable[..., T]:
@@ -153,16 +154,16 @@ def timed_redis(operation: Callable[..., T]) -> Callable[..., T]:
         finally:
             duration.observe(time.perf_counter() - started)
 
-    return counted if name in ("document", "messages") else timed
+    return counted if name in _READS else timed
 
 
-def time_read(command: str, fetch: Callable[[str], T], key: str) -> T:
-    """A read that goes to Redis (``command`` is GET or LRANGE), timed."""
+def time_read(fetch: Callable[[str], T], key: str) -> T:
+    """A read of a session that goes to Redis, timed."""
     started = time.perf_counter()
     try:
         return fetch(key)
     finally:
-        _READS[command].observe(time.perf_counter() - started)
+        _READ_DURATION.observe(time.perf_counter() - started)
 
 
 class RequestMetrics:

@@ -15,6 +15,10 @@ What it changes, and why:
 * Health checks never open a session; a Redis failure while opening one
   yields a marker session that the app turns into a 503 (Flask opens the session before any
   view or error handler runs).
+* A cookie whose value is not shaped like a session id gets a fresh session without asking
+  Redis. Over HTTPS the cookie is named ``__Host-session``: a browser accepts such a cookie
+  only from this exact host, over HTTPS, for path ``/``, so a sibling subdomain cannot plant
+  a session id in it (fixation).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,11 +41,14 @@ from redis import RedisError
 from . import metrics
 from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
 from .lru import LRU
-from .store import MessageStore, SessionGone
+from .store import MessageStore, SessionGone, StoredSession, session_key
 
 log = logging.getLogger(__name__)
 
 SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz"})
+SID_LENGTH = 32  # random bytes; secrets.token_urlsafe makes 43 characters of them
+_SID = re.compile(r"[A-Za-z0-9_-]{43}")
+SECURE_COOKIE_NAME = "__Host-session"
 _REFRESH_MEMORY = 50_000  # sessions whose last TTL refresh a worker remembers
 
 
@@ -67,6 +75,8 @@ class MessageSession(ServerSideSession):
     ended: bool = False  # destroyed or found gone: the browser's cookie is to be deleted
     cookie_due: bool = False  # created in this request: the browser needs the cookie
     document: str | None = None  # the JSON document as read from Redis
+    # The messages as read with the document (one read of the session's hash per request).
+    loaded_messages: list[str] | None = None
 
     @property
     def fingerprint(self) -> str | None:
@@ -98,7 +108,7 @@ class MessageSessionInterface(RedisSessionInterface):
             key_prefix="session:",
             use_signer=False,
             permanent=True,
-            sid_length=32,
+            sid_length=SID_LENGTH,
             serialization_format="json",
         )
         self.serializer = StrictJSONSerializer()
@@ -110,6 +120,14 @@ class MessageSessionInterface(RedisSessionInterface):
         self._refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)
         self._csrf_cookie = CsrfCookie(app.secret_key)
 
+    def get_cookie_name(self, app: Flask) -> str:
+        if self.get_cookie_secure(app):
+            return SECURE_COOKIE_NAME
+        return super().get_cookie_name(app)
+
+    def _get_store_id(self, sid: str) -> str:
+        return session_key(sid)
+
     # Reading -----------------------------------------------------------------------------
 
     def open_session(self, app: Flask, request: Request) -> Any:
@@ -119,8 +137,10 @@ class MessageSessionInterface(RedisSessionInterface):
         if request.path in SESSIONLESS_PATHS:
             return self.make_null_session(app)
         sid = request.cookies.get(self.get_cookie_name(app))
+        if sid is not None and not _SID.fullmatch(sid):
+            sid = None  # never one of ours: a fresh session, and Redis is not asked
         try:
-            loaded = self._load(self._get_store_id(sid)) if sid else None
+            loaded = self._load(sid) if sid else None
         except RedisError as exc:
             log.warning("session store unavailable while opening a session: %s", exc)
             return UnavailableSession()
@@ -128,7 +148,8 @@ class MessageSessionInterface(RedisSessionInterface):
             session = self.session_class(sid=self._generate_sid(self.sid_length), permanent=True)
         else:
             session = self.session_class(loaded[1], sid=sid)
-            session.document = loaded[0]
+            session.document = loaded[0].document
+            session.loaded_messages = loaded[0].messages
             session.stored = True
         secret = self._csrf_cookie.load(request.cookies.get(CSRF_COOKIE))
         session.csrf_cookie_secret = secret
@@ -137,17 +158,17 @@ class MessageSessionInterface(RedisSessionInterface):
             dict.__setitem__(session, CSRF_KEY, secret)
         return session
 
-    def _load(self, store_id: str) -> tuple[str, dict] | None:
-        """The session's JSON document and its data; None when missing or not a JSON object."""
-        document = self.store.document(store_id)
-        if document is None:
+    def _load(self, sid: str) -> tuple[StoredSession, dict] | None:
+        """The stored session and its data; None when missing or not a JSON object."""
+        stored = self.store.load(self._get_store_id(sid))
+        if stored is None:
             return None
         try:
-            return document, self.serializer.decode(document)
+            return stored, self.serializer.decode(stored.document)
         except ValueError:
             log.warning(
                 "ignoring a session document that is not JSON",
-                extra={"session": _fingerprint(store_id.removeprefix(self.key_prefix))},
+                extra={"session": _fingerprint(sid)},
             )
             return None
 
@@ -170,7 +191,9 @@ class MessageSessionInterface(RedisSessionInterface):
         if session.modified and self.serializer.encode(session).decode() != session.document:
             # Changed by code other than append_message (which stores its own changes); not
             # when only flask-wtf's CSRF secret was added, which lives in its own cookie.
-            self._upsert_session(app.permanent_session_lifetime, session, store_id)
+            self.store.write_document(
+                store_id, self.serializer.encode(session), self.lifetime_seconds
+            )
             self._remember_refresh(store_id)
         elif not self._refresh_if_due(store_id) and not session.cookie_due:
             # The cookie's expiry slides when the server's TTL does, not on every response.
@@ -193,10 +216,15 @@ class MessageSessionInterface(RedisSessionInterface):
     def messages(self, session: MessageSession) -> list[str]:
         if not session.stored:
             return []
+        if session.loaded_messages is not None:
+            return session.loaded_messages
         return self.store.messages(self._get_store_id(session.sid))
 
-    def append_message(self, session: MessageSession, text: str, limit: int) -> int:
-        """Store one message; a new session's document is created in the same script."""
+    def append_message(
+        self, session: MessageSession, text: str, save_id: str, limit: int, max_bytes: int
+    ) -> int:
+        """Store one message (once per ``save_id``); a new session's document is created in
+        the same script."""
         started = None
         document = None
         if not session.stored:
@@ -207,10 +235,11 @@ class MessageSessionInterface(RedisSessionInterface):
             count = self.store.append(
                 store_id,
                 text,
+                save_id=save_id,
                 limit=limit,
+                max_bytes=max_bytes,
                 ttl_seconds=self.lifetime_seconds,
                 document=document,
-                slack_seconds=int(self.refresh_interval),
             )
         except SessionGone:
             self.end(session)

@@ -1,79 +1,84 @@
-"""Everything this app keeps in Redis: the connection, the per-session message list, the cache.
+"""Everything this app keeps in Redis about a session, and how a save is stored.
 
-Keys of one session (``sid`` is flask-session's session id):
+A session is one hash, ``session:{<sid>}`` (``sid`` is flask-session's session id; the braces
+are a cluster hash tag, so whatever is added to a session later stays in its slot), with a
+TTL of the session lifetime:
 
-* ``session:<sid>``: flask-session's JSON document (when the session started), TTL = lifetime;
-* ``session:<sid>:messages``: a Redis list, oldest first, same TTL.
+* ``doc``: flask-session's JSON document (when the session started);
+* ``n``: the number of messages, ``bytes``: their size in bytes;
+* ``m:<i>``: message ``i`` (1 for the oldest);
+* ``s:<save id>``: the number of the message stored by that save (see ``append``).
 
-Appending to a list makes a save atomic and O(1) whatever the session holds, where the common
-pattern (read the list from the session, append, write it all back) loses concurrent saves and
-grows with the session.
+One key makes a session one eviction unit: under memory pressure Redis drops whole sessions,
+never a document without its messages. Storing each message in its own field makes a save
+O(1) whatever the session holds, where the common pattern (read the list from the session,
+append, write it all back) loses concurrent saves and grows with the session.
+
+Keys of the layout before this one (``session:<sid>`` and ``session:<sid>:messages``) are
+never read: such sessions start afresh and their keys expire with their TTL.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from . import metrics
-from .config import Settings
-from .lru import LRU
+from .reads import Reads
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 KEY_PREFIX = "session:"
-MESSAGES_SUFFIX = ":messages"
 
-# A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page.
-# Commands answer in well under a millisecond, so half a second means the server is stuck;
-# redis-py retries the handshake inside each command retry, so a server that accepts
-# connections but never answers costs up to (RETRIES + 1)^2 socket timeouts, ~4.5 s, before
-# the first 503 (later requests then fail fast, see _fail_fast).
-CONNECT_TIMEOUT_SECONDS = 1.0
-SOCKET_TIMEOUT_SECONDS = 0.5
-RETRIES = 2
-# Below ElastiCache's idle `timeout` and any NAT idle timeout, so pooled connections are
-# checked (PING) before use instead of failing mid-request.
-HEALTH_CHECK_INTERVAL_SECONDS = 10
-# A cached read older than this is fetched again even without an invalidation, so a silently
-# broken connection (no FIN, so no invalidations either) cannot serve stale data for long.
-CACHE_MAX_AGE_SECONDS = 10.0
-CACHE_MAX_ENTRIES = 20_000
-
-# One script per save, so that neither the count limit nor the order of concurrent saves can
-# be raced, and a new session's document and first message appear together. ARGV[4] is the
-# new session's document, or empty for an existing session: a save for a session that is
-# gone (destroyed in another tab, or expired) is refused rather than resurrecting it, as
-# Spring Session does. The document's TTL is extended only when it has run down by more
-# than ARGV[5] seconds: an EXPIRE would invalidate every replica's cached copy of it.
+# One script per save, so that neither the limits nor the order of concurrent saves can be
+# raced, and a new session's document and first message appear together.
+# KEYS[1]: the session. ARGV: the message, the count limit, the TTL, the new session's
+# document (empty for an existing session), the save id, the byte budget.
+# A save id already stored answers the number it got then, so a save re-sent (by redis-py
+# after a timeout, or by the user pressing Save again on the same form) is stored once.
+# A save for a session that is gone (destroyed in another tab, or expired) is refused rather
+# than resurrecting it, as Spring Session does.
 _APPEND = """
+local key = KEYS[1]
+local done = redis.call('HGET', key, 's:' .. ARGV[5])
+if done then
+  -- A write even here, so that a demoted primary answers READONLY rather than this stale
+  -- "stored" (the retry then asks the new primary, which may not have the save).
+  redis.call('EXPIRE', key, ARGV[3])
+  return tonumber(done)
+end
+local state = redis.call('HMGET', key, 'doc', 'n', 'bytes')
 if ARGV[4] == '' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then
+  if not state[1] then
     return -2
   end
-elseif redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[3]) == false then
+elseif redis.call('EXISTS', key) == 1 then
   return -2
 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then
+local n = tonumber(state[2] or '0')
+local bytes = tonumber(state[3] or '0') + #ARGV[1]
+if n >= tonumber(ARGV[2]) then
   return -1
 end
-local n = redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) - tonumber(ARGV[5]) then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+if bytes > tonumber(ARGV[6]) then
+  return -3
 end
+n = n + 1
+if ARGV[4] ~= '' then
+  redis.call('HSET', key, 'doc', ARGV[4])
+end
+redis.call('HSET', key, 'm:' .. n, ARGV[1], 'n', n, 'bytes', bytes, 's:' .. ARGV[5], n)
+redis.call('EXPIRE', key, ARGV[3])
 return n
 """
 
@@ -82,158 +87,40 @@ class SessionFull(Exception):
     """The session already holds the most messages it may keep."""
 
 
+class SessionOverBudget(Exception):
+    """The message would take the session over its byte budget."""
+
+
 class SessionGone(Exception):
     """The session was deleted or expired while this request was under way."""
 
 
-def messages_key(store_id: str) -> str:
-    return store_id + MESSAGES_SUFFIX
+class NotReplicated(RedisError):
+    """No replica confirmed the save in time: it may be lost in a failover, so it is not
+    acknowledged. Saving again is safe (the save id makes it idempotent)."""
 
 
-def connect(settings: Settings, **overrides: Any) -> redis.Redis:
-    """A pooled client with bounded timeouts and redis-py's own retry with backoff."""
-    options: dict[str, Any] = {
-        "host": settings.redis_host,
-        "port": settings.redis_port,
-        "db": settings.redis_db,
-        "password": settings.redis_auth_token,
-        "ssl": settings.redis_tls,
-        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
-        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
-        "socket_keepalive": True,
-        "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
-        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.02), RETRIES),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    options.update(overrides)
-    return redis.Redis(**options)
+def session_key(sid: str) -> str:
+    return f"{KEY_PREFIX}{{{sid}}}"
 
 
-class DirectReads:
-    """Reads that always go to Redis: used with fakeredis and when REDIS_CLIENT_CACHE=false.
-
-    Values are decoded as TrackedReads decodes them (UTF-8, invalid bytes replaced).
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def sync(self) -> None:
-        """Nothing to bring up to date: every read asks Redis."""
-
-    def get(self, key: str) -> str | None:
-        value = metrics.time_read("GET", self.client.get, key)
-        return None if value is None else value.decode(errors="replace")
-
-    def lrange(self, key: str) -> list[str]:
-        items = metrics.time_read("LRANGE", lambda k: self.client.lrange(k, 0, -1), key)
-        return [item.decode(errors="replace") for item in items]
+@dataclass(frozen=True)
+class StoredSession:
+    document: str
+    messages: list[str]
 
 
-class TrackedReads:
-    """A per-process cache of session reads, kept fresh by Redis server-assisted invalidation.
-
-    A page view of an unchanged session then costs no round trip to Redis: the connection
-    runs RESP3 ``CLIENT TRACKING ON`` and Redis pushes an invalidation for every key this
-    process has read as soon as any client (another replica included) changes it. ``sync``
-    drains the pending pushes; the session interface calls it when a request opens its
-    session, so every request reads the cache as it stood when the request began.
-
-    Hand-written instead of redis-py's ``cache_config`` because redis-py refuses caching
-    unless the server reports itself as Redis 7.4 or later, which excludes Valkey and every
-    ElastiCache Redis OSS engine, and because its hit path (locks, deep copies, metrics)
-    measured as slow here as a loopback round trip.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._cache: LRU[tuple[str, str], tuple[float, Any]] = LRU(CACHE_MAX_ENTRIES)
-        self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
-
-    # Values come back decoded (decode_responses) and are shared by every hit: callers must
-    # not change them.
-    def get(self, key: str) -> str | None:
-        return self._read("GET", key, lambda k: self._connected().get(k))
-
-    def lrange(self, key: str) -> list[str]:
-        return self._read("LRANGE", key, lambda k: self._connected().lrange(k, 0, -1))
-
-    def _connected(self) -> redis.Redis:
-        # Made on first use: a single-connection client connects when it is built, and a
-        # worker must be able to start (and answer 503s) while Redis is away.
-        if self._client is None:
-            self._client = connect(
-                self._settings,
-                protocol=3,
-                decode_responses=True,
-                # Bytes that are not UTF-8 (never written by this app) must not break a page:
-                # they decode to U+FFFD, and a session document then fails as JSON and is ignored.
-                encoding_errors="replace",
-                single_connection_client=True,
-                redis_connect_func=self._on_connect,
-            )
-        return self._client
-
-    def sync(self) -> None:
-        with self._lock:
-            self._drain_invalidations()
-
-    def _read(self, command: str, key: str, fetch: Callable[[str], T]) -> T:
-        with self._lock:
-            entry = self._cache.get((command, key))
-            now = time.monotonic()
-            if entry is not None and now - entry[0] < CACHE_MAX_AGE_SECONDS:
-                metrics.READ_CACHE_HITS.inc()
-                return entry[1]
-            metrics.READ_CACHE_MISSES.inc()
-            # Any invalidation that reaches us while this read is in flight is processed
-            # by the parser before the reply, so the value stored below is never stale.
-            value = metrics.time_read(command, fetch, key)
-            if value:
-                self._cache.put((command, key), (now, value))
-            else:
-                # Nothing is cached for a missing key: the next read asks Redis again.
-                self._cache.pop((command, key), None)
-            return value
-
-    def _drain_invalidations(self) -> None:
-        connection = self._client.connection if self._client is not None else None
-        if connection is None or not connection.is_connected:
-            return
-        try:
-            while connection.can_read(timeout=0):
-                connection.read_response(push_request=True)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            # The server went away: what we cached can no longer be kept fresh. The read
-            # that follows reconnects (or fails with a clean error).
-            self._cache.clear()
-            connection.disconnect()
-
-    def _on_connect(self, connection: redis.connection.AbstractConnection) -> None:
-        # No health check inside the handshake: its PING would reconnect, and so recurse,
-        # once per socket timeout while a frozen server accepts connections but never answers.
-        connection.on_connect_check_health(check_health=False)
-        # Whatever changed while we were disconnected sent us no invalidation.
-        self._cache.clear()
-        connection._parser.set_invalidation_push_handler(self._on_invalidation)
-        connection.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-        connection.read_response()
-
-    def _on_invalidation(self, message: list[Any]) -> None:
-        keys = message[1]
-        metrics.READ_CACHE_INVALIDATIONS.inc(1 if keys is None else len(keys))
-        if keys is None:  # FLUSHALL/FLUSHDB, or the server's tracking table overflowed
-            self._cache.clear()
-            return
-        for raw in keys:
-            key = raw.decode() if isinstance(raw, bytes) else raw
-            self._cache.pop(("GET", key), None)
-            self._cache.pop(("LRANGE", key), None)
+def _parse(fields: dict[str, str]) -> StoredSession | None:
+    document = fields.get("doc")
+    if document is None:
+        return None
+    count = int(fields.get("n", "0"))
+    found = (fields.get(f"m:{i}") for i in range(1, count + 1))
+    return StoredSession(document, [m for m in found if m is not None])
 
 
-def _fail_fast(method: Callable[..., T]) -> Callable[..., T]:
-    """While Redis is known to be away, check once, quickly, instead of retrying in full.
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Fail fast while Redis is away; reconnect through the endpoint after a failover.
 
     redis-py's Retry (with backoff) rides out a dropped connection; once its retries are spent,
     though, every further request would spend them again (about 125 ms of a sync worker each),
@@ -241,6 +128,11 @@ def _fail_fast(method: Callable[..., T]) -> Callable[..., T]:
     request first sends one PING without retries (0.5 s timeouts): if Redis answers, the request
     goes ahead as usual (so the first request after Redis returns succeeds); if not, it fails
     at once. Hand-written: redis-py offers a circuit breaker only for its multi-database client.
+
+    READONLY means the connection leads to a primary that was demoted (a failover, with the
+    connection opened before it): every connection is dropped, so that the next one is made
+    through the endpoint to the new primary, and the call is made once more. Every write here
+    is idempotent, so that second attempt cannot store anything twice.
     """
 
     timed = metrics.timed_redis(method)
@@ -253,7 +145,12 @@ def _fail_fast(method: Callable[..., T]) -> Callable[..., T]:
                 raise RedisConnectionError("Redis is still not answering")
             self.away = False
         try:
-            return timed(self, *args, **kwargs)
+            try:
+                return timed(self, *args, **kwargs)
+            except ReadOnlyError:
+                log.warning("Redis answered READONLY (a failover): reconnecting")
+                self.reset()
+                return timed(self, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError):
             self.away = True
             raise
@@ -264,65 +161,141 @@ def _fail_fast(method: Callable[..., T]) -> Callable[..., T]:
 class MessageStore:
     """Session-scoped operations on Redis that flask-session does not offer."""
 
-    away = False  # the last call found Redis unreachable (see _fail_fast)
+    away = False  # the last call found Redis unreachable (see _guarded)
 
     def __init__(
         self,
         client: redis.Redis,
-        reads: DirectReads | TrackedReads,
+        reads: Reads,
         probe: redis.Redis | None = None,
+        *,
+        wait_replicas: str = "off",
+        wait_timeout_ms: int = 200,
     ) -> None:
         self.client = client
         self.reads = reads
         self.probe = probe or client
         self._append = client.register_script(_APPEND)
+        # "on", "off", or "auto" until the first save decides (see _wait_for_replica).
+        self._wait = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
 
-    @_fail_fast
-    def document(self, store_id: str) -> str | None:
-        """The session's JSON document, as of the start of this request (see TrackedReads)."""
+    @_guarded
+    def load(self, key: str) -> StoredSession | None:
+        """The session as of the start of this request (see reads.TrackedReads); None if absent."""
         self.reads.sync()
-        return self.reads.get(store_id)
+        return _parse(self.reads.fields(key))
 
-    @_fail_fast
-    def messages(self, store_id: str) -> list[str]:
-        return self.reads.lrange(messages_key(store_id))
+    @_guarded
+    def messages(self, key: str) -> list[str]:
+        stored = _parse(self.reads.fields(key))
+        return [] if stored is None else stored.messages
 
-    @_fail_fast
+    @_guarded
     def append(
         self,
-        store_id: str,
+        key: str,
         text: str,
         *,
+        save_id: str,
         limit: int,
+        max_bytes: int,
         ttl_seconds: int,
         document: bytes | None,
-        slack_seconds: int = 0,
     ) -> int:
-        """Append one message, creating the session from ``document`` when given.
+        """Append one message once per ``save_id``, creating the session from ``document``
+        when given. With REDIS_WAIT_REPLICAS, returns only once a replica has the save.
 
-        Returns the new count; raises SessionFull or SessionGone.
+        Returns the message's number; raises SessionFull, SessionOverBudget, SessionGone,
+        or NotReplicated.
         """
-        result = self._append(
-            keys=[store_id, messages_key(store_id)],
-            args=[text, limit, ttl_seconds, document or b"", slack_seconds],
-        )
+        args = [text, limit, ttl_seconds, document or b"", save_id, max_bytes]
+        wait = self._wait_for_replica()
+        try:
+            results = self._run_save(key, args, wait)
+            if isinstance(results[0], NoScriptError):  # a new or restarted server: load it
+                self.client.script_load(_APPEND)
+                results = self._run_save(key, args, wait)
+        finally:
+            self.reads.forget(key)  # even when failed: the script may have run
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
         if result == -1:
             raise SessionFull
         if result == -2:
             raise SessionGone
+        if result == -3:
+            raise SessionOverBudget
+        if wait:
+            self._check_replicated(results[1])
         return int(result)
 
-    @_fail_fast
-    def refresh(self, store_id: str, ttl_seconds: int) -> None:
-        """Slide the expiry of both keys forward, in one round trip."""
+    def _run_save(self, key: str, args: list[Any], wait: bool) -> list[Any]:
+        # One pipeline, so that WAIT runs on the connection that made the write.
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.expire(store_id, ttl_seconds)
-            pipe.expire(messages_key(store_id), ttl_seconds)
-            pipe.execute()
+            pipe.evalsha(self._append.sha, 1, key, *args)
+            if wait:
+                pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
+            return pipe.execute(raise_on_error=False)
 
-    @_fail_fast
-    def delete(self, store_id: str) -> None:
-        self.client.delete(store_id, messages_key(store_id))
+    def _wait_for_replica(self) -> bool:
+        if self._wait == "auto":
+            # Decided once per process, at its first save: on when the primary has replicas.
+            try:
+                replicas = int(self.client.info("replication").get("connected_slaves", 0))
+            except ResponseError as exc:
+                log.warning("cannot read INFO replication (%s): saves do not wait", exc)
+                replicas = 0
+            self._wait = "on" if replicas else "off"
+            log.info("saves wait for a replica: %s (%d connected)", self._wait, replicas)
+        return self._wait == "on"
+
+    def _check_replicated(self, acknowledged: Any) -> None:
+        if isinstance(acknowledged, ResponseError) and "replica" in str(acknowledged):
+            # A demoted primary: the same as READONLY (see _guarded).
+            raise ReadOnlyError(str(acknowledged))
+        if isinstance(acknowledged, ResponseError):
+            log.warning("the server refuses WAIT (%s): saves no longer wait", acknowledged)
+            self._wait = "off"
+        elif isinstance(acknowledged, Exception):
+            raise acknowledged
+        elif int(acknowledged) < 1:
+            raise NotReplicated("no replica confirmed the save in time")
+
+    @_guarded
+    def write_document(self, key: str, document: bytes, ttl_seconds: int) -> None:
+        """Store the session's document (changed by code other than ``append``)."""
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, "doc", document)
+                pipe.expire(key, ttl_seconds)
+                pipe.execute()
+        finally:
+            self.reads.forget(key)
+
+    @_guarded
+    def refresh(self, key: str, ttl_seconds: int) -> None:
+        """Slide the session's expiry forward."""
+        self.client.expire(key, ttl_seconds)
+
+    @_guarded
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete(key)
+        finally:
+            self.reads.forget(key)
+
+    @_guarded
+    def call(self, operation: Callable[[], T]) -> T:
+        """Run another module's Redis operation (the rate limiter's) under the same policy."""
+        return operation()
+
+    def reset(self) -> None:
+        """Drop every connection (they lead to a demoted node); the next ones use the endpoint."""
+        self.client.connection_pool.disconnect()
+        self.probe.connection_pool.disconnect()
+        self.reads.reset()
 
     def ping(self) -> bool:
         """True when Redis answers; used by /readyz for reporting only."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from typing import Any
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
@@ -11,11 +13,15 @@ from werkzeug.wrappers import Response
 
 from . import metrics
 from .config import current_settings
-from .store import SessionFull, SessionGone
+from .store import SessionFull, SessionGone, SessionOverBudget
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("messages", __name__)
+
+# Each rendered form carries a random save id: the same form submitted twice (Save pressed
+# again, a resent request, redis-py's retry) is stored once.
+_SAVE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 @bp.get("/")
@@ -41,9 +47,33 @@ def persist_message() -> Any:
             f"this one has {len(text):,}. Nothing was saved.",
             draft=raw or "",
         )
+    save_id = request.form.get("save_id")
+    if save_id is None:
+        # A page rendered before save ids existed: still safe against redis-py's retry.
+        save_id = secrets.token_urlsafe(16)
+    elif not _SAVE_ID.fullmatch(save_id):
+        log.info("message refused: malformed save id")
+        metrics.refused("damaged_form")
+        return render_page(400, "The form was damaged, so nothing was saved.", draft=raw or "")
+    current = session._get_current_object()
+    refusal = current_app.extensions["rate_limits"].check_save(request, not current.stored)
+    if refusal is not None:
+        log.info("message refused: too many %s from this client", refusal.reason)
+        metrics.refused("rate_limited")
+        page, status = render_page(
+            429,
+            f"Too many {refusal.reason} from your address in a short time, so nothing was "
+            f"saved. Please try again in {refusal.retry_after} seconds.",
+            draft=raw or "",
+        )
+        return page, status, {"Retry-After": str(refusal.retry_after)}
     try:
         current_app.session_interface.append_message(
-            session._get_current_object(), text, settings.messages_max_per_session
+            current,
+            text,
+            save_id,
+            settings.messages_max_per_session,
+            settings.session_max_bytes,
         )
     except SessionFull:
         log.info("message refused: session full")
@@ -52,6 +82,16 @@ def persist_message() -> Any:
             409,
             f"This session already holds {settings.messages_max_per_session:,} messages, the most "
             "it can keep. Nothing was saved; destroy the session to start over.",
+            draft=raw or "",
+        )
+    except SessionOverBudget:
+        log.info("message refused: session over its byte budget")
+        metrics.refused("over_budget")
+        return render_page(
+            409,
+            f"This session already holds close to {settings.session_max_bytes // 1024:,} KiB of "
+            "messages, the most it can keep. Nothing was saved; destroy the session to start "
+            "over.",
             draft=raw or "",
         )
     except SessionGone:
@@ -92,6 +132,7 @@ def render_page(status: int = 200, error: str | None = None, draft: str = "") ->
             max_length=settings.message_max_length,
             error=error,
             draft=draft,
+            save_id=secrets.token_urlsafe(16),
         ),
         status,
     )

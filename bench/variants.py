@@ -26,6 +26,11 @@ def _env(redis_port: int, db: int, metrics: bool = False) -> dict[str, str]:
         "REDIS_DB": str(db),
         "SECRET_KEY": SECRET_KEY,
         "MESSAGES_MAX_PER_SESSION": MESSAGES_MAX,
+        # Likewise the byte budget and the per-client rate limits: every bench client is one
+        # address saving as fast as it can.
+        "SESSION_MAX_BYTES": str(64 << 20),
+        "RATE_LIMIT_SAVES": "off",
+        "RATE_LIMIT_NEW_SESSIONS": "off",
         "REPLICA_NAME": "bench-replica",
         # Prometheus metrics for our app only (each server its own port); 0 turns them off.
         "METRICS_PORT": str(free_port()) if metrics else "0",

@@ -37,6 +37,9 @@ def settings() -> Settings:
         messages_max_per_session=500,
         log_level="INFO",
         replica_name="test-replica",
+        # Tests save far faster than a person; the limits have tests of their own.
+        rate_limit_saves="off",
+        rate_limit_new_sessions="off",
     )
 
 

@@ -124,6 +124,9 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
         WEB_CONCURRENCY="2",
         # Each replica's own metrics port, so that replicas started together never collide.
         METRICS_PORT=str(free_port()),
+        # Tests save far faster than a person; the limits have tests of their own.
+        RATE_LIMIT_SAVES="off",
+        RATE_LIMIT_NEW_SESSIONS="off",
     )
     env.update(extra)
     return env

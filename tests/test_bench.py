@@ -65,7 +65,7 @@ def test_smoke_run_reports_measured_values(smoke) -> None:
     proc, _ = smoke
     text = proc.stdout
     # Both stateful variants stored something for a session with 10 messages.
-    assert "`session:<sid>:messages`" in text
+    assert "| app | `session:{<sid>}`" in text
     assert "| anchor | `session:<sid>`" in text
     # The app's saves were all found again in the sessions afterwards.
     assert "save_app: all" in text

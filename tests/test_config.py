@@ -22,6 +22,13 @@ def test_defaults():
     assert settings.redis_auth_token is None
     assert settings.redis_client_cache is True
     assert settings.replica_name  # the hostname
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == ("auto", 200)
+    assert settings.session_max_bytes == 262_144
+    assert (settings.rate_limit_saves, settings.rate_limit_new_sessions) == (
+        "30/minute",
+        "10/minute",
+    )
+    assert settings.forwarded_allow_ips == ("127.0.0.1", "::1")
 
 
 def test_every_variable_is_read():
@@ -38,6 +45,12 @@ def test_every_variable_is_read():
         "MESSAGES_MAX_PER_SESSION": "10",
         "LOG_LEVEL": "debug",
         "REPLICA_NAME": "pod-1",
+        "REDIS_WAIT_REPLICAS": "OFF",
+        "REDIS_WAIT_TIMEOUT_MS": "50",
+        "SESSION_MAX_BYTES": "4096",
+        "RATE_LIMIT_SAVES": "5 per second; 100/hour",
+        "RATE_LIMIT_NEW_SESSIONS": "off",
+        "FORWARDED_ALLOW_IPS": "10.0.0.0/16, 127.0.0.1",
     }
     s = Settings.from_env(env)
     assert (s.redis_port, s.redis_tls, s.redis_auth_token, s.redis_db) == (6380, True, "token", 3)
@@ -48,6 +61,13 @@ def test_every_variable_is_read():
     )
     assert (s.message_max_length, s.messages_max_per_session) == (100, 10)
     assert (s.log_level, s.replica_name) == ("DEBUG", "pod-1")
+    assert (s.redis_wait_replicas, s.redis_wait_timeout_ms, s.session_max_bytes) == (
+        "off",
+        50,
+        4096,
+    )
+    assert (s.rate_limit_saves, s.rate_limit_new_sessions) == ("5 per second; 100/hour", "off")
+    assert s.forwarded_allow_ips == ("10.0.0.0/16", "127.0.0.1")
 
 
 @pytest.mark.parametrize(
@@ -62,6 +82,11 @@ def test_every_variable_is_read():
         ({"SECRET_KEY": ""}, "SECRET_KEY is not set"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY is too short"),
         ({"REDIS_HOST": ""}, "REDIS_HOST is not set"),
+        ({"REDIS_WAIT_REPLICAS": "2"}, "REDIS_WAIT_REPLICAS='2' is not one of"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "1000"}, "REDIS_WAIT_TIMEOUT_MS=1000 is out of range"),
+        ({"SESSION_MAX_BYTES": "10"}, "SESSION_MAX_BYTES=10 is out of range"),
+        ({"RATE_LIMIT_SAVES": "lots"}, "RATE_LIMIT_SAVES='lots' is not a rate"),
+        ({"FORWARDED_ALLOW_IPS": "lb.internal"}, "'lb.internal' is not an IP address"),
     ],
 )
 def test_invalid_values_name_the_variable(changes, named):

@@ -551,7 +551,7 @@ def test_container_serves_a_session_from_redis(container: Running, valkey: Valke
     assert saved.headers["X-Served-By"] == "image-test"
     # The message lives in Redis, not in the container.
     with redis.Redis(host=valkey.host, port=valkey.port) as client:
-        assert len(client.keys("session:*:messages")) == 1
+        assert len(client.keys("session:{*}")) == 1
 
 
 def test_container_runs_gunicorn_as_pid1_non_root_without_compilers(container: Running) -> None:

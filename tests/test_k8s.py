@@ -59,10 +59,20 @@ APP_ENV_VARS = {
     "FORWARDED_ALLOW_IPS",
     "METRICS_PORT",
     "PROMETHEUS_MULTIPROC_DIR",
+    "REDIS_WAIT_REPLICAS",
+    "REDIS_WAIT_TIMEOUT_MS",
+    "SESSION_MAX_BYTES",
+    "RATE_LIMIT_SAVES",
+    "RATE_LIMIT_NEW_SESSIONS",
 }
 APP_DEFAULTS = {
     "REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+",
     "PROMETHEUS_MULTIPROC_DIR": "a fresh directory on the pod's /dev/shm (memory)",
+    "REDIS_WAIT_REPLICAS": "auto: saves wait for a replica when the cache has one",
+    "REDIS_WAIT_TIMEOUT_MS": "200: below the 0.5 s socket timeout",
+    "SESSION_MAX_BYTES": "256 KiB: see docs/failure-behaviour.md's capacity table",
+    "RATE_LIMIT_SAVES": "30/minute per client address",
+    "RATE_LIMIT_NEW_SESSIONS": "10/minute per client address",
 }
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
 # gunicorn.conf.py's graceful_timeout per the app contract, used until that file exists.

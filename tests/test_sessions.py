@@ -7,6 +7,7 @@ import pickle
 from flask import session
 
 from app.sessions import CSRF_COOKIE
+from app.store import session_key
 
 from .support import csrf_token, listed_messages, save
 
@@ -23,7 +24,7 @@ class Bomb:
 def test_pickled_session_data_is_never_unpickled(client, fake_redis):
     save(client, "mine")
     sid = client.get_cookie("session").value
-    fake_redis.set("session:" + sid, pickle.dumps({"_permanent": True, "x": Bomb()}))
+    fake_redis.hset(session_key(sid), "doc", pickle.dumps({"_permanent": True, "x": Bomb()}))
     page = client.get("/").get_data(as_text=True)
     assert Bomb.exploded is False
     assert listed_messages(page) == []  # treated as no session: a fresh one
@@ -34,7 +35,7 @@ def test_pickled_session_data_is_never_unpickled(client, fake_redis):
 def test_session_document_is_json(client, fake_redis):
     save(client, "hello")
     sid = client.get_cookie("session").value
-    assert fake_redis.get("session:" + sid).startswith(b'{"_permanent":true,"started":')
+    assert fake_redis.hget(session_key(sid), "doc").startswith(b'{"_permanent":true,"started":')
 
 
 def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis):
@@ -44,7 +45,7 @@ def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis
     assert fake_redis.keys("*") == []
     save(client, "hello")
     sid = client.get_cookie("session").value
-    assert b"csrf" not in fake_redis.get("session:" + sid)
+    assert b"csrf" not in fake_redis.hget(session_key(sid), "doc")
 
 
 def test_tampered_csrf_cookie_is_ignored(client):
@@ -85,7 +86,7 @@ def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
     client = make_app(session_lifetime_seconds=600).test_client()
     save(client, "hello")
     keys = fake_redis.keys("session:*")
-    assert len(keys) == 2
+    assert len(keys) == 1
     for key in keys:
         assert 590 <= fake_redis.ttl(key) <= 600
         fake_redis.expire(key, 100)  # as if 500 s had passed
@@ -98,10 +99,10 @@ def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
 def test_unchanged_session_is_not_rewritten(client, fake_redis):
     save(client, "hello")
     sid = client.get_cookie("session").value
-    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"marker"}', keepttl=True)
+    fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
     client.get("/")
     client.get("/")
-    assert fake_redis.get("session:" + sid) == b'{"_permanent":true,"started":"marker"}'
+    assert fake_redis.hget(session_key(sid), "doc") == b'{"_permanent":true,"started":"marker"}'
 
 
 def test_session_cookie_flags(client):
@@ -149,7 +150,7 @@ def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, mon
     real_append = store.append
 
     def delete_then_append(store_id, *args, **kwargs):
-        fake_redis.delete(store_id, store_id + ":messages")  # destroyed in another tab
+        fake_redis.delete(store_id)  # destroyed in another tab
         return real_append(store_id, *args, **kwargs)
 
     monkeypatch.setattr(store, "append", delete_then_append)
@@ -181,11 +182,11 @@ def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
 def test_a_new_csrf_secret_alone_does_not_rewrite_the_document(client, fake_redis):
     save(client, "hello")
     sid = client.get_cookie("session").value
-    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"marker"}', keepttl=True)
+    fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
     client.delete_cookie("csrf")  # flask-wtf makes a new secret on the next page
     client.get("/")
     assert client.get_cookie("csrf") is not None
-    assert fake_redis.get("session:" + sid) == b'{"_permanent":true,"started":"marker"}'
+    assert fake_redis.hget(session_key(sid), "doc") == b'{"_permanent":true,"started":"marker"}'
 
 
 def test_other_changes_to_the_session_are_stored(app, fake_redis):
@@ -198,4 +199,52 @@ def test_other_changes_to_the_session_are_stored(app, fake_redis):
     save(client, "hello")
     client.get("/remember")
     sid = client.get_cookie("session").value
-    assert b'"theme":"dark"' in fake_redis.get("session:" + sid)
+    assert b'"theme":"dark"' in fake_redis.hget(session_key(sid), "doc")
+
+
+def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake_redis):
+    save(client, "mine")
+    sid = client.get_cookie("session").value
+    # Once a valid id with a suffix naming another key (the message list, in the old layout).
+    fake_redis.rpush(f"session:{sid}:messages", b"x")
+    for forged in (f"{sid}:messages", sid + "}", "{" + sid, "x" * 43 + "\n", sid[:-1]):
+        # Whatever key such a cookie would name is never asked for (here: not even a hash).
+        fake_redis.set(session_key(forged), b"not a session")
+        client.set_cookie("session", forged)
+        response = client.get("/")
+        assert response.status_code == 200, forged
+        assert listed_messages(response.get_data(as_text=True)) == []
+
+
+def test_keys_of_the_previous_layout_never_cause_an_error(client, fake_redis):
+    sid = "A" * 43
+    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"2026-01-01T00:00:00+00:00"}')
+    fake_redis.rpush(f"session:{sid}:messages", b"old message")
+    client.set_cookie("session", sid)
+    page = client.get("/").get_data(as_text=True)
+    assert listed_messages(page) == []  # a fresh session; the old keys expire with their TTL
+    assert save(client, "new").status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["new"]
+    assert client.get_cookie("session").value != sid
+
+
+def test_over_https_the_cookie_is_host_only(make_app):
+    client = make_app(session_cookie_secure=True).test_client()
+    page = client.get("/", base_url="https://localhost").get_data(as_text=True)
+    response = client.post(
+        "/persistMessage",
+        data={"message": "x", "csrf_token": csrf_token(page)},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/"},
+    )
+    assert response.status_code == 303
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if "session=" in c]
+    assert cookie.startswith("__Host-session=")
+    assert "Secure" in cookie
+    assert "Path=/" in cookie
+    assert "Domain" not in cookie
+    # A cookie planted under the plain name (e.g. by a sibling subdomain) is not read.
+    planted = make_app(session_cookie_secure=True).test_client()
+    planted.set_cookie("session", client.get_cookie("__Host-session").value)
+    page = planted.get("/", base_url="https://localhost").get_data(as_text=True)
+    assert listed_messages(page) == []

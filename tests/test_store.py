@@ -1,4 +1,4 @@
-"""The Redis side: the append script, and the tracked read cache against a real Valkey."""
+"""The Redis side: the save script, and the tracked read cache against a real Valkey."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from dataclasses import replace
 import pytest
 import redis
 
-from app.store import DirectReads, MessageStore, SessionFull, SessionGone, TrackedReads, connect
+from app.connection import connect
+from app.reads import DirectReads, TrackedReads
+from app.store import MessageStore, SessionFull, SessionGone, SessionOverBudget
 
 from .support import wait_until
+
+KEY = "session:{a}"
 
 
 @pytest.fixture
@@ -18,107 +22,121 @@ def real_settings(settings, valkey):
     return replace(settings, redis_port=valkey.port)
 
 
-def seen(reads: TrackedReads, key: str) -> list[str]:
+def seen(reads: TrackedReads, key: str) -> dict[str, str]:
     """What a request opening its session now would read: sync, then read."""
     reads.sync()
-    return reads.lrange(key)
+    return reads.fields(key)
 
 
 def calls(client: redis.Redis, command: str) -> int:
     return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
+def append(store: MessageStore, text: str, save_id: str | None = None, **options) -> int:
+    options = {"limit": 5, "max_bytes": 1000, "ttl_seconds": 60, "document": None, **options}
+    return store.append(KEY, text, save_id=save_id or f"id-of-{text}", **options)
+
+
 def test_append_creates_the_session_with_its_first_message(fake_redis):
     store = MessageStore(fake_redis, DirectReads(fake_redis))
-    count = store.append("session:a", "hi", limit=5, ttl_seconds=60, document=b"{}")
-    assert count == 1
-    assert fake_redis.get("session:a") == b"{}"
-    assert store.messages("session:a") == ["hi"]
-    assert 0 < fake_redis.ttl("session:a:messages") <= 60
+    assert append(store, "hi", document=b"{}") == 1
+    assert fake_redis.hget(KEY, "doc") == b"{}"
+    assert store.messages(KEY) == ["hi"]
+    assert 0 < fake_redis.ttl(KEY) <= 60
+    assert fake_redis.keys("*") == [KEY.encode()]  # one key: one eviction unit
+
+
+def test_the_same_save_id_stores_once(fake_redis):
+    store = MessageStore(fake_redis, DirectReads(fake_redis))
+    assert append(store, "hi", "form-1", document=b"{}") == 1
+    assert append(store, "hi", "form-1") == 1  # re-sent: answered as stored, not stored again
+    assert append(store, "hi", "form-2") == 2  # another form: another message
+    assert store.messages(KEY) == ["hi", "hi"]
 
 
 def test_append_refuses_over_the_limit_and_keeps_what_is_there(fake_redis):
     store = MessageStore(fake_redis, DirectReads(fake_redis))
-    store.append("session:a", "1", limit=2, ttl_seconds=60, document=b"{}")
-    store.append("session:a", "2", limit=2, ttl_seconds=60, document=None)
+    append(store, "1", limit=2, document=b"{}")
+    append(store, "2", limit=2)
     with pytest.raises(SessionFull):
-        store.append("session:a", "3", limit=2, ttl_seconds=60, document=None)
-    assert store.messages("session:a") == ["1", "2"]
+        append(store, "3", limit=2)
+    assert store.messages(KEY) == ["1", "2"]
+
+
+def test_append_refuses_over_the_byte_budget_and_keeps_what_is_there(fake_redis):
+    store = MessageStore(fake_redis, DirectReads(fake_redis))
+    append(store, "é" * 4, max_bytes=10, document=b"{}")  # 8 bytes
+    with pytest.raises(SessionOverBudget):
+        append(store, "abc", max_bytes=10)
+    append(store, "ab", max_bytes=10)
+    assert store.messages(KEY) == ["éééé", "ab"]
 
 
 def test_append_to_a_gone_session_is_refused_and_creates_nothing(fake_redis):
     store = MessageStore(fake_redis, DirectReads(fake_redis))
     with pytest.raises(SessionGone):
-        store.append("session:gone", "x", limit=2, ttl_seconds=60, document=None)
+        append(store, "x")
     assert fake_redis.keys("*") == []
 
 
-def test_delete_removes_both_keys(fake_redis):
+def test_delete_removes_the_session(fake_redis):
     store = MessageStore(fake_redis, DirectReads(fake_redis))
-    store.append("session:a", "1", limit=2, ttl_seconds=60, document=b"{}")
-    store.delete("session:a")
+    append(store, "1", document=b"{}")
+    store.delete(KEY)
     assert fake_redis.keys("*") == []
 
 
 def test_concurrent_appends_on_a_real_server_lose_nothing(real_settings, valkey):
     client = connect(real_settings)
     store = MessageStore(client, DirectReads(client))
-    store.append("session:c", "seed", limit=1000, ttl_seconds=60, document=b"{}")
+    append(store, "seed", limit=1000, max_bytes=10**6, document=b"{}")
     texts = [f"message {i}" for i in range(200)]
     with ThreadPoolExecutor(16) as pool:
-        list(
-            pool.map(
-                lambda t: store.append("session:c", t, limit=1000, ttl_seconds=60, document=None),
-                texts,
-            )
-        )
-    stored = store.messages("session:c")
+        list(pool.map(lambda t: append(store, t, limit=1000, max_bytes=10**6), texts))
+    stored = store.messages(KEY)
     assert len(stored) == 201
     assert sorted(stored[1:]) == sorted(texts)
 
 
 def test_tracked_reads_cost_no_command_once_cached(real_settings, valkey):
     admin = valkey.client()
-    admin.set("session:t", b"{}")
-    admin.rpush("session:t:messages", b"m1")
+    admin.hset("session:{t}", mapping={"doc": b"{}", "n": 1, "m:1": b"m1"})
     reads = TrackedReads(real_settings)
-    assert reads.get("session:t") == "{}"
-    assert reads.lrange("session:t:messages") == ["m1"]
-    gets, lranges = calls(admin, "get"), calls(admin, "lrange")
+    assert reads.fields("session:{t}") == {"doc": "{}", "n": "1", "m:1": "m1"}
+    hgetalls = calls(admin, "hgetall")
     for _ in range(20):
-        assert reads.get("session:t") == "{}"
-        assert reads.lrange("session:t:messages") == ["m1"]
-    assert (calls(admin, "get"), calls(admin, "lrange")) == (gets, lranges)
+        assert reads.fields("session:{t}")["m:1"] == "m1"
+    assert calls(admin, "hgetall") == hgetalls
 
 
 def test_tracked_reads_see_a_change_made_by_another_client_at_once(real_settings, valkey):
     admin = valkey.client()
-    admin.rpush("session:t:messages", b"m1")
+    admin.hset("session:{t}", "m:1", b"m1")
     reads = TrackedReads(real_settings)
     other = TrackedReads(real_settings)  # another replica
-    assert reads.lrange("session:t:messages") == ["m1"]
-    assert other.lrange("session:t:messages") == ["m1"]
-    admin.rpush("session:t:messages", b"m2")
+    assert reads.fields("session:{t}") == {"m:1": "m1"}
+    assert other.fields("session:{t}") == {"m:1": "m1"}
+    admin.hset("session:{t}", "m:2", b"m2")
     # Redis pushes the invalidation in the same event-loop turn as its reply to the writer;
     # a poll of at most one second (the cache would otherwise serve m1 alone for 10 s) absorbs
     # the microseconds between the two.
-    wait_until(lambda: seen(reads, "session:t:messages") == ["m1", "m2"], 1, "invalidation")
-    admin.delete("session:t:messages")
-    wait_until(lambda: seen(other, "session:t:messages") == [], 1, "invalidation")
+    wait_until(lambda: len(seen(reads, "session:{t}")) == 2, 1, "invalidation")
+    admin.delete("session:{t}")
+    wait_until(lambda: seen(other, "session:{t}") == {}, 1, "invalidation")
 
 
 def test_tracked_reads_forget_everything_when_redis_restarts(real_settings, valkey):
     admin = valkey.client()
-    admin.set("session:t", b"v1")
+    admin.hset("session:{t}", "doc", b"v1")
     reads = TrackedReads(real_settings)
-    assert reads.get("session:t") == "v1"
+    assert reads.fields("session:{t}") == {"doc": "v1"}
     valkey.stop()
     reads.sync()  # finds the connection closed and forgets what it cached
     with pytest.raises(redis.ConnectionError):
-        reads.get("session:t")
+        reads.fields("session:{t}")
     valkey.start()
-    valkey.client().set("session:t", b"v2")  # changed while this client was cut off
-    assert reads.get("session:t") == "v2"
+    valkey.client().hset("session:{t}", "doc", b"v2")  # changed while this client was cut off
+    assert reads.fields("session:{t}") == {"doc": "v2"}
 
 
 def test_ping_reports_reachability(real_settings, valkey):
@@ -130,9 +148,40 @@ def test_ping_reports_reachability(real_settings, valkey):
 
 
 def test_bytes_that_are_not_utf8_do_not_break_tracked_reads(real_settings, valkey):
-    valkey.client().set("session:p", b"\x80\x04\x95 a pickle, say")
+    valkey.client().hset("session:{p}", "doc", b"\x80\x04\x95 a pickle, say")
     reads = TrackedReads(real_settings)
-    assert reads.get("session:p").startswith("\ufffd")
-    valkey.client().set("session:p", b"{}")
+    assert reads.fields("session:{p}")["doc"].startswith("\ufffd")
+    valkey.client().hset("session:{p}", "doc", b"{}")
     # The connection is still usable and still tracked.
-    wait_until(lambda: (reads.sync(), reads.get("session:p"))[1] == "{}", 1, "invalidation")
+    wait_until(lambda: seen(reads, "session:{p}") == {"doc": "{}"}, 1, "invalidation")
+
+
+def test_a_server_that_refuses_wait_is_noted_once_and_saves_go_on(fake_redis, caplog):
+    # fakeredis knows no WAIT, as some managed services do not.
+    store = MessageStore(fake_redis, DirectReads(fake_redis), wait_replicas="on")
+    for number in range(1, 4):
+        assert append(store, f"m{number}", document=b"{}" if number == 1 else None) == number
+    assert store.messages(KEY) == ["m1", "m2", "m3"]
+    refusals = [r for r in caplog.records if "refuses WAIT" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+def test_a_script_cache_emptied_by_a_restart_is_loaded_again(real_settings, valkey):
+    client = connect(real_settings)
+    store = MessageStore(client, DirectReads(client))
+    append(store, "before", document=b"{}")
+    valkey.client().script_flush()
+    append(store, "after")
+    assert store.messages(KEY) == ["before", "after"]
+
+
+def test_a_worker_reads_its_own_save_at_once(real_settings, valkey):
+    reads = TrackedReads(real_settings)
+    store = MessageStore(connect(real_settings), reads)
+    append(store, "first", document=b"{}", limit=100)
+    assert store.load(KEY).messages == ["first"]  # cached now
+    # The invalidation Redis pushes for the next save may arrive after the next request began:
+    # the worker that saved must not depend on it.
+    for number in range(2, 30):
+        append(store, f"m{number}", limit=100)
+        assert store.load(KEY).messages[-1] == f"m{number}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.store import messages_key
+from app.store import session_key
 
 from .support import csrf_token, listed_messages, save
 
@@ -36,7 +36,7 @@ def test_save_redirects_with_303_and_lists_messages_oldest_first(client, fake_re
         assert response.headers["Location"] == "/"
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == ["first", "second", "third"]
-    assert len(session_keys(fake_redis)) == 2  # the document and the message list
+    assert len(session_keys(fake_redis)) == 1  # one hash: the document and the messages
 
 
 def test_message_is_trimmed(client):
@@ -54,7 +54,7 @@ def test_page_shows_a_fingerprint_never_the_session_id(client):
 
 def test_destroy_removes_every_key_and_expires_the_cookie(client, fake_redis):
     save(client, "bye")
-    assert len(session_keys(fake_redis)) == 2
+    assert len(session_keys(fake_redis)) == 1
     token = csrf_token(client.get("/").get_data(as_text=True))
     response = client.post("/destroy", data={"csrf_token": token})
     assert response.status_code == 303
@@ -81,9 +81,7 @@ def existing(client, fake_redis):
 
     def snapshot():
         sid = client.get_cookie("session").value
-        return sorted(fake_redis.keys("*")), fake_redis.lrange(
-            messages_key("session:" + sid), 0, -1
-        )
+        return sorted(fake_redis.keys("*")), fake_redis.hgetall(session_key(sid))
 
     return token, snapshot
 
@@ -199,3 +197,23 @@ def test_pages_are_not_cached_and_carry_security_headers(client):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Served-By"] == "test-replica"
+
+
+def test_a_malformed_save_id_answers_400_and_changes_nothing(client, existing):
+    token, snapshot = existing
+    before = snapshot()
+    data = {"message": "x", "csrf_token": token, "save_id": "not a save id!"}
+    response = client.post("/persistMessage", data=data)
+    assert response.status_code == 400
+    assert "The form was damaged" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+def test_over_the_byte_budget_answers_409(make_app):
+    client = make_app(session_max_bytes=4096).test_client()
+    for i in range(2):
+        assert save(client, f"{i}" * 2000).status_code == 303
+    response = save(client, "2" * 2000)
+    assert response.status_code == 409
+    assert "close to 4 KiB of messages" in response.get_data(as_text=True)
+    assert len(listed_messages(client.get("/").get_data(as_text=True))) == 2
