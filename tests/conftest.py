@@ -5,20 +5,17 @@ Every server a test starts listens on 127.0.0.1 and is stopped by PID when the t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import fakeredis
 import pytest
-import requests
 
 from app import create_app
 from app.config import Settings
 
-from .support import ROOT, SECRET, Replica, Valkey, free_port, replica_env, wait_until
+from .support import SECRET, Replica, Valkey, replica_env, start_gunicorn
 
 
 @pytest.fixture
@@ -77,40 +74,13 @@ def valkey(tmp_path: Path) -> Iterator[Valkey]:
 
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    """Start `gunicorn -c gunicorn.conf.py 'app:create_app()'` (as in production) on loopback."""
+    """Start gunicorn with the production config on loopback; every one is stopped at the end."""
     started: list[Replica] = []
 
     def start(valkey_port: int, name: str = "replica", **env: str) -> Replica:
-        port = free_port()
-        log_path = tmp_path / f"{name}-{port}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "gunicorn.conf.py",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "app:create_app()",
-                ],
-                cwd=ROOT,
-                env=replica_env(valkey_port, name, **env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, port, process, log_path)
+        log_path = tmp_path / f"{name}-{len(started)}.log"
+        replica = start_gunicorn(name, replica_env(valkey_port, name, **env), log_path)
         started.append(replica)
-
-        def ready() -> bool:
-            assert process.poll() is None, f"gunicorn exited:\n{replica.log()}"
-            try:
-                return requests.get(f"{replica.url}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(ready, 20, f"gunicorn {name} to answer /healthz")
         return replica
 
     yield start
