@@ -5,17 +5,22 @@ One cookie jar is used against all three in turn, as a load balancer without sti
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from .support import csrf_token, listed_messages, served_by, wait_until
+from .support import csrf_token, listed_messages, listening_port, served_by, wait_until
+
+# Well inside the app's 10 s cache age limit and Redis health-check interval.
+FRESH = 4.0
 
 
 @pytest.fixture
@@ -108,13 +113,15 @@ def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, val
     def page_ok(replica) -> bool:
         return browser.get(f"{replica.url}/", timeout=10).status_code == 200
 
-    wait_until(lambda: page_ok(replicas[1]), 10, "the first 200 after Redis came back")
+    wait_until(lambda: page_ok(replicas[1]), 60, "the first 200 after Redis came back")
     recovery = time.monotonic() - restarted
     for replica in replicas:
         assert listed_messages(browse(replica.url, browser)) == [f"before {i}" for i in range(3)]
     assert save(replicas[2].url, browser, "after", token).status_code == 303
     for replica in replicas:
-        assert "500" not in replica.log().split('"status": ')[1:]
+        statuses = {line.get("status") for line in log_lines(replica)}
+        assert 503 in statuses, "the outage's answers are in the access log"
+        assert 500 not in statuses
     print(f"\noutage: first 200 {recovery:.2f}s after Redis was started again")
 
 
@@ -125,39 +132,48 @@ def test_redis_commands_per_request(valkey, start_replica):
     url = start_replica(valkey.port, "counted", WEB_CONCURRENCY="1").url
     token = csrf_token(browse(url, browser))
     assert save(url, browser, "warm", token).status_code == 303
-    browse(url, browser)
+    saves = iter(range(1000))
 
     def counts() -> dict[str, int]:
         stats = admin.info("commandstats")
         return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
 
-    def delta(before: dict[str, int], runs: int) -> dict[str, float]:
-        after = counts()
-        changed = {k: (after[k] - before.get(k, 0)) / runs for k in after if k != "info"}
-        return {k: v for k, v in changed.items() if v}
+    def commands(action: Callable[[], object]) -> dict[str, int]:
+        """What one warm action costs in Redis commands, measured alone.
 
-    before = counts()
-    for _ in range(10):
+        A sample is kept only if the warm-up and the action took less than FRESH seconds:
+        on a slow machine a cached read can age out (or a pooled connection be due for its
+        health-check PING), which is the cache working as designed, not a cost per request.
+        """
+        for _ in range(20):
+            started = time.monotonic()
+            browse(url, browser)  # warm: whatever the last action changed is read again
+            before = counts()
+            action()
+            after = counts()
+            if time.monotonic() - started < FRESH:
+                changed = {k: after[k] - before.get(k, 0) for k in after if k != "info"}
+                return {k: v for k, v in changed.items() if v}
+        raise AssertionError(f"no sample took less than {FRESH}s: the machine is overloaded")
+
+    def save_and_follow() -> None:
+        # What a browser does: the POST, then the GET it is redirected to.
+        assert save(url, browser, f"m{next(saves)}", token).status_code == 303
         browse(url, browser)
-    per_view = delta(before, 10)
-    before = counts()
-    for i in range(10):  # what a browser does: the POST, then the GET it is redirected to
-        assert save(url, browser, f"m{i}", token).status_code == 303
-        browse(url, browser)
-    per_save = delta(before, 10)
-    print(f"\nredis commands per warm GET /: {per_view}; per save + redirected GET: {per_save}")
-    assert per_view == {}
+
+    per_view = [commands(lambda: browse(url, browser)) for _ in range(10)]
+    per_save = [commands(save_and_follow) for _ in range(10)]
+    print(
+        f"\nredis commands per warm GET /: {per_view[0]}; per save + redirected GET: {per_save[0]}"
+    )
+    assert per_view == [{}] * 10
     # Round trips: EVALSHA, and the LRANGE that re-reads the changed list. The rest run
     # inside the script; the session document stays cached (its TTL is not yet due).
-    assert per_save == {
-        "evalsha": 1,
-        "lrange": 1,
-        "exists": 1,
-        "llen": 1,
-        "rpush": 1,
-        "expire": 1,
-        "ttl": 1,
-    }
+    assert (
+        per_save
+        == [{"evalsha": 1, "lrange": 1, "exists": 1, "llen": 1, "rpush": 1, "expire": 1, "ttl": 1}]
+        * 10
+    )
 
 
 def _worker_pids(master: int) -> list[int]:
@@ -198,20 +214,28 @@ def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
     token = csrf_token(browse(replica.url, browser))
     cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
     body = f"message=in+flight&csrf_token={token}".encode()
-    with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as conn:
+    master = replica.process.pid
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=60) as conn:
+        # Headers and part of the body: the worker takes the request and waits for the rest.
         conn.sendall(
             b"POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"
             + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        workers = _worker_pids(replica.process.pid)
-        wait_until(lambda: _accepted(workers, conn.getsockname()[1]), 10, "a worker to accept")
+        workers = _worker_pids(master)
+        wait_until(lambda: _accepted(workers, conn.getsockname()[1]), 60, "a worker to accept")
         replica.process.send_signal(signal.SIGTERM)
-        conn.sendall(body[10:])  # the request is still in flight when shutdown begins
+        # The master closes its listening socket as the first step of its shutdown, then
+        # signals the workers (and, with graceful_timeout = 0, kills them at once).
+        wait_until(lambda: listening_port(master) is None, 60, "the master to begin shutdown")
+        # The request stays in flight for a second of the shutdown: far less than the graceful
+        # timeout, far more than a master without one takes to kill its workers.
+        time.sleep(1)
+        conn.sendall(body[10:])
         reply = conn.recv(4096).decode()
-    assert reply.startswith("HTTP/1.1 303"), reply
-    assert replica.process.wait(30) == 0
+    assert reply.startswith("HTTP/1.1 303"), f"{reply!r}\n{replica.log()}"
+    assert replica.process.wait(60) == 0
     assert listed_messages(valkey_page(valkey)) == ["in flight"]
 
 
@@ -223,15 +247,16 @@ def valkey_page(valkey) -> str:
     return "".join(f'<li class="message">{m.decode()}</li>' for m in items)
 
 
-def test_logs_are_json_lines_with_request_ids(replicas):
-    import json
+def log_lines(replica) -> list[dict]:
+    return [json.loads(line) for line in replica.log().splitlines() if line.strip()]
 
+
+def test_logs_are_json_lines_with_request_ids(replicas):
     browser = requests.Session()
     response = browser.get(f"{replicas[0].url}/", headers={"X-Request-ID": "abc-123"}, timeout=10)
     assert response.headers["X-Request-ID"] == "abc-123"
-    wait_until(lambda: "abc-123" in replicas[0].log(), 10, "the access log line")
-    lines = [json.loads(line) for line in replicas[0].log().splitlines() if line.strip()]
-    access = [line for line in lines if line.get("request_id") == "abc-123"]
+    wait_until(lambda: "abc-123" in replicas[0].log(), 60, "the access log line")
+    access = [line for line in log_lines(replicas[0]) if line.get("request_id") == "abc-123"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/"
 
 
@@ -264,6 +289,7 @@ def test_an_unresponsive_redis_gives_503_not_500_and_recovers(valkey, start_repl
     def saved_after() -> bool:
         return save(replica.url, browser, "after", token).status_code == 303
 
-    wait_until(saved_after, 15, "a save once Redis answers again")
+    wait_until(saved_after, 60, "a save once Redis answers again")
     assert listed_messages(browse(replica.url, browser)) == ["before", "after"]
-    assert '"status": 500' not in replica.log()
+    statuses = {line.get("status") for line in log_lines(replica)}
+    assert 503 in statuses and 500 not in statuses
