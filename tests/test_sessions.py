@@ -128,16 +128,20 @@ def test_cookies_are_secure_when_configured(make_app):
     assert all("Secure" in c for c in response.headers.getlist("Set-Cookie"))
 
 
-def test_save_after_destroy_elsewhere_is_refused_not_resurrected(app, fake_redis):
+def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, fake_redis):
     tab1 = app.test_client()
     save(tab1, "first")
+    old_sid = tab1.get_cookie("session").value
     token = csrf_token(tab1.get("/").get_data(as_text=True))
     # Another tab destroys the session while this page is open.
     for key in fake_redis.keys("session:*"):
         fake_redis.delete(key)
     response = tab1.post("/persistMessage", data={"message": "late", "csrf_token": token})
-    # The request found no session (it was deleted before it began): a new one is started.
+    # The request found no session (it was deleted before it began): a new one, under a new
+    # id, is started; the destroyed one stays destroyed, with none of its old messages.
     assert response.status_code == 303
+    assert tab1.get_cookie("session").value != old_sid
+    assert fake_redis.keys(f"session:{old_sid}*") == []
     assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
 
 
