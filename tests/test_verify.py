@@ -108,6 +108,8 @@ def _start_cluster(
             config = tmp / "haproxy.cfg"
             config.write_text(
                 "global\n    maxconn 256\n"
+                # A second process binding the same port must fail, not share it silently.
+                "    noreuseport\n"
                 "defaults\n    mode http\n    timeout connect 2s\n"
                 "    timeout client 15s\n    timeout server 15s\n"
                 f"frontend web\n    bind 127.0.0.1:{proxy_port}\n    default_backend replicas\n"
