@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 from flask import session
+from itsdangerous import TimestampSigner
 
 from app.sessions import CSRF_COOKIE
 
@@ -111,6 +113,35 @@ def test_session_cookie_flags(client):
     assert cookie.same_site == "Lax"
     assert not cookie.secure
     assert cookie.expires is not None  # permanent: survives a browser restart until expiry
+
+
+def test_csrf_cookie_flags(client):
+    response = client.get("/")
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("csrf=")]
+    flags = {part.strip().split("=")[0].lower(): part for part in cookie.split(";")[1:]}
+    assert "httponly" in flags  # page scripts cannot read the secret
+    assert flags["samesite"].strip() == "SameSite=Lax"  # not sent on cross-site posts
+    assert "secure" not in flags  # plain http in tests; see the next test for https
+
+
+def signed_in_the_past(monkeypatch, seconds: int) -> None:
+    """Tokens signed from now on carry a timestamp ``seconds`` ago (itsdangerous's clock)."""
+    real = TimestampSigner.get_timestamp
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - seconds)
+
+
+@pytest.mark.parametrize(("age", "status"), [(3500, 303), (3700, 400)], ids=["fresh", "expired"])
+def test_csrf_tokens_expire_after_an_hour(client, fake_redis, monkeypatch, age, status):
+    with monkeypatch.context() as past:
+        signed_in_the_past(past, age)
+        token = csrf_token(client.get("/").get_data(as_text=True))
+    response = client.post("/persistMessage", data={"message": "typed", "csrf_token": token})
+    assert response.status_code == status
+    if status == 400:
+        page = response.get_data(as_text=True)
+        assert "This form has expired" in page
+        assert ">typed</textarea>" in page  # what was typed is kept, to send again
+        assert fake_redis.keys("*") == []
 
 
 def test_cookies_are_secure_when_configured(make_app):
