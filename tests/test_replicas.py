@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,34 @@ def test_200_concurrent_saves_on_one_session_store_200_messages(replicas, valkey
     assert listed[0] == "seed"
     assert sorted(listed[1:]) == sorted(texts)
     print(f"\nconcurrency: 200 parallel saves over 3 replicas -> {len(listed) - 1} stored")
+
+
+def test_concurrent_saves_one_short_of_the_limit_store_exactly_one(valkey, start_replica):
+    """Every save sees room for one more message; the limit holds only if check and append
+    are one atomic step."""
+    replicas = [
+        start_replica(valkey.port, name, MESSAGES_MAX_PER_SESSION="5", WEB_CONCURRENCY="4")
+        for name in ("limit-a", "limit-b")
+    ]
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    for i in range(4):
+        assert save(replicas[i % 2].url, browser, f"m{i}", token).status_code == 303
+    cookies = browser.cookies.get_dict()
+    start = threading.Barrier(16)
+
+    def one(i: int) -> int:
+        with requests.Session() as tab:
+            tab.cookies.update(cookies)
+            start.wait(30)  # all at once, each on its own connection
+            return save(replicas[i % 2].url, tab, f"last {i}", token).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(16)))
+    assert sorted(statuses) == [303] + [409] * 15, statuses
+    listed = listed_messages(browse(replicas[1].url, browser))
+    assert listed[:4] == ["m0", "m1", "m2", "m3"]
+    assert len(listed) == 5 and listed[4].startswith("last ")
 
 
 def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, valkey):
