@@ -8,7 +8,7 @@ container storage under exactly the name the Dockerfile uses. The stand-in is ho
 only: it carries Debian's Python 3.11 in /usr/bin where the official image has CPython 3.13 in
 /usr/local/bin; its size (~150 MB) is close to the official slim image's. Everything the
 Dockerfile itself does runs for real with buildah (chroot isolation): the venv built from
-pyproject.toml's dependencies by pip against the package index, the numeric user, the layer
+the runtime lock's hashed pins by pip against the package index, the numeric user, the layer
 order, the exec-form CMD. The image then runs under podman (runc, host network, read-only root
 filesystem, /tmp the only writable path) against a real Valkey, and a browser-like session
 saves a message.
@@ -225,7 +225,7 @@ class Build:
     env: dict[str, str]
     base_images: list[str]
     driver: str = "vfs"
-    pyproject: bytes = b""
+    runtime_lock: bytes = b""
     build_seconds: float = 0.0
     debootstrap_seconds: float | None = None
     build_log: str = ""
@@ -320,7 +320,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
             result.buildah("commit", "--quiet", container, _fully_qualified(base))
         result.buildah("rm", container)
         # What the build reads, for the rebuild test, even if someone edits the file meanwhile.
-        result.pyproject = (REPO / "pyproject.toml").read_bytes()
+        result.runtime_lock = (REPO / "requirements" / "runtime.txt").read_bytes()
         result.build_log, result.build_seconds = result.bud(REPO, IMAGE)
         result.inspect = json.loads(result.podman("image", "inspect", IMAGE))[0]
         yield result
@@ -514,7 +514,8 @@ def test_code_change_rebuilds_only_the_app_layers(
     context.mkdir()
     for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py"):
         shutil.copy2(REPO / name, context / name)
-    (context / "pyproject.toml").write_bytes(build.pyproject)
+    (context / "requirements").mkdir()
+    (context / "requirements" / "runtime.txt").write_bytes(build.runtime_lock)
     shutil.copytree(REPO / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__"))
     (context / "app" / "rebuild-probe.txt").write_text("a code change\n")
     log, seconds = build.bud(context, "localhost/message-app:rebuild")
