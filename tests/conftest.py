@@ -18,6 +18,34 @@ from app.config import Settings
 
 from .support import SECRET, Replica, Valkey, replica_env, start_gunicorn
 
+# Tests that build, lint or deploy for real, or drive whole processes: `pytest -m "not slow"`
+# leaves them out and runs the unit tests (fakeredis, the app in-process) in seconds.
+SYSTEM_MODULES = frozenset(
+    {
+        "test_bench",
+        "test_browser",
+        "test_cfn",
+        "test_ci_guard",
+        "test_image",
+        "test_k8s",
+        "test_main",
+        "test_redis_tls",
+        "test_replicas",
+        "test_scripts",
+        "test_style",
+        "test_verify",
+    }
+)
+# A test that asks for one of these starts a real server.
+REAL_SERVER_FIXTURES = frozenset({"valkey", "start_replica", "real_settings"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in SYSTEM_MODULES or REAL_SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
