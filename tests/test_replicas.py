@@ -5,6 +5,7 @@ One cookie jar is used against all three in turn, as a load balancer without sti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,23 +219,28 @@ def _worker_pids(master: int) -> list[int]:
     return pids
 
 
-def _accepted(pids: list[int], client_port: int) -> bool:
-    """True once a worker process holds the server side of our connection."""
-    inode = None
+def _accepted(master: int, server_port: int, client_port: int) -> bool:
+    """True once a worker process holds the server side of our connection.
+
+    Workers are looked up on every call (the master may have replaced one), and only live
+    sockets count: an earlier connection's TIME_WAIT entry can share the ports, with inode 0.
+    """
+    inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[2].split(":")[1], 16) == client_port:
-            inode = fields[9]
-    if inode is None:
-        return False
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return True
-        except OSError:
-            continue
-    return False
+        local, remote = (int(f.split(":")[1], 16) for f in fields[1:3])
+        if (local, remote) == (server_port, client_port) and fields[9] != "0":
+            inodes.add(f"socket:[{fields[9]}]")
+    return any(inodes & _open_sockets(pid) for pid in _worker_pids(master)) if inodes else False
+
+
+def _open_sockets(pid: int) -> set[str]:
+    targets = set()
+    with contextlib.suppress(OSError):  # the process may have exited
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # the descriptor may have been closed
+                targets.add(os.readlink(fd))
+    return targets
 
 
 def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
@@ -252,8 +258,8 @@ def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
             + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        workers = _worker_pids(master)
-        wait_until(lambda: _accepted(workers, conn.getsockname()[1]), 60, "a worker to accept")
+        client_port = conn.getsockname()[1]
+        wait_until(lambda: _accepted(master, replica.port, client_port), 60, "a worker to accept")
         replica.process.send_signal(signal.SIGTERM)
         # The master closes its listening socket as the first step of its shutdown, then
         # signals the workers (and, with graceful_timeout = 0, kills them at once).
