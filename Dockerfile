@@ -10,16 +10,16 @@
 FROM python:3.13-slim-bookworm AS builder
 
 WORKDIR /src
-# Only pyproject.toml: this layer (the slow one) is rebuilt when the dependencies change,
+# Only the runtime lock: this layer (the slow one) is rebuilt when the dependencies change,
 # not on every code change - the same aim as the original's layered Spring Boot jar.
-COPY pyproject.toml ./
+COPY requirements/runtime.txt ./
 # `python3 -m venv` works whether the base keeps Python in /usr/local/bin (official image) or
-# /usr/bin. The requirement list is [project].dependencies, read with the stdlib TOML parser,
-# so pyproject.toml stays the single source of truth. pip itself is removed from the venv:
-# nothing installs packages at runtime.
+# /usr/bin. The lock (requirements/lock makes it from pyproject.toml's ranges) pins every
+# package with its hashes, so every build installs the same, verified files; wheels only, so
+# nothing is compiled. pip itself is removed from the venv: nothing installs packages at runtime.
 RUN python3 -m venv /opt/venv \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: -r requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
+       --require-hashes -r runtime.txt \
     && /opt/venv/bin/pip uninstall --yes pip
 
 # ---- runtime: base + venv + app code; no compilers, no pip cache, no build files ----

@@ -5,20 +5,70 @@ Every server a test starts listens on 127.0.0.1 and is stopped by PID when the t
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import fakeredis
 import pytest
-import requests
 
 from app import create_app
 from app.config import Settings
 
-from .support import ROOT, SECRET, Replica, Valkey, free_port, replica_env, wait_until
+from .support import SECRET, Replica, Valkey, replica_env, start_gunicorn
+
+# Tests that build, lint or deploy for real, or drive whole processes: `pytest -m "not slow"`
+# leaves them out and runs the unit tests (fakeredis, the app in-process) in seconds.
+SYSTEM_MODULES = frozenset(
+    {
+        "test_bench",
+        "test_browser",
+        "test_cfn",
+        "test_ci_guard",
+        "test_image",
+        "test_k8s",
+        "test_main",
+        "test_redis_tls",
+        "test_replicas",
+        "test_scripts",
+        "test_style",
+        "test_verify",
+    }
+)
+# A test that asks for one of these starts a real server.
+REAL_SERVER_FIXTURES = frozenset({"valkey", "start_replica", "real_settings"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in SYSTEM_MODULES or REAL_SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """In CI (CI=true) a skipped test is a failed one: CI installs every tool the suite
+    needs, so a skip there means a check silently did not run."""
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where nothing may be skipped: {reason}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The same for skips the hook above cannot see (a whole module skipped at collection)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if _in_ci() and skipped and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -80,40 +130,13 @@ def valkey(tmp_path: Path) -> Iterator[Valkey]:
 
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    """Start `gunicorn -c gunicorn.conf.py 'app:create_app()'` (as in production) on loopback."""
+    """Start gunicorn with the production config on loopback; every one is stopped at the end."""
     started: list[Replica] = []
 
     def start(valkey_port: int, name: str = "replica", **env: str) -> Replica:
-        port = free_port()
-        log_path = tmp_path / f"{name}-{port}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "gunicorn.conf.py",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "app:create_app()",
-                ],
-                cwd=ROOT,
-                env=replica_env(valkey_port, name, **env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        replica = Replica(name, port, process, log_path)
+        log_path = tmp_path / f"{name}-{len(started)}.log"
+        replica = start_gunicorn(name, replica_env(valkey_port, name, **env), log_path)
         started.append(replica)
-
-        def ready() -> bool:
-            assert process.poll() is None, f"gunicorn exited:\n{replica.log()}"
-            try:
-                return requests.get(f"{replica.url}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(ready, 20, f"gunicorn {name} to answer /healthz")
         return replica
 
     yield start

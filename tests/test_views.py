@@ -111,6 +111,26 @@ def test_exactly_max_length_is_accepted(client):
     assert save(client, "é" * 2000).status_code == 303
 
 
+def test_max_length_of_four_byte_characters_fits_under_the_body_cap(client):
+    """The worst case the cap is derived for: 4 UTF-8 bytes a character, each sent as %XX."""
+    text = "\U0001f600" * 2000
+    assert save(client, text).status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [("x" * 2001, 400), ("\U0001f600" * 2001, 400)],
+    ids=["too-long", "too-long-four-byte"],
+)
+def test_a_refused_save_keeps_what_was_typed(client, existing, text, status):
+    token, _ = existing
+    response = client.post("/persistMessage", data={"message": text, "csrf_token": token})
+    assert response.status_code == status
+    page = response.get_data(as_text=True)
+    assert f">{text}</textarea>" in page  # in the form again, to shorten and resend
+
+
 def test_over_the_message_count_answers_409(make_app, fake_redis):
     client = make_app(messages_max_per_session=3).test_client()
     for i in range(3):
@@ -196,6 +216,7 @@ def test_pages_are_not_cached_and_carry_security_headers(client):
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Served-By"] == "test-replica"
 
 
