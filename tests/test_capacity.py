@@ -56,6 +56,11 @@ AUTO_MODE_MAX_PODS = 110
 NODE_GROUP_DAEMONSETS = [(25, 0), (100, 0)]  # (millicores, MiB)
 COREDNS = [(100, 70)] * 2
 METRICS_SERVER = [(100, 200)] * 2
+# Requests of the amazon-cloudwatch-observability add-on's pods on every Linux node (the chart the
+# add-on installs, aws-observability/helm-charts, values.yaml: agent 250m/128Mi, Fluent Bit
+# 50m/25Mi; its GPU and Neuron exporters run only on those instance types). Auto Mode counts
+# DaemonSets when it sizes a node, so they cost room on every node, not Pending pods.
+CLOUDWATCH_DAEMONSETS = [(250, 128), (50, 25)]
 
 
 def allocatable(instance: InstanceType, max_pods: int) -> tuple[int, int]:
@@ -140,7 +145,9 @@ def _param_default(main: dict[str, Any], value: Any) -> Any:
     return value
 
 
-def cluster_from_templates(eks: dict[str, Any], main: dict[str, Any]) -> Cluster:
+def cluster_from_templates(
+    eks: dict[str, Any], main: dict[str, Any], observability: dict[str, Any] | None = None
+) -> Cluster:
     """Reads the compute mode and sizes from the templates (main.yaml's defaults for parameters)."""
     resources = eks["Resources"]
     by_type: dict[str, list[dict[str, Any]]] = {}
@@ -150,7 +157,17 @@ def cluster_from_templates(eks: dict[str, Any], main: dict[str, Any]) -> Cluster
     addons = {a["AddonName"] for a in by_type.get("AWS::EKS::Addon", [])}
     if cluster.get("ComputeConfig", {}).get("Enabled") is True:
         assert "general-purpose" in cluster["ComputeConfig"]["NodePools"]
-        return Cluster("EKS Auto Mode", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None)
+        per_node = []
+        if observability is not None:
+            declared = {
+                r["Properties"]["AddonName"]
+                for r in observability["Resources"].values()
+                if r["Type"] == "AWS::EKS::Addon"
+            }
+            if "amazon-cloudwatch-observability" in declared:
+                switch = main["Parameters"].get("ContainerInsights", {}).get("Default", "enabled")
+                per_node = list(CLOUDWATCH_DAEMONSETS) if switch == "enabled" else []
+        return Cluster("EKS Auto Mode", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None, per_node)
     (group,) = by_type["AWS::EKS::Nodegroup"]
     eks_params = next(
         s["Properties"]["Parameters"]
@@ -252,10 +269,15 @@ def demand() -> Demand:
 
 def test_the_default_deploy_runs_the_hpa_maximum_during_a_rollout(demand: Demand) -> None:
     cluster = cluster_from_templates(
-        _load(ROOT / "cfn" / "eks.yaml"), _load(ROOT / "cfn" / "main.yaml")
+        _load(ROOT / "cfn" / "eks.yaml"),
+        _load(ROOT / "cfn" / "main.yaml"),
+        _load(ROOT / "cfn" / "observability.yaml"),
     )
+    # Container Insights is on by default: its agents take their share of every node first.
+    assert cluster.system_pods_per_node == CLOUDWATCH_DAEMONSETS
     report = check(cluster, demand)
     assert report.fits, str(report)
+    assert report.nodes == 2, str(report)  # docs/deploy-aws.md: "11 on 2 nodes"
     assert check(cluster, demand, demand.replicas + demand.surge).fits
 
 

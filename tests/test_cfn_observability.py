@@ -24,13 +24,26 @@ from .test_cfn import CFN, LINT_REGIONS, _tool
 TEMPLATE = CFN / "observability.yaml"
 K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
 
-# Metrics (and their dimensions) as AWS documents them: ElastiCache "Host-level metrics" and
-# "Metrics for Valkey and Redis OSS", Classic Load Balancer "CloudWatch metrics", and Container
-# Insights "Amazon EKS and Kubernetes Container Insights metrics".
-PUBLISHED = {
-    "AWS/ElastiCache": (
-        {"CacheClusterId"},
-        {
+# Metrics and the dimension sets each is published with, as AWS documents them:
+# - ElastiCache: "Host-level metrics" and "Metrics for Valkey and Redis OSS" (ElastiCache user
+#   guide), per node by CacheClusterId;
+# - Network Load Balancer: "CloudWatch metrics for your Network Load Balancer"
+#   (docs.aws.amazon.com/elasticloadbalancing/latest/network/load-balancer-cloudwatch-metrics.html):
+#   flows, bytes and resets by LoadBalancer (or AvailabilityZone, LoadBalancer); target health
+#   only by TargetGroup with LoadBalancer (or with AvailabilityZone too). An NLB publishes no HTTP
+#   status codes, request counts or latencies: those are AWS/ELB and AWS/ApplicationELB metrics;
+# - Container Insights: "Amazon EKS and Kubernetes Container Insights metrics".
+_NODE = {frozenset({"CacheClusterId"})}
+_LB = {frozenset({"LoadBalancer"}), frozenset({"AvailabilityZone", "LoadBalancer"})}
+_TARGETS = {
+    frozenset({"LoadBalancer", "TargetGroup"}),
+    frozenset({"AvailabilityZone", "LoadBalancer", "TargetGroup"}),
+}
+_SERVICE = {frozenset({"ClusterName", "Namespace", "Service"}), frozenset({"ClusterName"})}
+PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
+    "AWS/ElastiCache": {
+        metric: _NODE
+        for metric in (
             "CPUUtilization",
             "EngineCPUUtilization",
             "DatabaseMemoryUsagePercentage",
@@ -39,26 +52,35 @@ PUBLISHED = {
             "IsMaster",
             "CurrConnections",
             "FreeableMemory",
+        )
+    },
+    "AWS/NetworkELB": {
+        **{
+            metric: _LB
+            for metric in (
+                "ActiveFlowCount",
+                "NewFlowCount",
+                "ProcessedBytes",
+                "TCP_Client_Reset_Count",
+                "TCP_ELB_Reset_Count",
+                "TCP_Target_Reset_Count",
+            )
         },
-    ),
-    "AWS/ELB": (
-        {"LoadBalancerName"},
-        {
-            "RequestCount",
-            "Latency",
-            "HTTPCode_Backend_5XX",
-            "HTTPCode_ELB_5XX",
-            "UnHealthyHostCount",
-            "HealthyHostCount",
-            "SurgeQueueLength",
-        },
-    ),
-    "ContainerInsights": (
-        {"ClusterName", "Namespace", "Service"},
-        {"service_number_of_running_pods", "namespace_number_of_running_pods"},
-    ),
+        "HealthyHostCount": _TARGETS,
+        "UnHealthyHostCount": _TARGETS,
+    },
+    "ContainerInsights": {
+        "service_number_of_running_pods": _SERVICE,
+        "namespace_number_of_running_pods": {frozenset({"ClusterName", "Namespace"})},
+    },
 }
-# What the issue asks the alarms to watch.
+# The parameter that names each load-balancer dimension's value.
+DIMENSION_PARAMETER = {
+    "LoadBalancer": "LoadBalancerArnSuffix",
+    "TargetGroup": "TargetGroupArnSuffix",
+}
+# What the alarms watch: the cache as the issue asks, and the load balancer's target health (no
+# 5xx: the NLB has no such metric, see docs/observability.md).
 ALARMED = {
     "DatabaseMemoryUsagePercentage",
     "Evictions",
@@ -66,17 +88,33 @@ ALARMED = {
     "EngineCPUUtilization",
     "ReplicationLag",
     "IsMaster",
-    "HTTPCode_Backend_5XX",
     "UnHealthyHostCount",
+    "HealthyHostCount",
 }
-# ...and the dashboard to show.
+# ...and the dashboard shows.
 DASHBOARD_METRICS = {
-    "RequestCount",
-    "HTTPCode_Backend_5XX",
-    "Latency",
+    "NewFlowCount",
+    "ActiveFlowCount",
+    "TCP_Target_Reset_Count",
+    "TCP_ELB_Reset_Count",
+    "HealthyHostCount",
+    "UnHealthyHostCount",
     "DatabaseMemoryUsagePercentage",
     "Evictions",
     "service_number_of_running_pods",
+}
+# Shaped like what Auto Mode makes for the Service (names at most 32 characters, 16 hex digits).
+LB_SUFFIX = "net/k8s-default-messagea-0123456789/0123456789abcdef"
+TG_SUFFIX = "targetgroup/k8s-default-messagea-0123456789/0123456789abcdef"
+# Add-ons EKS Auto Mode runs itself on every node (EKS user guide: "You do not need to install
+# the EKS Pod Identity Agent on EKS Auto Mode Clusters"; likewise pod networking, kube-proxy,
+# CoreDNS and the EBS CSI driver): declaring them as add-ons would compete with Auto Mode's.
+AUTO_MODE_BUILT_IN = {
+    "eks-pod-identity-agent",
+    "vpc-cni",
+    "kube-proxy",
+    "coredns",
+    "aws-ebs-csi-driver",
 }
 
 
@@ -99,7 +137,8 @@ def everything_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy whose defaults switch on the add-on, the e-mail and the load-balancer alarms."""
     text = TEMPLATE.read_text()
     defaults = {
-        "LoadBalancerName": '"a1b2c3"',
+        "LoadBalancerArnSuffix": f'"{LB_SUFFIX}"',
+        "TargetGroupArnSuffix": f'"{TG_SUFFIX}"',
         "AlarmEmail": '"ops@example.com"',
         "ContainerInsights": "enabled",
     }
@@ -182,9 +221,14 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
         stats = _metric_stats(props)
         assert stats, name
         for stat in stats:
-            dimensions, metrics = PUBLISHED[stat["Namespace"]]
-            assert stat["MetricName"] in metrics, (name, stat["MetricName"])
-            assert {d["Name"] for d in stat["Dimensions"]} <= dimensions, name
+            published = PUBLISHED[stat["Namespace"]]
+            assert stat["MetricName"] in published, (name, stat["MetricName"])
+            dimensions = frozenset(d["Name"] for d in stat["Dimensions"])
+            assert dimensions in published[stat["MetricName"]], (name, sorted(dimensions))
+            for dimension in stat["Dimensions"]:
+                if dimension["Name"] in DIMENSION_PARAMETER:
+                    parameter = DIMENSION_PARAMETER[dimension["Name"]]
+                    assert dimension["Value"] == {"Ref": parameter}, name
             watched.add(stat["MetricName"])
         if "Metrics" in props:
             ids = {m["Id"] for m in props["Metrics"]}
@@ -224,7 +268,8 @@ def _body(template: dict[str, Any]) -> dict[str, Any]:
     text = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
     variables = set(re.findall(r"\$\{([^}]+)\}", text))
     assert variables <= {*template["Parameters"], "AWS::Region"}, variables
-    return json.loads(re.sub(r"\$\{([^}]+)\}", "x", text))
+    # Each ${Name} becomes <Name>: still valid JSON, and the checks can see which one it was.
+    return json.loads(re.sub(r"\$\{([^}]+)\}", r"<\1>", text))
 
 
 def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -232,21 +277,25 @@ def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
     body = _body(template)
     shown = set()
     for widget in body["widgets"]:
-        assert widget["type"] == "metric"
+        assert widget["type"] in ("metric", "text")
+        if widget["type"] == "text":
+            continue
         for line in widget["properties"]["metrics"]:
             if isinstance(line[0], dict):  # an expression: metric math or a SEARCH
                 search = re.search(r"SEARCH\('\{([^,}]+),([^}]*)\} (.*)'", line[0]["expression"])
                 if search:
                     namespace, dimensions, terms = search.groups()
                     (metric,) = re.findall(r'MetricName="([^"]+)"', terms)
-                    assert set(dimensions.split(",")) <= PUBLISHED[namespace][0]
-                    assert metric in PUBLISHED[namespace][1]
+                    assert frozenset(dimensions.split(",")) in PUBLISHED[namespace][metric]
                     shown.add(metric)
                 continue
             namespace, metric, *rest = line
             options = rest.pop() if rest and isinstance(rest[-1], dict) else {}
-            assert metric in PUBLISHED[namespace][1], metric
-            assert set(rest[0::2]) <= PUBLISHED[namespace][0], (metric, rest)
+            assert metric in PUBLISHED[namespace], metric
+            dimensions = dict(zip(rest[0::2], rest[1::2], strict=True))
+            assert frozenset(dimensions) in PUBLISHED[namespace][metric], (metric, rest)
+            for dimension, parameter in DIMENSION_PARAMETER.items():
+                assert dimensions.get(dimension, f"<{parameter}>") == f"<{parameter}>", metric
             if options.get("visible", True) or any(
                 options["id"] in str(other[0]) for other in widget["properties"]["metrics"]
             ):
@@ -254,8 +303,9 @@ def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
     stats = {
         line[-1].get("stat")
         for widget in body["widgets"]
+        if widget["type"] == "metric"
         for line in widget["properties"]["metrics"]
-        if isinstance(line[-1], dict)
+        if isinstance(line[-1], dict) and "stat" in line[-1]
     }
     return shown, stats
 
@@ -263,7 +313,15 @@ def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
 def test_the_dashboard_body_is_json_naming_published_metrics(template: dict[str, Any]) -> None:
     shown, stats = _dashboard_metrics(template)
     assert shown >= DASHBOARD_METRICS
-    assert {"p50", "p99"} <= stats
+    assert stats <= {"Sum", "Maximum", "Minimum", "Average"}, stats
+
+
+def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
+    template: dict[str, Any],
+) -> None:
+    """An NLB has no request, 5xx or latency metric: the dashboard points to the app's own."""
+    notes = [w["properties"]["markdown"] for w in _body(template)["widgets"] if w["type"] == "text"]
+    assert any("5xx" in n and "p99" in n and "Prometheus" in n for n in notes), notes
 
 
 def test_the_dashboard_json_check_catches_a_broken_body(template: dict[str, Any]) -> None:
@@ -280,15 +338,23 @@ def test_the_dashboard_json_check_catches_a_broken_body(template: dict[str, Any]
     )
     with pytest.raises(AssertionError):
         _dashboard_metrics(renamed)
+    # Target health is published per target group: by load balancer alone it does not exist.
+    untargeted = json.loads(json.dumps(template))
+    props = untargeted["Resources"][name]["Properties"]
+    props["DashboardBody"]["Fn::Sub"], count = re.subn(
+        r'"TargetGroup",\s*"\$\{TargetGroupArnSuffix\}",\s*', "", props["DashboardBody"]["Fn::Sub"]
+    )
+    assert count == 2
+    with pytest.raises(AssertionError):
+        _dashboard_metrics(untargeted)
 
 
 def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
     addons = {
         a["Properties"]["AddonName"]: a for a in _resources(template, "AWS::EKS::Addon").values()
     }
-    assert set(addons) == {"amazon-cloudwatch-observability", "eks-pod-identity-agent"}
+    assert set(addons) == {"amazon-cloudwatch-observability"}
     observability = addons["amazon-cloudwatch-observability"]
-    assert "PodIdentityAgentAddon" in observability["DependsOn"]
     (association,) = observability["Properties"]["PodIdentityAssociations"]
     assert association["ServiceAccount"] == "cloudwatch-agent"
     role = template["Resources"][association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
@@ -300,6 +366,62 @@ def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any])
     policy = yaml.safe_load(K8S_POLICY.read_text())
     admitted = json.dumps(policy["spec"]["ingress"])
     assert "amazon-cloudwatch" in admitted
+
+
+def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
+    template: dict[str, Any],
+) -> None:
+    eks = _load(CFN / "eks.yaml")
+    assert eks["Resources"]["Cluster"]["Properties"]["ComputeConfig"]["Enabled"] is True
+    names = [
+        a["Properties"]["AddonName"]
+        for t in (eks, template)
+        for a in _resources(t, "AWS::EKS::Addon").values()
+    ]
+    assert len(names) == len(set(names)), names
+    assert not set(names) & AUTO_MODE_BUILT_IN, names
+    # Nothing waits on an add-on that no longer exists.
+    for name, resource in template["Resources"].items():
+        depends = resource.get("DependsOn", [])
+        for target in [depends] if isinstance(depends, str) else depends:
+            assert target in template["Resources"], (name, target)
+
+
+def test_main_passes_the_observability_parameters_through_unchanged(
+    template: dict[str, Any],
+) -> None:
+    """main.yaml repeats the nested stack's parameters: same default, pattern and choices."""
+    main = _load(CFN / "main.yaml")
+    passed = main["Resources"]["ObservabilityStack"]["Properties"]["Parameters"]
+    for name, value in passed.items():
+        if value != {"Ref": name}:
+            continue  # an output of another stack, not a main parameter
+        ours, theirs = main["Parameters"][name], template["Parameters"][name]
+        for key in ("Default", "AllowedPattern", "AllowedValues"):
+            assert ours.get(key) == theirs.get(key), (name, key)
+    assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "ContainerInsights"} <= set(passed)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "good", "bad"),
+    [
+        ("LoadBalancerArnSuffix", LB_SUFFIX, "k8s-default-messagea-0123456789"),
+        (
+            "LoadBalancerArnSuffix",
+            LB_SUFFIX,
+            "app/" + LB_SUFFIX[4:],
+        ),
+        ("TargetGroupArnSuffix", TG_SUFFIX, "k8s-default-messagea-0123456789"),
+        ("TargetGroupArnSuffix", TG_SUFFIX, LB_SUFFIX),
+    ],
+)
+def test_load_balancer_parameters_take_cloudwatch_dimension_values(
+    template: dict[str, Any], parameter: str, good: str, bad: str
+) -> None:
+    """The ARN suffix CloudWatch expects, or empty; a bare name (the Classic ELB's) is refused."""
+    pattern = re.compile(template["Parameters"][parameter]["AllowedPattern"])
+    assert pattern.fullmatch("") and pattern.fullmatch(good)
+    assert not pattern.fullmatch(bad)
 
 
 def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, Any]) -> None:
