@@ -15,8 +15,9 @@ try:
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
-# All interfaces inside a container: the pod IP is what the Service targets.
-bind = ["0.0.0.0:8080"]
+# All interfaces inside a container: the pod IP is what the Service targets. In the Kubernetes
+# pod, nginx (nginx.conf) owns that port and GUNICORN_BIND puts gunicorn on loopback behind it.
+bind = [os.environ.get("GUNICORN_BIND") or "0.0.0.0:8080"]
 # Sync workers: the app is CPU-bound between sub-millisecond Redis calls, and one request per
 # process keeps the per-process Redis connections and cache simple. WEB_CONCURRENCY is the
 # conventional knob; 2 fits a pod with a 1-CPU limit.

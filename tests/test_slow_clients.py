@@ -1,0 +1,165 @@
+"""Slow clients against one pod as deployed: nginx (the repo's nginx.conf) in front of gunicorn's
+sync workers, a real Valkey behind. Without nginx, two clients sending a request slowly hold
+both workers and /healthz stops answering; with it, hundreds cost nothing but connection slots
+and are closed by nginx's timeouts.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.servers import Nginx
+
+from .support import csrf_token
+
+SLOW_HEADERS = 200
+SLOW_BODIES = 50
+TRICKLE_INTERVAL = 1.0  # one byte per connection per second
+TRICKLE_SECONDS = 14.0  # longer than client_header_timeout (10 s): nginx must cut them off
+CLOSE_WAIT = 30.0  # bound on waiting for nginx to close the rest
+
+
+@pytest.fixture
+def pod(valkey, start_replica, tmp_path: Path) -> Iterator[tuple[Nginx, object]]:
+    replica = start_replica(valkey.port, "slow-pod", WEB_CONCURRENCY="2")
+    proxy = Nginx(replica.port, tmp_path / "nginx.log")
+    proxy.start()
+    try:
+        yield proxy, replica
+    finally:
+        proxy.stop()
+
+
+@dataclass
+class Slow:
+    sock: socket.socket
+    kind: str
+    opened: float
+    closed: float | None = None
+
+
+@dataclass
+class Probes:
+    samples: list[tuple[str, int, float]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _open_slow(port: int, kind: str, cookie: str) -> Slow:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == "headers":
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    else:
+        sock.sendall(
+            b"POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Cookie: {cookie}\r\nContent-Length: 10000\r\n\r\nmessage=".encode()
+        )
+    sock.setblocking(False)
+    return Slow(sock, kind, time.monotonic())
+
+
+def _probe(base: str, browser: requests.Session, probes: Probes) -> None:
+    while not probes.stop.is_set():
+        for path in ("/healthz", "/"):
+            started = time.monotonic()
+            try:
+                status = browser.get(base + path, timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            probes.samples.append((path, status, time.monotonic() - started))
+        time.sleep(0.05)
+
+
+def _watch(slow: list[Slow], until: float, trickle: bool) -> None:
+    """Send one byte per interval on every open connection (if trickling) and note when nginx
+    closes each one (EOF, a reset, or a 408 followed by EOF)."""
+    selector = selectors.DefaultSelector()
+    for conn in slow:
+        if conn.closed is None:
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+    next_send = time.monotonic()
+    while time.monotonic() < until and any(c.closed is None for c in slow):
+        for key, _ in selector.select(timeout=0.1):
+            conn = key.data
+            try:
+                data = conn.sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data or b"408" in data:
+                conn.closed = time.monotonic()
+                selector.unregister(conn.sock)
+        if trickle and time.monotonic() >= next_send:
+            next_send += TRICKLE_INTERVAL
+            for conn in slow:
+                if conn.closed is None:
+                    try:
+                        conn.sock.send(b"a")
+                    except OSError:
+                        conn.closed = time.monotonic()
+                        selector.unregister(conn.sock)
+    selector.close()
+
+
+def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
+    proxy, _ = pod
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    saved = browser.post(
+        f"{proxy.base_url}/persistMessage",
+        data={"message": "kept", "csrf_token": token},
+        timeout=10,
+    )
+    assert saved.status_code == 200 and "kept" in saved.text  # 303 followed to the page
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+
+    slow = [_open_slow(proxy.port, "headers", cookie) for _ in range(SLOW_HEADERS)]
+    slow += [_open_slow(proxy.port, "body", cookie) for _ in range(SLOW_BODIES)]
+    probes = Probes()
+    prober = threading.Thread(target=_probe, args=(proxy.base_url, browser, probes))
+    prober.start()
+    try:
+        # Phase 1: every connection keeps sending, a byte a second. Slow headers never finish
+        # within client_header_timeout, so nginx closes them while they are still sending.
+        _watch(slow, time.monotonic() + TRICKLE_SECONDS, trickle=True)
+        # Phase 2: the slow bodies stall; client_body_timeout closes them.
+        stalled = time.monotonic()
+        _watch(slow, stalled + CLOSE_WAIT, trickle=False)
+    finally:
+        probes.stop.set()
+        prober.join(30)
+        for conn in slow:
+            conn.sock.close()
+
+    headers = [c for c in slow if c.kind == "headers"]
+    bodies = [c for c in slow if c.kind == "body"]
+    assert all(c.closed is not None for c in slow), "nginx left slow connections open"
+    # Cut off while still sending: the header timeout, not the client stopping.
+    assert all(c.closed - c.opened < TRICKLE_SECONDS for c in headers)
+    # Kept while sending (under client_body_timeout between bytes), cut off once stalled.
+    assert all(c.closed >= stalled for c in bodies)
+    assert not any(status != 200 for _, status, _ in probes.samples), [
+        s for s in probes.samples if s[1] != 200
+    ]
+    latencies = [seconds for _, _, seconds in probes.samples]
+    within = sum(s <= 1.0 for s in latencies) / len(latencies)
+    header_close = statistics.median(c.closed - c.opened for c in headers)
+    body_close = statistics.median(c.closed - stalled for c in bodies)
+    print(
+        f"\nslow clients: {SLOW_HEADERS} slow-header + {SLOW_BODIES} slow-body connections; "
+        f"{len(latencies)} probes of /healthz and / all 200, {within:.1%} within 1 s, "
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.0f} ms; "
+        f"slow headers closed after {header_close:.1f} s (median), stalled bodies "
+        f"{body_close:.1f} s after their last byte"
+    )
