@@ -1,7 +1,8 @@
-"""Slow clients against one pod as deployed: nginx (the repo's nginx.conf) in front of gunicorn's
-sync workers, a real Valkey behind. Without nginx, two clients sending a request slowly hold
-both workers and /healthz stops answering; with it, hundreds cost nothing but connection slots
-and are closed by nginx's timeouts.
+"""One pod as deployed: nginx (the repo's nginx.conf) in front of gunicorn's sync workers, a
+real Valkey behind. Slow clients: without nginx, two clients sending a request slowly hold both
+workers and /healthz stops answering; with it, hundreds cost nothing but connection slots and
+are closed by nginx's timeouts. Error pages nginx or gunicorn make themselves get the app's
+security headers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import requests
 
 from bench.servers import Nginx
 
-from .support import csrf_token
+from .support import csrf_token, raw_exchange
+from .test_hostile_http import MALFORMED
 
 SLOW_HEADERS = 200
 SLOW_BODIES = 50
@@ -163,3 +165,41 @@ def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
         f"slow headers closed after {header_close:.1f} s (median), stalled bodies "
         f"{body_close:.1f} s after their last byte"
     )
+
+
+SECURITY_HEADERS = ("X-Content-Type-Options", "Content-Security-Policy", "Referrer-Policy")
+
+
+def _head(reply: bytes) -> tuple[int, list[tuple[str, str]]]:
+    lines = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    fields = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+    return int(lines[0].split()[1]), fields  # type: ignore[return-value]
+
+
+def test_every_answer_carries_the_security_headers_once(pod) -> None:
+    proxy, replica = pod
+    long_uri = b"/?" + b"a" * 5000  # past gunicorn's 4094-byte request line, within nginx's
+    answers = {
+        "the app's page": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "gunicorn's own 414 page": b"GET "
+        + long_uri
+        + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "nginx's own 400 page": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"b" * 9000 + b"\r\n\r\n",
+        **{f"malformed: {shape}": data for shape, data in MALFORMED.items()},
+    }
+    statuses = {}
+    for name, data in answers.items():
+        status, fields = _head(raw_exchange(proxy.port, data))
+        statuses[name] = status
+        names = [field[0].lower() for field in fields]
+        for header in SECURITY_HEADERS:
+            assert names.count(header.lower()) == 1, (name, header, fields)
+    assert statuses["the app's page"] == 200
+    assert statuses["gunicorn's own 414 page"] == 414
+    # 400 (or 414) for everything refused; nginx answers 501 to a transfer coding it does not
+    # implement ("chunked, chunked"), as RFC 9112 asks.
+    refused = {name: status for name, status in statuses.items() if name != "the app's page"}
+    assert all(400 <= status < 500 or status == 501 for status in refused.values()), statuses
+    # The same long request line straight to gunicorn: its page has none of them (no hook).
+    status, fields = _head(raw_exchange(replica.port, answers["gunicorn's own 414 page"]))
+    assert status == 414 and not {f[0] for f in fields} & set(SECURITY_HEADERS)
