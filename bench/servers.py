@@ -282,10 +282,12 @@ class Nginx:
         """The nginx worker's CPU time: what the proxy adds to every request."""
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGQUIT) -> None:
+        """SIGQUIT finishes open requests first; SIGTERM (what the kubelet sends the sidecar)
+        closes them at once."""
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGQUIT)  # graceful: finish open requests
+                self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:

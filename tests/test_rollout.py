@@ -1,25 +1,29 @@
-"""A rolling restart under load loses nothing: three real gunicorn replicas behind haproxy on
-loopback, load running throughout, each replica replaced in turn the way the Deployment's
-rollout does it: out of the load balancer, the preStop pause (scaled down), SIGTERM (gunicorn
-drains in-flight requests), a new replica started, back into the load balancer.
+"""A rolling restart under load loses nothing: three pods (gunicorn with the repo's nginx.conf in
+front, as deployed) behind haproxy on loopback, load running throughout, each pod replaced in
+turn the way the Deployment's rollout does it: out of the load balancer, the preStop pause
+(scaled down), SIGTERM to gunicorn (it drains in-flight requests), then to the nginx sidecar
+once gunicorn has exited, a new pod started, back into the load balancer.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
 
-from .support import csrf_token, free_port, listed_messages, wait_until
+from bench.servers import Nginx
+
+from .support import Replica, csrf_token, free_port, listed_messages, wait_until
 
 NAMES = ("replica-a", "replica-b", "replica-c")
 # The pod's preStop sleep is 10 s (the endpoint removal must reach the load balancer); haproxy
@@ -112,12 +116,39 @@ class Load:
         return sum(self.statuses.values()) + len(self.errors)
 
 
+@dataclass
+class Pod:
+    app: Replica
+    proxy: Nginx
+
+    def stop(self) -> int:
+        code = self.app.stop()  # SIGTERM: gunicorn drains, then exits
+        self.proxy.stop(signal.SIGTERM)  # native sidecar: terminated after the app container
+        return code
+
+
 @pytest.fixture
-def balanced(valkey, start_replica, tmp_path: Path) -> Iterator[tuple[Haproxy, list]]:
+def pods(valkey, start_replica, tmp_path: Path) -> Iterator[Callable[[str], Pod]]:
+    started: list[Pod] = []
+
+    def start(name: str) -> Pod:
+        app = start_replica(valkey.port, name)
+        proxy = Nginx(app.port, tmp_path / f"nginx-{name}.log")
+        proxy.start()
+        started.append(Pod(app, proxy))
+        return started[-1]
+
+    yield start
+    for pod in started:
+        pod.proxy.stop()
+
+
+@pytest.fixture
+def balanced(pods, tmp_path: Path) -> Iterator[tuple[Haproxy, list[Pod]]]:
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    replicas = [start_replica(valkey.port, name) for name in NAMES]
-    proxy = Haproxy(tmp_path, [r.port for r in replicas])
+    running = [pods(name) for name in NAMES]
+    proxy = Haproxy(tmp_path, [pod.proxy.port for pod in running])
 
     def up() -> bool:
         try:
@@ -127,14 +158,14 @@ def balanced(valkey, start_replica, tmp_path: Path) -> Iterator[tuple[Haproxy, l
 
     try:
         wait_until(up, 15, "haproxy")
-        yield proxy, replicas
+        yield proxy, running
     finally:
         proxy.stop()
 
 
 @pytest.mark.slow
-def test_a_rolling_restart_under_load_fails_no_request(balanced, valkey, start_replica) -> None:
-    proxy, replicas = balanced
+def test_a_rolling_restart_under_load_fails_no_request(balanced, pods) -> None:
+    proxy, running = balanced
     load = Load(proxy.url)
     visitors = [threading.Thread(target=load.visitor, args=(i,)) for i in range(CLIENTS)]
     for thread in visitors:
@@ -142,14 +173,13 @@ def test_a_rolling_restart_under_load_fails_no_request(balanced, valkey, start_r
     try:
         wait_until(lambda: load.statuses[303] >= 10, 30, "load with saves under way")
         for index, name in enumerate(NAMES):
-            old = replicas[index]
             # Out of the load balancer: no new requests; those in flight finish.
             assert proxy.command(f"set server replicas/{name} state maint") == "\n"
             time.sleep(PRESTOP_SECONDS)  # the preStop pause, by design a fixed wait
-            assert old.stop() == 0  # SIGTERM: gunicorn drains, then exits cleanly
-            new = start_replica(valkey.port, f"{name}-new")
-            replicas[index] = new
-            reply = proxy.command(f"set server replicas/{name} addr 127.0.0.1 port {new.port}")
+            assert running[index].stop() == 0  # a clean exit: gunicorn drained
+            new = running[index] = pods(f"{name}-new")
+            port = new.proxy.port
+            reply = proxy.command(f"set server replicas/{name} addr 127.0.0.1 port {port}")
             assert "changed" in reply, reply
             assert proxy.command(f"set server replicas/{name} state ready") == "\n"
             served = load.statuses[200]
@@ -160,7 +190,7 @@ def test_a_rolling_restart_under_load_fails_no_request(balanced, valkey, start_r
             thread.join(30)
 
     print(
-        f"\nrollout: {load.requests} requests during the rolling restart of 3 replicas "
+        f"\nrollout: {load.requests} requests during the rolling restart of 3 pods "
         f"({dict(load.statuses)}), {len(load.errors)} connection errors, "
         f"{sum(len(s) for s in load.saved.values())} saves"
     )
