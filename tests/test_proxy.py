@@ -203,3 +203,14 @@ def test_every_answer_carries_the_security_headers_once(pod) -> None:
     # The same long request line straight to gunicorn: its page has none of them (no hook).
     status, fields = _head(raw_exchange(replica.port, answers["gunicorn's own 414 page"]))
     assert status == 414 and not {f[0] for f in fields} & set(SECURITY_HEADERS)
+
+
+def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
+    """X-Forwarded-Proto from a private address (here loopback) passes nginx to gunicorn, which
+    believes its one peer: the app sees HTTPS and sends HSTS. Without the header, nginx states
+    the scheme it saw itself (http)."""
+    proxy, _ = pod
+    https = requests.get(f"{proxy.base_url}/", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
+    plain = requests.get(f"{proxy.base_url}/", timeout=10)
+    assert "Strict-Transport-Security" not in plain.headers
