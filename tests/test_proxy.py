@@ -27,7 +27,7 @@ from .test_hostile_http import MALFORMED
 SLOW_HEADERS = 200
 SLOW_BODIES = 50
 TRICKLE_INTERVAL = 1.0  # one byte per connection per second
-TRICKLE_SECONDS = 14.0  # longer than client_header_timeout (10 s): nginx must cut them off
+TRICKLE_SECONDS = 16.0  # longer than client_header_timeout (10 s): nginx must cut them off
 CLOSE_WAIT = 30.0  # bound on waiting for nginx to close the rest
 
 
@@ -148,7 +148,7 @@ def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     bodies = [c for c in slow if c.kind == "body"]
     assert all(c.closed is not None for c in slow), "nginx left slow connections open"
     # Cut off while still sending: the header timeout, not the client stopping.
-    assert all(c.closed - c.opened < TRICKLE_SECONDS for c in headers)
+    assert all(c.closed < stalled for c in headers)
     # Kept while sending (under client_body_timeout between bytes), cut off once stalled.
     assert all(c.closed >= stalled for c in bodies)
     assert not any(status != 200 for _, status, _ in probes.samples), [
