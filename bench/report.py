@@ -54,7 +54,7 @@ def render(results: Results, command: str) -> str:
         "",
         f"wrk -t{THREADS} -c{CONNECTIONS}, {s.duration} s per run, {s.repeats} repeats "
         'interleaved (order rotated each repeat), medians shown ("x ceiling": median of the '
-        "per-repeat ratios); gunicorn 2 sync workers with "
+        "per-repeat ratios); gunicorn 2 workers (gthread, one thread each) with "
         "the repo's gunicorn.conf.py for every variant; one real Valkey on loopback. "
         "Page size: "
         + ", ".join(f"{name} {size:,} bytes" for name, size in results.page_bytes.items())
@@ -161,7 +161,7 @@ def render(results: Results, command: str) -> str:
         "closed and re-opened |",
         "|---|---:|---:|---:|---:|---:|",
         _slow_row("nginx in front (as deployed)", slow.proxied, str(slow.reopened_proxied)),
-        _slow_row("gunicorn's sync workers directly (before nginx)", slow.bare, "-"),
+        _slow_row("gunicorn directly (before nginx)", slow.bare, "-"),
     ]
     out += ["", "**Targets** (reported, not asserted):", ""]
     out += _targets(results)

@@ -191,7 +191,7 @@ class FaultRun:
 @dataclass
 class SlowRun:
     """Page views while slow clients hold connections: behind the pod's nginx, and straight
-    to gunicorn's sync workers (what the pod did before nginx)."""
+    to gunicorn (what the pod did before nginx)."""
 
     headers: int
     bodies: int
@@ -404,7 +404,7 @@ def _slow_clients(
 ) -> SlowRun:
     """wrk page views while slow clients trickle requests to the same server. One short run
     each: nginx closes a slow header after 10 s (it is re-opened at once), and bare gunicorn
-    answers nothing at all once its two workers are held."""
+    answers nothing at all once its two workers are held by slow requests."""
     seconds = min(settings.duration, 5)
     with SlowClients(proxied.proxy.port, settings.slow_headers, settings.slow_bodies) as slow:
         behind = run_wrk(proxied.base_url + "/", requests, seconds, workdir, count_statuses=True)

@@ -1,5 +1,5 @@
-"""One pod as deployed: nginx (the repo's nginx.conf) in front of gunicorn's sync workers, a
-real Valkey behind. Slow clients: without nginx, two clients sending a request slowly hold both
+"""One pod as deployed: nginx (the repo's nginx.conf) in front of gunicorn's workers, a real
+Valkey behind. Slow clients: without nginx, two clients sending a request slowly hold both
 workers and /healthz stops answering; with it, hundreds cost nothing but connection slots and
 are closed by nginx's timeouts. Error pages nginx or gunicorn make themselves get the app's
 security headers.
