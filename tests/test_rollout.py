@@ -132,7 +132,8 @@ def pods(valkey, start_replica, tmp_path: Path) -> Iterator[Callable[[str], Pod]
     started: list[Pod] = []
 
     def start(name: str) -> Pod:
-        app = start_replica(valkey.port, name)
+        # Four visitors saving for half a minute pass the default 500 messages per session.
+        app = start_replica(valkey.port, name, MESSAGES_MAX_PER_SESSION="100000")
         proxy = Nginx(app.port, tmp_path / f"nginx-{name}.log")
         proxy.start()
         started.append(Pod(app, proxy))
