@@ -43,12 +43,22 @@ RUN groupadd --gid 10001 app \
     && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /nonexistent \
        --shell /usr/sbin/nologin app
 
+# nginx for the pod's `proxy` sidecar, which runs this same image with nginx.conf in front of
+# gunicorn (k8s/deployment.yaml): one image to build, scan and pull, the proxy's settings
+# versioned with the app. nginx-light is Debian's smallest build; versions follow the base's
+# Debian release like the rest of its packages, hence no pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends nginx-light \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY --from=builder /opt/venv /opt/venv
 
 # App code last: a code change rebuilds only these small layers. Files stay root-owned, so the
 # app user cannot modify its own code even where the root filesystem is writable.
 WORKDIR /app
-COPY gunicorn.conf.py ./
+COPY gunicorn.conf.py nginx.conf ./
 COPY app/ ./app/
 
 USER 10001:10001

@@ -34,6 +34,8 @@ STATIC_HEADERS = [
     # Pages carry a CSRF token and the user's messages: never cache them.
     ("Cache-Control", "no-store"),
 ]
+# One year, this host only: subdomains may be other people's sites.
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
 
 
 def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
@@ -70,7 +72,11 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         ("Content-Security-Policy", _content_security_policy(app)),
         *STATIC_HEADERS,
     ]
-    app.after_request(_response_headers(constant_headers))
+    # A Secure cookie means the site is served over HTTPS (TLS ends at the load balancer, so
+    # the request itself may arrive as plain HTTP): tell browsers to use HTTPS only.
+    if settings.session_cookie_secure:
+        constant_headers.append(HSTS)
+    app.after_request(_response_headers(constant_headers, settings.session_cookie_secure))
 
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
@@ -103,7 +109,7 @@ def _before_request() -> Any:
     if isinstance(current, UnavailableSession):
         return errors.store_unavailable(redis.ConnectionError("could not open the session"))
     if current_request.method == "POST":
-        refusal = errors.reject_invalid_utf8(current_request)
+        refusal = errors.refuse_bad_form(current_request)
         if refusal is not None:
             return refusal
     csrf.reuse_token(current)
@@ -123,7 +129,7 @@ def _content_security_policy(app: Flask) -> str:
     )
 
 
-def _response_headers(constant: list[tuple[str, str]]) -> Callable[[Any], Any]:
+def _response_headers(constant: list[tuple[str, str]], has_hsts: bool) -> Callable[[Any], Any]:
     """The after-request hook, with the headers that never change built once."""
 
     def add_headers(response: Any) -> Any:
@@ -131,6 +137,9 @@ def _response_headers(constant: list[tuple[str, str]]) -> Callable[[Any], Any]:
         headers = response.headers
         headers["X-Request-ID"] = logs.current_request_id()
         headers.extend(constant)
+        # HTTPS as seen by gunicorn (X-Forwarded-Proto from a trusted proxy, or TLS).
+        if not has_hsts and request.is_secure:
+            headers.add(*HSTS)
         return response
 
     return add_headers

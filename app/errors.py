@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 from flask import Flask, Request, render_template, request
 from flask_wtf.csrf import CSRFError
 from redis import RedisError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from . import metrics
 from .config import current_settings
@@ -77,16 +77,30 @@ def internal_error(exc: InternalServerError) -> Any:
     return body, 500
 
 
-def reject_invalid_utf8(post: Request) -> Any:
-    """Refuse form bodies that are not UTF-8, before anything parses them.
+def refuse_bad_form(post: Request) -> Any:
+    """Refuse a POST body the page's forms would never send, before anything parses it.
 
-    Werkzeug decodes form fields leniently (invalid bytes survive as %XX text), so a
-    message with broken bytes would be stored altered; checking the raw body is the only
-    place where the difference can still be seen.
+    - Only url-encoded forms: the page sends nothing else, and Werkzeug decodes multipart
+      fields leniently, past the UTF-8 check below.
+    - A chunked body (no Content-Length) over the cap: Werkzeug's capped stream stops
+      reading at the cap and returns what it has, so a longer body would be cut silently
+      and the cut form stored; one more byte read past the cap tells the two apart.
+    - Not UTF-8: Werkzeug decodes form fields leniently (invalid bytes survive as %XX
+      text), so a message with broken bytes would be stored altered; checking the raw body
+      is the only place where the difference can still be seen.
     """
     if post.mimetype != "application/x-www-form-urlencoded":
-        return None
+        if post.content_length == 0 or (post.content_length is None and not post.mimetype):
+            return None  # no body at all: nothing to refuse here (CSRF will)
+        log.info("form refused: %s", post.mimetype or "no content type")
+        return render_page(
+            400, "The form was not sent the way this page sends it, so nothing was saved."
+        )
     raw = post.get_data(cache=True)
+    cap = post.max_content_length
+    at_cap = post.content_length is None and cap is not None and len(raw) >= cap
+    if at_cap and post.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     try:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:

@@ -71,16 +71,22 @@ class GunicornLogger(GunicornBaseLogger):
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
             return
+        # gunicorn's own error path (a request its parser refused) passes a bare Response
+        # with `.status` ("400 Bad Request") but no `.status_code`, after logging a warning
+        # that names the cause: that warning is the request's one line.
+        status = getattr(resp, "status_code", None)
+        if status is None:
+            return
         headers = dict(resp.headers)
         self.access_log.info(
             "%s %s %s",
             environ.get("REQUEST_METHOD"),
             environ.get("PATH_INFO"),
-            resp.status_code,
+            status,
             extra={
                 "method": environ.get("REQUEST_METHOD"),
                 "path": environ.get("PATH_INFO"),
-                "status": resp.status_code,
+                "status": status,
                 "duration_ms": round(request_time.total_seconds() * 1000, 2),
                 "bytes": getattr(resp, "sent", None),
                 "remote_addr": environ.get("REMOTE_ADDR"),

@@ -9,7 +9,7 @@ import time
 from importlib import metadata
 
 from bench.run import Results, Row
-from bench.wrk import CONNECTIONS, THREADS, wrk_binary
+from bench.wrk import CONNECTIONS, THREADS, WrkResult, wrk_binary
 
 
 def machine() -> str:
@@ -54,7 +54,7 @@ def render(results: Results, command: str) -> str:
         "",
         f"wrk -t{THREADS} -c{CONNECTIONS}, {s.duration} s per run, {s.repeats} repeats "
         'interleaved (order rotated each repeat), medians shown ("x ceiling": median of the '
-        "per-repeat ratios); gunicorn 2 sync workers with "
+        "per-repeat ratios); gunicorn 2 workers (gthread, one thread each) with "
         "the repo's gunicorn.conf.py for every variant; one real Valkey on loopback. "
         "Page size: "
         + ", ".join(f"{name} {size:,} bytes" for name, size in results.page_bytes.items())
@@ -149,11 +149,34 @@ def render(results: Results, command: str) -> str:
             + (", ".join(f"{st} {sec * 1000:.0f}" for st, sec in fault.outage_probe) or "none")
             + ".",
         ]
+    slow = results.slow
+    out += [
+        "",
+        f"**i. Page view p50/p99 while {slow.headers + slow.bodies} slow clients are "
+        f"connected** ({slow.headers} sending a header and {slow.bodies} a body, one byte per "
+        f"second each, re-opened as soon as the server closes one; wrk -t{THREADS} "
+        f"-c{CONNECTIONS} for {slow.seconds} s beside them, app `GET /` as in row a):",
+        "",
+        "| served by | req/s | p50 ms | p99 ms | non-2xx/3xx + socket errors | slow connections "
+        "closed and re-opened |",
+        "|---|---:|---:|---:|---:|---:|",
+        _slow_row("nginx in front (as deployed)", slow.proxied, str(slow.reopened_proxied)),
+        _slow_row("gunicorn directly (before nginx)", slow.bare, "-"),
+    ]
     out += ["", "**Targets** (reported, not asserted):", ""]
     out += _targets(results)
     if results.failures:
         out += ["", "**FAILURE**:", ""] + [f"- {f}" for f in results.failures]
     return "\n".join(out) + "\n"
+
+
+def _slow_row(label: str, result: WrkResult, reopened: str) -> str:
+    if not result.requests:
+        return f"| {label} | 0 | - | - | {result.socket_errors} | {reopened} |"
+    return (
+        f"| {label} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
+        f"{result.status_errors + result.socket_errors} | {reopened} |"
+    )
 
 
 def _cpu_ratio(ceiling: Row, row: Row) -> float:
@@ -169,12 +192,18 @@ def _targets(results: Results) -> list[str]:
     metrics_cpu = rows["page_app"].app_cpu_us - bare.app_cpu_us
     save_ratio = rows["save_app"].ratio_to(rows["save_anchor"])
     save_cpu = _cpu_ratio(rows["save_anchor"], rows["save_app"])
+    deployed = rows["page_app_nginx"].ratio_to(rows["page_ceiling"])
+    deployed_cpu = _cpu_ratio(rows["page_ceiling"], rows["page_app_nginx"])
+    both_proxied = rows["page_app_nginx"].ratio_to(rows["page_ceiling_nginx"])
     lines = [
         f"- (a)/(b) ≥ 0.75 (stretch 0.85): {ratio:.2f} by req/s - {_mark(ratio >= 0.75)}; "
         f"{cpu_ratio:.2f} by CPU per request - {_mark(cpu_ratio >= 0.75)}",
         f"- cost of the metrics, (a) against (a0): {metrics_ratio:.2f}x the req/s, "
         f"{metrics_cpu:+.0f} µs of app CPU per page view (reported only; (a)/(b) above "
         "is with metrics on)",
+        f"- (a')/(b), the app as deployed against the bare ceiling: {deployed:.2f} by req/s - "
+        f"{_mark(deployed >= 0.75)}; {deployed_cpu:.2f} by CPU per request (nginx's included) - "
+        f"{_mark(deployed_cpu >= 0.75)}; (a')/(b'), both behind nginx: {both_proxied:.2f}",
         f"- (d) app saves ahead of the anchor: {rows['save_app'].rps:,.0f} vs "
         f"{rows['save_anchor'].rps:,.0f} req/s, {save_ratio:.2f}x by req/s - "
         f"{_mark(save_ratio > 1)}; {save_cpu:.2f}x by CPU per request - {_mark(save_cpu > 1)}",

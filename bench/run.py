@@ -15,7 +15,8 @@ import redis
 from bench.client import PageClient
 from bench.pages import message_text
 from bench.rtt_proxy import RoundTripProxy
-from bench.servers import Gunicorn, RedisServer
+from bench.servers import Gunicorn, Nginx, RedisServer
+from bench.slow import SlowClients
 from bench.variants import (
     anchor_app,
     ceiling_app,
@@ -41,6 +42,8 @@ class Settings:
     fault_seconds: int
     fault_stop_at: float
     fault_start_at: float
+    slow_headers: int
+    slow_bodies: int
 
     @classmethod
     def full(cls, duration: int, repeats: int) -> Settings:
@@ -59,6 +62,8 @@ class Settings:
             fault_seconds=20,
             fault_stop_at=5.0,
             fault_start_at=10.0,
+            slow_headers=200,
+            slow_bodies=50,
         )
 
     @classmethod
@@ -76,6 +81,8 @@ class Settings:
             fault_seconds=4,
             fault_stop_at=1.0,
             fault_start_at=2.0,
+            slow_headers=20,
+            slow_bodies=5,
         )
 
 
@@ -182,9 +189,23 @@ class FaultRun:
 
 
 @dataclass
+class SlowRun:
+    """Page views while slow clients hold connections: behind the pod's nginx, and straight
+    to gunicorn (what the pod did before nginx)."""
+
+    headers: int
+    bodies: int
+    seconds: int
+    proxied: WrkResult
+    bare: WrkResult
+    reopened_proxied: int
+
+
+@dataclass
 class Results:
     settings: Settings
     rows: dict[str, Row]
+    slow: SlowRun
     saves_verified: dict[str, str]
     save_latency: list[SaveLatency]
     redis_costs: list[RedisCost]
@@ -213,6 +234,15 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
             stack.callback(server.stop)
         log("starting redis and 4 gunicorn instances")
         start_all([ours, anchor, ceiling, bare])
+        # The app as the pod serves it (nginx.conf in front), and the ceiling behind the same
+        # nginx, so the proxy's cost shows on both sides of the comparison.
+        proxied = {
+            name: Behind(server, Nginx(server.port, logs / f"nginx-{name}.log"))
+            for name, server in (("app", ours), ("ceiling", ceiling))
+        }
+        for behind in proxied.values():
+            behind.proxy.start()
+            stack.callback(behind.proxy.stop)
 
         log("preparing sessions")
         page_bytes, page_requests = _page_sessions(ours, anchor, ceiling, bare, failures)
@@ -225,6 +255,8 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
             "page_ceiling": Target(ceiling, "/", page_requests["ceiling"]),
             "page_anchor": Target(anchor, "/", page_requests["anchor"]),
             "page_app_no_metrics": Target(bare, "/", page_requests["app-no-metrics"]),
+            "page_app_nginx": Target(proxied["app"], "/", page_requests["app"]),
+            "page_ceiling_nginx": Target(proxied["ceiling"], "/", page_requests["ceiling"]),
         }
         for name, clients in pools.items():
             targets[name] = Target(
@@ -244,6 +276,9 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
         log("save latency by session size")
         save_latency = _save_latency(settings, ours, anchor)
 
+        log(f"page views beside {settings.slow_headers + settings.slow_bodies} slow clients")
+        slow = _slow_clients(settings, proxied["app"], ours, page_requests["app"], workdir)
+
     log("redis commands, round trips and bytes per session")
     redis_costs, footprints = _redis_costs(settings, workdir, logs)
     log(f"fault run ({settings.fault_seconds} s)")
@@ -251,6 +286,7 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
     return Results(
         settings,
         rows,
+        slow,
         saves_verified,
         save_latency,
         redis_costs,
@@ -289,14 +325,31 @@ ROW_LABELS = {
     "page_ceiling": "b. ceiling: bare Flask, same template",
     "page_anchor": "c. anchor: stock flask-session GET /",
     "page_app_no_metrics": "a0. app GET / with metrics off (METRICS_PORT=0)",
+    "page_app_nginx": "a'. app GET / behind the pod's nginx (as deployed)",
+    "page_ceiling_nginx": "b'. ceiling behind the same nginx",
     "save_app": "d. app POST /persistMessage (303, not followed)",
     "save_anchor": "d. anchor POST /persistMessage (303, not followed)",
 }
 
 
 @dataclass(frozen=True)
+class Behind:
+    """A gunicorn behind the pod's nginx: requests go to nginx; CPU counts both."""
+
+    app: Gunicorn
+    proxy: Nginx
+
+    @property
+    def base_url(self) -> str:
+        return self.proxy.base_url
+
+    def cpu_seconds(self) -> float:
+        return self.app.cpu_seconds() + self.proxy.cpu_seconds()
+
+
+@dataclass(frozen=True)
 class Target:
-    server: Gunicorn
+    server: Gunicorn | Behind
     path: str
     requests: list[Request]
 
@@ -345,6 +398,25 @@ def _throughput(
                     f"{result.socket_errors} socket errors in repeat {repeat + 1}"
                 )
     return rows
+
+
+def _slow_clients(
+    settings: Settings,
+    proxied: Behind,
+    bare: Gunicorn,
+    requests: list[Request],
+    workdir: Path,
+) -> SlowRun:
+    """wrk page views while slow clients trickle requests to the same server. One short run
+    each: nginx closes a slow header after 10 s (it is re-opened at once), and bare gunicorn
+    answers nothing at all once its two workers are held by slow requests."""
+    seconds = min(settings.duration, 5)
+    with SlowClients(proxied.proxy.port, settings.slow_headers, settings.slow_bodies) as slow:
+        behind = run_wrk(proxied.base_url + "/", requests, seconds, workdir, count_statuses=True)
+        reopened = slow.reopened
+    with SlowClients(bare.port, settings.slow_headers, settings.slow_bodies):
+        direct = run_wrk(bare.base_url + "/", requests, seconds, workdir, count_statuses=True)
+    return SlowRun(settings.slow_headers, settings.slow_bodies, seconds, behind, direct, reopened)
 
 
 def _verify_saves(clients: list[PageClient], row: Row, failures: list[str], strict: bool) -> str:

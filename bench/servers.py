@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,3 +211,90 @@ class Gunicorn:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
         self.process = None
+
+
+@dataclass
+class Nginx:
+    """The repo's nginx.conf, as the pod runs it in front of gunicorn, moved to free loopback
+    ports and a private directory (Debian's nginx runs it unprivileged, or as root in CI)."""
+
+    upstream_port: int
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def config(self, workdir: Path) -> str:
+        text = (REPO_ROOT / "nginx.conf").read_text()
+        for old, new in (
+            ("listen 8080;", f"listen {HOST}:{self.port};"),
+            ("server 127.0.0.1:8000;", f"server {HOST}:{self.upstream_port};"),
+            ("/tmp/nginx", str(workdir)),
+        ):
+            if old not in text:
+                raise RuntimeError(f"nginx.conf no longer contains {old!r}; update {__name__}")
+            text = text.replace(old, new)
+        return text
+
+    def start(self) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            raise RuntimeError("nginx is missing: apt-get install -y nginx-light")
+        # Its own directory under /tmp, world-traversable: run as root, nginx's workers switch
+        # to an unprivileged user that must reach the config and the temp directories.
+        self.workdir = Path(tempfile.mkdtemp(prefix="nginx-"))
+        self.workdir.chmod(0o755)
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(self.config(self.workdir))
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(conf), "-p", str(self.workdir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited early; log: {self.log_path}")
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+            try:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_until(ready, 30, "nginx", interval=0.05)
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        master = self.process.pid
+        children = Path(f"/proc/{master}/task/{master}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def cpu_seconds(self) -> float:
+        """The nginx worker's CPU time: what the proxy adds to every request."""
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
+
+    def stop(self, sig: int = signal.SIGQUIT) -> None:
+        """SIGQUIT finishes open requests first; SIGTERM (what the kubelet sends the sidecar)
+        closes them at once."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+            self.process = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None

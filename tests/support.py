@@ -240,3 +240,20 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
         replica.stop()
         raise
     return replica
+
+
+def worker_pids(master: int) -> set[int]:
+    """The PIDs of a gunicorn master's workers (its children), from /proc."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text()
+    return {int(pid) for pid in children.split()}
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes exactly as given (HTTP clients refuse to send malformed framing) and read
+    the reply until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+        return reply

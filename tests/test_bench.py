@@ -53,7 +53,11 @@ def test_smoke_run_succeeds_and_prints_every_section(smoke) -> None:
         "f. Redis work per request",
         "g. Bytes in Redis per session",
         "h. Fault run",
+        "a'. app GET / behind the pod's nginx",
+        "b'. ceiling behind the same nginx",
+        "i. Page view p50/p99 while 25 slow clients are connected",
         "(a)/(b)",
+        "(a')/(b)",
     ):
         assert row in proc.stdout
     # --write stores exactly what was printed.

@@ -512,7 +512,7 @@ def test_code_change_rebuilds_only_the_app_layers(
     """The dependency layer comes before the code: a code change must reuse it."""
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py"):
+    for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py", "nginx.conf"):
         shutil.copy2(REPO / name, context / name)
     (context / "requirements").mkdir()
     (context / "requirements" / "runtime.txt").write_bytes(build.runtime_lock)
@@ -569,7 +569,7 @@ def test_container_runs_gunicorn_as_pid1_non_root_without_compilers(container: R
         assert container.exec("sh", "-c", f"command -v {compiler}").returncode != 0
     # .dockerignore and the COPY lines: only the app and its gunicorn config are in /app.
     listing = container.exec("find", "/app", "-mindepth", "1", "-maxdepth", "1").stdout.split()
-    assert sorted(listing) == ["/app/app", "/app/gunicorn.conf.py"]
+    assert sorted(listing) == ["/app/app", "/app/gunicorn.conf.py", "/app/nginx.conf"]
     assert container.exec("find", "/app", "-name", "__pycache__").stdout.strip() == ""
     assert container.exec("touch", "/app/x").returncode != 0
     assert container.exec("touch", "/tmp/x").returncode == 0
@@ -584,6 +584,14 @@ def test_healthcheck_command_detects_up_and_down(container: Running) -> None:
     assert up != check
     assert container.exec(*up).returncode == 0
     assert container.exec(*down).returncode != 0
+
+
+def test_the_image_holds_the_proxy_sidecars_nginx_and_config(container: Running) -> None:
+    """The pod's `proxy` sidecar runs `nginx -c /app/nginx.conf` from this image, as the same
+    non-root user on a read-only root; /tmp/nginx is its emptyDir there."""
+    check = container.exec("sh", "-c", "mkdir -p /tmp/nginx && nginx -t -c /app/nginx.conf")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "test is successful" in check.stderr
 
 
 def test_sigterm_stops_gracefully_and_nothing_wrote_to_the_root_fs(

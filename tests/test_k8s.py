@@ -56,6 +56,7 @@ APP_ENV_VARS = {
     "LOG_LEVEL",
     "REPLICA_NAME",
     "WEB_CONCURRENCY",
+    "GUNICORN_BIND",
     "FORWARDED_ALLOW_IPS",
     "METRICS_PORT",
     "PROMETHEUS_MULTIPROC_DIR",
@@ -564,3 +565,30 @@ def test_the_deploy_overlay_completes_the_base(docs: list[dict[str, Any]], tmp_p
     other = _render_overlay(tmp_path / "other", "replica.example.cache.amazonaws.com")
     other_config = _one(_app_objects(other), "ConfigMap")
     assert other_config["metadata"]["name"] != config["metadata"]["name"]
+
+
+def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
+    """nginx (nginx.conf, from the app's image) owns the pod's port; gunicorn listens on loopback
+    behind it, where only nginx reaches it."""
+    pod = models["Deployment"].spec.template.spec
+    (app,) = pod.containers
+    (proxy,) = pod.init_containers
+    assert proxy.name == "proxy" and proxy.restart_policy == "Always"  # a native sidecar
+    assert proxy.image == app.image
+    assert proxy.command == ["nginx", "-c", "/app/nginx.conf"]
+    nginx_conf = (REPO / "nginx.conf").read_text()
+    (listen,) = re.findall(r"^\s*listen (\d+);", nginx_conf, re.M)
+    (upstream,) = re.findall(r"^\s*server ([\d.:]+);", nginx_conf, re.M)
+    assert int(listen) == _resolve_port("http", app)
+    assert models["ConfigMap"].data["GUNICORN_BIND"] == upstream
+    assert upstream.startswith("127.0.0.1:")
+    for probe in (proxy.startup_probe, proxy.liveness_probe, proxy.readiness_probe):
+        assert probe.tcp_socket.port == int(listen)
+    ctx = proxy.security_context
+    assert ctx.allow_privilege_escalation is False and ctx.read_only_root_filesystem is True
+    assert ctx.capabilities.drop == ["ALL"] and ctx.run_as_non_root is True
+    mounts = {m.mount_path: m.name for m in proxy.volume_mounts}
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes[mounts["/tmp/nginx"]].empty_dir is not None
+    assert "/tmp/nginx/nginx.pid" in nginx_conf
+    assert proxy.resources.requests.keys() == proxy.resources.limits.keys() == {"cpu", "memory"}
