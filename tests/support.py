@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +68,11 @@ def free_port() -> int:
     raise AssertionError(f"no free port in {_PRIVATE_PORTS}")
 
 
-def listening_port(pid: int) -> int | None:
-    """The TCP port process ``pid`` listens on, read from /proc (for servers bound to port 0)."""
+def listening_port(pid: int, besides: Collection[int] = ()) -> int | None:
+    """The TCP port process ``pid`` listens on, read from /proc (for servers bound to port 0).
+
+    ``besides``: ports to ignore, such as the gunicorn master's metrics port.
+    """
     inodes = set()
     try:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -81,9 +84,15 @@ def listening_port(pid: int) -> int | None:
         return None
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-            return int(fields[1].split(":")[1], 16)
+        port = int(fields[1].split(":")[1], 16)
+        if fields[3] == "0A" and fields[9] in inodes and port not in besides:  # 0A: LISTEN
+            return port
     return None
+
+
+def metrics_ports(env: dict[str, str]) -> set[int]:
+    """The metrics port a gunicorn started with ``env`` listens on besides the app's."""
+    return {int(env.get("METRICS_PORT") or 9090)}
 
 
 def csrf_token(page: str) -> str:
@@ -227,7 +236,7 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
     def ready() -> bool:
         assert process.poll() is None, f"gunicorn {name} exited:\n{replica.log()}"
         if not replica.port:
-            replica.port = listening_port(process.pid) or 0
+            replica.port = listening_port(process.pid, metrics_ports(env)) or 0
             return False
         try:
             return requests.get(f"{replica.url}/healthz", timeout=2).status_code == 200

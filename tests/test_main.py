@@ -19,6 +19,8 @@ def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
     """Start `python -m app` on port 0 (the kernel picks a free one); return it and its URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
     env["LOCAL_DATA_DIR"] = str(data_dir)
+    # No metrics server on the fixed default port (concurrent runs would collide on it).
+    env["METRICS_PORT"] = "0"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "--bind", "127.0.0.1:0", "--workers", "1"],

@@ -243,7 +243,8 @@ def _open_sockets(pid: int) -> set[str]:
 
 
 def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
-    replica = start_replica(valkey.port, "draining", WEB_CONCURRENCY="1")
+    # No metrics server: the master's only listening socket is then the app's (see below).
+    replica = start_replica(valkey.port, "draining", WEB_CONCURRENCY="1", METRICS_PORT="0")
     browser = requests.Session()
     token = csrf_token(browse(replica.url, browser))
     cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
