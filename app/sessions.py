@@ -39,7 +39,7 @@ from flask_session.redis import RedisSessionInterface
 from redis import RedisError
 
 from . import metrics
-from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
+from .csrf import CSRF_KEY, CsrfSecrets, clear_keeping_secret, without_secret
 from .lru import LRU
 from .store import MessageStore, SessionGone, StoredSession, session_key
 
@@ -56,9 +56,7 @@ class StrictJSONSerializer(Serializer):
     """Session documents as JSON; anything else is rejected, never unpickled."""
 
     def encode(self, session: Mapping[str, Any]) -> bytes:
-        return json.dumps(
-            {k: v for k, v in session.items() if k != CSRF_KEY}, separators=(",", ":")
-        ).encode()
+        return json.dumps(without_secret(session), separators=(",", ":")).encode()
 
     def decode(self, serialized_data: str | bytes) -> dict:
         value = json.loads(serialized_data)
@@ -101,7 +99,9 @@ class UnavailableSession(NullSession):
 class MessageSessionInterface(RedisSessionInterface):
     session_class = MessageSession
 
-    def __init__(self, app: Flask, store: MessageStore, lifetime_seconds: int) -> None:
+    def __init__(
+        self, app: Flask, store: MessageStore, lifetime_seconds: int, csrf_secrets: CsrfSecrets
+    ) -> None:
         super().__init__(
             app,
             client=store.client,
@@ -118,7 +118,7 @@ class MessageSessionInterface(RedisSessionInterface):
         # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
         self.refresh_interval = min(60.0, lifetime_seconds / 10)
         self._refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)
-        self._csrf_cookie = CsrfCookie(app.secret_key)
+        self._csrf = csrf_secrets
 
     def get_cookie_name(self, app: Flask) -> str:
         if self.get_cookie_secure(app):
@@ -151,11 +151,7 @@ class MessageSessionInterface(RedisSessionInterface):
             session.document = loaded[0].document
             session.loaded_messages = loaded[0].messages
             session.stored = True
-        secret = self._csrf_cookie.load(request.cookies.get(CSRF_COOKIE))
-        session.csrf_cookie_secret = secret
-        if secret is not None:
-            # Bypass the change callback: restoring the secret is not a modification.
-            dict.__setitem__(session, CSRF_KEY, secret)
+        session.csrf_cookie_secret = self._csrf.restore(session, request)
         return session
 
     def _load(self, sid: str) -> tuple[StoredSession, dict] | None:
@@ -177,7 +173,14 @@ class MessageSessionInterface(RedisSessionInterface):
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
         if not isinstance(session, MessageSession):
             return
-        self._write_csrf_cookie(app, session, response)
+        self._csrf.persist(
+            session,
+            session.csrf_cookie_secret,
+            response,
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            path=self.get_cookie_path(app),
+        )
         if session.ended:
             response.delete_cookie(
                 self.get_cookie_name(app),
@@ -262,10 +265,7 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def end(self, session: MessageSession) -> None:
         """Forget the session here and in the browser (its keys are gone from Redis)."""
-        csrf_secret = dict.get(session, CSRF_KEY)
-        session.clear()
-        if csrf_secret is not None:
-            dict.__setitem__(session, CSRF_KEY, csrf_secret)
+        clear_keeping_secret(session)
         session.stored = False
         session.ended = True
 
@@ -289,16 +289,3 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def _remember_refresh(self, store_id: str) -> None:
         self._refreshed.put(store_id, time.monotonic())
-
-    def _write_csrf_cookie(self, app: Flask, session: MessageSession, response: Response) -> None:
-        secret = dict.get(session, CSRF_KEY)
-        if secret is None or secret == session.csrf_cookie_secret:
-            return
-        response.set_cookie(
-            CSRF_COOKIE,
-            self._csrf_cookie.dump(secret),
-            httponly=True,
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
-            path=self.get_cookie_path(app),
-        )
