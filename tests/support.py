@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import random
 import re
@@ -266,3 +267,18 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         while chunk := conn.recv(65536):
             reply += chunk
         return reply
+
+
+def checkov_report(path: Path, framework: str) -> dict:
+    """checkov's JSON report on one file (the package's own module, so no PATH lookup)."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "checkov.main", "-f", str(path)),
+            *("--framework", framework, "--skip-download", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return json.loads(proc.stdout)

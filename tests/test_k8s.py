@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +24,8 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 from kubernetes.utils import parse_quantity
+
+from .support import checkov_report
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
@@ -428,25 +429,7 @@ def test_capacity_objects_agree(models: dict[str, Any]) -> None:
 
 def test_checkov_finds_no_failed_checks(rendered: tuple[list[dict[str, Any]], Path]) -> None:
     path = rendered[1]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "checkov.main",
-            "-f",
-            str(path),
-            "--framework",
-            "kubernetes",
-            "--skip-download",
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(proc.stdout)
+    report = checkov_report(path, "kubernetes")
     summary = report["summary"]
     failed = [c["check_id"] for c in report["results"]["failed_checks"]]
     assert failed == [] and summary["failed"] == 0
