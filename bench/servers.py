@@ -173,26 +173,14 @@ class Gunicorn:
                 start_new_session=True,
             )
 
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early; log: {self.log_path}")
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
-            try:
-                conn.request("GET", ready_path)
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
-
-        wait_until(ready, 30, f"gunicorn {self.name}", interval=0.05)
+        _wait_until_answering(
+            self.process, self.port, ready_path, f"gunicorn {self.name}", self.log_path
+        )
 
     def worker_pids(self) -> list[int]:
         """Worker PIDs from /proc (children of the master): what the profiler attaches to."""
         assert self.process is not None
-        master = self.process.pid
-        children = Path(f"/proc/{master}/task/{master}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return _children(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """The workers' CPU time (the master only supervises)."""
@@ -258,25 +246,11 @@ class Nginx:
                 start_new_session=True,
             )
 
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited early; log: {self.log_path}")
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
-            try:
-                conn.request("GET", "/healthz")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
-
-        wait_until(ready, 30, "nginx", interval=0.05)
+        _wait_until_answering(self.process, self.port, "/healthz", "nginx", self.log_path)
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None
-        master = self.process.pid
-        children = Path(f"/proc/{master}/task/{master}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return _children(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """The nginx worker's CPU time: what the proxy adds to every request."""
@@ -298,3 +272,29 @@ class Nginx:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+def _children(master: int) -> list[int]:
+    """A master process's children (its workers), from /proc."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def _wait_until_answering(
+    process: subprocess.Popen | None, port: int, path: str, label: str, log_path: Path
+) -> None:
+    """Poll ``path`` until it answers 200; fail at once if the server exits meanwhile."""
+
+    def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{label} exited early; log: {log_path}")
+        conn = http.client.HTTPConnection(HOST, port, timeout=2)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    wait_until(ready, 30, label, interval=0.05)

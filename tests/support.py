@@ -6,6 +6,7 @@ Every server listens on 127.0.0.1 and is stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -263,3 +264,18 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         while chunk := conn.recv(65536):
             reply += chunk
         return reply
+
+
+def checkov_report(path: Path, framework: str) -> dict:
+    """checkov's JSON report on one file (the package's own module, so no PATH lookup)."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "checkov.main", "-f", str(path)),
+            *("--framework", framework, "--skip-download", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return json.loads(proc.stdout)

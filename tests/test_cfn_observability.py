@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from .support import checkov_report
 from .test_cfn import CFN, LINT_REGIONS, _tool
 
 TEMPLATE = CFN / "observability.yaml"
@@ -172,17 +172,7 @@ def test_cfn_lint_is_clean_with_every_resource_on(everything_on: Path) -> None:
 
 
 def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Path) -> None:
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "checkov.main", "-f", str(everything_on)),
-            *("--framework", "cloudformation", "--skip-download", "-o", "json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(proc.stdout)
+    report = checkov_report(everything_on, "cloudformation")
     assert [c["check_id"] for c in report["results"]["failed_checks"]] == []
     checked = {c["resource"] for c in report["results"]["passed_checks"]}
     # The conditional resources were really looked at, not dropped.

