@@ -7,35 +7,18 @@ environment.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import redis
-from flask import Flask, request, session
+from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import csrf, errors, health, logs, metrics, views
+from . import csrf, errors, health, hooks, logs, metrics, validation, views
 from .config import Settings
 from .connection import connect
 from .ratelimit import RateLimits
 from .reads import DirectReads, TrackedReads
-from .sessions import MessageSessionInterface, UnavailableSession
+from .sessions import MessageSessionInterface
 from .store import MessageStore
-
-# Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
-STATIC_HEADERS = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    # Pages carry a CSRF token and the user's messages: never cache them.
-    ("Cache-Control", "no-store"),
-]
-# One year, this host only: subdomains may be other people's sites.
-HSTS = ("Strict-Transport-Security", "max-age=31536000")
 
 
 def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
@@ -52,35 +35,24 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         MAX_CONTENT_LENGTH=settings.max_content_length,
-        # The CSRF token is checked against the secret in the signed `csrf` cookie; an hour
-        # is flask-wtf's default lifetime for a token in an open page.
-        WTF_CSRF_TIME_LIMIT=3600,
         # A Redis failure must reach our handlers, never propagate as a traceback.
         PROPAGATE_EXCEPTIONS=False,
     )
     app.extensions["settings"] = settings
     app.extensions["message_store"] = store = _make_store(settings, redis_client)
     app.extensions["rate_limits"] = RateLimits(settings, store)
-    app.session_interface = MessageSessionInterface(app, store, settings.session_lifetime_seconds)
+    csrf_secrets = csrf.CsrfSecrets(settings.secret_key)
+    app.session_interface = MessageSessionInterface(
+        app, store, settings.session_lifetime_seconds, csrf_secrets
+    )
 
-    # One hook each way (every hook costs a page view a few microseconds); registered
-    # before CSRFProtect's, whose check parses the form.
-    app.before_request(_before_request)
-    csrf.init_app(app)
-    constant_headers = [
-        ("X-Served-By", settings.replica_name),
-        ("Content-Security-Policy", _content_security_policy(app)),
-        *STATIC_HEADERS,
-    ]
-    # A Secure cookie means the site is served over HTTPS (TLS ends at the load balancer, so
-    # the request itself may arrive as plain HTTP): tell browsers to use HTTPS only.
-    if settings.session_cookie_secure:
-        constant_headers.append(HSTS)
-    app.after_request(_response_headers(constant_headers, settings.session_cookie_secure))
+    hooks.register(app, settings)  # before CSRFProtect's hook, whose check parses the form
+    csrf.init_app(app, csrf_secrets)
 
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
     errors.register(app)
+    validation.register(app)
     metrics.init_app(app)
     return app
 
@@ -100,46 +72,3 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
         settings, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5, socket_timeout=0.5
     )
     return MessageStore(client, reads, probe, **waiting)
-
-
-def _before_request() -> Any:
-    logs.current_request_id()  # first, so that every log line of the request carries it
-    current_request = request._get_current_object()
-    current = session._get_current_object()
-    if isinstance(current, UnavailableSession):
-        return errors.store_unavailable(redis.ConnectionError("could not open the session"))
-    if current_request.method == "POST":
-        refusal = errors.refuse_bad_form(current_request)
-        if refusal is not None:
-            return refusal
-    csrf.reuse_token(current)
-    return None
-
-
-def _content_security_policy(app: Flask) -> str:
-    """Nothing but this app's own forms and its one inline stylesheet, named by its hash."""
-    source = (Path(app.root_path) / "templates" / "base.html").read_text()
-    style = re.search(r"<style>(.*?)</style>", source, re.S)
-    if style is None:
-        raise RuntimeError("app/templates/base.html has no <style> block to allow")
-    digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
-    return (
-        f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    )
-
-
-def _response_headers(constant: list[tuple[str, str]], has_hsts: bool) -> Callable[[Any], Any]:
-    """The after-request hook, with the headers that never change built once."""
-
-    def add_headers(response: Any) -> Any:
-        csrf.remember_token()
-        headers = response.headers
-        headers["X-Request-ID"] = logs.current_request_id()
-        headers.extend(constant)
-        # HTTPS as seen by gunicorn (X-Forwarded-Proto from a trusted proxy, or TLS).
-        if not has_hsts and request.is_secure:
-            headers.add(*HSTS)
-        return response
-
-    return add_headers

@@ -1,22 +1,29 @@
-"""CSRF protection: flask-wtf's tokens, bound to a secret the browser keeps in a signed cookie.
+"""CSRF protection, all of it: flask-wtf's tokens, bound to a secret kept in a signed cookie.
 
 flask-wtf keeps the secret a token is bound to in the session; kept there, it would cost a
-Redis key for every visitor who merely sees a form. The session interface instead restores it
-from, and saves it to, the signed, HttpOnly ``csrf`` cookie (a signed double-submit cookie), so
-flask-wtf's own generation and checking stay untouched.
+Redis key for every visitor who merely sees a form. Instead the secret lives in the signed,
+HttpOnly ``csrf`` cookie (a signed double-submit cookie), so flask-wtf's own generation and
+checking stay untouched. The session interface calls two methods of ``CsrfSecrets``:
+``restore`` (cookie to session, when the session is opened) and ``persist`` (session to
+cookie, when it is saved); the session document never holds the secret (``without_secret``),
+and ending a session keeps it (``clear_keeping_secret``).
 
 Both hot operations are cached per worker, because they were a fifth of a page view's cost:
 verifying the cookie's signature, and signing a fresh token for every page (flask-wtf signs
 one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so reusing one for a
-minute changes nothing a user or an attacker could notice).
+minute changes nothing a user or an attacker could notice). ``reuse_token`` and
+``remember_token`` are the before- and after-request halves of the token cache; the page
+takes its token from ``page_token``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
-from flask import Flask, current_app, g
-from flask_wtf.csrf import CSRFProtect
+from flask import Flask, Request, Response, current_app, g
+from flask_wtf.csrf import CSRFProtect, generate_csrf
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from .lru import LRU
@@ -24,19 +31,55 @@ from .lru import LRU
 CSRF_KEY = "csrf_token"  # flask-wtf's session key and form field (WTF_CSRF_FIELD_NAME)
 CSRF_COOKIE = "csrf"
 TOKEN_REUSE_SECONDS = 60.0
+# flask-wtf's default lifetime for a token in an open page.
+TOKEN_LIFETIME_SECONDS = 3600
 _CACHE_ENTRIES = 10_000
+_EXTENSION = "csrf_secrets"
 
 csrf = CSRFProtect()
 
 
-class CsrfCookie:
-    """Reads and writes the CSRF secret's cookie; verified values are remembered."""
+class CsrfSecrets:
+    """Per app (the cookie is signed with its key): the cookie's signer and the two caches."""
 
     def __init__(self, secret_key: str) -> None:
         self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
         self._verified: LRU[str, str] = LRU(_CACHE_ENTRIES)
+        self.tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
-    def load(self, value: str | None) -> str | None:
+    def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
+        """Put the secret from the request's cookie into the session; return it (None when
+        absent or not signed by us)."""
+        secret = self._load(request.cookies.get(CSRF_COOKIE))
+        if secret is not None:
+            # Bypass the change callback: restoring the secret is not a modification.
+            dict.__setitem__(session, CSRF_KEY, secret)
+        return secret
+
+    def persist(
+        self,
+        session: Mapping[str, Any],
+        restored: str | None,
+        response: Response,
+        *,
+        secure: bool,
+        samesite: str | None,
+        path: str,
+    ) -> None:
+        """Set the cookie when the session holds a secret other than the one restored."""
+        secret = dict.get(session, CSRF_KEY)
+        if secret is None or secret == restored:
+            return
+        response.set_cookie(
+            CSRF_COOKIE,
+            self._signer.dumps(secret),
+            httponly=True,
+            secure=secure,
+            samesite=samesite,
+            path=path,
+        )
+
+    def _load(self, value: str | None) -> str | None:
         if not value:
             return None
         secret = self._verified.get(value)
@@ -51,18 +94,28 @@ class CsrfCookie:
         self._verified.put(value, secret)
         return secret
 
-    def dump(self, secret: str) -> str:
-        return self._signer.dumps(secret)
+
+def without_secret(session: Mapping[str, Any]) -> dict[str, Any]:
+    """The session's data as stored in Redis: everything but the CSRF secret."""
+    return {k: v for k, v in session.items() if k != CSRF_KEY}
 
 
-def reuse_token(current_session: dict) -> None:
+def clear_keeping_secret(session: MutableMapping[str, Any]) -> None:
+    """Empty the session but keep the CSRF secret, so that open pages' forms stay valid."""
+    secret = dict.get(session, CSRF_KEY)
+    session.clear()
+    if secret is not None:
+        dict.__setitem__(session, CSRF_KEY, secret)
+
+
+def reuse_token(current_session: Mapping[str, Any]) -> None:
     """Before the view: hand flask-wtf this browser's recent token instead of a new one."""
     secret = dict.get(current_session, CSRF_KEY)
     if secret is None:
         return
-    cached = current_app.extensions["csrf_tokens"].get(secret)
+    cached = current_app.extensions[_EXTENSION].tokens.get(secret)
     if cached is not None and time.monotonic() - cached[1] < TOKEN_REUSE_SECONDS:
-        g.csrf_token = cached[0]  # what flask-wtf's generate_csrf() returns when present
+        _flask_wtf_token(cached[0])
     else:
         g.csrf_secret_for_cache = secret
 
@@ -70,11 +123,30 @@ def reuse_token(current_session: dict) -> None:
 def remember_token() -> None:
     """After the view: keep the token flask-wtf signed, for this browser's next pages."""
     secret = g.pop("csrf_secret_for_cache", None)
-    token = g.get("csrf_token")
+    token = _flask_wtf_token()
     if secret is not None and token is not None:
-        current_app.extensions["csrf_tokens"].put(secret, (token, time.monotonic()))
+        current_app.extensions[_EXTENSION].tokens.put(secret, (token, time.monotonic()))
 
 
-def init_app(app: Flask) -> None:
+def page_token() -> str:
+    """The token for the page's forms: the reused one, else one flask-wtf signs."""
+    return _flask_wtf_token() or generate_csrf()
+
+
+def _flask_wtf_token(token: str | None = None) -> str | None:
+    """flask-wtf's per-request token, which it keeps in ``g.<field name>``: with ``token``,
+    set it (``generate_csrf()`` then returns it instead of signing one); without, read it.
+
+    The one place that relies on that undocumented slot; tests/test_csrf.py fails if
+    flask-wtf stops honouring it.
+    """
+    if token is not None:
+        setattr(g, CSRF_KEY, token)
+        return token
+    return g.get(CSRF_KEY)
+
+
+def init_app(app: Flask, secrets: CsrfSecrets) -> None:
+    app.config["WTF_CSRF_TIME_LIMIT"] = TOKEN_LIFETIME_SECONDS
     csrf.init_app(app)
-    app.extensions["csrf_tokens"] = LRU(_CACHE_ENTRIES)  # per app: tokens are signed with its key
+    app.extensions[_EXTENSION] = secrets

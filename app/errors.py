@@ -1,19 +1,17 @@
-"""What users see when something is refused or fails: a short page, never a traceback."""
+"""What users see when something fails (Redis away, a wrong address or method, a bug): a short
+page, never a traceback. Refused input (a bad form, a failed CSRF check) is in ``validation``."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
-from flask import Flask, Request, render_template, request
-from flask_wtf.csrf import CSRFError
+from flask import Flask, render_template
 from redis import RedisError
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import metrics
 from .config import current_settings
-from .views import render_page
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +26,6 @@ _HUMAN = {
 
 def register(app: Flask) -> None:
     app.register_error_handler(RedisError, store_unavailable)
-    app.register_error_handler(CSRFError, csrf_failed)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(InternalServerError, internal_error)
 
@@ -42,17 +39,6 @@ def store_unavailable(exc: Exception) -> Any:
         "Please try again in a few seconds.",
     )
     return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-
-
-def csrf_failed(exc: CSRFError) -> Any:
-    log.info("form refused: %s", exc.description)
-    metrics.refused("csrf")
-    return render_page(
-        400,
-        "This form has expired or did not come from this site, so nothing was saved. "
-        "Please try again.",
-        draft=request.form.get("message", ""),
-    )
 
 
 def http_error(exc: HTTPException) -> Any:
@@ -75,36 +61,3 @@ def internal_error(exc: InternalServerError) -> Any:
         message="Something went wrong on our side. Your saved messages are unaffected.",
     )
     return body, 500
-
-
-def refuse_bad_form(post: Request) -> Any:
-    """Refuse a POST body the page's forms would never send, before anything parses it.
-
-    - Only url-encoded forms: the page sends nothing else, and Werkzeug decodes multipart
-      fields leniently, past the UTF-8 check below.
-    - A chunked body (no Content-Length) over the cap: Werkzeug's capped stream stops
-      reading at the cap and returns what it has, so a longer body would be cut silently
-      and the cut form stored; one more byte read past the cap tells the two apart.
-    - Not UTF-8: Werkzeug decodes form fields leniently (invalid bytes survive as %XX
-      text), so a message with broken bytes would be stored altered; checking the raw body
-      is the only place where the difference can still be seen.
-    """
-    if post.mimetype != "application/x-www-form-urlencoded":
-        if post.content_length == 0 or (post.content_length is None and not post.mimetype):
-            return None  # no body at all: nothing to refuse here (CSRF will)
-        log.info("form refused: %s", post.mimetype or "no content type")
-        return render_page(
-            400, "The form was not sent the way this page sends it, so nothing was saved."
-        )
-    raw = post.get_data(cache=True)
-    cap = post.max_content_length
-    at_cap = post.content_length is None and cap is not None and len(raw) >= cap
-    if at_cap and post.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
-    try:
-        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
-    except UnicodeDecodeError:
-        log.info("form refused: not UTF-8")
-        metrics.refused("invalid_utf8")
-        return render_page(400, "The message was not valid UTF-8 text, so nothing was saved.")
-    return None

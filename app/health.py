@@ -8,7 +8,9 @@ pods keep answering, with a 503 page and Retry-After, and the body reports what 
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint
+
+from .context import current_store
 
 bp = Blueprint("health", __name__)
 
@@ -20,5 +22,5 @@ def healthz() -> dict[str, str]:
 
 @bp.get("/readyz")
 def readyz() -> dict[str, str]:
-    reachable = current_app.extensions["message_store"].ping()
+    reachable = current_store().ping()
     return {"status": "ready", "redis": "ok" if reachable else "unavailable"}

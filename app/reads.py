@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
@@ -165,7 +166,7 @@ class TrackedReads:
         connection.on_connect_check_health(check_health=False)
         # Whatever changed while we were disconnected sent us no invalidation.
         self._cache.clear()
-        connection._parser.set_invalidation_push_handler(self._on_invalidation)
+        set_invalidation_handler(connection, self._on_invalidation)
         connection.send_command("CLIENT", "TRACKING", "ON", check_health=False)
         connection.read_response()
 
@@ -177,3 +178,16 @@ class TrackedReads:
             return
         for raw in keys:
             self._cache.pop(raw.decode() if isinstance(raw, bytes) else raw, None)
+
+
+def set_invalidation_handler(
+    connection: redis.connection.AbstractConnection, handler: Callable[[list[Any]], None]
+) -> None:
+    """Have ``handler`` called with each invalidation push the connection reads.
+
+    redis-py 8.1 has no public API for this (its own client-side cache reaches into the
+    connection's parser the same way), so this is the one place that uses the private
+    ``connection._parser.set_invalidation_push_handler``; tests/test_reads_seam.py fails,
+    naming it, when a redis-py upgrade removes it.
+    """
+    connection._parser.set_invalidation_push_handler(handler)

@@ -5,9 +5,10 @@ What it changes, and why:
 * JSON only. flask-session 0.8 falls back to ``pickle.loads`` when decoding fails, so anyone
   able to write to Redis could run code in the app; here an undecodable document is logged and
   treated as no session.
-* The CSRF secret lives in its own signed cookie, not in Redis. flask-wtf keeps its secret
-  in the session, which would store a Redis key for every visitor who merely sees a form;
-  this way a session is stored only once it holds something (the first saved message).
+* The CSRF secret lives in its own signed cookie, not in Redis (``csrf.CsrfSecrets``
+  restores and persists it). flask-wtf keeps its secret in the session, which would store a
+  Redis key for every visitor who merely sees a form; this way a session is stored only once
+  it holds something (the first saved message).
 * No rewrite of an unchanged session. flask-session rewrites the whole document on every
   request; here a save stores its own changes in one script, the document is rewritten only
   when its stored part changed, and the sliding expiry is refreshed with one pipelined EXPIRE
@@ -19,6 +20,14 @@ What it changes, and why:
   Redis. Over HTTPS the cookie is named ``__Host-session``: a browser accepts such a cookie
   only from this exact host, over HTTPS, for path ``/``, so a sibling subdomain cannot plant
   a session id in it (fixation).
+
+What it uses of flask-session, and why no more: only its public API, that is the
+``RedisSessionInterface`` constructor, ``ServerSideSession`` (the change tracking) and the
+cookie settings Flask's ``SessionInterface`` provides. No private helper of flask-session is
+called, overridden or subclassed (its serializer base class included): they change between
+releases (its development branch renamed the serializer's abstract methods, which broke
+``create_app``). tests/test_session_seam.py fails, naming the clash, if a method here
+shadows a private name of flask-session.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,14 +44,14 @@ from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import NullSession
-from flask_session.base import Serializer, ServerSideSession
+from flask_session.base import ServerSideSession
 from flask_session.redis import RedisSessionInterface
 from redis import RedisError
 
 from . import metrics
-from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
+from .csrf import CSRF_KEY, CsrfSecrets, clear_keeping_secret, without_secret
 from .lru import LRU
-from .store import MessageStore, SessionGone, StoredSession, session_key
+from .store import KEY_PREFIX, MessageStore, SessionGone, StoredSession, session_key
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +62,11 @@ SECURE_COOKIE_NAME = "__Host-session"
 _REFRESH_MEMORY = 50_000  # sessions whose last TTL refresh a worker remembers
 
 
-class StrictJSONSerializer(Serializer):
+class StrictJSONSerializer:
     """Session documents as JSON; anything else is rejected, never unpickled."""
 
     def encode(self, session: Mapping[str, Any]) -> bytes:
-        return json.dumps(
-            {k: v for k, v in session.items() if k != CSRF_KEY}, separators=(",", ":")
-        ).encode()
+        return json.dumps(without_secret(session), separators=(",", ":")).encode()
 
     def decode(self, serialized_data: str | bytes) -> dict:
         value = json.loads(serialized_data)
@@ -101,11 +109,13 @@ class UnavailableSession(NullSession):
 class MessageSessionInterface(RedisSessionInterface):
     session_class = MessageSession
 
-    def __init__(self, app: Flask, store: MessageStore, lifetime_seconds: int) -> None:
+    def __init__(
+        self, app: Flask, store: MessageStore, lifetime_seconds: int, csrf_secrets: CsrfSecrets
+    ) -> None:
         super().__init__(
             app,
             client=store.client,
-            key_prefix="session:",
+            key_prefix=KEY_PREFIX,  # unused by this class (session_key names the keys)
             use_signer=False,
             permanent=True,
             sid_length=SID_LENGTH,
@@ -118,15 +128,12 @@ class MessageSessionInterface(RedisSessionInterface):
         # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
         self.refresh_interval = min(60.0, lifetime_seconds / 10)
         self._refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)
-        self._csrf_cookie = CsrfCookie(app.secret_key)
+        self._csrf = csrf_secrets
 
     def get_cookie_name(self, app: Flask) -> str:
         if self.get_cookie_secure(app):
             return SECURE_COOKIE_NAME
         return super().get_cookie_name(app)
-
-    def _get_store_id(self, sid: str) -> str:
-        return session_key(sid)
 
     # Reading -----------------------------------------------------------------------------
 
@@ -145,22 +152,18 @@ class MessageSessionInterface(RedisSessionInterface):
             log.warning("session store unavailable while opening a session: %s", exc)
             return UnavailableSession()
         if loaded is None:
-            session = self.session_class(sid=self._generate_sid(self.sid_length), permanent=True)
+            session = self.session_class(sid=secrets.token_urlsafe(SID_LENGTH), permanent=True)
         else:
             session = self.session_class(loaded[1], sid=sid)
             session.document = loaded[0].document
             session.loaded_messages = loaded[0].messages
             session.stored = True
-        secret = self._csrf_cookie.load(request.cookies.get(CSRF_COOKIE))
-        session.csrf_cookie_secret = secret
-        if secret is not None:
-            # Bypass the change callback: restoring the secret is not a modification.
-            dict.__setitem__(session, CSRF_KEY, secret)
+        session.csrf_cookie_secret = self._csrf.restore(session, request)
         return session
 
     def _load(self, sid: str) -> tuple[StoredSession, dict] | None:
         """The stored session and its data; None when missing or not a JSON object."""
-        stored = self.store.load(self._get_store_id(sid))
+        stored = self.store.load(session_key(sid))
         if stored is None:
             return None
         try:
@@ -177,7 +180,14 @@ class MessageSessionInterface(RedisSessionInterface):
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
         if not isinstance(session, MessageSession):
             return
-        self._write_csrf_cookie(app, session, response)
+        self._csrf.persist(
+            session,
+            session.csrf_cookie_secret,
+            response,
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            path=self.get_cookie_path(app),
+        )
         if session.ended:
             response.delete_cookie(
                 self.get_cookie_name(app),
@@ -187,7 +197,7 @@ class MessageSessionInterface(RedisSessionInterface):
             return
         if not session.has_content:
             return
-        store_id = self._get_store_id(session.sid)
+        store_id = session_key(session.sid)
         if session.modified and self.serializer.encode(session).decode() != session.document:
             # Changed by code other than append_message (which stores its own changes); not
             # when only flask-wtf's CSRF secret was added, which lives in its own cookie.
@@ -218,7 +228,7 @@ class MessageSessionInterface(RedisSessionInterface):
             return []
         if session.loaded_messages is not None:
             return session.loaded_messages
-        return self.store.messages(self._get_store_id(session.sid))
+        return self.store.messages(session_key(session.sid))
 
     def append_message(
         self, session: MessageSession, text: str, save_id: str, limit: int, max_bytes: int
@@ -230,7 +240,7 @@ class MessageSessionInterface(RedisSessionInterface):
         if not session.stored:
             started = datetime.now(UTC).isoformat(timespec="seconds")
             document = self.serializer.encode({**session, "started": started})
-        store_id = self._get_store_id(session.sid)
+        store_id = session_key(session.sid)
         try:
             count = self.store.append(
                 store_id,
@@ -256,20 +266,17 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def destroy(self, session: MessageSession) -> None:
         if session.stored:
-            self._delete_session(self._get_store_id(session.sid))
+            self._forget(session_key(session.sid))
             metrics.SESSIONS_DESTROYED.inc()
         self.end(session)
 
     def end(self, session: MessageSession) -> None:
         """Forget the session here and in the browser (its keys are gone from Redis)."""
-        csrf_secret = dict.get(session, CSRF_KEY)
-        session.clear()
-        if csrf_secret is not None:
-            dict.__setitem__(session, CSRF_KEY, csrf_secret)
+        clear_keeping_secret(session)
         session.stored = False
         session.ended = True
 
-    def _delete_session(self, store_id: str) -> None:
+    def _forget(self, store_id: str) -> None:
         self.store.delete(store_id)
         self._refreshed.pop(store_id, None)
 
@@ -289,16 +296,3 @@ class MessageSessionInterface(RedisSessionInterface):
 
     def _remember_refresh(self, store_id: str) -> None:
         self._refreshed.put(store_id, time.monotonic())
-
-    def _write_csrf_cookie(self, app: Flask, session: MessageSession, response: Response) -> None:
-        secret = dict.get(session, CSRF_KEY)
-        if secret is None or secret == session.csrf_cookie_secret:
-            return
-        response.set_cookie(
-            CSRF_COOKIE,
-            self._csrf_cookie.dump(secret),
-            httponly=True,
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
-            path=self.get_cookie_path(app),
-        )

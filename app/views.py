@@ -7,12 +7,12 @@ import re
 import secrets
 from typing import Any
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
-from flask_wtf.csrf import generate_csrf
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from . import metrics
+from . import csrf, metrics
 from .config import current_settings
+from .context import current_rate_limits, current_sessions
 from .store import SessionFull, SessionGone, SessionOverBudget
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def persist_message() -> Any:
         metrics.refused("damaged_form")
         return render_page(400, "The form was damaged, so nothing was saved.", draft=raw or "")
     current = session._get_current_object()
-    refusal = current_app.extensions["rate_limits"].check_save(request, not current.stored)
+    refusal = current_rate_limits().check_save(request, not current.stored)
     if refusal is not None:
         log.info("message refused: too many %s from this client", refusal.reason)
         metrics.refused("rate_limited")
@@ -68,7 +68,7 @@ def persist_message() -> Any:
         )
         return page, status, {"Retry-After": str(refusal.retry_after)}
     try:
-        current_app.session_interface.append_message(
+        current_sessions().append_message(
             current,
             text,
             save_id,
@@ -109,22 +109,20 @@ def persist_message() -> Any:
 
 @bp.post("/destroy")
 def destroy() -> Response:
-    current_app.session_interface.destroy(session._get_current_object())
+    current_sessions().destroy(session._get_current_object())
     return redirect(url_for(".index"), code=303)
 
 
 def render_page(status: int = 200, error: str | None = None, draft: str = "") -> Any:
     """The message page, also for refused input: the reason is shown above the messages,
     which are read back from Redis to show that they are intact."""
-    app = current_app._get_current_object()
-    settings = app.extensions["settings"]
+    settings = current_settings()
     current = session._get_current_object()
     return (
         render_template(
             "index.html",
-            # csrf.reuse_token may have set this browser's recent token already.
-            csrf_token=g.get("csrf_token") or generate_csrf(),
-            messages=app.session_interface.messages(current),
+            csrf_token=csrf.page_token(),
+            messages=current_sessions().messages(current),
             fingerprint=current.fingerprint,
             started=current.get("started"),
             lifetime_minutes=settings.session_lifetime_seconds // 60,

@@ -5,14 +5,11 @@ requests and requests' own overhead (~0.3 ms) would blur the differences being m
 from __future__ import annotations
 
 import http.client
-import re
 import time
 from urllib.parse import urlencode
 
 from bench.servers import HOST
-
-CSRF_RE = re.compile(r'name="csrf_token"\s+value="([^"]+)"')
-MESSAGE_RE = re.compile(r'<li class="message">')
+from ops.page import parse_page
 
 
 class PageClient:
@@ -56,9 +53,9 @@ class PageClient:
         status, text, _ = self.request("GET", "/")
         if status != 200:
             raise RuntimeError(f"GET / on port {self.port} answered {status}")
-        match = CSRF_RE.search(text)
-        if match:
-            self.csrf_token = match.group(1)
+        token = parse_page(text).csrf_token
+        if token:
+            self.csrf_token = token
         return text
 
     def save_body(self, message: str) -> str:
@@ -74,4 +71,4 @@ class PageClient:
         return elapsed
 
     def message_count(self) -> int:
-        return len(MESSAGE_RE.findall(self.get_page()))
+        return len(parse_page(self.get_page()).messages)

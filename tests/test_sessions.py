@@ -8,7 +8,7 @@ import pytest
 from flask import session
 from itsdangerous import TimestampSigner
 
-from app.sessions import CSRF_COOKIE
+from app.csrf import CSRF_COOKIE
 from app.store import session_key
 
 from .support import csrf_token, listed_messages, save

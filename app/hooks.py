@@ -1,0 +1,91 @@
+"""The before- and after-request hooks: one each way (every hook costs a page view a few
+microseconds).
+
+Before: the request id, the 503 for a session Redis could not open, the raw-form check, and
+the CSRF token reuse. After: the CSRF token cache and the response headers that every page
+carries (built once per app).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, request, session
+
+from . import csrf, errors, logs, validation
+from .config import Settings
+from .sessions import UnavailableSession
+
+# Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
+STATIC_HEADERS = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    # Pages carry a CSRF token and the user's messages: never cache them.
+    ("Cache-Control", "no-store"),
+]
+# One year, this host only: subdomains may be other people's sites.
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+
+
+def register(app: Flask, settings: Settings) -> None:
+    """Register both hooks; call before CSRFProtect's, whose check parses the form."""
+    app.before_request(_before_request)
+    constant_headers = [
+        ("X-Served-By", settings.replica_name),
+        ("Content-Security-Policy", _content_security_policy(app)),
+        *STATIC_HEADERS,
+    ]
+    # A Secure cookie means the site is served over HTTPS (TLS ends at the load balancer, so
+    # the request itself may arrive as plain HTTP): tell browsers to use HTTPS only.
+    if settings.session_cookie_secure:
+        constant_headers.append(HSTS)
+    app.after_request(_response_headers(constant_headers, settings.session_cookie_secure))
+
+
+def _before_request() -> Any:
+    logs.current_request_id()  # first, so that every log line of the request carries it
+    current_request = request._get_current_object()
+    current = session._get_current_object()
+    if isinstance(current, UnavailableSession):
+        return errors.store_unavailable(redis.ConnectionError("could not open the session"))
+    if current_request.method == "POST":
+        refusal = validation.refuse_bad_form(current_request)
+        if refusal is not None:
+            return refusal
+    csrf.reuse_token(current)
+    return None
+
+
+def _content_security_policy(app: Flask) -> str:
+    """Nothing but this app's own forms and its one inline stylesheet, named by its hash."""
+    source = (Path(app.root_path) / "templates" / "base.html").read_text()
+    style = re.search(r"<style>(.*?)</style>", source, re.S)
+    if style is None:
+        raise RuntimeError("app/templates/base.html has no <style> block to allow")
+    digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
+    return (
+        f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def _response_headers(constant: list[tuple[str, str]], has_hsts: bool) -> Callable[[Any], Any]:
+    """The after-request hook, with the headers that never change built once."""
+
+    def add_headers(response: Any) -> Any:
+        csrf.remember_token()
+        headers = response.headers
+        headers["X-Request-ID"] = logs.current_request_id()
+        headers.extend(constant)
+        # HTTPS as seen by gunicorn (X-Forwarded-Proto from a trusted proxy, or TLS).
+        if not has_hsts and request.is_secure:
+            headers.add(*HSTS)
+        return response
+
+    return add_headers
