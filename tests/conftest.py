@@ -25,13 +25,15 @@ SYSTEM_MODULES = frozenset(
         "test_bench",
         "test_browser",
         "test_cfn",
+        "test_cfn_observability",
         "test_ci_guard",
         "test_image",
         "test_k8s",
+        "test_k8s_metrics",
         "test_main",
+        "test_redis_faults",
         "test_redis_tls",
         "test_replicas",
-        "test_scripts",
         "test_style",
         "test_verify",
     }
@@ -40,10 +42,16 @@ SYSTEM_MODULES = frozenset(
 REAL_SERVER_FIXTURES = frozenset({"valkey", "start_replica", "real_settings"})
 
 
+# Every test of these folders runs real tools (tests/scripts: the AWS CLI against moto).
+SYSTEM_FOLDERS = frozenset({"scripts"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        if module in SYSTEM_MODULES or REAL_SERVER_FIXTURES & set(item.fixturenames):
+        package, _, module = item.module.__name__.rpartition(".") if item.module else ("", "", "")
+        folder = package.rpartition(".")[2]
+        real = module in SYSTEM_MODULES or folder in SYSTEM_FOLDERS
+        if real or REAL_SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
 
 
