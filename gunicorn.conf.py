@@ -7,11 +7,12 @@ import os
 import sys
 
 from app.config import ConfigError, Settings
+from app.connection import check_server
 
-# Check the app's configuration once, in the master, so that a bad value stops start-up
-# with one line naming the variable instead of a traceback from every worker.
+# Check the app's configuration once, in the master, so that a bad value (or credentials
+# Redis refuses) stops start-up with one line instead of a traceback from every worker.
 try:
-    Settings.from_env()
+    check_server(Settings.from_env())
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 

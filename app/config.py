@@ -50,6 +50,8 @@ class Settings:
     rate_limit_saves: str = "30/minute"
     rate_limit_new_sessions: str = "10/minute"
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    redis_cluster: str = "auto"  # "auto", "on" or "off" (see connection.cluster_mode)
+    redis_username: str | None = None
 
     @property
     def max_content_length(self) -> int:
@@ -102,6 +104,11 @@ class Settings:
             rate_limit_new_sessions=_rate(env, "RATE_LIMIT_NEW_SESSIONS", "10/minute"),
             # gunicorn's own variable: one list of trusted proxies for both.
             forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+            # auto: ask the server (INFO cluster) at start-up; true for a cluster-mode
+            # configuration endpoint or ElastiCache Serverless, false for one primary.
+            redis_cluster=_cluster(env),
+            # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
+            redis_username=_text(env, "REDIS_USERNAME"),
         )
 
 
@@ -141,6 +148,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if raw.upper() not in allowed:
         raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
     return raw.upper()
+
+
+def _cluster(env: Mapping[str, str]) -> str:
+    raw = _text(env, "REDIS_CLUSTER")
+    if raw is None or raw.lower() == "auto":
+        return "auto"
+    return "on" if _boolean(env, "REDIS_CLUSTER", False) else "off"
 
 
 def _rate(env: Mapping[str, str], name: str, default: str) -> str:

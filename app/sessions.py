@@ -36,7 +36,7 @@ from flask import Flask, Request, Response
 from flask.sessions import NullSession
 from flask_session.base import Serializer, ServerSideSession
 from flask_session.redis import RedisSessionInterface
-from redis import RedisError
+from redis import Redis, RedisError
 
 from .csrf import CSRF_COOKIE, CSRF_KEY, CsrfCookie
 from .lru import LRU
@@ -103,7 +103,9 @@ class MessageSessionInterface(RedisSessionInterface):
     def __init__(self, app: Flask, store: MessageStore, lifetime_seconds: int) -> None:
         super().__init__(
             app,
-            client=store.client,
+            # Never used: every Redis call goes through the store. flask-session would build
+            # a client of its own (and warn) for anything but a redis.Redis, a cluster's too.
+            client=store.client if isinstance(store.client, Redis) else Redis(),
             key_prefix="session:",
             use_signer=False,
             permanent=True,

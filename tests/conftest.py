@@ -18,6 +18,7 @@ import requests
 from app import create_app
 from app.config import Settings
 
+from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module)
 from .support import ROOT, SECRET, Replica, Valkey, free_port, replica_env, wait_until
 
 
@@ -110,7 +111,7 @@ def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
             assert process.poll() is None, f"gunicorn exited:\n{replica.log()}"
             try:
                 return requests.get(f"{replica.url}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # no worker has booted yet
                 return False
 
         wait_until(ready, 20, f"gunicorn {name} to answer /healthz")
