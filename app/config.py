@@ -154,7 +154,11 @@ def _cluster(env: Mapping[str, str]) -> str:
     raw = _text(env, "REDIS_CLUSTER")
     if raw is None or raw.lower() == "auto":
         return "auto"
-    return "on" if _boolean(env, "REDIS_CLUSTER", False) else "off"
+    if raw.lower() in _TRUE:
+        return "on"
+    if raw.lower() in _FALSE:
+        return "off"
+    raise ConfigError(f"REDIS_CLUSTER={raw!r} is not auto, true or false")
 
 
 def _rate(env: Mapping[str, str], name: str, default: str) -> str:
