@@ -263,3 +263,47 @@ def test_where_client_tracking_is_refused_pages_are_never_stale(valkey, start_re
         # The first replica read the session before this save: it must not show that copy.
         assert listed_messages(browse(first.url, browser)) == [f"m{j}" for j in range(i + 1)]
     assert first.log().count("refuses CLIENT TRACKING") == 1
+
+
+def test_redis_commands_per_request_on_a_cluster(valkey_cluster, start_replica):
+    url = start_replica(valkey_cluster.port, "counted", WEB_CONCURRENCY="1").url
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert start_session(url, browser, token, "warm") == 303
+    browse(url, browser)
+
+    # Connected once, so that this test's own handshakes are not counted.
+    primaries = [n.client() for n in valkey_cluster.nodes if n.role() == "master"]
+
+    def counts() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for client in primaries:
+            for name, stats in client.info("commandstats").items():
+                total[name.removeprefix("cmdstat_")] += stats["calls"]
+        return total
+
+    def per_run(before: Counter[str], runs: int) -> dict[str, float]:
+        # INFO is this test's own.
+        changed = counts() - before
+        return {k: v / runs for k, v in changed.items() if k != "info"}
+
+    before = counts()
+    for _ in range(10):
+        browse(url, browser)
+    per_view = per_run(before, 10)
+    before = counts()
+    for i in range(10):
+        assert post_save(url, browser.cookies.get_dict(), token, f"m{i}") == 303
+        browse(url, browser)
+    per_save = per_run(before, 10)
+    print(f"\ncluster: redis commands per GET /: {per_view}; per save + GET: {per_save}")
+    assert per_view == {"hgetall": 1}  # no read cache on a cluster
+    # The POST reads the session too (HGETALL), as the redirected GET does.
+    assert per_save == {
+        "evalsha": 1,
+        "hgetall": 2,
+        "hget": 1,
+        "hmget": 1,
+        "hset": 1,
+        "expire": 1,
+    }
