@@ -8,11 +8,14 @@ import sys
 
 from app.config import ConfigError, Settings
 from app.connection import check_server
+from app.logs import configure as configure_logs
 
 # Check the app's configuration once, in the master, so that a bad value (or credentials
 # Redis refuses) stops start-up with one line instead of a traceback from every worker.
 try:
-    check_server(Settings.from_env())
+    _settings = Settings.from_env()
+    configure_logs(_settings.log_level)  # check_server may log a warning: as JSON, like the rest
+    check_server(_settings)
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
