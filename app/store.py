@@ -253,8 +253,7 @@ class MessageStore:
         # cluster: its client sends a command without a key to whichever node it likes.)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.evalsha(self._append.sha, 1, key, *args)
-            if wait:
-                pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
+            pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
             return pipe.execute(raise_on_error=False)
 
     def _wait_for_replica(self) -> bool:
