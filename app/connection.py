@@ -89,14 +89,16 @@ def check_server(settings: Settings) -> bool:
     REDIS_CLUSTER=auto asks the server (``INFO cluster``). A server that cannot be reached now
     is taken to be one primary, so that workers start (and answer 503s) during an outage, as
     they always have; a cluster's configuration endpoint should therefore say
-    REDIS_CLUSTER=true. Every mode checks the credentials when the server answers, so that a
-    wrong REDIS_USERNAME or REDIS_AUTH_TOKEN stops start-up with one line instead of making
-    every request a 503.
+    REDIS_CLUSTER=true. A server that contradicts true or false stops start-up. Every mode
+    checks the credentials when the server answers, so that a wrong REDIS_USERNAME or
+    REDIS_AUTH_TOKEN stops start-up with one line instead of making every request a 503.
     """
     wanted = settings.redis_cluster
     probe = connect(settings, retry=Retry(NoBackoff(), 0), socket_timeout=0.5)
+    answered = False  # whether the server told us
     try:
         enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+        answered = True
     except (AuthenticationError, NoPermissionError) as exc:
         who = settings.redis_username or "the default user"
         raise ConfigError(
@@ -119,6 +121,11 @@ def check_server(settings: Settings) -> bool:
     finally:
         probe.close()
     cluster = enabled if wanted == "auto" else wanted == "on"
+    if answered and enabled != cluster:
+        raise ConfigError(
+            f"REDIS_CLUSTER={'true' if cluster else 'false'}, but Redis at {settings.redis_host}:"
+            f"{settings.redis_port} is {'not ' if cluster else ''}a cluster: set it to auto"
+        )
     if cluster and settings.redis_db != 0:
         raise ConfigError("REDIS_DB must be 0 on a cluster (a cluster has one database)")
     if cluster and settings.redis_wait_replicas == "on":

@@ -224,6 +224,10 @@ def start_gunicorn(port: int, **env: str) -> subprocess.CompletedProcess[str]:
 def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(
     valkey_cluster, start_replica
 ):
+    told_false = start_gunicorn(valkey_cluster.port, REDIS_CLUSTER="false")
+    assert "REDIS_CLUSTER=false, but Redis at" in told_false.stderr
+    assert told_false.returncode != 0
+
     for node in valkey_cluster.nodes:
         client = node.client()
         client.execute_command("ACL", "SETUSER", "app", "on", ">app-password", "~*", "+@all")

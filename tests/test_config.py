@@ -130,3 +130,11 @@ def test_an_unreachable_server_is_taken_for_one_primary_unless_told(caplog):
     ):
         with pytest.raises(ConfigError, match=named):
             check_server(Settings.from_env({**nobody, "REDIS_CLUSTER": "true", **changes}))
+
+
+def test_a_mode_the_server_contradicts_stops_start_up(valkey):
+    one = {**BASE, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(valkey.port)}
+    assert check_server(Settings.from_env(one)) is False
+    assert check_server(Settings.from_env({**one, "REDIS_CLUSTER": "false"})) is False
+    with pytest.raises(ConfigError, match=r"REDIS_CLUSTER=true, but Redis at .* is not a cluster"):
+        check_server(Settings.from_env({**one, "REDIS_CLUSTER": "true"}))
