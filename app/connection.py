@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -94,7 +94,9 @@ def check_server(settings: Settings) -> bool:
     REDIS_AUTH_TOKEN stops start-up with one line instead of making every request a 503.
     """
     wanted = settings.redis_cluster
-    probe = connect(settings, retry=Retry(NoBackoff(), 0), socket_timeout=0.5)
+    # With the usual retries: a worker that took a cluster for one primary because of one
+    # reset connection would answer every request for another node's slot with a 503.
+    probe = connect(settings)
     answered = False  # whether the server told us
     try:
         enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
