@@ -44,12 +44,17 @@ if _METRICS_ON:
             shutil.rmtree(os.environ["_METRICS_OWN_DIR"], ignore_errors=True)
 
 
-from app.config import ConfigError, Settings  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR
+# After PROMETHEUS_MULTIPROC_DIR is set (prometheus_client reads it on import).
+from app.config import ConfigError, Settings  # noqa: E402
+from app.connection import check_server  # noqa: E402
+from app.logs import configure as configure_logs  # noqa: E402
 
-# Check the app's configuration once, in the master, so that a bad value stops start-up
-# with one line naming the variable instead of a traceback from every worker.
+# Check the app's configuration once, in the master, so that a bad value (or credentials
+# Redis refuses) stops start-up with one line instead of a traceback from every worker.
 try:
-    Settings.from_env()
+    _settings = Settings.from_env()
+    configure_logs(_settings.log_level)  # check_server may log a warning: as JSON, like the rest
+    check_server(_settings)
 except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 

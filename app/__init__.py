@@ -7,6 +7,8 @@ environment.
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from flask import Flask
 from redis.backoff import NoBackoff
@@ -14,11 +16,13 @@ from redis.retry import Retry
 
 from . import csrf, errors, health, hooks, logs, metrics, validation, views
 from .config import Settings
-from .connection import connect
+from .connection import check_server, connect
 from .ratelimit import RateLimits
-from .reads import DirectReads, TrackedReads
+from .reads import DirectReads, Reads, TrackedReads
 from .sessions import MessageSessionInterface
 from .store import MessageStore
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
@@ -64,11 +68,25 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
     }
     if client is not None:
         return MessageStore(client, DirectReads(client), **waiting)
-    client = connect(settings)
-    reads = TrackedReads(settings) if settings.redis_client_cache else DirectReads(client)
+    cluster = check_server(settings)
+    client = connect(settings, cluster)
+    if cluster:
+        # No WAIT on a cluster (see MessageStore._run_save), and no read cache (see
+        # reads.TrackedReads): one line in the log says so.
+        waiting["wait_replicas"] = "off"
+        logger.info("Redis is a cluster: the cluster client, no read cache, saves do not wait")
+        reads: Reads = DirectReads(client, cluster=True)
+    elif settings.redis_client_cache:
+        reads = TrackedReads(settings)
+    else:
+        reads = DirectReads(client)
     # One PING, quickly, no retries: for /readyz, which reports and does not wait, and for
     # checking whether Redis is back during an outage (see store._fail_fast).
     probe = connect(
-        settings, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5, socket_timeout=0.5
+        settings,
+        cluster,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
     )
     return MessageStore(client, reads, probe, **waiting)

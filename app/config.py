@@ -51,6 +51,8 @@ class Settings:
     rate_limit_saves: str = "30/minute"
     rate_limit_new_sessions: str = "10/minute"
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    redis_cluster: str = "auto"  # "auto", "on" or "off" (see connection.cluster_mode)
+    redis_username: str | None = None
 
     @property
     def max_content_length(self) -> int:
@@ -104,6 +106,11 @@ class Settings:
             rate_limit_new_sessions=_rate(env, "RATE_LIMIT_NEW_SESSIONS", "10/minute"),
             # gunicorn's own variable: one list of trusted proxies for both.
             forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+            # auto: ask the server (INFO cluster) at start-up; true for a cluster-mode
+            # configuration endpoint or ElastiCache Serverless, false for one primary.
+            redis_cluster=_cluster(env),
+            # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
+            redis_username=_text(env, "REDIS_USERNAME"),
         )
 
 
@@ -143,6 +150,17 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if raw.upper() not in allowed:
         raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
     return raw.upper()
+
+
+def _cluster(env: Mapping[str, str]) -> str:
+    raw = _text(env, "REDIS_CLUSTER")
+    if raw is None or raw.lower() == "auto":
+        return "auto"
+    if raw.lower() in _TRUE:
+        return "on"
+    if raw.lower() in _FALSE:
+        return "off"
+    raise ConfigError(f"REDIS_CLUSTER={raw!r} is not auto, true or false")
 
 
 def _rate(env: Mapping[str, str], name: str, default: str) -> str:

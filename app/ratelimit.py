@@ -68,8 +68,13 @@ class RateLimits:
         self._store = store
         self._saves = _items(settings.rate_limit_saves)
         self._new_sessions = _items(settings.rate_limit_new_sessions)
-        # The app's pool: the same timeouts, retries, TLS and AUTH as every other command.
-        storage = RedisStorage("redis://", connection_pool=store.client.connection_pool)
+        # The app's client: the same timeouts, retries, TLS and AUTH as every other command,
+        # a cluster's included. `limits` builds its own client from a URI (a cluster one
+        # from a list of nodes); the storage is given ours instead and its scripts registered
+        # on it. Each counter is one key, so no command of it crosses slots.
+        storage = RedisStorage("redis://")
+        storage.storage = store.client
+        storage.initialize_storage("redis://")
         self._limiter = FixedWindowRateLimiter(storage)
 
     def check_save(self, request: Request, creates_session: bool) -> Refusal | None:

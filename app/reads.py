@@ -7,6 +7,7 @@ its client connections and serves stale data until it has resynced.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,12 +15,15 @@ from typing import Any, Protocol
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
 from .config import Settings
-from .connection import RoleWatch, connect
+from .connection import Client, RoleWatch, connect, disconnect
 from .lru import LRU
+
+log = logging.getLogger(__name__)
 
 # A cached read older than this is fetched again even without an invalidation, so a silently
 # broken connection (no FIN, so no invalidations either) cannot serve stale data for long.
@@ -48,11 +52,12 @@ def _decode(value: bytes | str) -> str:
 
 
 class DirectReads:
-    """Reads that always go to Redis: used with fakeredis and when REDIS_CLIENT_CACHE=false."""
+    """Reads that always go to Redis: used with fakeredis, on a cluster, and when
+    REDIS_CLIENT_CACHE=false."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client, cluster: bool = False) -> None:
         self.client = client
-        self._role = RoleWatch()
+        self._role = RoleWatch(enabled=not cluster)
 
     def sync(self) -> None:
         if self._role.demoted(self.client):
@@ -66,7 +71,7 @@ class DirectReads:
         """Nothing cached: every read asks Redis."""
 
     def reset(self) -> None:
-        self.client.connection_pool.disconnect()
+        disconnect(self.client)
         self._role.due_now()
 
 
@@ -83,6 +88,11 @@ class TrackedReads:
     unless the server reports itself as Redis 7.4 or later, which excludes Valkey and every
     ElastiCache Redis OSS engine, and because its hit path (locks, deep copies, metrics)
     measured as slow here as a loopback round trip.
+
+    Where the server refuses ``CLIENT TRACKING`` (a managed service may), it says so once in
+    the log and reads every page from Redis instead. On a cluster it is not used at all
+    (see app._make_store): tracking is per node, and following it through resharding and
+    failovers is more than a saved round trip is worth.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -91,6 +101,7 @@ class TrackedReads:
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._role = RoleWatch()
+        self._tracking = True  # until the server refuses it
 
     def fields(self, key: str) -> dict[str, str]:
         with self._lock:
@@ -103,7 +114,7 @@ class TrackedReads:
             # Any invalidation that reaches us while this read is in flight is processed
             # by the parser before the reply, so the value stored below is never stale.
             value = metrics.time_read(self._connected().hgetall, key)
-            if value:
+            if value and self._tracking:
                 self._cache.put(key, (now, value))
             else:
                 # Nothing is cached for a missing key: the next read asks Redis again.
@@ -167,8 +178,14 @@ class TrackedReads:
         # Whatever changed while we were disconnected sent us no invalidation.
         self._cache.clear()
         set_invalidation_handler(connection, self._on_invalidation)
+        if not self._tracking:
+            return
         connection.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-        connection.read_response()
+        try:
+            connection.read_response()
+        except ResponseError as exc:
+            log.warning("the server refuses CLIENT TRACKING (%s): no read cache", exc)
+            self._tracking = False
 
     def _on_invalidation(self, message: list[Any]) -> None:
         keys = message[1]

@@ -46,7 +46,7 @@ from flask import Flask, Request, Response
 from flask.sessions import NullSession
 from flask_session.base import ServerSideSession
 from flask_session.redis import RedisSessionInterface
-from redis import RedisError
+from redis import Redis, RedisError
 
 from . import metrics
 from .csrf import CSRF_KEY, CsrfSecrets, clear_keeping_secret, without_secret
@@ -114,7 +114,9 @@ class MessageSessionInterface(RedisSessionInterface):
     ) -> None:
         super().__init__(
             app,
-            client=store.client,
+            # Never used: every Redis call goes through the store. flask-session would build
+            # a client of its own (and warn) for anything but a redis.Redis, a cluster's too.
+            client=store.client if isinstance(store.client, Redis) else Redis(),
             key_prefix=KEY_PREFIX,  # unused by this class (session_key names the keys)
             use_signer=False,
             permanent=True,

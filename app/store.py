@@ -28,10 +28,17 @@ from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
+from .connection import Client, disconnect
 from .reads import Reads
 
 log = logging.getLogger(__name__)
@@ -154,6 +161,11 @@ def _guarded(method: Callable[..., T]) -> Callable[..., T]:
         except (RedisConnectionError, RedisTimeoutError):
             self.away = True
             raise
+        except RedisClusterException as exc:
+            # The cluster client's "no node reachable" is not a RedisError: make it the
+            # connection error it is, so that it costs a 503 like any other outage.
+            self.away = True
+            raise RedisConnectionError(str(exc)) from exc
 
     return guarded
 
@@ -165,9 +177,9 @@ class MessageStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         reads: Reads,
-        probe: redis.Redis | None = None,
+        probe: Client | None = None,
         *,
         wait_replicas: str = "off",
         wait_timeout_ms: int = 200,
@@ -232,11 +244,20 @@ class MessageStore:
         return int(result)
 
     def _run_save(self, key: str, args: list[Any], wait: bool) -> list[Any]:
-        # One pipeline, so that WAIT runs on the connection that made the write.
+        if not wait:
+            # One command, which a cluster client routes to the session's slot and follows
+            # through MOVED and ASK by itself.
+            try:
+                return [self.client.evalsha(self._append.sha, 1, key, *args)]
+            except ReadOnlyError:
+                raise
+            except ResponseError as exc:
+                return [exc]
+        # One pipeline, so that WAIT runs on the connection that made the write. (Never on a
+        # cluster: its client sends a command without a key to whichever node it likes.)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.evalsha(self._append.sha, 1, key, *args)
-            if wait:
-                pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
+            pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
             return pipe.execute(raise_on_error=False)
 
     def _wait_for_replica(self) -> bool:
@@ -293,13 +314,13 @@ class MessageStore:
 
     def reset(self) -> None:
         """Drop every connection (they lead to a demoted node); the next ones use the endpoint."""
-        self.client.connection_pool.disconnect()
-        self.probe.connection_pool.disconnect()
+        disconnect(self.client)
+        disconnect(self.probe)
         self.reads.reset()
 
     def ping(self) -> bool:
         """True when Redis answers; used by /readyz for reporting only."""
         try:
             return bool(self.probe.ping())
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             return False

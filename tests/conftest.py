@@ -16,6 +16,7 @@ import pytest
 from app import create_app
 from app.config import Settings
 
+from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module)
 from .support import SECRET, Replica, Valkey, replica_env, start_gunicorn
 
 # Tests that build, lint or deploy for real, or drive whole processes: `pytest -m "not slow"`

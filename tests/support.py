@@ -238,7 +238,7 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
             return False
         try:
             return requests.get(f"{replica.url}/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # no worker has booted yet
             return False
 
     try:

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from app.config import ConfigError, Settings
+from app.connection import check_server
 
-from .support import ROOT
+from .support import ROOT, free_port
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
@@ -29,6 +30,7 @@ def test_defaults():
         "10/minute",
     )
     assert settings.forwarded_allow_ips == ("127.0.0.1", "::1")
+    assert (settings.redis_cluster, settings.redis_username) == ("auto", None)
 
 
 def test_every_variable_is_read():
@@ -51,6 +53,8 @@ def test_every_variable_is_read():
         "RATE_LIMIT_SAVES": "5 per second; 100/hour",
         "RATE_LIMIT_NEW_SESSIONS": "off",
         "FORWARDED_ALLOW_IPS": "10.0.0.0/16, 127.0.0.1",
+        "REDIS_CLUSTER": "true",
+        "REDIS_USERNAME": "app",
     }
     s = Settings.from_env(env)
     assert (s.redis_port, s.redis_tls, s.redis_auth_token, s.redis_db) == (6380, True, "token", 3)
@@ -68,6 +72,8 @@ def test_every_variable_is_read():
     )
     assert (s.rate_limit_saves, s.rate_limit_new_sessions) == ("5 per second; 100/hour", "off")
     assert s.forwarded_allow_ips == ("10.0.0.0/16", "127.0.0.1")
+    assert (s.redis_cluster, s.redis_username) == ("on", "app")
+    assert Settings.from_env({**BASE, "REDIS_CLUSTER": "false"}).redis_cluster == "off"
 
 
 @pytest.mark.parametrize(
@@ -87,6 +93,7 @@ def test_every_variable_is_read():
         ({"SESSION_MAX_BYTES": "10"}, "SESSION_MAX_BYTES=10 is out of range"),
         ({"RATE_LIMIT_SAVES": "lots"}, "RATE_LIMIT_SAVES='lots' is not a rate"),
         ({"FORWARDED_ALLOW_IPS": "lb.internal"}, "'lb.internal' is not an IP address"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER='maybe' is not auto, true or false"),
     ],
 )
 def test_invalid_values_name_the_variable(changes, named):
@@ -110,3 +117,24 @@ def test_gunicorn_refuses_to_start_with_one_line():
     assert result.stderr.strip().splitlines() == [
         "configuration error: REDIS_PORT='not-a-port' is not a whole number (1-65535)"
     ]
+
+
+def test_an_unreachable_server_is_taken_for_one_primary_unless_told(caplog):
+    nobody = {**BASE, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port())}
+    assert check_server(Settings.from_env(nobody)) is False
+    assert "assuming one primary" in caplog.text
+    assert check_server(Settings.from_env({**nobody, "REDIS_CLUSTER": "true"})) is True
+    for changes, named in (
+        ({"REDIS_DB": "2"}, "REDIS_DB"),
+        ({"REDIS_WAIT_REPLICAS": "on"}, "WAIT"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            check_server(Settings.from_env({**nobody, "REDIS_CLUSTER": "true", **changes}))
+
+
+def test_a_mode_the_server_contradicts_stops_start_up(valkey):
+    one = {**BASE, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(valkey.port)}
+    assert check_server(Settings.from_env(one)) is False
+    assert check_server(Settings.from_env({**one, "REDIS_CLUSTER": "false"})) is False
+    with pytest.raises(ConfigError, match=r"REDIS_CLUSTER=true, but Redis at .* is not a cluster"):
+        check_server(Settings.from_env({**one, "REDIS_CLUSTER": "true"}))

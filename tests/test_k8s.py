@@ -66,6 +66,8 @@ APP_ENV_VARS = {
     "SESSION_MAX_BYTES",
     "RATE_LIMIT_SAVES",
     "RATE_LIMIT_NEW_SESSIONS",
+    "REDIS_CLUSTER",
+    "REDIS_USERNAME",
 }
 APP_DEFAULTS = {
     "REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+",
@@ -75,6 +77,8 @@ APP_DEFAULTS = {
     "SESSION_MAX_BYTES": "256 KiB: see docs/failure-behaviour.md's capacity table",
     "RATE_LIMIT_SAVES": "30/minute per client address",
     "RATE_LIMIT_NEW_SESSIONS": "10/minute per client address",
+    "REDIS_CLUSTER": "auto: the app asks the server (INFO cluster) at start-up",
+    "REDIS_USERNAME": "none: the AUTH token is the default user's (a replication group)",
 }
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
 

@@ -1,6 +1,7 @@
 """Three real gunicorn replicas sharing one real Valkey: the reason this app exists.
 
 One cookie jar is used against all three in turn, as a load balancer without stickiness would.
+The tests that use ``replicas`` run twice: on a single Valkey and on a Valkey cluster.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ FRESH = 4.0
 
 
 @pytest.fixture
-def replicas(valkey, start_replica):
-    return [start_replica(valkey.port, name) for name in ("replica-a", "replica-b", "replica-c")]
+def replicas(any_valkey, start_replica):
+    return [
+        start_replica(any_valkey.port, name) for name in ("replica-a", "replica-b", "replica-c")
+    ]
 
 
 def browse(base: str, session: requests.Session) -> str:
@@ -72,7 +75,7 @@ def test_killing_a_replica_loses_nothing(replicas):
         assert listed_messages(browse(replica.url, browser)) == ["m0", "m1", "m2"]
 
 
-def test_200_concurrent_saves_on_one_session_store_200_messages(replicas, valkey):
+def test_200_concurrent_saves_on_one_session_store_200_messages(replicas):
     browser = requests.Session()
     token = csrf_token(browse(replicas[0].url, browser))
     assert save(replicas[0].url, browser, "seed", token).status_code == 303
@@ -126,7 +129,8 @@ def test_concurrent_saves_one_short_of_the_limit_store_exactly_one(valkey, start
     assert len(listed) == 5 and listed[4].startswith("last ")
 
 
-def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, valkey):
+def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, any_valkey):
+    valkey = any_valkey
     browser = requests.Session()
     token = csrf_token(browse(replicas[0].url, browser))
     for i in range(3):
@@ -153,6 +157,21 @@ def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, val
         assert 503 in statuses, "the outage's answers are in the access log"
         assert 500 not in statuses
     print(f"\noutage: first 200 {recovery:.2f}s after Redis was started again")
+
+
+def test_destroy_removes_every_key(replicas, any_valkey):
+    browser = requests.Session()
+    token = csrf_token(browse(replicas[0].url, browser))
+    for i, replica in enumerate(replicas):
+        assert save(replica.url, browser, f"m{i}", token).status_code == 303
+    admin = any_valkey.client()
+    assert len(list(admin.scan_iter("session:*"))) == 1
+    response = browser.post(
+        f"{replicas[1].url}/destroy", data={"csrf_token": token}, allow_redirects=False, timeout=10
+    )
+    assert response.status_code == 303
+    assert list(admin.scan_iter("*")) == []
+    assert listed_messages(browse(replicas[2].url, browser)) == []
 
 
 def test_redis_commands_per_request(valkey, start_replica):
