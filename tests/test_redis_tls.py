@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app import create_app
+from app.config import ConfigError
 
 from .support import csrf_token, free_port, listed_messages, save, wait_until
 
@@ -185,27 +186,42 @@ def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):
     assert stored_messages(tls_redis.client(), key) == [b"over TLS", b"and again"]
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [{"redis_tls": False}, {"redis_auth_token": "wrong-token"}, {"redis_auth_token": None}],
-    ids=["plain-text", "wrong-token", "no-token"],
-)
-def test_without_tls_or_the_right_token_nothing_is_stored(
-    settings, tls_redis, trusts_the_test_ca, changes
-):
-    """The same server refuses a client that skips TLS or the password: the test above
-    passes only because the app really uses both."""
-    base = replace(
+def _base(settings, tls_redis):
+    return replace(
         settings, redis_port=tls_redis.port, redis_tls=True, redis_auth_token=tls_redis.password
     )
+
+
+def _only_kept(tls_redis) -> None:
+    keys = tls_redis.client().keys("session:{*}")
+    assert [stored_messages(tls_redis.client(), k) for k in keys] == [[b"kept"]]
+
+
+def test_without_tls_nothing_is_stored(settings, tls_redis, trusts_the_test_ca):
+    """The same server refuses a client that skips TLS: the test above passes only because the
+    app really uses it. Plain text on a TLS port gets no answer, as if Redis were away: 503."""
+    base = _base(settings, tls_redis)
     works = create_app(base).test_client()
     assert save(works, "kept").status_code == 303
-    refused = create_app(replace(base, **changes)).test_client()
+    refused = create_app(replace(base, redis_tls=False)).test_client()
     response = save(refused, "lost")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    keys = tls_redis.client().keys("session:{*}")
-    assert [stored_messages(tls_redis.client(), k) for k in keys] == [[b"kept"]]
+    _only_kept(tls_redis)
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None], ids=["wrong-token", "no-token"])
+def test_without_the_right_token_start_up_stops_and_nothing_is_stored(
+    settings, tls_redis, trusts_the_test_ca, token
+):
+    """A password the server refuses stops start-up with one line naming the variables, rather
+    than a 503 on every request: the test above passes only because the app sends the token."""
+    base = _base(settings, tls_redis)
+    works = create_app(base).test_client()
+    assert save(works, "kept").status_code == 303
+    with pytest.raises(ConfigError, match="REDIS_AUTH_TOKEN"):
+        create_app(replace(base, redis_auth_token=token))
+    _only_kept(tls_redis)
 
 
 def stored_messages(client: redis.Redis, key: bytes) -> list[bytes]:
