@@ -107,8 +107,11 @@ def wait_until_serving(url: str, deadline: float) -> None:
         time.sleep(min(1.0, remaining))
 
 
-def run_session(url: str, saves: int) -> Run:
-    """Drive one cookie jar through `saves` POST+GET pairs; record who served what."""
+def run_session(url: str, saves: int, deadline: float) -> Run:
+    """Drive one cookie jar through `saves` POST+GET pairs; record who served what.
+
+    A save refused with 429 (the app's per-client save limit, e.g. a second run within the
+    limit's minute) is sent again after its Retry-After, while the time budget allows."""
     run = Run(url=url)
     run_id = secrets.token_hex(3)
     with requests.Session() as session:
@@ -120,7 +123,7 @@ def run_session(url: str, saves: int) -> Run:
             message = f"verify {run_id} #{number:02d} <&> ü"
             run.saved.append(message)
             try:
-                step, page = _save(session, url, number, message, page, run)
+                step, page = _save(session, url, number, message, page, run, deadline)
             except requests.RequestException as exc:
                 run.steps.append(
                     Step(number, "?", "?", 0, len(run.saved), False, f"{type(exc).__name__}")
@@ -132,16 +135,29 @@ def run_session(url: str, saves: int) -> Run:
 
 
 def _save(
-    session: requests.Session, url: str, number: int, message: str, page: Page, run: Run
+    session: requests.Session,
+    url: str,
+    number: int,
+    message: str,
+    page: Page,
+    run: Run,
+    deadline: float,
 ) -> tuple[Step, Page]:
-    post = session.post(
-        f"{url}/persistMessage",
-        data={"message": message, "csrf_token": page.csrf_token or ""},
-        allow_redirects=False,
-        timeout=REQUEST_TIMEOUT_SECONDS,
-    )
-    saved_by = _served_by(post)
-    run.replicas[saved_by] += 1
+    while True:
+        post = session.post(
+            f"{url}/persistMessage",
+            data={"message": message, "csrf_token": page.csrf_token or ""},
+            allow_redirects=False,
+            timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+        saved_by = _served_by(post)
+        run.replicas[saved_by] += 1
+        wait = _retry_after(post)
+        if post.status_code != 429 or wait is None or time.monotonic() + wait > deadline:
+            break
+        # Nothing was stored (a 429 stores nothing), so sending the same save again is safe.
+        print(f"save {number}: rate limited by the app, waiting {wait} s", file=sys.stderr)
+        time.sleep(wait)
     notes = []
     if post.status_code == 303:
         next_url = urljoin(post.url, post.headers.get("Location", "/"))
@@ -167,6 +183,12 @@ def _save(
     if new_page.csrf_token is None:
         new_page.csrf_token = page.csrf_token
     return step, new_page
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    """Seconds from a Retry-After header in seconds (the only form the app sends), else None."""
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
 
 
 def _destroy(session: requests.Session, url: str, page: Page) -> bool:
@@ -363,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"Ready pods: {', '.join(target.ready_pods)}")
                 return EXIT_PASSED
         wait_until_serving(target.url, deadline)
-        run = run_session(target.url, args.requests)
+        run = run_session(target.url, args.requests, deadline)
     except Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

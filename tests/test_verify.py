@@ -79,7 +79,7 @@ def _wait_for_http(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _start_cluster(
-    tmp: Path, valkey: ValkeyServer, names: list[str], redis_dbs: list[int]
+    tmp: Path, valkey: ValkeyServer, names: list[str], redis_dbs: list[int], **extra_env: str
 ) -> Iterator[tuple[str, list[str]]]:
     """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
     if shutil.which("haproxy") is None:
@@ -90,7 +90,12 @@ def _start_cluster(
         for name, db in zip(names, redis_dbs, strict=True):
             # The shared replica settings (rate limits off, a metrics port of its own).
             env = replica_env(
-                valkey.port, name, REDIS_DB=str(db), WEB_CONCURRENCY="1", LOG_LEVEL="WARNING"
+                valkey.port,
+                name,
+                REDIS_DB=str(db),
+                WEB_CONCURRENCY="1",
+                LOG_LEVEL="WARNING",
+                **extra_env,
             )
             replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
         servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port}" for r in replicas)
@@ -157,6 +162,17 @@ def split(
     yield from _start_cluster(tmp, valkey, ["split-a", "split-b", "split-c"], [1, 2, 3])
 
 
+@pytest.fixture(scope="module")
+def limited(
+    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[str]]]:
+    """Two replicas sharing sessions whose save limit refuses a second save within a second."""
+    tmp = tmp_path_factory.mktemp("limited")
+    yield from _start_cluster(
+        tmp, valkey, ["limited-a", "limited-b"], [4, 4], RATE_LIMIT_SAVES="1/second"
+    )
+
+
 def _verify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ops.verify", *args],
@@ -204,6 +220,19 @@ def test_passes_when_replicas_share_sessions(
     assert "Session destroyed at the end: yes" in result.stdout
     client = redis.Redis(host=valkey.host, port=valkey.port, db=0)
     assert list(client.scan_iter("session:*")) == []
+
+
+def test_a_rate_limited_save_is_sent_again_after_retry_after(
+    limited: tuple[str, list[str]],
+) -> None:
+    # One save a second is allowed and a save and its page take far less than that here, so
+    # every save after the first is refused with 429 at least once before it gets through.
+    proxy, _ = limited
+    result = _verify("--url", proxy, "--requests", "4", "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r[-1] for r in _table_rows(result.stdout)] == ["ok"] * 4
+    assert "Messages saved: 4, listed on the last page: 4, missing: 0" in result.stdout
+    assert "rate limited by the app, waiting" in result.stderr
 
 
 def test_fails_when_replicas_do_not_share_sessions(split: tuple[str, list[str]]) -> None:
