@@ -13,7 +13,7 @@ CFN_DIR="$ROOT/cfn"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-o KEY=VALUE]... [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-o KEY=VALUE]... [-h]
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
@@ -31,11 +31,15 @@ anything is created. An existing stack keeps the zones it was created with.
   -c CERT_ARN       ACM certificate (in REGION) for HTTPS on the load balancer; without it the app is
                     served over plain HTTP (a warning says so). An existing stack keeps its certificate
                     when -c is left out; -c none removes it
+  -m CACHE_MODE     session cache: replication-group (default: one primary and replicas), cluster
+                    (cluster mode enabled, -o NumNodeGroups=N -o ReplicasPerNodeGroup=N) or
+                    serverless (ElastiCache Serverless). An existing stack keeps its mode when -m is
+                    left out; a different mode replaces the cache, and every session is lost
   -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
                     parameters not given fall back to the template defaults on every run
   -h                show this help
 
-Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c and -o are new.
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
 }
@@ -51,23 +55,30 @@ REGION=""
 STACK="flask-eks-sessions"
 PRINCIPAL=""
 CERTIFICATE=""
+CACHE_MODE=""
 OVERRIDES=()
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:a:c:o:h' opt; do
+while getopts ':p:r:s:a:c:m:o:h' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
     s) STACK=$OPTARG ;;
     a) PRINCIPAL=$OPTARG ;;
     c) CERTIFICATE=$OPTARG ;;
+    m)
+      case $OPTARG in
+        replication-group | cluster | serverless) CACHE_MODE=$OPTARG ;;
+        *) usage_error "-m needs replication-group, cluster or serverless, got '$OPTARG'" ;;
+      esac
+      ;;
     o)
       case $OPTARG in
-        AvailabilityZones=* | CertificateArn=*)
-          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c)"
+        AvailabilityZones=* | CertificateArn=* | CacheMode=*)
+          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m)"
           ;;
         [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
@@ -216,7 +227,18 @@ ZONES=""
 if [ -n "$EXISTING_JSON" ]; then
   ZONES=$(stack_parameter "$EXISTING_JSON" AvailabilityZones)
   [ -n "$CERTIFICATE" ] || CERTIFICATE=$(stack_parameter "$EXISTING_JSON" CertificateArn)
+  # The cache mode, like the certificate, stays unless -m names another: a fallback to the default
+  # would replace the cache (and end every session) on a plain re-run.
+  EXISTING_MODE=$(stack_parameter "$EXISTING_JSON" CacheMode)
+  EXISTING_MODE=${EXISTING_MODE:-replication-group}
+  if [ -z "$CACHE_MODE" ]; then
+    CACHE_MODE=$EXISTING_MODE
+  elif [ "$CACHE_MODE" != "$EXISTING_MODE" ]; then
+    printf '%s: WARNING: cache mode %s -> %s replaces the session cache: every session is lost (users see an empty message list); afterwards run ./init.sh and kubectl apply -k .deploy/\n' "$PROG" "$EXISTING_MODE" "$CACHE_MODE" >&2
+  fi
 fi
+CACHE_MODE=${CACHE_MODE:-replication-group}
+say "cache mode: $CACHE_MODE"
 if [ -n "$ZONES" ]; then
   say "Availability Zones: $ZONES (those of the existing stack $STACK)"
 else
@@ -263,7 +285,8 @@ awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude 
 PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
   | {ParameterKey: .k, ParameterValue: .v}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
-  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" \
+  ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.
 deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \

@@ -40,10 +40,14 @@ LINT_REGIONS = ("us-east-1", "eu-central-1")
 # The names deploy.sh/init.sh rely on (see the scripts' tests); renaming one breaks them.
 MAIN_OUTPUTS = {
     "ClusterName",
+    "CacheMode",
+    "CacheHost",
     "CachePrimaryEndpoint",
     "CachePort",
     "CacheTls",
-    "AuthTokenSecretArn",
+    "CacheCluster",
+    "CacheSecretArn",
+    "CacheSecretKey",
     "Region",
     "EcrRepositoryUri",
 }
@@ -55,7 +59,41 @@ PARAMETERS_SET_BY_DEPLOY = {
     "AvailabilityZones",
 }
 # Outputs only some deployments have (a Condition): init.sh reads them when present.
-OPTIONAL_MAIN_OUTPUTS = {"CertificateArn"}
+OPTIONAL_MAIN_OUTPUTS = {"CertificateArn", "CacheUsername", "AuthTokenSecretArn"}
+
+# The cache modes (CacheMode) and what each one creates in cfn/cache.yaml, nothing more.
+CACHE_MODES = ("replication-group", "cluster", "serverless")
+MODE_RESOURCES = {
+    "replication-group": {
+        "CacheKey", "AuthTokenSecret", "CacheSubnetGroup", "CacheParameterGroup",
+        "ReplicationGroup",
+    },
+    "cluster": {
+        "CacheKey", "AuthTokenSecret", "CacheSubnetGroup", "ClusterParameterGroup",
+        "ClusterReplicationGroup",
+    },
+    "serverless": {
+        "CacheKey", "UserPasswordSecret", "AppUser", "DisabledDefaultUser", "UserGroup",
+        "ServerlessCache",
+    },
+}  # fmt: skip
+# Main-stack outputs each mode has besides MAIN_OUTPUTS (without a certificate).
+MODE_MAIN_OUTPUTS = {
+    "replication-group": {"AuthTokenSecretArn"},
+    "cluster": {"AuthTokenSecretArn"},
+    "serverless": {"CacheUsername"},
+}
+# Parameters for a rendered copy per mode: every conditional resource of the mode switched on
+# (usage limits too), since cfn-lint and checkov skip what a false condition leaves out.
+MODE_DEFAULTS = {
+    "CacheEngine": "valkey",
+    "CacheReplicaCount": "1",
+    "NumNodeGroups": "3",
+    "ReplicasPerNodeGroup": "1",
+    "ServerlessMaxDataStorageGB": "10",
+    "ServerlessMaxECPUPerSecond": "100000",
+}
+MODE_TEMPLATES = ("main.yaml", "cache.yaml", "observability.yaml")
 
 # The original's parameter names and defaults that are kept. Its node-group parameters
 # (EKSWorkerNodeInstanceType t3.micro, EKSNodeGroup*Size) went with the node group: EKS Auto Mode
@@ -140,6 +178,10 @@ def _evaluate(value: Any, template: dict[str, Any], params: dict[str, str]) -> A
             return str(left) == str(right)
         if fn == "Fn::Not":
             return not _evaluate(arg[0], template, params)
+        if fn == "Fn::Or":
+            return any(_evaluate(a, template, params) for a in arg)
+        if fn == "Fn::And":
+            return all(_evaluate(a, template, params) for a in arg)
         if fn == "Condition":
             return _evaluate(template["Conditions"][arg], template, params)
         if fn == "Fn::If":
@@ -151,7 +193,22 @@ def _evaluate(value: Any, template: dict[str, Any], params: dict[str, str]) -> A
             return _evaluate(items[int(index)], template, params)
     if isinstance(value, list):
         return [_evaluate(v, template, params) for v in value]
+    if isinstance(value, dict) and not any(k == "Ref" or k.startswith("Fn::") for k in value):
+        return {k: _evaluate(v, template, params) for k, v in value.items()}
     return value
+
+
+def _present(section: dict[str, Any], template: dict[str, Any], params: dict[str, str]) -> set:
+    """Names in a Resources or Outputs section whose Condition holds for these parameters."""
+    return {
+        name
+        for name, item in section.items()
+        if "Condition" not in item or _evaluate({"Condition": item["Condition"]}, template, params)
+    }
+
+
+def _mode_params(mode: str) -> dict[str, str]:
+    return {"CacheMode": mode, **MODE_DEFAULTS}
 
 
 # --- linters -----------------------------------------------------------------------------------
@@ -267,6 +324,140 @@ def test_checkov_has_no_failed_checks(
     assert not failed, f"{name}: {failed} ({_checkov_counts(checkov_results)})"
 
 
+def _render(name: str, mode: str) -> str:
+    """The template with every MODE_DEFAULTS parameter and CacheMode defaulted for one mode."""
+    text = (CFN / name).read_text()
+    for parameter, value in {**_mode_params(mode)}.items():
+        block = re.search(rf"\n  {parameter}:\n(?:    .*\n)+", text)
+        if block is None:
+            continue
+        body = re.sub(r"    Default: .*\n", "", block.group(0))
+        body = body.replace(f"  {parameter}:\n", f"  {parameter}:\n    Default: {value}\n", 1)
+        text = text.replace(block.group(0), body, 1)
+    return text
+
+
+@pytest.fixture(scope="module")
+def mode_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One folder per cache mode with main, cache and observability rendered for that mode."""
+    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
+    root = tmp_path_factory.mktemp("cfn-modes")
+    folders = {}
+    for mode in CACHE_MODES:
+        folder = root / mode
+        folder.mkdir()
+        for name in MODE_TEMPLATES:
+            (folder / name).write_text(_render(name, mode))
+        folders[mode] = folder
+    return folders
+
+
+def test_rendered_copies_default_to_their_mode(mode_copies: dict[str, Path]) -> None:
+    for mode, folder in mode_copies.items():
+        for name in MODE_TEMPLATES:
+            params = _load_path(folder / name)["Parameters"]
+            assert params["CacheMode"]["Default"] == mode, (mode, name)
+
+
+def _load_path(path: Path) -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(path))
+    assert not matches and template is not None, matches
+    return template
+
+
+@pytest.fixture(scope="module")
+def mode_lint_findings(mode_copies: dict[str, Path]) -> dict[tuple[str, str], list[dict]]:
+    """cfn-lint once over every mode's rendered copies; findings by (mode, file name)."""
+    exe = _tool("cfn-lint")
+    if exe is None:
+        pytest.skip("cfn-lint (pip package cfn-lint) is not installed")
+    files = [folder / n for folder in mode_copies.values() for n in MODE_TEMPLATES]
+    proc = subprocess.run(
+        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in range(0, 16, 2), f"cfn-lint crashed: {proc.stderr}"
+    findings: dict[tuple[str, str], list[dict]] = {(f.parent.name, f.name): [] for f in files}
+    for match in json.loads(proc.stdout or "[]"):
+        path = Path(match["Filename"])
+        findings[(path.parent.name, path.name)].append(match)
+    return findings
+
+
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_cfn_lint_is_clean_in_every_cache_mode(
+    mode: str, mode_lint_findings: dict[tuple[str, str], list[dict]]
+) -> None:
+    bad = [
+        f"{name} {m['Rule']['Id']} {'/'.join(map(str, m['Location']['Path']))}: {m['Message']}"
+        for name in MODE_TEMPLATES
+        for m in mode_lint_findings[(mode, name)]
+        if m["Level"] in ("Error", "Warning")
+    ]
+    assert not bad, f"{mode}: {bad}"
+
+
+@pytest.fixture(scope="module")
+def mode_checkov_results(mode_copies: dict[str, Path]) -> dict[str, dict[str, list]]:
+    """checkov once over every mode's rendered copies; results by mode."""
+    exe = _tool("checkov")
+    if exe is None:
+        pytest.skip("checkov (pip package checkov) is not installed")
+    files = [str(folder / n) for folder in mode_copies.values() for n in MODE_TEMPLATES]
+    proc = subprocess.run(
+        [
+            exe,
+            "--framework",
+            "cloudformation",
+            "--skip-download",
+            "--output",
+            "json",
+            "--file",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), f"checkov crashed: {proc.stderr[-2000:]}"
+    report = json.loads(proc.stdout)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    grouped: dict[str, dict[str, list]] = {
+        m: {"passed": [], "failed": [], "skipped": []} for m in CACHE_MODES
+    }
+    for kind in ("passed", "failed", "skipped"):
+        for check in report["results"][f"{kind}_checks"]:
+            grouped[Path(check["file_path"]).parent.name][kind].append(check)
+    return grouped
+
+
+# What checkov must have looked at in each mode, so a dropped resource cannot pass unseen.
+MODE_CHECKED = {
+    "replication-group": "AWS::ElastiCache::ReplicationGroup.ReplicationGroup",
+    "cluster": "AWS::ElastiCache::ReplicationGroup.ClusterReplicationGroup",
+    "serverless": "AWS::SecretsManager::Secret.UserPasswordSecret",
+}
+
+
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_checkov_passes_every_cache_mode(
+    mode: str, mode_checkov_results: dict[str, dict[str, list]]
+) -> None:
+    result = mode_checkov_results[mode]
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in result["failed"]]
+    assert not failed, f"{mode}: {failed}"
+    checked = {c["resource"] for c in result["passed"]}
+    assert MODE_CHECKED[mode] in checked, sorted(checked)
+    others = {MODE_CHECKED[m] for m in CACHE_MODES if m != mode}
+    assert not checked & others, f"{mode} checked another mode's resources: {checked & others}"
+
+
 def test_every_checkov_skip_gives_a_reason(checkov_results: dict[str, dict[str, list]]) -> None:
     unexplained = [
         f"{n}: {c['check_id']} {c['resource']}"
@@ -335,6 +526,7 @@ def test_outputs_match_the_scripts_contract(templates: dict[str, dict[str, Any]]
     assert set(main["Outputs"]) == MAIN_OUTPUTS | OPTIONAL_MAIN_OUTPUTS
     conditional = {k for k, v in main["Outputs"].items() if "Condition" in v}
     assert conditional == OPTIONAL_MAIN_OUTPUTS
+    assert main["Parameters"]["CacheMode"]["Default"] == "replication-group"
     assert set(bootstrap["Outputs"]) == BOOTSTRAP_OUTPUTS
     assert main["Outputs"]["CacheTls"]["Value"] == "true"
     stacks = _resources(main, "AWS::CloudFormation::Stack")
@@ -428,12 +620,193 @@ def test_subnets_carry_the_load_balancer_role_tags(templates: dict[str, dict[str
 # --- cache -------------------------------------------------------------------------------------
 
 
-def test_cache_is_an_encrypted_authenticated_replication_group(
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_each_cache_mode_creates_exactly_its_resources_and_outputs(
+    mode: str, templates: dict[str, dict[str, Any]]
+) -> None:
+    cache, main = templates["cache.yaml"], templates["main.yaml"]
+    params = _mode_params(mode)
+    assert set(cache["Parameters"]["CacheMode"]["AllowedValues"]) == set(CACHE_MODES)
+    assert (
+        main["Parameters"]["CacheMode"]["AllowedValues"]
+        == cache["Parameters"]["CacheMode"]["AllowedValues"]
+    )
+    assert _present(cache["Resources"], cache, params) == MODE_RESOURCES[mode]
+    expected = MAIN_OUTPUTS | MODE_MAIN_OUTPUTS[mode]
+    assert _present(main["Outputs"], main, {**params, "CertificateArn": ""}) == expected
+    # Every cache output main.yaml reads in this mode exists in this mode.
+    present = _present(cache["Outputs"], cache, params)
+    for name in expected:
+        for stack, output in _getatt_outputs(main["Outputs"][name]):
+            assert stack != "CacheStack" or output in present, (mode, name, output)
+    # And no output of this mode names a resource the mode does not create.
+    for name in present:
+        value = _evaluate(cache["Outputs"][name]["Value"], cache, params)
+        refs = {v["Ref"] for v in _walk(value) if isinstance(v, dict) and "Ref" in v}
+        attrs = {
+            v["Fn::GetAtt"][0] for v in _walk(value) if isinstance(v, dict) and "Fn::GetAtt" in v
+        }
+        assert (refs | attrs) & set(cache["Resources"]) <= MODE_RESOURCES[mode], (mode, name)
+
+
+def _walk(value: Any) -> list[Any]:
+    """value and everything nested in it."""
+    found = [value]
+    if isinstance(value, dict):
+        for item in value.values():
+            found.extend(_walk(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_walk(item))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "cluster", "secret", "key"),
+    [
+        (
+            "replication-group",
+            ["ReplicationGroup", "PrimaryEndPoint.Address"],
+            "false",
+            "AuthTokenSecret",
+            "token",
+        ),
+        (
+            "cluster",
+            ["ClusterReplicationGroup", "ConfigurationEndPoint.Address"],
+            "true",
+            "AuthTokenSecret",
+            "token",
+        ),
+        (
+            "serverless",
+            ["ServerlessCache", "Endpoint.Address"],
+            "true",
+            "UserPasswordSecret",
+            "password",
+        ),
+    ],
+)
+def test_cache_outputs_give_the_app_what_each_mode_needs(
+    mode: str, host: list[str], cluster: str, secret: str, key: str,
+    templates: dict[str, dict[str, Any]],
+) -> None:  # fmt: skip
+    cache = templates["cache.yaml"]
+    params = _mode_params(mode)
+    outputs = {
+        name: _evaluate(cache["Outputs"][name]["Value"], cache, params)
+        for name in _present(cache["Outputs"], cache, params)
+    }
+    assert outputs["Host"] == {"Fn::GetAtt": host}
+    assert outputs["Port"] == {"Fn::GetAtt": [host[0], host[1].replace("Address", "Port")]}
+    assert (outputs["Cluster"], outputs["SecretArn"], outputs["SecretKey"]) == (
+        cluster,
+        {"Ref": secret},
+        key,
+    )
+    generate = cache["Resources"][secret]["Properties"]["GenerateSecretString"]
+    assert generate["GenerateStringKey"] == key
+    assert outputs.get("Username") == ("message-app" if mode == "serverless" else None)
+    if mode == "serverless":
+        template = json.loads(generate["SecretStringTemplate"])
+        assert template == {"username": outputs["Username"]}
+
+
+def test_cluster_mode_is_sharded_with_failover_and_the_cluster_parameter_group(
     templates: dict[str, dict[str, Any]],
 ) -> None:
     cache = templates["cache.yaml"]
+    group = cache["Resources"]["ClusterReplicationGroup"]["Properties"]
+    assert group["ClusterMode"] == "enabled"
+    assert "NumCacheClusters" not in group
+    assert group["NumNodeGroups"] == {"Ref": "NumNodeGroups"}
+    assert group["ReplicasPerNodeGroup"] == {"Ref": "ReplicasPerNodeGroup"}
+    assert group["AutomaticFailoverEnabled"] is True
+    for replicas in ("0", "1", "2"):
+        params = {**_mode_params("cluster"), "ReplicasPerNodeGroup": replicas}
+        assert _evaluate(group["MultiAZEnabled"], cache, params) is (replicas != "0")
+    settings = cache["Resources"]["ClusterParameterGroup"]["Properties"]["Properties"]
+    assert settings["cluster-enabled"] == "yes"
+    assert group["CacheParameterGroupName"] == {"Ref": "ClusterParameterGroup"}
+    for name in ("TransitEncryptionEnabled", "AtRestEncryptionEnabled"):
+        assert group[name] is True, name
+    assert group["KmsKeyId"] == {"Fn::GetAtt": ["CacheKey", "Arn"]}
+    # The alarms cover at most 3 shards of 3 nodes.
+    main = templates["main.yaml"]["Parameters"]
+    assert max(map(int, main["NumNodeGroups"]["AllowedValues"])) <= 3
+    assert max(map(int, main["ReplicasPerNodeGroup"]["AllowedValues"])) <= 2
+
+
+def test_serverless_uses_a_user_group_with_a_disabled_default_user(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    cache = templates["cache.yaml"]
+    res = cache["Resources"]
+    serverless = res["ServerlessCache"]["Properties"]
+    assert serverless["Engine"] == {"Ref": "CacheEngine"}
+    assert serverless["KmsKeyId"] == {"Fn::GetAtt": ["CacheKey", "Arn"]}
+    assert serverless["SecurityGroupIds"] == [{"Ref": "ElasticacheSecurityGroup"}]
+    assert serverless["SubnetIds"] == {"Ref": "PrivateDBSubnets"}
+    assert serverless["UserGroupId"] == {"Ref": "UserGroup"}
+    group = res["UserGroup"]["Properties"]
+    members = {res[u["Ref"]]["Properties"]["UserName"]: res[u["Ref"]] for u in group["UserIds"]}
+    assert set(members) == {"default", "message-app"}
+    default = members["default"]["Properties"]
+    assert default["AccessString"].split()[0] == "off" and "-@all" in default["AccessString"]
+    app = members["message-app"]["Properties"]
+    assert app["AccessString"].split()[0] == "on"
+    assert app["AuthenticationMode"]["Type"] == "password"
+    (password,) = app["AuthenticationMode"]["Passwords"]
+    assert password == {
+        "Fn::Sub": "{{resolve:secretsmanager:${UserPasswordSecret}:SecretString:password}}"
+    }
+    # A redis-engine group may hold the password-less disabled default user on a Valkey cache.
+    engines = {group["Engine"], *(m["Properties"]["Engine"] for m in members.values())}
+    assert engines == {"redis"}
+    # Ids unique per stack and lower case, whatever the stack's name.
+    ids = [group["UserGroupId"], serverless["ServerlessCacheName"]]
+    ids += [m["Properties"]["UserId"] for m in members.values()]
+    assert all("AWS::StackId" in json.dumps(i) for i in ids), ids
+
+
+@pytest.mark.parametrize(
+    ("storage", "ecpu", "limits"),
+    [
+        ("0", "0", None),
+        ("10", "0", {"DataStorage": {"Maximum": "10", "Unit": "GB"}}),
+        ("0", "5000", {"ECPUPerSecond": {"Maximum": "5000"}}),
+        (
+            "5",
+            "5000",
+            {"DataStorage": {"Maximum": "5", "Unit": "GB"}, "ECPUPerSecond": {"Maximum": "5000"}},
+        ),
+    ],
+)
+def test_serverless_usage_limits_are_optional_and_zero_means_none(
+    storage: str, ecpu: str, limits: dict | None, templates: dict[str, dict[str, Any]]
+) -> None:
+    cache = templates["cache.yaml"]
+    params = {
+        **_mode_params("serverless"),
+        "ServerlessMaxDataStorageGB": storage,
+        "ServerlessMaxECPUPerSecond": ecpu,
+    }
+    value = cache["Resources"]["ServerlessCache"]["Properties"]["CacheUsageLimits"]
+    resolved = _evaluate(value, cache, params)
+    no_value = {"Ref": "AWS::NoValue"}
+    if limits is None:
+        assert resolved == no_value
+    else:
+        assert {k: v for k, v in resolved.items() if v != no_value} == limits
+
+
+@pytest.mark.parametrize("name", ["ReplicationGroup", "ClusterReplicationGroup"])
+def test_cache_is_an_encrypted_authenticated_replication_group(
+    name: str, templates: dict[str, dict[str, Any]]
+) -> None:
+    cache = templates["cache.yaml"]
     assert not _resources(cache, "AWS::ElastiCache::CacheCluster")
-    group = _one(cache, "AWS::ElastiCache::ReplicationGroup")
+    group = cache["Resources"][name]["Properties"]
     assert group["TransitEncryptionEnabled"] is True
     assert group["AtRestEncryptionEnabled"] is True
     assert group["Engine"] == {"Ref": "CacheEngine"}
@@ -461,7 +834,7 @@ def test_failover_follows_the_replica_count(
     cache = templates["cache.yaml"]
     allowed = [int(v) for v in cache["Parameters"]["CacheReplicaCount"]["AllowedValues"]]
     assert replicas in allowed
-    group = _one(cache, "AWS::ElastiCache::ReplicationGroup")
+    group = cache["Resources"]["ReplicationGroup"]["Properties"]
     params = {"CacheReplicaCount": str(replicas), "CacheEngine": "redis"}
     resolved = {
         k: _evaluate(group[k], cache, params)
@@ -483,13 +856,20 @@ def test_engine_version_and_parameter_family_follow_the_engine(
     assert set(templates["main.yaml"]["Parameters"]["CacheEngine"]["AllowedValues"]) == set(
         CACHE_ENGINES
     )
-    group = _one(cache, "AWS::ElastiCache::ReplicationGroup")
-    family = _one(cache, "AWS::ElastiCache::ParameterGroup")["CacheParameterGroupFamily"]
     params = {"CacheEngine": engine, "CacheReplicaCount": "1"}
-    assert (
-        _evaluate(group["EngineVersion"], cache, params),
-        _evaluate(family, cache, params),
-    ) == CACHE_ENGINES[engine]
+    for group_name, family_name in (
+        ("ReplicationGroup", "CacheParameterGroup"),
+        ("ClusterReplicationGroup", "ClusterParameterGroup"),
+    ):
+        group = cache["Resources"][group_name]["Properties"]
+        family = cache["Resources"][family_name]["Properties"]["CacheParameterGroupFamily"]
+        assert (
+            _evaluate(group["EngineVersion"], cache, params),
+            _evaluate(family, cache, params),
+        ) == CACHE_ENGINES[engine]
+    serverless = cache["Resources"]["ServerlessCache"]["Properties"]
+    major = _evaluate(serverless["MajorEngineVersion"], cache, params)
+    assert CACHE_ENGINES[engine][0].split(".")[0] == major
 
 
 def test_parameter_group_holds_what_the_session_store_relies_on(
@@ -498,14 +878,17 @@ def test_parameter_group_holds_what_the_session_store_relies_on(
     """Every key the app writes has a TTL: volatile-lru evicts the least recently used sessions
     when memory runs out (noeviction would fail every save). close-on-replica-write drops the
     connection of a write to a demoted primary, so the client reconnects to the new one."""
-    settings = _one(templates["cache.yaml"], "AWS::ElastiCache::ParameterGroup")["Properties"]
+    res = templates["cache.yaml"]["Resources"]
+    settings = res["CacheParameterGroup"]["Properties"]["Properties"]
     assert "timeout" not in settings
     assert settings == {
         "tcp-keepalive": "60",
         "maxmemory-policy": "volatile-lru",
         "close-on-replica-write": "yes",
     }
-    group = _one(templates["cache.yaml"], "AWS::ElastiCache::ReplicationGroup")
+    cluster = res["ClusterParameterGroup"]["Properties"]["Properties"]
+    assert cluster == {**settings, "cluster-enabled": "yes"}
+    group = res["ReplicationGroup"]["Properties"]
     assert group["CacheParameterGroupName"] == {"Ref": "CacheParameterGroup"}
 
 
@@ -537,8 +920,9 @@ def test_cache_port_is_open_only_to_the_eks_cluster_security_group(
     assert cluster_output == {"Fn::GetAtt": ["Cluster", "ClusterSecurityGroupId"]}
     cache_sg = main_stacks["CacheStack"]["Properties"]["Parameters"]["ElasticacheSecurityGroup"]
     assert _getatt_outputs(cache_sg) == [("SecurityGroupStack", "ElasticacheSecurityGroup")]
-    group = _one(templates["cache.yaml"], "AWS::ElastiCache::ReplicationGroup")
-    assert group["SecurityGroupIds"] == [{"Ref": "ElasticacheSecurityGroup"}]
+    res = templates["cache.yaml"]["Resources"]
+    for name in ("ReplicationGroup", "ClusterReplicationGroup", "ServerlessCache"):
+        assert res[name]["Properties"]["SecurityGroupIds"] == [{"Ref": "ElasticacheSecurityGroup"}]
 
 
 # --- EKS ---------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
 
 # Metrics and the dimension sets each is published with, as AWS documents them:
 # - ElastiCache: "Host-level metrics" and "Metrics for Valkey and Redis OSS" (ElastiCache user
-#   guide), per node by CacheClusterId;
+#   guide), per node by CacheClusterId; "Serverless metrics and events for Valkey and Redis OSS"
+#   (docs.aws.amazon.com/AmazonElastiCache/latest/dg/serverless-metrics-events-redis.html), per
+#   Serverless cache by clusterId;
 # - Network Load Balancer: "CloudWatch metrics for your Network Load Balancer"
 #   (docs.aws.amazon.com/elasticloadbalancing/latest/network/load-balancer-cloudwatch-metrics.html):
 #   flows, bytes and resets by LoadBalancer (or AvailabilityZone, LoadBalancer); target health
@@ -34,6 +36,7 @@ K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
 #   status codes, request counts or latencies: those are AWS/ELB and AWS/ApplicationELB metrics;
 # - Container Insights: "Amazon EKS and Kubernetes Container Insights metrics".
 _NODE = {frozenset({"CacheClusterId"})}
+_SERVERLESS = {frozenset({"clusterId"})}
 _LB = {frozenset({"LoadBalancer"}), frozenset({"AvailabilityZone", "LoadBalancer"})}
 _TARGETS = {
     frozenset({"LoadBalancer", "TargetGroup"}),
@@ -53,6 +56,12 @@ PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
             "CurrConnections",
             "FreeableMemory",
         )
+    }
+    | {
+        "Evictions": _NODE | _SERVERLESS,
+        "ThrottledCmds": _SERVERLESS,
+        "ElastiCacheProcessingUnits": _SERVERLESS,
+        "BytesUsedForCache": _SERVERLESS,
     },
     "AWS/NetworkELB": {
         **{
@@ -90,6 +99,7 @@ ALARMED = {
     "IsMaster",
     "UnHealthyHostCount",
     "HealthyHostCount",
+    "ThrottledCmds",
 }
 # ...and the dashboard shows.
 DASHBOARD_METRICS = {
@@ -234,12 +244,68 @@ def test_cache_alarms_cover_every_node_a_replication_group_can_have(
 ) -> None:
     main = _load(CFN / "main.yaml")
     nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
+    shards = max(int(v) for v in main["Parameters"]["NumNodeGroups"]["AllowedValues"])
+    per_shard = 1 + max(int(v) for v in main["Parameters"]["ReplicasPerNodeGroup"]["AllowedValues"])
+    expected = {
+        "IsReplicationGroup": [f"${{CacheId}}-{i:03d}" for i in range(1, nodes + 1)],
+        "IsCluster": [
+            f"${{CacheId}}-{s:04d}-{n:03d}"
+            for s in range(1, shards + 1)
+            for n in range(1, per_shard + 1)
+        ],
+    }
+    seen = set()
     for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
         stats = _metric_stats(alarm["Properties"])
         if stats[0]["Namespace"] != "AWS/ElastiCache" or stats[0]["MetricName"] == "IsMaster":
             continue
+        if alarm["Condition"] == "IsServerless":
+            assert [s["Dimensions"] for s in stats] == [
+                [{"Name": "clusterId", "Value": {"Ref": "CacheId"}}]
+            ], name
+            continue
         members = sorted(d["Value"]["Fn::Sub"] for s in stats for d in s["Dimensions"])
-        assert members == [f"${{ReplicationGroupId}}-{i:03d}" for i in range(1, nodes + 1)], name
+        assert members == expected[alarm["Condition"]], name
+        # CloudWatch caps the metrics of one metric-math alarm; keep within 10 entries.
+        assert len(alarm["Properties"]["Metrics"]) <= 10, name
+        seen.add(alarm["Condition"])
+    assert seen == set(expected)
+
+
+# Which cache alarms each mode has: none may name a node or cache the mode does not create.
+MODE_ALARMS = {
+    "replication-group": {
+        "CacheMemoryAlarm", "CacheEvictionsAlarm", "CacheCpuAlarm", "CacheEngineCpuAlarm",
+        "CacheReplicationLagAlarm", "CacheFailoverAlarm",
+    },
+    "cluster": {
+        "ClusterMemoryAlarm", "ClusterEvictionsAlarm", "ClusterCpuAlarm",
+        "ClusterEngineCpuAlarm", "ClusterReplicationLagAlarm",
+    },
+    "serverless": {"ServerlessEvictionsAlarm", "ServerlessThrottledAlarm"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_ALARMS))
+def test_each_cache_mode_gets_only_its_own_cache_alarms(
+    mode: str, template: dict[str, Any]
+) -> None:
+    conditions = template["Conditions"]
+    cache_alarms = {
+        name
+        for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items()
+        if _metric_stats(alarm["Properties"])[0]["Namespace"] == "AWS/ElastiCache"
+    }
+    present = set()
+    for name in cache_alarms:
+        condition = conditions[template["Resources"][name]["Condition"]]
+        ((left, right),) = [condition["Fn::Equals"]]
+        assert left == {"Ref": "CacheMode"}, name
+        if right == mode:
+            present.add(name)
+    assert present == MODE_ALARMS[mode]
+    allowed = set(template["Parameters"]["CacheMode"]["AllowedValues"])
+    assert allowed == set(MODE_ALARMS)
 
 
 def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -> None:

@@ -51,6 +51,8 @@ OTHER_STACK = "Fes--Other"  # for -s; its ECR repository must still get a valid 
 DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/team/deployer"
 CLUSTER = "fes-test-cluster"
 CACHE_HOST = "master.fes-test-cache.abc123.euc1.cache.amazonaws.com"
+CLUSTER_CACHE_HOST = "clustercfg.fes-test-cache.abc123.euc1.cache.amazonaws.com"
+SERVERLESS_CACHE_HOST = "fes-0123456789ab-abc123.serverless.euc1.cache.amazonaws.com"
 NESTED = ("network.yaml", "securitygroups.yaml", "cache.yaml", "eks.yaml", "observability.yaml")
 MAIN_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}/main-0001"
 NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}-Cache-X/n-0001"
@@ -68,6 +70,7 @@ AWS_FIXTURES = ROOT / "tests" / "fixtures" / "aws"
 # What deploy.sh picks in moto's eu-central-1 (zone IDs euc1-az1..3, none refused by EKS).
 ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
+SERVERLESS_PW = "pw-serverless-0123456789abcdef"
 CERTIFICATE = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-1111-2222-3333-444455556666"
 
 
@@ -211,6 +214,17 @@ class World:
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)
 
+    def use_cache_mode(self, mode: str) -> None:
+        """The main stand-in answers as a stack of this cache mode; serverless gets its own
+        secret, {"username", "password"}, as cfn/cache.yaml makes it."""
+        if mode == "serverless":
+            self.secret_arn = self.client("secretsmanager").create_secret(
+                Name="fes-test-user-password",
+                SecretString=json.dumps({"username": "message-app", "password": SERVERLESS_PW}),
+            )["ARN"]
+        template = main_standin_template(self.secret_arn, mode)
+        Path(self.env["STUB_MAIN_TEMPLATE"]).write_text(template)
+
     def create_stacks(self, certificate: str = "") -> dict[str, str]:
         """What a successful deploy.sh leaves behind, made directly (faster than running it).
 
@@ -259,12 +273,48 @@ def stack_outputs(cfn: Any, name: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-def main_standin_template(secret_arn: str) -> str:
-    """main.yaml's real Parameters (moto checks the scripts' values against them), fixed Outputs."""
+# What the stand-in main stack answers per cache mode (the values cfn/cache.yaml's outputs give),
+# and "legacy": a replication-group stack deployed before CacheMode, with the old names only.
+CACHE_MODE_OUTPUTS: dict[str, dict[str, str]] = {
+    "replication-group": {
+        "CacheMode": "replication-group",
+        "CacheHost": CACHE_HOST,
+        "CachePrimaryEndpoint": CACHE_HOST,
+        "CacheCluster": "false",
+        "CacheSecretKey": "token",
+    },
+    "cluster": {
+        "CacheMode": "cluster",
+        "CacheHost": CLUSTER_CACHE_HOST,
+        "CachePrimaryEndpoint": CLUSTER_CACHE_HOST,
+        "CacheCluster": "true",
+        "CacheSecretKey": "token",
+    },
+    "serverless": {
+        "CacheMode": "serverless",
+        "CacheHost": SERVERLESS_CACHE_HOST,
+        "CachePrimaryEndpoint": SERVERLESS_CACHE_HOST,
+        "CacheCluster": "true",
+        "CacheUsername": "message-app",
+        "CacheSecretKey": "password",
+    },
+    "legacy": {"CachePrimaryEndpoint": CACHE_HOST},
+}
+
+
+def main_standin_template(secret_arn: str, mode: str = "replication-group") -> str:
+    """main.yaml's real Parameters (moto checks the scripts' values against them), fixed Outputs
+    for one cache mode (the secret named by secret_arn holds that mode's credential)."""
     from cfnlint.decode import decode
 
     main, matches = decode(str(ROOT / "cfn" / "main.yaml"))
     assert main is not None, matches
+    cache = {name: {"Value": value} for name, value in CACHE_MODE_OUTPUTS[mode].items()}
+    secret = "AuthTokenSecretArn" if mode in ("legacy", "replication-group") else "CacheSecretArn"
+    if mode == "replication-group":
+        cache["CacheSecretArn"] = {"Value": secret_arn}
+    if mode == "cluster":
+        cache["AuthTokenSecretArn"] = {"Value": secret_arn}
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Parameters": json.loads(json.dumps(main["Parameters"])),
@@ -272,10 +322,10 @@ def main_standin_template(secret_arn: str) -> str:
         "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
         "Outputs": {
             "ClusterName": {"Value": CLUSTER},
-            "CachePrimaryEndpoint": {"Value": CACHE_HOST},
+            **cache,
             "CachePort": {"Value": "6379"},
             "CacheTls": {"Value": "true"},
-            "AuthTokenSecretArn": {"Value": secret_arn},
+            secret: {"Value": secret_arn},
             "Region": {"Value": {"Ref": "AWS::Region"}},
             "EcrRepositoryUri": {"Value": {"Ref": "EcrRepositoryUri"}},
             "CertificateArn": {

@@ -93,6 +93,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "ClusterAdminPrincipalArn": DEPLOYER_ROLE,
         "AvailabilityZones": ZONES,
         "CertificateArn": "",
+        "CacheMode": "replication-group",
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -271,9 +272,32 @@ def test_deploy_keeps_the_certificate_of_the_stack_until_told_otherwise(world: W
     assert "CertificateArn" not in plain.stdout
 
 
+def test_deploy_keeps_the_cache_mode_of_the_stack_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a replication-group stack. -m serverless switches it, with a warning
+    that every session is lost; a re-run without -m keeps serverless instead of falling back to
+    the default (which would replace the cache again)."""
+    world.create_stacks()
+    run = world.run("deploy.sh", "-p", PROFILE, "-m", "serverless")
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["CacheMode"] == "serverless"
+    assert (
+        "WARNING: cache mode replication-group -> serverless replaces the session cache: "
+        "every session is lost"
+    ) in run.stderr
+    assert "./init.sh and kubectl apply -k .deploy/" in run.stderr
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert again.main_stack_parameters()["CacheMode"] == "serverless"
+    assert "cache mode" not in again.stderr
+    assert "==> cache mode: serverless" in again.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
+        (("-m", "redis-cluster"), 2, "-m needs replication-group, cluster or serverless"),
+        (("-o", "CacheMode=cluster"), 2, "CacheMode is set by deploy.sh itself"),
         (
             ("-c", CERTIFICATE.replace(REGION, "us-east-1")),
             1,

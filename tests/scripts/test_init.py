@@ -16,14 +16,18 @@ from .harness import (
     CACHE_HOST,
     CERTIFICATE,
     CLUSTER,
+    CLUSTER_CACHE_HOST,
     PROFILE,
     REAL_AWS,
     REGION,
+    SERVERLESS_CACHE_HOST,
+    SERVERLESS_PW,
     STACK,
     World,
     assert_profile_and_region,
     env_file,
     git,
+    option,
     rendered,
 )
 
@@ -85,6 +89,7 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     config = kinds["ConfigMap"]["data"]
     assert config["REDIS_HOST"] == CACHE_HOST
     assert (config["REDIS_PORT"], config["REDIS_TLS"]) == ("6379", "true")
+    assert (config["REDIS_CLUSTER"], config["REDIS_USERNAME"]) == ("false", "")
     assert config["SESSION_COOKIE_SECURE"] == "false"
     assert config["LOG_LEVEL"] == "INFO", "the base's other settings must survive the merge"
     secret_data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
@@ -193,3 +198,57 @@ def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
     assert run.tool("docker") == []
     assert not (world.root / ".deploy").exists()
     assert_profile_and_region(run)
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "cluster", "username", "credential"),
+    [
+        ("replication-group", CACHE_HOST, "false", "", "tok-first-0123456789"),
+        ("cluster", CLUSTER_CACHE_HOST, "true", "", "tok-first-0123456789"),
+        ("serverless", SERVERLESS_CACHE_HOST, "true", "message-app", SERVERLESS_PW),
+        # A stack deployed before CacheMode: only CachePrimaryEndpoint and AuthTokenSecretArn.
+        ("legacy", CACHE_HOST, "false", "", "tok-first-0123456789"),
+    ],
+)
+def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
+    world: World, mode: str, host: str, cluster: str, username: str, credential: str
+) -> None:
+    """Real: the stack's outputs as each cache mode gives them, the secret in moto's Secrets
+    Manager (the AUTH token under 'token', or Serverless's {"username", "password"}); kubectl
+    kustomize renders the ConfigMap and the Secret. Stand-in: docker."""
+    world.use_cache_mode(mode)
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    (read,) = run.aws_calls("secretsmanager", "get-secret-value")
+    assert option(read["argv"], "--secret-id") == world.secret_arn
+    kinds = rendered(world.root)
+    config = kinds["ConfigMap"]["data"]
+    assert {k: config[k] for k in ("REDIS_HOST", "REDIS_PORT", "REDIS_TLS")} == {
+        "REDIS_HOST": host,
+        "REDIS_PORT": "6379",
+        "REDIS_TLS": "true",
+    }
+    assert (config["REDIS_CLUSTER"], config["REDIS_USERNAME"]) == (cluster, username)
+    secret = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+    assert set(secret) == {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
+    assert secret["REDIS_AUTH_TOKEN"] == credential
+    assert credential not in run.stdout + run.stderr
+    expected = "password of cache user message-app" if mode == "serverless" else "AUTH token"
+    assert expected in run.stdout
+
+
+def test_init_names_the_missing_key_of_the_cache_secret(world: World) -> None:
+    """Real: a Serverless stack whose secret lacks the 'password' key (moto's Secrets Manager):
+    init.sh stops, names the key, and writes nothing."""
+    world.use_cache_mode("serverless")
+    world.client("secretsmanager").put_secret_value(
+        SecretId=world.secret_arn, SecretString=json.dumps({"token": "tok-wrong-key-0123"})
+    )
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 1
+    assert f"secret {world.secret_arn} has no JSON key 'password'" in run.stderr
+    assert not (world.root / ".deploy" / "kustomization.yaml").exists()
