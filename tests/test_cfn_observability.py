@@ -3,8 +3,9 @@
 The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
 in test_cfn.py. Here: the same tools on a copy with every optional resource switched on (both
 tools drop resources whose condition is false with the default parameters, so the add-on's IAM
-role and log groups would otherwise go unchecked), the dashboard body parsed as JSON, and every
-metric the alarms and the dashboard name checked against what AWS publishes.
+role and log groups would otherwise go unchecked), the dashboard body rendered and parsed as JSON
+in each cache mode, and every metric the alarms and the dashboard name checked against what AWS
+publishes, for every node (or Serverless cache) the mode has.
 """
 
 from __future__ import annotations
