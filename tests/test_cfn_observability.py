@@ -3,8 +3,9 @@
 The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
 in test_cfn.py. Here: the same tools on a copy with every optional resource switched on (both
 tools drop resources whose condition is false with the default parameters, so the add-on's IAM
-role and log groups would otherwise go unchecked), the dashboard body parsed as JSON, and every
-metric the alarms and the dashboard name checked against what AWS publishes.
+role and log groups would otherwise go unchecked), the dashboard body rendered and parsed as JSON
+in each cache mode, and every metric the alarms and the dashboard name checked against what AWS
+publishes, for every node (or Serverless cache) the mode has.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +55,17 @@ PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
             "Evictions",
             "ReplicationLag",
             "IsMaster",
-            "CurrConnections",
             "FreeableMemory",
         )
     }
     | {
         "Evictions": _NODE | _SERVERLESS,
+        "CurrConnections": _NODE | _SERVERLESS,
         "ThrottledCmds": _SERVERLESS,
         "ElastiCacheProcessingUnits": _SERVERLESS,
         "BytesUsedForCache": _SERVERLESS,
+        "SuccessfulReadRequestLatency": _SERVERLESS,
+        "SuccessfulWriteRequestLatency": _SERVERLESS,
     },
     "AWS/NetworkELB": {
         **{
@@ -101,7 +105,7 @@ ALARMED = {
     "HealthyHostCount",
     "ThrottledCmds",
 }
-# ...and the dashboard shows.
+# ...and the dashboard shows in every cache mode,
 DASHBOARD_METRICS = {
     "NewFlowCount",
     "ActiveFlowCount",
@@ -109,9 +113,27 @@ DASHBOARD_METRICS = {
     "TCP_ELB_Reset_Count",
     "HealthyHostCount",
     "UnHealthyHostCount",
-    "DatabaseMemoryUsagePercentage",
-    "Evictions",
     "service_number_of_running_pods",
+}
+# ...and of the cache, per mode: every one for each node (or the Serverless cache) the mode has.
+DASHBOARD_CACHE_METRICS = {
+    "replication-group": {"DatabaseMemoryUsagePercentage", "Evictions"},
+    "cluster": {"DatabaseMemoryUsagePercentage", "Evictions"},
+    "serverless": {
+        "BytesUsedForCache",
+        "Evictions",
+        "ThrottledCmds",
+        "ElastiCacheProcessingUnits",
+        "CurrConnections",
+        "SuccessfulReadRequestLatency",
+        "SuccessfulWriteRequestLatency",
+    },
+}
+# The dimension each mode's cache metrics are published by.
+CACHE_DIMENSION = {
+    "replication-group": "CacheClusterId",
+    "cluster": "CacheClusterId",
+    "serverless": "clusterId",
 }
 # Shaped like what Auto Mode makes for the Service (names at most 32 characters, 16 hex digits).
 LB_SUFFIX = "net/k8s-default-messagea-0123456789/0123456789abcdef"
@@ -239,20 +261,28 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
     assert watched >= ALARMED
 
 
-def test_cache_alarms_cover_every_node_a_replication_group_can_have(
-    template: dict[str, Any],
-) -> None:
+def _node_suffixes() -> dict[str, list[str]]:
+    """What follows the cache id in the id of each node a mode can have (per main.yaml)."""
     main = _load(CFN / "main.yaml")
     nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
     shards = max(int(v) for v in main["Parameters"]["NumNodeGroups"]["AllowedValues"])
     per_shard = 1 + max(int(v) for v in main["Parameters"]["ReplicasPerNodeGroup"]["AllowedValues"])
-    expected = {
-        "IsReplicationGroup": [f"${{CacheId}}-{i:03d}" for i in range(1, nodes + 1)],
-        "IsCluster": [
-            f"${{CacheId}}-{s:04d}-{n:03d}"
-            for s in range(1, shards + 1)
-            for n in range(1, per_shard + 1)
+    return {
+        "replication-group": [f"-{i:03d}" for i in range(1, nodes + 1)],
+        "cluster": [
+            f"-{s:04d}-{n:03d}" for s in range(1, shards + 1) for n in range(1, per_shard + 1)
         ],
+        "serverless": [""],  # the cache itself: Serverless has no nodes to name
+    }
+
+
+def test_cache_alarms_cover_every_node_a_replication_group_can_have(
+    template: dict[str, Any],
+) -> None:
+    suffixes = _node_suffixes()
+    expected = {
+        "IsReplicationGroup": [f"${{CacheId}}{s}" for s in suffixes["replication-group"]],
+        "IsCluster": [f"${{CacheId}}{s}" for s in suffixes["cluster"]],
     }
     seen = set()
     for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
@@ -319,18 +349,61 @@ def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -
     assert "cloudwatch.amazonaws.com" in services
 
 
-def _body(template: dict[str, Any]) -> dict[str, Any]:
+def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:
+    """A cache-mode condition (the only kind the dashboard uses) in the given mode."""
+    ((left, right),) = [template["Conditions"][condition]["Fn::Equals"]]
+    assert left == {"Ref": "CacheMode"}, condition
+    return right == mode
+
+
+def _render(value: Any, template: dict[str, Any], mode: str) -> str:
+    """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode.
+
+    Each ${Name} of a parameter becomes <Name>: still valid JSON inside a string, and the
+    checks can see which one it was. A small resolver rather than a library: none resolves
+    intrinsic functions offline, and this template uses only these two.
+    """
+    if isinstance(value, str):
+        return value
+    ((function, args),) = value.items()
+    if function == "Fn::If":
+        condition, then, otherwise = args
+        chosen = then if _is_mode(template, condition, mode) else otherwise
+        return _render(chosen, template, mode)
+    assert function == "Fn::Sub", function
+    text, variables = (args, {}) if isinstance(args, str) else args
+    values = {name: _render(v, template, mode) for name, v in variables.items()}
+    names = set(re.findall(r"\$\{([^}]+)\}", text))
+    assert names <= {*template["Parameters"], "AWS::Region", *values}, names
+    return re.sub(r"\$\{([^}]+)\}", lambda m: values.get(m[1], f"<{m[1]}>"), text)
+
+
+def _body(template: dict[str, Any], mode: str = "replication-group") -> dict[str, Any]:
     (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
-    text = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
-    variables = set(re.findall(r"\$\{([^}]+)\}", text))
-    assert variables <= {*template["Parameters"], "AWS::Region"}, variables
-    # Each ${Name} becomes <Name>: still valid JSON, and the checks can see which one it was.
-    return json.loads(re.sub(r"\$\{([^}]+)\}", r"<\1>", text))
+    return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode))
 
 
-def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
+def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of the template with `edit` applied to every string of the dashboard body."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return edit(value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return {k: walk(v) for k, v in value.items()}
+
+    copy = json.loads(json.dumps(template))
+    (dashboard,) = _resources(copy, "AWS::CloudWatch::Dashboard").values()
+    dashboard["Properties"]["DashboardBody"] = walk(dashboard["Properties"]["DashboardBody"])
+    return copy
+
+
+def _dashboard_metrics(
+    template: dict[str, Any], mode: str = "replication-group"
+) -> tuple[set[str], set[str]]:
     """The metrics the dashboard shows and the statistics it uses; fails on an unknown one."""
-    body = _body(template)
+    body = _body(template, mode)
     shown = set()
     for widget in body["widgets"]:
         assert widget["type"] in ("metric", "text")
@@ -366,10 +439,48 @@ def _dashboard_metrics(template: dict[str, Any]) -> tuple[set[str], set[str]]:
     return shown, stats
 
 
-def test_the_dashboard_body_is_json_naming_published_metrics(template: dict[str, Any]) -> None:
-    shown, stats = _dashboard_metrics(template)
-    assert shown >= DASHBOARD_METRICS
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_body_is_json_naming_published_metrics(
+    mode: str, template: dict[str, Any]
+) -> None:
+    shown, stats = _dashboard_metrics(template, mode)
+    assert shown >= DASHBOARD_METRICS | DASHBOARD_CACHE_METRICS[mode]
     assert stats <= {"Sum", "Maximum", "Minimum", "Average"}, stats
+    # Every widget on the 24-column grid, none over another.
+    taken: set[tuple[int, int]] = set()
+    for widget in _body(template, mode)["widgets"]:
+        assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 24, widget
+        cells = {
+            (widget["x"] + dx, widget["y"] + dy)
+            for dx in range(widget["width"])
+            for dy in range(widget["height"])
+        }
+        assert not cells & taken, widget
+        taken |= cells
+
+
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_draws_every_cache_node_of_its_mode_and_no_other(
+    mode: str, template: dict[str, Any]
+) -> None:
+    """Each cache metric by the mode's dimension, for every node the mode can have, and no more."""
+    dimension = CACHE_DIMENSION[mode]
+    drawn: dict[str, set[str]] = {}
+    for widget in _body(template, mode)["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], dict):
+                # A SEARCH over the cache would draw whatever matches: these checks could not see.
+                assert "AWS/ElastiCache" not in line[0]["expression"], line
+                continue
+            namespace, metric, *rest = line
+            if namespace != "AWS/ElastiCache":
+                continue
+            if rest and isinstance(rest[-1], dict):
+                rest.pop()
+            assert rest[0::2] == [dimension], (metric, rest)
+            drawn.setdefault(metric, set()).add(rest[1])
+    ids = {f"<CacheId>{suffix}" for suffix in _node_suffixes()[mode]}
+    assert drawn == dict.fromkeys(DASHBOARD_CACHE_METRICS[mode], ids)
 
 
 def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
@@ -380,29 +491,28 @@ def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
     assert any("5xx" in n and "p99" in n and "Prometheus" in n for n in notes), notes
 
 
-def test_the_dashboard_json_check_catches_a_broken_body(template: dict[str, Any]) -> None:
-    (name,) = _resources(template, "AWS::CloudWatch::Dashboard")
-    broken = json.loads(json.dumps(template))
-    props = broken["Resources"][name]["Properties"]
-    props["DashboardBody"]["Fn::Sub"] = props["DashboardBody"]["Fn::Sub"].replace("]", "", 1)
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_json_check_catches_a_broken_body(
+    mode: str, template: dict[str, Any]
+) -> None:
+    broken = _edit_body(template, lambda s: s.replace("]", "", 1))
     with pytest.raises(json.JSONDecodeError):
-        _body(broken)
-    renamed = json.loads(json.dumps(template))
-    props = renamed["Resources"][name]["Properties"]
-    props["DashboardBody"]["Fn::Sub"] = props["DashboardBody"]["Fn::Sub"].replace(
-        '"Evictions"', '"Evicted"'
-    )
+        _body(broken, mode)
+    renamed = _edit_body(template, lambda s: s.replace('"Evictions"', '"Evicted"'))
     with pytest.raises(AssertionError):
-        _dashboard_metrics(renamed)
+        _dashboard_metrics(renamed, mode)
     # Target health is published per target group: by load balancer alone it does not exist.
-    untargeted = json.loads(json.dumps(template))
-    props = untargeted["Resources"][name]["Properties"]
-    props["DashboardBody"]["Fn::Sub"], count = re.subn(
-        r'"TargetGroup",\s*"\$\{TargetGroupArnSuffix\}",\s*', "", props["DashboardBody"]["Fn::Sub"]
-    )
-    assert count == 2
+    removed = []
+
+    def untarget(text: str) -> str:
+        text, count = re.subn(r'"TargetGroup",\s*"\$\{TargetGroupArnSuffix\}",\s*', "", text)
+        removed.append(count)
+        return text
+
+    untargeted = _edit_body(template, untarget)
+    assert sum(removed) == 2
     with pytest.raises(AssertionError):
-        _dashboard_metrics(untargeted)
+        _dashboard_metrics(untargeted, mode)
 
 
 def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
