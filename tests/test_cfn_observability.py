@@ -338,6 +338,19 @@ def test_each_cache_mode_gets_only_its_own_cache_alarms(
     assert allowed == set(MODE_ALARMS)
 
 
+def test_cluster_alarms_fire_where_their_replication_group_twins_do(
+    template: dict[str, Any],
+) -> None:
+    # The same five watches over other node names: the same threshold, comparison and patience.
+    twins = ["Memory", "Evictions", "Cpu", "EngineCpu", "ReplicationLag"]
+    keys = ("Threshold", "ComparisonOperator", "EvaluationPeriods", "DatapointsToAlarm")
+    resources = template["Resources"]
+    for twin in twins:
+        single = resources[f"Cache{twin}Alarm"]["Properties"]
+        cluster = resources[f"Cluster{twin}Alarm"]["Properties"]
+        assert {k: cluster.get(k) for k in keys} == {k: single.get(k) for k in keys}, twin
+
+
 def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -> None:
     topic = template["Resources"]["AlarmTopic"]["Properties"]
     assert topic["KmsMasterKeyId"] == {"Ref": "ObservabilityKey"}
