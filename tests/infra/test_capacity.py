@@ -25,8 +25,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures" / "capacity"
+from tests.support import FIXTURES, REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ def demand() -> Demand:
     if kubectl is None:
         pytest.skip("kubectl is not installed (it renders the kustomize base offline)")
     out = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "k8s")],
+        [kubectl, "kustomize", str(REPO_ROOT / "k8s")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -269,9 +268,9 @@ def demand() -> Demand:
 
 def test_the_default_deploy_runs_the_hpa_maximum_during_a_rollout(demand: Demand) -> None:
     cluster = cluster_from_templates(
-        _load(ROOT / "cfn" / "eks.yaml"),
-        _load(ROOT / "cfn" / "main.yaml"),
-        _load(ROOT / "cfn" / "observability.yaml"),
+        _load(REPO_ROOT / "cfn" / "eks.yaml"),
+        _load(REPO_ROOT / "cfn" / "main.yaml"),
+        _load(REPO_ROOT / "cfn" / "observability.yaml"),
     )
     # Container Insights is on by default: its agents take their share of every node first.
     assert cluster.system_pods_per_node == CLOUDWATCH_DAEMONSETS
@@ -285,8 +284,8 @@ def test_the_t3_micro_node_group_leaves_pods_pending(demand: Demand) -> None:
     """The templates before Auto Mode (recorded in tests/fixtures/capacity): 3 x t3.micro with 4
     pods each, two of them aws-node and kube-proxy, CoreDNS on two nodes, no node autoscaler."""
     cluster = cluster_from_templates(
-        _load(FIXTURES / "eks-nodegroup-t3micro.yaml"),
-        _load(FIXTURES / "main-nodegroup-t3micro.yaml"),
+        _load(FIXTURES / "capacity" / "eks-nodegroup-t3micro.yaml"),
+        _load(FIXTURES / "capacity" / "main-nodegroup-t3micro.yaml"),
     )
     assert (cluster.instance, cluster.fixed_nodes, cluster.max_pods) == ("t3.micro", 3, 4)
     report = check(cluster, demand)

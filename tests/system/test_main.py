@@ -12,7 +12,7 @@ import sys
 import pytest
 import requests
 
-from .support import ROOT, csrf_token, listed_messages, listening_port, wait_until
+from tests.support import REPO_ROOT, csrf_token, listed_messages, listening_port, wait_until
 
 
 def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
@@ -24,7 +24,7 @@ def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "--bind", "127.0.0.1:0", "--workers", "1"],
-            cwd=ROOT,
+            cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

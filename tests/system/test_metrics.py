@@ -15,14 +15,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from app.config import ConfigError, Settings
-
-from .support import SECRET, csrf_token, free_port, wait_until
+from tests.support import csrf_token, free_port, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Requests answered: the duration histogram's count, by route, method and status.
@@ -261,40 +258,3 @@ def test_503s_while_redis_is_away_are_counted_by_kind(metrics_replica, valkey):
     assert total(changed, "messageapp_redis_errors_total", kind="connection") == errors
     labels = {"route": "/", "method": "GET", "status": "503"}
     assert value(changed, REQUESTS, **labels) == 8
-
-
-# Fast checks of the pieces, no servers ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("error", "kind"),
-    [
-        (redis.ConnectionError("refused"), "connection"),
-        (redis.AuthenticationError("wrong password"), "auth"),
-        (redis.TimeoutError("slow"), "timeout"),
-        (redis.ReadOnlyError("READONLY"), "readonly"),
-        (redis.ResponseError("ERR"), "response"),
-        (redis.RedisError("?"), "other"),
-    ],
-)
-def test_redis_errors_map_to_a_fixed_kind(error, kind):
-    assert metrics.error_kind(error) == kind
-    assert kind in metrics.ERROR_KINDS
-
-
-def test_an_unknown_refusal_reason_is_a_programming_error():
-    with pytest.raises(KeyError):
-        metrics.refused("made-up reason")
-
-
-@pytest.mark.parametrize(("raw", "port"), [(None, 9090), ("0", 0), ("9100", 9100)])
-def test_metrics_port_setting(raw, port):
-    env = {"REDIS_HOST": "127.0.0.1", "SECRET_KEY": SECRET}
-    if raw is not None:
-        env["METRICS_PORT"] = raw
-    assert Settings.from_env(env).metrics_port == port
-
-
-def test_a_bad_metrics_port_stops_start_up():
-    with pytest.raises(ConfigError, match="METRICS_PORT"):
-        Settings.from_env({"REDIS_HOST": "h", "SECRET_KEY": SECRET, "METRICS_PORT": "70000"})

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from bench.servers import Nginx
+from tests.support import csrf_token, raw_exchange
 
-from .support import csrf_token, raw_exchange
 from .test_hostile_http import MALFORMED
 
 SLOW_HEADERS = 200

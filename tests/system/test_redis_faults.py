@@ -18,9 +18,9 @@ import pytest
 
 from app import create_app
 from app.config import Settings
+from tests.support import free_port, listed_messages, wait_until
 
 from .faults import SwitchableProxy, ValkeyProcess, stalled
-from .support import free_port, listed_messages, wait_until
 
 _FORM = re.compile(r"<form[^>]*persistMessage.*?</form>", re.S)
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')

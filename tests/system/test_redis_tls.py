@@ -29,8 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from app import create_app
 from app.config import ConfigError
-
-from .support import csrf_token, free_port, listed_messages, save, wait_until
+from tests.support import csrf_token, free_port, listed_messages, save, wait_until
 
 
 @dataclass

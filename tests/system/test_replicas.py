@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import csrf_token, listed_messages, listening_port, served_by, wait_until
+from tests.support import csrf_token, listed_messages, listening_port, served_by, wait_until
 
 # Well inside the app's 10 s cache age limit and Redis health-check interval.
 FRESH = 4.0

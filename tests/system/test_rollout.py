@@ -22,8 +22,7 @@ import pytest
 import requests
 
 from bench.servers import Nginx
-
-from .support import Replica, csrf_token, free_port, listed_messages, wait_until
+from tests.support import Replica, csrf_token, free_port, listed_messages, wait_until
 
 NAMES = ("replica-a", "replica-b", "replica-c")
 # The pod's preStop sleep is 10 s (the endpoint removal must reach the load balancer); haproxy

@@ -1,4 +1,8 @@
-"""The Redis side: the save script, and the tracked read cache against a real Valkey."""
+"""The store against a real Valkey: concurrent saves, the script cache, and the tracked read
+cache (invalidations, restarts, a worker reading its own save).
+
+The save script's limits and refusals on fakeredis: tests/unit/test_store.py.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,10 @@ import redis
 
 from app.connection import connect
 from app.reads import DirectReads, TrackedReads
-from app.store import MessageStore, SessionFull, SessionGone, SessionOverBudget
+from app.store import MessageStore, session_key
+from tests.support import wait_until
 
-from .support import wait_until
-
-KEY = "session:{a}"
+KEY = session_key("a")
 
 
 @pytest.fixture
@@ -43,55 +46,6 @@ def append(store: MessageStore, text: str, save_id: str | None = None, **options
     return store.append(KEY, text, save_id=save_id or f"id-of-{text}", **options)
 
 
-def test_append_creates_the_session_with_its_first_message(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    assert append(store, "hi", document=b"{}") == 1
-    assert fake_redis.hget(KEY, "doc") == b"{}"
-    assert store.messages(KEY) == ["hi"]
-    assert 0 < fake_redis.ttl(KEY) <= 60
-    assert fake_redis.keys("*") == [KEY.encode()]  # one key: one eviction unit
-
-
-def test_the_same_save_id_stores_once(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    assert append(store, "hi", "form-1", document=b"{}") == 1
-    assert append(store, "hi", "form-1") == 1  # re-sent: answered as stored, not stored again
-    assert append(store, "hi", "form-2") == 2  # another form: another message
-    assert store.messages(KEY) == ["hi", "hi"]
-
-
-def test_append_refuses_over_the_limit_and_keeps_what_is_there(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    append(store, "1", limit=2, document=b"{}")
-    append(store, "2", limit=2)
-    with pytest.raises(SessionFull):
-        append(store, "3", limit=2)
-    assert store.messages(KEY) == ["1", "2"]
-
-
-def test_append_refuses_over_the_byte_budget_and_keeps_what_is_there(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    append(store, "é" * 4, max_bytes=10, document=b"{}")  # 8 bytes
-    with pytest.raises(SessionOverBudget):
-        append(store, "abc", max_bytes=10)
-    append(store, "ab", max_bytes=10)
-    assert store.messages(KEY) == ["éééé", "ab"]
-
-
-def test_append_to_a_gone_session_is_refused_and_creates_nothing(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    with pytest.raises(SessionGone):
-        append(store, "x")
-    assert fake_redis.keys("*") == []
-
-
-def test_delete_removes_the_session(fake_redis):
-    store = MessageStore(fake_redis, DirectReads(fake_redis))
-    append(store, "1", document=b"{}")
-    store.delete(KEY)
-    assert fake_redis.keys("*") == []
-
-
 def test_concurrent_appends_on_a_real_server_lose_nothing(real_settings, valkey):
     client = connect(real_settings)
     store = MessageStore(client, DirectReads(client))
@@ -106,43 +60,43 @@ def test_concurrent_appends_on_a_real_server_lose_nothing(real_settings, valkey)
 
 def test_tracked_reads_cost_no_command_once_cached(real_settings, valkey):
     admin = valkey.client()
-    admin.hset("session:{t}", mapping={"doc": b"{}", "n": 1, "m:1": b"m1"})
+    admin.hset(session_key("t"), mapping={"doc": b"{}", "n": 1, "m:1": b"m1"})
     reads = TrackedReads(real_settings)
-    assert reads.fields("session:{t}") == {"doc": "{}", "n": "1", "m:1": "m1"}
+    assert reads.fields(session_key("t")) == {"doc": "{}", "n": "1", "m:1": "m1"}
     hgetalls = calls(admin, "hgetall")
     for _ in range(20):
-        assert reads.fields("session:{t}")["m:1"] == "m1"
+        assert reads.fields(session_key("t"))["m:1"] == "m1"
     assert calls(admin, "hgetall") == hgetalls
 
 
 def test_tracked_reads_see_a_change_made_by_another_client(real_settings, valkey, no_expiry):
     admin = valkey.client()
-    admin.hset("session:{t}", "m:1", b"m1")
+    admin.hset(session_key("t"), "m:1", b"m1")
     reads = TrackedReads(real_settings)
     other = TrackedReads(real_settings)  # another replica
-    assert reads.fields("session:{t}") == {"m:1": "m1"}
-    assert other.fields("session:{t}") == {"m:1": "m1"}
-    admin.hset("session:{t}", "m:2", b"m2")
+    assert reads.fields(session_key("t")) == {"m:1": "m1"}
+    assert other.fields(session_key("t")) == {"m:1": "m1"}
+    admin.hset(session_key("t"), "m:2", b"m2")
     # Redis pushes the invalidation in the same event-loop turn as its reply to the writer;
     # the poll absorbs the microseconds between the two. The cache never ages out here, so
     # only the invalidation can bring the new value.
-    wait_until(lambda: len(seen(reads, "session:{t}")) == 2, 30, "invalidation")
-    admin.delete("session:{t}")
-    wait_until(lambda: seen(other, "session:{t}") == {}, 30, "invalidation")
+    wait_until(lambda: len(seen(reads, session_key("t"))) == 2, 30, "invalidation")
+    admin.delete(session_key("t"))
+    wait_until(lambda: seen(other, session_key("t")) == {}, 30, "invalidation")
 
 
 def test_tracked_reads_forget_everything_when_redis_restarts(real_settings, valkey):
     admin = valkey.client()
-    admin.hset("session:{t}", "doc", b"v1")
+    admin.hset(session_key("t"), "doc", b"v1")
     reads = TrackedReads(real_settings)
-    assert reads.fields("session:{t}") == {"doc": "v1"}
+    assert reads.fields(session_key("t")) == {"doc": "v1"}
     valkey.stop()
     reads.sync()  # finds the connection closed and forgets what it cached
     with pytest.raises(redis.ConnectionError):
-        reads.fields("session:{t}")
+        reads.fields(session_key("t"))
     valkey.start()
-    valkey.client().hset("session:{t}", "doc", b"v2")  # changed while this client was cut off
-    assert reads.fields("session:{t}") == {"doc": "v2"}
+    valkey.client().hset(session_key("t"), "doc", b"v2")  # changed while this client was cut off
+    assert reads.fields(session_key("t")) == {"doc": "v2"}
 
 
 def test_ping_reports_reachability(real_settings, valkey):
@@ -154,22 +108,12 @@ def test_ping_reports_reachability(real_settings, valkey):
 
 
 def test_bytes_that_are_not_utf8_do_not_break_tracked_reads(real_settings, valkey, no_expiry):
-    valkey.client().hset("session:{p}", "doc", b"\x80\x04\x95 a pickle, say")
+    valkey.client().hset(session_key("p"), "doc", b"\x80\x04\x95 a pickle, say")
     reads = TrackedReads(real_settings)
-    assert reads.fields("session:{p}")["doc"].startswith("\ufffd")
-    valkey.client().hset("session:{p}", "doc", b"{}")
+    assert reads.fields(session_key("p"))["doc"].startswith("\ufffd")
+    valkey.client().hset(session_key("p"), "doc", b"{}")
     # The connection is still usable and still tracked.
-    wait_until(lambda: seen(reads, "session:{p}") == {"doc": "{}"}, 30, "invalidation")
-
-
-def test_a_server_that_refuses_wait_is_noted_once_and_saves_go_on(fake_redis, caplog):
-    # fakeredis knows no WAIT, as some managed services do not.
-    store = MessageStore(fake_redis, DirectReads(fake_redis), wait_replicas="on")
-    for number in range(1, 4):
-        assert append(store, f"m{number}", document=b"{}" if number == 1 else None) == number
-    assert store.messages(KEY) == ["m1", "m2", "m3"]
-    refusals = [r for r in caplog.records if "refuses WAIT" in r.getMessage()]
-    assert len(refusals) == 1
+    wait_until(lambda: seen(reads, session_key("p")) == {"doc": "{}"}, 30, "invalidation")
 
 
 def test_a_script_cache_emptied_by_a_restart_is_loaded_again(real_settings, valkey):

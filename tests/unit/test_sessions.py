@@ -10,8 +10,7 @@ from itsdangerous import TimestampSigner
 
 from app.csrf import CSRF_COOKIE
 from app.store import session_key
-
-from .support import csrf_token, listed_messages, save
+from tests.support import csrf_token, listed_messages, save
 
 
 class Bomb:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.store import session_key
-
-from .support import csrf_token, listed_messages, save
+from tests.support import csrf_token, listed_messages, save
 
 
 def session_keys(fake_redis) -> list[bytes]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ..support import free_port, wait_until
+from tests.support import free_port, wait_until
+
 from .harness import MOTO_SERVER, World, _reset, make_world
 
 

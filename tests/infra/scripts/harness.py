@@ -37,7 +37,7 @@ import pytest
 import requests
 import yaml
 
-from ..support import ROOT
+from tests.support import REPO_ROOT
 
 SCRIPTS = ("deploy.sh", "init.sh", "destroy.sh")
 LIBRARY = "scripts/common.sh"  # sourced by all three scripts, never run on its own
@@ -61,10 +61,10 @@ BASE_TOOLS = (
     "chmod", "date", "dirname", "git", "openssl", "jq", "sleep",
 )  # fmt: skip
 BUILDERS = ("docker", "podman", "buildah")
-STANDIN = ROOT / "tests" / "stubs" / "standin.py"
+STANDIN = REPO_ROOT / "tests" / "stubs" / "standin.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
-AWS_FIXTURES = ROOT / "tests" / "fixtures" / "aws"
+AWS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aws"
 # What deploy.sh picks in moto's eu-central-1 (zone IDs euc1-az1..3, none refused by EKS).
 ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
@@ -263,7 +263,7 @@ def main_standin_template(secret_arn: str) -> str:
     """main.yaml's real Parameters (moto checks the scripts' values against them), fixed Outputs."""
     from cfnlint.decode import decode
 
-    main, matches = decode(str(ROOT / "cfn" / "main.yaml"))
+    main, matches = decode(str(REPO_ROOT / "cfn" / "main.yaml"))
     assert main is not None, matches
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -300,10 +300,10 @@ def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
     root = tmp_path / "repo"
     root.mkdir()
     for script in SCRIPTS:
-        shutil.copy2(ROOT / script, root / script)
-    shutil.copytree(ROOT / "scripts", root / "scripts")
-    shutil.copytree(ROOT / "cfn", root / "cfn")
-    shutil.copytree(ROOT / "k8s", root / "k8s")
+        shutil.copy2(REPO_ROOT / script, root / script)
+    shutil.copytree(REPO_ROOT / "scripts", root / "scripts")
+    shutil.copytree(REPO_ROOT / "cfn", root / "cfn")
+    shutil.copytree(REPO_ROOT / "k8s", root / "k8s")
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "tmp").mkdir()

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from ..support import ROOT
+from tests.support import REPO_ROOT
+
 from .harness import (
     LIBRARY,
     REAL_AWS,
@@ -30,7 +31,7 @@ def test_scripts_pass_shellcheck() -> None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck; CI installs it)")
     result = subprocess.run(
         ["shellcheck", "-x", *SCRIPTS, LIBRARY],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -41,7 +42,7 @@ def test_scripts_pass_shellcheck() -> None:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_are_executable_with_strict_mode(script: str) -> None:
     """Each is run directly and sets the strict mode itself; the library it sources sets none."""
-    path = ROOT / script
+    path = REPO_ROOT / script
     assert os.access(path, os.X_OK)
     text = path.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
@@ -51,7 +52,7 @@ def test_scripts_are_executable_with_strict_mode(script: str) -> None:
 @pytest.mark.parametrize("script", [*SCRIPTS, LIBRARY])
 def test_scripts_avoid_gnu_only_tools(script: str) -> None:
     """They must run on macOS (bash 3.2, BSD tools) as well as on Linux."""
-    text = (ROOT / script).read_text()
+    text = (REPO_ROOT / script).read_text()
     gnu_only = (
         r"sed -i", r"readlink -f", r"date -d", r"base64 -w", r"mktemp --", r"grep -P",
         r"declare -A", r"mapfile", r"readarray", r"\$\{\w+,,\}", r"\$\{\w+\^\^\}",
@@ -63,5 +64,5 @@ def test_scripts_avoid_gnu_only_tools(script: str) -> None:
 def test_templates_fit_the_template_body_limit() -> None:
     """deploy.sh passes every template as --template-body, which CloudFormation caps at 51,200
     bytes; a bigger one would need --template-url from the bucket."""
-    for template in sorted((ROOT / "cfn").glob("*.yaml")):
+    for template in sorted((REPO_ROOT / "cfn").glob("*.yaml")):
         assert template.stat().st_size <= 51_200, f"{template.name} is too big for --template-body"
