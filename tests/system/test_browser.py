@@ -7,6 +7,8 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.support import session_keys
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None,
@@ -77,7 +79,7 @@ def test_type_save_reload_destroy(browser, valkey, start_replica, tmp_path):
     submit(page, "Destroy Session")
     expect(page.locator("#session-fingerprint")).to_have_text("none")
     expect(page.locator("li.message")).to_have_count(0)
-    assert valkey.client().keys("session:*") == []
+    assert session_keys(valkey.client()) == []
     assert problems == []  # no CSP violation or script error along the way
 
 

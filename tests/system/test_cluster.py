@@ -16,7 +16,15 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.support import REPO_ROOT, csrf_token, listed_messages, replica_env, wait_until
+from app.store import KEY_PREFIX
+from tests.support import (
+    REPO_ROOT,
+    csrf_token,
+    listed_messages,
+    replica_env,
+    session_keys,
+    wait_until,
+)
 
 from .cluster import ClusterNode, ValkeyCluster
 
@@ -92,7 +100,7 @@ def check_every_acknowledged_save_listed_once(saver: Saver, page: str) -> Counte
 
 
 def session_key(cluster: ValkeyCluster) -> str:
-    (key,) = cluster.client().scan_iter("session:*")
+    (key,) = session_keys(cluster.client())
     return key.decode()
 
 
@@ -113,10 +121,10 @@ def test_sessions_spread_over_every_primary_each_in_one_slot(valkey_cluster, sta
     per_primary = {}
     for node in valkey_cluster.nodes:
         if node.role() == "master":
-            keys = list(node.client().scan_iter("session:*"))
+            keys = session_keys(node.client())
             per_primary[node.port] = len(keys)
             for key in keys:
-                sid = key.removeprefix("session:").strip("{}")
+                sid = key.removeprefix(KEY_PREFIX).strip("{}")
                 # The hash tag: the session's slot is its id's, whatever else is in the key.
                 assert admin.execute_command("CLUSTER", "KEYSLOT", key) == admin.execute_command(
                     "CLUSTER", "KEYSLOT", sid

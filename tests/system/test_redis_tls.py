@@ -29,7 +29,14 @@ from cryptography.x509.oid import NameOID
 
 from app import create_app
 from app.config import ConfigError
-from tests.support import csrf_token, free_port, listed_messages, save, wait_until
+from tests.support import (
+    csrf_token,
+    free_port,
+    listed_messages,
+    save,
+    session_keys,
+    wait_until,
+)
 
 
 @dataclass
@@ -181,7 +188,7 @@ def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):
         assert saved.status_code == 200, saved.text
     assert listed_messages(saved.text) == ["over TLS", "and again"]
     assert browser.get(f"{replica.url}/readyz", timeout=10).json()["redis"] == "ok"
-    (key,) = tls_redis.client().keys("session:{*}")
+    (key,) = session_keys(tls_redis.client())
     assert stored_messages(tls_redis.client(), key) == [b"over TLS", b"and again"]
 
 
@@ -192,7 +199,7 @@ def _base(settings, tls_redis):
 
 
 def _only_kept(tls_redis) -> None:
-    keys = tls_redis.client().keys("session:{*}")
+    keys = session_keys(tls_redis.client())
     assert [stored_messages(tls_redis.client(), k) for k in keys] == [[b"kept"]]
 
 

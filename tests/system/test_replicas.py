@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import csrf_token, listed_messages, listening_port, served_by, wait_until
+from tests.support import (
+    csrf_token,
+    listed_messages,
+    listening_port,
+    served_by,
+    session_keys,
+    wait_until,
+)
 
 # Well inside the app's 10 s cache age limit and Redis health-check interval.
 FRESH = 4.0
@@ -165,7 +172,7 @@ def test_destroy_removes_every_key(replicas, any_valkey):
     for i, replica in enumerate(replicas):
         assert save(replica.url, browser, f"m{i}", token).status_code == 303
     admin = any_valkey.client()
-    assert len(list(admin.scan_iter("session:*"))) == 1
+    assert len(session_keys(admin)) == 1
     response = browser.post(
         f"{replicas[1].url}/destroy", data={"csrf_token": token}, allow_redirects=False, timeout=10
     )
@@ -296,7 +303,7 @@ def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
 def valkey_page(valkey) -> str:
     """The stored messages, read straight from Valkey and shaped like the page's list."""
     admin = valkey.client()
-    (key,) = admin.keys("session:{*}")
+    (key,) = session_keys(admin)
     fields = admin.hgetall(key)
     items = [fields[f"m:{i}".encode()] for i in range(1, int(fields[b"n"]) + 1)]
     return "".join(f'<li class="message">{m.decode()}</li>' for m in items)

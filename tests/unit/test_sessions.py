@@ -9,8 +9,8 @@ from flask import session
 from itsdangerous import TimestampSigner
 
 from app.csrf import CSRF_COOKIE
-from app.store import session_key
-from tests.support import csrf_token, listed_messages, save
+from app.store import KEY_PREFIX, session_key
+from tests.support import csrf_token, listed_messages, save, session_keys
 
 
 class Bomb:
@@ -63,7 +63,7 @@ def test_forged_session_cookie_gets_a_fresh_session_never_adopted(client, fake_r
     assert listed_messages(page) == []
     save(client, "mine")
     assert client.get_cookie("session").value != "attacker-chosen-id"
-    assert fake_redis.keys("session:attacker-chosen-id*") == []
+    assert session_keys(fake_redis, "attacker-chosen-id") == []
 
 
 def test_another_users_session_is_not_reachable_by_a_guessed_cookie(app):
@@ -76,7 +76,7 @@ def test_another_users_session_is_not_reachable_by_a_guessed_cookie(app):
 
 def test_expired_session_yields_a_fresh_session(client, fake_redis):
     save(client, "soon gone")
-    for key in fake_redis.keys("session:*"):
+    for key in session_keys(fake_redis):
         fake_redis.delete(key)  # what the TTL does
     assert listed_messages(client.get("/").get_data(as_text=True)) == []
     assert save(client, "new start").status_code == 303
@@ -86,7 +86,7 @@ def test_expired_session_yields_a_fresh_session(client, fake_redis):
 def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
     client = make_app(session_lifetime_seconds=600).test_client()
     save(client, "hello")
-    keys = fake_redis.keys("session:*")
+    keys = session_keys(fake_redis)
     assert len(keys) == 1
     for key in keys:
         assert 590 <= fake_redis.ttl(key) <= 600
@@ -165,14 +165,14 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
     old_sid = tab1.get_cookie("session").value
     token = csrf_token(tab1.get("/").get_data(as_text=True))
     # Another tab destroys the session while this page is open.
-    for key in fake_redis.keys("session:*"):
+    for key in session_keys(fake_redis):
         fake_redis.delete(key)
     response = tab1.post("/persistMessage", data={"message": "late", "csrf_token": token})
     # The request found no session (it was deleted before it began): a new one, under a new
     # id, is started; the destroyed one stays destroyed, with none of its old messages.
     assert response.status_code == 303
     assert tab1.get_cookie("session").value != old_sid
-    assert fake_redis.keys(f"session:{old_sid}*") == []
+    assert session_keys(fake_redis, old_sid) == []
     assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
 
 
@@ -191,7 +191,7 @@ def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, mon
     response = client.post("/persistMessage", data={"message": "late", "csrf_token": token})
     assert response.status_code == 409
     assert "Your session ended" in response.get_data(as_text=True)
-    assert fake_redis.keys("session:*") == []
+    assert session_keys(fake_redis) == []
     assert "session=;" in response.headers["Set-Cookie"]
 
 
@@ -240,7 +240,7 @@ def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake
     save(client, "mine")
     sid = client.get_cookie("session").value
     # Once a valid id with a suffix naming another key (the message list, in the old layout).
-    fake_redis.rpush(f"session:{sid}:messages", b"x")
+    fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"x")
     for forged in (f"{sid}:messages", sid + "}", "{" + sid, "x" * 43 + "\n", sid[:-1]):
         # Whatever key such a cookie would name is never asked for (here: not even a hash).
         fake_redis.set(session_key(forged), b"not a session")
@@ -252,8 +252,8 @@ def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake
 
 def test_keys_of_the_previous_layout_never_cause_an_error(client, fake_redis):
     sid = "A" * 43
-    fake_redis.set("session:" + sid, b'{"_permanent":true,"started":"2026-01-01T00:00:00+00:00"}')
-    fake_redis.rpush(f"session:{sid}:messages", b"old message")
+    fake_redis.set(KEY_PREFIX + sid, b'{"_permanent":true,"started":"2026-01-01T00:00:00+00:00"}')
+    fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"old message")
     client.set_cookie("session", sid)
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == []  # a fresh session; the old keys expire with their TTL

@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.store import session_key
-from tests.support import csrf_token, listed_messages, save
-
-
-def session_keys(fake_redis) -> list[bytes]:
-    return sorted(fake_redis.keys("session:*"))
+from tests.support import csrf_token, listed_messages, save, session_keys
 
 
 def test_page_has_the_original_form_and_buttons(client):
