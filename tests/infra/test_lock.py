@@ -1,4 +1,4 @@
-"""The lock files: every range in pyproject.toml is met by a hashed pin, and both locks agree.
+"""The lock files: every range in pyproject.toml is met by a hashed pin, and the locks agree.
 
 requirements/lock regenerates them; a change to pyproject.toml's dependencies without a re-lock
 fails here, naming the package.
@@ -42,7 +42,11 @@ def parse_lock(path: Path) -> dict[str, tuple[str, str | None, list[str]]]:
 
 
 RUNTIME = parse_lock(LOCKS / "runtime.txt")
+LOCAL = parse_lock(LOCKS / "local.txt")
+VERIFY = parse_lock(LOCKS / "verify.txt")
 TEST = parse_lock(LOCKS / "test.txt")
+# The locks made from the test lock as constraints (requirements/lock): each a subset of it.
+SUBSETS = {"runtime": RUNTIME, "local": LOCAL, "verify": VERIFY}
 
 
 def environment(python: str) -> dict[str, str]:
@@ -78,22 +82,34 @@ def test_runtime_lock_meets_the_dependencies(python: str) -> None:
 
 
 @pytest.mark.parametrize("python", PYTHONS)
+def test_local_lock_meets_the_dependencies_and_the_local_extra(python: str) -> None:
+    wanted = PROJECT["dependencies"] + PROJECT["optional-dependencies"]["local"]
+    assert unmet(wanted, LOCAL, python) == []
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_verify_lock_meets_the_verify_extra(python: str) -> None:
+    assert unmet(PROJECT["optional-dependencies"]["verify"], VERIFY, python) == []
+
+
+@pytest.mark.parametrize("python", PYTHONS)
 def test_test_lock_meets_the_dependencies_and_the_test_extra(python: str) -> None:
     wanted = PROJECT["dependencies"] + PROJECT["optional-dependencies"]["test"]
     assert unmet(wanted, TEST, python) == []
 
 
-def test_the_locks_agree_on_every_shared_package() -> None:
-    differ = {n: (v[0], TEST[n][0]) for n, v in RUNTIME.items() if n in TEST and TEST[n][0] != v[0]}
+@pytest.mark.parametrize("lock", SUBSETS.values(), ids=SUBSETS.keys())
+def test_the_locks_agree_on_every_shared_package(lock: dict) -> None:
+    differ = {n: (v[0], TEST[n][0]) for n, v in lock.items() if n in TEST and TEST[n][0] != v[0]}
     assert differ == {}
-    assert set(RUNTIME) <= set(TEST), "the test lock installs the runtime too"
+    assert set(lock) <= set(TEST), "the test lock installs what the others do"
 
 
-@pytest.mark.parametrize("lock", [RUNTIME, TEST], ids=["runtime", "test"])
+@pytest.mark.parametrize("lock", [*SUBSETS.values(), TEST], ids=[*SUBSETS, "test"])
 def test_every_pin_has_hashes_and_the_project_is_not_pinned(lock: dict) -> None:
     assert [n for n, (_, _, hashes) in lock.items() if not hashes] == []
     assert all(h.startswith("sha256:") for _, _, hashes in lock.values() for h in hashes)
-    assert NAME not in lock  # installed from the checkout (pip install --no-deps -e .)
+    assert NAME not in lock  # run from the checkout, never installed
 
 
 def test_the_extras_dependencies_are_locked_too() -> None:
