@@ -60,7 +60,7 @@ OPTIONAL_MAIN_OUTPUTS = {"CertificateArn"}
 
 # The original's parameter names and defaults that are kept. Its node-group parameters
 # (EKSWorkerNodeInstanceType t3.micro, EKSNodeGroup*Size) went with the node group: EKS Auto Mode
-# sizes the nodes (tests/test_capacity.py shows why t3.micro could not run the app).
+# sizes the nodes (tests/infra/test_capacity.py shows why t3.micro could not run the app).
 ORIGINAL_DEFAULTS = {
     "VPCcidr": "10.0.0.0/16",
     "PublicSubnets": "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24",
