@@ -1,5 +1,6 @@
 """What every layer shares: the settings, the real Valkey (system and infra tests), and the
-CI guard that turns a skipped test into a failed one.
+CI guard that turns a skipped test into a failed one; and a check that every test here
+belongs to a layer.
 
 Each layer's folder has its own conftest.py that marks its tests (``unit``, ``system``,
 ``infra``; the last two also ``slow``) and holds the fixtures only that layer needs.
@@ -16,6 +17,25 @@ import pytest
 
 from app.config import Settings
 from tests.support import SECRET, Valkey
+
+TESTS = Path(__file__).parent
+LAYERS = ("unit", "system", "infra")
+
+
+@pytest.hookimpl(trylast=True)  # after the layer conftests have marked their tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test module outside the layer folders would carry no layer marker and so run with
+    ``-m "not slow"`` whatever it starts: refuse it, naming the module."""
+    unmarked = [i for i in items if not any(i.get_closest_marker(m) for m in LAYERS)]
+    # Only this folder's: the CI guard's own test runs pytest on files elsewhere with this plugin.
+    stray = sorted(
+        {str(i.path.relative_to(TESTS.parent)) for i in unmarked if i.path.is_relative_to(TESTS)}
+    )
+    if stray:
+        raise pytest.UsageError(
+            f"no layer marker (each module belongs in tests/unit, tests/system or tests/infra, "
+            f"whose conftest.py marks it): {', '.join(stray)}"
+        )
 
 
 def _in_ci() -> bool:
