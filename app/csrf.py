@@ -137,7 +137,7 @@ def _flask_wtf_token(token: str | None = None) -> str | None:
     """flask-wtf's per-request token, which it keeps in ``g.<field name>``: with ``token``,
     set it (``generate_csrf()`` then returns it instead of signing one); without, read it.
 
-    The one place that relies on that undocumented slot; tests/test_csrf.py fails if
+    The one place that relies on that undocumented slot; tests/unit/test_csrf.py fails if
     flask-wtf stops honouring it.
     """
     if token is not None:

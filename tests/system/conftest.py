@@ -1,0 +1,37 @@
+"""The system layer: real servers on loopback (Valkey, a Valkey cluster, gunicorn, haproxy,
+nginx, Chromium) and the processes that drive them (``python -m app``, ``ops.verify``, the
+benchmark).
+
+Every test here is marked ``system`` and ``slow`` (``pytest -m "not slow"`` leaves it out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Replica, mark_layer, replica_env, start_gunicorn
+
+from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module here)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_layer(items, Path(__file__).parent, pytest.mark.system, pytest.mark.slow)
+
+
+@pytest.fixture
+def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
+    """Start gunicorn with the production config on loopback; every one is stopped at the end."""
+    started: list[Replica] = []
+
+    def start(valkey_port: int, name: str = "replica", **env: str) -> Replica:
+        log_path = tmp_path / f"{name}-{len(started)}.log"
+        replica = start_gunicorn(name, replica_env(valkey_port, name, **env), log_path)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        replica.stop()

@@ -1,0 +1,101 @@
+"""A person in a browser: headless Chromium (Debian's) driven by Playwright, against gunicorn."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.support import session_keys
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)",
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    # Chromium and Playwright write caches under HOME; keep them in the test's folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def submit(page: Page, button: str) -> None:
+    """Click a form button and wait until the page it leads to has loaded.
+
+    The form posts and the app answers 303 to ``/``, where the page already is: waiting for
+    the URL would return at once. Waiting for the navigation the click starts does not.
+    """
+    with page.expect_navigation(wait_until="load"):
+        page.click(f"text={button}")
+
+
+def test_type_save_reload_destroy(browser, valkey, start_replica, tmp_path):
+    replica = start_replica(valkey.port, "browser-replica")
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(f"{replica.url}/")
+    expect(page.locator("#served-by")).to_have_text("browser-replica")
+    # The inline stylesheet is allowed by the Content-Security-Policy's hash, so it applies.
+    assert page.eval_on_selector("main", "m => getComputedStyle(m).maxWidth") == "672px"
+
+    page.fill("textarea[name=message]", "Hello from <Chromium> & co")
+    submit(page, "Save Message")
+    expect(page.locator("li.message")).to_have_text(["Hello from <Chromium> & co"])
+    fingerprint = page.locator("#session-fingerprint").inner_text()
+    assert len(fingerprint) == 12
+
+    page.fill("textarea[name=message]", "second")
+    submit(page, "Save Message")
+    expect(page.locator("li.message")).to_have_text(["Hello from <Chromium> & co", "second"])
+    page.reload()
+    expect(page.locator("li.message")).to_have_text(["Hello from <Chromium> & co", "second"])
+    expect(page.locator("#session-fingerprint")).to_have_text(fingerprint)
+    page.screenshot(path=str(tmp_path / "messages.png"))
+
+    submit(page, "Destroy Session")
+    expect(page.locator("#session-fingerprint")).to_have_text("none")
+    expect(page.locator("li.message")).to_have_count(0)
+    assert session_keys(valkey.client()) == []
+    assert problems == []  # no CSP violation or script error along the way
+
+
+def test_a_refused_message_shows_the_reason_and_keeps_the_list(browser, valkey, start_replica):
+    replica = start_replica(valkey.port, "browser-replica", MESSAGE_MAX_LENGTH="10")
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{replica.url}/")
+    page.fill("textarea[name=message]", "short")
+    submit(page, "Save Message")
+    expect(page.locator("li.message")).to_have_text(["short"])
+    # The textarea's maxlength stops typing past the limit; a crafted post still gets a reason.
+    page.eval_on_selector("textarea", "t => t.removeAttribute('maxlength')")
+    page.fill("textarea[name=message]", "far too long for ten")
+    submit(page, "Save Message")
+    expect(page.locator("#error")).to_contain_text("at most 10 characters")
+    expect(page.locator("li.message")).to_have_text(["short"])
+    # What was typed is still there to shorten, not lost.
+    expect(page.locator("textarea[name=message]")).to_have_value("far too long for ten")

@@ -1,0 +1,322 @@
+"""The app on a real Valkey cluster: where sessions land, a slot moving, a shard failing over,
+ACL users; and the read cache where the server refuses CLIENT TRACKING.
+
+The save loops check what a user would: no error page but a few 503s, and every save that was
+acknowledged (303) listed exactly once, whatever redis-py retried or was redirected meanwhile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from app.store import KEY_PREFIX
+from tests.support import (
+    REPO_ROOT,
+    csrf_token,
+    listed_messages,
+    replica_env,
+    session_keys,
+    wait_until,
+)
+
+from .cluster import ClusterNode, ValkeyCluster
+
+pytestmark = pytest.mark.slow
+
+
+def browse(url: str, browser: requests.Session) -> str:
+    response = browser.get(f"{url}/", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def post_save(url: str, cookies: dict[str, str], token: str, text: str) -> int:
+    return requests.post(
+        f"{url}/persistMessage",
+        data={"message": text, "csrf_token": token},
+        cookies=cookies,
+        allow_redirects=False,
+        timeout=30,
+    ).status_code
+
+
+def start_session(url: str, browser: requests.Session, token: str, text: str = "first") -> int:
+    """The first save, whose 303 sets the session cookie in ``browser``."""
+    return browser.post(
+        f"{url}/persistMessage",
+        data={"message": text, "csrf_token": token},
+        allow_redirects=False,
+        timeout=10,
+    ).status_code
+
+
+class Saver(threading.Thread):
+    """Saves into one session, one message after another, until stopped (at most 3000)."""
+
+    def __init__(self, url: str, browser: requests.Session, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token = url, token
+        self.cookies = browser.cookies.get_dict()
+        self.results: list[tuple[float, int, str]] = []  # (finished at, status, text)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        for i in range(3000):
+            if self.halt.is_set():
+                return
+            text = f"live {i}"
+            try:
+                status = post_save(self.url, self.cookies, self.token, text)
+            except requests.RequestException:
+                status = 0
+            self.results.append((time.monotonic(), status, text))
+
+    def wait_for(self, more: int) -> None:
+        """Until ``more`` further saves have finished."""
+        target = len(self.results) + more
+        wait_until(lambda: len(self.results) >= target, 60, f"{more} more saves")
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(60)
+        assert not self.is_alive()
+
+
+def check_every_acknowledged_save_listed_once(saver: Saver, page: str) -> Counter[int]:
+    statuses = Counter(status for _, status, _ in saver.results)
+    listed = Counter(listed_messages(page))
+    assert all(n == 1 for n in listed.values()), f"stored twice: {listed.most_common(3)}"
+    acknowledged = [text for _, status, text in saver.results if status == 303]
+    missing = [text for text in acknowledged if listed[text] != 1]
+    assert not missing, f"acknowledged but not listed: {missing}; listed {sorted(listed)}"
+    return statuses
+
+
+def session_key(cluster: ValkeyCluster) -> str:
+    (key,) = session_keys(cluster.client())
+    return key.decode()
+
+
+def test_sessions_spread_over_every_primary_each_in_one_slot(valkey_cluster, start_replica):
+    url = start_replica(
+        valkey_cluster.port, "spread", RATE_LIMIT_NEW_SESSIONS="40/minute", RATE_LIMIT_SAVES="off"
+    ).url
+    for i in range(40):
+        browser = requests.Session()
+        token = csrf_token(browse(url, browser))
+        assert post_save(url, browser.cookies.get_dict(), token, f"s{i}") == 303
+    # The rate limiter counts in the cluster as well: the 41st new session is refused.
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert post_save(url, browser.cookies.get_dict(), token, "one too many") == 429
+
+    admin = valkey_cluster.nodes[0].client()
+    per_primary = {}
+    for node in valkey_cluster.nodes:
+        if node.role() == "master":
+            keys = session_keys(node.client())
+            per_primary[node.port] = len(keys)
+            for key in keys:
+                sid = key.removeprefix(KEY_PREFIX).strip("{}")
+                # The hash tag: the session's slot is its id's, whatever else is in the key.
+                assert admin.execute_command("CLUSTER", "KEYSLOT", key) == admin.execute_command(
+                    "CLUSTER", "KEYSLOT", sid
+                )
+    print(f"\nsessions per primary (40 sessions): {sorted(per_primary.values())}")
+    assert sum(per_primary.values()) == 40
+    assert len(per_primary) == 3 and all(per_primary.values())
+
+
+def migrate_slot(
+    cluster: ValkeyCluster, slot: int, source: ClusterNode, target: ClusterNode, saver: Saver
+) -> None:
+    """Move ``slot`` as valkey-cli --cluster reshard does, with saves going on at each step."""
+    source_id, target_id = source.node_id(), target.node_id()
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    saver.wait_for(5)  # saves while the slot is migrating but the key still on the source
+    for _ in range(100):
+        keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        if not keys:
+            break
+        source.client().execute_command(
+            "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+        )
+    saver.wait_for(5)  # saves redirected with ASK: the key is on the target already
+    others = [n for n in cluster.nodes if n.role() == "master" and n not in (source, target)]
+    for node in (target, source, *others):
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+def test_a_live_sessions_slot_moves_to_another_primary_while_it_saves(
+    valkey_cluster, start_replica
+):
+    url = start_replica(valkey_cluster.port, "migrating").url
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert start_session(url, browser, token) == 303
+    key = session_key(valkey_cluster)
+    slot = int(valkey_cluster.nodes[0].client().execute_command("CLUSTER", "KEYSLOT", key))
+    source = valkey_cluster.primary_for(key)
+    target = next(n for n in valkey_cluster.nodes[:3] if n is not source)
+
+    saver = Saver(url, browser, token)
+    saver.start()
+    try:
+        saver.wait_for(5)
+        migrate_slot(valkey_cluster, slot, source, target, saver)
+        saver.wait_for(10)  # and after, with the new slot map
+    finally:
+        saver.stop()
+
+    assert valkey_cluster.primary_for(key) is target
+    assert target.client().exists(key) == 1
+    statuses = check_every_acknowledged_save_listed_once(saver, browse(url, browser))
+    print(f"\nslot migration during saves: {dict(statuses)}")
+    assert set(statuses) <= {303, 503}
+    assert statuses[503] <= 3
+
+
+def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start_replica):
+    url = start_replica(valkey_cluster.port, "failing-over").url
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert start_session(url, browser, token) == 303
+    key = session_key(valkey_cluster)
+    primary = valkey_cluster.primary_for(key)
+    replica = valkey_cluster.replica_of(primary)
+
+    saver = Saver(url, browser, token)
+    saver.start()
+    try:
+        saver.wait_for(5)
+        started = time.monotonic()
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        wait_until(lambda: replica.role() == "master", 10, "the replica to take over")
+        saver.wait_for(10)
+    finally:
+        saver.stop()
+
+    assert valkey_cluster.primary_for(key) is replica
+    statuses = check_every_acknowledged_save_listed_once(saver, browse(url, browser))
+    failed_at = [t - started for t, status, _ in saver.results if status != 303]
+    print(f"\nfailover during saves: {dict(statuses)}; failures at {failed_at} s")
+    assert set(statuses) <= {303, 503}
+    # Saves succeed again within 5 s of the failover: no failure later than that.
+    assert all(t <= 5 for t in failed_at)
+    assert any(t > started and status == 303 for t, status, _ in saver.results)
+
+
+def start_gunicorn(port: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """gunicorn run until it exits by itself (as it must when start-up is refused)."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
+            *("--bind", "127.0.0.1:0", "app:create_app()"),
+        ],
+        cwd=REPO_ROOT,
+        env=replica_env(port, "refused", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(
+    valkey_cluster, start_replica
+):
+    told_false = start_gunicorn(valkey_cluster.port, REDIS_CLUSTER="false")
+    assert "REDIS_CLUSTER=false, but Redis at" in told_false.stderr
+    assert told_false.returncode != 0
+
+    for node in valkey_cluster.nodes:
+        client = node.client()
+        client.execute_command("ACL", "SETUSER", "app", "on", ">app-password", "~*", "+@all")
+        # From now on, only the app user gets in without the admin password.
+        client.execute_command("ACL", "SETUSER", "default", "resetpass", ">admin-password")
+
+    url = start_replica(
+        valkey_cluster.port, "acl", REDIS_USERNAME="app", REDIS_AUTH_TOKEN="app-password"
+    ).url
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert start_session(url, browser, token, "as app") == 303
+    assert listed_messages(browse(url, browser)) == ["as app"]
+
+    refused = start_gunicorn(
+        valkey_cluster.port, REDIS_USERNAME="app", REDIS_AUTH_TOKEN="not-the-password"
+    )
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if "configuration error" in line]
+    assert len(errors) == 1, refused.stderr
+    assert "refused app" in errors[0] and "REDIS_AUTH_TOKEN" in errors[0]
+    assert "Traceback" not in refused.stderr
+
+
+def test_where_client_tracking_is_refused_pages_are_never_stale(valkey, start_replica):
+    valkey.client().execute_command("ACL", "SETUSER", "default", "-client|tracking")
+    # One worker each, so that the worker that read the page is the one asked again.
+    first = start_replica(valkey.port, "first", WEB_CONCURRENCY="1")
+    second = start_replica(valkey.port, "second", WEB_CONCURRENCY="1")
+    browser = requests.Session()
+    token = csrf_token(browse(first.url, browser))
+    assert start_session(first.url, browser, token, "m0") == 303
+    cookies = browser.cookies.get_dict()
+    for i in range(1, 4):
+        assert listed_messages(browse(first.url, browser)) == [f"m{j}" for j in range(i)]
+        assert post_save(second.url, cookies, token, f"m{i}") == 303
+        # The first replica read the session before this save: it must not show that copy.
+        assert listed_messages(browse(first.url, browser)) == [f"m{j}" for j in range(i + 1)]
+    assert first.log().count("refuses CLIENT TRACKING") == 1
+
+
+def test_redis_commands_per_request_on_a_cluster(valkey_cluster, start_replica):
+    url = start_replica(valkey_cluster.port, "counted", WEB_CONCURRENCY="1").url
+    browser = requests.Session()
+    token = csrf_token(browse(url, browser))
+    assert start_session(url, browser, token, "warm") == 303
+    browse(url, browser)
+
+    # Connected once, so that this test's own handshakes are not counted.
+    primaries = [n.client() for n in valkey_cluster.nodes if n.role() == "master"]
+
+    def counts() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for client in primaries:
+            for name, stats in client.info("commandstats").items():
+                total[name.removeprefix("cmdstat_")] += stats["calls"]
+        return total
+
+    def per_run(before: Counter[str], runs: int) -> dict[str, float]:
+        # INFO is this test's own.
+        changed = counts() - before
+        return {k: v / runs for k, v in changed.items() if k != "info"}
+
+    before = counts()
+    for _ in range(10):
+        browse(url, browser)
+    per_view = per_run(before, 10)
+    before = counts()
+    for i in range(10):
+        assert post_save(url, browser.cookies.get_dict(), token, f"m{i}") == 303
+        browse(url, browser)
+    per_save = per_run(before, 10)
+    print(f"\ncluster: redis commands per GET /: {per_view}; per save + GET: {per_save}")
+    assert per_view == {"hgetall": 1}  # no read cache on a cluster
+    # The POST reads the session too (HGETALL), as the redirected GET does.
+    assert per_save == {
+        "evalsha": 1,
+        "hgetall": 2,
+        "hget": 1,
+        "hmget": 1,
+        "hset": 1,
+        "expire": 1,
+    }

@@ -1,0 +1,116 @@
+"""Hostile HTTP against a real gunicorn and a real Valkey: malformed framing, bodies past the
+cap, bodies that dodge the UTF-8 check. Sent with raw sockets, since HTTP clients refuse to
+send most of these.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.support import csrf_token, listed_messages, raw_exchange, wait_until, worker_pids
+
+# Each is refused by gunicorn's parser, before the app sees it.
+MALFORMED = {
+    "duplicate Host": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "Content-Length and Transfer-Encoding": (
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "duplicate Content-Length": (
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+        b"Content-Length: 2\r\n\r\nab"
+    ),
+    "Content-Length: +1": (
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\na"
+    ),
+    "Transfer-Encoding: chunked, chunked": (
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\n"
+        b"Transfer-Encoding: chunked, chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+    ),
+    "chunked over HTTP/1.0": (
+        b"POST /persistMessage HTTP/1.0\r\nHost: a\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+    ),
+}
+
+
+def _lines(log: str) -> list[dict]:
+    return [json.loads(line) for line in log.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def replica(valkey, start_replica):
+    return start_replica(valkey.port, "hostile", WEB_CONCURRENCY="2")
+
+
+def test_malformed_requests_get_a_4xx_and_kill_no_worker(replica):
+    # /healthz answers as soon as one worker is up; wait for the second.
+    wait_until(lambda: len(worker_pids(replica.process.pid)) == 2, 10, "both workers")
+    workers = worker_pids(replica.process.pid)
+    before = len(replica.log().splitlines())
+    for rounds in range(3):  # more requests than workers: a killed worker would show
+        for shape, data in MALFORMED.items():
+            reply = raw_exchange(replica.port, data)
+            status = reply.split(b"\r\n", 1)[0].decode(errors="replace")
+            assert status.startswith(("HTTP/1.1 4", "HTTP/1.0 4")), (shape, rounds, reply)
+    assert worker_pids(replica.process.pid) == workers
+    count = 3 * len(MALFORMED)
+
+    def new_lines() -> list[dict]:
+        """Every complete line since `before`, each parsed as JSON."""
+        text = replica.log()
+        return _lines("\n".join(text[: text.rfind("\n") + 1].splitlines()[before:]))
+
+    def refusals() -> list[dict]:
+        return [line for line in new_lines() if line["message"].startswith("Invalid request")]
+
+    wait_until(lambda: len(refusals()) >= count, 10, "a log line per malformed request")
+    assert len(refusals()) == count
+    assert all(line["level"] == "WARNING" for line in refusals())
+    # And no second line for them (the readiness poll's 200 may land after `before`).
+    assert not [line for line in new_lines() if line.get("status", 200) >= 400]
+    log = replica.log()
+    assert "Traceback" not in log and "status_code" not in log
+
+
+def _chunked(body: bytes, size: int = 4096) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def _chunked_save(port: int, cookies: dict[str, str], body: bytes) -> bytes:
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return raw_exchange(
+        port,
+        b"POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Cookie: {cookie}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + _chunked(body),
+    )
+
+
+def test_a_chunked_body_over_the_cap_answers_413_and_stores_nothing(replica):
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{replica.url}/", timeout=10).text)
+    first = {"message": "first", "csrf_token": token}  # the first save sets the session cookie
+    assert browser.post(f"{replica.url}/persistMessage", data=first, timeout=10).ok
+    cookies = browser.cookies.get_dict()
+    # Under the cap, chunked framing is fine.
+    small = f"csrf_token={token}&message=chunked".encode()
+    assert _chunked_save(replica.port, cookies, small).startswith(b"HTTP/1.1 303")
+    # The message comes first and is short; only the padding after it is over the cap, so a
+    # body cut at the cap would still hold a complete, valid message.
+    cap = 2000 * 12 + 4096  # Settings.max_content_length with the default message length
+    big = f"csrf_token={token}&message=cut&pad=".encode() + b"x" * cap
+    reply = _chunked_save(replica.port, cookies, big)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    # A body of exactly the cap is still read whole.
+    exact = f"csrf_token={token}&message=exact&pad=".encode()
+    exact += b"x" * (cap - len(exact))
+    assert _chunked_save(replica.port, cookies, exact).startswith(b"HTTP/1.1 303")
+    page = browser.get(f"{replica.url}/", timeout=10).text
+    assert listed_messages(page) == ["first", "chunked", "exact"]

@@ -1,0 +1,94 @@
+"""`python -m app`: the newcomer's command, with an embedded real Valkey and no REDIS_HOST."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.support import REPO_ROOT, csrf_token, listed_messages, listening_port, wait_until
+
+
+def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
+    """Start `python -m app` on port 0 (the kernel picks a free one); return it and its URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
+    env["LOCAL_DATA_DIR"] = str(data_dir)
+    # No metrics server on the fixed default port (concurrent runs would collide on it).
+    env["METRICS_PORT"] = "0"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "--bind", "127.0.0.1:0", "--workers", "1"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    port = 0
+
+    def ready() -> bool:
+        nonlocal port
+        assert process.poll() is None, log_path.read_text()
+        port = port or listening_port(process.pid) or 0
+        try:
+            return bool(port) and requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(ready, 60, "python -m app to answer")
+    except BaseException:
+        stop(process)
+        raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def test_messages_survive_a_restart_of_the_local_app(tmp_path):
+    data_dir, log_path = tmp_path / "data", tmp_path / "app.log"
+    browser = requests.Session()
+    process, url = run_local(data_dir, log_path)
+    try:
+        token = csrf_token(browser.get(f"{url}/", timeout=10).text)
+        response = browser.post(
+            f"{url}/persistMessage", data={"message": "kept", "csrf_token": token}, timeout=10
+        )
+        assert listed_messages(response.text) == ["kept"]
+    finally:
+        stop(process)
+    assert process.returncode == 0
+    log = log_path.read_text()
+    assert "REDIS_HOST is unset: started an embedded Valkey" in log
+    assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0  # readable by the owner only
+
+    process, url = run_local(data_dir, log_path)
+    try:
+        page = browser.get(f"{url}/", timeout=10).text
+        assert listed_messages(page) == ["kept"]
+        # The CSRF cookie from before the restart is still accepted: same local SECRET_KEY.
+        response = browser.post(
+            f"{url}/persistMessage", data={"message": "again", "csrf_token": token}, timeout=10
+        )
+        assert listed_messages(response.text) == ["kept", "again"]
+    finally:
+        stop(process)
+    # No Valkey left behind: the embedded server's port (named in the log) no longer answers.
+    ports = re.findall(r"started an embedded Valkey on 127\.0\.0\.1:(\d+)", log_path.read_text())
+    assert len(ports) == 2
+    for valkey_port in set(ports):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(valkey_port)), 2):
+            pass

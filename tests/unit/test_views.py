@@ -1,0 +1,235 @@
+"""The message pages against fakeredis: what a user sees, and that bad input changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.store import session_key
+from tests.support import csrf_token, listed_messages, save, session_keys
+
+
+def test_page_has_the_original_form_and_buttons(client):
+    page = client.get("/").get_data(as_text=True)
+    assert '<textarea id="message" name="message"' in page
+    assert "Save Message" in page
+    assert "Destroy Session" in page
+    assert '<span id="served-by">test-replica</span>' in page
+    assert '<span id="session-fingerprint">none</span>' in page
+
+
+def test_first_visit_stores_nothing_in_redis(client, fake_redis):
+    for _ in range(3):
+        assert client.get("/").status_code == 200
+    assert session_keys(fake_redis) == []
+
+
+def test_save_redirects_with_303_and_lists_messages_oldest_first(client, fake_redis):
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    for text in ("first", "second", "third"):
+        response = client.post("/persistMessage", data={"message": text, "csrf_token": token})
+        assert response.status_code == 303
+        assert response.headers["Location"] == "/"
+    page = client.get("/").get_data(as_text=True)
+    assert listed_messages(page) == ["first", "second", "third"]
+    assert len(session_keys(fake_redis)) == 1  # one hash: the document and the messages
+
+
+def test_message_is_trimmed(client):
+    save(client, "  padded  \n")
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["padded"]
+
+
+def test_page_shows_a_fingerprint_never_the_session_id(client):
+    save(client, "hello")
+    sid = client.get_cookie("session").value
+    page = client.get("/").get_data(as_text=True)
+    assert sid not in page
+    assert '<span id="session-fingerprint">none</span>' not in page
+
+
+def test_destroy_removes_every_key_and_expires_the_cookie(client, fake_redis):
+    save(client, "bye")
+    assert len(session_keys(fake_redis)) == 1
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    response = client.post("/destroy", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert "session=;" in response.headers["Set-Cookie"]
+    assert session_keys(fake_redis) == []
+    assert listed_messages(client.get("/").get_data(as_text=True)) == []
+
+
+def test_script_content_is_escaped(client):
+    save(client, "<script>alert(1)</script>")
+    page = client.get("/").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# Bad input: exact status, the reason on the page, and nothing stored or changed.
+
+
+@pytest.fixture
+def existing(client, fake_redis):
+    """A session holding one message, and a snapshot of Redis to compare with."""
+    save(client, "kept")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+
+    def snapshot():
+        sid = client.get_cookie("session").value
+        return sorted(fake_redis.keys("*")), fake_redis.hgetall(session_key(sid))
+
+    return token, snapshot
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({}, "it was empty"),
+        ({"message": ""}, "it was empty"),
+        ({"message": " \t\n "}, "it was empty"),
+        ({"message": "x" * 2001}, "at most 2,000 characters; this one has 2,001"),
+    ],
+    ids=["missing", "empty", "whitespace", "too-long"],
+)
+def test_refused_messages_answer_400_and_change_nothing(client, existing, data, reason):
+    token, snapshot = existing
+    before = snapshot()
+    response = client.post("/persistMessage", data={**data, "csrf_token": token})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert reason in page
+    assert listed_messages(page) == ["kept"]  # existing messages shown, intact
+    assert snapshot() == before
+
+
+def test_exactly_max_length_is_accepted(client):
+    assert save(client, "é" * 2000).status_code == 303
+
+
+def test_max_length_of_four_byte_characters_fits_under_the_body_cap(client):
+    """The worst case the cap is derived for: 4 UTF-8 bytes a character, each sent as %XX."""
+    text = "\U0001f600" * 2000
+    assert save(client, text).status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [("x" * 2001, 400), ("\U0001f600" * 2001, 400)],
+    ids=["too-long", "too-long-four-byte"],
+)
+def test_a_refused_save_keeps_what_was_typed(client, existing, text, status):
+    token, _ = existing
+    response = client.post("/persistMessage", data={"message": text, "csrf_token": token})
+    assert response.status_code == status
+    page = response.get_data(as_text=True)
+    assert f">{text}</textarea>" in page  # in the form again, to shorten and resend
+
+
+def test_over_the_message_count_answers_409(make_app, fake_redis):
+    client = make_app(messages_max_per_session=3).test_client()
+    for i in range(3):
+        assert save(client, f"m{i}").status_code == 303
+    response = save(client, "one too many")
+    assert response.status_code == 409
+    assert "already holds 3 messages" in response.get_data(as_text=True)
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["m0", "m1", "m2"]
+
+
+def test_invalid_utf8_answers_400_and_stores_nothing(client, existing):
+    token, snapshot = existing
+    before = snapshot()
+    body = b"message=%FF%FEbad&csrf_token=" + token.encode()
+    response = client.post(
+        "/persistMessage", data=body, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 400
+    assert "not valid UTF-8" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+def test_body_over_the_cap_answers_413(client, existing, app):
+    token, snapshot = existing
+    before = snapshot()
+    cap = app.config["MAX_CONTENT_LENGTH"]
+    response = client.post("/persistMessage", data={"message": "x" * cap, "csrf_token": token})
+    assert response.status_code == 413
+    assert "too large" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "token", [None, "", "forged.token.value"], ids=["missing", "empty", "wrong"]
+)
+def test_csrf_failures_answer_400_and_store_nothing(client, existing, token):
+    _, snapshot = existing
+    before = snapshot()
+    data = {"message": "sneaky"} if token is None else {"message": "sneaky", "csrf_token": token}
+    response = client.post("/persistMessage", data=data)
+    assert response.status_code == 400
+    assert "did not come from this site" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+def test_destroy_needs_the_csrf_token(client, existing):
+    _, snapshot = existing
+    before = snapshot()
+    assert client.post("/destroy").status_code == 400
+    assert snapshot() == before
+
+
+def test_token_from_another_browser_is_refused(app, existing):
+    _, snapshot = existing
+    before = snapshot()
+    other = app.test_client()
+    other_token = csrf_token(other.get("/").get_data(as_text=True))
+    victim = app.test_client()
+    victim.get("/")
+    response = victim.post("/persistMessage", data={"message": "x", "csrf_token": other_token})
+    assert response.status_code == 400
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/persistMessage"), ("GET", "/destroy"), ("PUT", "/")]
+)
+def test_wrong_method_answers_405_with_a_page(client, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert "does not accept that kind of request" in response.get_data(as_text=True)
+    assert "Allow" in response.headers
+
+
+def test_unknown_path_answers_404_page(client):
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert "no page at this address" in response.get_data(as_text=True)
+
+
+def test_pages_are_not_cached_and_carry_security_headers(client):
+    response = client.get("/")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert response.headers["X-Served-By"] == "test-replica"
+
+
+def test_a_malformed_save_id_answers_400_and_changes_nothing(client, existing):
+    token, snapshot = existing
+    before = snapshot()
+    data = {"message": "x", "csrf_token": token, "save_id": "not a save id!"}
+    response = client.post("/persistMessage", data=data)
+    assert response.status_code == 400
+    assert "The form was damaged" in response.get_data(as_text=True)
+    assert snapshot() == before
+
+
+def test_over_the_byte_budget_answers_409(make_app):
+    client = make_app(session_max_bytes=4096).test_client()
+    for i in range(2):
+        assert save(client, f"{i}" * 2000).status_code == 303
+    response = save(client, "2" * 2000)
+    assert response.status_code == 409
+    assert "close to 4 KiB of messages" in response.get_data(as_text=True)
+    assert len(listed_messages(client.get("/").get_data(as_text=True))) == 2
