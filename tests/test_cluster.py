@@ -16,7 +16,8 @@ from collections import Counter
 import pytest
 import requests
 
-from .cluster import ClusterNode, ValkeyCluster
+from bench.cluster import ClusterNode, ValkeyCluster
+
 from .support import ROOT, csrf_token, listed_messages, replica_env, wait_until
 
 pytestmark = pytest.mark.slow
