@@ -15,7 +15,7 @@ import redis
 from bench.client import PageClient
 from bench.pages import message_text
 from bench.rtt_proxy import RoundTripProxy
-from bench.servers import Gunicorn, Nginx, RedisServer
+from bench.servers import Gunicorn, Nginx, RedisServer, serving, sleep_until
 from bench.slow import SlowClients
 from bench.variants import (
     anchor_app,
@@ -560,12 +560,7 @@ def _fault_run(
     """Steady load on the app; Redis saved and stopped at stop_at, started at start_at on the
     same port with the same data; a poller times restart -> first 200 for a known session."""
     server = RedisServer(workdir / "redis-fault")
-    with ExitStack() as stack:
-        server.start()
-        stack.callback(server.stop)
-        app = our_app(server.port, 0, logs, name="app-fault")
-        stack.callback(app.stop)
-        app.start()
+    with serving(server, lambda port: our_app(port, 0, logs, name="app-fault")) as app:
         visitor = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
         poller = PageClient(app.port, timeout=1.0)
         poller.cookies = dict(visitor.cookies)
@@ -583,12 +578,12 @@ def _fault_run(
         loader = threading.Thread(target=load)
         started = time.monotonic()
         loader.start()
-        _sleep_until(started + settings.fault_stop_at)
+        sleep_until(started + settings.fault_stop_at)
         server.stop(save=True)
         prober = PageClient(app.port, timeout=5.0)
         prober.cookies = dict(visitor.cookies)
         outage_probe = _probe(prober, 5, until=started + settings.fault_start_at - 0.2)
-        _sleep_until(started + settings.fault_start_at)
+        sleep_until(started + settings.fault_start_at)
         restart = time.monotonic()
         first_200: list[float] = []
         poll_until = started + settings.fault_seconds + 5
@@ -618,12 +613,6 @@ def _fault_run(
             messages_after,
             outage_probe,
         )
-
-
-def _sleep_until(moment: float) -> None:
-    remaining = moment - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def _probe(client: PageClient, count: int, until: float) -> list[tuple[int, float]]:
