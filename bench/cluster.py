@@ -133,9 +133,6 @@ class ValkeyCluster:
         """CPU time of all six nodes, from /proc: the replicas apply every write too."""
         return sum(servers.cpu_seconds(node.pid) for node in self.nodes if node.pid is not None)
 
-    def version(self) -> str:
-        return f"Valkey {self.nodes[0].client().info('server')['valkey_version']}"
-
     def _form(self) -> None:
         primaries, replicas = self.nodes[:3], self.nodes[3:]
         for node, (first, last) in zip(primaries, SLOT_RANGES, strict=True):
