@@ -17,14 +17,13 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.servers import RedisServer
+from bench.servers import RedisServer, serving, sleep_until
 from bench.variants import our_app, sessions_with_messages
 from bench.wrk import Request, run_wrk
 
@@ -82,12 +81,7 @@ def quantile(q: float, before: Scrape, after: Scrape) -> float:
 def record(seconds: int, outage: tuple[float, float], workdir: Path) -> list[Scrape]:
     """The run itself: load for `seconds`, Valkey away during `outage`, a scrape each second."""
     server = RedisServer(workdir / "valkey")
-    with ExitStack() as stack:
-        server.start()
-        stack.callback(server.stop)
-        app = our_app(server.port, 0, workdir, name="app-dashboard")
-        stack.callback(app.stop)
-        app.start()
+    with serving(server, lambda port: our_app(port, 0, workdir, name="app-dashboard")) as app:
         metrics_port = int(app.env["METRICS_PORT"])
         visitor = sessions_with_messages(app.port, 1, 10)[0]
         load = threading.Thread(
@@ -100,7 +94,7 @@ def record(seconds: int, outage: tuple[float, float], workdir: Path) -> list[Scr
         load.start()
         stopped = restarted = False
         for tick in range(seconds + 2):
-            _sleep_until(started + tick)
+            sleep_until(started + tick)
             at = time.monotonic() - started
             if not stopped and at >= outage[0]:
                 server.stop(save=True)
@@ -174,12 +168,6 @@ def main(argv: list[str]) -> int:
     plot(scrapes, outage, args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def _sleep_until(moment: float) -> None:
-    remaining = moment - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 if __name__ == "__main__":

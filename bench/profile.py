@@ -15,11 +15,10 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench.pages import message_text
-from bench.servers import REPO_ROOT, RedisServer
+from bench.servers import REPO_ROOT, RedisServer, serving
 from bench.variants import our_app, sessions_with_messages
 from bench.wrk import Request, run_wrk
 
@@ -38,13 +37,8 @@ def profile(duration: int, workdir: Path, log: Callable[[str], None]) -> str:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     report: list[str] = []
-    with ExitStack() as stack:
-        server = RedisServer(workdir / "redis-profile")
-        server.start()
-        stack.callback(server.stop)
-        app = our_app(server.port, 0, logs, name="app-profile")
-        stack.callback(app.stop)
-        app.start()
+    server = RedisServer(workdir / "redis-profile")
+    with serving(server, lambda port: our_app(port, 0, logs, name="app-profile")) as app:
         visitor = sessions_with_messages(app.port, 1, 10)[0]
         savers = sessions_with_messages(app.port, 64, 10)
         targets = {

@@ -8,7 +8,7 @@ import subprocess
 import time
 from importlib import metadata
 
-from bench.run import Results, Row
+from bench.run import CLUSTER_NAME, Results, Row
 from bench.wrk import CONNECTIONS, THREADS, WrkResult, wrk_binary
 
 
@@ -55,7 +55,10 @@ def render(results: Results, command: str) -> str:
         f"wrk -t{THREADS} -c{CONNECTIONS}, {s.duration} s per run, {s.repeats} repeats "
         'interleaved (order rotated each repeat), medians shown ("x ceiling": median of the '
         "per-repeat ratios); gunicorn 2 workers (gthread, one thread each) with "
-        "the repo's gunicorn.conf.py for every variant; one real Valkey on loopback. "
+        "the repo's gunicorn.conf.py for every variant; one real Valkey on loopback; the "
+        "cluster rows (a'', d''): the app with REDIS_CLUSTER=true on a real Valkey cluster on "
+        "loopback, 3 primaries + 3 replicas of the same Valkey, their Redis CPU that of all "
+        "six nodes. "
         "Page size: "
         + ", ".join(f"{name} {size:,} bytes" for name, size in results.page_bytes.items())
         + ". CPU columns: CPU time of the "
@@ -106,7 +109,10 @@ def render(results: Results, command: str) -> str:
         f"**f. Redis work per request** ({s.counted_requests} sequential requests each, after "
         "warm-up, on a separate Valkey reached through a counting proxy; commands from "
         "`INFO commandstats` deltas include those run inside Lua scripts; a round trip is one "
-        "batch the app sends before it reads an answer, so a pipeline or a script call is one):",
+        "batch the app sends before it reads an answer, so a pipeline or a script call is one; "
+        f"{CLUSTER_NAME}: the cluster of rows a'' and d'', counted over its three primaries, "
+        "where every command lands, without the replicas' REPLCONF ACKs; no proxy there, so no "
+        "round trips):",
         "",
         "| variant | request | commands/request | total_commands_processed/request "
         "| round trips/request | new connections |",
@@ -116,7 +122,8 @@ def render(results: Results, command: str) -> str:
         commands = ", ".join(f"{k} {v:g}" for k, v in sorted(cost.commands.items())) or "none"
         out.append(
             f"| {cost.variant} | {cost.request} | {commands} | {cost.total_commands:.2f} | "
-            f"{cost.round_trips:.2f} | {cost.new_connections} |"
+            f"{'-' if cost.round_trips is None else f'{cost.round_trips:.2f}'} | "
+            f"{cost.new_connections} |"
         )
     out += [
         "",
@@ -183,6 +190,19 @@ def _cpu_ratio(ceiling: Row, row: Row) -> float:
     return (ceiling.app_cpu_us + ceiling.redis_cpu_us) / max(row.app_cpu_us + row.redis_cpu_us, 1)
 
 
+def _cluster_line(rows: dict[str, Row]) -> str:
+    """The cluster rows against the same requests on one Valkey (no target: what it costs)."""
+    parts = [
+        f"{label} {cluster.ratio_to(single):.2f}x the req/s, "
+        f"{_cpu_ratio(cluster, single):.2f}x the CPU per request (app + Redis)"
+        for label, cluster, single in (
+            ("page view (a'')/(a)", rows["page_app_cluster"], rows["page_app"]),
+            ("save (d'')/(d)", rows["save_app_cluster"], rows["save_app"]),
+        )
+    ]
+    return "- the cluster against one Valkey (reported only): " + "; ".join(parts)
+
+
 def _targets(results: Results) -> list[str]:
     rows = results.rows
     ratio = rows["page_app"].ratio_to(rows["page_ceiling"])
@@ -207,6 +227,7 @@ def _targets(results: Results) -> list[str]:
         f"- (d) app saves ahead of the anchor: {rows['save_app'].rps:,.0f} vs "
         f"{rows['save_anchor'].rps:,.0f} req/s, {save_ratio:.2f}x by req/s - "
         f"{_mark(save_ratio > 1)}; {save_cpu:.2f}x by CPU per request - {_mark(save_cpu > 1)}",
+        _cluster_line(rows),
     ]
     sizes = results.settings.save_sizes
     by_key = {(x.variant, x.held): x for x in results.save_latency}

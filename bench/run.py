@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from pathlib import Path
 import redis
 
 from bench.client import PageClient
+from bench.cluster import ValkeyCluster
 from bench.pages import message_text
 from bench.rtt_proxy import RoundTripProxy
-from bench.servers import Gunicorn, Nginx, RedisServer
+from bench.servers import Gunicorn, Nginx, RedisServer, Store, serving, sleep_until
 from bench.slow import SlowClients
 from bench.variants import (
     anchor_app,
@@ -160,7 +162,8 @@ class RedisCost:
     request: str
     commands: dict[str, float]
     total_commands: float
-    round_trips: float
+    # None on the cluster: no counting proxy there (the client talks to each node directly).
+    round_trips: float | None
     new_connections: int
 
 
@@ -216,6 +219,9 @@ class Results:
     server_version: str
 
 
+CLUSTER_NAME = "app on the cluster"
+
+
 def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Results:
     failures: list[str] = []
     logs = workdir / "logs"
@@ -234,6 +240,13 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
             stack.callback(server.stop)
         log("starting redis and 4 gunicorn instances")
         start_all([ours, anchor, ceiling, bare])
+        # The same app on a local Valkey cluster (3 primaries + 3 replicas, no persistence, as
+        # the single Valkey), measured in the same interleaved repeats as every other row.
+        log("starting a Valkey cluster (3 primaries + 3 replicas) and the app on it")
+        cluster = ValkeyCluster(workdir / "cluster", durable=False)
+        ours_cluster = stack.enter_context(
+            serving(cluster, lambda port: our_app(port, 0, logs, name="app-cluster", cluster=True))
+        )
         # The app as the pod serves it (nginx.conf in front), and the ceiling behind the same
         # nginx, so the proxy's cost shows on both sides of the comparison.
         proxied = {
@@ -245,31 +258,52 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
             stack.callback(behind.proxy.stop)
 
         log("preparing sessions")
-        page_bytes, page_requests = _page_sessions(ours, anchor, ceiling, bare, failures)
+        page_bytes, page_requests = _page_sessions(
+            {
+                "app": ours,
+                "anchor": anchor,
+                "ceiling": ceiling,
+                "app-no-metrics": bare,
+                "app-cluster": ours_cluster,
+            },
+            failures,
+        )
+        # Each save row: the server it loads and the store whose CPU it counts.
+        savers: dict[str, tuple[Gunicorn, Store]] = {
+            "save_app": (ours, redis_server),
+            "save_anchor": (anchor, redis_server),
+            "save_app_cluster": (ours_cluster, cluster),
+        }
         pools = {
             name: sessions_with_messages(server.port, settings.pool_sessions, PAGE_MESSAGES)
-            for name, server in (("save_app", ours), ("save_anchor", anchor))
+            for name, (server, _) in savers.items()
         }
         targets: dict[str, Target] = {
-            "page_app": Target(ours, "/", page_requests["app"]),
-            "page_ceiling": Target(ceiling, "/", page_requests["ceiling"]),
-            "page_anchor": Target(anchor, "/", page_requests["anchor"]),
-            "page_app_no_metrics": Target(bare, "/", page_requests["app-no-metrics"]),
-            "page_app_nginx": Target(proxied["app"], "/", page_requests["app"]),
-            "page_ceiling_nginx": Target(proxied["ceiling"], "/", page_requests["ceiling"]),
+            "page_app": Target(ours, redis_server, "/", page_requests["app"]),
+            "page_ceiling": Target(ceiling, redis_server, "/", page_requests["ceiling"]),
+            "page_anchor": Target(anchor, redis_server, "/", page_requests["anchor"]),
+            "page_app_no_metrics": Target(bare, redis_server, "/", page_requests["app-no-metrics"]),
+            "page_app_nginx": Target(proxied["app"], redis_server, "/", page_requests["app"]),
+            "page_ceiling_nginx": Target(
+                proxied["ceiling"], redis_server, "/", page_requests["ceiling"]
+            ),
+            "page_app_cluster": Target(ours_cluster, cluster, "/", page_requests["app-cluster"]),
         }
         for name, clients in pools.items():
+            server, store = savers[name]
             targets[name] = Target(
-                ours if name == "save_app" else anchor,
+                server,
+                store,
                 "/persistMessage",
                 [
                     Request("POST", c.cookie_header, c.save_body(message_text(9999)))
                     for c in clients
                 ],
             )
-        rows = _throughput(settings, targets, redis_server, workdir, failures, log)
+        rows = _throughput(settings, targets, workdir, failures, log)
+        # Only the anchor may lose saves (racing read-modify-writes); the app never.
         saves_verified = {
-            name: _verify_saves(clients, rows[name], failures, strict=name == "save_app")
+            name: _verify_saves(clients, rows[name], failures, strict=name != "save_anchor")
             for name, clients in pools.items()
         }
 
@@ -279,8 +313,13 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
         log(f"page views beside {settings.slow_headers + settings.slow_bodies} slow clients")
         slow = _slow_clients(settings, proxied["app"], ours, page_requests["app"], workdir)
 
+        # Nothing else talks to the cluster now: its commandstats are the app's alone.
+        log("redis commands per request on the cluster")
+        cluster_costs = _cluster_costs(settings, cluster, ours_cluster)
+
     log("redis commands, round trips and bytes per session")
     redis_costs, footprints = _redis_costs(settings, workdir, logs)
+    redis_costs += cluster_costs
     log(f"fault run ({settings.fault_seconds} s)")
     fault = _fault_run(settings, workdir, logs, failures)
     return Results(
@@ -299,14 +338,13 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
 
 
 def _page_sessions(
-    ours: Gunicorn, anchor: Gunicorn, ceiling: Gunicorn, bare: Gunicorn, failures: list[str]
+    variants: dict[str, Gunicorn], failures: list[str]
 ) -> tuple[dict[str, int], dict[str, list[Request]]]:
-    """One visitor with PAGE_MESSAGES messages per stateful variant; check that all three pages
+    """One visitor with PAGE_MESSAGES messages per stateful variant; check that all the pages
     really list the same number of messages, so the rows compare the same work."""
     page_bytes: dict[str, int] = {}
     requests: dict[str, list[Request]] = {}
-    variants = (("app", ours), ("anchor", anchor), ("ceiling", ceiling), ("app-no-metrics", bare))
-    for name, server in variants:
+    for name, server in variants.items():
         if name == "ceiling":
             client = PageClient(server.port)
         else:
@@ -327,8 +365,10 @@ ROW_LABELS = {
     "page_app_no_metrics": "a0. app GET / with metrics off (METRICS_PORT=0)",
     "page_app_nginx": "a'. app GET / behind the pod's nginx (as deployed)",
     "page_ceiling_nginx": "b'. ceiling behind the same nginx",
+    "page_app_cluster": "a''. app GET / on a local Valkey cluster (3 primaries + 3 replicas)",
     "save_app": "d. app POST /persistMessage (303, not followed)",
     "save_anchor": "d. anchor POST /persistMessage (303, not followed)",
+    "save_app_cluster": "d''. app POST /persistMessage on the same cluster (303, not followed)",
 }
 
 
@@ -349,14 +389,17 @@ class Behind:
 
 @dataclass(frozen=True)
 class Target:
+    """What one row loads (server, path, requests) and whose CPU it counts (server, store)."""
+
     server: Gunicorn | Behind
+    store: Store
     path: str
     requests: list[Request]
 
-    def run(self, seconds: int, workdir: Path, redis_server: RedisServer) -> Measured:
-        app_before, redis_before = self.server.cpu_seconds(), redis_server.cpu_seconds()
+    def run(self, seconds: int, workdir: Path) -> Measured:
+        app_before, redis_before = self.server.cpu_seconds(), self.store.cpu_seconds()
         result = run_wrk(self.server.base_url + self.path, self.requests, seconds, workdir)
-        app_after, redis_after = self.server.cpu_seconds(), redis_server.cpu_seconds()
+        app_after, redis_after = self.server.cpu_seconds(), self.store.cpu_seconds()
         per_request = 1e6 / max(result.requests, 1)
         return Measured(
             result,
@@ -368,7 +411,6 @@ class Target:
 def _throughput(
     settings: Settings,
     targets: dict[str, Target],
-    redis_server: RedisServer,
     workdir: Path,
     failures: list[str],
     log: Callable[[str], None],
@@ -379,12 +421,12 @@ def _throughput(
     keys = list(targets)
     if settings.warmup:
         for key in keys:
-            warm = targets[key].run(settings.warmup, workdir, redis_server)
+            warm = targets[key].run(settings.warmup, workdir)
             rows[key].warmup_requests = warm.wrk.requests
     for repeat in range(settings.repeats):
         order = keys[repeat % len(keys) :] + keys[: repeat % len(keys)]
         for key in order:
-            measured = targets[key].run(settings.duration, workdir, redis_server)
+            measured = targets[key].run(settings.duration, workdir)
             rows[key].measured.append(measured)
             result = measured.wrk
             log(
@@ -452,14 +494,34 @@ def _save_latency(settings: Settings, ours: Gunicorn, anchor: Gunicorn) -> list[
     return [SaveLatency(name, held, values) for (name, held), values in samples.items()]
 
 
-def _info(client: redis.Redis) -> tuple[dict[str, int], int]:
-    info = client.info("all")
-    calls = {
-        key.removeprefix("cmdstat_"): int(value["calls"])
-        for key, value in info.items()
-        if key.startswith("cmdstat_")
-    }
-    return calls, int(info["total_commands_processed"])
+# Calls on the counted servers that are not the app's: our own INFO, and on a cluster's
+# primaries the replicas' REPLCONF ACK (one a second each).
+NOT_THE_APPS = ("info", "replconf")
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The counters a batch of requests is measured by, read before and after it."""
+
+    calls: Counter[str]  # calls by command, summed over the servers counted
+    total: int  # total_commands_processed, likewise
+    connections: int  # total_connections_received, likewise
+    round_trips: int | None  # through the counting proxy, where there is one
+
+
+def _tally(servers: list[redis.Redis], proxy: RoundTripProxy | None = None) -> Tally:
+    """Read the counters. The INFO clients are long-lived, so their own handshake (HELLO,
+    CLIENT SETINFO) is never in a delta, and they go straight to the servers, past the proxy."""
+    calls: Counter[str] = Counter()
+    total = connections = 0
+    for server in servers:
+        info = server.info("all")
+        for key, value in info.items():
+            if key.startswith("cmdstat_"):
+                calls[key.removeprefix("cmdstat_")] += int(value["calls"])
+        total += int(info["total_commands_processed"])
+        connections += int(info["total_connections_received"])
+    return Tally(calls, total, connections, None if proxy is None else proxy.snapshot().round_trips)
 
 
 def _redis_costs(
@@ -485,61 +547,75 @@ def _redis_costs(
         for name, app, db in (("app", ours, 0), ("anchor", anchor, 1)):
             client = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
             footprints.append(_footprint(name, server, db, client))
-            # Warm both workers (connections, caches) before counting.
-            for _ in range(20):
-                client.get_page()
-
-            def page(c: PageClient = client) -> None:
-                c.get_page()
-
-            def save(c: PageClient = client) -> None:
-                c.save(message_text(1))
-
-            def save_then_page(c: PageClient = client) -> None:
-                c.save(message_text(1))
-                c.get_page()
-
-            for label, action in (
-                ("GET / (unchanged session)", page),
-                ("POST /persistMessage", save),
-                ("POST + the redirected GET /", save_then_page),
-            ):
-                costs.append(_count(name, label, action, settings.counted_requests, info, proxy))
+            costs += _count_requests(
+                name, client, settings.counted_requests, lambda: _tally([info], proxy)
+            )
     return costs, footprints
 
 
+def _cluster_costs(settings: Settings, cluster: ValkeyCluster, app: Gunicorn) -> list[RedisCost]:
+    """The same requests on the cluster, counted over its primaries, where every command of the
+    app lands. No proxy there (the client talks to each node itself), so no round trips."""
+    primaries = [node.client() for node in cluster.primaries()]
+    try:
+        client = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
+        return _count_requests(
+            CLUSTER_NAME, client, settings.counted_requests, lambda: _tally(primaries)
+        )
+    finally:
+        for primary in primaries:
+            primary.close()
+
+
+def _count_requests(
+    name: str, client: PageClient, n: int, tally: Callable[[], Tally]
+) -> list[RedisCost]:
+    """A page view, a save, and a save with the page it redirects to, n of each, counted."""
+    # Warm both workers (connections, caches) before counting.
+    for _ in range(20):
+        client.get_page()
+
+    def save() -> None:
+        client.save(message_text(1))
+
+    def save_then_page() -> None:
+        save()
+        client.get_page()
+
+    return [
+        _count(name, label, action, n, tally)
+        for label, action in (
+            ("GET / (unchanged session)", client.get_page),
+            ("POST /persistMessage", save),
+            ("POST + the redirected GET /", save_then_page),
+        )
+    ]
+
+
 def _count(
-    name: str,
-    label: str,
-    action: Callable[[], None],
-    n: int,
-    info: redis.Redis,
-    proxy: RoundTripProxy,
+    name: str, label: str, action: Callable[[], object], n: int, tally: Callable[[], Tally]
 ) -> RedisCost:
-    """Per-request deltas over n requests. `info` is one long-lived connection, so its own
-    handshake (HELLO, CLIENT SETINFO) is not in the deltas; only its INFO calls are."""
-    calls_before, total_before = _info(info)
-    proxy_before = proxy.snapshot()
+    """Per-request deltas over n requests, without the calls that are not the app's."""
+    before = tally()
     for _ in range(n):
         action()
     # Let in-flight asynchronous work (none expected) land before reading the counters.
     time.sleep(0.05)
-    proxy_after = proxy.snapshot()
-    calls_after, total_after = _info(info)
-    commands = {
-        cmd: (calls_after.get(cmd, 0) - calls_before.get(cmd, 0)) / n
-        for cmd in calls_after
-        if cmd != "info" and calls_after.get(cmd, 0) != calls_before.get(cmd, 0)
-    }
+    after = tally()
+    calls = after.calls - before.calls
+    theirs = sum(calls[cmd] for cmd in NOT_THE_APPS)
+    round_trips = (
+        None
+        if after.round_trips is None or before.round_trips is None
+        else (after.round_trips - before.round_trips) / n
+    )
     return RedisCost(
         name,
         label,
-        commands,
-        # The INFO call that took the "before" snapshot is itself counted in the delta.
-        (total_after - total_before - 1) / n,
-        # Our own INFO call goes straight to Redis, not through the proxy.
-        (proxy_after.round_trips - proxy_before.round_trips) / n,
-        proxy_after.connections - proxy_before.connections,
+        {cmd: count / n for cmd, count in calls.items() if cmd not in NOT_THE_APPS},
+        (after.total - before.total - theirs) / n,
+        round_trips,
+        after.connections - before.connections,
     )
 
 
@@ -560,12 +636,7 @@ def _fault_run(
     """Steady load on the app; Redis saved and stopped at stop_at, started at start_at on the
     same port with the same data; a poller times restart -> first 200 for a known session."""
     server = RedisServer(workdir / "redis-fault")
-    with ExitStack() as stack:
-        server.start()
-        stack.callback(server.stop)
-        app = our_app(server.port, 0, logs, name="app-fault")
-        stack.callback(app.stop)
-        app.start()
+    with serving(server, lambda port: our_app(port, 0, logs, name="app-fault")) as app:
         visitor = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
         poller = PageClient(app.port, timeout=1.0)
         poller.cookies = dict(visitor.cookies)
@@ -583,12 +654,12 @@ def _fault_run(
         loader = threading.Thread(target=load)
         started = time.monotonic()
         loader.start()
-        _sleep_until(started + settings.fault_stop_at)
+        sleep_until(started + settings.fault_stop_at)
         server.stop(save=True)
         prober = PageClient(app.port, timeout=5.0)
         prober.cookies = dict(visitor.cookies)
         outage_probe = _probe(prober, 5, until=started + settings.fault_start_at - 0.2)
-        _sleep_until(started + settings.fault_start_at)
+        sleep_until(started + settings.fault_start_at)
         restart = time.monotonic()
         first_200: list[float] = []
         poll_until = started + settings.fault_seconds + 5
@@ -618,12 +689,6 @@ def _fault_run(
             messages_after,
             outage_probe,
         )
-
-
-def _sleep_until(moment: float) -> None:
-    remaining = moment - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def _probe(client: PageClient, count: int, until: float) -> list[tuple[int, float]]:

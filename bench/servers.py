@@ -1,7 +1,8 @@
 """Processes the harness starts and owns: Valkey/Redis servers and gunicorn instances.
 
 Everything binds 127.0.0.1 on a free port and is stopped by its own PID, so the harness can run
-next to other work (and the test suite) on the same machine.
+next to other work (and the test suite) on the same machine. ``serving`` starts a store and one
+app on it and stops both; bench/cluster.py adds a Valkey cluster with the same interface.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import redis
 
@@ -47,6 +50,14 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> 
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sleep_until(moment: float) -> None:
+    """Sleep until ``moment`` (time.monotonic()): a scripted run's events keep their schedule
+    however long the work between them took."""
+    remaining = moment - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 class RedisServer:
@@ -272,6 +283,33 @@ class Nginx:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+class Store(Protocol):
+    """What the harness needs of a session store: one Valkey (RedisServer) or a cluster."""
+
+    @property
+    def port(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def cpu_seconds(self) -> float: ...
+
+
+@contextlib.contextmanager
+def serving(store: Store, make_app: Callable[[int], Gunicorn]) -> Iterator[Gunicorn]:
+    """Start ``store``, then the app ``make_app`` builds for the store's port (known only once it
+    runs: a cluster node may move to another port), and stop both on the way out, the app
+    first."""
+    with contextlib.ExitStack() as stack:
+        store.start()
+        stack.callback(store.stop)
+        app = make_app(store.port)
+        stack.callback(app.stop)
+        app.start()
+        yield app
 
 
 def _children(master: int) -> list[int]:

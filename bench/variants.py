@@ -17,10 +17,12 @@ SECRET_KEY = secrets.token_hex(32)
 MESSAGES_MAX = "100000"
 
 
-def _env(redis_port: int, db: int, metrics: bool = False) -> dict[str, str]:
+def _env(redis_port: int, db: int, metrics: bool = False, cluster: bool = False) -> dict[str, str]:
     # gunicorn.conf.py validates the app's settings in the master, so every variant (the
     # ceiling too, which ignores them) gets a valid set: one settings file for all rows.
     return {
+        # Said, not asked (auto): the cluster rows measure the cluster client, nothing else.
+        "REDIS_CLUSTER": "true" if cluster else "auto",
         "REDIS_HOST": HOST,
         "REDIS_PORT": str(redis_port),
         "REDIS_DB": str(db),
@@ -38,9 +40,15 @@ def _env(redis_port: int, db: int, metrics: bool = False) -> dict[str, str]:
 
 
 def our_app(
-    redis_port: int, db: int, logs: Path, name: str = "app", metrics: bool = True
+    redis_port: int,
+    db: int,
+    logs: Path,
+    name: str = "app",
+    metrics: bool = True,
+    cluster: bool = False,
 ) -> Gunicorn:
-    return Gunicorn(name, "app:create_app()", _env(redis_port, db, metrics), logs / f"{name}.log")
+    env = _env(redis_port, db, metrics, cluster)
+    return Gunicorn(name, "app:create_app()", env, logs / f"{name}.log")
 
 
 def anchor_app(redis_port: int, db: int, logs: Path, name: str = "anchor") -> Gunicorn:

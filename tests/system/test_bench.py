@@ -24,7 +24,8 @@ needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (apt) is
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, str]:
-    """One smoke run for the module: it starts Valkey and five gunicorn instances (~20 s)."""
+    """One smoke run for the module: it starts Valkey, a six-node Valkey cluster and eight
+    gunicorn instances (~30 s), every step once with 1 s of load."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk (apt) is not installed")
     out = tmp_path_factory.mktemp("bench") / "results.md"
@@ -48,6 +49,8 @@ def test_smoke_run_succeeds_and_prints_every_section(smoke) -> None:
         "c. anchor",
         "d. app POST /persistMessage",
         "d. anchor POST /persistMessage",
+        "a''. app GET / on a local Valkey cluster (3 primaries + 3 replicas)",
+        "d''. app POST /persistMessage on the same cluster",
         "e. Save latency",
         "f. Redis work per request",
         "g. Bytes in Redis per session",
@@ -57,6 +60,7 @@ def test_smoke_run_succeeds_and_prints_every_section(smoke) -> None:
         "i. Page view p50/p99 while 25 slow clients are connected",
         "(a)/(b)",
         "(a')/(b)",
+        "- the cluster against one Valkey (reported only): page view (a'')/(a)",
     ):
         assert row in proc.stdout
     # --write stores exactly what was printed.
@@ -70,8 +74,12 @@ def test_smoke_run_reports_measured_values(smoke) -> None:
     # Both stateful variants stored something for a session with 10 messages.
     assert "| app | `session:{<sid>}`" in text
     assert "| anchor | `session:<sid>`" in text
-    # The app's saves were all found again in the sessions afterwards.
+    # The app's saves were all found again in the sessions afterwards, on the cluster too.
     assert "save_app: all" in text
+    assert "save_app_cluster: all" in text
+    # The cluster rows' Redis commands are counted on the cluster: no read cache there, so a
+    # page view costs one HGETALL (tests/system/test_cluster.py checks the whole set).
+    assert "| app on the cluster | GET / (unchanged session) | hgetall 1 | 1.00 | - |" in text
     # The fault run counted responses by status, 200s among them.
     assert "Responses by status: 200:" in text
 
