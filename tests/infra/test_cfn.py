@@ -2,8 +2,8 @@
 
 No AWS account exists in CI, so the templates are checked offline: cfn-lint (AWS's own linter,
 with the resource schemas) and checkov run once per module, and the structural tests read the
-parsed templates to pin the properties the issue asks for (encryption, failover, routing, access),
-which a linter accepts either way. A canary template with known mistakes goes through each tool in
+parsed templates to pin the properties the deployment relies on (encryption at rest and in
+transit, automatic failover, private routing, least access), which a linter accepts either way. A canary template with known mistakes goes through each tool in
 the same run, so a tool that silently checks nothing cannot make the suite pass.
 """
 
