@@ -3,8 +3,9 @@
 No AWS account exists in CI, so the templates are checked offline: cfn-lint (AWS's own linter,
 with the resource schemas) and checkov run once per module, and the structural tests read the
 parsed templates to pin the properties the deployment relies on (encryption at rest and in
-transit, automatic failover, private routing, least access), which a linter accepts either way. A canary template with known mistakes goes through each tool in
-the same run, so a tool that silently checks nothing cannot make the suite pass.
+transit, automatic failover, private routing, least access), which a linter accepts either way.
+A canary template with known mistakes goes through each tool in the same run, so a tool that
+silently checks nothing cannot make the suite pass.
 """
 
 from __future__ import annotations
