@@ -36,7 +36,8 @@ anything is created. An existing stack keeps the zones it was created with.
                     serverless (ElastiCache Serverless). An existing stack keeps its mode when -m is
                     left out; a different mode replaces the cache, and every session is lost
   -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
-                    parameters not given fall back to the template defaults on every run
+                    an existing stack keeps the value of every parameter not given (its
+                    previous value), a new stack takes the template default
   -h                show this help
 
 Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m and -o are new.
@@ -257,10 +258,14 @@ if [ -z "$PRINCIPAL" ]; then
 fi
 say "cluster admin: $PRINCIPAL"
 
+MAIN_KEYS="[]"
 for t in "$CFN_DIR"/*.yaml; do
   say "validating ${t##*/}"
-  awsp cloudformation validate-template --template-body "file://$t" --output json >/dev/null ||
+  json=$(awsp cloudformation validate-template --template-body "file://$t" --output json) ||
     die "template ${t##*/} is invalid (see above)"
+  # main.yaml's parameter names: only these can keep a previous value (a name the template no
+  # longer has would fail the update).
+  [ "${t##*/}" != main.yaml ] || MAIN_KEYS=$(jq -c '[.Parameters // [] | .[].ParameterKey]' <<<"$json")
 done
 
 # ECR names are per account and region and lower case: one repository per stack name.
@@ -281,9 +286,22 @@ awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude 
   --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml \
   --include observability.yaml
 
+# An update keeps every parameter of the stack that this run does not set (UsePreviousValue):
+# left out, CloudFormation would fall back to the template default, and a plain re-run would
+# e.g. reshard a 1-shard cluster to the default 3 shards. A stack that is created (or recreated
+# after a failed creation, which takes no UsePreviousValue) starts from the template defaults.
+PREVIOUS="[]"
+case $(jq -r '.Stacks[0].StackStatus // ""' <<<"$EXISTING_JSON") in
+  CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE)
+    PREVIOUS=$(jq -c --argjson keys "$MAIN_KEYS" '[.Stacks[0].Parameters // [] | .[].ParameterKey
+      | select(. as $k | $keys | index($k))]' <<<"$EXISTING_JSON")
+    ;;
+esac
 # JSON, not the shorthand syntax, so list values such as PublicSubnets=a,b,c survive their commas.
-PARAMS=$(jq -n '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
-  | {ParameterKey: .k, ParameterValue: .v}]' --args \
+PARAMS=$(jq -n --argjson previous "$PREVIOUS" '[$ARGS.positional[] | capture("^(?<k>[^=]+)=(?<v>.*)$")
+  | {ParameterKey: .k, ParameterValue: .v}] as $set
+  | $set + [$previous[] | select(. as $k | $set | map(.ParameterKey) | index($k) | not)
+    | {ParameterKey: ., UsePreviousValue: true}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
   "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})

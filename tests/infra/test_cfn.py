@@ -2,9 +2,10 @@
 
 No AWS account exists in CI, so the templates are checked offline: cfn-lint (AWS's own linter,
 with the resource schemas) and checkov run once per module, and the structural tests read the
-parsed templates to pin the properties the issue asks for (encryption, failover, routing, access),
-which a linter accepts either way. A canary template with known mistakes goes through each tool in
-the same run, so a tool that silently checks nothing cannot make the suite pass.
+parsed templates to pin the properties the deployment relies on (encryption at rest and in
+transit, automatic failover, private routing, least access), which a linter accepts either way.
+A canary template with known mistakes goes through each tool in the same run, so a tool that
+silently checks nothing cannot make the suite pass.
 """
 
 from __future__ import annotations
@@ -799,6 +800,23 @@ def test_serverless_usage_limits_are_optional_and_zero_means_none(
         assert resolved == no_value
     else:
         assert {k: v for k, v in resolved.items() if v != no_value} == limits
+
+
+def test_serverless_ecpu_limit_is_none_or_in_elasticaches_range(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    """ElastiCache takes an ECPUPerSecond Maximum of 1,000 to 15,000,000 only: main.yaml refuses
+    anything else but 0 (no limit) before creating anything, with a message that says why.
+    CloudFormation matches AllowedPattern against the whole value, as re.fullmatch does."""
+    parameter = templates["main.yaml"]["Parameters"]["ServerlessMaxECPUPerSecond"]
+    assert parameter["Default"] == "0"
+    pattern = re.compile(parameter["AllowedPattern"])
+    accepted = ["0", "1000", "5000", "100000", "999999", "1000000", "14999999", "15000000"]
+    refused = ["1", "500", "999", "15000001", "16000000", "99999999", "01000", "-1", "1e4", ""]
+    assert [v for v in accepted if not pattern.fullmatch(v)] == []
+    assert [v for v in refused if pattern.fullmatch(v)] == []
+    assert "1000" in parameter["ConstraintDescription"]
+    assert "15000000" in parameter["ConstraintDescription"]
 
 
 @pytest.mark.parametrize("name", ["ReplicationGroup", "ClusterReplicationGroup"])

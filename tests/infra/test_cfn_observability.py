@@ -93,8 +93,9 @@ DIMENSION_PARAMETER = {
     "LoadBalancer": "LoadBalancerArnSuffix",
     "TargetGroup": "TargetGroupArnSuffix",
 }
-# What the alarms watch: the cache as the issue asks, and the load balancer's target health (no
-# 5xx: the NLB has no such metric, see docs/observability.md).
+# What the alarms watch: the cache's memory, evictions, host and engine CPU, replication lag,
+# failover (IsMaster) and Serverless throttling, and the load balancer's target health (no 5xx:
+# the NLB has no such metric, see docs/observability.md).
 ALARMED = {
     "DatabaseMemoryUsagePercentage",
     "Evictions",

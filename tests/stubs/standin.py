@@ -17,7 +17,8 @@ emulate; everything else goes to the real tool:
   load balancer, target group and security group find them still there, as after a Service
   deletion EKS takes a while to clean up).
 - describe-stacks: moto's answer with list parameters written back as CloudFormation writes them.
-- validate-template: moto's real answer (it runs cfn-lint, about a second per template), kept in
+- validate-template: moto's real answer (it runs cfn-lint, about a second per template) with the
+  template's Parameters filled in as CloudFormation lists them (moto's list is empty), kept in
   $STUB_VALIDATE_CACHE by the template's content hash and the region and replayed for the same
   bytes, so the templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
@@ -121,16 +122,27 @@ def canned_main_events(stack: str) -> dict[str, list[dict[str, str]]]:
 
 def no_updates_if_unchanged(command: str, template: str) -> None:
     """CloudFormation's answer to an update that changes nothing (moto only gives it when every
-    parameter is passed, main.yaml has defaulted ones): same template, parameters and flags."""
+    parameter is passed, main.yaml has defaulted ones): same template, flags and parameter values,
+    a UsePreviousValue parameter counting as the value the last create/update gave it."""
     state = Path(os.environ["STUB_LOG"] + ".main-stack.json")
-    request = json.dumps([template, [a for a in ARGV if a not in ("create-stack", "update-stack")]])
-    if command == "update-stack" and state.exists() and state.read_text() == request:
+    last = json.loads(state.read_text()) if state.exists() else None
+    given = option("--parameters") or "[]"
+    previous = last[2] if last else {}
+    values = {
+        p["ParameterKey"]: previous.get(p["ParameterKey"])
+        if p.get("UsePreviousValue")
+        else p["ParameterValue"]
+        for p in json.loads(given)
+    }
+    flags = [a for a in ARGV if a not in ("create-stack", "update-stack", given)]
+    request = [template, flags, {k: v for k, v in values.items() if v is not None}]
+    if command == "update-stack" and last == request:
         sys.stderr.write(
             "\nAn error occurred (ValidationError) when calling the UpdateStack operation: "
             "No updates are to be performed.\n"
         )
         sys.exit(255)
-    state.write_text(request)
+    state.write_text(json.dumps(request))
 
 
 def load_balancer_leftovers(command: str) -> None:
@@ -183,11 +195,65 @@ def describe_stacks_as_cloudformation(args: list[str]) -> None:
     answer = json.loads(out.stdout)
     for stack in answer.get("Stacks", []):
         for parameter in stack.get("Parameters", []):
-            value = parameter.get("ParameterValue", "")
-            if value.startswith("[") and value.endswith("]"):
-                parameter["ParameterValue"] = ",".join(ast.literal_eval(value))
+            parameter["ParameterValue"] = as_cloudformation(parameter.get("ParameterValue", ""))
     print(json.dumps(answer))
     sys.exit(0)
+
+
+def previous_values_resolved(args: list[str], stack: str) -> list[str]:
+    """args with each UsePreviousValue parameter given the stack's current value instead, as
+    CloudFormation resolves it: moto knows only the values a create/update passed explicitly and
+    fails (HTTP 500) on a parameter that took its default."""
+    given = option("--parameters")
+    if not given or "UsePreviousValue" not in given:
+        return args
+    out = subprocess.run(
+        [os.environ["REAL_AWS"], "--profile", option("--profile") or "", "--region",
+         option("--region") or "", "cloudformation", "describe-stacks", "--stack-name", stack,
+         "--output", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    current = {
+        p["ParameterKey"]: p.get("ParameterValue", "")
+        for p in json.loads(out.stdout)["Stacks"][0].get("Parameters", [])
+    }
+    resolved = [
+        {
+            "ParameterKey": p["ParameterKey"],
+            "ParameterValue": as_cloudformation(current[p["ParameterKey"]]),
+        }
+        if p.get("UsePreviousValue")
+        else p
+        for p in json.loads(given)
+    ]
+    args = list(args)
+    args[args.index(given)] = json.dumps(resolved)
+    return args
+
+
+def as_cloudformation(value: str) -> str:
+    """A parameter value as CloudFormation writes it: moto answers a CommaDelimitedList as a
+    Python list ("['a', 'b']"), CloudFormation as the string it was given ("a,b")."""
+    if value.startswith("[") and value.endswith("]"):
+        return ",".join(ast.literal_eval(value))
+    return value
+
+
+def with_template_parameters(answer: str, template: Path) -> str:
+    """moto's validate-template answer with the template's Parameters, which CloudFormation lists
+    and moto leaves empty (deploy.sh reads main.yaml's parameter names from it)."""
+    from cfnlint.decode import decode
+
+    parsed = json.loads(answer)
+    decoded, _ = decode(str(template))
+    if parsed.get("Parameters") or decoded is None:
+        return answer
+    parsed["Parameters"] = [
+        {"ParameterKey": key, "NoEcho": bool(spec.get("NoEcho", False))}
+        | ({"DefaultValue": str(spec["Default"])} if "Default" in spec else {})
+        for key, spec in (decoded.get("Parameters") or {}).items()
+    ]
+    return json.dumps(parsed, indent=4) + "\n"
 
 
 def validate_template_once(args: list[str]) -> None:
@@ -203,7 +269,10 @@ def validate_template_once(args: list[str]) -> None:
         out = subprocess.run(
             [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
         )
-        answer = {"code": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
+        stdout = out.stdout
+        if out.returncode == 0:
+            stdout = with_template_parameters(stdout, Path(body[len("file://") :]))
+        answer = {"code": out.returncode, "stdout": stdout, "stderr": out.stderr}
         # Written whole, then renamed: a concurrent reader never sees half an answer.
         partial = entry.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(answer))
@@ -264,6 +333,8 @@ def aws() -> None:
             sys.exit(f"stand-in aws: main stack deployed from {body!r}, not cfn/main.yaml")
         args[args.index(body)] = "file://" + os.environ["STUB_MAIN_TEMPLATE"]
         no_updates_if_unchanged(command, Path(body[len("file://") :]).read_text())
+        if command == "update-stack":
+            args = previous_values_resolved(args, stack)
     # After a failed creation the stack stays ROLLBACK_COMPLETE until someone deletes it.
     rolled_back = Path(os.environ["STUB_LOG"] + ".main-rolled-back")
     if os.environ.get("STUB_MAIN_FAILS") == "1" and command == "wait":

@@ -23,6 +23,7 @@ does not have, a load balancer EKS has not removed yet). Each test's docstring n
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -140,15 +141,31 @@ class Run:
         """The aws calls of one operation, in order (looked up by operation, not by position)."""
         return [c for c in self.tool("aws") if operation(c)[:2] == (service, name)]
 
-    def main_stack_parameters(self, stack: str = STACK) -> dict[str, str]:
-        """The parameters deploy.sh gave the main stack's create-stack or update-stack call."""
+    def _main_stack_parameter_list(self, stack: str) -> list[dict[str, Any]]:
         (argv,) = [
             c["argv"]
             for c in self.tool("aws")
             if operation(c)[1:] in (("create-stack", stack), ("update-stack", stack))
         ]
-        parameters = json.loads(option(argv, "--parameters") or "[]")
-        return {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
+        return json.loads(option(argv, "--parameters") or "[]")
+
+    def main_stack_parameters(self, stack: str = STACK) -> dict[str, str]:
+        """The parameter values deploy.sh set in the main stack's create-stack or update-stack
+        call (not those it asked to keep, see kept_parameters)."""
+        return {
+            p["ParameterKey"]: p["ParameterValue"]
+            for p in self._main_stack_parameter_list(stack)
+            if "ParameterValue" in p
+        }
+
+    def kept_parameters(self, stack: str = STACK) -> set[str]:
+        """The parameters deploy.sh passed with UsePreviousValue (and no value) in that call."""
+        parameters = self._main_stack_parameter_list(stack)
+        kept = {p["ParameterKey"] for p in parameters if p.get("UsePreviousValue") is True}
+        assert not [
+            p for p in parameters if "ParameterValue" not in p and p["ParameterKey"] not in kept
+        ]
+        return kept
 
 
 @dataclass
@@ -225,11 +242,14 @@ class World:
         template = main_standin_template(self.secret_arn, mode)
         Path(self.env["STUB_MAIN_TEMPLATE"]).write_text(template)
 
-    def create_stacks(self, certificate: str = "") -> dict[str, str]:
+    def create_stacks(
+        self, certificate: str = "", parameters: dict[str, str] | None = None
+    ) -> dict[str, str]:
         """What a successful deploy.sh leaves behind, made directly (faster than running it).
 
         Real moto bootstrap stack from cfn/bootstrap.yaml, nested templates in its bucket, and the
-        main stack from the stand-in template (the same one the aws stand-in substitutes).
+        main stack from the stand-in template (the same one the aws stand-in substitutes), with
+        `parameters` as if given with -o and -m on that first run.
         """
         cfn = self.client("cloudformation")
         body = (self.root / "cfn" / "bootstrap.yaml").read_text()
@@ -254,6 +274,10 @@ class World:
                 },
                 {"ParameterKey": "AvailabilityZones", "ParameterValue": ZONES},
                 {"ParameterKey": "CertificateArn", "ParameterValue": certificate},
+                *(
+                    {"ParameterKey": key, "ParameterValue": value}
+                    for key, value in (parameters or {}).items()
+                ),
             ],
             Capabilities=["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
@@ -266,6 +290,18 @@ class World:
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/eks",
             resourcesVpcConfig={"subnetIds": ["subnet-1", "subnet-2"]},
         )
+
+
+def stack_parameters(cfn: Any, name: str) -> dict[str, str]:
+    """A stack's parameters as CloudFormation lists them: moto writes a CommaDelimitedList given
+    explicitly as a Python list ("['a', 'b']"), CloudFormation as the string it was given."""
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    return {
+        p["ParameterKey"]: ",".join(ast.literal_eval(v))
+        if (v := p["ParameterValue"]).startswith("[")
+        else v
+        for p in stack.get("Parameters", [])
+    }
 
 
 def stack_outputs(cfn: Any, name: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from .harness import (
     operation,
     option,
     stack_outputs,
+    stack_parameters,
 )
 
 pytestmark = [
@@ -291,6 +292,50 @@ def test_deploy_keeps_the_cache_mode_of_the_stack_until_told_otherwise(world: Wo
     assert again.main_stack_parameters()["CacheMode"] == "serverless"
     assert "cache mode" not in again.stderr
     assert "==> cache mode: serverless" in again.stdout
+
+
+def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a 1-shard cluster without replicas, made with -o. A plain re-run passes
+    every parameter of the stack that it does not set itself with UsePreviousValue (left out,
+    CloudFormation falls back to the template defaults: 3 shards of 2 nodes), and moto's stack
+    keeps 1 x 0 afterwards; -o NumNodeGroups=2 changes that one alone."""
+    chosen = {
+        "CacheMode": "cluster",
+        "NumNodeGroups": "1",
+        "ReplicasPerNodeGroup": "0",
+        "ServerlessMaxECPUPerSecond": "5000",
+        "PrivateDBSubnets": "10.0.17.0/24,10.0.18.0/24,10.0.19.0/24",
+    }
+    world.create_stacks(parameters=chosen)
+    cfn = world.client("cloudformation")
+    before = stack_parameters(cfn, STACK)
+    assert {**before, **chosen} == before
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    given = run.main_stack_parameters()
+    assert set(given) == {
+        "TemplateBucket",
+        "EcrRepositoryUri",
+        "ClusterAdminPrincipalArn",
+        "AvailabilityZones",
+        "CertificateArn",
+        "CacheMode",
+    }
+    assert given["CacheMode"] == "cluster"
+    assert run.kept_parameters() == set(before) - set(given)
+    assert set(chosen) - {"CacheMode"} <= run.kept_parameters()
+    assert stack_parameters(cfn, STACK) == before
+    assert f"stack {STACK} is up to date" not in run.stdout  # moto updated it
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert f"No changes to deploy: stack {STACK} is up to date" in again.stdout
+
+    more = world.run("deploy.sh", "-p", PROFILE, "-o", "NumNodeGroups=2")
+    assert more.returncode == 0, more.stderr
+    assert more.main_stack_parameters()["NumNodeGroups"] == "2"
+    assert "NumNodeGroups" not in more.kept_parameters()
+    assert stack_parameters(cfn, STACK) == {**before, "NumNodeGroups": "2"}
 
 
 @pytest.mark.parametrize(

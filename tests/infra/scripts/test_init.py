@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
+
 from .harness import (
     BUILDERS,
     CACHE_HOST,
@@ -237,6 +239,13 @@ def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
     assert credential not in run.stdout + run.stderr
     expected = "password of cache user message-app" if mode == "serverless" else "AUTH token"
     assert expected in run.stdout
+    # The app takes what the pods get (the ConfigMap and the Secret as their environment) and
+    # reads from it the client this mode needs.
+    settings = Settings.from_env({**config, **secret})
+    assert (settings.redis_host, settings.redis_port, settings.redis_tls) == (host, 6379, True)
+    assert settings.redis_cluster == {"true": "on", "false": "off"}[cluster]
+    assert settings.redis_username == (username or None)
+    assert settings.redis_auth_token == credential
 
 
 def test_init_names_the_missing_key_of_the_cache_secret(world: World) -> None:
