@@ -34,8 +34,16 @@ TEMPLATE_NAMES = (
     "eks.yaml",
     "cache.yaml",
     "observability.yaml",
+    "dashboard.yaml",
 )
-NESTED = ("network.yaml", "securitygroups.yaml", "eks.yaml", "cache.yaml", "observability.yaml")
+NESTED = (
+    "network.yaml",
+    "securitygroups.yaml",
+    "eks.yaml",
+    "cache.yaml",
+    "observability.yaml",
+    "dashboard.yaml",
+)
 # Regions the linter checks against (availability of resource types and three AZs).
 LINT_REGIONS = ("us-east-1", "eu-central-1")
 
@@ -95,7 +103,7 @@ MODE_DEFAULTS = {
     "ServerlessMaxDataStorageGB": "10",
     "ServerlessMaxECPUPerSecond": "100000",
 }
-MODE_TEMPLATES = ("main.yaml", "cache.yaml", "observability.yaml")
+MODE_TEMPLATES = ("main.yaml", "cache.yaml", "observability.yaml", "dashboard.yaml")
 
 # The original's parameter names and defaults that are kept. Its node-group parameters
 # (EKSWorkerNodeInstanceType t3.micro, EKSNodeGroup*Size) went with the node group: EKS Auto Mode
@@ -341,7 +349,7 @@ def _render(name: str, mode: str) -> str:
 
 @pytest.fixture(scope="module")
 def mode_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One folder per cache mode with main, cache and observability rendered for that mode."""
+    """One folder per cache mode with MODE_TEMPLATES rendered for that mode."""
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     root = tmp_path_factory.mktemp("cfn-modes")
     folders = {}

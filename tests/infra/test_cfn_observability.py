@@ -1,11 +1,11 @@
-"""cfn/observability.yaml: the add-on, alarms and dashboard the operators rely on.
+"""cfn/observability.yaml: the add-on and alarms the operators rely on.
 
 The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
-in test_cfn.py. Here: the same tools on a copy with every optional resource switched on (both
-tools drop resources whose condition is false with the default parameters, so the add-on's IAM
-role and log groups would otherwise go unchecked), the dashboard body rendered and parsed as JSON
-in each cache mode, and every metric the alarms and the dashboard name checked against what AWS
-publishes, for every node (or Serverless cache) the mode has.
+in test_cfn.py, the dashboard's (cfn/dashboard.yaml) in test_cfn_dashboard.py, which shares the
+list of published metrics below. Here: the same tools on a copy with every optional resource
+switched on (both tools drop resources whose condition is false with the default parameters, so
+the add-on's IAM role and log groups would otherwise go unchecked), and every metric the alarms
+name checked against what AWS publishes, for every node (or Serverless cache) the mode has.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,36 +105,6 @@ ALARMED = {
     "UnHealthyHostCount",
     "HealthyHostCount",
     "ThrottledCmds",
-}
-# ...and the dashboard shows in every cache mode,
-DASHBOARD_METRICS = {
-    "NewFlowCount",
-    "ActiveFlowCount",
-    "TCP_Target_Reset_Count",
-    "TCP_ELB_Reset_Count",
-    "HealthyHostCount",
-    "UnHealthyHostCount",
-    "service_number_of_running_pods",
-}
-# ...and of the cache, per mode: every one for each node (or the Serverless cache) the mode has.
-DASHBOARD_CACHE_METRICS = {
-    "replication-group": {"DatabaseMemoryUsagePercentage", "Evictions"},
-    "cluster": {"DatabaseMemoryUsagePercentage", "Evictions"},
-    "serverless": {
-        "BytesUsedForCache",
-        "Evictions",
-        "ThrottledCmds",
-        "ElastiCacheProcessingUnits",
-        "CurrConnections",
-        "SuccessfulReadRequestLatency",
-        "SuccessfulWriteRequestLatency",
-    },
-}
-# The dimension each mode's cache metrics are published by.
-CACHE_DIMENSION = {
-    "replication-group": "CacheClusterId",
-    "cluster": "CacheClusterId",
-    "serverless": "clusterId",
 }
 # Shaped like what Auto Mode makes for the Service (names at most 32 characters, 16 hex digits).
 LB_SUFFIX = "net/k8s-default-messagea-0123456789/0123456789abcdef"
@@ -364,172 +333,6 @@ def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -
     assert "cloudwatch.amazonaws.com" in services
 
 
-def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:
-    """A cache-mode condition (the only kind the dashboard uses) in the given mode."""
-    ((left, right),) = [template["Conditions"][condition]["Fn::Equals"]]
-    assert left == {"Ref": "CacheMode"}, condition
-    return right == mode
-
-
-def _render(value: Any, template: dict[str, Any], mode: str) -> str:
-    """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode.
-
-    Each ${Name} of a parameter becomes <Name>: still valid JSON inside a string, and the
-    checks can see which one it was. A small resolver rather than a library: none resolves
-    intrinsic functions offline, and this template uses only these two.
-    """
-    if isinstance(value, str):
-        return value
-    ((function, args),) = value.items()
-    if function == "Fn::If":
-        condition, then, otherwise = args
-        chosen = then if _is_mode(template, condition, mode) else otherwise
-        return _render(chosen, template, mode)
-    assert function == "Fn::Sub", function
-    text, variables = (args, {}) if isinstance(args, str) else args
-    values = {name: _render(v, template, mode) for name, v in variables.items()}
-    names = set(re.findall(r"\$\{([^}]+)\}", text))
-    assert names <= {*template["Parameters"], "AWS::Region", *values}, names
-    return re.sub(r"\$\{([^}]+)\}", lambda m: values.get(m[1], f"<{m[1]}>"), text)
-
-
-def _body(template: dict[str, Any], mode: str = "replication-group") -> dict[str, Any]:
-    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
-    return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode))
-
-
-def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str, Any]:
-    """A copy of the template with `edit` applied to every string of the dashboard body."""
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, str):
-            return edit(value)
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return {k: walk(v) for k, v in value.items()}
-
-    copy = json.loads(json.dumps(template))
-    (dashboard,) = _resources(copy, "AWS::CloudWatch::Dashboard").values()
-    dashboard["Properties"]["DashboardBody"] = walk(dashboard["Properties"]["DashboardBody"])
-    return copy
-
-
-def _dashboard_metrics(
-    template: dict[str, Any], mode: str = "replication-group"
-) -> tuple[set[str], set[str]]:
-    """The metrics the dashboard shows and the statistics it uses; fails on an unknown one."""
-    body = _body(template, mode)
-    shown = set()
-    for widget in body["widgets"]:
-        assert widget["type"] in ("metric", "text")
-        if widget["type"] == "text":
-            continue
-        for line in widget["properties"]["metrics"]:
-            if isinstance(line[0], dict):  # an expression: metric math or a SEARCH
-                search = re.search(r"SEARCH\('\{([^,}]+),([^}]*)\} (.*)'", line[0]["expression"])
-                if search:
-                    namespace, dimensions, terms = search.groups()
-                    (metric,) = re.findall(r'MetricName="([^"]+)"', terms)
-                    assert frozenset(dimensions.split(",")) in PUBLISHED[namespace][metric]
-                    shown.add(metric)
-                continue
-            namespace, metric, *rest = line
-            options = rest.pop() if rest and isinstance(rest[-1], dict) else {}
-            assert metric in PUBLISHED[namespace], metric
-            dimensions = dict(zip(rest[0::2], rest[1::2], strict=True))
-            assert frozenset(dimensions) in PUBLISHED[namespace][metric], (metric, rest)
-            for dimension, parameter in DIMENSION_PARAMETER.items():
-                assert dimensions.get(dimension, f"<{parameter}>") == f"<{parameter}>", metric
-            if options.get("visible", True) or any(
-                options["id"] in str(other[0]) for other in widget["properties"]["metrics"]
-            ):
-                shown.add(metric)
-    stats = {
-        line[-1].get("stat")
-        for widget in body["widgets"]
-        if widget["type"] == "metric"
-        for line in widget["properties"]["metrics"]
-        if isinstance(line[-1], dict) and "stat" in line[-1]
-    }
-    return shown, stats
-
-
-@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
-def test_the_dashboard_body_is_json_naming_published_metrics(
-    mode: str, template: dict[str, Any]
-) -> None:
-    shown, stats = _dashboard_metrics(template, mode)
-    assert shown >= DASHBOARD_METRICS | DASHBOARD_CACHE_METRICS[mode]
-    assert stats <= {"Sum", "Maximum", "Minimum", "Average"}, stats
-    # Every widget on the 24-column grid, none over another.
-    taken: set[tuple[int, int]] = set()
-    for widget in _body(template, mode)["widgets"]:
-        assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 24, widget
-        cells = {
-            (widget["x"] + dx, widget["y"] + dy)
-            for dx in range(widget["width"])
-            for dy in range(widget["height"])
-        }
-        assert not cells & taken, widget
-        taken |= cells
-
-
-@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
-def test_the_dashboard_draws_every_cache_node_of_its_mode_and_no_other(
-    mode: str, template: dict[str, Any]
-) -> None:
-    """Each cache metric by the mode's dimension, for every node the mode can have, and no more."""
-    dimension = CACHE_DIMENSION[mode]
-    drawn: dict[str, set[str]] = {}
-    for widget in _body(template, mode)["widgets"]:
-        for line in widget["properties"].get("metrics", []):
-            if isinstance(line[0], dict):
-                # A SEARCH over the cache would draw whatever matches: these checks could not see.
-                assert "AWS/ElastiCache" not in line[0]["expression"], line
-                continue
-            namespace, metric, *rest = line
-            if namespace != "AWS/ElastiCache":
-                continue
-            if rest and isinstance(rest[-1], dict):
-                rest.pop()
-            assert rest[0::2] == [dimension], (metric, rest)
-            drawn.setdefault(metric, set()).add(rest[1])
-    ids = {f"<CacheId>{suffix}" for suffix in _node_suffixes()[mode]}
-    assert drawn == dict.fromkeys(DASHBOARD_CACHE_METRICS[mode], ids)
-
-
-def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
-    template: dict[str, Any],
-) -> None:
-    """An NLB has no request, 5xx or latency metric: the dashboard points to the app's own."""
-    notes = [w["properties"]["markdown"] for w in _body(template)["widgets"] if w["type"] == "text"]
-    assert any("5xx" in n and "p99" in n and "Prometheus" in n for n in notes), notes
-
-
-@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
-def test_the_dashboard_json_check_catches_a_broken_body(
-    mode: str, template: dict[str, Any]
-) -> None:
-    broken = _edit_body(template, lambda s: s.replace("]", "", 1))
-    with pytest.raises(json.JSONDecodeError):
-        _body(broken, mode)
-    renamed = _edit_body(template, lambda s: s.replace('"Evictions"', '"Evicted"'))
-    with pytest.raises(AssertionError):
-        _dashboard_metrics(renamed, mode)
-    # Target health is published per target group: by load balancer alone it does not exist.
-    removed = []
-
-    def untarget(text: str) -> str:
-        text, count = re.subn(r'"TargetGroup",\s*"\$\{TargetGroupArnSuffix\}",\s*', "", text)
-        removed.append(count)
-        return text
-
-    untargeted = _edit_body(template, untarget)
-    assert sum(removed) == 2
-    with pytest.raises(AssertionError):
-        _dashboard_metrics(untargeted, mode)
-
-
 def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
     addons = {
         a["Properties"]["AddonName"]: a for a in _resources(template, "AWS::EKS::Addon").values()
@@ -568,19 +371,25 @@ def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
             assert target in template["Resources"], (name, target)
 
 
-def test_main_passes_the_observability_parameters_through_unchanged(
-    template: dict[str, Any],
-) -> None:
-    """main.yaml repeats the nested stack's parameters: same default, pattern and choices."""
+def passed_through_unchanged(stack: str, template: dict[str, Any]) -> set[str]:
+    """The parameters main.yaml passes to nested `stack`, checked to be its own parameters
+    repeated: same default, pattern and choices."""
     main = _load(CFN / "main.yaml")
-    passed = main["Resources"]["ObservabilityStack"]["Properties"]["Parameters"]
+    passed = main["Resources"][stack]["Properties"]["Parameters"]
     for name, value in passed.items():
         if value != {"Ref": name}:
             continue  # an output of another stack, not a main parameter
         ours, theirs = main["Parameters"][name], template["Parameters"][name]
         for key in ("Default", "AllowedPattern", "AllowedValues"):
             assert ours.get(key) == theirs.get(key), (name, key)
-    assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "ContainerInsights"} <= set(passed)
+    return set(passed)
+
+
+def test_main_passes_the_observability_parameters_through_unchanged(
+    template: dict[str, Any],
+) -> None:
+    passed = passed_through_unchanged("ObservabilityStack", template)
+    assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "ContainerInsights"} <= passed
 
 
 @pytest.mark.parametrize(

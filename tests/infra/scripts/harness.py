@@ -54,7 +54,14 @@ CLUSTER = "fes-test-cluster"
 CACHE_HOST = "master.fes-test-cache.abc123.euc1.cache.amazonaws.com"
 CLUSTER_CACHE_HOST = "clustercfg.fes-test-cache.abc123.euc1.cache.amazonaws.com"
 SERVERLESS_CACHE_HOST = "fes-0123456789ab-abc123.serverless.euc1.cache.amazonaws.com"
-NESTED = ("network.yaml", "securitygroups.yaml", "cache.yaml", "eks.yaml", "observability.yaml")
+NESTED = (
+    "network.yaml",
+    "securitygroups.yaml",
+    "cache.yaml",
+    "eks.yaml",
+    "observability.yaml",
+    "dashboard.yaml",
+)
 MAIN_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}/main-0001"
 NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}-Cache-X/n-0001"
 # Everything the scripts may run besides the stand-ins; a tool missing here fails a test, which
