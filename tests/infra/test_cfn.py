@@ -60,6 +60,7 @@ MAIN_OUTPUTS = {
     "CacheSecretKey",
     "Region",
     "EcrRepositoryUri",
+    "DashboardName",
 }
 BOOTSTRAP_OUTPUTS = {"TemplateBucketName", "EcrRepositoryUri", "EcrRepositoryName"}
 PARAMETERS_SET_BY_DEPLOY = {
