@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -279,38 +280,45 @@ def test_cfn_lint_has_no_errors_or_warnings(
     assert not bad, f"{name}: {bad} (all: {_lint_counts(cfn_lint_findings)})"
 
 
-@pytest.fixture(scope="module")
-def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list]]:
-    """Run checkov once over every template plus a canary; results grouped by file name."""
+def _checkov_grouped(
+    files: list[Path], key: Callable[[Path], str], groups: Iterable[str]
+) -> dict[str, dict[str, list]]:
+    """Run checkov once over ``files``; its passed/failed/skipped checks grouped by ``key``."""
     exe = _tool("checkov")
     if exe is None:
         pytest.skip("checkov (pip package checkov) is not installed")
+    proc = subprocess.run(
+        [exe, "--framework", "cloudformation", "--skip-download", "--output", "json", "--file"]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # checkov exits 1 when a check fails.
+    assert proc.returncode in (0, 1), f"checkov crashed: {proc.stderr[-2000:]}"
+    report = json.loads(proc.stdout)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    grouped: dict[str, dict[str, list]] = {
+        g: {"passed": [], "failed": [], "skipped": []} for g in groups
+    }
+    for kind in ("passed", "failed", "skipped"):
+        for check in report["results"][f"{kind}_checks"]:
+            grouped[key(Path(check["file_path"]))][kind].append(check)
+    return grouped
+
+
+@pytest.fixture(scope="module")
+def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list]]:
+    """Run checkov once over every template plus a canary; results grouped by file name."""
     canary = tmp_path_factory.mktemp("checkov-canary") / "canary.yaml"
     canary.write_text(
         (CFN / "bootstrap.yaml")
         .read_text()
         .replace("BlockPublicAcls: true", "BlockPublicAcls: false")
     )
-    proc = subprocess.run(
-        [exe, "--framework", "cloudformation", "--skip-download", "--output", "json", "--file"]
-        + [str(CFN / n) for n in TEMPLATE_NAMES]
-        + [str(canary)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    # checkov exits 1 when a check fails (the canary guarantees one).
-    assert proc.returncode in (0, 1), f"checkov crashed: {proc.stderr[-2000:]}"
-    report = json.loads(proc.stdout)
-    assert report["summary"]["parsing_errors"] == 0, report["summary"]
-    grouped: dict[str, dict[str, list]] = {
-        n: {"passed": [], "failed": [], "skipped": []} for n in (*TEMPLATE_NAMES, canary.name)
-    }
-    for kind in ("passed", "failed", "skipped"):
-        for check in report["results"][f"{kind}_checks"]:
-            grouped[Path(check["file_path"]).name][kind].append(check)
-    return grouped
+    files = [CFN / n for n in TEMPLATE_NAMES] + [canary]
+    return _checkov_grouped(files, lambda p: p.name, (*TEMPLATE_NAMES, canary.name))
 
 
 def _checkov_counts(results: dict[str, dict[str, list]]) -> str:
@@ -416,36 +424,8 @@ def test_cfn_lint_is_clean_in_every_cache_mode(
 @pytest.fixture(scope="module")
 def mode_checkov_results(mode_copies: dict[str, Path]) -> dict[str, dict[str, list]]:
     """checkov once over every mode's rendered copies; results by mode."""
-    exe = _tool("checkov")
-    if exe is None:
-        pytest.skip("checkov (pip package checkov) is not installed")
-    files = [str(folder / n) for folder in mode_copies.values() for n in MODE_TEMPLATES]
-    proc = subprocess.run(
-        [
-            exe,
-            "--framework",
-            "cloudformation",
-            "--skip-download",
-            "--output",
-            "json",
-            "--file",
-            *files,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode in (0, 1), f"checkov crashed: {proc.stderr[-2000:]}"
-    report = json.loads(proc.stdout)
-    assert report["summary"]["parsing_errors"] == 0, report["summary"]
-    grouped: dict[str, dict[str, list]] = {
-        m: {"passed": [], "failed": [], "skipped": []} for m in CACHE_MODES
-    }
-    for kind in ("passed", "failed", "skipped"):
-        for check in report["results"][f"{kind}_checks"]:
-            grouped[Path(check["file_path"]).parent.name][kind].append(check)
-    return grouped
+    files = [folder / n for folder in mode_copies.values() for n in MODE_TEMPLATES]
+    return _checkov_grouped(files, lambda p: p.parent.name, CACHE_MODES)
 
 
 # What checkov must have looked at in each mode, so a dropped resource cannot pass unseen.
