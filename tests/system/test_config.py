@@ -4,31 +4,20 @@ configured mode stops start-up. Reading the settings: tests/unit/test_config.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from app.config import ConfigError, Settings
 from app.connection import check_server
-from tests.support import REPO_ROOT
+from tests.support import start_gunicorn
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
 
-def test_gunicorn_refuses_to_start_with_one_line():
+def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", **BASE, "REDIS_PORT": "not-a-port"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
+    result = start_gunicorn("refused", env, tmp_path / "gunicorn.log", refused=True)
+    assert result.process.returncode != 0
+    assert result.log().strip().splitlines() == [
         "configuration error: REDIS_PORT='not-a-port' is not a whole number (1-65535)"
     ]
 

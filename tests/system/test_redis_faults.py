@@ -7,8 +7,6 @@ checked is what a user would see.
 
 from __future__ import annotations
 
-import html
-import re
 import secrets
 import threading
 import time
@@ -18,19 +16,17 @@ import pytest
 
 from app import create_app
 from app.config import Settings
+from ops.page import parse_page
 from tests.support import free_port, listed_messages, wait_until
 
 from .faults import SwitchableProxy, ValkeyProcess, stalled
 
-_FORM = re.compile(r"<form[^>]*persistMessage.*?</form>", re.S)
-_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
-
 
 def form_fields(page: str) -> dict[str, str]:
-    """The hidden fields of the page's save form (CSRF token, and whatever else it carries)."""
-    form = _FORM.search(page)
-    assert form, "no save form in the page"
-    return {name: html.unescape(value) for name, value in _HIDDEN.findall(form.group(0))}
+    """The hidden fields of the page's save form: its CSRF token and save id."""
+    parsed = parse_page(page)
+    assert parsed.csrf_token and parsed.save_id, "no save form in the page"
+    return {"csrf_token": parsed.csrf_token, "save_id": parsed.save_id}
 
 
 class User:
@@ -63,8 +59,8 @@ class User:
 def servers(tmp_path):
     started: list[ValkeyProcess] = []
 
-    def start(name: str, *options: str) -> ValkeyProcess:
-        server = ValkeyProcess(tmp_path / name, *options)
+    def start(name: str, **options: str) -> ValkeyProcess:
+        server = ValkeyProcess(tmp_path / name, **options)
         started.append(server)
         return server
 
@@ -224,7 +220,7 @@ def _fill(user: User, texts: list[str]) -> list[int]:
 
 
 def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
-    server = servers("small", "--maxmemory", "20mb", "--maxmemory-policy", "volatile-lru")
+    server = servers("small", maxmemory="20mb", maxmemory_policy="volatile-lru")
     # Long messages, so that a few hundred sessions fill the 20 MB.
     app = worker(settings, server.port, message_max_length=16_000, session_max_bytes=1 << 20)
     users = []
@@ -245,7 +241,7 @@ def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
 
 
 def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
-    server = servers("small", "--maxmemory", "20mb", "--maxmemory-policy", "volatile-lru")
+    server = servers("small", maxmemory="20mb", maxmemory_policy="volatile-lru")
     defaults = Settings.__dataclass_fields__
     app = worker(
         settings,

@@ -35,6 +35,7 @@ from tests.support import (
     listed_messages,
     save,
     session_keys,
+    stored_messages,
     wait_until,
 )
 
@@ -189,7 +190,7 @@ def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):
     assert listed_messages(saved.text) == ["over TLS", "and again"]
     assert browser.get(f"{replica.url}/readyz", timeout=10).json()["redis"] == "ok"
     (key,) = session_keys(tls_redis.client())
-    assert stored_messages(tls_redis.client(), key) == [b"over TLS", b"and again"]
+    assert stored_messages(tls_redis.client(), key) == ["over TLS", "and again"]
 
 
 def _base(settings, tls_redis):
@@ -200,7 +201,7 @@ def _base(settings, tls_redis):
 
 def _only_kept(tls_redis) -> None:
     keys = session_keys(tls_redis.client())
-    assert [stored_messages(tls_redis.client(), k) for k in keys] == [[b"kept"]]
+    assert [stored_messages(tls_redis.client(), k) for k in keys] == [["kept"]]
 
 
 def test_without_tls_nothing_is_stored(settings, tls_redis, trusts_the_test_ca):
@@ -228,9 +229,3 @@ def test_without_the_right_token_start_up_stops_and_nothing_is_stored(
     with pytest.raises(ConfigError, match="REDIS_AUTH_TOKEN"):
         create_app(replace(base, redis_auth_token=token))
     _only_kept(tls_redis)
-
-
-def stored_messages(client: redis.Redis, key: bytes) -> list[bytes]:
-    """The messages of one session's hash, read straight from the server, oldest first."""
-    fields = client.hgetall(key)
-    return [fields[f"m:{i}".encode()] for i in range(1, int(fields[b"n"]) + 1)]

@@ -26,6 +26,7 @@ from tests.support import (
     listening_port,
     served_by,
     session_keys,
+    stored_messages,
     wait_until,
 )
 
@@ -297,16 +298,9 @@ def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
         reply = conn.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 303"), f"{reply!r}\n{replica.log()}"
     assert replica.process.wait(60) == 0
-    assert listed_messages(valkey_page(valkey)) == ["in flight"]
-
-
-def valkey_page(valkey) -> str:
-    """The stored messages, read straight from Valkey and shaped like the page's list."""
     admin = valkey.client()
     (key,) = session_keys(admin)
-    fields = admin.hgetall(key)
-    items = [fields[f"m:{i}".encode()] for i in range(1, int(fields[b"n"]) + 1)]
-    return "".join(f'<li class="message">{m.decode()}</li>' for m in items)
+    assert stored_messages(admin, key) == ["in flight"]
 
 
 def log_lines(replica) -> list[dict]:

