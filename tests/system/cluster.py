@@ -14,26 +14,28 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import ValkeyCluster
-from tests.support import Valkey, free_port
+from tests.support import Valkey, free_port, running_valkey
 
 
-def _running(server: Valkey | ValkeyCluster) -> Iterator[Valkey | ValkeyCluster]:
+def _running_cluster(data_dir: Path) -> Iterator[ValkeyCluster]:
+    cluster = ValkeyCluster(data_dir, free_port)
     try:
-        server.start()
-        yield server
+        cluster.start()
+        yield cluster
     finally:
-        server.stop()
+        cluster.stop()
 
 
 @pytest.fixture
 def valkey_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
-    yield from _running(ValkeyCluster(tmp_path / "cluster", free_port))  # type: ignore[misc]
+    yield from _running_cluster(tmp_path / "cluster")
 
 
 @pytest.fixture(params=["standalone", "cluster"])
 def any_valkey(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Valkey | ValkeyCluster]:
     """A single Valkey, then a cluster: the test runs on each."""
     if request.param == "cluster":
-        yield from _running(ValkeyCluster(tmp_path / "cluster", free_port))
+        yield from _running_cluster(tmp_path / "cluster")
     else:
-        yield from _running(Valkey(tmp_path / "valkey"))
+        with running_valkey(tmp_path / "valkey") as server:
+            yield server

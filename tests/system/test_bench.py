@@ -15,9 +15,8 @@ import pytest
 import redis
 
 from bench.rtt_proxy import RoundTripProxy
-from bench.servers import RedisServer
 from bench.wrk import Request, run_wrk
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, Valkey
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (apt) is not installed")
 
@@ -117,17 +116,7 @@ def test_wrk_errors_and_statuses_are_counted(failing_server: int, tmp_path: Path
     assert result.statuses.get(500, 0) >= result.requests
 
 
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "valkey")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_proxy_counts_round_trips_not_commands(valkey: RedisServer) -> None:
+def test_proxy_counts_round_trips_not_commands(valkey: Valkey) -> None:
     proxy = RoundTripProxy(valkey.port)
     proxy.start()
     try:

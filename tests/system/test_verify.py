@@ -36,7 +36,7 @@ from kubernetes.client import (
     V1ServiceStatus,
 )
 
-from ops.verify import _service_url, parse_page
+from ops.verify import _service_url
 from tests.support import (
     FIXTURES,
     REPO_ROOT,
@@ -135,19 +135,6 @@ def _verify(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def _table_rows(stdout: str) -> list[list[str]]:
     return [line.split() for line in stdout.splitlines() if re.match(r"\d+\s", line)]
-
-
-def test_parse_page_reads_the_contract_markup() -> None:
-    html = (
-        '<form><input value="tok-1" type="hidden" name="csrf_token"></form>'
-        '<ol id="messages"><li class="message">a &lt;b&gt; &amp; ü</li>'
-        '<li class="message">\n  second\n</li></ol>'
-        '<span class="x" id="served-by">pod-1</span><input name="csrf_token" value="tok-2">'
-    )
-    page = parse_page(html)
-    assert page.csrf_token == "tok-1"
-    assert page.messages == ["a <b> & ü", "second"]
-    assert page.served_by == "pod-1"
 
 
 def test_passes_when_replicas_share_sessions(
