@@ -391,11 +391,13 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         return reply
 
 
-def checkov_report(path: Path, framework: str) -> dict:
-    """checkov's JSON report on one file (the package's own module, so no PATH lookup)."""
+def checkov_report(paths: Path | list[Path], framework: str) -> dict:
+    """checkov's JSON report on one file or several (the package's own module, so no PATH
+    lookup); checkov exits 1 when a check fails, anything else is a crash."""
+    files = [paths] if isinstance(paths, Path) else paths
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "checkov.main", "-f", str(path)),
+            *(sys.executable, "-m", "checkov.main", *(a for f in files for a in ("-f", str(f)))),
             *("--framework", framework, "--skip-download", "-o", "json"),
         ],
         capture_output=True,
@@ -403,4 +405,5 @@ def checkov_report(path: Path, framework: str) -> dict:
         timeout=300,
         check=False,
     )
+    assert proc.returncode in (0, 1) and proc.stdout, f"checkov crashed: {proc.stderr[-2000:]}"
     return json.loads(proc.stdout)

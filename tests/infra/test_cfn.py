@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, checkov_report
 
 CFN = REPO_ROOT / "cfn"
 PARAMETER_DOC = REPO_ROOT / "docs" / "deploy-aws.md"
@@ -149,11 +149,15 @@ def _tool(name: str) -> str | None:
 
 
 def _load(name: str) -> dict[str, Any]:
+    return _load_path(CFN / name)
+
+
+def _load_path(path: Path) -> dict[str, Any]:
     """Parse a template with cfn-lint's decoder, which understands the short intrinsic tags."""
     from cfnlint.decode import decode
 
-    template, matches = decode(str(CFN / name))
-    assert not matches, f"{name} does not parse: {matches}"
+    template, matches = decode(str(path))
+    assert not matches, f"{path.name} does not parse: {matches}"
     assert template is not None
     return template
 
@@ -228,30 +232,45 @@ def _mode_params(mode: str) -> dict[str, str]:
 _CANARY_LINT_RULES = {"W2001", "E3002"}
 
 
-@pytest.fixture(scope="module")
-def cfn_lint_findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
-    """Run cfn-lint once over every template plus a canary; findings grouped by file name."""
+def cfn_lint(files: list[Path]) -> tuple[int, list[dict]]:
+    """Run cfn-lint once over ``files``: its exit status and its findings."""
     exe = _tool("cfn-lint")
     if exe is None:
         pytest.skip("cfn-lint (pip package cfn-lint) is not installed")
-    canary = tmp_path_factory.mktemp("cfn-canary") / "canary.yaml"
-    text = (CFN / "network.yaml").read_text()
-    text = text.replace("Parameters:\n", "Parameters:\n  Unused:\n    Type: String\n", 1)
-    canary.write_text(text.replace("EnableDnsSupport:", "EnableDnsSupportTypo:", 1))
     proc = subprocess.run(
-        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", canary]
-        + [CFN / n for n in TEMPLATE_NAMES],
+        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", *map(str, files)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     # Exit status is a bit mask of the levels found (2 error, 4 warning, 8 info); 1 is a crash.
-    assert proc.returncode in range(2, 16, 2), f"cfn-lint crashed: {proc.stderr}"
+    assert proc.returncode in range(0, 16, 2), f"cfn-lint crashed: {proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout or "[]")
+
+
+@pytest.fixture(scope="module")
+def cfn_lint_findings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Run cfn-lint once over every template plus a canary; findings grouped by file name."""
+    canary = tmp_path_factory.mktemp("cfn-canary") / "canary.yaml"
+    text = (CFN / "network.yaml").read_text()
+    text = text.replace("Parameters:\n", "Parameters:\n  Unused:\n    Type: String\n", 1)
+    canary.write_text(text.replace("EnableDnsSupport:", "EnableDnsSupportTypo:", 1))
+    status, matches = cfn_lint([canary, *(CFN / n for n in TEMPLATE_NAMES)])
+    assert status != 0, "the canary's mistakes were not found"
     findings: dict[str, list[dict]] = {n: [] for n in (*TEMPLATE_NAMES, canary.name)}
-    for match in json.loads(proc.stdout):
+    for match in matches:
         findings[Path(match["Filename"]).name].append(match)
     return findings
+
+
+def _lint_problems(findings: list[dict]) -> list[str]:
+    """The errors and warnings among cfn-lint findings, one line each."""
+    return [
+        f"{m['Rule']['Id']} {'/'.join(map(str, m['Location']['Path']))}: {m['Message']}"
+        for m in findings
+        if m["Level"] in ("Error", "Warning")
+    ]
 
 
 def _lint_counts(findings: dict[str, list[dict]]) -> str:
@@ -272,11 +291,7 @@ def test_cfn_lint_reports_the_canary_mistakes(cfn_lint_findings: dict[str, list[
 def test_cfn_lint_has_no_errors_or_warnings(
     name: str, cfn_lint_findings: dict[str, list[dict]]
 ) -> None:
-    bad = [
-        f"{m['Rule']['Id']} {'/'.join(map(str, m['Location']['Path']))}: {m['Message']}"
-        for m in cfn_lint_findings[name]
-        if m["Level"] in ("Error", "Warning")
-    ]
+    bad = _lint_problems(cfn_lint_findings[name])
     assert not bad, f"{name}: {bad} (all: {_lint_counts(cfn_lint_findings)})"
 
 
@@ -284,20 +299,7 @@ def _checkov_grouped(
     files: list[Path], key: Callable[[Path], str], groups: Iterable[str]
 ) -> dict[str, dict[str, list]]:
     """Run checkov once over ``files``; its passed/failed/skipped checks grouped by ``key``."""
-    exe = _tool("checkov")
-    if exe is None:
-        pytest.skip("checkov (pip package checkov) is not installed")
-    proc = subprocess.run(
-        [exe, "--framework", "cloudformation", "--skip-download", "--output", "json", "--file"]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    # checkov exits 1 when a check fails.
-    assert proc.returncode in (0, 1), f"checkov crashed: {proc.stderr[-2000:]}"
-    report = json.loads(proc.stdout)
+    report = checkov_report(files, "cloudformation")
     assert report["summary"]["parsing_errors"] == 0, report["summary"]
     grouped: dict[str, dict[str, list]] = {
         g: {"passed": [], "failed": [], "skipped": []} for g in groups
@@ -321,6 +323,10 @@ def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
     return _checkov_grouped(files, lambda p: p.name, (*TEMPLATE_NAMES, canary.name))
 
 
+def _failed_checks(result: dict[str, list]) -> list[str]:
+    return [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in result["failed"]]
+
+
 def _checkov_counts(results: dict[str, dict[str, list]]) -> str:
     return "; ".join(
         f"{n}: {len(r['failed'])} failed, {len(r['passed'])} passed, {len(r['skipped'])} skipped"
@@ -339,7 +345,7 @@ def test_checkov_has_no_failed_checks(
     name: str, checkov_results: dict[str, dict[str, list]]
 ) -> None:
     result = checkov_results[name]
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in result["failed"]]
+    failed = _failed_checks(result)
     assert not failed, f"{name}: {failed} ({_checkov_counts(checkov_results)})"
 
 
@@ -378,31 +384,13 @@ def test_rendered_copies_default_to_their_mode(mode_copies: dict[str, Path]) -> 
             assert params["CacheMode"]["Default"] == mode, (mode, name)
 
 
-def _load_path(path: Path) -> dict[str, Any]:
-    from cfnlint.decode import decode
-
-    template, matches = decode(str(path))
-    assert not matches and template is not None, matches
-    return template
-
-
 @pytest.fixture(scope="module")
 def mode_lint_findings(mode_copies: dict[str, Path]) -> dict[tuple[str, str], list[dict]]:
     """cfn-lint once over every mode's rendered copies; findings by (mode, file name)."""
-    exe = _tool("cfn-lint")
-    if exe is None:
-        pytest.skip("cfn-lint (pip package cfn-lint) is not installed")
     files = [folder / n for folder in mode_copies.values() for n in MODE_TEMPLATES]
-    proc = subprocess.run(
-        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode in range(0, 16, 2), f"cfn-lint crashed: {proc.stderr}"
+    _, matches = cfn_lint(files)
     findings: dict[tuple[str, str], list[dict]] = {(f.parent.name, f.name): [] for f in files}
-    for match in json.loads(proc.stdout or "[]"):
+    for match in matches:
         path = Path(match["Filename"])
         findings[(path.parent.name, path.name)].append(match)
     return findings
@@ -413,10 +401,9 @@ def test_cfn_lint_is_clean_in_every_cache_mode(
     mode: str, mode_lint_findings: dict[tuple[str, str], list[dict]]
 ) -> None:
     bad = [
-        f"{name} {m['Rule']['Id']} {'/'.join(map(str, m['Location']['Path']))}: {m['Message']}"
+        f"{name} {problem}"
         for name in MODE_TEMPLATES
-        for m in mode_lint_findings[(mode, name)]
-        if m["Level"] in ("Error", "Warning")
+        for problem in _lint_problems(mode_lint_findings[(mode, name)])
     ]
     assert not bad, f"{mode}: {bad}"
 
@@ -441,7 +428,7 @@ def test_checkov_passes_every_cache_mode(
     mode: str, mode_checkov_results: dict[str, dict[str, list]]
 ) -> None:
     result = mode_checkov_results[mode]
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in result["failed"]]
+    failed = _failed_checks(result)
     assert not failed, f"{mode}: {failed}"
     checked = {c["resource"] for c in result["passed"]}
     assert MODE_CHECKED[mode] in checked, sorted(checked)
@@ -498,18 +485,12 @@ def _template_of(stack: dict[str, Any]) -> str:
 
 def _getatt_outputs(value: Any) -> list[tuple[str, str]]:
     """(nested stack, output name) of every GetAtt Stack.Outputs.X inside value."""
-    found: list[tuple[str, str]] = []
-    if isinstance(value, dict):
-        if "Fn::GetAtt" in value:
-            target, attribute = value["Fn::GetAtt"]
-            if attribute.startswith("Outputs."):
-                found.append((target, attribute.removeprefix("Outputs.")))
-        for item in value.values():
-            found.extend(_getatt_outputs(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(_getatt_outputs(item))
-    return found
+    getatts = [v["Fn::GetAtt"] for v in _walk(value) if isinstance(v, dict) and "Fn::GetAtt" in v]
+    return [
+        (target, attribute.removeprefix("Outputs."))
+        for target, attribute in getatts
+        if attribute.startswith("Outputs.")
+    ]
 
 
 def test_outputs_match_the_scripts_contract(templates: dict[str, dict[str, Any]]) -> None:

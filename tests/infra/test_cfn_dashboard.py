@@ -17,13 +17,11 @@ from typing import Any
 
 import pytest
 
-from .test_cfn import CFN
+from .test_cfn import CFN, _load_path, _resources
 from .test_cfn_observability import (
     DIMENSION_PARAMETER,
     PUBLISHED,
-    _load,
     _node_suffixes,
-    _resources,
     passed_through_unchanged,
 )
 
@@ -64,7 +62,7 @@ CACHE_DIMENSION = {
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load(TEMPLATE)
+    return _load_path(TEMPLATE)
 
 
 def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:

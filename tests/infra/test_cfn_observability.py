@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import yaml
 
 from tests.support import checkov_report
 
-from .test_cfn import CFN, LINT_REGIONS, _tool
+from .test_cfn import CFN, _load_path, _resources, _walk, cfn_lint
 
 TEMPLATE = CFN / "observability.yaml"
 K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
@@ -121,18 +120,10 @@ AUTO_MODE_BUILT_IN = {
 }
 
 
-def _load(path: Path) -> dict[str, Any]:
-    from cfnlint.decode import decode
-
-    template, matches = decode(str(path))
-    assert not matches and template is not None, matches
-    return template
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load(TEMPLATE)
+    return _load_path(TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -155,23 +146,10 @@ def everything_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _resources(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
-
-
 def test_cfn_lint_is_clean_with_every_resource_on(everything_on: Path) -> None:
-    exe = _tool("cfn-lint")
-    if exe is None:
-        pytest.skip("cfn-lint is not installed")
-    proc = subprocess.run(
-        [exe, "--format", "json", "--regions", *LINT_REGIONS, "--", str(everything_on)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode in (0, 8), proc.stderr  # 8: informational findings only
-    assert [m for m in json.loads(proc.stdout or "[]") if m["Level"] != "Informational"] == []
+    status, findings = cfn_lint([everything_on])
+    assert status in (0, 8), findings  # 8: informational findings only
+    assert [m for m in findings if m["Level"] != "Informational"] == []
 
 
 def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Path) -> None:
@@ -190,16 +168,7 @@ def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Pat
 
 def _metric_stats(value: Any) -> list[dict[str, Any]]:
     """Every {Namespace, MetricName, Dimensions} inside an alarm's properties."""
-    found = []
-    if isinstance(value, dict):
-        if "MetricName" in value:
-            found.append(value)
-        for item in value.values():
-            found.extend(_metric_stats(item))
-    elif isinstance(value, list):
-        for item in value:
-            found.extend(_metric_stats(item))
-    return found
+    return [v for v in _walk(value) if isinstance(v, dict) and "MetricName" in v]
 
 
 def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
@@ -234,7 +203,7 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
 
 def _node_suffixes() -> dict[str, list[str]]:
     """What follows the cache id in the id of each node a mode can have (per main.yaml)."""
-    main = _load(CFN / "main.yaml")
+    main = _load_path(CFN / "main.yaml")
     nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
     shards = max(int(v) for v in main["Parameters"]["NumNodeGroups"]["AllowedValues"])
     per_shard = 1 + max(int(v) for v in main["Parameters"]["ReplicasPerNodeGroup"]["AllowedValues"])
@@ -355,7 +324,7 @@ def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any])
 def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
     template: dict[str, Any],
 ) -> None:
-    eks = _load(CFN / "eks.yaml")
+    eks = _load_path(CFN / "eks.yaml")
     assert eks["Resources"]["Cluster"]["Properties"]["ComputeConfig"]["Enabled"] is True
     names = [
         a["Properties"]["AddonName"]
@@ -374,7 +343,7 @@ def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
 def passed_through_unchanged(stack: str, template: dict[str, Any]) -> set[str]:
     """The parameters main.yaml passes to nested `stack`, checked to be its own parameters
     repeated: same default, pattern and choices."""
-    main = _load(CFN / "main.yaml")
+    main = _load_path(CFN / "main.yaml")
     passed = main["Resources"][stack]["Properties"]["Parameters"]
     for name, value in passed.items():
         if value != {"Ref": name}:
