@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 TOOL = Path(sys.argv[0]).name
 ARGV = sys.argv[1:]
@@ -183,16 +184,21 @@ def load_balancer_leftovers(command: str) -> None:
     sys.exit(0)
 
 
-def describe_stacks_as_cloudformation(args: list[str]) -> None:
-    """moto answers a CommaDelimitedList parameter as a Python list ("['a', 'b']"); CloudFormation
-    answers the string it was given ("a,b"). Runs the real call and puts the string back."""
+def real_answer(args: list[str]) -> dict[str, Any]:
+    """The real call's JSON answer, to be amended; a failed call ends here as it failed."""
     out = subprocess.run(
         [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
         sys.exit(out.returncode)
-    answer = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def describe_stacks_as_cloudformation(args: list[str]) -> None:
+    """The real describe-stacks answer with parameter values as CloudFormation writes them
+    (see as_cloudformation)."""
+    answer = real_answer(args)
     for stack in answer.get("Stacks", []):
         for parameter in stack.get("Parameters", []):
             parameter["ParameterValue"] = as_cloudformation(parameter.get("ParameterValue", ""))
@@ -292,13 +298,7 @@ def recorded_answers() -> None:
         print(Path(fixture).read_text())
         sys.exit(0)
     if "describe-cluster" in ARGV and os.environ.get("STUB_CLUSTER_VPC"):
-        out = subprocess.run(
-            [os.environ["REAL_AWS"], *ARGV], capture_output=True, text=True, check=False
-        )
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr)
-            sys.exit(out.returncode)
-        answer = json.loads(out.stdout)
+        answer = real_answer(ARGV)
         answer["cluster"]["resourcesVpcConfig"]["vpcId"] = os.environ["STUB_CLUSTER_VPC"]
         print(json.dumps(answer))
         sys.exit(0)
