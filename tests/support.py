@@ -375,9 +375,20 @@ class Haproxy:
 
 
 def worker_pids(master: int) -> set[int]:
-    """The PIDs of a gunicorn master's workers (its children), from /proc."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text()
-    return {int(pid) for pid in children.split()}
+    """The PIDs of a gunicorn master's workers (the processes whose parent it is), from /proc:
+    every process's stat, since /proc/PID/task/TID/children lists only one thread's children."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name (field 2) is in parentheses and may hold spaces.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+            found.add(int(entry.name))
+    return found
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:

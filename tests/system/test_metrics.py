@@ -12,14 +12,13 @@ import random
 import signal
 import string
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from tests.support import csrf_token, free_port, wait_until
+from tests.support import csrf_token, free_port, wait_until, worker_pids
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Requests answered: the duration histogram's count, by route, method and status.
@@ -49,22 +48,6 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def delta(before: Samples, after: Samples) -> Samples:
     keys = set(before) | set(after)
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys if not k[0].endswith("_sum")}
-
-
-def workers_of(master: int) -> set[int]:
-    """The pids whose parent is ``master`` (gunicorn's workers), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) is in parentheses and may hold spaces.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-            found.add(int(entry.name))
-    return found
 
 
 @pytest.fixture
@@ -160,15 +143,15 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     for _ in range(10):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(workers_of(master)) == 2, 20, "two workers")
+    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
     before = scrape(port)
     assert value(before, REQUESTS, route="/", method="GET", status="200") == 10
 
-    old = workers_of(master)
+    old = worker_pids(master)
     victim = min(old)
     os.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: len(workers_of(master)) == 2 and victim not in workers_of(master),
+        lambda: len(worker_pids(master)) == 2 and victim not in worker_pids(master),
         20,
         "gunicorn to replace the killed worker",
     )
@@ -186,11 +169,11 @@ def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica
     for _ in range(5):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(workers_of(master)) == 2, 20, "two workers")
-    old = workers_of(master)
+    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
+    old = worker_pids(master)
     replica.process.send_signal(signal.SIGHUP)
     wait_until(
-        lambda: len(workers_of(master)) == 2 and not workers_of(master) & old,
+        lambda: len(worker_pids(master)) == 2 and not worker_pids(master) & old,
         30,
         "gunicorn to replace every worker",
     )

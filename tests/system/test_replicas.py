@@ -28,6 +28,7 @@ from tests.support import (
     session_keys,
     stored_messages,
     wait_until,
+    worker_pids,
 )
 
 # Well inside the app's 10 s cache age limit and Redis health-check interval.
@@ -232,19 +233,6 @@ def test_redis_commands_per_request(valkey, start_replica):
     assert per_save == [expected] * 10
 
 
-def _worker_pids(master: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                pids.append(int(entry.name))
-    return pids
-
-
 def _accepted(master: int, server_port: int, client_port: int) -> bool:
     """True once a worker process holds the server side of our connection.
 
@@ -257,7 +245,7 @@ def _accepted(master: int, server_port: int, client_port: int) -> bool:
         local, remote = (int(f.split(":")[1], 16) for f in fields[1:3])
         if (local, remote) == (server_port, client_port) and fields[9] != "0":
             inodes.add(f"socket:[{fields[9]}]")
-    return any(inodes & _open_sockets(pid) for pid in _worker_pids(master)) if inodes else False
+    return any(inodes & _open_sockets(pid) for pid in worker_pids(master)) if inodes else False
 
 
 def _open_sockets(pid: int) -> set[str]:
