@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import csrf, errors, health, hooks, logs, metrics, validation, views
-from .config import Settings
+from .config import Settings, Switch
 from .connection import check_server, connect
 from .ratelimit import RateLimits
 from .reads import DirectReads, Reads, TrackedReads
@@ -73,7 +73,7 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
     if cluster:
         # No WAIT on a cluster (see MessageStore._run_save), and no read cache (see
         # reads.TrackedReads): one line in the log says so.
-        waiting["wait_replicas"] = "off"
+        waiting["wait_replicas"] = Switch.OFF
         logger.info("Redis is a cluster: the cluster client, no read cache, saves do not wait")
         reads: Reads = DirectReads(client, cluster=True)
     elif settings.redis_client_cache:
@@ -81,7 +81,7 @@ def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
     else:
         reads = DirectReads(client)
     # One PING, quickly, no retries: for /readyz, which reports and does not wait, and for
-    # checking whether Redis is back during an outage (see store._fail_fast).
+    # checking whether Redis is back during an outage (see store._guarded).
     probe = connect(
         settings,
         cluster,
