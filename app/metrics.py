@@ -1,8 +1,8 @@
 """Prometheus metrics: what the app counts, and the separate port that serves them.
 
-Every metric is defined here; other modules call in with one line (``metrics.refused("csrf")``,
-``metrics.SESSIONS_CREATED.inc()``), so instrumenting code stays a small, visible change.
-The list, with what each one means, is in docs/metrics.md.
+Every metric is defined here; other modules call in with one line
+(``metrics.SESSIONS_CREATED.inc()``), so instrumenting code stays a small, visible change.
+The list, with what each one means, is in docs/observability.md.
 
 Under gunicorn the counts are kept in ``prometheus_client``'s multiprocess mode: each worker
 writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (set up by
@@ -27,25 +27,14 @@ from gunicorn.util import parse_address
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import start_http_server
 
+from .config import Settings
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 PREFIX = "messageapp_"
 
-# Why a message (or a form post) was not saved, as decided by the views and error handlers.
-REFUSAL_REASONS = (
-    "empty",
-    "too_long",
-    "over_count",
-    "session_gone",
-    "csrf",
-    "invalid_utf8",
-    "body_too_large",
-    "over_budget",
-    "rate_limited",
-    "damaged_form",
-)
 # Redis failures by kind, most specific first (redis-py's classes nest: an authentication
 # failure is a ConnectionError, a READONLY reply is a ResponseError).
 _ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
@@ -75,6 +64,7 @@ HTTP_DURATION = Histogram(
     buckets=_HTTP_BUCKETS,
 )
 MESSAGE_SAVES = Counter(PREFIX + "message_saves", "Messages saved.")
+# By reason: the rows of refusals.REFUSALS.
 MESSAGE_REFUSALS = Counter(
     PREFIX + "message_refusals",
     "Messages or form posts refused (nothing saved), by reason.",
@@ -106,15 +96,6 @@ SESSIONS_CREATED = Counter(PREFIX + "sessions_created", "Sessions stored (first 
 SESSIONS_DESTROYED = Counter(
     PREFIX + "sessions_destroyed", "Sessions destroyed by their user (expiry is not counted)."
 )
-
-# Children made once, so that every reason shows (as 0) from the start and a hot path never
-# pays for labels()'s validation.
-_REFUSALS = {reason: MESSAGE_REFUSALS.labels(reason) for reason in REFUSAL_REASONS}
-
-
-def refused(reason: str) -> None:
-    """Count one refusal; ``reason`` must be one of REFUSAL_REASONS (a fixed list)."""
-    _REFUSALS[reason].inc()
 
 
 def error_kind(exc: BaseException) -> str:
@@ -201,9 +182,9 @@ class RequestMetrics:
             child.observe(time.perf_counter() - started)
 
 
-def init_app(app: Any) -> None:
+def init_app(app: Any, settings: Settings) -> None:
     """Count and time the app's requests (skipped when METRICS_PORT=0, metrics off)."""
-    if app.extensions["settings"].metrics_port:
+    if settings.metrics_port:
         app.wsgi_app = RequestMetrics(app.wsgi_app)
 
 

@@ -18,6 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
+from app.refusals import REFUSALS
 from tests.support import csrf_token, free_port, wait_until, worker_pids
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -108,12 +109,9 @@ def test_counts_match_a_known_sequence_of_requests(metrics_replica):
         assert value(changed, "messageapp_http_request_duration_seconds_bucket", **inf) == count
 
     assert value(changed, "messageapp_message_saves_total") == 3
-    refusals = {
-        r: value(changed, "messageapp_message_refusals_total", reason=r)
-        for r in metrics.REFUSAL_REASONS
-    }
+    refusals = {r: value(changed, "messageapp_message_refusals_total", reason=r) for r in REFUSALS}
     assert refusals == {
-        **dict.fromkeys(metrics.REFUSAL_REASONS, 0),
+        **dict.fromkeys(REFUSALS, 0),
         "over_count": 1,
         "empty": 1,
         "too_long": 1,
