@@ -28,7 +28,10 @@ if _settings.metrics_port:
     from app import metrics  # after the directory is named
 
     def when_ready(server):
-        metrics.serve(server.cfg.bind, _settings.metrics_port)
+        metrics.serve(_settings)
+
+    def post_fork(server, worker):
+        metrics.close_in_worker()
 
     def child_exit(server, worker):
         metrics.worker_exited(worker.pid)

@@ -21,9 +21,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import redis
-from gunicorn.util import parse_address
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import start_http_server
 
@@ -191,22 +191,35 @@ def init_app(app: Any, settings: Settings) -> None:
 # gunicorn hooks (gunicorn.conf.py) ---------------------------------------------------------
 
 
-def serve(bind: list[str], port: int) -> None:
-    """In the gunicorn master: serve the workers' summed metrics on ``port``.
+# The master's metrics listener, which its workers close (they are forked from the master).
+_listener: WSGIServer | None = None
 
-    Listens on the host of gunicorn's first bind address (0.0.0.0 in the container, loopback
-    locally and in tests). A port already taken is logged, not fatal: users are still served.
+
+def serve(settings: Settings) -> None:
+    """In the gunicorn master: serve the workers' summed metrics on METRICS_HOST:METRICS_PORT.
+
+    A port already taken is logged, not fatal: users are still served.
     """
+    global _listener
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    address = parse_address(bind[0]) if bind else ("127.0.0.1", port)
-    host = address[0] if isinstance(address, tuple) else "127.0.0.1"  # a unix socket: local
+    host, port = settings.metrics_host, settings.metrics_port
     try:
-        start_http_server(port, addr=host.strip("[]"), registry=registry)
+        _listener, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         log.error("metrics are not served: cannot listen on %s:%s: %s", host, port, exc)
         return
     log.info("metrics served on http://%s:%s/metrics", host, port)
+
+
+def close_in_worker() -> None:
+    """In a worker, just forked: close its copy of the master's metrics listener.
+
+    A worker that kept it would hold the port open after the master died (so a new master
+    could not listen on it), and the kernel could hand it connections it never answers.
+    """
+    if _listener is not None:
+        _listener.socket.close()
 
 
 def worker_exited(pid: int) -> None:

@@ -19,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.refusals import REFUSALS
-from tests.support import csrf_token, free_port, wait_until, worker_pids
+from tests.support import (
+    csrf_token,
+    free_port,
+    listening_sockets,
+    socket_inodes,
+    wait_until,
+    worker_pids,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Requests answered: the duration histogram's count, by route, method and status.
@@ -201,6 +208,18 @@ def test_metrics_are_not_served_on_the_main_port(metrics_replica):
     assert response.status_code == 404
     assert "messageapp_" not in response.text
     assert REQUESTS in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def test_the_workers_do_not_hold_the_metrics_listener(metrics_replica):
+    """Forked from the master, a worker would otherwise keep the port open after the master
+    died, and the kernel could hand it connections it never answers."""
+    replica, port = metrics_replica()
+    master = replica.process.pid
+    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
+    _, listener = listening_sockets(master)[port]
+    for worker in worker_pids(master):
+        assert listener not in socket_inodes(worker), worker
+        assert port not in listening_sockets(worker)
 
 
 def test_labels_stay_bounded_under_1000_random_paths(metrics_replica):

@@ -50,6 +50,7 @@ EVERY = {
     "GUNICORN_BIND": "127.0.0.1:8000",
     "WEB_CONCURRENCY": "4",
     "METRICS_PORT": "9100",
+    "METRICS_HOST": "192.0.2.10",
     "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
 }
 
@@ -70,7 +71,11 @@ def test_every_variable_is_read():
     assert s.forwarded_allow_ips == ("10.0.0.0/16", "127.0.0.1")
     assert (s.log_level, s.replica_name) == ("DEBUG", "pod-1")
     assert (s.gunicorn_bind, s.web_concurrency) == ("127.0.0.1:8000", 4)
-    assert (s.metrics_port, s.metrics_dir) == (9100, Path("/run/metrics"))
+    assert (s.metrics_port, s.metrics_host, s.metrics_dir) == (
+        9100,
+        "192.0.2.10",
+        Path("/run/metrics"),
+    )
     defaults = Settings(redis_host="h", secret_key="t" * 32)
     same = [f.name for f in fields(Settings) if getattr(s, f.name) == getattr(defaults, f.name)]
     assert same == []
