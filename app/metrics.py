@@ -5,10 +5,10 @@ Every metric is defined here; other modules call in with one line
 The list, with what each one means, is in docs/observability.md.
 
 Under gunicorn the counts are kept in ``prometheus_client``'s multiprocess mode: each worker
-writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (set up by
-gunicorn.conf.py, on /dev/shm), and the master serves their sum on ``METRICS_PORT``, a port
-the public Service does not expose. A worker that dies leaves its files, so its counts stay
-in the totals (never lost, never counted twice).
+writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (named by
+metrics_dir.prepare, on /dev/shm), and the master serves their sum on ``METRICS_PORT``, a port
+the public Service does not expose (metrics_server.py, which also folds a dead worker's counts
+into one file for all dead workers: never lost, never counted twice).
 
 Label values are bounded by construction: ``route`` is the matched URL rule (or
 ``unmatched``), never the raw path; methods outside the usual few become ``other``; refusal
@@ -17,19 +17,14 @@ reasons and Redis error kinds come from fixed lists. Nothing here ever sees a se
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
-from wsgiref.simple_server import WSGIServer
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
-from prometheus_client.exposition import start_http_server
+from prometheus_client import Counter, Histogram
 
 from .config import Settings
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -186,42 +181,3 @@ def init_app(app: Any, settings: Settings) -> None:
     """Count and time the app's requests (skipped when METRICS_PORT=0, metrics off)."""
     if settings.metrics_port:
         app.wsgi_app = RequestMetrics(app.wsgi_app)
-
-
-# gunicorn hooks (gunicorn.conf.py) ---------------------------------------------------------
-
-
-# The master's metrics listener, which its workers close (they are forked from the master).
-_listener: WSGIServer | None = None
-
-
-def serve(settings: Settings) -> None:
-    """In the gunicorn master: serve the workers' summed metrics on METRICS_HOST:METRICS_PORT.
-
-    A port already taken is logged, not fatal: users are still served.
-    """
-    global _listener
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    host, port = settings.metrics_host, settings.metrics_port
-    try:
-        _listener, _ = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        log.error("metrics are not served: cannot listen on %s:%s: %s", host, port, exc)
-        return
-    log.info("metrics served on http://%s:%s/metrics", host, port)
-
-
-def close_in_worker() -> None:
-    """In a worker, just forked: close its copy of the master's metrics listener.
-
-    A worker that kept it would hold the port open after the master died (so a new master
-    could not listen on it), and the kernel could hand it connections it never answers.
-    """
-    if _listener is not None:
-        _listener.socket.close()
-
-
-def worker_exited(pid: int) -> None:
-    """In the gunicorn master: drop a dead worker's live gauges (its counts stay)."""
-    multiprocess.mark_process_dead(pid)

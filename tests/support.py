@@ -278,6 +278,26 @@ def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def spawn_gunicorn(
+    env: dict[str, str], log_path: Path, *options: str, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """``gunicorn -c gunicorn.conf.py [options] 'app:create_app()'`` from the checkout, its
+    output appended to ``log_path``; ``prefix`` runs it through another command (``ip netns
+    exec NAME``). Returns at once: ``start_gunicorn`` also waits until it answers."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [
+                *prefix,
+                *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
+                *(*options, "app:create_app()"),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def start_gunicorn(
     name: str, env: dict[str, str], log_path: Path, *, refused: bool = False
 ) -> Replica:
@@ -289,17 +309,7 @@ def start_gunicorn(
     or, if start-up is to be ``refused``, once gunicorn has exited by itself (its exit code in
     ``process.returncode``, what it printed in ``log()``).
     """
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
-                *("--bind", "127.0.0.1:0", "app:create_app()"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_gunicorn(env, log_path, "--bind", "127.0.0.1:0")
     replica = Replica(name, 0, process, log_path)
     if refused:
         try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import string
+import threading
 from collections import Counter
 
 import pytest
@@ -165,6 +167,84 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     labels = {"route": "/", "method": "GET", "status": "200"}
     assert value(scrape(port), REQUESTS, **labels) == 11
+
+
+def test_150_worker_restarts_leave_the_metrics_directory_as_it_was(metrics_replica, tmp_path):
+    """A dead worker's files are folded into the dead workers' own: the directory holds the
+    same files (but for the live worker's pid) and bytes after 150 restarts as after 3, and
+    every scrape meanwhile counts each request exactly once.
+
+    One worker, SIGKILLed after each request, as a crash or an out-of-memory kill would end it
+    (max_requests and SIGHUP end workers the same way for the master). --preload makes a
+    restart a fork rather than an import of the app, and /healthz needs no template compiled:
+    seconds for all 150, not minutes; a worker leaves the same files either way."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    replica, port = metrics_replica(
+        PROMETHEUS_MULTIPROC_DIR=str(directory), WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS="--preload"
+    )
+    master = replica.process.pid
+    labels = {"route": "/healthz", "method": "GET", "status": "200"}
+    served = value(scrape(port), REQUESTS, **labels)  # start_gunicorn's readiness probes
+    seen: list[float] = []  # the count of requests in each background scrape
+    stop = threading.Event()
+
+    failures: list[BaseException] = []
+
+    def scrape_meanwhile() -> None:
+        while not stop.wait(0.1):
+            try:
+                seen.append(value(scrape(port), REQUESTS, **labels))
+            except Exception as exc:  # reported below
+                failures.append(exc)
+
+    def serve_one() -> None:
+        nonlocal served
+        assert requests.get(f"{replica.url}/healthz", timeout=30).status_code == 200
+        served += 1
+
+    def restart_once() -> None:
+        serve_one()  # so that the worker has written its files
+        (worker,) = worker_pids(master)
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: worker_pids(master) - {worker}, 30, "a new worker")
+
+    def files() -> dict[str, int]:
+        """The directory's files, by name with the pids named "master" and "live": sizes."""
+        (live,) = worker_pids(master)
+        names = {str(master): "master", str(live): "live"}
+        return {
+            re.sub(r"\d+", lambda m: names.get(m[0], m[0]), p.name): p.stat().st_size
+            for p in directory.iterdir()
+        }
+
+    scraper = threading.Thread(target=scrape_meanwhile)
+    scraper.start()
+    try:
+        for _ in range(3):
+            restart_once()
+        serve_one()
+        early = files()
+        for _ in range(147):
+            restart_once()
+        serve_one()
+        late = files()
+    finally:
+        stop.set()
+        scraper.join(30)
+    assert failures == []
+    assert late == early, "the directory grew with the restarts"
+    # prometheus_client's files for the master (which imported the app: --preload), the live
+    # worker, and the dead workers' (folded).
+    assert sorted(early) == [
+        f"{kind}_{who}.db"
+        for kind in ("counter", "histogram")
+        for who in ("dead", "live", "master")
+    ]
+    assert value(scrape(port), REQUESTS, **labels) == served
+    assert len(seen) > 10
+    assert seen == sorted(seen), "a scrape counted a dead worker's requests twice, or lost them"
+    assert max(seen) <= served
 
 
 def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica):

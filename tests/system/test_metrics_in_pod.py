@@ -15,7 +15,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,8 +28,10 @@ import yaml
 from tests.support import (
     REPO_ROOT,
     SECRET,
+    Replica,
     listening_sockets,
     socket_inodes,
+    spawn_gunicorn,
     wait_until,
     worker_pids,
 )
@@ -103,25 +104,15 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
     app_port = int(env["GUNICORN_BIND"].rsplit(":", 1)[1])
     metrics_port = int(env["METRICS_PORT"])
     log_path = tmp_path / "gunicorn.log"
-    with log_path.open("ab") as log:
-        master = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", pod_network.namespace),
-                *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    master = spawn_gunicorn(env, log_path, prefix=("ip", "netns", "exec", pod_network.namespace))
+    pod = Replica("pod", app_port, master, log_path)  # its port is on the pod's loopback
     try:
 
         def up() -> bool:
-            assert master.poll() is None, log_path.read_text()
-            workers = worker_pids(master.pid)
-            return {app_port, metrics_port} <= set(listening_sockets(master.pid)) and len(
-                workers
-            ) == int(env["WEB_CONCURRENCY"])
+            assert master.poll() is None, pod.log()
+            listening = set(listening_sockets(master.pid))
+            workers = len(worker_pids(master.pid))
+            return {app_port, metrics_port} <= listening and workers == int(env["WEB_CONCURRENCY"])
 
         wait_until(up, 60, "gunicorn in the pod's namespace")
         # One request inside the pod, as the kubelet's probe (through nginx) would make.
@@ -156,9 +147,4 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
         for worker in worker_pids(master.pid):
             assert listener not in socket_inodes(worker), worker
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait(5)
+        pod.stop()
