@@ -6,7 +6,7 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.connection import check_server
-from tests.support import free_port
+from localservers.ports import free_port
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
