@@ -21,14 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.refusals import REFUSALS
-from tests.support import (
-    csrf_token,
-    free_port,
-    listening_sockets,
-    socket_inodes,
-    wait_until,
-    worker_pids,
-)
+from localservers.ports import free_port, listening_sockets, socket_inodes
+from localservers.processes import child_pids
+from localservers.waits import wait_until
+from tests.support import csrf_token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Requests answered: the duration histogram's count, by route, method and status.
@@ -150,15 +146,15 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     for _ in range(10):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
     before = scrape(port)
     assert value(before, REQUESTS, route="/", method="GET", status="200") == 10
 
-    old = worker_pids(master)
+    old = child_pids(master)
     victim = min(old)
     os.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: len(worker_pids(master)) == 2 and victim not in worker_pids(master),
+        lambda: len(child_pids(master)) == 2 and victim not in child_pids(master),
         20,
         "gunicorn to replace the killed worker",
     )
@@ -205,13 +201,13 @@ def test_150_worker_restarts_leave_the_metrics_directory_as_it_was(metrics_repli
 
     def restart_once() -> None:
         serve_one()  # so that the worker has written its files
-        (worker,) = worker_pids(master)
+        (worker,) = child_pids(master)
         os.kill(worker, signal.SIGKILL)
-        wait_until(lambda: worker_pids(master) - {worker}, 30, "a new worker")
+        wait_until(lambda: child_pids(master) - {worker}, 30, "a new worker")
 
     def files() -> dict[str, int]:
         """The directory's files, by name with the pids named "master" and "live": sizes."""
-        (live,) = worker_pids(master)
+        (live,) = child_pids(master)
         names = {str(master): "master", str(live): "live"}
         return {
             re.sub(r"\d+", lambda m: names.get(m[0], m[0]), p.name): p.stat().st_size
@@ -254,11 +250,11 @@ def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica
     for _ in range(5):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
-    old = worker_pids(master)
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
+    old = child_pids(master)
     replica.process.send_signal(signal.SIGHUP)
     wait_until(
-        lambda: len(worker_pids(master)) == 2 and not worker_pids(master) & old,
+        lambda: len(child_pids(master)) == 2 and not child_pids(master) & old,
         30,
         "gunicorn to replace every worker",
     )
@@ -295,9 +291,9 @@ def test_the_workers_do_not_hold_the_metrics_listener(metrics_replica):
     died, and the kernel could hand it connections it never answers."""
     replica, port = metrics_replica()
     master = replica.process.pid
-    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
     _, listener = listening_sockets(master)[port]
-    for worker in worker_pids(master):
+    for worker in child_pids(master):
         assert listener not in socket_inodes(worker), worker
         assert port not in listening_sockets(worker)
 

@@ -25,16 +25,10 @@ import pytest
 import requests
 import yaml
 
-from tests.support import (
-    REPO_ROOT,
-    SECRET,
-    Replica,
-    listening_sockets,
-    socket_inodes,
-    spawn_gunicorn,
-    wait_until,
-    worker_pids,
-)
+from localservers.gunicorn import Gunicorn
+from localservers.ports import listening_sockets, socket_inodes
+from localservers.waits import wait_until
+from tests.support import REPO_ROOT, SECRET
 
 K8S = REPO_ROOT / "k8s"
 
@@ -103,15 +97,18 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
     env = pod_environment()
     app_port = int(env["GUNICORN_BIND"].rsplit(":", 1)[1])
     metrics_port = int(env["METRICS_PORT"])
-    log_path = tmp_path / "gunicorn.log"
-    master = spawn_gunicorn(env, log_path, prefix=("ip", "netns", "exec", pod_network.namespace))
-    pod = Replica("pod", app_port, master, log_path)  # its port is on the pod's loopback
+    netns = ("ip", "netns", "exec", pod_network.namespace)
+    # As the container runs it: no --bind, so GUNICORN_BIND's loopback address.
+    pod = Gunicorn("pod", env, tmp_path / "gunicorn.log", prefix=netns, bind=None)
+    pod.spawn()
+    assert pod.process is not None
+    master = pod.process.pid
     try:
 
         def up() -> bool:
-            assert master.poll() is None, pod.log()
-            listening = set(listening_sockets(master.pid))
-            workers = len(worker_pids(master.pid))
+            assert pod.process.poll() is None, pod.log()
+            listening = set(listening_sockets(master))
+            workers = len(pod.worker_pids())
             return {app_port, metrics_port} <= listening and workers == int(env["WEB_CONCURRENCY"])
 
         wait_until(up, 60, "gunicorn in the pod's namespace")
@@ -121,7 +118,7 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
             f"urllib.request.urlopen('http://127.0.0.1:{app_port}/healthz', timeout=10)"
         )
         subprocess.run(
-            ["ip", "netns", "exec", pod_network.namespace, sys.executable, "-c", probe],
+            [*netns, sys.executable, "-c", probe],
             check=True,
             timeout=30,
         )
@@ -129,7 +126,7 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
         try:
             scraped = requests.get(url, timeout=5)
         except requests.ConnectionError as exc:
-            listening = listening_sockets(master.pid)
+            listening = listening_sockets(master)
             raise AssertionError(f"{url} refused; the pod listens on {listening}") from exc
         assert scraped.status_code == 200
         # The workers' counts, summed by the master: the probe's request.
@@ -137,14 +134,14 @@ def test_metrics_answer_at_the_pods_address_with_the_manifests_settings(pod_netw
             r'messageapp_http_request_duration_seconds_count\{[^}]*route="/healthz"[^}]*\} (\S+)'
         )
         assert re.findall(healthz, scraped.text) == ["1.0"]
-        address, listener = listening_sockets(master.pid)[metrics_port]
+        address, listener = listening_sockets(master)[metrics_port]
         assert address in ("0.0.0.0", "::")  # noqa: S104 - every address of the pod
         # The app port stays on loopback, behind the nginx sidecar (not started here).
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((pod_network.address, app_port), timeout=5).close()
         # The workers do not hold the metrics listener (they would keep the port after the
         # master died, and could accept on it).
-        for worker in worker_pids(master.pid):
+        for worker in pod.worker_pids():
             assert listener not in socket_inodes(worker), worker
     finally:
         pod.stop()
