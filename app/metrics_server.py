@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # another mode stays its own file, as prometheus_client means it to (the app has none).
 _ADDED_KINDS = ("counter", "histogram", "summary")
 DEAD = "dead"  # in place of a pid in the dead workers' file names: counter_dead.db
+# A file's first 8 bytes say how much of it is used (prometheus_client.mmap_dict).
+_HEADER_BYTES = 8
 
 # Held while a scrape reads the files and while a dead worker's are folded, so that a scrape
 # sees a dead worker's counts exactly once: in its own files, or in the dead workers'.
@@ -47,15 +49,22 @@ _files_lock = threading.Lock()
 _listener: WSGIServer | None = None
 
 
-class _WorkerFiles:
-    """prometheus_client's MultiProcessCollector, never reading while files are folded."""
+class WorkerFiles:
+    """prometheus_client's MultiProcessCollector, but never reading while files are folded,
+    nor a file a starting worker has only just created.
+
+    Such a file is empty for a moment (MmapedDict opens it, then sizes it), and
+    prometheus_client's reader fails on it: measured, 3 scrapes in 150 worker restarts
+    answered 500. An empty file holds no counts yet, so leaving it out loses nothing.
+    """
 
     def __init__(self, directory: Path) -> None:
-        self._collector = multiprocess.MultiProcessCollector(None, path=str(directory))
+        self._directory = directory
 
     def collect(self) -> Iterable[Any]:
         with _files_lock:
-            return list(self._collector.collect())
+            files = [str(path) for path in self._directory.glob("*.db") if _written(path)]
+            return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
 
 
 def serve(settings: Settings, directory: Path) -> None:
@@ -65,7 +74,7 @@ def serve(settings: Settings, directory: Path) -> None:
     """
     global _listener
     registry = CollectorRegistry()
-    registry.register(_WorkerFiles(directory))
+    registry.register(WorkerFiles(directory))
     host, port = settings.metrics_host, settings.metrics_port
     try:
         _listener, _ = start_http_server(port, addr=host, registry=registry)
@@ -93,9 +102,25 @@ def worker_exited(directory: Path, pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(directory))
         for kind in _ADDED_KINDS:
             own = directory / f"{kind}_{pid}.db"
-            if own.exists():
-                add_into(directory / f"{kind}_{DEAD}.db", own)
-                own.unlink()
+            if not own.exists():
+                continue
+            if _written(own):  # else killed as it made the file: nothing counted in it
+                try:
+                    add_into(directory / f"{kind}_{DEAD}.db", own)
+                except Exception:
+                    # Never stop the master (gunicorn ends on an error in a hook): the file
+                    # stays, and scrapes go on counting it.
+                    log.exception("could not fold the metrics file %s", own.name)
+                    continue
+            own.unlink()
+
+
+def _written(path: Path) -> bool:
+    """Whether a metrics file has its header yet (see WorkerFiles)."""
+    try:
+        return path.stat().st_size >= _HEADER_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def add_into(total: Path, more: Path) -> None:

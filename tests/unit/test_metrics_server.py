@@ -71,3 +71,28 @@ def test_adding_into_nothing_copies(worker, tmp_path):
     (tmp_path / "counter_201.db").unlink()
     assert scraped(tmp_path) == before
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_file_a_starting_worker_has_only_just_made_is_left_out(worker, tmp_path):
+    """MmapedDict opens a new file before it sizes it: a scrape then, or a worker killed then,
+    meets an empty file, which prometheus_client's reader cannot read."""
+    worker(301, 2, [0.5])
+    expected = scraped(tmp_path)
+    (tmp_path / "counter_302.db").touch()  # worker 302, starting
+    summed = metrics_server.WorkerFiles(tmp_path).collect()
+    as_scraped = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in summed for s in f.samples
+    }
+    assert as_scraped == expected
+    metrics_server.worker_exited(tmp_path, 302)  # killed before it counted anything
+    assert not (tmp_path / "counter_302.db").exists()
+    assert scraped(tmp_path) == expected
+
+
+def test_a_file_that_cannot_be_folded_stays_and_the_master_goes_on(worker, tmp_path, caplog):
+    worker(401, 2, [0.5])
+    broken = tmp_path / "counter_402.db"
+    broken.write_bytes((1 << 20).to_bytes(4, "little") + bytes(60))  # says 1 MiB is used
+    metrics_server.worker_exited(tmp_path, 402)  # raises nothing: a hook error ends gunicorn
+    assert broken.exists()
+    assert "could not fold the metrics file counter_402.db" in caplog.text
