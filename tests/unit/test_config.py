@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import socket
 from dataclasses import MISSING, fields
@@ -171,3 +172,30 @@ def test_what_python_m_app_asks_of_the_environment(tmp_path):
     assert not is_set("REDIS_HOST", {"REDIS_HOST": " "})
     assert local_data_dir({"LOCAL_DATA_DIR": str(tmp_path)}) == tmp_path
     assert local_data_dir({}) == REPO_ROOT / ".local-data"
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Where a source file reads the environment: os.getenv, or os.environ used other than
+    to set a variable (``os.environ[...] = ...``, ``os.environ.update(...)``)."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    reads = []
+    for node in ast.walk(tree):
+        code = ast.unparse(node) if isinstance(node, ast.Attribute) else ""
+        if code == "os.getenv":
+            reads.append(f"{path.name}:{node.lineno}")
+        elif code == "os.environ":
+            parent = parents[node]
+            sets = isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store)
+            updates = isinstance(parent, ast.Attribute) and parent.attr == "update"
+            if not (sets or updates):
+                reads.append(f"{path.name}:{node.lineno}")
+    return reads
+
+
+def test_only_the_config_reads_the_environment():
+    """One source per setting: no other module of app/, nor gunicorn.conf.py, reads a variable
+    (python -m app and metrics_dir set some, for gunicorn and prometheus_client)."""
+    sources = [*(REPO_ROOT / "app").glob("*.py"), REPO_ROOT / "gunicorn.conf.py"]
+    assert [r for p in sources if p.name != "config.py" for r in _environment_reads(p)] == []
+    assert _environment_reads(REPO_ROOT / "app" / "config.py")  # the check sees a read
