@@ -1,7 +1,9 @@
-"""Fixtures of the script tests: one moto server for the folder, reset by each test's World."""
+"""Fixtures of the script tests: one moto server for the folder, reset by each test's World; and
+the tools every script test drives for real."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +12,21 @@ import pytest
 
 from localservers.ports import free_port
 from localservers.waits import wait_until
+from tests.support import mark_layer
 
-from .harness import MOTO_SERVER, World, _reset, make_world
+from .harness import MOTO_SERVER, REAL_AWS, World, _reset, make_world
+
+# The scripts run the real AWS CLI, jq and kubectl: without one, every test here is skipped
+# (which CI, where .ci/run installs them, turns into a failure).
+NEEDS = (
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_layer(items, Path(__file__).parent, *NEEDS)
 
 
 @pytest.fixture(scope="package")
