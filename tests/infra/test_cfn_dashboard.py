@@ -2,8 +2,8 @@
 
 A nested stack of its own, because with the alarms in cfn/observability.yaml it made one template
 over CloudFormation's 51,200-byte --template-body limit. cfn-lint and checkov check it with the
-other templates in test_cfn_lint.py (once per cache mode). Here: the dashboard body rendered and parsed
-as JSON in each cache mode, and every metric it names checked against what AWS publishes
+other templates in test_cfn_lint.py (once per cache mode). Here: the dashboard body rendered and
+parsed as JSON in each cache mode, and every metric it names checked against what AWS publishes
 (test_cfn_observability.PUBLISHED, which the alarms are checked against too), for every node (or
 Serverless cache) the mode has.
 """

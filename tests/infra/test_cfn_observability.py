@@ -1,10 +1,11 @@
 """cfn/observability.yaml: the add-on and alarms the operators rely on.
 
 The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
-in test_cfn_lint.py and test_cfn_stacks.py, the dashboard's (cfn/dashboard.yaml) in test_cfn_dashboard.py, which shares the
-list of published metrics below. Here: the same tools on a copy with every optional resource
-switched on (both tools drop resources whose condition is false with the default parameters, so
-the add-on's IAM role and log groups would otherwise go unchecked), and every metric the alarms
+in test_cfn_lint.py and test_cfn_stacks.py, the dashboard's (cfn/dashboard.yaml) in
+test_cfn_dashboard.py, which shares the list of published metrics below. Here: the same tools
+on a copy with every optional resource switched on (both tools drop resources whose condition is
+false with the default parameters, so the add-on's IAM role and log groups would otherwise go
+unchecked), and every metric the alarms
 name checked against what AWS publishes, for every node (or Serverless cache) the mode has.
 """
 
