@@ -5,8 +5,8 @@ in test_cfn_lint.py and test_cfn_stacks.py, the dashboard's (cfn/dashboard.yaml)
 test_cfn_dashboard.py, which shares the list of published metrics below. Here: the same tools
 on a copy with every optional resource switched on (both tools drop resources whose condition is
 false with the default parameters, so the add-on's IAM role and log groups would otherwise go
-unchecked), and every metric the alarms
-name checked against what AWS publishes, for every node (or Serverless cache) the mode has.
+unchecked), and every metric the alarms name checked against what AWS publishes, for every node
+(or Serverless cache) the mode has.
 """
 
 from __future__ import annotations
