@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.client import PageClient
 from bench.plan import PAGE_MESSAGES, Plan
@@ -26,6 +27,21 @@ class Measured:
     redis_cpu_us: float
 
 
+def _median(*path: str) -> property:
+    """A Row property: the median over its repeats of ``measured.<path>``."""
+
+    def median(row: Row) -> float:
+        return statistics.median(_follow(m, path) for m in row.measured)
+
+    return property(median)
+
+
+def _follow(value: Any, path: tuple[str, ...]) -> float:
+    for name in path:
+        value = getattr(value, name)
+    return float(value)
+
+
 @dataclass
 class Row:
     """One throughput row: the medians over repeats of one wrk target."""
@@ -40,25 +56,12 @@ class Row:
     def results(self) -> list[WrkResult]:
         return [m.wrk for m in self.measured]
 
-    @property
-    def rps(self) -> float:
-        return statistics.median(r.rps for r in self.results)
-
-    @property
-    def p50(self) -> float:
-        return statistics.median(r.p50_ms for r in self.results)
-
-    @property
-    def p99(self) -> float:
-        return statistics.median(r.p99_ms for r in self.results)
-
-    @property
-    def app_cpu_us(self) -> float:
-        return statistics.median(m.app_cpu_us for m in self.measured)
-
-    @property
-    def redis_cpu_us(self) -> float:
-        return statistics.median(m.redis_cpu_us for m in self.measured)
+    # Medians over the repeats.
+    rps = _median("wrk", "rps")
+    p50 = _median("wrk", "p50_ms")
+    p99 = _median("wrk", "p99_ms")
+    app_cpu_us = _median("app_cpu_us")
+    redis_cpu_us = _median("redis_cpu_us")
 
     def ratio_to(self, ceiling: Row) -> float:
         """Median of per-repeat ratios: a row and the ceiling measured seconds apart share the

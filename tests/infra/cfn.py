@@ -24,16 +24,7 @@ import pytest
 from tests.support import REPO_ROOT, checkov_report, venv_tool
 
 CFN = REPO_ROOT / "cfn"
-TEMPLATE_NAMES = (
-    "bootstrap.yaml",
-    "main.yaml",
-    "network.yaml",
-    "securitygroups.yaml",
-    "eks.yaml",
-    "cache.yaml",
-    "observability.yaml",
-    "dashboard.yaml",
-)
+# The stacks main.yaml nests.
 NESTED = (
     "network.yaml",
     "securitygroups.yaml",
@@ -42,6 +33,8 @@ NESTED = (
     "observability.yaml",
     "dashboard.yaml",
 )
+# Every template in cfn/: the bootstrap stack, the main stack and those it nests.
+TEMPLATE_NAMES = ("bootstrap.yaml", "main.yaml", *NESTED)
 # Regions the linter checks against (availability of resource types and three AZs).
 LINT_REGIONS = ("us-east-1", "eu-central-1")
 

@@ -51,7 +51,7 @@ CACHE_ENGINES = {"redis": ("7.1", "redis7"), "valkey": ("8.2", "valkey8")}
 
 
 @pytest.mark.parametrize("mode", CACHE_MODES)
-def test_each_cache_mode_creates_exactly_itsresources_and_outputs(
+def test_each_cache_mode_creates_exactly_its_resources_and_outputs(
     mode: str, templates: dict[str, dict[str, Any]]
 ) -> None:
     cache, main = templates["cache.yaml"], templates["main.yaml"]
@@ -335,8 +335,8 @@ def test_cache_port_is_open_only_to_the_eks_cluster_security_group(
     templates: dict[str, dict[str, Any]],
 ) -> None:
     sgs = templates["securitygroups.yaml"]
-    assert not resources(sgs, "AWS::EC2::SecurityGroupIngress")
     group = one(sgs, "AWS::EC2::SecurityGroup")
+    assert not resources(sgs, "AWS::EC2::SecurityGroupIngress")
     rules = group["SecurityGroupIngress"] + group.get("SecurityGroupEgress", [])
     assert all(len(str(r.get("Description", "")).split()) >= 3 for r in rules), rules
     ingress = [

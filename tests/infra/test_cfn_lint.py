@@ -93,11 +93,10 @@ def test_checkov_fails_the_canary(checkov_results: dict[str, dict[str, list]]) -
 
 
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_checkov_has_nofailed_checks(
+def test_checkov_has_no_failed_checks(
     name: str, checkov_results: dict[str, dict[str, list]]
 ) -> None:
-    result = checkov_results[name]
-    failed = failed_checks(result)
+    failed = failed_checks(checkov_results[name])
     assert not failed, f"{name}: {failed} ({_checkov_counts(checkov_results)})"
 
 
