@@ -64,15 +64,14 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     )
 
 
-# Before xdist reads the groups; a second implementation of the hook, hence specname.
-@pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
-def group_by_module(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (pyproject.toml) each module's tests run on one worker, so a
-    module-scoped server or linter run is set up once; tests that share a session-scoped build
-    across modules name their group themselves (``xdist_group("image")``)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup`` (README's command adds ``-n 2``) each module's tests run on
+    one worker, so a module-scoped server or linter run is set up once: every test is in its
+    module's group unless it names its own (the image tests share ``xdist_group("image")``).
+    Marked as each test is collected, before xdist reads the groups."""
+    if item.get_closest_marker("xdist_group") is None:
+        module = item.getparent(pytest.Module)
+        item.add_marker(pytest.mark.xdist_group(module.nodeid if module else item.nodeid))
 
 
 def _in_ci() -> bool:

@@ -6,6 +6,7 @@ Every test here is marked ``infra`` and ``slow`` (``pytest -m "not slow"`` leave
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ def templates() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def image_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
+def image_build() -> Iterator[Build]:
     """One stand-in base and one real build of the Dockerfile for the session
     (tests/infra/image.py): the tests that look at the image and those that run it share it."""
     skip_without_container_tools()
-    with built_image(tmp_path_factory.mktemp("image")) as build:
+    # A short path of its own (removed by built_image): podman refuses a --runroot over 50
+    # characters, which a worker's pytest temp dir under xdist is.
+    with built_image(Path(tempfile.mkdtemp(prefix="image-"))) as build:
         yield build
