@@ -29,6 +29,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_layer(items, Path(__file__).parent, *NEEDS)
 
 
+@pytest.hookimpl(tryfirst=True)  # before tests/conftest.py puts it in its module's group
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under xdist a script test shares nothing but the folder's moto server (one per worker),
+    so each may run on either worker: the suite's longest tests spread over both. Those on
+    the module's shared World stay together, in their module's group."""
+    if "shared_world" not in getattr(item, "fixturenames", ("shared_world",)):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid))
+
+
 @pytest.fixture(scope="package")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One moto server for the folder (it starts in about a second); tests reset it instead."""
