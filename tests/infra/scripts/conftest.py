@@ -3,6 +3,7 @@ the tools every script test drives for real."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -67,8 +68,15 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="package")
 def validate_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """moto's validate-template answers by template content, shared by the folder's tests."""
-    return tmp_path_factory.mktemp("validate-template")
+    """moto's validate-template answers by template content, shared by the folder's tests and,
+    under xdist, by every worker: the run's temp root holds each worker's (answers are written
+    whole and renamed into place, so two workers may write one at once)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "validate-template"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 @pytest.fixture
