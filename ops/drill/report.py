@@ -58,7 +58,7 @@ def _header(run: Run) -> str:
             f"  {_utc(run.started)} to {_utc(run.load_stopped)} "
             f"({run.load_stopped - run.started:.1f} s of load)",
             f"  load: {run.users} users (Locust), {run.rate:g} requests/s planned in all, "
-            f"1 in {run.save_every} requests of a user a save; {sessions} sessions saved",
+            f"1 in {run.save_every} requests of a user a save; sessions that saved: {sessions}",
         ]
     )
 
