@@ -35,16 +35,12 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from localservers.gunicorn import Gunicorn, start_gunicorn
+from localservers.haproxy import Haproxy
+from localservers.ports import free_port
+from localservers.waits import wait_until
 from tests.stubs.elasticache import ElastiCacheStandIn, Emit
-from tests.support import (
-    REPO_ROOT,
-    Haproxy,
-    Replica,
-    free_port,
-    replica_env,
-    start_gunicorn,
-    wait_until,
-)
+from tests.support import REPO_ROOT, replica_env
 
 from .faults import SwitchableProxy, ValkeyProcess
 
@@ -70,12 +66,12 @@ class Deployment:
     replica: ValkeyProcess
     endpoint: SwitchableProxy
     balancer: Haproxy | None = None
-    replicas: dict[str, Replica] = field(default_factory=dict)
-    started: list[Replica] = field(default_factory=list)
+    replicas: dict[str, Gunicorn] = field(default_factory=dict)
+    started: list[Gunicorn] = field(default_factory=list)
     elasticache: ElastiCacheStandIn | None = None
     rollouts: list[str] = field(default_factory=list)
 
-    def start_replica(self, name: str, **env: str) -> Replica:
+    def start_replica(self, name: str, **env: str) -> Gunicorn:
         replica = start_gunicorn(
             name,
             replica_env(self.endpoint.port, name, WEB_CONCURRENCY="2", LOG_LEVEL="WARNING", **env),
