@@ -22,16 +22,20 @@ except ConfigError as exc:
 
 # Prometheus metrics summed over the workers: prometheus_client's multiprocess mode, where each
 # worker writes its counts to files in a directory named before anything imports
-# prometheus_client (see app/metrics_dir.py); the master serves the sum (app/metrics.py).
+# prometheus_client (app/metrics_dir.py); the master serves the sum, and folds each dead
+# worker's files into one for all of them (app/metrics_server.py).
 if _settings.metrics_port:
-    metrics_dir.prepare(_settings)
-    from app import metrics  # after the directory is named
+    _metrics_dir = metrics_dir.prepare(_settings)
+    from app import metrics_server  # after the directory is named
 
     def when_ready(server):
-        metrics.serve(server.cfg.bind, _settings.metrics_port)
+        metrics_server.serve(_settings, _metrics_dir)
+
+    def post_fork(server, worker):
+        metrics_server.close_in_worker()
 
     def child_exit(server, worker):
-        metrics.worker_exited(worker.pid)
+        metrics_server.worker_exited(_metrics_dir, worker.pid)
 
     def on_exit(server):
         metrics_dir.remove()

@@ -123,6 +123,14 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
     return entries
 
 
+def _ip_address(name: str, raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an IP address (e.g. 0.0.0.0)") from None
+    return raw
+
+
 def _bind(name: str, raw: str) -> str:
     """gunicorn's own notation: HOST:PORT, [IPv6]:PORT or unix:PATH (checked as gunicorn will)."""
     try:
@@ -217,8 +225,10 @@ class Settings:
     # gunicorn's own process (gunicorn.conf.py): all interfaces, as a container needs.
     gunicorn_bind: str = field(default="0.0.0.0:8080", metadata=_variable("GUNICORN_BIND", _bind))
     web_concurrency: int = field(default=2, metadata=_variable("WEB_CONCURRENCY", _integer(1, 64)))
-    # Prometheus metrics, served by the gunicorn master (metrics.serve); port 0: none.
+    # Prometheus metrics, served by the gunicorn master (metrics_server.serve); port 0: none.
     metrics_port: int = field(default=9090, metadata=_variable("METRICS_PORT", _integer(0, 65535)))
+    # Loopback unless told: the pod sets 0.0.0.0, where its scrapers reach it (k8s/config.env).
+    metrics_host: str = field(default="127.0.0.1", metadata=_variable("METRICS_HOST", _ip_address))
     # prometheus_client's own variable; unset, gunicorn.conf.py makes one (app/metrics_dir.py).
     metrics_dir: Path | None = field(
         default=None, metadata=_variable("PROMETHEUS_MULTIPROC_DIR", _path)

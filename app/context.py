@@ -1,8 +1,9 @@
-"""The per-app objects the views and hooks use, one accessor each (like flaskr's ``get_db``).
+"""The per-app objects the views use, one accessor each (like flaskr's ``get_db``).
 
-``create_app`` builds them once; code that handles a request reaches them only through these
-functions (and ``config.current_settings`` for the settings), never by digging in
-``current_app``.
+``factory.create_app`` builds them once; code that handles a request reaches them only through
+these functions (and ``config.current_settings`` for the settings), never by digging in
+``current_app`` (tests/unit/test_references.py holds to it). The hooks get what they use
+(the CSRF token cache, the constant headers) when they are registered.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ and ending a session keeps it (``clear_keeping_secret``).
 Both hot operations are cached per worker, because they were a fifth of a page view's cost:
 verifying the cookie's signature, and signing a fresh token for every page (flask-wtf signs
 one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so reusing one for a
-minute changes nothing a user or an attacker could notice). ``reuse_token`` and
-``remember_token`` are the before- and after-request halves of the token cache; the page
-takes its token from ``page_token``.
+minute changes nothing a user or an attacker could notice). ``CsrfSecrets.reuse_token`` and
+``CsrfSecrets.remember_token`` are the before- and after-request halves of the token cache;
+the page takes its token from ``page_token``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from flask import Flask, Request, Response, current_app, g
+from flask import Flask, Request, Response, g
 from flask_wtf.csrf import CSRFProtect, generate_csrf
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -34,7 +34,6 @@ TOKEN_REUSE_SECONDS = 60.0
 # flask-wtf's default lifetime for a token in an open page.
 TOKEN_LIFETIME_SECONDS = 3600
 _CACHE_ENTRIES = 10_000
-_EXTENSION = "csrf_secrets"
 
 csrf = CSRFProtect()
 
@@ -45,7 +44,7 @@ class CsrfSecrets:
     def __init__(self, secret_key: str) -> None:
         self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
         self._verified: LRU[str, str] = LRU(_CACHE_ENTRIES)
-        self.tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
+        self._tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
     def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
         """Put the secret from the request's cookie into the session; return it (None when
@@ -79,6 +78,24 @@ class CsrfSecrets:
             path=path,
         )
 
+    def reuse_token(self, current_session: Mapping[str, Any]) -> None:
+        """Before the view: hand flask-wtf this browser's recent token instead of a new one."""
+        secret = dict.get(current_session, CSRF_KEY)
+        if secret is None:
+            return
+        cached = self._tokens.get(secret)
+        if cached is not None and time.monotonic() - cached[1] < TOKEN_REUSE_SECONDS:
+            _flask_wtf_token(cached[0])
+        else:
+            g.csrf_secret_for_cache = secret
+
+    def remember_token(self) -> None:
+        """After the view: keep the token flask-wtf signed, for this browser's next pages."""
+        secret = g.pop("csrf_secret_for_cache", None)
+        token = _flask_wtf_token()
+        if secret is not None and token is not None:
+            self._tokens.put(secret, (token, time.monotonic()))
+
     def _load(self, value: str | None) -> str | None:
         if not value:
             return None
@@ -108,26 +125,6 @@ def clear_keeping_secret(session: MutableMapping[str, Any]) -> None:
         dict.__setitem__(session, CSRF_KEY, secret)
 
 
-def reuse_token(current_session: Mapping[str, Any]) -> None:
-    """Before the view: hand flask-wtf this browser's recent token instead of a new one."""
-    secret = dict.get(current_session, CSRF_KEY)
-    if secret is None:
-        return
-    cached = current_app.extensions[_EXTENSION].tokens.get(secret)
-    if cached is not None and time.monotonic() - cached[1] < TOKEN_REUSE_SECONDS:
-        _flask_wtf_token(cached[0])
-    else:
-        g.csrf_secret_for_cache = secret
-
-
-def remember_token() -> None:
-    """After the view: keep the token flask-wtf signed, for this browser's next pages."""
-    secret = g.pop("csrf_secret_for_cache", None)
-    token = _flask_wtf_token()
-    if secret is not None and token is not None:
-        current_app.extensions[_EXTENSION].tokens.put(secret, (token, time.monotonic()))
-
-
 def page_token() -> str:
     """The token for the page's forms: the reused one, else one flask-wtf signs."""
     return _flask_wtf_token() or generate_csrf()
@@ -146,7 +143,6 @@ def _flask_wtf_token(token: str | None = None) -> str | None:
     return g.get(CSRF_KEY)
 
 
-def init_app(app: Flask, secrets: CsrfSecrets) -> None:
+def init_app(app: Flask) -> None:
     app.config["WTF_CSRF_TIME_LIMIT"] = TOKEN_LIFETIME_SECONDS
     csrf.init_app(app)
-    app.extensions[_EXTENSION] = secrets

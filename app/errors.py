@@ -1,5 +1,6 @@
 """What users see when something fails (Redis away, a wrong address or method, a bug): a short
-page, never a traceback. Refused input (a bad form, a failed CSRF check) is in ``validation``."""
+page, never a traceback. Refused input is in ``refusals``; all but a body too large to read
+is answered on the message page (``views.refused``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from flask import Flask, render_template
 from redis import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import metrics
 from .config import current_settings
+from .refusals import refuse
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,6 @@ _HUMAN = {
     400: "The request could not be understood.",
     404: "There is no page at this address.",
     405: "This address does not accept that kind of request.",
-    413: "That request was too large to accept, so nothing was saved.",
 }
 
 
@@ -43,9 +43,9 @@ def store_unavailable(exc: Exception) -> Any:
 
 def http_error(exc: HTTPException) -> Any:
     if exc.code == 413:
-        log.info("request refused: body over %s bytes", current_settings().max_content_length)
-        metrics.refused("body_too_large")
-    message = _HUMAN.get(exc.code or 500, exc.description or "")
+        _, message = refuse("body_too_large", limit=current_settings().max_content_length)
+    else:
+        message = _HUMAN.get(exc.code or 500, exc.description or "")
     response = exc.get_response()
     body = render_template("error.html", title=f"{exc.code} {exc.name}", message=message)
     return body, exc.code, {k: v for k, v in response.headers if k.lower() == "allow"}

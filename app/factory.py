@@ -11,7 +11,7 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import csrf, errors, health, hooks, logs, metrics, validation, views
+from . import csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
 from .connection import check_server, connect
 from .ratelimit import RateLimits
@@ -47,14 +47,15 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         app, store, settings.session_lifetime_seconds, csrf_secrets
     )
 
-    hooks.register(app, settings)  # before CSRFProtect's hook, whose check parses the form
-    csrf.init_app(app, csrf_secrets)
-
+    hooks.register(app, settings, csrf_secrets)
+    # Before CSRFProtect's hook, whose check parses the form: the views' raw-form check
+    # (views.check_raw_form) must see the body first.
     app.register_blueprint(views.bp)
+    csrf.init_app(app)
+
     app.register_blueprint(health.bp)
     errors.register(app)
-    validation.register(app)
-    metrics.init_app(app)
+    metrics.init_app(app, settings)
     return app
 
 

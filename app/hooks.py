@@ -1,9 +1,9 @@
-"""The before- and after-request hooks: one each way (every hook costs a page view a few
-microseconds).
+"""The app-wide before- and after-request hooks: one each way (every hook costs a page view a
+few microseconds). The form check before CSRF's is the views' own (views.check_raw_form).
 
-Before: the request id, the 503 for a session Redis could not open, the raw-form check, and
-the CSRF token reuse. After: the CSRF token cache and the response headers that every page
-carries (built once per app).
+Before: the request id, the 503 for a session Redis could not open, and the CSRF token reuse.
+After: the CSRF token cache and the response headers that every page carries (built once per
+app).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 import redis
 from flask import Flask, request, session
 
-from . import csrf, errors, logs, validation
+from . import errors, logs
 from .config import Settings
+from .csrf import CsrfSecrets
 from .sessions import UnavailableSession
 
 # Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
@@ -33,9 +34,9 @@ STATIC_HEADERS = [
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
 
 
-def register(app: Flask, settings: Settings) -> None:
-    """Register both hooks; call before CSRFProtect's, whose check parses the form."""
-    app.before_request(_before_request)
+def register(app: Flask, settings: Settings, csrf_secrets: CsrfSecrets) -> None:
+    """Register both hooks."""
+    app.before_request(_before_request(csrf_secrets))
     constant_headers = [
         ("X-Served-By", settings.replica_name),
         ("Content-Security-Policy", _content_security_policy(app)),
@@ -45,21 +46,23 @@ def register(app: Flask, settings: Settings) -> None:
     # the request itself may arrive as plain HTTP): tell browsers to use HTTPS only.
     if settings.session_cookie_secure:
         constant_headers.append(HSTS)
-    app.after_request(_response_headers(constant_headers, settings.session_cookie_secure))
+    app.after_request(
+        _response_headers(csrf_secrets, constant_headers, settings.session_cookie_secure)
+    )
 
 
-def _before_request() -> Any:
-    logs.current_request_id()  # first, so that every log line of the request carries it
-    current_request = request._get_current_object()
-    current = session._get_current_object()
-    if isinstance(current, UnavailableSession):
-        return errors.store_unavailable(redis.ConnectionError("could not open the session"))
-    if current_request.method == "POST":
-        refusal = validation.refuse_bad_form(current_request)
-        if refusal is not None:
-            return refusal
-    csrf.reuse_token(current)
-    return None
+def _before_request(csrf_secrets: CsrfSecrets) -> Callable[[], Any]:
+    """The before-request hook, with this app's CSRF token cache."""
+
+    def before_request() -> Any:
+        logs.current_request_id()  # first, so that every log line of the request carries it
+        current = session._get_current_object()
+        if isinstance(current, UnavailableSession):
+            return errors.store_unavailable(redis.ConnectionError("could not open the session"))
+        csrf_secrets.reuse_token(current)
+        return None
+
+    return before_request
 
 
 def _content_security_policy(app: Flask) -> str:
@@ -75,11 +78,13 @@ def _content_security_policy(app: Flask) -> str:
     )
 
 
-def _response_headers(constant: list[tuple[str, str]], has_hsts: bool) -> Callable[[Any], Any]:
+def _response_headers(
+    csrf_secrets: CsrfSecrets, constant: list[tuple[str, str]], has_hsts: bool
+) -> Callable[[Any], Any]:
     """The after-request hook, with the headers that never change built once."""
 
     def add_headers(response: Any) -> Any:
-        csrf.remember_token()
+        csrf_secrets.remember_token()
         headers = response.headers
         headers["X-Request-ID"] = logs.current_request_id()
         headers.extend(constant)

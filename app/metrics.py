@@ -1,14 +1,14 @@
 """Prometheus metrics: what the app counts, and the separate port that serves them.
 
-Every metric is defined here; other modules call in with one line (``metrics.refused("csrf")``,
-``metrics.SESSIONS_CREATED.inc()``), so instrumenting code stays a small, visible change.
-The list, with what each one means, is in docs/metrics.md.
+Every metric is defined here; other modules call in with one line
+(``metrics.SESSIONS_CREATED.inc()``), so instrumenting code stays a small, visible change.
+The list, with what each one means, is in docs/observability.md.
 
 Under gunicorn the counts are kept in ``prometheus_client``'s multiprocess mode: each worker
-writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (set up by
-gunicorn.conf.py, on /dev/shm), and the master serves their sum on ``METRICS_PORT``, a port
-the public Service does not expose. A worker that dies leaves its files, so its counts stay
-in the totals (never lost, never counted twice).
+writes its values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (named by
+metrics_dir.prepare, on /dev/shm), and the master serves their sum on ``METRICS_PORT``, a port
+the public Service does not expose (metrics_server.py, which also folds a dead worker's counts
+into one file for all dead workers: never lost, never counted twice).
 
 Label values are bounded by construction: ``route`` is the matched URL rule (or
 ``unmatched``), never the raw path; methods outside the usual few become ``other``; refusal
@@ -17,35 +17,19 @@ reasons and Redis error kinds come from fixed lists. Nothing here ever sees a se
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
-from gunicorn.util import parse_address
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
-from prometheus_client.exposition import start_http_server
+from prometheus_client import Counter, Histogram
 
-log = logging.getLogger(__name__)
+from .config import Settings
 
 T = TypeVar("T")
 
 PREFIX = "messageapp_"
 
-# Why a message (or a form post) was not saved, as decided by the views and error handlers.
-REFUSAL_REASONS = (
-    "empty",
-    "too_long",
-    "over_count",
-    "session_gone",
-    "csrf",
-    "invalid_utf8",
-    "body_too_large",
-    "over_budget",
-    "rate_limited",
-    "damaged_form",
-)
 # Redis failures by kind, most specific first (redis-py's classes nest: an authentication
 # failure is a ConnectionError, a READONLY reply is a ResponseError).
 _ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
@@ -75,6 +59,7 @@ HTTP_DURATION = Histogram(
     buckets=_HTTP_BUCKETS,
 )
 MESSAGE_SAVES = Counter(PREFIX + "message_saves", "Messages saved.")
+# By reason: the rows of refusals.REFUSALS.
 MESSAGE_REFUSALS = Counter(
     PREFIX + "message_refusals",
     "Messages or form posts refused (nothing saved), by reason.",
@@ -106,15 +91,6 @@ SESSIONS_CREATED = Counter(PREFIX + "sessions_created", "Sessions stored (first 
 SESSIONS_DESTROYED = Counter(
     PREFIX + "sessions_destroyed", "Sessions destroyed by their user (expiry is not counted)."
 )
-
-# Children made once, so that every reason shows (as 0) from the start and a hot path never
-# pays for labels()'s validation.
-_REFUSALS = {reason: MESSAGE_REFUSALS.labels(reason) for reason in REFUSAL_REASONS}
-
-
-def refused(reason: str) -> None:
-    """Count one refusal; ``reason`` must be one of REFUSAL_REASONS (a fixed list)."""
-    _REFUSALS[reason].inc()
 
 
 def error_kind(exc: BaseException) -> str:
@@ -201,33 +177,7 @@ class RequestMetrics:
             child.observe(time.perf_counter() - started)
 
 
-def init_app(app: Any) -> None:
+def init_app(app: Any, settings: Settings) -> None:
     """Count and time the app's requests (skipped when METRICS_PORT=0, metrics off)."""
-    if app.extensions["settings"].metrics_port:
+    if settings.metrics_port:
         app.wsgi_app = RequestMetrics(app.wsgi_app)
-
-
-# gunicorn hooks (gunicorn.conf.py) ---------------------------------------------------------
-
-
-def serve(bind: list[str], port: int) -> None:
-    """In the gunicorn master: serve the workers' summed metrics on ``port``.
-
-    Listens on the host of gunicorn's first bind address (0.0.0.0 in the container, loopback
-    locally and in tests). A port already taken is logged, not fatal: users are still served.
-    """
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    address = parse_address(bind[0]) if bind else ("127.0.0.1", port)
-    host = address[0] if isinstance(address, tuple) else "127.0.0.1"  # a unix socket: local
-    try:
-        start_http_server(port, addr=host.strip("[]"), registry=registry)
-    except OSError as exc:
-        log.error("metrics are not served: cannot listen on %s:%s: %s", host, port, exc)
-        return
-    log.info("metrics served on http://%s:%s/metrics", host, port)
-
-
-def worker_exited(pid: int) -> None:
-    """In the gunicorn master: drop a dead worker's live gauges (its counts stay)."""
-    multiprocess.mark_process_dead(pid)

@@ -11,8 +11,8 @@ What it changes, and why:
   it holds something (the first saved message).
 * No rewrite of an unchanged session. flask-session rewrites the whole document on every
   request; here a save stores its own changes in one script, the document is rewritten only
-  when its stored part changed, and the sliding expiry is refreshed with one pipelined EXPIRE
-  pair at most once per refresh interval per worker.
+  when its stored part changed, and the sliding expiry is refreshed with one EXPIRE at most
+  once per refresh interval per worker.
 * Health checks never open a session; a Redis failure while opening one
   yields a marker session that the app turns into a 503 (Flask opens the session before any
   view or error handler runs).

@@ -1,21 +1,25 @@
-"""The message pages: the same paths and forms as the original Spring Boot sample."""
+"""The message pages (the same paths and forms as the original Spring Boot sample), and the
+checks on the forms they receive: the raw body before anything parses it, the CSRF check's
+refusal, and the message itself. What each refusal answers is a row of refusals.REFUSALS.
+"""
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, metrics
 from .config import current_settings
 from .context import current_rate_limits, current_sessions
+from .refusals import refuse
 from .store import SessionFull, SessionGone, SessionOverBudget
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("messages", __name__)
 
@@ -32,41 +36,24 @@ def index() -> Any:
 @bp.post("/persistMessage")
 def persist_message() -> Any:
     settings = current_settings()
-    raw = request.form.get("message")
-    text = (raw or "").strip()
+    draft = request.form.get("message") or ""
+    text = draft.strip()
     if not text:
-        log.info("message refused: empty")
-        metrics.refused("empty")
-        return render_page(400, "Write a message before saving: it was empty.", draft=raw or "")
+        return refused("empty", draft)
     if len(text) > settings.message_max_length:
-        log.info("message refused: %d characters", len(text))
-        metrics.refused("too_long")
-        return render_page(
-            400,
-            f"A message can be at most {settings.message_max_length:,} characters; "
-            f"this one has {len(text):,}. Nothing was saved.",
-            draft=raw or "",
-        )
+        return refused("too_long", draft, limit=settings.message_max_length, length=len(text))
     save_id = request.form.get("save_id")
     if save_id is None:
         # A page rendered before save ids existed: still safe against redis-py's retry.
         save_id = secrets.token_urlsafe(16)
     elif not _SAVE_ID.fullmatch(save_id):
-        log.info("message refused: malformed save id")
-        metrics.refused("damaged_form")
-        return render_page(400, "The form was damaged, so nothing was saved.", draft=raw or "")
+        return refused("damaged_form", draft)
     current = session._get_current_object()
-    refusal = current_rate_limits().check_save(request, not current.stored)
-    if refusal is not None:
-        log.info("message refused: too many %s from this client", refusal.reason)
-        metrics.refused("rate_limited")
-        page, status = render_page(
-            429,
-            f"Too many {refusal.reason} from your address in a short time, so nothing was "
-            f"saved. Please try again in {refusal.retry_after} seconds.",
-            draft=raw or "",
-        )
-        return page, status, {"Retry-After": str(refusal.retry_after)}
+    limited = current_rate_limits().check_save(request, not current.stored)
+    if limited is not None:
+        wait = limited.retry_after
+        page = refused("rate_limited", draft, what=limited.reason, retry_after=wait)
+        return (*page, {"Retry-After": str(wait)})
     try:
         current_sessions().append_message(
             current,
@@ -76,33 +63,11 @@ def persist_message() -> Any:
             settings.session_max_bytes,
         )
     except SessionFull:
-        log.info("message refused: session full")
-        metrics.refused("over_count")
-        return render_page(
-            409,
-            f"This session already holds {settings.messages_max_per_session:,} messages, the most "
-            "it can keep. Nothing was saved; destroy the session to start over.",
-            draft=raw or "",
-        )
+        return refused("over_count", draft, limit=settings.messages_max_per_session)
     except SessionOverBudget:
-        log.info("message refused: session over its byte budget")
-        metrics.refused("over_budget")
-        return render_page(
-            409,
-            f"This session already holds close to {settings.session_max_bytes // 1024:,} KiB of "
-            "messages, the most it can keep. Nothing was saved; destroy the session to start "
-            "over.",
-            draft=raw or "",
-        )
+        return refused("over_budget", draft, kib=settings.session_max_bytes // 1024)
     except SessionGone:
-        log.info("message refused: session ended meanwhile")
-        metrics.refused("session_gone")
-        return render_page(
-            409,
-            "Your session ended (it expired or was destroyed in another tab), so the message "
-            "was not saved. Save it again to start a new session.",
-            draft=raw or "",
-        )
+        return refused("session_gone", draft)
     metrics.MESSAGE_SAVES.inc()
     return redirect(url_for(".index"), code=303)
 
@@ -111,6 +76,53 @@ def persist_message() -> Any:
 def destroy() -> Response:
     current_sessions().destroy(session._get_current_object())
     return redirect(url_for(".index"), code=303)
+
+
+@bp.before_app_request
+def check_raw_form() -> Any:
+    """Refuse a POST body the page's forms would never send, before anything parses it.
+
+    App-wide, and registered before CSRFProtect's hook, whose check parses the form (see
+    factory.create_app).
+
+    - Only url-encoded forms: the page sends nothing else, and Werkzeug decodes multipart
+      fields leniently, past the UTF-8 check below.
+    - A chunked body (no Content-Length) over the cap: Werkzeug's capped stream stops
+      reading at the cap and returns what it has, so a longer body would be cut silently
+      and the cut form stored; one more byte read past the cap tells the two apart.
+    - Not UTF-8: Werkzeug decodes form fields leniently (invalid bytes survive as %XX
+      text), so a message with broken bytes would be stored altered; checking the raw body
+      is the only place where the difference can still be seen.
+    """
+    post = request._get_current_object()
+    if post.method != "POST":
+        return None
+    if post.mimetype != "application/x-www-form-urlencoded":
+        if post.content_length == 0 or (post.content_length is None and not post.mimetype):
+            return None  # no body at all: nothing to refuse here (CSRF will)
+        return refused("not_url_encoded", content_type=post.mimetype or None)
+    raw = post.get_data(cache=True)
+    cap = post.max_content_length
+    at_cap = post.content_length is None and cap is not None and len(raw) >= cap
+    if at_cap and post.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return refused("invalid_utf8")
+    return None
+
+
+@bp.app_errorhandler(CSRFError)
+def csrf_failed(exc: CSRFError) -> Any:
+    """flask-wtf's refusal of a missing, wrong or expired token."""
+    return refused("csrf", request.form.get("message", ""), detail=exc.description)
+
+
+def refused(reason: str, draft: str = "", **details: Any) -> tuple[str, int]:
+    """The message page with a refusal's message above the messages and the draft kept."""
+    status, message = refuse(reason, **details)
+    return render_page(status, message, draft)
 
 
 def render_page(status: int = 200, error: str | None = None, draft: str = "") -> Any:

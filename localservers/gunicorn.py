@@ -33,6 +33,10 @@ class Gunicorn:
     target: str = APP
     port: int = 0
     process: subprocess.Popen | None = None
+    # A command to run gunicorn through (``ip netns exec NAME``), and its listen address: port
+    # 0 on loopback, or None for the settings' own (GUNICORN_BIND), as a pod has it.
+    prefix: tuple[str, ...] = ()
+    bind: str | None = f"{HOST}:0"
 
     @property
     def url(self) -> str:
@@ -40,7 +44,7 @@ class Gunicorn:
 
     def start(self, ready_path: str = "/healthz", timeout: float = 60) -> None:
         """Start; return once ``ready_path`` answers 200 (fail at once if gunicorn exits)."""
-        self._spawn()
+        self.spawn()
         assert self.process is not None
         process = self.process
         metrics = {int(self.env.get("METRICS_PORT") or 9090)}
@@ -62,7 +66,7 @@ class Gunicorn:
     def refused(self, timeout: float = 60) -> int:
         """Start a gunicorn that is expected to refuse start-up: wait for it to exit by itself
         and return its exit code (what it printed is in ``log()``)."""
-        self._spawn()
+        self.spawn()
         assert self.process is not None
         try:
             return self.process.wait(timeout)
@@ -70,12 +74,15 @@ class Gunicorn:
             self.stop()
             raise RuntimeError(f"gunicorn {self.name} did not exit:\n{self.log()}") from None
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start, without waiting for it to answer (``start`` waits)."""
+        bind = () if self.bind is None else ("--bind", self.bind)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     *(sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"),
-                    *("--bind", f"{HOST}:0", self.target),
+                    *(*bind, self.target),
                 ],
                 cwd=REPO_ROOT,
                 env=self.env,

@@ -1,5 +1,5 @@
-"""Ports on loopback: one to hand a server that must be told its port, and the one a process
-bound to port 0 was given."""
+"""Ports on loopback: one to hand a server that must be told its port, the one a process
+bound to port 0 was given, and the sockets a process listens on."""
 
 from __future__ import annotations
 
@@ -50,11 +50,8 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_PRIVATE_PORTS}")
 
 
-def listening_port(pid: int, besides: Collection[int] = ()) -> int | None:
-    """The TCP port process ``pid`` listens on, read from /proc (for servers bound to port 0).
-
-    ``besides``: ports to ignore, such as the gunicorn master's metrics port.
-    """
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open (none once it is gone)."""
     inodes = set()
     try:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -63,10 +60,38 @@ def listening_port(pid: int, besides: Collection[int] = ()) -> int | None:
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
     except OSError:
-        return None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        port = int(fields[1].split(":")[1], 16)
-        if fields[3] == "0A" and fields[9] in inodes and port not in besides:  # 0A: LISTEN
-            return port
-    return None
+        return set()
+    return inodes
+
+
+def listening_sockets(pid: int) -> dict[int, tuple[str, str]]:
+    """The TCP sockets process ``pid`` holds open and listening, by port: (address, inode).
+
+    Read from /proc, in the process's own network namespace; the address as text ("0.0.0.0",
+    "127.0.0.1", "::").
+    """
+    inodes = socket_inodes(pid)
+    found = {}
+    for family, table in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                # The kernel prints each 32-bit word of the address in host byte order.
+                raw = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+                )
+                found[int(port, 16)] = (socket.inet_ntop(family, raw), fields[9])
+    return found
+
+
+def listening_port(pid: int, besides: Collection[int] = ()) -> int | None:
+    """The TCP port process ``pid`` listens on, read from /proc (for servers bound to port 0).
+
+    ``besides``: ports to ignore, such as the gunicorn master's metrics port.
+    """
+    return next((port for port in listening_sockets(pid) if port not in besides), None)

@@ -157,7 +157,11 @@ def _metrics_port(docs: list[dict[str, Any]]) -> int:
 def test_one_metrics_port_number_everywhere(base: list[dict[str, Any]]) -> None:
     port = _metrics_port(base)
     assert port != 8080
-    assert int(_one(base, "ConfigMap")["data"]["METRICS_PORT"]) == port
+    config = _one(base, "ConfigMap")["data"]
+    assert int(config["METRICS_PORT"]) == port
+    # On every address of the pod, where the annotations and the PodMonitor send the scrapers
+    # (the app itself is on loopback behind nginx: GUNICORN_BIND).
+    assert config["METRICS_HOST"] in ("0.0.0.0", "::")  # noqa: S104 - what is checked
     annotations = _one(base, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(port)

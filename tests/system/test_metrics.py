@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import string
+import threading
 from collections import Counter
 
 import pytest
@@ -18,7 +20,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from localservers.ports import free_port
+from app.refusals import REFUSALS
+from localservers.ports import free_port, listening_sockets, socket_inodes
 from localservers.processes import child_pids
 from localservers.waits import wait_until
 from tests.support import csrf_token
@@ -111,12 +114,9 @@ def test_counts_match_a_known_sequence_of_requests(metrics_replica):
         assert value(changed, "messageapp_http_request_duration_seconds_bucket", **inf) == count
 
     assert value(changed, "messageapp_message_saves_total") == 3
-    refusals = {
-        r: value(changed, "messageapp_message_refusals_total", reason=r)
-        for r in metrics.REFUSAL_REASONS
-    }
+    refusals = {r: value(changed, "messageapp_message_refusals_total", reason=r) for r in REFUSALS}
     assert refusals == {
-        **dict.fromkeys(metrics.REFUSAL_REASONS, 0),
+        **dict.fromkeys(REFUSALS, 0),
         "over_count": 1,
         "empty": 1,
         "too_long": 1,
@@ -165,6 +165,84 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     assert value(scrape(port), REQUESTS, **labels) == 11
 
 
+def test_150_worker_restarts_leave_the_metrics_directory_as_it_was(metrics_replica, tmp_path):
+    """A dead worker's files are folded into the dead workers' own: the directory holds the
+    same files (but for the live worker's pid) and bytes after 150 restarts as after 3, and
+    every scrape meanwhile counts each request exactly once.
+
+    One worker, SIGKILLed after each request, as a crash or an out-of-memory kill would end it
+    (max_requests and SIGHUP end workers the same way for the master). --preload makes a
+    restart a fork rather than an import of the app, and /healthz needs no template compiled:
+    seconds for all 150, not minutes; a worker leaves the same files either way."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    replica, port = metrics_replica(
+        PROMETHEUS_MULTIPROC_DIR=str(directory), WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS="--preload"
+    )
+    master = replica.process.pid
+    labels = {"route": "/healthz", "method": "GET", "status": "200"}
+    served = value(scrape(port), REQUESTS, **labels)  # start_gunicorn's readiness probes
+    seen: list[float] = []  # the count of requests in each background scrape
+    stop = threading.Event()
+
+    failures: list[BaseException] = []
+
+    def scrape_meanwhile() -> None:
+        while not stop.wait(0.1):
+            try:
+                seen.append(value(scrape(port), REQUESTS, **labels))
+            except Exception as exc:  # reported below
+                failures.append(exc)
+
+    def serve_one() -> None:
+        nonlocal served
+        assert requests.get(f"{replica.url}/healthz", timeout=30).status_code == 200
+        served += 1
+
+    def restart_once() -> None:
+        serve_one()  # so that the worker has written its files
+        (worker,) = child_pids(master)
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: child_pids(master) - {worker}, 30, "a new worker")
+
+    def files() -> dict[str, int]:
+        """The directory's files, by name with the pids named "master" and "live": sizes."""
+        (live,) = child_pids(master)
+        names = {str(master): "master", str(live): "live"}
+        return {
+            re.sub(r"\d+", lambda m: names.get(m[0], m[0]), p.name): p.stat().st_size
+            for p in directory.iterdir()
+        }
+
+    scraper = threading.Thread(target=scrape_meanwhile)
+    scraper.start()
+    try:
+        for _ in range(3):
+            restart_once()
+        serve_one()
+        early = files()
+        for _ in range(147):
+            restart_once()
+        serve_one()
+        late = files()
+    finally:
+        stop.set()
+        scraper.join(30)
+    assert failures == []
+    assert late == early, "the directory grew with the restarts"
+    # prometheus_client's files for the master (which imported the app: --preload), the live
+    # worker, and the dead workers' (folded).
+    assert sorted(early) == [
+        f"{kind}_{who}.db"
+        for kind in ("counter", "histogram")
+        for who in ("dead", "live", "master")
+    ]
+    assert value(scrape(port), REQUESTS, **labels) == served
+    assert len(seen) > 10
+    assert seen == sorted(seen), "a scrape counted a dead worker's requests twice, or lost them"
+    assert max(seen) <= served
+
+
 def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica):
     """SIGHUP makes gunicorn read gunicorn.conf.py again and replace every worker."""
     replica, port = metrics_replica()
@@ -206,6 +284,18 @@ def test_metrics_are_not_served_on_the_main_port(metrics_replica):
     assert response.status_code == 404
     assert "messageapp_" not in response.text
     assert REQUESTS in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def test_the_workers_do_not_hold_the_metrics_listener(metrics_replica):
+    """Forked from the master, a worker would otherwise keep the port open after the master
+    died, and the kernel could hand it connections it never answers."""
+    replica, port = metrics_replica()
+    master = replica.process.pid
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
+    _, listener = listening_sockets(master)[port]
+    for worker in child_pids(master):
+        assert listener not in socket_inodes(worker), worker
+        assert port not in listening_sockets(worker)
 
 
 def test_labels_stay_bounded_under_1000_random_paths(metrics_replica):

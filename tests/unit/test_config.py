@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import socket
 from dataclasses import MISSING, fields
@@ -51,6 +52,7 @@ EVERY = {
     "GUNICORN_BIND": "127.0.0.1:8000",
     "WEB_CONCURRENCY": "4",
     "METRICS_PORT": "9100",
+    "METRICS_HOST": "192.0.2.10",
     "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
 }
 
@@ -71,7 +73,11 @@ def test_every_variable_is_read():
     assert s.forwarded_allow_ips == ("10.0.0.0/16", "127.0.0.1")
     assert (s.log_level, s.replica_name) == ("DEBUG", "pod-1")
     assert (s.gunicorn_bind, s.web_concurrency) == ("127.0.0.1:8000", 4)
-    assert (s.metrics_port, s.metrics_dir) == (9100, Path("/run/metrics"))
+    assert (s.metrics_port, s.metrics_host, s.metrics_dir) == (
+        9100,
+        "192.0.2.10",
+        Path("/run/metrics"),
+    )
     defaults = Settings(redis_host="h", secret_key="t" * 32)
     same = [f.name for f in fields(Settings) if getattr(s, f.name) == getattr(defaults, f.name)]
     assert same == []
@@ -166,3 +172,30 @@ def test_what_python_m_app_asks_of_the_environment(tmp_path):
     assert not is_set("REDIS_HOST", {"REDIS_HOST": " "})
     assert local_data_dir({"LOCAL_DATA_DIR": str(tmp_path)}) == tmp_path
     assert local_data_dir({}) == REPO_ROOT / ".local-data"
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Where a source file reads the environment: os.getenv, or os.environ used other than
+    to set a variable (``os.environ[...] = ...``, ``os.environ.update(...)``)."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    reads = []
+    for node in ast.walk(tree):
+        code = ast.unparse(node) if isinstance(node, ast.Attribute) else ""
+        if code == "os.getenv":
+            reads.append(f"{path.name}:{node.lineno}")
+        elif code == "os.environ":
+            parent = parents[node]
+            sets = isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store)
+            updates = isinstance(parent, ast.Attribute) and parent.attr == "update"
+            if not (sets or updates):
+                reads.append(f"{path.name}:{node.lineno}")
+    return reads
+
+
+def test_only_the_config_reads_the_environment():
+    """One source per setting: no other module of app/, nor gunicorn.conf.py, reads a variable
+    (python -m app and metrics_dir set some, for gunicorn and prometheus_client)."""
+    sources = [*(REPO_ROOT / "app").glob("*.py"), REPO_ROOT / "gunicorn.conf.py"]
+    assert [r for p in sources if p.name != "config.py" for r in _environment_reads(p)] == []
+    assert _environment_reads(REPO_ROOT / "app" / "config.py")  # the check sees a read

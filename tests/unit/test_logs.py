@@ -28,9 +28,10 @@ def test_app_log_lines_are_json_with_the_request_id(capsys, make_app):
     client = make_app().test_client()  # made here, so that its log handler writes to capsys
     client.post("/persistMessage", data={"message": "x"}, headers={"X-Request-ID": "trace-7"})
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
-    refused = [line for line in lines if line["message"].startswith("form refused")]
+    refused = [line for line in lines if line["message"] == "refused: csrf"]
     assert refused and refused[0]["request_id"] == "trace-7"
-    assert refused[0]["level"] == "INFO" and refused[0]["logger"] == "app.validation"
+    assert refused[0]["level"] == "INFO" and refused[0]["logger"] == "app.refusals"
+    assert refused[0]["reason"] == "csrf" and "token" in refused[0]["detail"]
 
 
 def test_extra_fields_and_exceptions_are_serialised():

@@ -1,5 +1,5 @@
-"""Prometheus metrics, the pieces: Redis errors by kind, refusal reasons, the port setting, the
-workers' metrics directory.
+"""Prometheus metrics, the pieces: Redis errors by kind, the port setting, the workers' metrics
+directory (refusals by reason: tests/unit/test_refusals.py).
 
 The counts a real gunicorn serves are checked in tests/system/test_metrics.py.
 """
@@ -30,11 +30,6 @@ from tests.support import SECRET
 def test_redis_errors_map_to_a_fixed_kind(error, kind):
     assert metrics.error_kind(error) == kind
     assert kind in metrics.ERROR_KINDS
-
-
-def test_an_unknown_refusal_reason_is_a_programming_error():
-    with pytest.raises(KeyError):
-        metrics.refused("made-up reason")
 
 
 @pytest.mark.parametrize(("raw", "port"), [(None, 9090), ("0", 0), ("9100", 9100)])
