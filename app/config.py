@@ -56,12 +56,8 @@ class Settings:
 
     @property
     def max_content_length(self) -> int:
-        """The largest request body worth reading.
-
-        Derived rather than configured: a maximal message percent-encodes to at most
-        12 bytes per character (4 UTF-8 bytes, each as %XX), plus room for the token.
-        """
-        return self.message_max_length * 12 + 4096
+        """The largest request body worth reading (see ``body_cap``)."""
+        return body_cap(self.message_max_length)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,7 +86,7 @@ class Settings:
             secret_key=secret_key,
             session_lifetime_seconds=_integer(env, "SESSION_LIFETIME_SECONDS", 1800, 60, 2_592_000),
             session_cookie_secure=_boolean(env, "SESSION_COOKIE_SECURE", False),
-            message_max_length=_integer(env, "MESSAGE_MAX_LENGTH", 2000, 1, 100_000),
+            message_max_length=_message_max_length(env),
             messages_max_per_session=_integer(env, "MESSAGES_MAX_PER_SESSION", 500, 1, 1_000_000),
             log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
             replica_name=_text(env, "REPLICA_NAME") or socket.gethostname(),
@@ -112,6 +108,25 @@ class Settings:
             # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
             redis_username=_text(env, "REDIS_USERNAME"),
         )
+
+
+def body_cap(message_max_length: int) -> int:
+    """The largest request body worth reading, for the app and for nginx in front of it.
+
+    Derived rather than configured: a maximal message percent-encodes to at most 12 bytes per
+    character (4 UTF-8 bytes, each as %XX), plus room for the token.
+    """
+    return message_max_length * 12 + 4096
+
+
+def proxy_body_cap(environ: Mapping[str, str] | None = None) -> int:
+    """The body cap for the pod's nginx sidecar (``app.proxy``), which is given
+    MESSAGE_MAX_LENGTH alone (no Secret, no Redis): read and checked as ``Settings`` does."""
+    return body_cap(_message_max_length(os.environ if environ is None else environ))
+
+
+def _message_max_length(env: Mapping[str, str]) -> int:
+    return _integer(env, "MESSAGE_MAX_LENGTH", 2000, 1, 100_000)
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:

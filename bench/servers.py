@@ -219,6 +219,8 @@ class Nginx:
 
     upstream_port: int
     log_path: Path
+    # The app's settings the sidecar is given (MESSAGE_MAX_LENGTH), as in k8s/deployment.yaml.
+    env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
@@ -249,6 +251,16 @@ class Nginx:
         self.workdir.chmod(0o755)
         conf = self.workdir / "nginx.conf"
         conf.write_text(self.config(self.workdir))
+        # The body limits, written as the pod's sidecar writes them before starting nginx.
+        with open(self.workdir / "limits.conf", "wb") as limits:
+            subprocess.run(
+                [sys.executable, "-m", "app.proxy"],
+                cwd=REPO_ROOT,
+                env={**os.environ, **self.env},
+                stdout=limits,
+                check=True,
+                timeout=60,
+            )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [binary, "-c", str(conf), "-p", str(self.workdir)],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import ConfigError, Settings
+from app.config import ConfigError, Settings, proxy_body_cap
 from app.connection import check_server
+from app.proxy import limits
 from tests.support import free_port
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
@@ -109,3 +110,15 @@ def test_an_unreachable_server_is_taken_for_one_primary_unless_told(caplog):
     ):
         with pytest.raises(ConfigError, match=named):
             check_server(Settings.from_env({**nobody, "REDIS_CLUSTER": "true", **changes}))
+
+
+def test_the_proxy_reads_the_body_cap_as_the_app_does():
+    """nginx's cap (app.proxy) comes from MESSAGE_MAX_LENGTH alone, read and checked as the
+    app reads it, so the two can never disagree; the sidecar has no Secret and no Redis."""
+    for value in ("1", "500", "2000", "100000"):
+        app = Settings.from_env({**BASE, "MESSAGE_MAX_LENGTH": value}).max_content_length
+        assert proxy_body_cap({"MESSAGE_MAX_LENGTH": value}) == app
+    assert proxy_body_cap({}) == Settings.from_env(BASE).max_content_length == 28_096
+    with pytest.raises(ConfigError, match="MESSAGE_MAX_LENGTH"):
+        proxy_body_cap({"MESSAGE_MAX_LENGTH": "0"})
+    assert "client_max_body_size 28096;\nclient_body_buffer_size 28096;\n" in limits(28_096)
