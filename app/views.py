@@ -14,6 +14,8 @@ from . import csrf, metrics
 from .config import current_settings
 from .context import current_rate_limits, current_sessions
 from .store import SessionFull, SessionGone, SessionOverBudget
+from .text import length as text_length
+from .text import normalised
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,20 @@ def index() -> Any:
 def persist_message() -> Any:
     settings = current_settings()
     raw = request.form.get("message")
-    text = (raw or "").strip()
+    # Stored, counted and budgeted as the page's textarea holds it (see app/text.py).
+    text = normalised(raw or "").strip()
     if not text:
         log.info("message refused: empty")
         metrics.refused("empty")
         return render_page(400, "Write a message before saving: it was empty.", draft=raw or "")
-    if len(text) > settings.message_max_length:
-        log.info("message refused: %d characters", len(text))
+    length = text_length(text)
+    if length > settings.message_max_length:
+        log.info("message refused: %d characters", length)
         metrics.refused("too_long")
         return render_page(
             400,
             f"A message can be at most {settings.message_max_length:,} characters; "
-            f"this one has {len(text):,}. Nothing was saved.",
+            f"this one has {length:,}. Nothing was saved.",
             draft=raw or "",
         )
     save_id = request.form.get("save_id")
