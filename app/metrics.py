@@ -93,6 +93,16 @@ REDIS_ERRORS = Counter(
     "Redis operations that failed after their retries, by operation and kind of error.",
     ["operation", "kind"],
 )
+# Why a request was answered 503 because of the session store (app/errors.py says each one's
+# page): unreachable (also slow, failing over, loading: trying again soon helps), not_replicated
+# (no replica confirmed a save in time), out_of_memory (Redis refuses writes: trying again soon
+# does not help), error (anything else, e.g. refused credentials).
+UNAVAILABLE_REASONS = ("unreachable", "not_replicated", "out_of_memory", "error")
+UNAVAILABLE_RESPONSES = Counter(
+    PREFIX + "unavailable_responses",
+    "Requests answered 503 because of the session store, by reason.",
+    ["reason"],
+)
 FAIL_FAST_RESPONSES = Counter(
     PREFIX + "fail_fast_responses",
     "Requests refused at once (503) because Redis was already known to be away.",
@@ -111,11 +121,17 @@ SESSIONS_DESTROYED = Counter(
 # Children made once, so that every reason shows (as 0) from the start and a hot path never
 # pays for labels()'s validation.
 _REFUSALS = {reason: MESSAGE_REFUSALS.labels(reason) for reason in REFUSAL_REASONS}
+_UNAVAILABLE = {reason: UNAVAILABLE_RESPONSES.labels(reason) for reason in UNAVAILABLE_REASONS}
 
 
 def refused(reason: str) -> None:
     """Count one refusal; ``reason`` must be one of REFUSAL_REASONS (a fixed list)."""
     _REFUSALS[reason].inc()
+
+
+def unavailable(reason: str) -> None:
+    """Count one 503; ``reason`` must be one of UNAVAILABLE_REASONS (a fixed list)."""
+    _UNAVAILABLE[reason].inc()
 
 
 def error_kind(exc: BaseException) -> str:
