@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import ConfigError, proxy_body_cap
+from .config import ConfigError, Settings, body_cap
 
 
 def limits(cap: int) -> str:
@@ -27,7 +27,7 @@ def limits(cap: int) -> str:
 
 def main() -> None:
     try:
-        cap = proxy_body_cap()
+        cap = body_cap(Settings.one_from_env("message_max_length"))
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     sys.stdout.write(limits(cap))

@@ -25,7 +25,7 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.utils import parse_quantity
 
-from app.config import proxy_body_cap
+from app.config import Settings, body_cap
 from tests.support import NGINX_CONNECTION_OVERHEAD, REPO_ROOT, checkov_report
 
 K8S_DIR = REPO_ROOT / "k8s"
@@ -236,7 +236,7 @@ def test_the_proxy_memory_limit_covers_every_connection_holding_a_body(
     nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     (connections,) = re.findall(r"^\s*worker_connections (\d+);", nginx_conf, re.M)
     (workers,) = re.findall(r"^\s*worker_processes (\d+);", nginx_conf, re.M)
-    cap = proxy_body_cap(models["ConfigMap"].data)
+    cap = body_cap(Settings.one_from_env("message_max_length", models["ConfigMap"].data))
     worst = int(workers) * int(connections) * (cap + NGINX_CONNECTION_OVERHEAD)
     base = 16 * 1024 * 1024  # the master and an idle worker: ~6 MB measured
     assert parse_quantity(proxy.resources.limits["memory"]) >= worst + base
