@@ -14,7 +14,10 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.support import csrf_token, free_port, listed_messages, wait_until, worker_pids
+from localservers.ports import free_port
+from localservers.processes import child_pids
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages
 
 from .test_metrics import scrape, value
 
@@ -26,12 +29,11 @@ TRY_AGAIN_SOON = "try again in a few seconds"
 
 @pytest.fixture
 def replica(valkey, start_replica):
-    """A replica with both workers up; its metrics port as ``replica.metrics_port``."""
+    """A replica with both workers up, and its metrics port."""
     port = free_port()
     started = start_replica(valkey.port, "outage", METRICS_PORT=str(port))
-    wait_until(lambda: len(worker_pids(started.process.pid)) == 2, 30, "both workers")
-    started.metrics_port = port
-    return started
+    wait_until(lambda: len(child_pids(started.process.pid)) == 2, 30, "both workers")
+    return started, port
 
 
 class Visitor:
@@ -56,11 +58,12 @@ def _app_lines(log: str) -> list[dict]:
 def test_an_outage_under_load_writes_a_few_lines_a_second_and_counts_every_503(
     valkey, replica
 ) -> None:
+    replica, metrics_port = replica
     visitors = [Visitor(replica.url) for _ in range(VISITORS)]
     for number, visitor in enumerate(visitors):
         assert visitor.save(f"visitor {number}").status_code == 303
     before = len(_app_lines(replica.log()))
-    scraped = scrape(replica.metrics_port)
+    scraped = scrape(metrics_port)
     statuses: Counter[int] = Counter()
     pages: list[str] = []
     stop = threading.Event()
@@ -99,7 +102,7 @@ def test_an_outage_under_load_writes_a_few_lines_a_second_and_counts_every_503(
     written = sum(len(lines) for lines in lines_by_logger().values())
     valkey.start()
     wait_until(lambda: visitors[0].browser.get(f"{replica.url}/", timeout=10).ok, 10, "recovery")
-    after = scrape(replica.metrics_port)
+    after = scrape(metrics_port)
     print(
         f"\noutage: {OUTAGE_SECONDS} s, {sum(statuses.values())} requests "
         f"({dict(statuses)}); {written} app lines written for {failed} 503s"
@@ -118,6 +121,7 @@ def test_an_outage_under_load_writes_a_few_lines_a_second_and_counts_every_503(
 def test_a_full_cache_answers_its_own_503_and_messages_stay_readable(valkey, replica) -> None:
     """Redis out of memory (noeviction, or nothing left to evict): saves are refused with a page
     saying so (trying again soon cannot help), counted under their own reason; reading works."""
+    replica, metrics_port = replica
     owner = Visitor(replica.url)
     assert owner.save("kept").status_code == 303
     newcomer = Visitor(replica.url)
@@ -135,7 +139,7 @@ def test_a_full_cache_answers_its_own_503_and_messages_stay_readable(valkey, rep
         assert TRY_AGAIN_SOON not in response.text
         assert "Retry-After" not in response.headers
     assert page.status_code == 200 and listed_messages(page.text) == ["kept"]
-    assert value(scrape(replica.metrics_port), UNAVAILABLE, reason="out_of_memory") == 2
+    assert value(scrape(metrics_port), UNAVAILABLE, reason="out_of_memory") == 2
 
     def logged() -> list[dict]:
         return [line for line in _app_lines(replica.log()) if line.get("reason") == "out_of_memory"]

@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 import requests
 
-from bench.servers import Nginx
+from localservers.nginx import Nginx
+from localservers.waits import wait_until
 from tests.support import (
     NGINX_CONNECTION_OVERHEAD,
     REPO_ROOT,
     csrf_token,
     listed_messages,
     raw_exchange,
-    wait_until,
 )
 
 from .test_hostile_http import MALFORMED
@@ -143,9 +143,9 @@ def _watch(slow: list[Slow], until: float, trickle: bool) -> None:
 def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     proxy, _ = pod
     browser = requests.Session()
-    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
     saved = browser.post(
-        f"{proxy.base_url}/persistMessage",
+        f"{proxy.url}/persistMessage",
         data={"message": "kept", "csrf_token": token},
         timeout=10,
     )
@@ -155,7 +155,7 @@ def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     slow = [_open_slow(proxy.port, "headers", cookie, n) for n in range(SLOW_HEADERS)]
     slow += [_open_slow(proxy.port, "body", cookie, SLOW_HEADERS + n) for n in range(SLOW_BODIES)]
     probes = Probes()
-    prober = threading.Thread(target=_probe, args=(proxy.base_url, browser, probes))
+    prober = threading.Thread(target=_probe, args=(proxy.url, browser, probes))
     prober.start()
     try:
         # Phase 1: every connection keeps sending, a byte a second. Slow headers never finish
@@ -236,9 +236,9 @@ def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     believes its one peer: the app sees HTTPS and sends HSTS. Without the header, nginx states
     the scheme it saw itself (http)."""
     proxy, _ = pod
-    https = requests.get(f"{proxy.base_url}/", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    https = requests.get(f"{proxy.url}/", headers={"X-Forwarded-Proto": "https"}, timeout=10)
     assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
-    plain = requests.get(f"{proxy.base_url}/", timeout=10)
+    plain = requests.get(f"{proxy.url}/", timeout=10)
     assert "Strict-Transport-Security" not in plain.headers
 
 
@@ -319,9 +319,9 @@ def test_no_body_is_parked_on_disk_and_oversized_ones_are_refused_at_once(pod, s
     proxy, _ = pod
     cap = settings.max_content_length  # the app's own cap, with the pod's MESSAGE_MAX_LENGTH
     browser = requests.Session()
-    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
     first = {"message": "first", "csrf_token": token}  # the first save sets the session cookie
-    assert browser.post(f"{proxy.base_url}/persistMessage", data=first, timeout=10).ok
+    assert browser.post(f"{proxy.url}/persistMessage", data=first, timeout=10).ok
     cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
 
     # The attack: each connection declares 2 MB and sends all of it but the last byte.
@@ -360,7 +360,7 @@ def test_no_body_is_parked_on_disk_and_oversized_ones_are_refused_at_once(pod, s
     assert parked == [], parked
     assert answered_at_once == [413] * ATTACKERS
     assert served == [303] * AT_CAP  # a body of exactly the cap passes nginx and is saved
-    page = browser.get(f"{proxy.base_url}/", timeout=10).text
+    page = browser.get(f"{proxy.url}/", timeout=10).text
     assert sorted(listed_messages(page)) == sorted(
         ["first", *(f"at cap {n}" for n in range(AT_CAP))]
     )
@@ -391,11 +391,11 @@ def test_the_body_cap_follows_message_max_length(start_pod, settings) -> None:
     proxy, _ = start_pod(MESSAGE_MAX_LENGTH="500")
     cap = replace(settings, message_max_length=500).max_content_length
     browser = requests.Session()
-    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
     body = f"csrf_token={token}&message=exactly+the+cap&pad=".encode()
     exact = body + b"x" * (cap - len(body))
     saved = browser.post(
-        f"{proxy.base_url}/persistMessage",
+        f"{proxy.url}/persistMessage",
         data=exact,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         allow_redirects=False,
@@ -427,9 +427,9 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
     limit = _limit_per_client()
     cap = settings.max_content_length
     browser = requests.Session()
-    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
     first = {"message": "first", "csrf_token": token}
-    assert browser.post(f"{proxy.base_url}/persistMessage", data=first, timeout=10).ok
+    assert browser.post(f"{proxy.url}/persistMessage", data=first, timeout=10).ok
     cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
 
     held: list[tuple[socket.socket, bytes]] = []

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from app.logs import JsonFormatter, RepeatLimit, request_id_from
-from tests.support import wait_until
+from localservers.waits import wait_until
 
 
 def test_well_formed_request_ids_are_kept_others_replaced():
