@@ -34,7 +34,7 @@ from tests.support import (
     raw_exchange,
 )
 
-from .test_hostile_http import MALFORMED
+from .test_hostile_http import MALFORMED, chunked_body
 
 SLOW_HEADERS = 200
 SLOW_BODIES = 50
@@ -411,6 +411,29 @@ def test_the_body_cap_follows_message_max_length(start_pod, settings) -> None:
     assert "x-served-by" not in fields  # nginx's answer: the body never reached the app
     for header in SECURITY_HEADERS:
         assert header.lower() in fields, (header, fields)
+    # Chunked (no Content-Length): the same cap on the body as sent, and held in memory.
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+    head = (
+        "POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Cookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    body = f"csrf_token={token}&message=chunked+at+the+cap&pad=".encode()
+    data = head + chunked_body(body + b"x" * (cap - len(body)))
+    with _connect(proxy.port) as conn:
+        conn.sendall(data[:-1])
+        wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read the chunked body")
+        parked = _body_files(proxy)
+        conn.sendall(data[-1:])
+        (status,) = _status_lines([conn], within=15.0)
+    assert parked == [] and status == 303
+    over = head + chunked_body(body + b"x" * (cap + 1 - len(body)))
+    status, fields = _exchange(proxy.port, over)
+    assert status == 413 and "x-served-by" not in fields
+    assert listed_messages(browser.get(f"{proxy.url}/", timeout=10).text) == [
+        "exactly the cap",
+        "chunked at the cap",
+    ]
 
 
 def _limit_per_client() -> int:
