@@ -95,10 +95,12 @@ def test_an_outage_under_load_writes_a_few_lines_a_second_and_counts_every_503(
         """Requests a logger's lines stand for: each line, and the repeats it reports."""
         return sum(1 + line.get("repeats", 0) for line in lines_by_logger().get(logger, []))
 
-    # Each 503 is one line of each kind (opening the session, answering 503), written or
-    # counted in a line written at most a second later.
-    kinds = ("app.sessions", "app.errors")
-    wait_until(lambda: all(accounted(k) == failed for k in kinds), 10, "every 503 accounted")
+    # Each 503 writes one line answering it (errors.py), written or counted in a line written
+    # at most a second later; other kinds of line (the store's own) are limited alike.
+    wait_until(lambda: accounted("app.errors") == failed, 10, "every 503 accounted")
+    kinds = {
+        (line["logger"], line["level"]) for lines in lines_by_logger().values() for line in lines
+    }
     written = sum(len(lines) for lines in lines_by_logger().values())
     valkey.start()
     wait_until(lambda: visitors[0].browser.get(f"{replica.url}/", timeout=10).ok, 10, "recovery")
@@ -107,7 +109,8 @@ def test_an_outage_under_load_writes_a_few_lines_a_second_and_counts_every_503(
         f"\noutage: {OUTAGE_SECONDS} s, {sum(statuses.values())} requests "
         f"({dict(statuses)}); {written} app lines written for {failed} 503s"
     )
-    assert failed > 200 * len(kinds)  # enough load for the limit to matter
+    assert failed > 500  # enough load for the limit to matter
+    assert len(kinds) <= 3, kinds
     assert set(statuses) == {503}
     assert TRY_AGAIN_SOON in pages[0]
     # At most one line per kind, per worker, per second (and the first one at once).
