@@ -236,12 +236,8 @@ class Settings:
 
     @property
     def max_content_length(self) -> int:
-        """The largest request body worth reading.
-
-        Derived rather than configured: a maximal message percent-encodes to at most
-        12 bytes per character (4 UTF-8 bytes, each as %XX), plus room for the token.
-        """
-        return self.message_max_length * 12 + 4096
+        """The largest request body worth reading (see ``body_cap``)."""
+        return body_cap(self.message_max_length)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -256,6 +252,26 @@ class Settings:
             elif setting.metadata["unset"] is not None:
                 raise ConfigError(setting.metadata["unset"])
         return cls(**values)
+
+    @classmethod
+    def one_from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
+        """The setting ``name`` alone, read and checked as ``from_env`` reads it (its default
+        when unset): for the pod's nginx sidecar (app/proxy.py), which is given
+        MESSAGE_MAX_LENGTH and nothing else (no Secret, no Redis host)."""
+        env = os.environ if environ is None else environ
+        (setting,) = [f for f in fields(cls) if f.name == name]
+        variable = setting.metadata["variable"]
+        raw = env.get(variable, "").strip()
+        return setting.metadata["read"](variable, raw) if raw else setting.default
+
+
+def body_cap(message_max_length: int) -> int:
+    """The largest request body worth reading, for the app and for nginx in front of it.
+
+    Derived rather than configured: a maximal message percent-encodes to at most 12 bytes per
+    character (4 UTF-8 bytes, each as %XX), plus room for the token.
+    """
+    return message_max_length * 12 + 4096
 
 
 def is_set(variable: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -1,22 +1,102 @@
-"""What users see when something fails (Redis away, a wrong address or method, a bug): a short
-page, never a traceback. Refused input is in ``refusals``; all but a body too large to read
-is answered on the message page (``views.refused``)."""
+"""What users see when something fails (Redis away or full, a wrong address or method, a bug): a
+short page that says what is true, never a traceback. Refused input is in ``refusals``; all but
+a body too large to read is answered on the message page (``views.refused``)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, render_template
 from redis import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from . import metrics
 from .config import current_settings
 from .refusals import refuse
+from .store import NotReplicated
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """One kind of 503: its reason (a label of ``metrics.UNAVAILABLE_RESPONSES``), its page,
+    whether trying again soon can help (then ``Retry-After``), and how loudly it is logged."""
+
+    reason: str
+    title: str
+    message: str
+    retry_after: int | None
+    level: int
+
+
+_TRANSIENT = Unavailable(
+    "unreachable",
+    "Temporarily unavailable",
+    "Your messages are safe, but we cannot reach them right now. "
+    "Please try again in a few seconds.",
+    RETRY_AFTER_SECONDS,
+    logging.WARNING,
+)
+_ERROR = Unavailable(
+    "error",
+    "Temporarily unavailable",
+    "Your messages are safe, but something went wrong on our side while reaching them. "
+    "It has been logged for the people who run this site.",
+    None,
+    logging.ERROR,
+)
+# In the order checked: redis-py's classes nest (an authentication failure is a ConnectionError,
+# an out-of-memory refusal a ResponseError).
+_KINDS: tuple[tuple[type[BaseException], Unavailable], ...] = (
+    (
+        # Redis refuses writes: maxmemory reached with noeviction, or with nothing left to evict.
+        # It lasts until sessions expire or the cache grows (docs/failure-behaviour.md).
+        redis.exceptions.OutOfMemoryError,
+        Unavailable(
+            "out_of_memory",
+            "Messages cannot be saved right now",
+            "Your messages are safe and can still be read, but the message store is full, so "
+            "nothing new can be saved until it has room again. Trying again right away will "
+            "not help; please try again later.",
+            None,
+            logging.ERROR,
+        ),
+    ),
+    (
+        NotReplicated,
+        Unavailable(
+            "not_replicated",
+            "Not saved",
+            "Your message could not be confirmed as safely stored; your other messages are "
+            "safe. Please send it again in a few seconds by reloading this page: the same form "
+            "is never stored twice.",
+            RETRY_AFTER_SECONDS,
+            logging.WARNING,
+        ),
+    ),
+    # Credentials refused: fixed by whoever runs the site, not by waiting a few seconds.
+    (redis.AuthenticationError, _ERROR),
+    (redis.ConnectionError, _TRANSIENT),
+    (redis.TimeoutError, _TRANSIENT),
+    (redis.BusyLoadingError, _TRANSIENT),
+    (redis.ReadOnlyError, _TRANSIENT),  # a failover under way
+)
+
+
+def unavailability(exc: BaseException) -> Unavailable:
+    """Which kind of 503 a Redis failure is."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return _ERROR
+
+
 _HUMAN = {
     400: "The request could not be understood.",
     404: "There is no page at this address.",
@@ -31,14 +111,17 @@ def register(app: Flask) -> None:
 
 
 def store_unavailable(exc: Exception) -> Any:
-    log.warning("session store unavailable: %s", exc, extra={"error": type(exc).__name__})
-    body = render_template(
-        "error.html",
-        title="Temporarily unavailable",
-        message="Your messages are safe, but we cannot reach them right now. "
-        "Please try again in a few seconds.",
+    kind = unavailability(exc)
+    log.log(
+        kind.level,
+        "session store unavailable: %s",
+        exc,
+        extra={"error": type(exc).__name__, "reason": kind.reason},
     )
-    return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    metrics.unavailable(kind.reason)
+    body = render_template("error.html", title=kind.title, message=kind.message)
+    headers = {} if kind.retry_after is None else {"Retry-After": str(kind.retry_after)}
+    return body, 503, headers
 
 
 def http_error(exc: HTTPException) -> Any:

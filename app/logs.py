@@ -1,9 +1,12 @@
-"""One JSON object per log line, each tagged with the request id.
+"""One JSON object per log line, each tagged with the request id, and at most one line a second
+from each line of code.
 
 Container platforms (CloudWatch, Fluent Bit, Loki) parse JSON lines without custom parsers,
 and the request id (taken from the load balancer's ``X-Request-ID`` when it is well formed,
 made up otherwise, and echoed in the response) ties a user's report to the app's and
-gunicorn's lines.
+gunicorn's lines. During an outage every request fails the same way; ``RepeatLimit`` keeps the
+app's log to a line a second per kind, with a count of the rest (gunicorn's access log still
+has a line per request).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import g, has_request_context, request
@@ -44,10 +49,77 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+@dataclass
+class _Second:
+    """One kind's current second: when it ends, and the lines held back in it."""
+
+    ends: float
+    held: int = 0
+    last: logging.LogRecord | None = None
+
+
+class RepeatLimit(logging.Filter):
+    """At most one line a second of each kind (a line of code at a level), never losing one.
+
+    The first line of a kind is written at once. Lines of that kind within the next second are
+    held back and counted; when the second is over, the last of them is written with
+    ``repeats``: how many more like it were not written. Then the next second starts, so an
+    outage writes one line per kind per second, and every line is either written or counted:
+    in a 10 s Redis outage one pod wrote 15,930 lines (3.2 MB), two per failed request.
+
+    Hand-written: log-rate-limit (PyPI) appends its count to the message text, keeps its state
+    without a lock, and reports a burst's count only with the next line of that kind, so the
+    end of an outage would go uncounted. The kinds are lines of code, so they are few.
+    """
+
+    def __init__(self, handler: logging.Handler, interval: float = 1.0) -> None:
+        super().__init__()
+        self._handler = handler
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._seconds: dict[tuple[str, int, int], _Second] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_released", False):
+            return True
+        kind = (record.pathname, record.lineno, record.levelno)
+        now = time.monotonic()
+        with self._lock:
+            second = self._seconds.get(kind)
+            if second is None or now >= second.ends:
+                # A new second (the timer below may not have run yet: its lines count here).
+                self._seconds[kind] = _Second(now + self._interval)
+                if second is not None and second.held:
+                    record.repeats = second.held
+                return True
+            if second.last is None:
+                release = threading.Timer(second.ends - now, self._release, (kind, second))
+                release.daemon = True
+                release.start()
+            second.held += 1
+            second.last = record
+        if has_request_context() and "request_id" in g:
+            record.request_id = g.request_id  # written later, outside the request
+        return False
+
+    def _release(self, kind: tuple[str, int, int], second: _Second) -> None:
+        with self._lock:
+            if self._seconds.get(kind) is not second or second.last is None:
+                return  # a line of this kind has already reported the count
+            record = second.last
+            record._released = True
+            if second.held > 1:
+                record.repeats = second.held - 1
+            self._seconds[kind] = _Second(time.monotonic() + self._interval)
+        self._handler.handle(record)
+
+
 def configure(level: str) -> None:
-    """Send the app's logs to stdout as JSON (gunicorn's own go through GunicornLogger)."""
+    """Send the app's logs to stdout as JSON (gunicorn's own go through GunicornLogger), at most
+    one line a second of each kind (``RepeatLimit``)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatLimit(handler))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

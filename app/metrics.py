@@ -77,6 +77,16 @@ REDIS_ERRORS = Counter(
     "Redis operations that failed after their retries, by operation and kind of error.",
     ["operation", "kind"],
 )
+# Why a request was answered 503 because of the session store (app/errors.py says each one's
+# page): unreachable (also slow, failing over, loading: trying again soon helps), not_replicated
+# (no replica confirmed a save in time), out_of_memory (Redis refuses writes: trying again soon
+# does not help), error (anything else, e.g. refused credentials).
+UNAVAILABLE_REASONS = ("unreachable", "not_replicated", "out_of_memory", "error")
+UNAVAILABLE_RESPONSES = Counter(
+    PREFIX + "unavailable_responses",
+    "Requests answered 503 because of the session store, by reason.",
+    ["reason"],
+)
 FAIL_FAST_RESPONSES = Counter(
     PREFIX + "fail_fast_responses",
     "Requests refused at once (503) because Redis was already known to be away.",
@@ -91,6 +101,15 @@ SESSIONS_CREATED = Counter(PREFIX + "sessions_created", "Sessions stored (first 
 SESSIONS_DESTROYED = Counter(
     PREFIX + "sessions_destroyed", "Sessions destroyed by their user (expiry is not counted)."
 )
+
+# Children made once, so that every reason shows (as 0) from the start and a 503 never pays
+# for labels()'s validation.
+_UNAVAILABLE = {reason: UNAVAILABLE_RESPONSES.labels(reason) for reason in UNAVAILABLE_REASONS}
+
+
+def unavailable(reason: str) -> None:
+    """Count one 503; ``reason`` must be one of UNAVAILABLE_REASONS (a fixed list)."""
+    _UNAVAILABLE[reason].inc()
 
 
 def error_kind(exc: BaseException) -> str:

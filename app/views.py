@@ -20,6 +20,8 @@ from .config import current_settings
 from .context import current_rate_limits, current_sessions
 from .refusals import refuse
 from .store import SessionFull, SessionGone, SessionOverBudget
+from .text import length as text_length
+from .text import normalised
 
 bp = Blueprint("messages", __name__)
 
@@ -37,11 +39,13 @@ def index() -> Any:
 def persist_message() -> Any:
     settings = current_settings()
     draft = request.form.get("message") or ""
-    text = draft.strip()
+    # Stored, counted and budgeted as the page's textarea holds it (see app/text.py).
+    text = normalised(draft).strip()
     if not text:
         return refused("empty", draft)
-    if len(text) > settings.message_max_length:
-        return refused("too_long", draft, limit=settings.message_max_length, length=len(text))
+    length = text_length(text)
+    if length > settings.message_max_length:
+        return refused("too_long", draft, limit=settings.message_max_length, length=length)
     save_id = request.form.get("save_id")
     if save_id is None:
         # A page rendered before save ids existed: still safe against redis-py's retry.

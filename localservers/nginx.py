@@ -3,9 +3,11 @@ loopback ports and a private directory (Debian's nginx runs it unprivileged, or 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ class Nginx:
 
     upstream_port: int
     log_path: Path
+    # The app's settings the sidecar is given (MESSAGE_MAX_LENGTH), as in k8s/deployment.yaml.
+    env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     workdir: Path | None = None
@@ -54,6 +58,16 @@ class Nginx:
         self.workdir.chmod(0o755)
         conf = self.workdir / "nginx.conf"
         conf.write_text(self.config(self.workdir))
+        # The body limits, written as the pod's sidecar writes them before starting nginx.
+        with (self.workdir / "limits.conf").open("wb") as limits:
+            subprocess.run(
+                [sys.executable, "-m", "app.proxy"],
+                cwd=REPO_ROOT,
+                env={**os.environ, **self.env},
+                stdout=limits,
+                check=True,
+                timeout=60,
+            )
         with self.log_path.open("ab") as log:
             process = self.process = subprocess.Popen(
                 [binary, "-c", str(conf), "-p", str(self.workdir)],

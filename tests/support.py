@@ -28,6 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Recorded answers and inputs the tests of several layers read.
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 SECRET = "test-secret-key-0123456789abcdef"
+# nginx's memory for a connection holding a request body, besides the body buffer itself
+# (header buffers, request pool): measured 9.2 KB by tests/system/test_proxy.py, which
+# bounds it; tests/infra/test_k8s.py sizes the proxy container's memory limit with it.
+NGINX_CONNECTION_OVERHEAD = 12 * 1024
 
 
 def csrf_token(page: str) -> str:

@@ -86,8 +86,14 @@ def test_healthcheck_command_detects_up_and_down(container: Running) -> None:
 
 def test_the_image_holds_the_proxy_sidecars_nginx_and_config(container: Running) -> None:
     """The pod's `proxy` sidecar runs `nginx -c /app/nginx.conf` from this image, as the same
-    non-root user on a read-only root; /tmp/nginx is its emptyDir there."""
-    check = container.exec("sh", "-c", "mkdir -p /tmp/nginx && nginx -t -c /app/nginx.conf")
+    non-root user on a read-only root, after `python -m app.proxy` has written the body limits
+    it includes; /tmp/nginx is its emptyDir there."""
+    check = container.exec(
+        "sh",
+        "-c",
+        "mkdir -p /tmp/nginx && python -m app.proxy > /tmp/nginx/limits.conf"
+        " && nginx -t -c /app/nginx.conf",
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "test is successful" in check.stderr
 

@@ -26,8 +26,8 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.utils import parse_quantity
 
-from app.config import Settings
-from tests.support import REPO_ROOT, checkov_report
+from app.config import Settings, body_cap
+from tests.support import NGINX_CONNECTION_OVERHEAD, REPO_ROOT, checkov_report
 
 K8S_DIR = REPO_ROOT / "k8s"
 # The namespace the bare base puts every object in; nobody creates it, so `kubectl apply -k k8s/`
@@ -198,6 +198,24 @@ def test_pods_carry_the_recommended_labels(models: dict[str, Any]) -> None:
     labels = models["Deployment"].spec.template.metadata.labels
     assert labels["app.kubernetes.io/name"] == "message-app"
     assert {"app.kubernetes.io/component", "app.kubernetes.io/part-of"} <= labels.keys()
+
+
+def test_the_proxy_memory_limit_covers_every_connection_holding_a_body(
+    models: dict[str, Any],
+) -> None:
+    """nginx holds each body it accepts in memory (never on disk): with every connection it
+    allows holding a body of the app's cap one byte short, it must stay under its limit rather
+    than be OOM-killed with every connection of the pod. Ties nginx.conf's worker_connections,
+    the ConfigMap's MESSAGE_MAX_LENGTH and the container's limit together."""
+    pod = models["Deployment"].spec.template.spec
+    (proxy,) = pod.init_containers
+    nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
+    (connections,) = re.findall(r"^\s*worker_connections (\d+);", nginx_conf, re.M)
+    (workers,) = re.findall(r"^\s*worker_processes (\d+);", nginx_conf, re.M)
+    cap = body_cap(Settings.one_from_env("message_max_length", models["ConfigMap"].data))
+    worst = int(workers) * int(connections) * (cap + NGINX_CONNECTION_OVERHEAD)
+    base = 16 * 1024 * 1024  # the master and an idle worker: ~6 MB measured
+    assert parse_quantity(proxy.resources.limits["memory"]) >= worst + base
 
 
 def _resolve_port(port: int | str, container: Any) -> int:
@@ -499,7 +517,16 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
     (proxy,) = pod.init_containers
     assert proxy.name == "proxy" and proxy.restart_policy == "Always"  # a native sidecar
     assert proxy.image == app.image
-    assert proxy.command == ["nginx", "-c", "/app/nginx.conf"]
+    # The body limits from the app's setting, then nginx as the container's PID 1.
+    assert proxy.command[:2] == ["sh", "-c"]
+    limits, start = proxy.command[2].split(" && ")
+    assert limits == "python -m app.proxy > /tmp/nginx/limits.conf"
+    assert start == "exec nginx -c /app/nginx.conf"
+    assert "include /tmp/nginx/limits.conf;" in (REPO_ROOT / "nginx.conf").read_text()
+    (setting,) = proxy.env
+    assert setting.name == "MESSAGE_MAX_LENGTH"
+    assert setting.value_from.config_map_key_ref.name == models["ConfigMap"].metadata.name
+    assert setting.value_from.config_map_key_ref.key == "MESSAGE_MAX_LENGTH"
     nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     (listen,) = re.findall(r"^\s*listen (\d+);", nginx_conf, re.M)
     (upstream,) = re.findall(r"^\s*server ([\d.:]+);", nginx_conf, re.M)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support import session_keys
+from tests.support import session_keys, stored_messages
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -99,3 +99,24 @@ def test_a_refused_message_shows_the_reason_and_keeps_the_list(browser, valkey, 
     expect(page.locator("li.message")).to_have_text(["short"])
     # What was typed is still there to shorten, not lost.
     expect(page.locator("textarea[name=message]")).to_have_value("far too long for ten")
+
+
+def test_a_message_as_long_as_the_page_allows_is_saved(browser, valkey, start_replica):
+    """2,000 characters as the textarea counts them (its maxlength): line breaks count one
+    (the browser submits each as CRLF), a character outside the BMP (an emoji) two. The page
+    lets no more be typed, and what it let through is saved, with LF line breaks."""
+    replica = start_replica(valkey.port, "browser-replica")
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{replica.url}/")
+    lines = ["\U0001f600" * 5 + "a" * 180] + ["b" * 180] * 10  # 190 + 10 x 180 units, 10 breaks
+    text = "\n".join(lines)
+    page.focus("textarea[name=message]")
+    page.keyboard.insert_text(text)
+    page.keyboard.type("zz\n")  # past the limit: the textarea takes none of it
+    assert page.eval_on_selector("textarea", "t => t.value.length") == 2000
+    assert page.locator("textarea[name=message]").input_value() == text
+    submit(page, "Save Message")
+    expect(page.locator("#error")).to_have_count(0)
+    (key,) = session_keys(valkey.client())
+    assert stored_messages(valkey.client(), key) == [text]

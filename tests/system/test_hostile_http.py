@@ -78,7 +78,7 @@ def test_malformed_requests_get_a_4xx_and_kill_no_worker(replica):
     assert "Traceback" not in log and "status_code" not in log
 
 
-def _chunked(body: bytes, size: int = 4096) -> bytes:
+def chunked_body(body: bytes, size: int = 4096) -> bytes:
     pieces = [body[i : i + size] for i in range(0, len(body), size)]
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
@@ -91,7 +91,7 @@ def _chunked_save(port: int, cookies: dict[str, str], body: bytes) -> bytes:
         b"Content-Type: application/x-www-form-urlencoded\r\n"
         + f"Cookie: {cookie}\r\n".encode()
         + b"Transfer-Encoding: chunked\r\n\r\n"
-        + _chunked(body),
+        + chunked_body(body),
     )
 
 

@@ -7,22 +7,34 @@ security headers.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import selectors
 import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from localservers.nginx import Nginx
-from tests.support import csrf_token, raw_exchange
+from localservers.waits import wait_until
+from tests.support import (
+    NGINX_CONNECTION_OVERHEAD,
+    REPO_ROOT,
+    csrf_token,
+    listed_messages,
+    raw_exchange,
+)
 
-from .test_hostile_http import MALFORMED
+from .test_hostile_http import MALFORMED, chunked_body
 
 SLOW_HEADERS = 200
 SLOW_BODIES = 50
@@ -32,14 +44,25 @@ CLOSE_WAIT = 30.0  # bound on waiting for nginx to close the rest
 
 
 @pytest.fixture
-def pod(valkey, start_replica, tmp_path: Path) -> Iterator[tuple[Nginx, object]]:
-    replica = start_replica(valkey.port, "slow-pod", WEB_CONCURRENCY="2")
-    proxy = Nginx(replica.port, tmp_path / "nginx.log")
-    proxy.start()
-    try:
-        yield proxy, replica
-    finally:
+def start_pod(valkey, start_replica, tmp_path: Path) -> Iterator[Callable[..., tuple[Nginx, Any]]]:
+    """Start one pod: gunicorn and nginx in front of it, both given the settings ``env``."""
+    proxies: list[Nginx] = []
+
+    def start(**env: str) -> tuple[Nginx, Any]:
+        replica = start_replica(valkey.port, "pod", WEB_CONCURRENCY="2", **env)
+        proxy = Nginx(replica.port, tmp_path / f"nginx-{len(proxies)}.log", env)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy, replica
+
+    yield start
+    for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def pod(start_pod) -> tuple[Nginx, Any]:
+    return start_pod()
 
 
 @dataclass
@@ -56,8 +79,11 @@ class Probes:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def _open_slow(port: int, kind: str, cookie: str) -> Slow:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _open_slow(port: int, kind: str, cookie: str, number: int) -> Slow:
+    # Each from an address of its own (all of 127/8 is this host): many clients, as one
+    # address may hold only so many requests (limit_conn), which the probes' address shares.
+    source = f"127.0.{1 + number // 250}.{1 + number % 250}"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     if kind == "headers":
         sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     else:
@@ -126,8 +152,8 @@ def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     assert saved.status_code == 200 and "kept" in saved.text  # 303 followed to the page
     cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
 
-    slow = [_open_slow(proxy.port, "headers", cookie) for _ in range(SLOW_HEADERS)]
-    slow += [_open_slow(proxy.port, "body", cookie) for _ in range(SLOW_BODIES)]
+    slow = [_open_slow(proxy.port, "headers", cookie, n) for n in range(SLOW_HEADERS)]
+    slow += [_open_slow(proxy.port, "body", cookie, SLOW_HEADERS + n) for n in range(SLOW_BODIES)]
     probes = Probes()
     prober = threading.Thread(target=_probe, args=(proxy.url, browser, probes))
     prober.start()
@@ -214,3 +240,297 @@ def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
     plain = requests.get(f"{proxy.url}/", timeout=10)
     assert "Strict-Transport-Security" not in plain.headers
+
+
+# --- Bodies and connection limits -----------------------------------------------------------
+
+DECLARED = 2_000_000  # what each attacking connection claims to send
+ATTACKERS = 40
+AT_CAP = 10  # connections sending a body of exactly the cap: buffered in memory, then served
+
+
+def _post_head(length: int, cookie: str = "", extra: str = "") -> bytes:
+    return (
+        "POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Cookie: {cookie}\r\n{extra}Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def _status_lines(socks: list[socket.socket], within: float) -> list[int | None]:
+    """The status code each connection has been answered with ``within`` seconds (None: none
+    yet), reading without sending anything more."""
+    found: list[int | None] = [None] * len(socks)
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(socks):
+        selector.register(sock, selectors.EVENT_READ, index)
+    deadline = time.monotonic() + within
+    while None in found and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            selector.unregister(key.fileobj)
+            try:
+                head = key.fileobj.recv(64)  # type: ignore[union-attr]
+            except OSError:
+                head = b""
+            found[key.data] = int(head.split()[1]) if head.startswith(b"HTTP/") else 0
+    selector.close()
+    return found
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the server still takes: after refusing, nginx may close or stop reading."""
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def _unread(port: int) -> int:
+    """Bytes that arrived on ``port``'s connections and that the server has not read yet
+    (the receive queues in /proc/net/tcp)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+            unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+def _body_files(proxy: Nginx) -> list[str]:
+    """Request bodies nginx keeps on disk: open files of its workers that are deleted or in its
+    body temp directory, and whatever that directory holds."""
+    assert proxy.workdir is not None
+    temp = proxy.workdir / "body"
+    held = []
+    for pid in proxy.worker_pids():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.endswith("(deleted)") or target.startswith(str(temp)):
+                    held.append(f"{pid}: {target}")
+    if temp.exists():
+        held += [str(path) for path in temp.rglob("*") if path.is_file()]
+    return held
+
+
+def test_no_body_is_parked_on_disk_and_oversized_ones_are_refused_at_once(pod, settings) -> None:
+    proxy, _ = pod
+    cap = settings.max_content_length  # the app's own cap, with the pod's MESSAGE_MAX_LENGTH
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
+    first = {"message": "first", "csrf_token": token}  # the first save sets the session cookie
+    assert browser.post(f"{proxy.url}/persistMessage", data=first, timeout=10).ok
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+
+    # The attack: each connection declares 2 MB and sends all of it but the last byte.
+    attackers = [_connect(proxy.port) for _ in range(ATTACKERS)]
+    for sock in attackers:
+        sock.sendall(_post_head(DECLARED, cookie))
+    # Answered from the header alone, before any body byte: nothing to wait for.
+    answered_at_once = _status_lines(attackers, within=5.0)
+    with ThreadPoolExecutor(ATTACKERS) as senders:
+        list(senders.map(lambda s: _send_quietly(s, b"m" * (DECLARED - 1)), attackers))
+
+    # Beside them, forms of exactly the cap, also held one byte short of complete.
+    forms = []
+    for number in range(AT_CAP):
+        body = f"csrf_token={token}&save_id=at-cap-save-{number:04d}&message=at+cap+{number}&pad="
+        forms.append((body + "x" * (cap - len(body))).encode())
+    held = [_connect(proxy.port) for _ in forms]
+    for sock, body in zip(held, forms, strict=True):
+        sock.sendall(_post_head(len(body), cookie) + body[:-1])
+    try:
+        # Whatever nginx keeps of them, once it has read every byte sent.
+        wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read what was sent")
+        parked = _body_files(proxy)
+        for sock, body in zip(held, forms, strict=True):
+            sock.sendall(body[-1:])
+        served = _status_lines(held, within=15.0)
+    finally:
+        for sock in attackers + held:
+            sock.close()
+
+    print(
+        f"\nbodies: {ATTACKERS} connections declaring {DECLARED:,} bytes answered at once with "
+        f"{sorted(set(answered_at_once), key=str)}; {len(parked)} body files held; "
+        f"{AT_CAP} forms of {cap:,} bytes answered {sorted(set(served), key=str)}"
+    )
+    assert parked == [], parked
+    assert answered_at_once == [413] * ATTACKERS
+    assert served == [303] * AT_CAP  # a body of exactly the cap passes nginx and is saved
+    page = browser.get(f"{proxy.url}/", timeout=10).text
+    assert sorted(listed_messages(page)) == sorted(
+        ["first", *(f"at cap {n}" for n in range(AT_CAP))]
+    )
+
+
+def _exchange(port: int, head: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str]]:
+    """One request from the client address ``source``; the status and the response's header
+    fields (lower-case names), read up to the end of the header (a refused request's body is
+    never sent, so nginx keeps the connection until its timeout)."""
+    with _connect(port, source) as conn:
+        conn.sendall(head)
+        reply = b""
+        while b"\r\n\r\n" not in reply and (chunk := conn.recv(65536)):
+            reply += chunk
+    status, fields = _head(reply)
+    return status, {name.lower(): value for name, value in fields}
+
+
+def _get(port: int, source: str = "127.0.0.1", forwarded_for: str | None = None) -> int:
+    extra = "" if forwarded_for is None else f"X-Forwarded-For: {forwarded_for}\r\n"
+    head = f"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{extra}\r\n".encode()
+    return _exchange(port, head, source)[0]
+
+
+def test_the_body_cap_follows_message_max_length(start_pod, settings) -> None:
+    """nginx refuses one byte over the app's own cap, computed from the same setting, from the
+    header alone; a body of exactly the cap reaches the app."""
+    proxy, _ = start_pod(MESSAGE_MAX_LENGTH="500")
+    cap = replace(settings, message_max_length=500).max_content_length
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
+    body = f"csrf_token={token}&message=exactly+the+cap&pad=".encode()
+    exact = body + b"x" * (cap - len(body))
+    saved = browser.post(
+        f"{proxy.url}/persistMessage",
+        data=exact,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert saved.status_code == 303
+    with _connect(proxy.port) as conn:
+        conn.sendall(_post_head(cap + 1))
+        (status,) = _status_lines([conn], within=5.0)  # before any body byte is sent
+    assert status == 413
+    status, fields = _exchange(proxy.port, _post_head(cap + 1, extra="Connection: close\r\n"))
+    assert status == 413
+    assert "x-served-by" not in fields  # nginx's answer: the body never reached the app
+    for header in SECURITY_HEADERS:
+        assert header.lower() in fields, (header, fields)
+    # Chunked (no Content-Length): the same cap on the body as sent, and held in memory.
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+    head = (
+        "POST /persistMessage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Cookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    body = f"csrf_token={token}&message=chunked+at+the+cap&pad=".encode()
+    data = head + chunked_body(body + b"x" * (cap - len(body)))
+    with _connect(proxy.port) as conn:
+        conn.sendall(data[:-1])
+        wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read the chunked body")
+        parked = _body_files(proxy)
+        conn.sendall(data[-1:])
+        (status,) = _status_lines([conn], within=15.0)
+    assert parked == [] and status == 303
+    over = head + chunked_body(body + b"x" * (cap + 1 - len(body)))
+    status, fields = _exchange(proxy.port, over)
+    assert status == 413 and "x-served-by" not in fields
+    assert listed_messages(browser.get(f"{proxy.url}/", timeout=10).text) == [
+        "exactly the cap",
+        "chunked at the cap",
+    ]
+
+
+def _limit_per_client() -> int:
+    found = re.search(r"^\s*limit_conn \w+ (\d+);", (REPO_ROOT / "nginx.conf").read_text(), re.M)
+    assert found, "nginx.conf sets no limit_conn"
+    return int(found.group(1))
+
+
+def test_connections_per_client_address_are_limited(pod, settings) -> None:
+    """Each client address may have so many requests under way at once (here: bodies held one
+    byte short); one more is refused at once, while other addresses are served. Behind a load
+    balancer in the VPC (an ALB) the client is the address it adds to X-Forwarded-For."""
+    proxy, _ = pod
+    limit = _limit_per_client()
+    cap = settings.max_content_length
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
+    first = {"message": "first", "csrf_token": token}
+    assert browser.post(f"{proxy.url}/persistMessage", data=first, timeout=10).ok
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict().items())
+
+    held: list[tuple[socket.socket, bytes]] = []
+
+    def hold(forwarded_for: str = "") -> None:
+        body = f"csrf_token={token}&save_id=held-save-{len(held):06d}&message=held&pad="
+        data = (body + "x" * (cap - len(body))).encode()
+        extra = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
+        sock = _connect(proxy.port)
+        sock.sendall(_post_head(len(data), cookie, extra) + data[:-1])
+        held.append((sock, data))
+
+    try:
+        for _ in range(limit):
+            hold()  # a client straight from the NLB: its own address is the peer
+        for _ in range(limit):
+            hold("203.0.113.7")  # clients behind an ALB: the ALB (here 127.0.0.1) is the peer
+        wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read the held bodies")
+        refused, fields = _exchange(
+            proxy.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        answers = {
+            "same address": refused,
+            "another address": _get(proxy.port, "127.0.0.2"),
+            "same address behind the ALB": _get(proxy.port, forwarded_for="203.0.113.7"),
+            "another client behind the ALB": _get(proxy.port, forwarded_for="203.0.113.8"),
+        }
+        for sock, data in held:
+            sock.sendall(data[-1:])
+        served = _status_lines([sock for sock, _ in held], within=30.0)
+    finally:
+        for sock, _ in held:
+            sock.close()
+    after = _get(proxy.port)
+    print(f"\nconnection limit {limit} per client address: {answers}; held bodies {set(served)}")
+    assert answers == {
+        "same address": 429,
+        "another address": 200,
+        "same address behind the ALB": 429,
+        "another client behind the ALB": 200,
+    }
+    for header in SECURITY_HEADERS:
+        assert header.lower() in fields, (header, fields)
+    assert served == [303] * (2 * limit)  # the held requests lost nothing
+    assert after == 200
+
+
+HELD_BODIES = 300  # from as many client addresses, so that the per-address limit allows them
+
+
+def _resident_bytes(pid: int) -> int:
+    found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert found
+    return int(found.group(1)) * 1024
+
+
+def test_a_held_body_costs_nginx_its_buffer_and_little_more(pod, settings) -> None:
+    """What docs/failure-behaviour.md states and k8s/deployment.yaml's memory limit is sized
+    by (tests/infra/test_k8s.py): a connection holding a body of the cap, one byte short, costs
+    nginx's worker the body buffer plus at most NGINX_CONNECTION_OVERHEAD."""
+    proxy, _ = pod
+    cap = settings.max_content_length
+    (worker,) = proxy.worker_pids()
+    before = _resident_bytes(worker)
+    held = []
+    try:
+        for number in range(HELD_BODIES):
+            sock = _connect(proxy.port, f"127.0.{1 + number // 250}.{1 + number % 250}")
+            sock.sendall(_post_head(cap) + b"m" * (cap - 1))
+            held.append(sock)
+        wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read the held bodies")
+        per_connection = (_resident_bytes(worker) - before) / HELD_BODIES
+        assert _body_files(proxy) == []
+    finally:
+        for sock in held:
+            sock.close()
+    print(
+        f"\nheld bodies: {HELD_BODIES} connections with {cap - 1:,} bytes each cost nginx "
+        f"{per_connection:,.0f} bytes each ({per_connection - cap:,.0f} besides the body)"
+    )
+    assert cap <= per_connection <= cap + NGINX_CONNECTION_OVERHEAD

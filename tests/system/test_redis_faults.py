@@ -224,7 +224,8 @@ def _fill(user: User, texts: list[str]) -> list[int]:
 def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
     server = servers("small", maxmemory="20mb", maxmemory_policy="volatile-lru")
     # Long messages, so that a few hundred sessions fill the 20 MB.
-    app = worker(settings, server.port, message_max_length=16_000, session_max_bytes=1 << 20)
+    # 16,000 emoji: 32,000 characters as the page counts them (UTF-16 units), 64 KB each.
+    app = worker(settings, server.port, message_max_length=32_000, session_max_bytes=1 << 20)
     users = []
     while server.client().info("stats")["evicted_keys"] < 50 and len(users) < 1000:
         user = User(app, f"10.0.{len(users) // 250}.{len(users) % 250}")
@@ -259,7 +260,8 @@ def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
     statuses: dict[int, int] = {}
     for _ in range(4000):
         flooder.client.delete_cookie("session")  # a new session every time
-        status = flooder.submit({**form, "save_id": secrets.token_urlsafe(16)}, "\U0001f600" * 2000)
+        # The most bytes a message may be (2,000 three-byte characters: an emoji counts two).
+        status = flooder.submit({**form, "save_id": secrets.token_urlsafe(16)}, "\u20ac" * 2000)
         statuses[status] = statuses.get(status, 0) + 1
     kept = [len(listed_messages(victim.page())) for victim in victims]
     evicted = server.client().info("stats")["evicted_keys"]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, Settings, Switch, is_set, local_data_dir
+from app.config import ConfigError, Settings, Switch, body_cap, is_set, local_data_dir
 from app.connection import check_server
+from app.proxy import limits
 from localservers.ports import free_port
 from tests.support import REPO_ROOT
 
@@ -199,3 +200,19 @@ def test_only_the_config_reads_the_environment():
     sources = [*(REPO_ROOT / "app").glob("*.py"), REPO_ROOT / "gunicorn.conf.py"]
     assert [r for p in sources if p.name != "config.py" for r in _environment_reads(p)] == []
     assert _environment_reads(REPO_ROOT / "app" / "config.py")  # the check sees a read
+
+
+def test_the_proxy_reads_the_body_cap_as_the_app_does():
+    """nginx's cap (app.proxy) comes from MESSAGE_MAX_LENGTH alone, read and checked as the
+    app reads it, so the two can never disagree; the sidecar has no Secret and no Redis."""
+
+    def proxy_cap(env: dict[str, str]) -> int:
+        return body_cap(Settings.one_from_env("message_max_length", env))
+
+    for value in ("1", "500", "2000", "100000"):
+        app = Settings.from_env({**BASE, "MESSAGE_MAX_LENGTH": value}).max_content_length
+        assert proxy_cap({"MESSAGE_MAX_LENGTH": value}) == app
+    assert proxy_cap({}) == Settings.from_env(BASE).max_content_length == 28_096
+    with pytest.raises(ConfigError, match="MESSAGE_MAX_LENGTH"):
+        proxy_cap({"MESSAGE_MAX_LENGTH": "0"})
+    assert "client_max_body_size 28096;\nclient_body_buffer_size 28096;\n" in limits(28_096)

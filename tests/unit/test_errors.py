@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import redis
 
+from app import metrics
+from app.store import NotReplicated
 from tests.support import csrf_token, save
+
+REASONS = metrics.UNAVAILABLE_REASONS
 
 
 @pytest.fixture
@@ -122,3 +126,42 @@ def test_while_redis_is_away_a_request_checks_once_instead_of_retrying(
     assert (len(reads), len(pings)) == (2, 2)
     client.get("/")
     assert len(pings) == 2  # back to normal: no more PINGs
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "retry_after", "says"),
+    [
+        (redis.ConnectionError("refused"), "unreachable", "5", "try again in a few seconds"),
+        (redis.TimeoutError("slow"), "unreachable", "5", "try again in a few seconds"),
+        (redis.ReadOnlyError("failover"), "unreachable", "5", "try again in a few seconds"),
+        (NotReplicated("no replica"), "not_replicated", "5", "again in a few seconds"),
+        (
+            redis.exceptions.OutOfMemoryError("OOM command not allowed"),
+            "out_of_memory",
+            None,
+            "the message store is full",
+        ),
+        (redis.AuthenticationError("WRONGPASS"), "error", None, "went wrong on our side"),
+        (redis.ResponseError("ERR unknown"), "error", None, "went wrong on our side"),
+    ],
+    ids=["connection", "timeout", "readonly", "not-replicated", "oom", "auth", "response"],
+)
+def test_a_503_says_what_is_true_and_counts_its_reason(
+    client, app, monkeypatch, error, reason, retry_after, says
+):
+    """Trying again soon is offered only where it can help; every 503 counts its reason."""
+    token = csrf_token(client.get("/").get_data(as_text=True))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(app.session_interface, "append_message", fail)
+    before = {r: metrics.UNAVAILABLE_RESPONSES.labels(r)._value.get() for r in REASONS}
+    response = client.post("/persistMessage", data={"message": "x", "csrf_token": token})
+    after = {r: metrics.UNAVAILABLE_RESPONSES.labels(r)._value.get() for r in REASONS}
+    page = response.get_data(as_text=True)
+    assert response.status_code == 503
+    assert response.headers.get("Retry-After") == retry_after
+    assert says in page
+    assert ("few seconds" in page) == (retry_after is not None)
+    assert {r: after[r] - before[r] for r in REASONS} == {r: int(r == reason) for r in REASONS}

@@ -8,6 +8,8 @@ import pytest
 
 from app.config import Settings
 from app.store import session_key
+from app.text import length as text_length
+from app.text import normalised
 from tests.support import csrf_token, listed_messages, save, session_keys
 
 
@@ -109,11 +111,28 @@ def test_exactly_max_length_is_accepted(client):
     assert save(client, "é" * 2000).status_code == 303
 
 
-def test_max_length_of_four_byte_characters_fits_under_the_body_cap(client):
-    """The worst case the cap is derived for: 4 UTF-8 bytes a character, each sent as %XX."""
-    text = "\U0001f600" * 2000
+@pytest.mark.parametrize(
+    "text", ["\u20ac" * 2000, "\U0001f600" * 1000], ids=["three-byte", "four-byte"]
+)
+def test_the_longest_messages_fit_under_the_body_cap(client, text):
+    """The most bytes a message of 2,000 characters (as the page counts them, app/text.py) can
+    be sent as: 3 UTF-8 bytes a character, each as %XX; an emoji is 4 bytes but counts two."""
     assert save(client, text).status_code == 303
     assert listed_messages(client.get("/").get_data(as_text=True)) == [text]
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored", "length"),
+    [
+        ("a\r\nb", "a\nb", 3),
+        ("a\rb\r\r\nc", "a\nb\n\nc", 6),
+        ("\U0001f600\u20ac", "\U0001f600\u20ac", 3),
+        ("plain", "plain", 5),
+    ],
+)
+def test_messages_are_normalised_and_counted_as_the_page_counts(raw, stored, length):
+    assert normalised(raw) == stored
+    assert text_length(normalised(raw)) == length
 
 
 @pytest.mark.parametrize(

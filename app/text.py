@@ -1,0 +1,22 @@
+"""A message's text as it is stored, and its length as the page counts it.
+
+Browsers submit every line break of a textarea as CRLF (HTML's form submission), while the
+textarea's ``maxlength`` counts its value, where each line break is one LF, in UTF-16 code
+units (JavaScript's ``length``: a character outside the Basic Multilingual Plane, such as most
+emoji, counts two). Counting the submitted text as it arrives would refuse messages the page
+accepted (2,000 characters with 10 line breaks arrive as 2,010) and store a CR that counts
+against the session's byte budget. So a message is normalised first (CRLF, and a lone CR that
+only a crafted form sends, become LF), then trimmed, counted and stored as it is.
+"""
+
+from __future__ import annotations
+
+
+def normalised(raw: str) -> str:
+    """``raw`` with every line break as LF."""
+    return raw.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def length(text: str) -> int:
+    """``text``'s length as a textarea's maxlength counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
