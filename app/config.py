@@ -53,6 +53,7 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     redis_cluster: str = "auto"  # "auto", "on" or "off" (see connection.cluster_mode)
     redis_username: str | None = None
+    read_cache_max_bytes: int = 32 << 20
 
     @property
     def max_content_length(self) -> int:
@@ -111,6 +112,8 @@ class Settings:
             redis_cluster=_cluster(env),
             # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
             redis_username=_text(env, "REDIS_USERNAME"),
+            # Per worker: with 2 workers, 64 MiB of the app container's 512 MiB at most.
+            read_cache_max_bytes=_integer(env, "READ_CACHE_MAX_BYTES", 32 << 20, 1 << 20, 1 << 30),
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from .context import current_store
+from .context import current_redis
 
 bp = Blueprint("health", __name__)
 
@@ -22,5 +22,5 @@ def healthz() -> dict[str, str]:
 
 @bp.get("/readyz")
 def readyz() -> dict[str, str]:
-    reachable = current_store().ping()
+    reachable = current_redis().ping()
     return {"status": "ready", "redis": "ok" if reachable else "unavailable"}

@@ -1,9 +1,8 @@
 """The before- and after-request hooks: one each way (every hook costs a page view a few
 microseconds).
 
-Before: the request id, the 503 for a session Redis could not open, the raw-form check, and
-the CSRF token reuse. After: the CSRF token cache and the response headers that every page
-carries (built once per app).
+Before: the request id, the raw-form check, and the CSRF token reuse. After: the CSRF token
+cache and the response headers that every page carries (built once per app).
 """
 
 from __future__ import annotations
@@ -15,12 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from flask import Flask, request, session
 
-from . import csrf, errors, logs, validation
+from . import csrf, logs, validation
 from .config import Settings
-from .sessions import UnavailableSession
 
 # Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
 STATIC_HEADERS = [
@@ -51,14 +48,11 @@ def register(app: Flask, settings: Settings) -> None:
 def _before_request() -> Any:
     logs.current_request_id()  # first, so that every log line of the request carries it
     current_request = request._get_current_object()
-    current = session._get_current_object()
-    if isinstance(current, UnavailableSession):
-        return errors.store_unavailable(redis.ConnectionError("could not open the session"))
     if current_request.method == "POST":
         refusal = validation.refuse_bad_form(current_request)
         if refusal is not None:
             return refusal
-    csrf.reuse_token(current)
+    csrf.reuse_token(session._get_current_object())
     return None
 
 

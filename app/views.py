@@ -12,8 +12,8 @@ from werkzeug.wrappers import Response
 
 from . import csrf, metrics
 from .config import current_settings
-from .context import current_rate_limits, current_sessions
-from .store import SessionFull, SessionGone, SessionOverBudget
+from .context import current_messages
+from .store import SessionFull, SessionOverBudget
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +56,8 @@ def persist_message() -> Any:
         metrics.refused("damaged_form")
         return render_page(400, "The form was damaged, so nothing was saved.", draft=raw or "")
     current = session._get_current_object()
-    refusal = current_rate_limits().check_save(request, not current.stored)
-    if refusal is not None:
-        log.info("message refused: too many %s from this client", refusal.reason)
-        metrics.refused("rate_limited")
-        page, status = render_page(
-            429,
-            f"Too many {refusal.reason} from your address in a short time, so nothing was "
-            f"saved. Please try again in {refusal.retry_after} seconds.",
-            draft=raw or "",
-        )
-        return page, status, {"Retry-After": str(refusal.retry_after)}
     try:
-        current_sessions().append_message(
-            current,
-            text,
-            save_id,
-            settings.messages_max_per_session,
-            settings.session_max_bytes,
-        )
+        refusal = current_messages().save(current, request, text, save_id)
     except SessionFull:
         log.info("message refused: session full")
         metrics.refused("over_count")
@@ -94,22 +77,23 @@ def persist_message() -> Any:
             "over.",
             draft=raw or "",
         )
-    except SessionGone:
-        log.info("message refused: session ended meanwhile")
-        metrics.refused("session_gone")
-        return render_page(
-            409,
-            "Your session ended (it expired or was destroyed in another tab), so the message "
-            "was not saved. Save it again to start a new session.",
+    if refusal is not None:
+        log.info("message refused: too many %s from this client", refusal.reason)
+        metrics.refused("rate_limited")
+        page, status = render_page(
+            429,
+            f"Too many {refusal.reason} from your address in a short time, so nothing was "
+            f"saved. Please try again in {refusal.retry_after} seconds.",
             draft=raw or "",
         )
+        return page, status, {"Retry-After": str(refusal.retry_after)}
     metrics.MESSAGE_SAVES.inc()
     return redirect(url_for(".index"), code=303)
 
 
 @bp.post("/destroy")
 def destroy() -> Response:
-    current_sessions().destroy(session._get_current_object())
+    current_messages().destroy(session._get_current_object())
     return redirect(url_for(".index"), code=303)
 
 
@@ -117,14 +101,14 @@ def render_page(status: int = 200, error: str | None = None, draft: str = "") ->
     """The message page, also for refused input: the reason is shown above the messages,
     which are read back from Redis to show that they are intact."""
     settings = current_settings()
-    current = session._get_current_object()
+    page = current_messages().page(session._get_current_object())
     return (
         render_template(
             "index.html",
             csrf_token=csrf.page_token(),
-            messages=current_sessions().messages(current),
-            fingerprint=current.fingerprint,
-            started=current.get("started"),
+            messages=page.messages,
+            fingerprint=page.fingerprint,
+            started=page.started,
             lifetime_minutes=settings.session_lifetime_seconds // 60,
             replica=settings.replica_name,
             max_length=settings.message_max_length,

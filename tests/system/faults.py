@@ -133,3 +133,28 @@ def stalled(server: ValkeyProcess, seconds: float):
     finally:
         runner.join(120)
         wait_until(lambda: not busy(server.port), 30, "the stall to end")
+
+
+@contextlib.contextmanager
+def busy_script(server: Valkey, seconds: float):
+    """Run a script for ``seconds`` of the server's CPU time, with the server answering BUSY to
+    every other command meanwhile (``busy-reply-threshold`` lowered from 5 s, so that a short
+    script is enough); yields once the BUSY replies have begun, returns once the script ended."""
+    server.client().config_set("busy-reply-threshold", 100)
+    runner = threading.Thread(
+        target=lambda: server.client(socket_timeout=120).eval(_BUSY, 0, seconds), daemon=True
+    )
+    runner.start()
+
+    def answers_busy() -> bool:
+        try:
+            server.client(socket_timeout=1).ping()
+        except redis.ResponseError as exc:
+            return "BUSY" in str(exc)
+        return False
+
+    wait_until(lambda: answers_busy() or not runner.is_alive(), 10, "the BUSY replies to begin")
+    try:
+        yield
+    finally:
+        runner.join(120)
