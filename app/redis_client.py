@@ -168,10 +168,12 @@ class RedisClient:
     # Session commands ----------------------------------------------------------------------
 
     def read(self, key: str, parse: Callable[[dict[str, str]], StoredSession | None]) -> Any:
-        """The hash at ``key``, parsed: from the read cache while Redis keeps it fresh."""
+        """The hash at ``key``, parsed: from the read cache while Redis keeps it fresh (never
+        while Redis is known to be away: then the read fails at once, or is the circuit's
+        trial)."""
         node = self._route(key)
         self._watch(node)
-        cache = self.cache if node.tracking else None
+        cache = self.cache if node.tracking and not self.circuit.is_open else None
         if cache is not None:
             hit = cache.get(key, node.name)
             if hit is not None:
@@ -182,11 +184,11 @@ class RedisClient:
         parsed = parse(replies[0] if direct else _decoded(replies[0]))
         # A read redirected through the cluster client came from a node this worker does not
         # track: never cached.
-        if cache is not None and node.tracking and direct:
+        if self.cache is not None and node.tracking and direct:
             if parsed is None:
-                cache.discard(key)  # nothing is cached for a missing key
+                self.cache.discard(key)  # nothing is cached for a missing key
             else:
-                cache.put(key, node.name, parsed)
+                self.cache.put(key, node.name, parsed)
         return parsed
 
     def script(
@@ -274,11 +276,9 @@ class RedisClient:
             self._events.node_changed()
 
     def _watch(self, node: NodeConnection) -> None:
-        """Before answering from the cache: apply pushed invalidations, and (once a second, or
-        as the circuit's trial) check that the node is still a primary."""
+        """Before answering from the cache: apply pushed invalidations, and (once a second)
+        check that the node is still a primary."""
         node.drain()
-        if self.circuit.is_open:
-            node.check_role_now()  # never a cached answer while Redis is away: ask it
         if not node.role_due():
             return
         role = self.run("role", node.role)
