@@ -26,8 +26,7 @@ import redis
 
 from app.store import session_key
 from bench.client import PageClient
-from bench.servers import RedisServer, serving
-from bench.variants import our_app
+from bench.variants import bench_valkey, our_app, serving
 
 FILL_MESSAGES = 131  # of FILL_LENGTH characters: 262,000 bytes, just under 256 KiB
 FILL_LENGTH = 2000
@@ -95,7 +94,7 @@ def measure(
 def run(workdir: Path, steps: tuple[int, ...], log: Callable[[str], None]) -> list[MemoryStep]:
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(workdir / "redis-memory")
+    server = bench_valkey(workdir / "redis-memory")
     with (
         serving(server, lambda port: our_app(port, 0, logs, name="app-memory")) as app,
         contextlib.closing(server.client()) as admin,

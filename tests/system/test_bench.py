@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench import memory
 from bench.rtt_proxy import RoundTripProxy
 from bench.wrk import Request, run_wrk
-from tests.support import REPO_ROOT, Valkey
+from localservers.valkey import Valkey
+from tests.support import REPO_ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (apt) is not installed")
 
@@ -133,3 +135,19 @@ def test_proxy_counts_round_trips_not_commands(valkey: Valkey) -> None:
         proxy.stop()
     assert after.round_trips - before.round_trips == 3
     assert after.connections == before.connections == 1
+
+
+def test_worker_memory_stays_bounded_under_many_full_sessions(tmp_path: Path) -> None:
+    """A behaviour measured the benchmark's way (bench/memory.py), with the bound of issue 19:
+    two gunicorn workers on one Valkey, sessions filled to the 256 KiB byte budget, each viewed
+    three times. Without a bound in bytes each worker grew ~40 MB per 300 such sessions, until
+    the container's memory limit killed it; a worker's RSS may now grow by at most 64 MB, and
+    by at most 10 MB more between 300 and 600 sessions (its read cache is full by then)."""
+    before, middle, after = (step.rss_mb for step in memory.run(tmp_path, (0, 300, 600), print))
+    for worker in range(2):
+        print(
+            f"worker {worker}: RSS {before[worker]:.1f} -> {middle[worker]:.1f} -> "
+            f"{after[worker]:.1f} MB"
+        )
+        assert after[worker] - before[worker] <= 64
+        assert after[worker] - middle[worker] <= 10

@@ -21,7 +21,7 @@ from multiprocessing import get_context
 
 import requests
 
-from bench.servers import Nginx
+from localservers.nginx import Nginx
 from tests.support import csrf_token
 
 PROBE_TIMEOUT = 3.0  # k8s/deployment.yaml: timeoutSeconds of the liveness and readiness probes
@@ -76,9 +76,9 @@ def test_a_frozen_redis_fails_no_probe_and_holds_no_page_for_long(valkey, start_
         cookies = []
         for i in range(USERS):
             browser = requests.Session()
-            token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+            token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
             data = {"message": f"user {i}", "csrf_token": token}
-            assert browser.post(f"{proxy.base_url}/persistMessage", data=data).status_code == 200
+            assert browser.post(f"{proxy.url}/persistMessage", data=data).status_code == 200
             cookies.append("; ".join(f"{k}={v}" for k, v in browser.cookies.items()))
 
         start = time.monotonic()
@@ -95,7 +95,7 @@ def test_a_frozen_redis_fails_no_probe_and_holds_no_page_for_long(valkey, start_
                     for path in ("/healthz", "/readyz"):
                         started = time.monotonic()
                         try:
-                            status = kubelet.get(proxy.base_url + path, timeout=PROBE_TIMEOUT)
+                            status = kubelet.get(proxy.url + path, timeout=PROBE_TIMEOUT)
                             code = status.status_code
                         except requests.RequestException:
                             code = 0
@@ -105,7 +105,7 @@ def test_a_frozen_redis_fails_no_probe_and_holds_no_page_for_long(valkey, start_
         redis_pid = int(valkey.client().info("server")["process_id"])
         share = [cookies[i::LOAD_PROCESSES] for i in range(LOAD_PROCESSES)]
         with ProcessPoolExecutor(LOAD_PROCESSES, mp_context=get_context("spawn")) as pool:
-            loads = [pool.submit(_users, proxy.base_url, part, end) for part in share]
+            loads = [pool.submit(_users, proxy.url, part, end) for part in share]
             prober = threading.Thread(target=probe)
             prober.start()
             try:

@@ -17,7 +17,7 @@ import redis
 
 from app import create_app
 from app.store import SessionStore, session_key
-from tests.support import wait_until
+from localservers.waits import wait_until
 
 from .faults import busy_script
 
