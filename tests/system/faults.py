@@ -1,6 +1,7 @@
-"""Redis faults on loopback: Valkey servers set up for replication, a switchable endpoint,
-stalls. The servers come from the one Valkey launcher (``localservers.valkey.Valkey``) with
-server options; every process listens on 127.0.0.1 and is stopped by PID.
+"""Redis faults on loopback: Valkey servers set up for replication, stalls and BUSY replies (the
+switchable endpoint is ``localservers.endpoint``). The servers come from the one Valkey
+launcher (``localservers.valkey.Valkey``) with server options; every process listens on
+127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -40,59 +41,6 @@ class ValkeyProcess(Valkey):
     def client(self, socket_timeout: float = 5, **options: Any) -> redis.Redis:
         # No retries: a test's own command must never be sent twice.
         return super().client(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0), **options)
-
-
-class SwitchableProxy:
-    """A TCP proxy standing in for ElastiCache's primary endpoint (a DNS name).
-
-    New connections go to the current target; connections already open stay where they
-    are, as clients that resolved the name before a failover do.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._open = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def switch(self, target_port: int) -> None:
-        self.target_port = target_port
-
-    def _accept(self) -> None:
-        while self._open:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                downstream.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [downstream, upstream]
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._open = False
-        self.listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
 
 
 def busy(port: int) -> bool:

@@ -73,14 +73,20 @@ def test_smoke_run_reports_measured_values(smoke) -> None:
     proc, _ = smoke
     text = proc.stdout
     # Both stateful variants stored something for a session with 10 messages.
-    assert "| app | `session:{<sid>}`" in text
+    assert "| app | `session:{<sha256(sid)>}`" in text
     assert "| anchor | `session:<sid>`" in text
     # The app's saves were all found again in the sessions afterwards, on the cluster too.
     assert "save_app: all" in text
     assert "save_app_cluster: all" in text
-    # The cluster rows' Redis commands are counted on the cluster: no read cache there, so a
-    # page view costs one HGETALL (tests/system/test_cluster.py checks the whole set).
-    assert "| app on the cluster | GET / (unchanged session) | hgetall 1 | 1.00 | - |" in text
+    # The cluster rows' Redis commands are counted on the cluster: the read cache works there
+    # too, so an unchanged session's page view reads nothing (tests/system/test_cluster.py
+    # checks the whole set; a ROLE, the failover check, may land in the count).
+    (cluster_view,) = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| app on the cluster | GET / (unchanged session) |")
+    ]
+    assert "hgetall" not in cluster_view
     # The fault run counted responses by status, 200s among them.
     assert "Responses by status: 200:" in text
 

@@ -17,12 +17,13 @@ from prometheus_client import REGISTRY
 
 from app import create_app
 from app.config import Settings, Switch
+from localservers.endpoint import SwitchableProxy
 from localservers.ports import free_port
 from localservers.waits import wait_until
 from ops.page import parse_page
 from tests.support import listed_messages
 
-from .faults import SwitchableProxy, ValkeyProcess, stalled
+from .faults import ValkeyProcess, stalled
 
 
 def form_fields(page: str) -> dict[str, str]:
