@@ -19,7 +19,7 @@ from flask import Request
 from . import metrics
 from .ratelimit import RateLimits, Refusal
 from .sessions import MessageSession, new_sid
-from .store import Session, SessionGone, SessionStore
+from .store import SessionGone, SessionStore
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Messages:
         document = {**session.data_in_memory(), "started": started}
         sid = new_sid()
         self.store.save(sid, text, save_id, document)
-        session.began(sid, Session(document, (text,)))
+        session.began(sid, document, (text,))
         metrics.SESSIONS_CREATED.inc()
         return None
 

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -34,10 +35,12 @@ _POINTER = 8
 
 @dataclass(frozen=True)
 class StoredSession:
-    """A session as stored: its JSON document and its messages, oldest first."""
+    """A session as stored: its document (what the app keeps besides messages: when it
+    started), decoded, and its messages, oldest first."""
 
-    document: str
+    data: dict[str, Any]
     messages: tuple[str, ...]
+    document_size: int  # bytes of the document as stored, for the cache's bound
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ class _Entry:
 
 
 def _size(session: StoredSession) -> int:
-    strings = sum(sys.getsizeof(m) for m in session.messages) + sys.getsizeof(session.document)
-    return _ENTRY_OVERHEAD + strings + _POINTER * len(session.messages)
+    # The decoded document takes a few times its JSON: a small dict and its strings.
+    document = sys.getsizeof(session.data) + 4 * session.document_size
+    strings = sum(sys.getsizeof(m) for m in session.messages)
+    return _ENTRY_OVERHEAD + document + strings + _POINTER * len(session.messages)
 
 
 class ReadCache:

@@ -43,7 +43,8 @@ from redis import RedisError
 from werkzeug.datastructures import CallbackDict
 
 from .csrf import CSRF_KEY, CsrfSecrets, without_secret
-from .store import Session, SessionStore
+from .read_cache import StoredSession
+from .store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def new_sid() -> str:
     return secrets.token_urlsafe(SID_BYTES)
 
 
+@functools.lru_cache(maxsize=4096)  # per worker: a page view shows it each time
 def fingerprint(sid: str) -> str:
     """A short, non-secret label for the page: the session id itself is a bearer credential."""
     return hashlib.sha256(sid.encode()).hexdigest()[:12]
@@ -69,13 +71,13 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
 
     permanent = True  # every session lasts the configured lifetime (sliding)
 
-    def __init__(self, sid: str | None, load: Callable[[str], Session | None]) -> None:
+    def __init__(self, sid: str | None, load: Callable[[str], StoredSession | None]) -> None:
         super().__init__(on_update=_changed)
         self.sid = sid  # None: the request carried no session cookie
         self.modified = False
         self._load = load
         self._loaded = False
-        self._stored: Session | None = None
+        self._stored: StoredSession | None = None
         self.csrf_cookie_secret: str | None = None  # the CSRF secret as the cookie held it
         self.ended = False  # destroyed: the browser's cookie is to be deleted
         self.cookie_due = False  # stored under a new id in this request: the browser needs it
@@ -90,7 +92,7 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
                 dict.update(self, self._stored.data)
 
     @property
-    def stored(self) -> Session | None:
+    def stored(self) -> StoredSession | None:
         """The session as stored when this request read it (None: there is none)."""
         self.ensure_loaded()
         return self._stored
@@ -121,12 +123,12 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         self.ensure_loaded()
         return any(key != CSRF_KEY for key in dict.keys(self))
 
-    def began(self, sid: str, stored: Session) -> None:
+    def began(self, sid: str, data: dict[str, Any], messages: tuple[str, ...]) -> None:
         """The session was stored under the new id ``sid`` in this request."""
         self.ensure_loaded()
         self.sid = sid
-        self._stored = stored
-        dict.update(self, stored.data)
+        self._stored = StoredSession(data, messages, document_size=0)
+        dict.update(self, data)
         self.cookie_due = True
 
     def end(self) -> None:
@@ -275,7 +277,7 @@ class RedisSessions(SessionInterface):
         # Not stored yet (or gone meanwhile): a new session, under a new id.
         sid = new_sid()
         if self.store.write_document(sid, data, new=True):
-            session.began(sid, Session(data, ()))
+            session.began(sid, data, ())
             return True
         return False
 

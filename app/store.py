@@ -26,6 +26,7 @@ key for the connection that writes it (app/nodes.py), and this read tracks it ag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -136,26 +137,30 @@ class Limits:
     ttl_seconds: int  # the session lifetime (idle expiry)
 
 
-@dataclass(frozen=True)
-class Session:
-    """A stored session: its document (what the app keeps besides messages) and messages."""
-
-    data: dict[str, Any]
-    messages: tuple[str, ...]
-
-
+# Remembered per worker: hashing costs a page view a microsecond or two each time.
+@functools.lru_cache(maxsize=4096)
 def session_key(sid: str) -> str:
     """The key of the session whose id is ``sid``: a hash of it, never the id itself."""
     return f"{KEY_PREFIX}{{{hashlib.sha256(sid.encode()).hexdigest()}}}"
 
 
 def _parse(fields: dict[str, str]) -> StoredSession | None:
+    """The session in a hash's fields; None when there is none, or when its document is not a
+    JSON object (a pickle planted by someone who can write to Redis, say): logged, and never
+    decoded otherwise."""
     document = fields.get("doc")
     if document is None:
         return None
+    try:
+        data = json.loads(document)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        log.warning("ignoring a session document that is not a JSON object")
+        return None
     count = int(fields.get("n", "0"))
     found = (fields.get(f"m:{i}") for i in range(1, count + 1))
-    return StoredSession(document, tuple(m for m in found if m is not None))
+    return StoredSession(data, tuple(m for m in found if m is not None), len(document))
 
 
 def _encode(document: dict[str, Any]) -> str:
@@ -174,24 +179,10 @@ class SessionStore:
         self.refresh_interval = min(60.0, limits.ttl_seconds / 10)
         self.refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)  # session id: when slid
 
-    def load(self, sid: str) -> Session | None:
-        """The session as of the start of this request; None if there is none.
-
-        JSON only, and only an object: anything else (a pickle planted by someone who can write
-        to Redis, say) is logged and taken for no session, never decoded otherwise.
-        """
-        key = session_key(sid)
-        stored = self.redis.read(key, _parse)
-        if stored is None:
-            return None
-        try:
-            data = json.loads(stored.document)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            log.warning("ignoring a session document that is not a JSON object")
-            return None
-        return Session(data, stored.messages)
+    def load(self, sid: str) -> StoredSession | None:
+        """The session as of the start of this request; None if there is none (or none this
+        app would read: see ``_parse``)."""
+        return self.redis.read(session_key(sid), _parse)
 
     def save(self, sid: str, text: str, save_id: str, document: dict[str, Any] | None) -> int:
         """Append one message, once per ``save_id``; with ``document``, create the session.
@@ -216,7 +207,7 @@ class SessionStore:
         if status == 1 and document is None:
             self.redis.appended(key, number, text)
         elif status == 1:
-            self.redis.cached(key, StoredSession(encoded, (text,)))
+            self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
         self.refreshed.put(sid, time.monotonic())  # the script slid the expiry
         acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
