@@ -39,6 +39,12 @@ from ops.page import parse_page
 BEFORE_SECONDS = 3.0  # saves confirmed by the replica before the failover
 AFTER_SECONDS = 8.0  # saves measured after it
 DEMOTED_AFTER = 0.3  # the old primary's writes after the promotion, in the second case
+SUMMARY = (
+    "two gunicorn workers reaching a primary and its replica through a switchable endpoint, "
+    "REDIS_WAIT_REPLICAS=auto, one client saving steadily; no replica left: the primary lost "
+    "for good, its replica promoted; promote, then demote: the old primary takes writes for "
+    "0.3 s after the promotion"
+)
 
 
 class Saver(threading.Thread):

@@ -32,6 +32,10 @@ FILL_MESSAGES = 131  # of FILL_LENGTH characters: 262,000 bytes, just under 256 
 FILL_LENGTH = 2000
 VIEWS = 3
 STEPS = (0, 300, 600)
+SUMMARY = (
+    "two gunicorn workers on one Valkey; sessions filled to the 256 KiB byte budget, each viewed "
+    "three times; RSS of each worker from /proc"
+)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import memory
+from bench import failover, memory
 from bench.rtt_proxy import RoundTripProxy
 from bench.wrk import Request, run_wrk
 from localservers.valkey import Valkey
@@ -157,3 +157,14 @@ def test_worker_memory_stays_bounded_under_many_full_sessions(tmp_path: Path) ->
         )
         assert after[worker] - before[worker] <= 64
         assert after[worker] - middle[worker] <= 10
+
+
+def test_saves_come_back_after_a_failover_that_leaves_no_replica(tmp_path: Path) -> None:
+    """bench/failover.py's two failovers, with the app under gunicorn: saves answer 303 again
+    within 5 s after the switch to a primary without a replica, and no acknowledged save is
+    lost when the old primary takes writes for 0.3 s after the promotion."""
+    no_replica, demoted = failover.run(tmp_path, print)
+    print(failover.render([no_replica, demoted]))
+    assert no_replica.first_303_s is not None and no_replica.first_303_s <= 5
+    assert no_replica.without_replica >= no_replica.answered_303 > 0
+    assert demoted.lost == 0 and demoted.answered_303 > 0
