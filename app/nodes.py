@@ -158,12 +158,6 @@ class NodeConnection:
             if self._cache is not None:
                 self._cache.clear()
 
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
     def _handshake(self, connection: redis.connection.AbstractConnection) -> None:
         # No health check inside the handshake: its PING would reconnect, and so recurse,
         # once per socket timeout while a frozen server accepts connections but never answers.

@@ -114,7 +114,7 @@ class ReadCache:
             self._entries.clear()
 
     def expire(self) -> None:
-        """Let entries past their age leave memory (called once per request)."""
+        """Let entries past their age leave memory (called before each read)."""
         with self._lock:
             self._entries.expire()
 

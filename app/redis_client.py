@@ -175,6 +175,7 @@ class RedisClient:
         self._watch(node)
         cache = self.cache if node.tracking and not self.circuit.is_open else None
         if cache is not None:
+            cache.expire()  # what aged out leaves memory, even in a worker that reads little
             hit = cache.get(key, node.name)
             if hit is not None:
                 return hit
