@@ -2,8 +2,8 @@
 
 A nested stack of its own, because with the alarms in cfn/observability.yaml it made one template
 over CloudFormation's 51,200-byte --template-body limit. cfn-lint and checkov check it with the
-other templates in test_cfn.py (once per cache mode). Here: the dashboard body rendered and parsed
-as JSON in each cache mode, and every metric it names checked against what AWS publishes
+other templates in test_cfn_lint.py (once per cache mode). Here: the dashboard body rendered and
+parsed as JSON in each cache mode, and every metric it names checked against what AWS publishes
 (test_cfn_observability.PUBLISHED, which the alarms are checked against too), for every node (or
 Serverless cache) the mode has.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .test_cfn import CFN, _load_path, _resources
+from .cfn import CFN, load_path, resources
 from .test_cfn_observability import (
     DIMENSION_PARAMETER,
     PUBLISHED,
@@ -62,7 +62,7 @@ CACHE_DIMENSION = {
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load_path(TEMPLATE)
+    return load_path(TEMPLATE)
 
 
 def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:
@@ -95,7 +95,7 @@ def _render(value: Any, template: dict[str, Any], mode: str) -> str:
 
 
 def _body(template: dict[str, Any], mode: str = "replication-group") -> dict[str, Any]:
-    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
     return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode))
 
 
@@ -110,7 +110,7 @@ def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str
         return {k: walk(v) for k, v in value.items()}
 
     copy = json.loads(json.dumps(template))
-    (dashboard,) = _resources(copy, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(copy, "AWS::CloudWatch::Dashboard").values()
     dashboard["Properties"]["DashboardBody"] = walk(dashboard["Properties"]["DashboardBody"])
     return copy
 

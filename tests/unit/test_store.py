@@ -121,3 +121,11 @@ def test_a_server_that_refuses_wait_is_noted_once_and_saves_go_on(make_store, ca
     assert messages(store) == ["m1", "m2", "m3"]
     refusals = [r for r in caplog.records if "refuses WAIT" in r.getMessage()]
     assert len(refusals) == 1
+
+
+def test_bytes_that_are_not_utf8_are_read_as_text_and_cannot_break_a_page(make_store, fake_redis):
+    store = make_store()
+    store.save(SID, "héllo", "a", STARTED)
+    (key,) = session_keys(fake_redis)
+    fake_redis.hset(key, mapping={"m:2": b"\xff\xfe broken", "n": 2})
+    assert messages(store) == ["héllo", "\ufffd\ufffd broken"]

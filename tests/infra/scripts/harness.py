@@ -233,7 +233,10 @@ class World:
             stdin=stdin,
             capture_output=True,
             text=True,
-            timeout=120,
+            # A bound on a hung script, not a speed check: a deploy run makes some thirty AWS
+            # CLI calls, each a Python start-up, and on a loaded 2-core machine with both xdist
+            # workers busy one run took over 120 s.
+            timeout=300,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)

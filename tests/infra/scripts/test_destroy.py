@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from .harness import (
     CLUSTER,
     NESTED_STACK_ID,
     PROFILE,
-    REAL_AWS,
     STACK,
     VPC,
     World,
@@ -25,12 +23,6 @@ from .harness import (
     fill_bucket,
     option,
 )
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: World) -> None:
