@@ -185,7 +185,13 @@ class Settings:
     redis_client_cache: bool = field(
         default=True, metadata=_variable("REDIS_CLIENT_CACHE", _boolean)
     )
-    # auto: wait when the primary has replicas at the first save (see store.py).
+    # The read cache's bound per worker (app/read_cache.py): with 2 workers, 64 MiB of the app
+    # container's 512 MiB at most.
+    read_cache_max_bytes: int = field(
+        default=32 << 20,
+        metadata=_variable("READ_CACHE_MAX_BYTES", _integer(1 << 20, 1 << 30)),
+    )
+    # auto: wait while the primary has replicas; without one, decide (app/replication.py).
     redis_wait_replicas: Switch = field(
         default=Switch.AUTO, metadata=_variable("REDIS_WAIT_REPLICAS", _switch)
     )

@@ -1,16 +1,16 @@
-"""How the app connects to Redis: one primary or a cluster, timeouts, retries, and noticing
-that a node was demoted.
+"""How the app connects to Redis: the client factory (one primary or a cluster), its timeouts
+and retries, the start-up check of the server, and which error replies mean "never".
 
-One policy for every client the app makes (writes, the read cache, the readiness probe, the
-rate limiter), so that a failover or an outage costs the same wherever it is met. On a
-cluster (ElastiCache cluster mode, ElastiCache Serverless) the client is redis-py's
-RedisCluster, which follows MOVED and ASK redirections and a shard's failover by itself.
+One set of options for every client the app makes (the session connections, the pooled client,
+the rate limiter's), so that a failover or an outage costs the same wherever it is met. On a
+cluster (ElastiCache cluster mode, ElastiCache Serverless) the pooled client is redis-py's
+RedisCluster, which follows MOVED and ASK redirections and a shard's failover by itself. What the
+app does with these clients when Redis misbehaves is app/redis_client.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
@@ -25,32 +25,38 @@ from .config import ConfigError, Settings, Switch
 
 log = logging.getLogger(__name__)
 
-# A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page.
-# Commands answer in well under a millisecond, so half a second means the server is stuck;
-# redis-py retries the handshake inside each command retry, so a server that accepts
-# connections but never answers costs up to (RETRIES + 1)^2 socket timeouts, ~4.5 s, before
-# the first 503 (later requests then fail fast, see store._guarded). A retry re-sends the
-# command, which is why every write the app makes is idempotent (see store.py).
-CONNECT_TIMEOUT_SECONDS = 1.0
+# Commands answer in well under a millisecond, so half a second means the server is stuck, and
+# a connect that takes half a second means the address leads nowhere (TLS included: a handshake
+# with ElastiCache takes milliseconds). Both bound what one request can wait on Redis, which is
+# what keeps a worker (and the probes queued behind it) answering while Redis is frozen.
+CONNECT_TIMEOUT_SECONDS = 0.5
 SOCKET_TIMEOUT_SECONDS = 0.5
+# A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page.
+# Only a dropped connection: a timeout means the server is stuck, and retrying it would multiply
+# the wait (redis-py reconnects inside each retry, and the handshake waits its own timeout).
+# A retry re-sends the command, which is why every write the app makes is idempotent.
 RETRIES = 2
 # Below ElastiCache's idle `timeout` and any NAT idle timeout, so pooled connections are
 # checked (PING) before use instead of failing mid-request.
 HEALTH_CHECK_INTERVAL_SECONDS = 10
-# How often a worker asks the node it reads from whether it is still the primary. A demoted
-# primary keeps its client connections and answers reads with stale data until it has resynced
-# from the new primary; one ROLE a second per worker bounds that window to a second.
-ROLE_CHECK_SECONDS = 1.0
 
 Client = redis.Redis | RedisCluster
 
+# The error replies that mean the server will never run a command for us (renamed or
+# disabled, or not allowed to this user): only these switch a feature off. Anything else
+# (BUSY, LOADING, a timeout) is trouble of the moment, and the feature is tried again later.
+_REFUSALS = ("unknown command", "unknown subcommand", "err unknown command")
 
-def connect(settings: Settings, cluster: bool = False, **overrides: Any) -> Client:
-    """A pooled client with bounded timeouts and redis-py's own retry with backoff.
 
-    On a cluster, the same options apply to every node's connections; the retry is then the
-    cluster client's, which also refreshes the slot map (MOVED, a failover) between attempts.
-    """
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server refuses the command for good (not: is busy now)."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).lower().startswith(_REFUSALS)
+
+
+def client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The options of every client the app makes, for redis.Redis and RedisCluster alike."""
     options: dict[str, Any] = {
         "host": settings.redis_host,
         "port": settings.redis_port,
@@ -61,15 +67,25 @@ def connect(settings: Settings, cluster: bool = False, **overrides: Any) -> Clie
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
-        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.02), RETRIES),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry": Retry(
+            ExponentialBackoff(cap=0.25, base=0.02),
+            RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
     }
     options.update(overrides)
+    return options
+
+
+def connect(settings: Settings, cluster: bool = False, **overrides: Any) -> Client:
+    """A client with bounded timeouts and redis-py's own retry with backoff.
+
+    On a cluster, the same options apply to every node's connections; the retry is then the
+    cluster client's, which also refreshes the slot map (MOVED, a failover) between attempts.
+    """
+    options = client_options(settings, **overrides)
     if not cluster:
         return redis.Redis(db=settings.redis_db, **options)
-    # The cluster client retries connection errors and timeouts itself (and refreshes the
-    # slot map in between); it has no per-error list.
-    del options["retry_on_error"]
     # The configuration endpoint is a DNS name whose addresses follow the shards: keep it as
     # the place to ask for the slot map, rather than the node addresses it answered once.
     return RedisCluster(dynamic_startup_nodes=False, **options)
@@ -94,9 +110,9 @@ def check_server(settings: Settings) -> bool:
     REDIS_AUTH_TOKEN stops start-up with one line instead of making every request a 503.
     """
     wanted = settings.redis_cluster
-    # With the usual retries: a worker that took a cluster for one primary because of one
-    # reset connection would answer every request for another node's slot with a 503.
-    probe = connect(settings)
+    # Retries for timeouts too, here only: a worker that took a cluster for one primary
+    # because of one slow answer would answer every request for another node's slot with a 503.
+    probe = connect(settings, retry_on_error=[RedisTimeoutError])
     answered = False  # whether the server told us
     try:
         enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
@@ -133,38 +149,3 @@ def check_server(settings: Settings) -> bool:
     if cluster and settings.redis_wait_replicas == Switch.ON:
         raise ConfigError("REDIS_WAIT_REPLICAS=on is not supported on a cluster: use auto or off")
     return cluster
-
-
-class RoleWatch:
-    """Tells, at most once per ROLE_CHECK_SECONDS, whether a client's node was demoted.
-
-    Where the server refuses ROLE (a managed service may rename or block it), says so once in
-    the log and stops asking: reads then follow a failover when the node resyncs or the
-    connection drops.
-    """
-
-    def __init__(self, enabled: bool = True) -> None:
-        self._next_check = 0.0
-        # A cluster needs no check: a demoted node answers MOVED, and the client follows.
-        self._enabled = enabled
-
-    def due_now(self) -> None:
-        """Check on the next call, whatever the interval (after a failover was seen)."""
-        self._next_check = 0.0
-
-    def demoted(self, client: Client) -> bool:
-        now = time.monotonic()
-        if not self._enabled or now < self._next_check:
-            return False
-        self._next_check = now + ROLE_CHECK_SECONDS
-        try:
-            role = client.execute_command("ROLE")
-        except ResponseError as exc:
-            log.warning("the server refuses ROLE (%s): failovers are noticed later", exc)
-            self._enabled = False
-            return False
-        name = role[0].decode() if isinstance(role[0], bytes) else role[0]
-        if name != "master":
-            log.warning("the Redis node this worker reads from is now a %s: reconnecting", name)
-            return True
-        return False

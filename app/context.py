@@ -13,21 +13,15 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 if TYPE_CHECKING:
-    from .ratelimit import RateLimits
-    from .sessions import MessageSessionInterface
-    from .store import MessageStore
+    from .messages import Messages
+    from .redis_client import RedisClient
 
 
-def current_store() -> MessageStore:
-    """The message store of the app handling the current request."""
-    return current_app.extensions["message_store"]
+def current_messages() -> Messages:
+    """The message operations on the current session (the views' service)."""
+    return current_app.extensions["messages"]
 
 
-def current_sessions() -> MessageSessionInterface:
-    """The session interface: the views' operations on the current session."""
-    return current_app.session_interface  # type: ignore[return-value]
-
-
-def current_rate_limits() -> RateLimits:
-    """The per-client limits on saves."""
-    return current_app.extensions["rate_limits"]
+def current_redis() -> RedisClient:
+    """The worker's guarded Redis client (for the readiness probe's report)."""
+    return current_app.extensions["redis"]

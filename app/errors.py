@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from . import metrics
 from .config import current_settings
 from .refusals import refuse
-from .store import NotReplicated
+from .replication import NotReplicated
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,35 @@
 """``create_app``, the factory gunicorn serves (``app:create_app()``), in the style of Flask's
-own tutorial; tests pass settings and a client (fakeredis) instead of the environment.
+own tutorial; tests pass settings, and a client factory (fakeredis), instead of the environment.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import redis
 from flask import Flask
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from . import csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
 from .connection import check_server, connect
+from .messages import Messages
 from .ratelimit import RateLimits
-from .reads import DirectReads, Reads, TrackedReads
-from .sessions import MessageSessionInterface
-from .store import MessageStore
+from .read_cache import ReadCache
+from .redis_client import RedisClient
+from .replication import NodeReplication, ReplicaWait
+from .sessions import RedisSessions
+from .store import Limits, SessionStore
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, connect_redis: Callable[..., redis.Redis] | None = None
+) -> Flask:
+    """The app; ``connect_redis`` (tests: fakeredis) makes every Redis client instead of
+    connecting to REDIS_HOST, given the options that would be passed to ``redis.Redis``."""
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
 
@@ -40,12 +47,19 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         PROPAGATE_EXCEPTIONS=False,
     )
     app.extensions["settings"] = settings
-    app.extensions["message_store"] = store = _make_store(settings, redis_client)
-    app.extensions["rate_limits"] = RateLimits(settings, store)
-    csrf_secrets = csrf.CsrfSecrets(settings.secret_key)
-    app.session_interface = MessageSessionInterface(
-        app, store, settings.session_lifetime_seconds, csrf_secrets
+    app.extensions["redis"] = redis_client = _connect(settings, connect_redis)
+    store = SessionStore(
+        redis_client,
+        Limits(
+            messages=settings.messages_max_per_session,
+            bytes=settings.session_max_bytes,
+            ttl_seconds=settings.session_lifetime_seconds,
+        ),
+        _replica_wait(settings, redis_client),
     )
+    app.extensions["messages"] = Messages(store, RateLimits(settings, redis_client))
+    csrf_secrets = csrf.CsrfSecrets(settings.secret_key)
+    app.session_interface = RedisSessions(store, csrf_secrets)
 
     hooks.register(app, settings, csrf_secrets)
     # Before CSRFProtect's hook, whose check parses the form: the views' raw-form check
@@ -59,36 +73,31 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     return app
 
 
-def _make_store(settings: Settings, client: redis.Redis | None) -> MessageStore:
-    waiting = {
-        "wait_replicas": settings.redis_wait_replicas,
-        "wait_timeout_ms": settings.redis_wait_timeout_ms,
-    }
-    if client is not None:
-        return MessageStore(client, DirectReads(client), **waiting)
+def _connect(settings: Settings, connect_redis: Callable[..., redis.Redis] | None) -> RedisClient:
+    cache = ReadCache(settings.read_cache_max_bytes) if settings.redis_client_cache else None
+    if connect_redis is not None:
+        return RedisClient(connect_redis(), connect_redis, cache=cache)
     # Each worker asks for itself (gunicorn.conf.py asked once in the master, to refuse a bad
     # configuration in one line): with REDIS_CLUSTER=auto, a master that started during an
     # outage took the server for one primary, and a worker booted after Redis returned should
     # not inherit that guess.
     cluster = check_server(settings)
-    client = connect(settings, cluster)
     if cluster:
-        # No WAIT on a cluster (see MessageStore._run_save), and no read cache (see
-        # reads.TrackedReads): one line in the log says so.
-        waiting["wait_replicas"] = Switch.OFF
-        logger.info("Redis is a cluster: the cluster client, no read cache, saves do not wait")
-        reads: Reads = DirectReads(client, cluster=True)
-    elif settings.redis_client_cache:
-        reads = TrackedReads(settings)
-    else:
-        reads = DirectReads(client)
-    # One PING, quickly, no retries: for /readyz, which reports and does not wait, and for
-    # checking whether Redis is back during an outage (see store._guarded).
-    probe = connect(
-        settings,
-        cluster,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
+        logger.info("Redis is a cluster: the cluster client, saves do not wait for replicas")
+    return RedisClient(
+        connect(settings, cluster), functools.partial(connect, settings), cache=cache
     )
-    return MessageStore(client, reads, probe, **waiting)
+
+
+def _replica_wait(settings: Settings, redis_client: RedisClient) -> ReplicaWait:
+    """The replication policy (app/replication.py); off on a cluster, where redis-py's cluster
+    client cannot send WAIT down the connection that made the write."""
+    mode = Switch.OFF if redis_client.cluster else settings.redis_wait_replicas
+
+    def ask() -> NodeReplication:
+        info = redis_client.on_primary("replication", "INFO", "replication")
+        return NodeReplication.from_info(info)
+
+    replicas = ReplicaWait(mode, settings.redis_wait_timeout_ms, ask)
+    redis_client.listen(replicas)
+    return replicas

@@ -1,9 +1,8 @@
 """The app-wide before- and after-request hooks: one each way (every hook costs a page view a
 few microseconds). The form check before CSRF's is the views' own (views.check_raw_form).
 
-Before: the request id, the 503 for a session Redis could not open, and the CSRF token reuse.
-After: the CSRF token cache and the response headers that every page carries (built once per
-app).
+Before: the request id and the CSRF token reuse. After: the CSRF token cache and the response
+headers that every page carries (built once per app).
 """
 
 from __future__ import annotations
@@ -15,13 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from flask import Flask, request, session
 
-from . import errors, logs
+from . import logs
 from .config import Settings
 from .csrf import CsrfSecrets
-from .sessions import UnavailableSession
 
 # Set on every response. (No Vary: Cookie: with no-store, no cache keeps a page at all.)
 STATIC_HEADERS = [
@@ -56,10 +53,7 @@ def _before_request(csrf_secrets: CsrfSecrets) -> Callable[[], Any]:
 
     def before_request() -> Any:
         logs.current_request_id()  # first, so that every log line of the request carries it
-        current = session._get_current_object()
-        if isinstance(current, UnavailableSession):
-            return errors.store_unavailable(redis.ConnectionError("could not open the session"))
-        csrf_secrets.reuse_token(current)
+        csrf_secrets.reuse_token(session._get_current_object())
         return None
 
     return before_request

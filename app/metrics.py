@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from prometheus_client import Counter, Histogram
 
 from .config import Settings
-
-T = TypeVar("T")
 
 PREFIX = "messageapp_"
 
@@ -65,6 +63,7 @@ MESSAGE_REFUSALS = Counter(
     "Messages or form posts refused (nothing saved), by reason.",
     ["reason"],
 )
+# The Redis ones are kept by app/redis_client.py, the one way to Redis, by operation name.
 REDIS_DURATION = Histogram(
     PREFIX + "redis_call_duration_seconds",
     "Duration of the app's calls to Redis, retries included, by operation (reads answered "
@@ -97,6 +96,11 @@ READ_CACHE_INVALIDATIONS = Counter(
     PREFIX + "read_cache_invalidations",
     "Keys Redis told this process to forget (a flush of the whole cache counts once).",
 )
+SAVES_WITHOUT_REPLICA = Counter(
+    PREFIX + "saves_without_replica",
+    "Saves acknowledged (303) although no replica confirmed them, because the primary had none "
+    "(after a failover, or while a replica is replaced): a failover now could lose them.",
+)
 SESSIONS_CREATED = Counter(PREFIX + "sessions_created", "Sessions stored (first message saved).")
 SESSIONS_DESTROYED = Counter(
     PREFIX + "sessions_destroyed", "Sessions destroyed by their user (expiry is not counted)."
@@ -117,47 +121,6 @@ def error_kind(exc: BaseException) -> str:
         if isinstance(exc, cls):
             return kind
     return "other"
-
-
-# The store's reads of a session (its one hash), timed only when they reach Redis (time_read),
-# not on cache hits; their failures are counted under the store operation that read.
-_READS = ("load", "messages")
-_READ_DURATION = REDIS_DURATION.labels("read")
-
-
-def timed_redis(operation: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a store operation: its failures by kind and (writes only) its duration, by name."""
-    name = operation.__name__
-    duration = REDIS_DURATION.labels(name)
-    errors = {kind: REDIS_ERRORS.labels(name, kind) for kind in ERROR_KINDS}
-
-    def counted(*args: Any, **kwargs: Any) -> T:
-        try:
-            return operation(*args, **kwargs)
-        except redis.RedisError as exc:
-            errors[error_kind(exc)].inc()
-            raise
-
-    def timed(*args: Any, **kwargs: Any) -> T:
-        started = time.perf_counter()
-        try:
-            return operation(*args, **kwargs)
-        except redis.RedisError as exc:
-            errors[error_kind(exc)].inc()
-            raise
-        finally:
-            duration.observe(time.perf_counter() - started)
-
-    return counted if name in _READS else timed
-
-
-def time_read(fetch: Callable[[str], T], key: str) -> T:
-    """A read of a session that goes to Redis, timed."""
-    started = time.perf_counter()
-    try:
-        return fetch(key)
-    finally:
-        _READ_DURATION.observe(time.perf_counter() - started)
 
 
 class RequestMetrics:

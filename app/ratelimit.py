@@ -2,10 +2,14 @@
 
 Without them one client can create sessions as fast as the app answers and push every other
 user's session out of Redis (eviction) or make every save fail (noeviction). The counting is
-the `limits` library's (the engine of flask-limiter), on the app's own connection pool and
-under its failover policy; flask-limiter itself is not used because the new-session limit
-applies only to a save that creates a session, which only the view knows, and because its
-hooks would run on every page view, which these limits never touch.
+the `limits` library's (the engine of flask-limiter), through its public storage options: on
+one primary its ``RedisStorage`` takes the app's own connection pool; on a cluster its
+``RedisClusterStorage`` gets the app's client options (timeouts, retries, TLS, credentials).
+Every count goes through the app's guarded client (app/redis_client.py), under its failover
+policy. flask-limiter itself is not used because the new-session limit applies only to a save
+that creates a session, which only the save knows, and because its hooks would run on every
+page view, which these limits never touch. Each counter is one key, so no command of it
+crosses cluster slots.
 
 The client is the connection's peer address, or, when that peer is a trusted proxy
 (FORWARDED_ALLOW_IPS, gunicorn's variable), the nearest address in X-Forwarded-For that is
@@ -21,11 +25,13 @@ from dataclasses import dataclass
 
 from flask import Request
 from limits import RateLimitItem, parse_many
-from limits.storage import RedisStorage
+from limits.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter
+from redis.cluster import RedisCluster
 
 from .config import Settings
-from .store import MessageStore
+from .connection import client_options
+from .redis_client import RedisClient
 
 
 class Trusted:
@@ -63,38 +69,42 @@ class Refusal:
 
 
 class RateLimits:
-    def __init__(self, settings: Settings, store: MessageStore) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient) -> None:
         self.trusted = Trusted(settings.forwarded_allow_ips)
-        self._store = store
+        self._redis = redis
         self._saves = _items(settings.rate_limit_saves)
         self._new_sessions = _items(settings.rate_limit_new_sessions)
-        # The app's client: the same timeouts, retries, TLS and AUTH as every other command,
-        # a cluster's included. `limits` builds its own client from a URI (a cluster one
-        # from a list of nodes); the storage is given ours instead and its scripts registered
-        # on it. Each counter is one key, so no command of it crosses slots.
-        storage = RedisStorage("redis://")
-        storage.storage = store.client
-        storage.initialize_storage("redis://")
-        self._limiter = FixedWindowRateLimiter(storage)
+        self._limiter = FixedWindowRateLimiter(_storage(settings, redis))
 
-    def check_save(self, request: Request, creates_session: bool) -> Refusal | None:
-        """Count one save (and one new session) for this client; a Refusal when over a limit."""
+    def check_save(self, request: Request) -> Refusal | None:
+        """Count one save for this client; a Refusal when over a limit."""
+        return self._hit(self._saves, "save", "saves", request)
+
+    def check_new_session(self, request: Request) -> Refusal | None:
+        """Count one new session for this client; a Refusal when over a limit."""
+        return self._hit(self._new_sessions, "new-session", "new sessions", request)
+
+    def _hit(
+        self, items: list[RateLimitItem], kind: str, reason: str, request: Request
+    ) -> Refusal | None:
+        if not items:
+            return None
         client = self.trusted.client_address(request)
-        if creates_session:
-            refused = self._hit(self._new_sessions, "new-session", client)
-            if refused is not None:
-                return Refusal("new sessions", refused)
-        refused = self._hit(self._saves, "save", client)
-        return None if refused is None else Refusal("saves", refused)
-
-    def _hit(self, items: list[RateLimitItem], kind: str, client: str) -> int | None:
         for item in items:
-            if not self._store.call(lambda item=item: self._limiter.hit(item, kind, client)):
-                stats = self._store.call(
-                    lambda item=item: self._limiter.get_window_stats(item, kind, client)
+            if not self._redis.run("rate_limit", lambda i=item: self._limiter.hit(i, kind, client)):
+                stats = self._redis.run(
+                    "rate_limit", lambda i=item: self._limiter.get_window_stats(i, kind, client)
                 )
-                return max(1, math.ceil(stats.reset_time - time.time()))
+                return Refusal(reason, max(1, math.ceil(stats.reset_time - time.time())))
         return None
+
+
+def _storage(settings: Settings, redis: RedisClient) -> Storage:
+    if not isinstance(redis.pooled, RedisCluster):
+        return RedisStorage("redis://", connection_pool=redis.pooled.connection_pool)
+    options = client_options(settings)
+    host, port = options.pop("host"), options.pop("port")
+    return RedisClusterStorage(f"redis+cluster://{host}:{port}", **options)
 
 
 def _items(rate: str) -> list[RateLimitItem]:

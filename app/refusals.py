@@ -59,11 +59,6 @@ REFUSALS = {
         "This session already holds close to {kib:,} KiB of messages, the most it can keep. "
         "Nothing was saved; destroy the session to start over.",
     ),
-    "session_gone": Refusal(
-        409,
-        "Your session ended (it expired or was destroyed in another tab), so the message was "
-        "not saved. Save it again to start a new session.",
-    ),
 }
 
 # Children made once, so that every reason shows (as 0) from the start and a refusal never

@@ -1,84 +1,85 @@
 """Everything this app keeps in Redis about a session, and how a save is stored.
 
-A session is one hash, ``session:{<sid>}`` (``sid`` is flask-session's session id; the braces
-are a cluster hash tag, so whatever is added to a session later stays in its slot), with a
-TTL of the session lifetime:
+The store takes a session id and owns every key name. A session is one hash,
+``session:{<SHA-256 of the session id, hex>}`` (the braces are a cluster hash tag, so whatever
+is added to a session later stays in its slot), with a TTL of the session lifetime:
 
-* ``doc``: flask-session's JSON document (when the session started);
+* ``doc``: the session's JSON document (when it started, and anything else the app keeps);
 * ``n``: the number of messages, ``bytes``: their size in bytes;
 * ``m:<i>``: message ``i`` (1 for the oldest);
-* ``s:<save id>``: the number of the message stored by that save (see ``append``).
+* ``s:<save id>``: the number of the message stored by that save (see ``save``).
 
-One key makes a session one eviction unit: under memory pressure Redis drops whole sessions,
-never a document without its messages. Storing each message in its own field makes a save
-O(1) whatever the session holds, where the common pattern (read the list from the session,
-append, write it all back) loses concurrent saves and grows with the session.
+The session id itself is never stored: it is the bearer credential in the user's cookie, and a
+key listing, an RDB snapshot, ``MONITOR`` or the slow log would hand it to anyone who can read
+them. One key makes a session one eviction unit: under memory pressure Redis drops whole
+sessions, never a document without its messages. Storing each message in its own field makes a
+save O(1) whatever the session holds, where the common pattern (read the list from the
+session, append, write it all back) loses concurrent saves and grows with the session.
 
-Keys of the layout before this one (``session:<sid>`` and ``session:<sid>:messages``) are
-never read: such sessions start afresh and their keys expire with their TTL.
+Keys of the layouts before this one (``session:<sid>`` and ``session:<sid>:messages``, then
+``session:{<sid>}``) are never read: such sessions start afresh and their keys expire with
+their TTL.
+
+Every script that writes a session reads it again as its last command: Redis stops tracking a
+key for the connection that writes it (app/nodes.py), and this read tracks it again.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import (
-    NoScriptError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from . import metrics
-from .connection import Client, disconnect
-from .reads import Reads
+from .lru import LRU
+from .read_cache import StoredSession
+from .redis_client import RedisClient, Script
+from .replication import ReplicaWait
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 KEY_PREFIX = "session:"
+_REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remembers
 
 # One script per save, so that neither the limits nor the order of concurrent saves can be
 # raced, and a new session's document and first message appear together.
 # KEYS[1]: the session. ARGV: the message, the count limit, the TTL, the new session's
 # document (empty for an existing session), the save id, the byte budget.
-# A save id already stored answers the number it got then, so a save re-sent (by redis-py
-# after a timeout, or by the user pressing Save again on the same form) is stored once.
-# A save for a session that is gone (destroyed in another tab, or expired) is refused rather
-# than resurrecting it, as Spring Session does.
-_APPEND = """
+# Answers {status, number}: 1 stored as message `number`; 0 stored before by the same save id
+# (a save re-sent by redis-py after a dropped connection, or the user pressing Save again on the
+# same form: stored once); -1 full; -2 the session is gone (destroyed in another tab, or
+# expired: never resurrected, as Spring Session does), or for a new one, taken; -3 over budget.
+_SAVE = Script("""
 local key = KEYS[1]
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
 if done then
   -- A write even here, so that a demoted primary answers READONLY rather than this stale
   -- "stored" (the retry then asks the new primary, which may not have the save).
   redis.call('EXPIRE', key, ARGV[3])
-  return tonumber(done)
+  redis.call('EXISTS', key)
+  return {0, tonumber(done)}
 end
 local state = redis.call('HMGET', key, 'doc', 'n', 'bytes')
 if ARGV[4] == '' then
-  if not state[1] then
-    return -2
+  -- Gone, or a document this app would not read (not a JSON object): never appended to.
+  if not state[1] or string.byte(state[1], 1) ~= 123 or not pcall(cjson.decode, state[1]) then
+    return {-2, 0}
   end
 elseif redis.call('EXISTS', key) == 1 then
-  return -2
+  return {-2, 0}
 end
 local n = tonumber(state[2] or '0')
 local bytes = tonumber(state[3] or '0') + #ARGV[1]
 if n >= tonumber(ARGV[2]) then
-  return -1
+  return {-1, n}
 end
 if bytes > tonumber(ARGV[6]) then
-  return -3
+  return {-3, n}
 end
 n = n + 1
 if ARGV[4] ~= '' then
@@ -86,8 +87,35 @@ if ARGV[4] ~= '' then
 end
 redis.call('HSET', key, 'm:' .. n, ARGV[1], 'n', n, 'bytes', bytes, 's:' .. ARGV[5], n)
 redis.call('EXPIRE', key, ARGV[3])
-return n
-"""
+redis.call('EXISTS', key)
+return {1, n}
+""")
+
+# The document of an existing session (changed by code other than a save); 0 when it is gone.
+_WRITE_DOCUMENT = Script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('EXISTS', KEYS[1])
+""")
+
+# A new session holding only a document (code other than a save stored something in it).
+_CREATE_DOCUMENT = Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'n', 0, 'bytes', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('EXISTS', KEYS[1])
+""")
+
+# Slide the expiry; 0 when the session is gone.
+_REFRESH = Script("""
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return redis.call('EXISTS', KEYS[1])
+""")
 
 
 class SessionFull(Exception):
@@ -99,228 +127,122 @@ class SessionOverBudget(Exception):
 
 
 class SessionGone(Exception):
-    """The session was deleted or expired while this request was under way."""
-
-
-class NotReplicated(RedisError):
-    """No replica confirmed the save in time: it may be lost in a failover, so it is not
-    acknowledged. Saving again is safe (the save id makes it idempotent)."""
-
-
-def session_key(sid: str) -> str:
-    return f"{KEY_PREFIX}{{{sid}}}"
+    """The session was deleted or expired (or, for a new session, its id is taken)."""
 
 
 @dataclass(frozen=True)
-class StoredSession:
-    document: str
-    messages: list[str]
+class Limits:
+    messages: int  # messages one session may hold
+    bytes: int  # bytes of messages one session may hold
+    ttl_seconds: int  # the session lifetime (idle expiry)
+
+
+# Remembered per worker: hashing costs a page view a microsecond or two each time.
+@functools.lru_cache(maxsize=4096)
+def session_key(sid: str) -> str:
+    """The key of the session whose id is ``sid``: a hash of it, never the id itself."""
+    return f"{KEY_PREFIX}{{{hashlib.sha256(sid.encode()).hexdigest()}}}"
 
 
 def _parse(fields: dict[str, str]) -> StoredSession | None:
+    """The session in a hash's fields; None when there is none, or when its document is not a
+    JSON object (a pickle planted by someone who can write to Redis, say): logged, and never
+    decoded otherwise."""
     document = fields.get("doc")
     if document is None:
         return None
+    try:
+        data = json.loads(document)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        log.warning("ignoring a session document that is not a JSON object")
+        return None
     count = int(fields.get("n", "0"))
     found = (fields.get(f"m:{i}") for i in range(1, count + 1))
-    return StoredSession(document, [m for m in found if m is not None])
+    return StoredSession(data, tuple(m for m in found if m is not None), len(document))
 
 
-def _guarded(method: Callable[..., T]) -> Callable[..., T]:
-    """Fail fast while Redis is away; reconnect through the endpoint after a failover.
-
-    redis-py's Retry (with backoff) rides out a dropped connection; once its retries are spent,
-    though, every further request would spend them again (about 125 ms of a sync worker each),
-    so during an outage a worker could answer only a few 503s a second. After a failure, each
-    request first sends one PING without retries (0.5 s timeouts): if Redis answers, the request
-    goes ahead as usual (so the first request after Redis returns succeeds); if not, it fails
-    at once. Hand-written: redis-py offers a circuit breaker only for its multi-database client.
-
-    READONLY means the connection leads to a primary that was demoted (a failover, with the
-    connection opened before it): every connection is dropped, so that the next one is made
-    through the endpoint to the new primary, and the call is made once more. Every write here
-    is idempotent, so that second attempt cannot store anything twice.
-    """
-
-    timed = metrics.timed_redis(method)
-
-    @functools.wraps(method)
-    def guarded(self: MessageStore, *args: Any, **kwargs: Any) -> T:
-        if self.away:
-            if not self.ping():
-                metrics.FAIL_FAST_RESPONSES.inc()
-                raise RedisConnectionError("Redis is still not answering")
-            self.away = False
-        try:
-            try:
-                return timed(self, *args, **kwargs)
-            except ReadOnlyError:
-                log.warning("Redis answered READONLY (a failover): reconnecting")
-                self.reset()
-                return timed(self, *args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError):
-            self.away = True
-            raise
-        except RedisClusterException as exc:
-            # The cluster client's "no node reachable" is not a RedisError: make it the
-            # connection error it is, so that it costs a 503 like any other outage.
-            self.away = True
-            raise RedisConnectionError(str(exc)) from exc
-
-    return guarded
+def _encode(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"))
 
 
-class MessageStore:
-    """Session-scoped operations on Redis that flask-session does not offer."""
+class SessionStore:
+    """The session operations on Redis, by session id."""
 
-    away = False  # the last call found Redis unreachable (see _guarded)
+    def __init__(self, redis: RedisClient, limits: Limits, replicas: ReplicaWait) -> None:
+        self.redis = redis
+        self.limits = limits
+        self.replicas = replicas
+        # Sliding expiry without a write per request: refreshing at most every tenth of the
+        # lifetime (and at least once a minute) keeps the idle timeout within 10% of its value.
+        self.refresh_interval = min(60.0, limits.ttl_seconds / 10)
+        self.refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)  # session id: when slid
 
-    def __init__(
-        self,
-        client: Client,
-        reads: Reads,
-        probe: Client | None = None,
-        *,
-        wait_replicas: str = "off",
-        wait_timeout_ms: int = 200,
-    ) -> None:
-        self.client = client
-        self.reads = reads
-        self.probe = probe or client
-        self._append = client.register_script(_APPEND)
-        # "on", "off", or "auto" until the first save decides (see _wait_for_replica).
-        self._wait = wait_replicas
-        self._wait_timeout_ms = wait_timeout_ms
+    def load(self, sid: str) -> StoredSession | None:
+        """The session as of the start of this request; None if there is none (or none this
+        app would read: see ``_parse``)."""
+        return self.redis.read(session_key(sid), _parse)
 
-    @_guarded
-    def load(self, key: str) -> StoredSession | None:
-        """The session as of the start of this request (see reads.TrackedReads); None if absent."""
-        self.reads.sync()
-        return _parse(self.reads.fields(key))
+    def save(self, sid: str, text: str, save_id: str, document: dict[str, Any] | None) -> int:
+        """Append one message, once per ``save_id``; with ``document``, create the session.
 
-    @_guarded
-    def messages(self, key: str) -> list[str]:
-        stored = _parse(self.reads.fields(key))
-        return [] if stored is None else stored.messages
-
-    @_guarded
-    def append(
-        self,
-        key: str,
-        text: str,
-        *,
-        save_id: str,
-        limit: int,
-        max_bytes: int,
-        ttl_seconds: int,
-        document: bytes | None,
-    ) -> int:
-        """Append one message once per ``save_id``, creating the session from ``document``
-        when given. With REDIS_WAIT_REPLICAS, returns only once a replica has the save.
-
-        Returns the message's number; raises SessionFull, SessionOverBudget, SessionGone,
-        or NotReplicated.
+        One round trip: the script, with ``WAIT`` pipelined after it when saves wait for a
+        replica. Returns the message's number; raises SessionFull, SessionOverBudget,
+        SessionGone, or replication.NotReplicated (stored, but not confirmed by a replica).
         """
-        args = [text, limit, ttl_seconds, document or b"", save_id, max_bytes]
-        wait = self._wait_for_replica()
-        try:
-            results = self._run_save(key, args, wait)
-            if isinstance(results[0], NoScriptError):  # a new or restarted server: load it
-                self.client.script_load(_APPEND)
-                results = self._run_save(key, args, wait)
-        finally:
-            self.reads.forget(key)  # even when failed: the script may have run
-        result = results[0]
-        if isinstance(result, Exception):
-            raise result
-        if result == -1:
+        key = session_key(sid)
+        encoded = "" if document is None else _encode(document)
+        args = [text, self.limits.messages, self.limits.ttl_seconds, encoded, save_id]
+        wait = self.replicas.wait_now()
+        then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
+        replies = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
+        status, number = (int(value) for value in replies[0])
+        if status == -1:
             raise SessionFull
-        if result == -2:
+        if status == -2:
             raise SessionGone
-        if result == -3:
+        if status == -3:
             raise SessionOverBudget
-        if wait:
-            self._check_replicated(results[1])
-        return int(result)
-
-    def _run_save(self, key: str, args: list[Any], wait: bool) -> list[Any]:
-        if not wait:
-            # One command, which a cluster client routes to the session's slot and follows
-            # through MOVED and ASK by itself.
-            try:
-                return [self.client.evalsha(self._append.sha, 1, key, *args)]
-            except ReadOnlyError:
-                raise
-            except ResponseError as exc:
-                return [exc]
-        # One pipeline, so that WAIT runs on the connection that made the write. (Never on a
-        # cluster: its client sends a command without a key to whichever node it likes.)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._append.sha, 1, key, *args)
-            pipe.execute_command("WAIT", 1, self._wait_timeout_ms)
-            return pipe.execute(raise_on_error=False)
-
-    def _wait_for_replica(self) -> bool:
-        if self._wait == "auto":
-            # Decided once per process, at its first save: on when the primary has replicas.
-            try:
-                replicas = int(self.client.info("replication").get("connected_slaves", 0))
-            except ResponseError as exc:
-                log.warning("cannot read INFO replication (%s): saves do not wait", exc)
-                replicas = 0
-            self._wait = "on" if replicas else "off"
-            log.info("saves wait for a replica: %s (%d connected)", self._wait, replicas)
-        return self._wait == "on"
-
-    def _check_replicated(self, acknowledged: Any) -> None:
-        if isinstance(acknowledged, ResponseError) and "replica" in str(acknowledged):
-            # A demoted primary: the same as READONLY (see _guarded).
-            raise ReadOnlyError(str(acknowledged))
+        if status == 1 and document is None:
+            self.redis.appended(key, number, text)
+        elif status == 1:
+            self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
+        self.refreshed.put(sid, time.monotonic())  # the script slid the expiry
+        acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
-            log.warning("the server refuses WAIT (%s): saves no longer wait", acknowledged)
-            self._wait = "off"
-        elif isinstance(acknowledged, Exception):
-            raise acknowledged
-        elif int(acknowledged) < 1:
-            raise NotReplicated("no replica confirmed the save in time")
+            self.replicas.wait_refused(acknowledged)
+        self.replicas.settle(acknowledged)
+        return number
 
-    @_guarded
-    def write_document(self, key: str, document: bytes, ttl_seconds: int) -> None:
-        """Store the session's document (changed by code other than ``append``)."""
+    def write_document(self, sid: str, document: dict[str, Any], *, new: bool) -> bool:
+        """Store the session's document (changed by code other than a save); False when the
+        session is gone (or, ``new``, its id is taken)."""
+        key = session_key(sid)
+        script = _CREATE_DOCUMENT if new else _WRITE_DOCUMENT
+        args = [_encode(document), self.limits.ttl_seconds]
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, "doc", document)
-                pipe.expire(key, ttl_seconds)
-                pipe.execute()
+            (done, *_) = self.redis.script("write_document", key, script, args)
         finally:
-            self.reads.forget(key)
+            self.redis.forget(key)
+        if done:
+            self.refreshed.put(sid, time.monotonic())
+        return bool(done)
 
-    @_guarded
-    def refresh(self, key: str, ttl_seconds: int) -> None:
-        """Slide the session's expiry forward."""
-        self.client.expire(key, ttl_seconds)
-
-    @_guarded
-    def delete(self, key: str) -> None:
-        try:
-            self.client.delete(key)
-        finally:
-            self.reads.forget(key)
-
-    @_guarded
-    def call(self, operation: Callable[[], T]) -> T:
-        """Run another module's Redis operation (the rate limiter's) under the same policy."""
-        return operation()
-
-    def reset(self) -> None:
-        """Drop every connection (they lead to a demoted node); the next ones use the endpoint."""
-        disconnect(self.client)
-        disconnect(self.probe)
-        self.reads.reset()
-
-    def ping(self) -> bool:
-        """True when Redis answers; used by /readyz for reporting only."""
-        try:
-            return bool(self.probe.ping())
-        except (redis.RedisError, RedisClusterException):
+    def refresh_if_due(self, sid: str) -> bool:
+        """Slide the session's expiry forward unless this worker did so lately; whether it did
+        (False too when the session is gone)."""
+        last = self.refreshed.get(sid)
+        now = time.monotonic()
+        if last is not None and now - last < self.refresh_interval:
             return False
+        key = session_key(sid)
+        (done, *_) = self.redis.script("refresh", key, _REFRESH, [self.limits.ttl_seconds])
+        if done:
+            self.refreshed.put(sid, now)
+        return bool(done)
+
+    def delete(self, sid: str) -> bool:
+        """Delete the session; whether there was one."""
+        self.refreshed.pop(sid, None)
+        return bool(self.redis.delete(session_key(sid)))

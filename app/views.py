@@ -17,9 +17,9 @@ from werkzeug.wrappers import Response
 
 from . import csrf, metrics
 from .config import current_settings
-from .context import current_rate_limits, current_sessions
+from .context import current_messages
 from .refusals import refuse
-from .store import SessionFull, SessionGone, SessionOverBudget
+from .store import SessionFull, SessionOverBudget
 from .text import length as text_length
 from .text import normalised
 
@@ -53,32 +53,23 @@ def persist_message() -> Any:
     elif not _SAVE_ID.fullmatch(save_id):
         return refused("damaged_form", draft)
     current = session._get_current_object()
-    limited = current_rate_limits().check_save(request, not current.stored)
-    if limited is not None:
-        wait = limited.retry_after
-        page = refused("rate_limited", draft, what=limited.reason, retry_after=wait)
-        return (*page, {"Retry-After": str(wait)})
     try:
-        current_sessions().append_message(
-            current,
-            text,
-            save_id,
-            settings.messages_max_per_session,
-            settings.session_max_bytes,
-        )
+        limited = current_messages().save(current, request, text, save_id)
     except SessionFull:
         return refused("over_count", draft, limit=settings.messages_max_per_session)
     except SessionOverBudget:
         return refused("over_budget", draft, kib=settings.session_max_bytes // 1024)
-    except SessionGone:
-        return refused("session_gone", draft)
+    if limited is not None:
+        wait = limited.retry_after
+        page = refused("rate_limited", draft, what=limited.reason, retry_after=wait)
+        return (*page, {"Retry-After": str(wait)})
     metrics.MESSAGE_SAVES.inc()
     return redirect(url_for(".index"), code=303)
 
 
 @bp.post("/destroy")
 def destroy() -> Response:
-    current_sessions().destroy(session._get_current_object())
+    current_messages().destroy(session._get_current_object())
     return redirect(url_for(".index"), code=303)
 
 
@@ -133,14 +124,14 @@ def render_page(status: int = 200, error: str | None = None, draft: str = "") ->
     """The message page, also for refused input: the reason is shown above the messages,
     which are read back from Redis to show that they are intact."""
     settings = current_settings()
-    current = session._get_current_object()
+    page = current_messages().page(session._get_current_object())
     return (
         render_template(
             "index.html",
             csrf_token=csrf.page_token(),
-            messages=current_sessions().messages(current),
-            fingerprint=current.fingerprint,
-            started=current.get("started"),
+            messages=page.messages,
+            fingerprint=page.fingerprint,
+            started=page.started,
             lifetime_minutes=settings.session_lifetime_seconds // 60,
             replica=settings.replica_name,
             max_length=settings.message_max_length,

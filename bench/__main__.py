@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import failover, memory
 from bench.plan import Plan
 from bench.report import render
 from bench.run import run
@@ -69,6 +70,15 @@ def main(argv: list[str]) -> int:
         plan = maker(args.duration or default_duration, args.repeats or default_repeats)
         results = run(plan, workdir, log)
         text = render(results, shlex.join(["python", "-m", "bench", *argv]))
+        if not args.smoke:
+            # Behaviour more than speed, in modules of their own (python -m bench.memory,
+            # python -m bench.failover); tests/system/test_bench.py runs each.
+            steps = memory.run(workdir / "memory", memory.STEPS, log)
+            text += "\n\n**j. Worker memory** (" + memory.SUMMARY + "):\n\n"
+            text += memory.render(steps) + "\n"
+            runs = failover.run(workdir / "failover", log)
+            text += "\n**k. Saves through failovers** (" + failover.SUMMARY + "):\n\n"
+            text += failover.render(runs) + "\n"
         print(text)
         if args.write:
             args.write.write_text(text)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from app.store import session_key
 from bench.client import PageClient
 from bench.pages import message_text
 from bench.plan import PAGE_MESSAGES, Plan
@@ -166,12 +167,19 @@ def _count(
     )
 
 
+SESSION_KEY_LABEL = "session:{<sha256(sid)>}"
+
+
 def footprint(name: str, server: Valkey, db: int, client: PageClient) -> Footprint:
     """MEMORY USAGE of every key in the variant's DB: this DB holds only this one session."""
     redis_db = server.client(db=db)
     sid = client.cookies.get("session", "")
     keys: dict[str, int] = {}
     for key in redis_db.scan_iter(count=1000):
-        label = key.decode().replace(sid, "<sid>") if sid else key.decode()
+        # The app's key holds a hash of the session id (its own session_key names it), the
+        # anchor's the id itself.
+        text = key.decode()
+        label = SESSION_KEY_LABEL if sid and text == session_key(sid) else text
+        label = label.replace(sid, "<sid>") if sid else label
         keys[label] = int(redis_db.execute_command("MEMORY USAGE", key, "SAMPLES", "0"))
     return Footprint(name, keys)

@@ -10,6 +10,7 @@
 - ``gunicorn``: ``Gunicorn``, the app (or any WSGI target) under ``gunicorn -c gunicorn.conf.py``.
 - ``nginx``: ``Nginx``, the repository's nginx.conf in front of a gunicorn, as in the pod.
 - ``haproxy``: ``Haproxy``, round robin over several gunicorns, like a load balancer.
+- ``endpoint``: ``SwitchableProxy``, a TCP endpoint that a failover moves to another Valkey.
 
 Every server binds 127.0.0.1 and is stopped by its own PID, so several runs (the test suite,
 the benchmark, other work) can share one machine. A tool that is not installed raises

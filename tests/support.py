@@ -14,13 +14,15 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
-from app.reads import DirectReads
-from app.store import KEY_PREFIX, MessageStore, session_key
+from app.redis_client import RedisClient
+from app.replication import NodeReplication, ReplicaWait
+from app.store import KEY_PREFIX, Limits, SessionStore, session_key
 from localservers.ports import free_port
 from ops.page import parse_page
 
@@ -71,11 +73,14 @@ def save(client, text: str, token: str | None = None):
     return client.post("/persistMessage", data={"message": text, "csrf_token": token})
 
 
-def stored_messages(client: redis.Redis, key: bytes | str) -> list[str]:
-    """One session's messages as stored, oldest first, read by the app's own store code (so
-    the tests do not know its field names); ``key`` as ``session_keys`` returns it."""
-    store = MessageStore(client, DirectReads(client))
-    return store.messages(key.decode() if isinstance(key, bytes) else key)
+def stored_messages(connect: Callable[..., redis.Redis], sid: str) -> list[str]:
+    """The messages of the session ``sid`` as stored, oldest first, read by the app's own store
+    (so the tests know neither its key names nor its field names). ``connect`` makes a client
+    of the server given redis.Redis options (a test server's ``client``)."""
+    never_waits = ReplicaWait("off", 0, lambda: NodeReplication(0, "", promoted=False))
+    store = SessionStore(RedisClient(connect(), connect, cache=None), Limits(1, 1, 1), never_waits)
+    stored = store.load(sid)
+    return [] if stored is None else list(stored.messages)
 
 
 def replica_env(valkey_port: int, name: str, **extra: str) -> dict[str, str]:

@@ -48,8 +48,9 @@ SECRET_KEYS = {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
 APP_ENV_VARS = {setting.metadata["variable"] for setting in fields(Settings)}
 APP_DEFAULTS = {
     "REDIS_CLIENT_CACHE": "true: RESP3 client-side caching works on ElastiCache 7+",
+    "READ_CACHE_MAX_BYTES": "32 MiB per worker: 64 MiB of the app container's 512 MiB",
     "PROMETHEUS_MULTIPROC_DIR": "a fresh directory on the pod's /dev/shm (memory)",
-    "REDIS_WAIT_REPLICAS": "auto: saves wait for a replica when the cache has one",
+    "REDIS_WAIT_REPLICAS": "auto: saves wait for a replica while the primary has one",
     "REDIS_WAIT_TIMEOUT_MS": "200: below the 0.5 s socket timeout",
     "SESSION_MAX_BYTES": "256 KiB: see docs/failure-behaviour.md's capacity table",
     "RATE_LIMIT_SAVES": "30/minute per client address",

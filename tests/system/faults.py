@@ -1,6 +1,7 @@
-"""Redis faults on loopback: Valkey servers set up for replication, a switchable endpoint,
-stalls. The servers come from the one Valkey launcher (``localservers.valkey.Valkey``) with
-server options; every process listens on 127.0.0.1 and is stopped by PID.
+"""Redis faults on loopback: Valkey servers set up for replication, stalls and BUSY replies (the
+switchable endpoint is ``localservers.endpoint``). The servers come from the one Valkey
+launcher (``localservers.valkey.Valkey``) with server options; every process listens on
+127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -42,59 +43,6 @@ class ValkeyProcess(Valkey):
         return super().client(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0), **options)
 
 
-class SwitchableProxy:
-    """A TCP proxy standing in for ElastiCache's primary endpoint (a DNS name).
-
-    New connections go to the current target; connections already open stay where they
-    are, as clients that resolved the name before a failover do.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._open = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def switch(self, target_port: int) -> None:
-        self.target_port = target_port
-
-    def _accept(self) -> None:
-        while self._open:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                downstream.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [downstream, upstream]
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._open = False
-        self.listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-
 def busy(port: int) -> bool:
     """True while the server accepts connections but answers nothing (a script is running)."""
     # A raw socket: redis-py would retry, and its handshake would block too.
@@ -122,3 +70,28 @@ def stalled(server: ValkeyProcess, seconds: float):
     finally:
         runner.join(120)
         wait_until(lambda: not busy(server.port), 30, "the stall to end")
+
+
+@contextlib.contextmanager
+def busy_script(server: Valkey, seconds: float):
+    """Run a script for ``seconds`` of the server's CPU time, with the server answering BUSY to
+    every other command meanwhile (``busy-reply-threshold`` lowered from 5 s, so that a short
+    script is enough); yields once the BUSY replies have begun, returns once the script ended."""
+    server.client().config_set("busy-reply-threshold", 100)
+    runner = threading.Thread(
+        target=lambda: server.client(socket_timeout=120).eval(_BUSY, 0, seconds), daemon=True
+    )
+    runner.start()
+
+    def answers_busy() -> bool:
+        try:
+            server.client(socket_timeout=1).ping()
+        except redis.ResponseError as exc:
+            return "BUSY" in str(exc)
+        return False
+
+    wait_until(lambda: answers_busy() or not runner.is_alive(), 10, "the BUSY replies to begin")
+    try:
+        yield
+    finally:
+        runner.join(120)

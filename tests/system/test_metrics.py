@@ -124,15 +124,15 @@ def test_counts_match_a_known_sequence_of_requests(metrics_replica):
     }
     assert value(changed, "messageapp_sessions_created_total") == 1
     assert value(changed, "messageapp_sessions_destroyed_total") == 1
-    # The script ran for the three saves and the refused fourth.
+    # The save script ran for the three saves and the refused fourth.
     redis_count = "messageapp_redis_call_duration_seconds_count"
-    assert value(changed, redis_count, operation="append") == 4
+    assert value(changed, redis_count, operation="save") == 4
     assert value(changed, redis_count, operation="delete") == 1
     assert total(changed, "messageapp_redis_errors_total") == 0
     assert value(changed, "messageapp_fail_fast_responses_total") == 0
-    # Reads are timed only when they reach Redis: exactly the read cache's misses.
+    # Reads are timed only when they reach Redis: exactly the read cache's misses (the worker
+    # that saved keeps its copy current, so here there may be none).
     reads = value(changed, redis_count, operation="read")
-    assert reads > 0
     assert value(changed, "messageapp_read_cache_misses_total") == reads
     assert value(changed, "messageapp_read_cache_hits_total") > 0
     # The session id never reaches a label.
@@ -326,11 +326,12 @@ def test_503s_while_redis_is_away_are_counted_by_kind(metrics_replica, valkey):
     answered = [browser.get(f"{replica.url}/", timeout=30).status_code for _ in range(8)]
     assert answered == [503] * 8
     changed = delta(before, scrape(port))
-    errors = total(changed, "messageapp_redis_errors_total", operation="load")
+    errors = total(changed, "messageapp_redis_errors_total")
     fast = value(changed, "messageapp_fail_fast_responses_total")
-    # Each worker spends its retries once, then refuses at once: one Redis call per 503.
+    # Each worker spends its retries once, then refuses at once (trying again once a cool-down
+    # has passed): one failed Redis call or one refusal per 503.
     assert errors + fast == 8
-    assert 1 <= errors <= 2
+    assert errors >= 1 and fast >= 1
     assert total(changed, "messageapp_redis_errors_total", kind="connection") == errors
     labels = {"route": "/", "method": "GET", "status": "503"}
     assert value(changed, REQUESTS, **labels) == 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -153,6 +154,8 @@ def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, any
     wait_until(lambda: page_ok(replicas[1]), 60, "the first 200 after Redis came back")
     recovery = time.monotonic() - restarted
     for replica in replicas:
+        # Each worker tries Redis again once its cool-down (a second) has passed.
+        wait_until(lambda r=replica: page_ok(r) and page_ok(r), 10, f"{replica.name} to recover")
         assert listed_messages(browse(replica.url, browser)) == [f"before {i}" for i in range(3)]
     assert save(replicas[2].url, browser, "after", token).status_code == 303
     for replica in replicas:
@@ -221,9 +224,10 @@ def test_redis_commands_per_request(valkey, start_replica):
         f"\nredis commands per warm GET /: {per_view[0]}; per save + redirected GET: {per_save[0]}"
     )
     assert per_view == [{}] * 10
-    # Round trips: EVALSHA, and the HGETALL that re-reads the changed session. The rest run
-    # inside the script. (No WAIT: this Valkey has no replica.)
-    expected = {"evalsha": 1, "hgetall": 1, "hget": 1, "hmget": 1, "hset": 1, "expire": 1}
+    # One round trip: EVALSHA (the rest run inside the script). The worker that saved keeps its
+    # cached copy current with what it appended, so the page it redirects to reads nothing.
+    # (No WAIT: this Valkey has no replica.)
+    expected = {"evalsha": 1, "hget": 1, "hmget": 1, "hset": 1, "expire": 1, "exists": 1}
     assert per_save == [expected] * 10
 
 
@@ -280,9 +284,8 @@ def test_sigterm_lets_in_flight_requests_finish(valkey, start_replica):
         reply = conn.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 303"), f"{reply!r}\n{replica.log()}"
     assert replica.process.wait(60) == 0
-    admin = valkey.client()
-    (key,) = session_keys(admin)
-    assert stored_messages(admin, key) == ["in flight"]
+    (sid,) = re.findall(r"Set-Cookie: session=([^;]+);", reply)
+    assert stored_messages(valkey.client, sid) == ["in flight"]
 
 
 def log_lines(replica) -> list[dict]:
@@ -328,6 +331,9 @@ def test_an_unresponsive_redis_gives_503_not_500_and_recovers(valkey, start_repl
         return save(replica.url, browser, "after", token).status_code == 303
 
     wait_until(saved_after, 60, "a save once Redis answers again")
-    assert listed_messages(browse(replica.url, browser)) == ["before", "after"]
+    # The save answered 503 may have reached Redis before its timeout (then it is stored once
+    # when Redis wakes up): a 503 says "not confirmed", never "stored twice".
+    listed = listed_messages(browse(replica.url, browser))
+    assert listed in (["before", "after"], ["before", "while frozen", "after"])
     statuses = {line.get("status") for line in log_lines(replica)}
     assert 503 in statuses and 500 not in statuses

@@ -1,137 +1,197 @@
 """The store against a real Valkey: concurrent saves, the script cache, and the tracked read
-cache (invalidations, restarts, a worker reading its own save).
+cache (invalidations, restarts, a worker reading its own save, its bound in bytes, transient
+error replies).
 
-The save script's limits and refusals on fakeredis: tests/unit/test_store.py.
+Each "worker" is the store of an app made by ``create_app`` in this process, wired as in
+gunicorn. The save script's limits and refusals on fakeredis: tests/unit/test_store.py.
 """
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 import redis
 
-from app.connection import connect
-from app.reads import DirectReads, TrackedReads
-from app.store import MessageStore, session_key
+from app import create_app
+from app.store import SessionStore, session_key
 from localservers.waits import wait_until
 
-KEY = session_key("a")
+from .faults import busy_script
+
+SID = "s" * 43
+STARTED = {"started": "2026-12-06T10:00:00+00:00"}
 
 
 @pytest.fixture
-def real_settings(settings, valkey):
-    return replace(settings, redis_port=valkey.port)
+def worker(settings, valkey):
+    """A worker's store (a new one per call, as each gunicorn worker has its own)."""
+
+    def make(**changes) -> SessionStore:
+        options = {"redis_port": valkey.port, "redis_client_cache": True, **changes}
+        return create_app(replace(settings, **options)).session_interface.store
+
+    return make
 
 
 @pytest.fixture
 def no_expiry(monkeypatch):
     """Cached reads never age out: a new value can then only come from an invalidation."""
-    monkeypatch.setattr("app.reads.CACHE_MAX_AGE_SECONDS", 3600.0)
-
-
-def seen(reads: TrackedReads, key: str) -> dict[str, str]:
-    """What a request opening its session now would read: sync, then read."""
-    reads.sync()
-    return reads.fields(key)
+    monkeypatch.setattr("app.read_cache.MAX_AGE_SECONDS", 3600.0)
 
 
 def calls(client: redis.Redis, command: str) -> int:
     return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
-def append(store: MessageStore, text: str, save_id: str | None = None, **options) -> int:
-    options = {"limit": 5, "max_bytes": 1000, "ttl_seconds": 60, "document": None, **options}
-    return store.append(KEY, text, save_id=save_id or f"id-of-{text}", **options)
+def listed(store: SessionStore, sid: str = SID) -> list[str]:
+    stored = store.load(sid)
+    return [] if stored is None else list(stored.messages)
 
 
-def test_concurrent_appends_on_a_real_server_lose_nothing(real_settings, valkey):
-    client = connect(real_settings)
-    store = MessageStore(client, DirectReads(client))
-    append(store, "seed", limit=1000, max_bytes=10**6, document=b"{}")
+def test_concurrent_saves_on_a_real_server_lose_nothing(worker):
+    store = worker(messages_max_per_session=1000)
+    store.save(SID, "seed", "seed", STARTED)
     texts = [f"message {i}" for i in range(200)]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda t: append(store, t, limit=1000, max_bytes=10**6), texts))
-    stored = store.messages(KEY)
+        list(pool.map(lambda t: store.save(SID, t, f"id {t}", None), texts))
+    stored = listed(worker())
     assert len(stored) == 201
     assert sorted(stored[1:]) == sorted(texts)
 
 
-def test_tracked_reads_cost_no_command_once_cached(real_settings, valkey):
+def test_a_cached_session_costs_no_command(worker, valkey):
+    store = worker()
+    store.save(SID, "m1", "a", STARTED)
+    reader = worker()
+    assert listed(reader) == ["m1"]
     admin = valkey.client()
-    admin.hset(session_key("t"), mapping={"doc": b"{}", "n": 1, "m:1": b"m1"})
-    reads = TrackedReads(real_settings)
-    assert reads.fields(session_key("t")) == {"doc": "{}", "n": "1", "m:1": "m1"}
-    hgetalls = calls(admin, "hgetall")
+    before = calls(admin, "hgetall"), calls(admin, "evalsha")
     for _ in range(20):
-        assert reads.fields(session_key("t"))["m:1"] == "m1"
-    assert calls(admin, "hgetall") == hgetalls
+        assert listed(reader) == ["m1"]
+    assert (calls(admin, "hgetall"), calls(admin, "evalsha")) == before
 
 
-def test_tracked_reads_see_a_change_made_by_another_client(real_settings, valkey, no_expiry):
-    admin = valkey.client()
-    admin.hset(session_key("t"), "m:1", b"m1")
-    reads = TrackedReads(real_settings)
-    other = TrackedReads(real_settings)  # another replica
-    assert reads.fields(session_key("t")) == {"m:1": "m1"}
-    assert other.fields(session_key("t")) == {"m:1": "m1"}
-    admin.hset(session_key("t"), "m:2", b"m2")
+def test_a_change_by_another_worker_reaches_the_cache(worker, no_expiry):
+    writer, reader = worker(), worker()
+    writer.save(SID, "m1", "a", STARTED)
+    assert listed(reader) == ["m1"]
+    writer.save(SID, "m2", "b", None)
     # Redis pushes the invalidation in the same event-loop turn as its reply to the writer;
     # the poll absorbs the microseconds between the two. The cache never ages out here, so
     # only the invalidation can bring the new value.
-    wait_until(lambda: len(seen(reads, session_key("t"))) == 2, 30, "invalidation")
-    admin.delete(session_key("t"))
-    wait_until(lambda: seen(other, session_key("t")) == {}, 30, "invalidation")
+    wait_until(lambda: listed(reader) == ["m1", "m2"], 30, "the invalidation")
+    writer.delete(SID)
+    wait_until(lambda: listed(reader) == [], 30, "the invalidation")
 
 
-def test_tracked_reads_forget_everything_when_redis_restarts(real_settings, valkey):
+def test_a_worker_reads_its_own_saves_without_asking_redis(worker, valkey, no_expiry):
+    store = worker()
+    store.save(SID, "m1", "a", STARTED)
     admin = valkey.client()
-    admin.hset(session_key("t"), "doc", b"v1")
-    reads = TrackedReads(real_settings)
-    assert reads.fields(session_key("t")) == {"doc": "v1"}
-    valkey.stop()
-    reads.sync()  # finds the connection closed and forgets what it cached
-    with pytest.raises(redis.ConnectionError):
-        reads.fields(session_key("t"))
-    valkey.start()
-    valkey.client().hset(session_key("t"), "doc", b"v2")  # changed while this client was cut off
-    assert reads.fields(session_key("t")) == {"doc": "v2"}
-
-
-def test_ping_reports_reachability(real_settings, valkey):
-    client = connect(real_settings)
-    store = MessageStore(client, DirectReads(client))
-    assert store.ping() is True
-    valkey.stop()
-    assert store.ping() is False
-
-
-def test_bytes_that_are_not_utf8_do_not_break_tracked_reads(real_settings, valkey, no_expiry):
-    valkey.client().hset(session_key("p"), "doc", b"\x80\x04\x95 a pickle, say")
-    reads = TrackedReads(real_settings)
-    assert reads.fields(session_key("p"))["doc"].startswith("\ufffd")
-    valkey.client().hset(session_key("p"), "doc", b"{}")
-    # The connection is still usable and still tracked.
-    wait_until(lambda: seen(reads, session_key("p")) == {"doc": "{}"}, 30, "invalidation")
-
-
-def test_a_script_cache_emptied_by_a_restart_is_loaded_again(real_settings, valkey):
-    client = connect(real_settings)
-    store = MessageStore(client, DirectReads(client))
-    append(store, "before", document=b"{}")
-    valkey.client().script_flush()
-    append(store, "after")
-    assert store.messages(KEY) == ["before", "after"]
-
-
-def test_a_worker_reads_its_own_save_at_once(real_settings, valkey):
-    reads = TrackedReads(real_settings)
-    store = MessageStore(connect(real_settings), reads)
-    append(store, "first", document=b"{}", limit=100)
-    assert store.load(KEY).messages == ["first"]  # cached now
-    # The invalidation Redis pushes for the next save may arrive after the next request began:
-    # the worker that saved must not depend on it.
+    hgetalls = calls(admin, "hgetall")
     for number in range(2, 30):
-        append(store, f"m{number}", limit=100)
-        assert store.load(KEY).messages[-1] == f"m{number}"
+        store.save(SID, f"m{number}", f"id{number}", None)
+        assert listed(store)[-1] == f"m{number}"
+    # The save script's answer keeps the worker's copy current: no read of every message.
+    assert calls(admin, "hgetall") == hgetalls
+    assert listed(store) == [f"m{n}" for n in range(1, 30)]
+
+
+def test_after_its_own_save_a_worker_still_hears_of_other_changes(worker, no_expiry):
+    """A write ends Redis' tracking of a key for the connection that wrote it: the save script
+    reads the key again last, or another worker's later save would never reach this cache."""
+    mine, other = worker(), worker()
+    mine.save(SID, "m1", "a", STARTED)
+    assert listed(mine) == ["m1"]
+    mine.save(SID, "m2", "b", None)
+    assert listed(mine) == ["m1", "m2"]  # patched, from the cache
+    other.save(SID, "m3", "c", None)
+    wait_until(lambda: listed(mine) == ["m1", "m2", "m3"], 30, "the other worker's save")
+
+
+def test_the_cache_forgets_everything_when_redis_restarts(worker, valkey):
+    store, writer = worker(), worker()
+    writer.save(SID, "m1", "a", STARTED)
+    assert listed(store) == ["m1"]
+    valkey.stop()
+    with pytest.raises(redis.ConnectionError):
+        store.load(SID)
+    valkey.start()
+    # Changed while this worker was cut off: no invalidation reached it.
+    valkey.client().delete(session_key(SID))
+    writer.save(SID, "new", "b", STARTED)
+    wait_until(lambda: _loads(store) == ["new"], 10, "the worker's cool-down to pass")
+
+
+def _loads(store: SessionStore) -> list[str] | None:
+    try:
+        return listed(store)
+    except redis.ConnectionError:
+        return None  # still cooling down
+
+
+def test_bytes_that_are_not_utf8_do_not_break_the_cache(worker, valkey, no_expiry):
+    store = worker()
+    store.save(SID, "m1", "a", STARTED)
+    valkey.client().hset(session_key(SID), "doc", b"\x80\x04\x95 a pickle, say")
+    wait_until(lambda: store.load(SID) is None, 30, "the invalidation")
+    valkey.client().hset(session_key(SID), "doc", b"{}")
+    # The connection is still usable and still tracked.
+    wait_until(lambda: listed(store) == ["m1"], 30, "the invalidation")
+
+
+def test_a_script_cache_emptied_by_a_restart_is_loaded_again(worker, valkey):
+    store = worker()
+    store.save(SID, "before", "a", STARTED)
+    valkey.client().script_flush()
+    store.save(SID, "after", "b", None)
+    assert listed(store) == ["before", "after"]
+
+
+def test_the_cache_holds_at_most_its_bytes(worker):
+    """However many sessions a worker reads, its cache keeps at most READ_CACHE_MAX_BYTES."""
+    store = worker(read_cache_max_bytes=1 << 20, message_max_length=2000)
+    cache = store.redis.cache
+    for i in range(60):  # 60 sessions of ~40 KB: 2.4 MB read, through a 1 MiB cache
+        sid = f"{i:043d}"
+        store.save(sid, "x" * 2000, "a", STARTED)
+        for n in range(19):
+            store.save(sid, "y" * 2000, f"b{n}", None)
+        assert len(listed(store, sid)) == 20
+        assert cache.bytes <= 1 << 20
+    assert 0 < len(cache) < 60
+
+
+def test_a_busy_script_does_not_switch_the_cache_or_the_role_watch_off(worker, valkey, caplog):
+    """BUSY replies (a long script) are trouble of the moment: neither CLIENT TRACKING nor ROLE
+    is taken as refused, and both are used again once the script ends."""
+    store = worker()
+    store.save(SID, "m1", "a", STARTED)
+    admin = valkey.client()
+    with busy_script(valkey, seconds=3):
+        # The worker's connection breaks meanwhile (a timeout), so it must connect anew and
+        # ask CLIENT TRACKING and ROLE of a server that answers BUSY.
+        store.redis.reset()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _busy_answer(store):
+            time.sleep(0.2)
+    wait_until(lambda: _loads(store) == ["m1"], 15, "the session to be read again")
+    hgetalls, roles = calls(admin, "hgetall"), calls(admin, "role")
+    for _ in range(50):
+        assert listed(store) == ["m1"]
+    assert calls(admin, "hgetall") == hgetalls  # cached again
+    wait_until(lambda: listed(store) == ["m1"] and calls(admin, "role") > roles, 5, "a ROLE")
+    assert "refuses" not in caplog.text
+
+
+def _busy_answer(store: SessionStore) -> bool:
+    try:
+        store.load(SID)
+    except redis.ResponseError as exc:
+        return "BUSY" in str(exc)
+    except redis.ConnectionError:
+        return True  # cooling down after a timeout
+    return False

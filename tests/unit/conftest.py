@@ -5,6 +5,7 @@ Every test here is marked ``unit``; nothing here starts a server or a process.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +22,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def fake_redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+def fake_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
 
 
 @pytest.fixture
-def app(settings: Settings, fake_redis: fakeredis.FakeRedis):
-    return create_app(settings, redis_client=fake_redis)
+def fake_redis(fake_server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """The tests' own client of the fake server the app uses."""
+    return fakeredis.FakeRedis(server=fake_server)
+
+
+@pytest.fixture
+def connect_fake(fake_server: fakeredis.FakeServer):
+    """What the app connects with in unit tests: every client it makes is a fake one on the
+    same fake server."""
+    return functools.partial(fakeredis.FakeRedis, server=fake_server)
+
+
+@pytest.fixture
+def app(settings: Settings, connect_fake):
+    return create_app(settings, connect_redis=connect_fake)
 
 
 @pytest.fixture
@@ -36,10 +50,10 @@ def client(app):
 
 
 @pytest.fixture
-def make_app(settings: Settings, fake_redis: fakeredis.FakeRedis):
+def make_app(settings: Settings, connect_fake):
     """An app with some settings changed, on the same fake Redis."""
 
     def make(**changes):
-        return create_app(replace(settings, **changes), redis_client=fake_redis)
+        return create_app(replace(settings, **changes), connect_redis=connect_fake)
 
     return make

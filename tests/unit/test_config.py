@@ -38,6 +38,7 @@ EVERY = {
     "REDIS_CLUSTER": "true",
     "REDIS_USERNAME": "app",
     "REDIS_CLIENT_CACHE": "false",
+    "READ_CACHE_MAX_BYTES": "2097152",
     "REDIS_WAIT_REPLICAS": "OFF",
     "REDIS_WAIT_TIMEOUT_MS": "50",
     "SESSION_LIFETIME_SECONDS": "600",
@@ -63,6 +64,7 @@ def test_every_variable_is_read():
     assert {f.metadata["variable"] for f in fields(Settings)} == set(EVERY)
     assert (s.redis_port, s.redis_tls, s.redis_auth_token, s.redis_db) == (6380, True, "token", 3)
     assert (s.redis_cluster, s.redis_username, s.redis_client_cache) == (Switch.ON, "app", False)
+    assert s.read_cache_max_bytes == 2 << 20
     assert (s.redis_wait_replicas, s.redis_wait_timeout_ms) == (Switch.OFF, 50)
     assert (s.session_lifetime_seconds, s.session_cookie_secure, s.session_max_bytes) == (
         600,

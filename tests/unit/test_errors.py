@@ -6,18 +6,42 @@ import pytest
 import redis
 
 from app import metrics
-from app.store import NotReplicated
+from app.circuit import COOL_DOWN_SECONDS, Circuit
+from app.replication import NotReplicated
 from tests.support import csrf_token, save
 
 REASONS = metrics.UNAVAILABLE_REASONS
 
 
+class Clock:
+    """The circuit's clock, moved by the test: no test waits out a cool-down."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pass_cool_down(self) -> None:
+        self.now += COOL_DOWN_SECONDS
+
+
 @pytest.fixture
-def redis_down(fake_redis):
-    server = fake_redis.connection_pool.connection_kwargs["server"]
+def clock(app, monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(app.extensions["redis"], "circuit", Circuit(clock=clock))
+    return clock
+
+
+@pytest.fixture
+def redis_down(fake_server, clock):
+    """Make the fake Redis refuse connections (True) or accept them again (False); coming
+    back, the worker's cool-down is over too."""
 
     def down(is_down: bool = True) -> None:
-        server.connected = not is_down
+        fake_server.connected = not is_down
+        if not is_down:
+            clock.pass_cool_down()
 
     return down
 
@@ -104,28 +128,33 @@ def test_redis_errors_raised_outside_views_become_503(app, client, monkeypatch):
     assert_unavailable(client.get("/"))
 
 
-def test_while_redis_is_away_a_request_checks_once_instead_of_retrying(
-    client, app, redis_down, monkeypatch
+def test_while_redis_is_away_requests_fail_at_once_until_a_cool_down_has_passed(
+    client, app, redis_down, clock, monkeypatch
 ):
     save(client, "kept")
-    client.get("/")  # the first read of a session also asks the node's role (once a second)
-    store = app.extensions["message_store"]
-    reads, pings = [], []
-    real_get, real_ping = store.reads.fields, store.ping
-    monkeypatch.setattr(store.reads, "fields", lambda key: reads.append(key) or real_get(key))
-    monkeypatch.setattr(store, "ping", lambda: pings.append(1) or real_ping())
-    redis_down()
-    assert_unavailable(client.get("/"))
-    assert (len(reads), len(pings)) == (1, 0)  # the first failure: the full attempt
-    assert_unavailable(client.get("/"))
-    assert (len(reads), len(pings)) == (1, 1)  # then one quick PING, no read
-    redis_down(False)
-    response = client.get("/")
-    assert response.status_code == 200  # the first request after Redis returns succeeds
-    assert "kept" in response.get_data(as_text=True)
-    assert (len(reads), len(pings)) == (2, 2)
     client.get("/")
-    assert len(pings) == 2  # back to normal: no more PINGs
+    redis_client = app.extensions["redis"]
+    calls = []
+    real_run = redis_client.run
+    monkeypatch.setattr(
+        redis_client, "run", lambda op, call: real_run(op, lambda: calls.append(op) or call())
+    )
+    redis_down()
+    clock.pass_cool_down()  # the node's role is due again: the next page asks Redis
+    assert_unavailable(client.get("/"))
+    assert len(calls) == 1  # the first failure: the full attempt
+    for _ in range(3):
+        assert_unavailable(client.get("/"))
+    assert len(calls) == 1  # then nothing reaches Redis during the cool-down
+    clock.pass_cool_down()
+    assert_unavailable(client.get("/"))
+    assert len(calls) == 2  # one trial after the cool-down, which fails: another cool-down
+    assert_unavailable(client.get("/"))
+    assert len(calls) == 2
+    redis_down(False)  # Redis is back, and the cool-down over
+    response = client.get("/")
+    assert response.status_code == 200  # the first request after that succeeds
+    assert "kept" in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +184,7 @@ def test_a_503_says_what_is_true_and_counts_its_reason(
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(app.session_interface, "append_message", fail)
+    monkeypatch.setattr(app.extensions["messages"], "save", fail)
     before = {r: metrics.UNAVAILABLE_RESPONSES.labels(r)._value.get() for r in REASONS}
     response = client.post("/persistMessage", data={"message": "x", "csrf_token": token})
     after = {r: metrics.UNAVAILABLE_RESPONSES.labels(r)._value.get() for r in REASONS}

@@ -17,7 +17,7 @@ from tests.support import REPO_ROOT
 APP = REPO_ROOT / "app"
 SOURCES = sorted([*APP.glob("*.py"), REPO_ROOT / "gunicorn.conf.py"])
 MODULES = sorted(p.stem for p in APP.glob("*.py") if not p.stem.startswith("__"))
-# `module.name` or `module.Class.name`, for the app's own modules: store._guarded.
+# `module.name` or `module.Class.name`, for the app's own modules: store.SessionStore.
 CITED_NAME = re.compile(rf"(?<![\w./])({'|'.join(MODULES)})((?:\.[A-Za-z_]\w*)+)")
 # Words that read like a cited module but are not one: a redis-py connection's attribute.
 NOT_MODULES = ("connection._parser",)
@@ -63,12 +63,12 @@ def test_every_cited_name_and_path_exists(path: Path) -> None:
 
 def test_the_checks_find_what_the_comments_write() -> None:
     sample = (
-        "see store._guarded, reads.TrackedReads, csrf.CsrfSecrets.reuse_token, config.py;"
+        "see store.SessionStore, read_cache.ReadCache, csrf.CsrfSecrets.reuse_token, config.py;"
         " docs/observability.md and tests/unit/test_csrf.py. Not flask.g or self._store.call."
     )
     assert [m.group(0) for m in CITED_NAME.finditer(sample)] == [
-        "store._guarded",
-        "reads.TrackedReads",
+        "store.SessionStore",
+        "read_cache.ReadCache",
         "csrf.CsrfSecrets.reuse_token",
         "config.py",
     ]

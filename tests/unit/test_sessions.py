@@ -36,7 +36,7 @@ def test_pickled_session_data_is_never_unpickled(client, fake_redis):
 def test_session_document_is_json(client, fake_redis):
     save(client, "hello")
     sid = client.get_cookie("session").value
-    assert fake_redis.hget(session_key(sid), "doc").startswith(b'{"_permanent":true,"started":')
+    assert fake_redis.hget(session_key(sid), "doc").startswith(b'{"started":"')
 
 
 def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis):
@@ -91,7 +91,7 @@ def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
     for key in keys:
         assert 590 <= fake_redis.ttl(key) <= 600
         fake_redis.expire(key, 100)  # as if 500 s had passed
-    client.application.session_interface._refreshed.clear()  # refresh interval elapsed
+    client.application.session_interface.store.refreshed.clear()  # refresh interval elapsed
     client.get("/")
     for key in keys:
         assert fake_redis.ttl(key) > 500
@@ -176,23 +176,26 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
     assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
 
 
-def test_save_into_a_session_deleted_mid_request_is_refused(app, fake_redis, monkeypatch):
+def test_a_save_into_a_session_deleted_mid_request_starts_a_new_one(app, fake_redis, monkeypatch):
     client = app.test_client()
     save(client, "first")
+    old_sid = client.get_cookie("session").value
     token = csrf_token(client.get("/").get_data(as_text=True))
     store = app.session_interface.store
-    real_append = store.append
+    real_save = store.save
 
-    def delete_then_append(store_id, *args, **kwargs):
-        fake_redis.delete(store_id)  # destroyed in another tab
-        return real_append(store_id, *args, **kwargs)
+    def delete_then_save(sid, *args, **kwargs):
+        fake_redis.delete(session_key(sid))  # destroyed in another tab, as this save began
+        return real_save(sid, *args, **kwargs)
 
-    monkeypatch.setattr(store, "append", delete_then_append)
+    monkeypatch.setattr(store, "save", delete_then_save)
     response = client.post("/persistMessage", data={"message": "late", "csrf_token": token})
-    assert response.status_code == 409
-    assert "Your session ended" in response.get_data(as_text=True)
-    assert session_keys(fake_redis) == []
-    assert "session=;" in response.headers["Set-Cookie"]
+    monkeypatch.undo()
+    # The destroyed session stays destroyed; the message is kept, in a new session.
+    assert response.status_code == 303
+    assert client.get_cookie("session").value != old_sid
+    assert session_keys(fake_redis, old_sid) == []
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["late"]
 
 
 def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
@@ -200,7 +203,7 @@ def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
     assert any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
     # Within the refresh interval the cookie is not re-sent: its expiry already matches Redis.
     assert not any(c.startswith("session=") for c in client.get("/").headers.getlist("Set-Cookie"))
-    client.application.session_interface._refreshed.clear()  # the refresh interval elapsed
+    client.application.session_interface.store.refreshed.clear()  # the refresh interval elapsed
     refreshed = client.get("/").headers.getlist("Set-Cookie")
     assert any(c.startswith("session=") and "Expires=" in c for c in refreshed)
 

@@ -2,7 +2,7 @@
 
 import redis
 
-from app.reads import set_invalidation_handler
+from app.nodes import set_invalidation_handler
 
 
 def test_the_invalidation_handler_reaches_the_connections_parser():
@@ -15,7 +15,7 @@ def test_the_invalidation_handler_reaches_the_connections_parser():
     except AttributeError as exc:
         raise AssertionError(
             "redis-py no longer has connection._parser.set_invalidation_push_handler: "
-            "app/reads.py (set_invalidation_handler) must find the new way to receive "
+            "app/nodes.py (set_invalidation_handler) must find the new way to receive "
             f"invalidation pushes, or the read cache would serve stale sessions ({exc})"
         ) from exc
     parser = connection._parser

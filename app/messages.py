@@ -1,0 +1,79 @@
+"""The message operations the views call: the page's messages, a save, a destroy.
+
+They reach Redis inside the view, where a RedisError becomes a clean 503 (errors.py); Flask
+saves the session after the view, where an error could only be a 500.
+
+A save does not read the session first: the save script knows whether it exists. A cookie
+naming a session that is gone (expired, or destroyed in another tab) never brings it back: the
+message starts a new session, under a new id. The rate limits count before anything is stored:
+every save, and a new session only when the save starts one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Request
+
+from . import metrics
+from .ratelimit import RateLimits, Refusal
+from .sessions import MessageSession, new_sid
+from .store import SessionGone, SessionStore
+
+
+@dataclass(frozen=True)
+class Page:
+    """What the page shows of a session."""
+
+    messages: tuple[str, ...]
+    fingerprint: str | None
+    started: str | None
+
+
+class Messages:
+    def __init__(self, store: SessionStore, rate_limits: RateLimits) -> None:
+        self.store = store
+        self.rate_limits = rate_limits
+
+    def page(self, session: MessageSession) -> Page:
+        stored = session.stored
+        return Page(
+            messages=() if stored is None else stored.messages,
+            fingerprint=session.fingerprint,
+            started=session.get("started"),
+        )
+
+    def save(
+        self, session: MessageSession, request: Request, text: str, save_id: str
+    ) -> Refusal | None:
+        """Store one message in the session (once per ``save_id``), or in a new one.
+
+        A Refusal when a rate limit says no; raises store.SessionFull, SessionOverBudget, or a
+        RedisError (replication.NotReplicated included).
+        """
+        refusal = self.rate_limits.check_save(request)
+        if refusal is not None:
+            return refusal
+        if session.sid is not None and not session.known_absent:
+            try:
+                self.store.save(session.sid, text, save_id, None)
+            except SessionGone:
+                pass  # expired or destroyed: the message starts a new session
+            else:
+                return None
+        refusal = self.rate_limits.check_new_session(request)
+        if refusal is not None:
+            return refusal
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        document = {**session.data_in_memory(), "started": started}
+        sid = new_sid()
+        self.store.save(sid, text, save_id, document)
+        session.began(sid, document, (text,))
+        metrics.SESSIONS_CREATED.inc()
+        return None
+
+    def destroy(self, session: MessageSession) -> None:
+        if session.sid is not None and self.store.delete(session.sid):
+            metrics.SESSIONS_DESTROYED.inc()
+        session.end()

@@ -1,0 +1,338 @@
+"""The worker's one guarded way to Redis: every command of the store, the reads and the rate
+limiter goes through ``RedisClient.run``, which holds the failure policy in one place.
+
+* **Fail fast** (app/circuit.py): once Redis is found away, calls are refused at once for a
+  cool-down, then one call is tried; so a frozen Redis never holds a worker for long.
+* **Failover**: a READONLY answer means the connection leads to a primary that was demoted: every
+  connection is dropped, so that the next one is made through the endpoint to the new primary,
+  and the call is made once more (every write here is idempotent). Each node a worker reads
+  from is asked its role at most once a second (app/nodes.py), since a demoted primary keeps
+  serving stale reads without saying READONLY.
+* **Cluster**: a session's commands go to its node's own connection (``get_node_from_key``,
+  redis-py's public routing); a MOVED or ASK there (a slot moving, a failover) sends that one
+  command through the cluster client, which follows redirections and refreshes its slot map,
+  and the next command is routed by the new map. The cluster client's "no node reachable"
+  (not a RedisError) becomes the connection error it is.
+* **Timing and counting** by operation name (``save``, ``read``, ``rate_limit``...), for the
+  metrics; reads answered by the read cache are not Redis calls and are not timed.
+
+Besides the session connections (one per node) there is one pooled client, for the rate
+limiter, the cluster's routing and redirected commands, and the readiness probe's PING.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import metrics
+from .circuit import Circuit
+from .connection import Client, disconnect
+from .nodes import Command, NodeConnection
+from .read_cache import ReadCache, StoredSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PRIMARY = "primary"  # the one node's name on one primary: the endpoint, wherever it leads
+
+
+class NodeEvents(Protocol):
+    """What a node's connection tells others (the replication policy listens)."""
+
+    def node_changed(self) -> None: ...
+
+    def replicas_seen(self, replicas: int) -> None: ...
+
+
+class Script:
+    """A Lua script, sent by its SHA1 (EVALSHA) and loaded when a server lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+
+
+class RedisClient:
+    def __init__(
+        self,
+        pooled: Client,
+        make_node_client: Callable[..., redis.Redis],
+        *,
+        cache: ReadCache | None,
+    ) -> None:
+        """``pooled``: the pooled client (a RedisCluster on a cluster); ``make_node_client``:
+        builds a client for one node's session connection (given ``host`` and ``port`` on a
+        cluster, the endpoint's otherwise)."""
+        self.pooled = pooled
+        self._cluster_client = pooled if isinstance(pooled, RedisCluster) else None
+        self.cluster = self._cluster_client is not None
+        self._make_node_client = make_node_client
+        self.cache = cache
+        self._events: NodeEvents | None = None
+        self.circuit = Circuit()
+        self._nodes: dict[str, NodeConnection] = {}
+        self._nodes_lock = threading.Lock()
+        self._durations: dict[str, Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+
+    def listen(self, events: NodeEvents) -> None:
+        """Tell ``events`` when a session connection is made and what the role check sees."""
+        self._events = events
+
+    # The guard -----------------------------------------------------------------------------
+
+    def run(self, operation: str, call: Callable[[], T]) -> T:
+        """Make one Redis call under the failure policy; ``operation`` names it in the metrics."""
+        if not self.circuit.allow():
+            metrics.FAIL_FAST_RESPONSES.inc()
+            raise RedisConnectionError("Redis is not answering (trying again after a cool-down)")
+        started = time.perf_counter()
+        try:
+            try:
+                result = call()
+            except ReadOnlyError:
+                log.warning("Redis answered READONLY (a failover): reconnecting")
+                self.reset()
+                result = call()
+        except (RedisConnectionError, RedisTimeoutError, ClusterError) as exc:
+            self.circuit.failed()
+            self._count(operation, exc)
+            raise
+        except RedisClusterException as exc:
+            # The cluster client's "no node reachable" is not a RedisError: make it the
+            # connection error it is, so that it costs a 503 like any other outage.
+            self.circuit.failed()
+            error = RedisConnectionError(str(exc))
+            self._count(operation, error)
+            raise error from exc
+        except RedisError as exc:
+            self.circuit.succeeded()  # Redis answered, with an error
+            self._count(operation, exc)
+            raise
+        except BaseException:
+            self.circuit.succeeded()  # not about Redis: release a trial
+            raise
+        finally:
+            self._duration(operation).observe(time.perf_counter() - started)
+        self.circuit.succeeded()
+        return result
+
+    def _duration(self, operation: str) -> Any:
+        child = self._durations.get(operation)
+        if child is None:
+            child = self._durations[operation] = metrics.REDIS_DURATION.labels(operation)
+        return child
+
+    def _count(self, operation: str, exc: BaseException) -> None:
+        kind = metrics.error_kind(exc)
+        child = self._errors.get((operation, kind))
+        if child is None:
+            child = self._errors[(operation, kind)] = metrics.REDIS_ERRORS.labels(operation, kind)
+        child.inc()
+
+    def reset(self) -> None:
+        """Drop every connection (they lead to a demoted node); the next ones use the endpoint."""
+        for node in list(self._nodes.values()):
+            node.disconnect()
+        disconnect(self.pooled)
+        if self.cache is not None:
+            self.cache.clear()
+
+    def ping(self) -> bool:
+        """Whether Redis answers (for /readyz, which reports and never waits long)."""
+        try:
+            return bool(self.run("ping", self.pooled.ping))
+        except RedisError:
+            return False
+
+    # Session commands ----------------------------------------------------------------------
+
+    def read(self, key: str, parse: Callable[[dict[str, str]], StoredSession | None]) -> Any:
+        """The hash at ``key``, parsed: from the read cache while Redis keeps it fresh (never
+        while Redis is known to be away: then the read fails at once, or is the circuit's
+        trial)."""
+        node = self._route(key)
+        self._watch(node)
+        cache = self.cache if node.tracking and not self.circuit.is_open else None
+        if cache is not None:
+            cache.expire()  # what aged out leaves memory, even in a worker that reads little
+            hit = cache.get(key, node.name)
+            if hit is not None:
+                return hit
+        replies, direct = self.run("read", lambda: self._on_node(node, key, [("HGETALL", key)]))
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        parsed = parse(replies[0] if direct else _decoded(replies[0]))
+        # A read redirected through the cluster client came from a node this worker does not
+        # track: never cached.
+        if self.cache is not None and node.tracking and direct:
+            if parsed is None:
+                self.cache.discard(key)  # nothing is cached for a missing key
+            else:
+                self.cache.put(key, node.name, parsed)
+        return parsed
+
+    def script(
+        self,
+        operation: str,
+        key: str,
+        script: Script,
+        args: Sequence[Any],
+        then: Sequence[Command] = (),
+    ) -> list[Any]:
+        """Run ``script`` on ``key`` (one round trip, with ``then`` pipelined after it on the
+        same connection); the replies, the script's first. A server without the script (new,
+        or restarted) has it loaded and run again."""
+        node = self._route(key)
+        commands = [("EVALSHA", script.sha, 1, key, *args), *then]
+
+        def call() -> list[Any]:
+            replies, _ = self._on_node(node, key, commands)
+            if isinstance(replies[0], NoScriptError):
+                self._load(node, script)
+                replies, _ = self._on_node(node, key, commands)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            return replies
+
+        return self.run(operation, call)
+
+    def delete(self, key: str) -> int:
+        node = self._route(key)
+        try:
+            replies, _ = self.run("delete", lambda: self._on_node(node, key, [("DEL", key)]))
+        finally:
+            self.forget(key)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return int(replies[0])
+
+    def on_primary(self, operation: str, *command: Any) -> Any:
+        """One command on the primary's session connection (one primary only: the INFO the
+        replication policy reads must come from the node its saves go to)."""
+        node = self._node(PRIMARY, self._make_node_client)
+        return self.run(operation, lambda: node.execute(*command))
+
+    # What this worker knows it changed -----------------------------------------------------
+
+    def appended(self, key: str, number: int, text: str) -> None:
+        if self.cache is not None:
+            self.cache.appended(key, self._route(key).name, number, text)
+
+    def cached(self, key: str, session: StoredSession) -> None:
+        node = self._route(key)
+        if self.cache is not None and node.tracking:
+            self.cache.put(key, node.name, session)
+
+    def forget(self, key: str) -> None:
+        if self.cache is not None:
+            self.cache.discard(key)
+
+    # Nodes ---------------------------------------------------------------------------------
+
+    def _route(self, key: str) -> NodeConnection:
+        if self._cluster_client is None:
+            return self._node(PRIMARY, self._make_node_client)
+        try:
+            target = self._cluster_client.get_node_from_key(key)
+        except RedisClusterException as exc:  # no node holds the slot now
+            raise RedisConnectionError(str(exc)) from exc
+        return self._node(
+            target.name,
+            functools.partial(self._make_node_client, host=target.host, port=target.port),
+        )
+
+    def _node(self, name: str, make: Callable[..., redis.Redis]) -> NodeConnection:
+        node = self._nodes.get(name)
+        if node is None:
+            with self._nodes_lock:
+                node = self._nodes.get(name)
+                if node is None:
+                    node = NodeConnection(name, make, self.cache, self._node_changed)
+                    self._nodes[name] = node
+        return node
+
+    def _node_changed(self) -> None:
+        if self._events is not None:
+            self._events.node_changed()
+
+    def _watch(self, node: NodeConnection) -> None:
+        """Before answering from the cache: apply pushed invalidations, and (once a second)
+        check that the node is still a primary."""
+        node.drain()
+        if not node.role_due():
+            return
+        role = self.run("role", node.role)
+        if role is None:
+            return
+        if not role.primary:
+            log.warning("the Redis node this worker reads from is now a replica: reconnecting")
+            self._demoted(node)
+        elif self._events is not None and not self.cluster:
+            self._events.replicas_seen(role.replicas)
+
+    def _demoted(self, node: NodeConnection) -> None:
+        if self.cluster:
+            node.disconnect()  # its slots now answer MOVED: the cluster client finds the primary
+        else:
+            self.reset()
+
+    def _on_node(
+        self, node: NodeConnection, key: str, commands: Sequence[Command]
+    ) -> tuple[list[Any], bool]:
+        """``commands`` on the node's connection, in one round trip: the replies (an error reply
+        in its place), and whether they came from that connection. On a cluster, a redirection
+        (the slot moved, or is moving) or a lost node (a failover) sends them through the
+        cluster client instead, which follows the redirection and refreshes its slot map."""
+        try:
+            replies = node.batch(commands)
+        except RedisConnectionError:
+            if not self.cluster:
+                raise
+            node.disconnect()
+        else:
+            if not (self.cluster and isinstance(replies[0], AskError)):
+                return replies, True
+        self.forget(key)
+        return [self._via_cluster_client(command) for command in commands], False
+
+    def _via_cluster_client(self, command: Command) -> Any:
+        try:
+            return self.pooled.execute_command(*command)
+        except ResponseError as exc:
+            return exc
+
+    def _load(self, node: NodeConnection, script: Script) -> None:
+        node.execute("SCRIPT", "LOAD", script.source)
+        if self._cluster_client is not None:
+            # A redirected command runs on whichever node the cluster client picks.
+            self._cluster_client.script_load(script.source)
+
+
+def _decoded(fields: dict) -> dict[str, str]:
+    """The cluster client's answer (bytes) as the session connections give it (text)."""
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,170 @@
+"""When a save waits for a replica (``WAIT``), and what a 303 means when none confirms it.
+
+REDIS_WAIT_REPLICAS decides: ``off`` never waits; ``on`` acknowledges a save only once a replica
+has it; ``auto`` (the default) waits whenever the primary has a replica, and otherwise decides
+from what the server says about its own replication history (``INFO replication``):
+
+* The node has a replica, which did not confirm in time (``WAIT`` fell short): the save is not
+  acknowledged (503, safe to repeat).
+* The node has no replica, and its replication history (``master_replid``) is the one a replica
+  confirmed saves on before, in this worker: the primary lost its replica. Either the replica
+  died, or it was promoted and this node is a primary on its way out (a failover whose old
+  primary still takes writes for a moment): its saves would be lost. Saves are refused for
+  ORPHANED_GRACE_SECONDS; a primary still without a replica after that had its replica die,
+  and saves are acknowledged again.
+* The node has no replica, and its history is not one a replica confirmed: it is a new primary
+  (a replica promoted when the old primary was lost for good: its history changed with the
+  promotion), or a cache without replicas. Saves are acknowledged at once.
+
+Every save acknowledged without a replica's confirmation on a cache that has had replicas
+(confirmed here, or a promoted node: ``master_replid2`` is set) counts in
+``messageapp_saves_without_replica_total``; a cache run without replicas counts nothing.
+docs/failure-behaviour.md states what a 303 guarantees in each case.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from . import metrics
+from .connection import refused
+
+log = logging.getLogger(__name__)
+
+# Longer than a failover's old primary keeps taking writes once its replica was promoted (the
+# service demotes or replaces it within seconds), short enough that a primary whose replica
+# died (a replica being replaced, maintenance) refuses saves for only a few seconds.
+ORPHANED_GRACE_SECONDS = 10.0
+_NO_HISTORY = "0" * 40  # master_replid2 of a node that was never promoted
+
+
+class NotReplicated(RedisError):
+    """No replica confirmed the save in time: it may be lost in a failover, so it is not
+    acknowledged. Saving again is safe (the save id makes it idempotent)."""
+
+
+@dataclass(frozen=True)
+class NodeReplication:
+    """What ``INFO replication`` says about the node saves go to."""
+
+    replicas: int
+    history: str  # master_replid
+    promoted: bool  # master_replid2 is set: the node was a replica once
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> NodeReplication:
+        return cls(
+            replicas=int(info.get("connected_slaves", 0)),
+            history=str(info.get("master_replid", "")),
+            promoted=str(info.get("master_replid2", _NO_HISTORY)) != _NO_HISTORY,
+        )
+
+
+class ReplicaWait:
+    """One per worker: the state the decisions above need, and the decisions."""
+
+    def __init__(
+        self,
+        mode: str,
+        timeout_ms: int,
+        ask: Callable[[], NodeReplication],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mode = mode  # "on", "off" or "auto"
+        self.timeout_ms = timeout_ms  # how long WAIT waits for a replica
+        self._ask = ask  # INFO replication of the node saves go to
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._node: NodeReplication | None = None  # None: ask before the next save
+        self._confirmed_history: str | None = None  # the history a replica last confirmed
+        self._had_replicas = False  # a replica confirmed a save in this worker, ever
+        self._orphaned_since: float | None = None
+
+    def node_changed(self) -> None:
+        """The connection was made anew (it may lead to another node): ask again."""
+        with self._lock:
+            self._node = None
+
+    def replicas_seen(self, replicas: int) -> None:
+        """The node's replica count, from the role check (once a second)."""
+        with self._lock:
+            node = self._node
+            if node is not None and (replicas > 0) != (node.replicas > 0):
+                self._node = None  # replicas came or went: ask for the whole picture
+
+    def wait_now(self) -> bool:
+        """Whether the next save pipelines ``WAIT``."""
+        if self.mode == "off":
+            return False
+        node = self._known_node()
+        return node.replicas > 0 or self.mode == "on"
+
+    def wait_refused(self, exc: ResponseError) -> None:
+        """The server answered ``WAIT`` with an error: a refusal turns waiting off."""
+        if refused(exc) and self.mode != "off":
+            log.warning("the server refuses WAIT (%s): saves no longer wait", exc)
+            self.mode = "off"
+
+    def settle(self, acknowledged: Any) -> None:
+        """Whether the save just stored is acknowledged: ``acknowledged`` is what ``WAIT``
+        answered (None when it was not sent). Returns, or raises NotReplicated."""
+        if self.mode == "off":
+            return
+        if isinstance(acknowledged, int) and acknowledged >= 1:
+            with self._lock:
+                if self._node is not None:
+                    self._confirmed_history = self._node.history
+                self._had_replicas = True
+                self._orphaned_since = None
+            return
+        if acknowledged is not None:
+            with self._lock:
+                self._node = None  # WAIT fell short: ask what the node says now
+        node = self._known_node()
+        if self.mode == "on":
+            raise NotReplicated("no replica confirmed the save in time")
+        if node.replicas > 0:
+            raise NotReplicated("the replica did not confirm the save in time")
+        with self._lock:
+            if node.history == self._confirmed_history:
+                now = self._clock()
+                if self._orphaned_since is None:
+                    self._orphaned_since = now
+                    log.warning(
+                        "the primary lost its replica: saves are refused for %.0f s, in case "
+                        "it is a primary on its way out of a failover",
+                        ORPHANED_GRACE_SECONDS,
+                    )
+                if now - self._orphaned_since < ORPHANED_GRACE_SECONDS:
+                    raise NotReplicated("the primary has just lost its replica")
+            counted = self._had_replicas or node.promoted
+        if counted:
+            metrics.SAVES_WITHOUT_REPLICA.inc()
+
+    def _known_node(self) -> NodeReplication:
+        node = self._node
+        if node is None:
+            try:
+                node = self._ask()
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                log.warning("the server refuses INFO replication (%s): saves do not wait", exc)
+                self.mode = "off" if self.mode == "auto" else self.mode
+                node = NodeReplication(replicas=0, history="", promoted=False)
+            with self._lock:
+                if self._node is None:
+                    log.info(
+                        "the primary has %d replica(s)%s",
+                        node.replicas,
+                        ", and was promoted" if node.promoted else "",
+                    )
+                self._node = node
+        return node

@@ -1,0 +1,133 @@
+"""The replication policy's decisions (app/replication.py): when a save waits for a replica, and
+whether a save no replica confirmed is acknowledged. The same against real servers, through a
+failover: tests/system/test_redis_faults.py."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from app.replication import ORPHANED_GRACE_SECONDS, NodeReplication, NotReplicated, ReplicaWait
+
+OLD, NEW = "a" * 40, "b" * 40  # two replication histories (master_replid)
+
+
+class Node:
+    """What INFO replication says; the test changes it as the cache would."""
+
+    def __init__(self, replicas: int, history: str = OLD, promoted: bool = False) -> None:
+        self.now = NodeReplication(replicas, history, promoted)
+        self.asked = 0
+
+    def ask(self) -> NodeReplication:
+        self.asked += 1
+        return self.now
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counted() -> float:
+    return REGISTRY.get_sample_value("messageapp_saves_without_replica_total") or 0.0
+
+
+def policy(node: Node, mode: str = "auto") -> tuple[ReplicaWait, Clock]:
+    clock = Clock()
+    return ReplicaWait(mode, 200, node.ask, clock), clock
+
+
+def test_with_a_replica_a_save_waits_and_a_confirmation_acknowledges_it():
+    node = Node(replicas=1)
+    wait, _ = policy(node)
+    assert wait.wait_now() is True
+    before = counted()
+    wait.settle(1)
+    assert counted() == before
+    assert node.asked == 1  # asked once, then known
+
+
+def test_a_replica_too_slow_to_confirm_is_not_acknowledged():
+    node = Node(replicas=1)
+    wait, _ = policy(node)
+    wait.wait_now()
+    with pytest.raises(NotReplicated):
+        wait.settle(0)  # WAIT fell short; INFO: the replica is still there, just slow
+
+
+def test_a_primary_that_lost_its_replica_refuses_saves_for_a_grace_period():
+    """Its replica may have been promoted: this node may be a primary on its way out, whose
+    saves the failover would lose."""
+    node = Node(replicas=1)
+    wait, clock = policy(node)
+    wait.wait_now()
+    wait.settle(1)  # confirmed on history OLD
+    node.now = NodeReplication(0, OLD, promoted=False)  # the same node, no replica now
+    before = counted()
+    with pytest.raises(NotReplicated):
+        wait.settle(0)
+    clock.now += ORPHANED_GRACE_SECONDS - 1
+    assert wait.wait_now() is False  # no replica: nothing to wait for
+    with pytest.raises(NotReplicated):
+        wait.settle(None)
+    clock.now += 1  # still the primary after the grace period: its replica died
+    wait.settle(None)
+    assert counted() == before + 1
+
+
+def test_a_promoted_primary_without_a_replica_acknowledges_at_once_and_counts():
+    node = Node(replicas=1)
+    wait, _ = policy(node)
+    wait.wait_now()
+    wait.settle(1)  # confirmed on history OLD
+    wait.node_changed()  # reconnected through the endpoint after the failover...
+    node.now = NodeReplication(0, NEW, promoted=True)  # ...to the promoted replica
+    before = counted()
+    assert wait.wait_now() is False
+    wait.settle(None)
+    wait.settle(None)
+    assert counted() == before + 2
+
+
+def test_a_cache_without_replicas_acknowledges_and_counts_nothing():
+    wait, _ = policy(Node(replicas=0))
+    before = counted()
+    assert wait.wait_now() is False
+    wait.settle(None)
+    assert counted() == before
+
+
+def test_a_worker_that_first_meets_a_promoted_primary_counts_its_saves():
+    wait, _ = policy(Node(replicas=0, history=NEW, promoted=True))
+    before = counted()
+    wait.wait_now()
+    wait.settle(None)
+    assert counted() == before + 1
+
+
+def test_on_never_acknowledges_without_a_replica():
+    wait, _ = policy(Node(replicas=0, history=NEW, promoted=True), mode="on")
+    assert wait.wait_now() is True
+    with pytest.raises(NotReplicated):
+        wait.settle(0)
+
+
+def test_off_never_waits_nor_asks():
+    node = Node(replicas=1)
+    wait, _ = policy(node, mode="off")
+    assert wait.wait_now() is False
+    wait.settle(None)
+    assert node.asked == 0
+
+
+def test_replicas_that_come_back_are_waited_for_again():
+    node = Node(replicas=0, history=NEW, promoted=True)
+    wait, _ = policy(node)
+    assert wait.wait_now() is False
+    node.now = NodeReplication(1, NEW, promoted=True)
+    wait.replicas_seen(1)  # the role check (once a second) sees a replica
+    assert wait.wait_now() is True
