@@ -14,7 +14,7 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import csrf, errors, health, hooks, logs, metrics, validation, views
+from . import credentials, csrf, errors, health, hooks, logs, metrics, validation, views
 from .config import Settings
 from .connection import check_server, connect
 from .ratelimit import RateLimits
@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        # Flask 3.1's key rotation; csrf.py gives the same keys to the CSRF signers.
+        SECRET_KEY_FALLBACKS=list(settings.secret_key_fallbacks),
         PERMANENT_SESSION_LIFETIME=settings.session_lifetime_seconds,
         SESSION_COOKIE_NAME="session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -45,7 +47,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     app.extensions["settings"] = settings
     app.extensions["message_store"] = store = _make_store(settings, redis_client)
     app.extensions["rate_limits"] = RateLimits(settings, store)
-    csrf_secrets = csrf.CsrfSecrets(settings.secret_key)
+    credentials.init_app(app, settings, store.reset)
+    csrf_secrets = csrf.CsrfSecrets(settings.secret_key, settings.secret_key_fallbacks)
     app.session_interface = MessageSessionInterface(
         app, store, settings.session_lifetime_seconds, csrf_secrets
     )

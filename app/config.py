@@ -53,6 +53,14 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     redis_cluster: str = "auto"  # "auto", "on" or "off" (see connection.cluster_mode)
     redis_username: str | None = None
+    redis_auth: str = "token"  # "token" or "iam" (see credentials.py)
+    redis_iam_cache_name: str | None = None
+    redis_iam_serverless: bool = False
+    aws_region: str | None = None
+    secret_key_fallbacks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_auth(self)
 
     @property
     def max_content_length(self) -> int:
@@ -111,7 +119,44 @@ class Settings:
             redis_cluster=_cluster(env),
             # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
             redis_username=_text(env, "REDIS_USERNAME"),
+            redis_auth=_choice(env, "REDIS_AUTH", "TOKEN", ("TOKEN", "IAM")).lower(),
+            # The replication group id or Serverless cache name that IAM tokens are signed for.
+            redis_iam_cache_name=(_text(env, "REDIS_IAM_CACHE_NAME") or "").lower() or None,
+            redis_iam_serverless=_boolean(env, "REDIS_IAM_SERVERLESS", False),
+            # The AWS SDKs' own variable; the region IAM tokens are signed for.
+            aws_region=_text(env, "AWS_REGION"),
+            # Flask 3.1's setting: keys that still verify what they signed (key rotation).
+            secret_key_fallbacks=_keys(env, "SECRET_KEY_FALLBACKS"),
         )
+
+
+def _check_auth(settings: Settings) -> None:
+    """REDIS_AUTH=iam needs what a token is signed for, and TLS: ElastiCache takes IAM tokens
+    only over TLS, and a token seen in the clear could be replayed for 15 minutes."""
+    if settings.redis_auth != "iam":
+        return
+    needed = {
+        "REDIS_USERNAME": settings.redis_username,
+        "REDIS_IAM_CACHE_NAME": settings.redis_iam_cache_name,
+        "AWS_REGION": settings.aws_region,
+    }
+    missing = [name for name, value in needed.items() if not value]
+    if missing:
+        raise ConfigError(f"REDIS_AUTH=iam needs {', '.join(missing)}")
+    if not settings.redis_tls:
+        raise ConfigError(
+            "REDIS_AUTH=iam needs REDIS_TLS=true (ElastiCache takes IAM tokens over TLS only)"
+        )
+    if settings.redis_auth_token:
+        raise ConfigError("REDIS_AUTH=iam signs its own tokens: unset REDIS_AUTH_TOKEN")
+
+
+def _keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated secret keys, each as long as SECRET_KEY must be."""
+    keys = tuple(part.strip() for part in (_text(env, name) or "").split(",") if part.strip())
+    if any(len(key) < 16 for key in keys):
+        raise ConfigError(f"{name}: every key must have at least 16 characters")
+    return keys
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
