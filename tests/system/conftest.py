@@ -15,6 +15,7 @@ import pytest
 from tests.support import Replica, mark_layer, replica_env, start_gunicorn
 
 from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module here)
+from .tls import tls_redis, trusts_the_test_ca  # noqa: F401 (fixtures for every module here)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
