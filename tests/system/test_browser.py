@@ -7,7 +7,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support import session_keys
+from tests.support import Haproxy, session_keys
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -99,3 +99,76 @@ def test_a_refused_message_shows_the_reason_and_keeps_the_list(browser, valkey, 
     expect(page.locator("li.message")).to_have_text(["short"])
     # What was typed is still there to shorten, not lost.
     expect(page.locator("textarea[name=message]")).to_have_value("far too long for ten")
+
+
+OLD_KEY, NEW_KEY = "old-secret-key-0123456789abcdef", "new-secret-key-0123456789abcdef"
+
+
+def _swap(proxy: Haproxy, replica) -> None:
+    """The load balancer's one target becomes ``replica`` (the pods of the next rollout step)."""
+    reply = proxy.command(f"set server replicas/app addr 127.0.0.1 port {replica.port}")
+    assert "changed" in reply, reply
+
+
+def test_a_form_rendered_before_a_key_rotation_saves_after_it(
+    browser, valkey, start_replica, tmp_path
+):
+    """SECRET_KEY rotated (the old key a fallback), then the fallback dropped: a form open
+    through both steps saves each time, in the page the person already has."""
+    old = start_replica(valkey.port, "old-key", SECRET_KEY=OLD_KEY)
+    proxy = Haproxy(tmp_path, {"app": old.port})
+    proxy.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{proxy.url}/")
+        page.fill("textarea[name=message]", "typed before the rotation")
+        _swap(
+            proxy,
+            start_replica(valkey.port, "rotated", SECRET_KEY=NEW_KEY, SECRET_KEY_FALLBACKS=OLD_KEY),
+        )
+        old.stop()
+        submit(page, "Save Message")
+        expect(page.locator("#served-by")).to_have_text("rotated")
+        expect(page.locator("li.message")).to_have_text(["typed before the rotation"])
+
+        # An hour later the old key goes; the page open since the last save still works.
+        page.fill("textarea[name=message]", "typed before the old key was dropped")
+        _swap(proxy, start_replica(valkey.port, "dropped", SECRET_KEY=NEW_KEY))
+        submit(page, "Save Message")
+        expect(page.locator("#served-by")).to_have_text("dropped")
+        expect(page.locator("li.message")).to_have_text(
+            ["typed before the rotation", "typed before the old key was dropped"]
+        )
+    finally:
+        proxy.stop()
+
+
+def test_a_form_rendered_under_a_dropped_key_gets_a_clear_400_and_nothing_is_stored(
+    browser, valkey, start_replica, tmp_path
+):
+    old = start_replica(valkey.port, "old-key", SECRET_KEY=OLD_KEY)
+    proxy = Haproxy(tmp_path, {"app": old.port})
+    proxy.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{proxy.url}/")
+        page.fill("textarea[name=message]", "typed under a key that is gone")
+        _swap(proxy, start_replica(valkey.port, "new-key-only", SECRET_KEY=NEW_KEY))
+        old.stop()
+        with page.expect_navigation(wait_until="load") as refused:
+            page.click("text=Save Message")
+        assert refused.value.status == 400
+        expect(page.locator("#error")).to_contain_text("This form has expired")
+        expect(page.locator("li.message")).to_have_count(0)
+        # What was typed is still in the form, to send again.
+        expect(page.locator("textarea[name=message]")).to_have_value(
+            "typed under a key that is gone"
+        )
+        assert session_keys(valkey.client()) == []
+        # Sent again from the page the refusal gave, it saves.
+        submit(page, "Save Message")
+        expect(page.locator("li.message")).to_have_text(["typed under a key that is gone"])
+    finally:
+        proxy.stop()
