@@ -15,6 +15,7 @@ from dataclasses import replace
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import botocore.auth
+import botocore.loaders
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSRequest
@@ -255,3 +256,18 @@ def test_iam_settings():
     # ElastiCache signs for the lower-case name.
     assert (settings.redis_auth, settings.redis_iam_cache_name) == ("iam", "fes-cache")
     assert (settings.redis_iam_serverless, settings.aws_region) == (True, "eu-west-1")
+
+
+def test_signing_reads_no_service_model(iam, monkeypatch):
+    """The image drops botocore's service models (Dockerfile): signing a token and finding
+    the credentials must not need one."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"botocore loaded a data file {args}: the image has none of them")
+
+    for method in ("load_service_model", "load_data", "load_data_with_path"):
+        monkeypatch.setattr(botocore.loaders.Loader, method, refuse)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    _, token = credentials.IamCredentialProvider(iam).get_credentials()
+    assert "X-Amz-Signature=" in token
