@@ -1,0 +1,272 @@
+"""How the app signs in to the cache, per cache mode and CacheAuth: the ElastiCache IAM user and
+its user group bound to the cache, the pods' role (exactly elasticache:Connect on that cache and
+user) and its Pod Identity association, or the AUTH token / RBAC password; and the SECRET_KEY
+secret. cfn-lint and checkov run over a copy of the templates rendered for each combination
+(both skip what a false condition leaves out); the structural tests evaluate the conditions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra.test_cfn import (
+    CACHE_MODES,
+    CFN,
+    MODE_DEFAULTS,
+    _checkov_grouped,
+    _evaluate,
+    _failed_checks,
+    _lint_problems,
+    _load,
+    _load_path,
+    _present,
+    cfn_lint,
+)
+from tests.support import REPO_ROOT
+
+AUTH_MODES = ("iam", "token")
+COMBOS = [f"{mode}-{auth}" for mode in CACHE_MODES for auth in AUTH_MODES]
+TEMPLATES = ("main.yaml", "cache.yaml", "app.yaml")
+CACHE_RESOURCE = {
+    "replication-group": "ReplicationGroup",
+    "cluster": "ClusterReplicationGroup",
+    "serverless": "ServerlessCache",
+}
+SERVICE_ACCOUNT = yaml.safe_load((REPO_ROOT / "k8s" / "serviceaccount.yaml").read_text())
+
+
+def _split(combo: str) -> tuple[str, str]:
+    mode, auth = combo.rsplit("-", 1)
+    return mode, auth
+
+
+def _params(combo: str) -> dict[str, str]:
+    mode, auth = _split(combo)
+    # main.yaml names it CacheAuth, the nested templates AuthMode.
+    return {"CacheMode": mode, "CacheAuth": auth, "AuthMode": auth, **MODE_DEFAULTS}
+
+
+def _render(name: str, combo: str) -> str:
+    """The template with every parameter of the combination as its default."""
+    text = (CFN / name).read_text()
+    for parameter, value in _params(combo).items():
+        block = re.search(rf"\n  {parameter}:\n(?:    .*\n)+", text)
+        if block is None:
+            continue
+        body = re.sub(r"    Default: .*\n", "", block.group(0))
+        body = body.replace(f"  {parameter}:\n", f"  {parameter}:\n    Default: {value}\n", 1)
+        text = text.replace(block.group(0), body, 1)
+    return text
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
+    root = tmp_path_factory.mktemp("cfn-auth")
+    folders = {}
+    for combo in COMBOS:
+        folder = root / combo
+        folder.mkdir()
+        for name in TEMPLATES:
+            (folder / name).write_text(_render(name, combo))
+        folders[combo] = folder
+    return folders
+
+
+@pytest.fixture(scope="module")
+def lint_findings(copies: dict[str, Path]) -> dict[str, list[dict]]:
+    files = [folder / name for folder in copies.values() for name in TEMPLATES]
+    _, matches = cfn_lint(files)
+    findings: dict[str, list[dict]] = {combo: [] for combo in copies}
+    for match in matches:
+        findings[Path(match["Filename"]).parent.name].append(match)
+    return findings
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+def test_cfn_lint_is_clean(combo: str, lint_findings: dict[str, list[dict]]) -> None:
+    assert _lint_problems(lint_findings[combo]) == []
+
+
+@pytest.fixture(scope="module")
+def checkov_results(copies: dict[str, Path]) -> dict[str, dict[str, list]]:
+    files = [folder / name for folder in copies.values() for name in TEMPLATES]
+    return _checkov_grouped(files, lambda p: p.parent.name, COMBOS)
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+def test_checkov_passes(combo: str, checkov_results: dict[str, dict[str, list]]) -> None:
+    result = checkov_results[combo]
+    assert _failed_checks(result) == []
+    checked = {c["resource"] for c in result["passed"]}
+    # What checkov must have looked at, so a resource dropped by a condition cannot pass unseen.
+    assert "AWS::SecretsManager::Secret.SecretKey" in checked
+    assert ("AWS::IAM::Role.AppRole" in checked) == combo.endswith("-iam"), sorted(checked)
+
+
+@pytest.fixture(scope="module")
+def templates() -> dict[str, dict[str, Any]]:
+    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
+    return {name: _load(name) for name in TEMPLATES}
+
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def _made(template: dict[str, Any], combo: str) -> dict[str, dict[str, Any]]:
+    """The resources the combination creates, their properties evaluated (AWS::NoValue ones
+    left out, as CloudFormation leaves them out)."""
+    params = _params(combo)
+    made = {}
+    for name in _present(template["Resources"], template, params):
+        props = _evaluate(template["Resources"][name].get("Properties", {}), template, params)
+        made[name] = {k: v for k, v in props.items() if v != NO_VALUE}
+    return made
+
+
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_iam_is_a_user_group_bound_to_the_cache_and_no_secret(
+    mode: str, templates: dict[str, dict[str, Any]]
+) -> None:
+    cache = templates["cache.yaml"]
+    made = _made(cache, f"{mode}-iam")
+    user = made["AppIamUser"]
+    assert user["AuthenticationMode"] == {"Type": "iam"}
+    # ElastiCache: an IAM-enabled user's id and name must be the same.
+    assert user["UserId"] == user["UserName"]
+    assert made["UserGroup"]["UserIds"] == [{"Ref": "DisabledDefaultUser"}, {"Ref": "AppIamUser"}]
+    default = made["DisabledDefaultUser"]
+    assert (default["UserName"], default["AccessString"]) == ("default", "off -@all")
+    bound = made[CACHE_RESOURCE[mode]]
+    if mode == "serverless":
+        assert bound["UserGroupId"] == {"Ref": "UserGroup"}
+    else:
+        assert bound["UserGroupIds"] == [{"Ref": "UserGroup"}]
+        assert bound["TransitEncryptionEnabled"] is True  # IAM tokens need TLS
+    # No password of any kind exists.
+    assert not {"AuthTokenSecret", "UserPasswordSecret", "AppUser"} & set(made)
+    assert all("AuthToken" not in props for props in made.values())
+    outputs = _present(cache["Outputs"], cache, _params(f"{mode}-iam"))
+    assert {"CacheArn", "UserArn", "Username"} <= outputs
+    assert not {"SecretArn", "SecretKey"} & outputs
+
+
+@pytest.mark.parametrize("mode", CACHE_MODES)
+def test_token_keeps_the_auth_token_or_password(
+    mode: str, templates: dict[str, dict[str, Any]]
+) -> None:
+    made = _made(templates["cache.yaml"], f"{mode}-token")
+    assert "AppIamUser" not in made
+    if mode == "serverless":
+        assert made["AppUser"]["AuthenticationMode"]["Type"] == "password"
+        assert "UserPasswordSecret" in made
+    else:
+        assert "AuthTokenSecret" in made and "UserGroup" not in made
+        assert "resolve:secretsmanager" in str(made[CACHE_RESOURCE[mode]]["AuthToken"])
+        assert "UserGroupIds" not in made[CACHE_RESOURCE[mode]]
+
+
+def test_the_role_may_only_connect_to_the_cache_as_its_user(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    app = templates["app.yaml"]
+    role = _made(app, "replication-group-iam")["AppRole"]
+    (policy,) = role["Policies"]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement == {
+        "Effect": "Allow",
+        "Action": "elasticache:Connect",
+        "Resource": [{"Ref": "CacheArn"}, {"Ref": "CacheUserArn"}],
+    }
+    assert "ManagedPolicyArns" not in role
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    # Pod Identity's source is the association, whose ARN names the cluster.
+    source = trust["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    assert source.endswith(":podidentityassociation/${ClusterName}/*")
+
+
+def test_the_cache_arns_are_the_ones_elasticache_connect_names(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    """arn:...:replicationgroup:<id> for both node-based modes, the Serverless cache's own ARN,
+    and the user's: what the IAM policy must name (ElastiCache user guide, Authenticating with
+    IAM)."""
+    cache = templates["cache.yaml"]
+    outputs = cache["Outputs"]
+    arns = {
+        mode: _evaluate(outputs["CacheArn"]["Value"], cache, _params(f"{mode}-iam"))
+        for mode in CACHE_MODES
+    }
+    assert arns["serverless"] == {"Fn::GetAtt": ["ServerlessCache", "ARN"]}
+    for mode, logical in (
+        ("replication-group", "ReplicationGroup"),
+        ("cluster", "ClusterReplicationGroup"),
+    ):
+        template, values = arns[mode]["Fn::Sub"]
+        values = _evaluate(values, cache, _params(f"{mode}-iam"))
+        assert template.endswith(
+            ":elasticache:${AWS::Region}:${AWS::AccountId}:replicationgroup:${Id}"
+        )
+        assert values == {"Id": {"Ref": logical}}
+    assert outputs["UserArn"]["Value"] == {"Fn::GetAtt": ["AppIamUser", "Arn"]}
+
+
+@pytest.mark.parametrize("auth", AUTH_MODES)
+def test_main_wires_the_app_stack(auth: str, templates: dict[str, dict[str, Any]]) -> None:
+    main = templates["main.yaml"]
+    params = _params(f"replication-group-{auth}")
+    stack = _evaluate(main["Resources"]["AppStack"]["Properties"], main, params)["Parameters"]
+    assert stack["ServiceAccountName"] == SERVICE_ACCOUNT["metadata"]["name"]
+    assert stack["AppNamespace"] == {"Ref": "AppNamespace"}
+    assert stack["AuthMode"] == auth
+    if auth == "iam":
+        assert stack["CacheArn"] == {"Fn::GetAtt": ["CacheStack", "Outputs.CacheArn"]}
+        assert stack["CacheUserArn"] == {"Fn::GetAtt": ["CacheStack", "Outputs.UserArn"]}
+    else:
+        assert (stack["CacheArn"], stack["CacheUserArn"]) == ("", "")
+    app = _made(templates["app.yaml"], f"replication-group-{auth}")
+    assert ("PodIdentityAssociation" in app) == (auth == "iam")
+    outputs = _present(main["Outputs"], main, params)
+    assert {"CacheAuth", "CacheName", "SecretKeyArn", "AppNamespace"} <= outputs
+    assert ({"CacheSecretArn", "CacheSecretKey"} <= outputs) == (auth == "token")
+    assert main["Parameters"]["CacheAuth"]["Default"] == "iam"
+
+
+def test_the_association_names_the_service_account_and_namespace(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    association = _made(templates["app.yaml"], "serverless-iam")["PodIdentityAssociation"]
+    assert association == {
+        "ClusterName": {"Ref": "ClusterName"},
+        "Namespace": {"Ref": "AppNamespace"},
+        "ServiceAccount": {"Ref": "ServiceAccountName"},
+        "RoleArn": {"Fn::GetAtt": ["AppRole", "Arn"]},
+    }
+
+
+def test_secret_key_is_generated_encrypted_and_never_an_output(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    app = templates["app.yaml"]
+    secret = app["Resources"]["SecretKey"]["Properties"]
+    assert "SecretString" not in secret  # generated by Secrets Manager, in no template
+    assert secret["GenerateSecretString"] == {"PasswordLength": 64, "ExcludePunctuation": True}
+    assert secret["KmsKeyId"] == {"Ref": "KeyArn"}
+    values = [str(o["Value"]) for o in app["Outputs"].values()]
+    assert all("SecretString" not in v and "resolve" not in v for v in values)
+
+
+def test_rendered_copies_have_their_combination(copies: dict[str, Path]) -> None:
+    for combo, folder in copies.items():
+        mode, auth = _split(combo)
+        main = _load_path(folder / "main.yaml")["Parameters"]
+        assert (main["CacheMode"]["Default"], main["CacheAuth"]["Default"]) == (mode, auth)
+        assert _load_path(folder / "app.yaml")["Parameters"]["AuthMode"]["Default"] == auth
