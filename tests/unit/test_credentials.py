@@ -23,7 +23,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import CredentialRetrievalError
 
 from app import credentials
-from app.config import ConfigError, Settings
+from app.config import Settings
 
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -212,50 +212,6 @@ def test_the_recycler_only_runs_with_iam(make_app, iam):
 
 
 IAM_FIELDS = ("redis_tls", "redis_auth", "redis_username", "redis_iam_cache_name", "aws_region")
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({}, "REDIS_AUTH=iam needs REDIS_USERNAME, REDIS_IAM_CACHE_NAME, AWS_REGION"),
-        (
-            {"REDIS_USERNAME": "app", "REDIS_IAM_CACHE_NAME": "c", "AWS_REGION": "eu-west-1"},
-            "REDIS_AUTH=iam needs REDIS_TLS=true",
-        ),
-        (
-            {
-                "REDIS_USERNAME": "app",
-                "REDIS_IAM_CACHE_NAME": "c",
-                "AWS_REGION": "eu-west-1",
-                "REDIS_TLS": "true",
-                "REDIS_AUTH_TOKEN": "x" * 20,
-            },
-            "unset REDIS_AUTH_TOKEN",
-        ),
-    ],
-)
-def test_iam_settings_are_checked_at_start(env, message):
-    base = {"REDIS_HOST": "h", "SECRET_KEY": "s" * 32, "REDIS_AUTH": "iam"}
-    with pytest.raises(ConfigError, match=message):
-        Settings.from_env(base | env)
-
-
-def test_iam_settings():
-    settings = Settings.from_env(
-        {
-            "REDIS_HOST": "h",
-            "SECRET_KEY": "s" * 32,
-            "REDIS_AUTH": "IAM",
-            "REDIS_USERNAME": "message-app",
-            "REDIS_IAM_CACHE_NAME": "FES-Cache",
-            "REDIS_IAM_SERVERLESS": "true",
-            "AWS_REGION": "eu-west-1",
-            "REDIS_TLS": "true",
-        }
-    )
-    # ElastiCache signs for the lower-case name.
-    assert (settings.redis_auth, settings.redis_iam_cache_name) == ("iam", "fes-cache")
-    assert (settings.redis_iam_serverless, settings.aws_region) == (True, "eu-west-1")
 
 
 def test_signing_reads_no_service_model(iam, monkeypatch):
