@@ -34,6 +34,7 @@ TEMPLATE_NAMES = (
     "securitygroups.yaml",
     "eks.yaml",
     "cache.yaml",
+    "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
 )
@@ -42,6 +43,7 @@ NESTED = (
     "securitygroups.yaml",
     "eks.yaml",
     "cache.yaml",
+    "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
 )
@@ -57,8 +59,10 @@ MAIN_OUTPUTS = {
     "CachePort",
     "CacheTls",
     "CacheCluster",
-    "CacheSecretArn",
-    "CacheSecretKey",
+    "CacheAuth",
+    "CacheName",
+    "SecretKeyArn",
+    "AppNamespace",
     "Region",
     "EcrRepositoryUri",
     "DashboardName",
@@ -71,7 +75,13 @@ PARAMETERS_SET_BY_DEPLOY = {
     "AvailabilityZones",
 }
 # Outputs only some deployments have (a Condition): init.sh reads them when present.
-OPTIONAL_MAIN_OUTPUTS = {"CertificateArn", "CacheUsername", "AuthTokenSecretArn"}
+OPTIONAL_MAIN_OUTPUTS = {
+    "CertificateArn",
+    "CacheUsername",
+    "AuthTokenSecretArn",
+    "CacheSecretArn",
+    "CacheSecretKey",
+}
 
 # The cache modes (CacheMode) and what each one creates in cfn/cache.yaml, nothing more.
 CACHE_MODES = ("replication-group", "cluster", "serverless")
@@ -91,13 +101,17 @@ MODE_RESOURCES = {
 }  # fmt: skip
 # Main-stack outputs each mode has besides MAIN_OUTPUTS (without a certificate).
 MODE_MAIN_OUTPUTS = {
-    "replication-group": {"AuthTokenSecretArn"},
-    "cluster": {"AuthTokenSecretArn"},
-    "serverless": {"CacheUsername"},
+    "replication-group": {"AuthTokenSecretArn", "CacheSecretArn", "CacheSecretKey"},
+    "cluster": {"AuthTokenSecretArn", "CacheSecretArn", "CacheSecretKey"},
+    "serverless": {"CacheUsername", "CacheSecretArn", "CacheSecretKey"},
 }
 # Parameters for a rendered copy per mode: every conditional resource of the mode switched on
 # (usage limits too), since cfn-lint and checkov skip what a false condition leaves out.
 MODE_DEFAULTS = {
+    # The password way (main.yaml's CacheAuth, the nested templates' AuthMode): what the mode tests
+    # here pin; tests/infra/test_cfn_auth.py renders each mode with iam and with token.
+    "CacheAuth": "token",
+    "AuthMode": "token",
     "CacheEngine": "valkey",
     "CacheReplicaCount": "1",
     "NumNodeGroups": "3",
@@ -721,7 +735,9 @@ def test_serverless_uses_a_user_group_with_a_disabled_default_user(
     assert serverless["SubnetIds"] == {"Ref": "PrivateDBSubnets"}
     assert serverless["UserGroupId"] == {"Ref": "UserGroup"}
     group = res["UserGroup"]["Properties"]
-    members = {res[u["Ref"]]["Properties"]["UserName"]: res[u["Ref"]] for u in group["UserIds"]}
+    # With a password (CacheAuth token); the IAM user: tests/infra/test_cfn_auth.py.
+    user_ids = _evaluate(group["UserIds"], cache, _mode_params("serverless"))
+    members = {res[u["Ref"]]["Properties"]["UserName"]: res[u["Ref"]] for u in user_ids}
     assert set(members) == {"default", "message-app"}
     default = members["default"]["Properties"]
     assert default["AccessString"].split()[0] == "off" and "-@all" in default["AccessString"]
@@ -799,7 +815,9 @@ def test_cache_is_an_encrypted_authenticated_replication_group(
     assert group["TransitEncryptionEnabled"] is True
     assert group["AtRestEncryptionEnabled"] is True
     assert group["Engine"] == {"Ref": "CacheEngine"}
-    token = group["AuthToken"]["Fn::Sub"]
+    # With a password (CacheAuth token); IAM's user group instead: tests/infra/test_cfn_auth.py.
+    mode = "replication-group" if name == "ReplicationGroup" else "cluster"
+    token = _evaluate(group["AuthToken"], cache, _mode_params(mode))["Fn::Sub"]
     match = re.fullmatch(r"\{\{resolve:secretsmanager:\$\{(\w+)\}:SecretString:(\w+)\}\}", token)
     assert match, f"AuthToken is not a Secrets Manager dynamic reference: {token!r}"
     secret = cache["Resources"][match.group(1)]
