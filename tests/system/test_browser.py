@@ -7,7 +7,8 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support import Haproxy, session_keys
+from localservers.haproxy import Haproxy
+from tests.support import session_keys
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

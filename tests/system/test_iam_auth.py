@@ -27,7 +27,8 @@ import redis
 from app import create_app, credentials
 from app.config import Settings
 from app.connection import connect
-from tests.support import listed_messages, replica_env, save, start_gunicorn
+from localservers.gunicorn import Gunicorn
+from tests.support import listed_messages, replica_env, save
 from tests.system.tls import TlsRedis
 
 USER = "message-app"
@@ -305,8 +306,8 @@ def test_a_role_or_user_the_cache_refuses_stops_start_up_with_one_line(tls_redis
     env = _iam_env(
         tls_redis, tmp_path, AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="x" * 40
     )
-    refused = start_gunicorn("refused", env, tmp_path / "refused.log", refused=True)
-    assert refused.process.returncode != 0
+    refused = Gunicorn("refused", env, tmp_path / "refused.log")
+    assert refused.refused() != 0
     (line,) = refused.log().strip().splitlines()
     assert line.startswith(
         f"configuration error: Redis at 127.0.0.1:{tls_redis.port} refused IAM authentication "
@@ -317,8 +318,8 @@ def test_a_role_or_user_the_cache_refuses_stops_start_up_with_one_line(tls_redis
 
 def test_no_aws_credentials_stops_start_up_with_one_line(tls_redis, tmp_path):
     env = _iam_env(tls_redis, tmp_path)
-    refused = start_gunicorn("refused", env, tmp_path / "refused.log", refused=True)
-    assert refused.process.returncode != 0
+    refused = Gunicorn("refused", env, tmp_path / "refused.log")
+    assert refused.refused() != 0
     assert refused.log().strip().splitlines() == [
         "configuration error: REDIS_AUTH=iam, but botocore found no AWS credentials to sign an "
         "ElastiCache token with: on EKS, the pod's service account needs a Pod Identity "

@@ -12,14 +12,9 @@ import sys
 import pytest
 import requests
 
-from tests.support import (
-    REPO_ROOT,
-    csrf_token,
-    free_port,
-    listed_messages,
-    listening_port,
-    wait_until,
-)
+from localservers.ports import free_port, listening_port
+from localservers.waits import wait_until
+from tests.support import REPO_ROOT, csrf_token, listed_messages
 
 
 def run_local(data_dir, log_path, metrics_port: int = 0) -> tuple[subprocess.Popen, str]:

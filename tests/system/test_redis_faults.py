@@ -16,8 +16,10 @@ import pytest
 
 from app import create_app
 from app.config import Settings, Switch
+from localservers.ports import free_port
+from localservers.waits import wait_until
 from ops.page import parse_page
-from tests.support import free_port, listed_messages, wait_until
+from tests.support import listed_messages
 
 from .faults import SwitchableProxy, ValkeyProcess, stalled
 

@@ -12,13 +12,7 @@ import requests
 
 from app import create_app
 from app.config import ConfigError
-from tests.support import (
-    csrf_token,
-    listed_messages,
-    save,
-    session_keys,
-    stored_messages,
-)
+from tests.support import csrf_token, listed_messages, save, session_keys, stored_messages
 
 
 def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):

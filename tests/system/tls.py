@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support import free_port, wait_until
+from localservers.ports import free_port
+from localservers.waits import wait_until
 
 
 @dataclass

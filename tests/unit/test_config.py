@@ -11,7 +11,8 @@ import pytest
 
 from app.config import ConfigError, Settings, Switch, is_set, local_data_dir
 from app.connection import check_server
-from tests.support import REPO_ROOT, free_port
+from localservers.ports import free_port
+from tests.support import REPO_ROOT
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
