@@ -365,8 +365,13 @@ def test_checkov_has_no_failed_checks(
 
 def _render(name: str, mode: str) -> str:
     """The template with every MODE_DEFAULTS parameter and CacheMode defaulted for one mode."""
+    return render_with(name, _mode_params(mode))
+
+
+def render_with(name: str, params: dict[str, str]) -> str:
+    """The template with each parameter of ``params`` it has defaulted to the given value."""
     text = (CFN / name).read_text()
-    for parameter, value in {**_mode_params(mode)}.items():
+    for parameter, value in params.items():
         block = re.search(rf"\n  {parameter}:\n(?:    .*\n)+", text)
         if block is None:
             continue

@@ -7,7 +7,6 @@ secret. cfn-lint and checkov run over a copy of the templates rendered for each 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import yaml
 
 from tests.infra.test_cfn import (
     CACHE_MODES,
-    CFN,
     MODE_DEFAULTS,
     _checkov_grouped,
     _evaluate,
@@ -28,6 +26,7 @@ from tests.infra.test_cfn import (
     _present,
     _walk,
     cfn_lint,
+    render_with,
 )
 from tests.support import REPO_ROOT
 
@@ -53,19 +52,6 @@ def _params(combo: str) -> dict[str, str]:
     return {**MODE_DEFAULTS, "CacheMode": mode, "CacheAuth": auth, "AuthMode": auth}
 
 
-def _render(name: str, combo: str) -> str:
-    """The template with every parameter of the combination as its default."""
-    text = (CFN / name).read_text()
-    for parameter, value in _params(combo).items():
-        block = re.search(rf"\n  {parameter}:\n(?:    .*\n)+", text)
-        if block is None:
-            continue
-        body = re.sub(r"    Default: .*\n", "", block.group(0))
-        body = body.replace(f"  {parameter}:\n", f"  {parameter}:\n    Default: {value}\n", 1)
-        text = text.replace(block.group(0), body, 1)
-    return text
-
-
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
@@ -75,7 +61,7 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folder = root / combo
         folder.mkdir()
         for name in TEMPLATES:
-            (folder / name).write_text(_render(name, combo))
+            (folder / name).write_text(render_with(name, _params(combo)))
         folders[combo] = folder
     return folders
 

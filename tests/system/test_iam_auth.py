@@ -81,16 +81,16 @@ def refused_logins(client: redis.Redis) -> list:
     return [entry for entry in client.execute_command("ACL", "LOG") if b"auth" in entry]
 
 
-def iam_settings(settings: Settings, tls_redis: TlsRedis, cache: bool) -> Settings:
+def iam_settings(settings: Settings, **changes: object) -> Settings:
+    """The settings init.sh gives the pods with IAM, TLS included, with ``changes``."""
     return replace(
         settings,
-        redis_port=tls_redis.port,
         redis_tls=True,
         redis_auth="iam",
         redis_username=USER,
         redis_iam_cache_name="fes-test",
         aws_region="eu-central-1",
-        redis_client_cache=cache,
+        **changes,
     )
 
 
@@ -98,7 +98,9 @@ def iam_settings(settings: Settings, tls_redis: TlsRedis, cache: bool) -> Settin
 def iam_app(request, settings, tls_redis, trusts_the_test_ca, tokens) -> Iterator:
     admin = tls_redis.client()
     add_user(admin, tokens.password)
-    app = create_app(iam_settings(settings, tls_redis, cache=request.param))
+    app = create_app(
+        iam_settings(settings, redis_port=tls_redis.port, redis_client_cache=request.param)
+    )
     yield app, admin
 
 
@@ -179,16 +181,9 @@ def test_the_cluster_client_authenticates_every_node_with_renewed_tokens(
     nodes = [node.client() for node in valkey_cluster.nodes]
     for node in nodes:
         add_user(node, tokens.password)
-    iam = replace(
-        settings,
-        redis_port=valkey_cluster.port,
-        redis_tls=True,
-        redis_auth="iam",
-        redis_username=USER,
-        redis_iam_cache_name="fes-test",
-        aws_region="eu-central-1",
+    client = connect(
+        iam_settings(settings, redis_port=valkey_cluster.port), cluster=True, ssl=False
     )
-    client = connect(iam, cluster=True, ssl=False)
     keys = [f"session:{{{n}}}" for n in range(30)]  # spread over every shard
     for key in keys:
         client.set(key, "first")
@@ -264,15 +259,7 @@ def test_tokens_are_signed_with_the_credentials_pod_identity_hands_out(
 ):
     """The environment EKS Pod Identity gives a pod: botocore's container provider fetches the
     role's credentials from the agent, and the token carries them."""
-    iam = replace(
-        settings,
-        redis_tls=True,
-        redis_auth="iam",
-        redis_username=USER,
-        redis_iam_cache_name="fes-test",
-        aws_region="eu-central-1",
-    )
-    user, token = credentials.IamCredentialProvider(iam).get_credentials()
+    user, token = credentials.IamCredentialProvider(iam_settings(settings)).get_credentials()
     assert user == USER
     assert "X-Amz-Credential=ASIAPODIDENTITY%2F" in token
     assert "X-Amz-Security-Token=pod-session-token" in token

@@ -28,6 +28,7 @@ from .harness import (
     SERVERLESS_CACHE_HOST,
     SERVERLESS_PW,
     STACK,
+    Run,
     World,
     assert_profile_and_region,
     env_file,
@@ -213,6 +214,16 @@ def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
     assert_profile_and_region(run)
 
 
+def _init_reading_secrets(world: World) -> tuple[Run, list[str | None]]:
+    """init.sh on freshly made stacks: its run, and the secrets it read, in order."""
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    calls = run.aws_calls("secretsmanager", "get-secret-value")
+    return run, [option(c["argv"], "--secret-id") for c in calls]
+
+
 HOSTS = {
     "replication-group": (CACHE_HOST, "false"),
     "cluster": (CLUSTER_CACHE_HOST, "true"),
@@ -236,14 +247,7 @@ def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
     "password"}); kubectl kustomize renders the ConfigMap and the Secret. Stand-in: docker."""
     host, cluster = HOSTS[mode]
     world.use_cache_mode(mode, "token")
-    world.create_stacks()
-    world.create_cluster()
-    run = world.run("init.sh", "-p", PROFILE)
-    assert run.returncode == 0, run.stderr
-    reads = [
-        option(c["argv"], "--secret-id")
-        for c in run.aws_calls("secretsmanager", "get-secret-value")
-    ]
+    run, reads = _init_reading_secrets(world)
     assert reads == [world.secret_arn, world.secret_key_arn]
     kinds = rendered(world.root)
     config = kinds["ConfigMap"]["data"]
@@ -277,14 +281,7 @@ def test_init_with_iam_writes_no_cache_secret_anywhere(world: World, mode: str) 
     put into the Kubernetes Secret."""
     host, cluster = HOSTS[mode]
     world.use_cache_mode(mode, "iam")
-    world.create_stacks()
-    world.create_cluster()
-    run = world.run("init.sh", "-p", PROFILE)
-    assert run.returncode == 0, run.stderr
-    reads = [
-        option(c["argv"], "--secret-id")
-        for c in run.aws_calls("secretsmanager", "get-secret-value")
-    ]
+    run, reads = _init_reading_secrets(world)
     assert reads == [world.secret_key_arn]  # SECRET_KEY only, never a cache secret
     assert f"cache authentication: IAM as user {IAM_USER}" in run.stdout
     assert env_file(world.root / ".deploy" / "secrets.env") == {
