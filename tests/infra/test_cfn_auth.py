@@ -175,7 +175,13 @@ def test_the_role_may_only_connect_to_the_cache_as_its_user(
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
     assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
-    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    # Pod Identity's session tags name the one cluster, namespace and service account.
+    assert trust["Condition"]["StringEquals"] == {
+        "aws:SourceAccount": {"Ref": "AWS::AccountId"},
+        "aws:RequestTag/eks-cluster-name": {"Ref": "ClusterName"},
+        "aws:RequestTag/kubernetes-namespace": {"Ref": "AppNamespace"},
+        "aws:RequestTag/kubernetes-service-account": {"Ref": "ServiceAccountName"},
+    }
     # Pod Identity's source is the association, whose ARN names the cluster.
     source = trust["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
     assert source.endswith(":podidentityassociation/${ClusterName}/*")
