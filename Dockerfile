@@ -17,10 +17,15 @@ COPY requirements/runtime.txt ./
 # /usr/bin. The lock (requirements/lock makes it from pyproject.toml's ranges) pins every
 # package with its hashes, so every build installs the same, verified files; wheels only, so
 # nothing is compiled. pip itself is removed from the venv: nothing installs packages at runtime.
+# botocore's service models (22 MB, one folder per AWS service) go too: the app only signs
+# ElastiCache IAM tokens and fetches its role's credentials, which read none of them (the
+# top-level endpoint and partition files stay).
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
        --require-hashes -r runtime.txt \
-    && /opt/venv/bin/pip uninstall --yes pip
+    && /opt/venv/bin/pip uninstall --yes pip \
+    && find /opt/venv/lib/python3*/site-packages/botocore/data -mindepth 1 -maxdepth 1 -type d \
+       -exec rm -rf {} +
 
 # ---- runtime: base + venv + app code; no compilers, no pip cache, no build files ----
 FROM python:3.13-slim-bookworm AS runtime

@@ -13,7 +13,7 @@ CFN_DIR="$ROOT/cfn"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-o KEY=VALUE]... [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-A AUTH] [-o KEY=VALUE]... [-h]
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
@@ -35,12 +35,17 @@ anything is created. An existing stack keeps the zones it was created with.
                     (cluster mode enabled, -o NumNodeGroups=N -o ReplicasPerNodeGroup=N) or
                     serverless (ElastiCache Serverless). An existing stack keeps its mode when -m is
                     left out; a different mode replaces the cache, and every session is lost
+  -A AUTH           how the app signs in to the cache: iam (default: an ElastiCache user with IAM
+                    authentication, the pods' role through EKS Pod Identity, no password anywhere)
+                    or token (an AUTH token, on Serverless an RBAC password, in Secrets Manager).
+                    An existing stack keeps its choice when -A is left out; after a change run
+                    ./init.sh and kubectl apply -k .deploy/ at once (running pods keep the old way)
   -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
                     an existing stack keeps the value of every parameter not given (its
                     previous value), a new stack takes the template default
   -h                show this help
 
-Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m and -o are new.
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m, -A and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
 }
@@ -57,13 +62,14 @@ STACK="flask-eks-sessions"
 PRINCIPAL=""
 CERTIFICATE=""
 CACHE_MODE=""
+CACHE_AUTH=""
 OVERRIDES=()
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:a:c:m:o:h' opt; do
+while getopts ':p:r:s:a:c:m:A:o:h' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
@@ -76,10 +82,16 @@ while getopts ':p:r:s:a:c:m:o:h' opt; do
         *) usage_error "-m needs replication-group, cluster or serverless, got '$OPTARG'" ;;
       esac
       ;;
+    A)
+      case $OPTARG in
+        iam | token) CACHE_AUTH=$OPTARG ;;
+        *) usage_error "-A needs iam or token, got '$OPTARG'" ;;
+      esac
+      ;;
     o)
       case $OPTARG in
-        AvailabilityZones=* | CertificateArn=* | CacheMode=*)
-          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m)"
+        AvailabilityZones=* | CertificateArn=* | CacheMode=* | CacheAuth=*)
+          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m; its authentication with -A)"
           ;;
         [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
@@ -100,7 +112,7 @@ BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
 require_tools aws jq
-for t in bootstrap main network securitygroups cache eks observability dashboard; do
+for t in bootstrap main network securitygroups cache eks app observability dashboard; do
   [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
 done
 
@@ -237,9 +249,18 @@ if [ -n "$EXISTING_JSON" ]; then
   elif [ "$CACHE_MODE" != "$EXISTING_MODE" ]; then
     printf '%s: WARNING: cache mode %s -> %s replaces the session cache: every session is lost (users see an empty message list); afterwards run ./init.sh and kubectl apply -k .deploy/\n' "$PROG" "$EXISTING_MODE" "$CACHE_MODE" >&2
   fi
+  # Likewise the authentication (a stack from before CacheAuth used a password).
+  EXISTING_AUTH=$(stack_parameter "$EXISTING_JSON" CacheAuth)
+  EXISTING_AUTH=${EXISTING_AUTH:-token}
+  if [ -z "$CACHE_AUTH" ]; then
+    CACHE_AUTH=$EXISTING_AUTH
+  elif [ "$CACHE_AUTH" != "$EXISTING_AUTH" ]; then
+    printf '%s: WARNING: cache authentication %s -> %s: the running pods cannot open new cache connections until you run ./init.sh and kubectl apply -k .deploy/ (do it right after this)\n' "$PROG" "$EXISTING_AUTH" "$CACHE_AUTH" >&2
+  fi
 fi
 CACHE_MODE=${CACHE_MODE:-replication-group}
-say "cache mode: $CACHE_MODE"
+CACHE_AUTH=${CACHE_AUTH:-iam}
+say "cache mode: $CACHE_MODE, authentication: $CACHE_AUTH"
 if [ -n "$ZONES" ]; then
   say "Availability Zones: $ZONES (those of the existing stack $STACK)"
 else
@@ -284,7 +305,7 @@ say "uploading the nested templates to s3://$BUCKET/"
 # cp, not sync: sync skips a changed file whose size and age look unchanged.
 awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude '*' \
   --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml \
-  --include observability.yaml --include dashboard.yaml
+  --include app.yaml --include observability.yaml --include dashboard.yaml
 
 # An update keeps every parameter of the stack that this run does not set (UsePreviousValue):
 # left out, CloudFormation would fall back to the template default, and a plain re-run would
@@ -303,7 +324,7 @@ PARAMS=$(jq -n --argjson previous "$PREVIOUS" '[$ARGS.positional[] | capture("^(
   | $set + [$previous[] | select(. as $k | $set | map(.ParameterKey) | index($k) | not)
     | {ParameterKey: ., UsePreviousValue: true}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
-  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" \
+  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" "CacheAuth=$CACHE_AUTH" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # After deploy.sh: points kubectl at the new EKS cluster, builds and pushes the app image, and writes
 # the cluster configuration as a git-ignored kustomize overlay in .deploy/ (ConfigMap values from the
-# stack outputs for the stack's cache mode, a Secret with the cache credential - AUTH token or RBAC
-# password - and SECRET_KEY, the pushed image, HTTPS when a certificate is known). `kubectl apply -k .deploy/` is then the one command that deploys the app.
+# stack outputs for the stack's cache mode and authentication, a Secret with SECRET_KEY from Secrets
+# Manager - and with token authentication the cache's AUTH token or RBAC password - the pushed image,
+# HTTPS when a certificate is known). `kubectl apply -k .deploy/` is then the one command that deploys the app.
+# With -R (--rotate-secret-key) it first takes SECRET_KEY's rotation one step further.
 # Works with bash 3.2 (macOS) and GNU/BSD tools; edits no tracked file.
 set -euo pipefail
 
@@ -14,18 +16,20 @@ DEPLOY_DIR="$ROOT/.deploy"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-c CERTIFICATE_ARN] [-u DOCKERHUB_USER -n REPO] [-t TAG] [-P PLATFORM] [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-c CERTIFICATE_ARN] [-u DOCKERHUB_USER -n REPO] [-t TAG] [-P PLATFORM] [-R] [-h]
 
 Reads the outputs of stack STACK_NAME, runs aws eks update-kubeconfig for its cluster, builds the image
 with docker (else podman, else buildah) and pushes it, then writes .deploy/ (git-ignored):
-kustomization.yaml (base ../k8s, ConfigMap values from the stack, the image, and with a certificate
-HTTPS on port 443 with Secure cookies) and secrets.env (mode 600:
-REDIS_AUTH_TOKEN from Secrets Manager and SECRET_KEY, generated once and kept on re-runs so sessions
-survive). Secrets are never printed.
-The cache settings follow the stack's CacheMode (deploy.sh -m): REDIS_HOST/REDIS_PORT name the
-primary, configuration or Serverless endpoint, REDIS_CLUSTER is true for cluster and serverless,
-REDIS_USERNAME is the Serverless RBAC user (empty otherwise), and REDIS_AUTH_TOKEN holds the AUTH
-token or that user's password. After a CacheMode change run it again, then kubectl apply -k .deploy/.
+kustomization.yaml (base ../k8s in the stack's AppNamespace, ConfigMap values from the stack, the
+image, and with a certificate HTTPS on port 443 with Secure cookies) and secrets.env (mode 600:
+SECRET_KEY and SECRET_KEY_FALLBACKS from the stack's Secrets Manager secret, the same for every
+operator and every run; with token authentication also REDIS_AUTH_TOKEN). Secrets are never printed.
+The cache settings follow the stack's CacheMode (deploy.sh -m) and CacheAuth (deploy.sh -A):
+REDIS_HOST/REDIS_PORT name the primary, configuration or Serverless endpoint, REDIS_CLUSTER is true
+for cluster and serverless. With iam, REDIS_AUTH=iam and REDIS_USERNAME, REDIS_IAM_CACHE_NAME,
+REDIS_IAM_SERVERLESS, AWS_REGION: the pods sign in with their Pod Identity role and no cache secret
+is read or written. With token, REDIS_AUTH_TOKEN holds the AUTH token or the Serverless RBAC user's
+password (REDIS_USERNAME). After a CacheMode or CacheAuth change run it again, then kubectl apply -k .deploy/.
 
   -p PROFILE         AWS CLI profile (required); every aws call uses it
   -r REGION          AWS region (default: the profile's region, aws configure get region)
@@ -37,6 +41,12 @@ token or that user's password. After a CacheMode change run it again, then kubec
   -t TAG             image tag (default: the short git commit, plus a UTC timestamp when the work
                      tree has changes, or a timestamp outside git; never "latest": ECR tags are immutable)
   -P PLATFORM        image platform (default: linux/amd64, what EKS Auto Mode's built-in node pools run)
+  -R, --rotate-secret-key
+                     take SECRET_KEY's rotation one step, then write the overlay as usual:
+                     1 a new key is staged (every pod accepts it, none signs with it yet);
+                     2 the new key signs, the old one is still accepted;
+                     3 (an hour or more after 2) the old key is dropped.
+                     Apply the overlay after each step (docs/deploy-aws.md#rotating-secret_key)
   -h                 show this help
 
 Changed from the original sample: -p is really used; -r is now the REGION (the Docker Hub repository
@@ -53,12 +63,22 @@ HUB_REPO=""
 TAG=""
 PLATFORM="linux/amd64"
 CERTIFICATE=""
+ROTATE=0
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:c:u:n:t:P:h' opt; do
+# The one long option, as its short form for getopts.
+ARGS=()
+for arg in "$@"; do
+  case $arg in
+    --rotate-secret-key) ARGS+=(-R) ;;
+    *) ARGS+=("$arg") ;;
+  esac
+done
+set -- ${ARGS[@]+"${ARGS[@]}"}
+while getopts ':p:r:s:c:u:n:t:P:Rh' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
@@ -68,6 +88,7 @@ while getopts ':p:r:s:c:u:n:t:P:h' opt; do
     n) HUB_REPO=$OPTARG ;;
     t) TAG=$OPTARG ;;
     P) PLATFORM=$OPTARG ;;
+    R) ROTATE=1 ;;
     h)
       usage
       exit 0
@@ -122,37 +143,37 @@ output() {
   [ -n "$v" ] || die "stack $STACK has no output $1 (was it deployed from this repository's cfn/?)"
   printf '%s\n' "$v"
 }
-# The first output present of those named, or nothing.
-first_output() {
-  local name v
-  for name in "$@"; do
-    v=$(stack_output "$STACK_JSON" "$name")
-    if [ -n "$v" ]; then
-      printf '%s\n' "$v"
-      return 0
-    fi
-  done
-}
+# A stack deployed before SECRET_KEY moved to Secrets Manager (and before CacheMode and CacheAuth)
+# is brought up to date by deploy.sh; its outputs are not read piecemeal.
+[ -n "$(stack_output "$STACK_JSON" SecretKeyArn)" ] ||
+  die "stack $STACK keeps no SECRET_KEY in Secrets Manager yet (no output SecretKeyArn): run ./deploy.sh -p $PROFILE -r $REGION -s $STACK to update it first"
 CLUSTER=$(output ClusterName)
 CACHE_PORT=$(output CachePort)
 CACHE_TLS=$(output CacheTls)
 ECR_URI=$(output EcrRepositoryUri)
-# A stack deployed before CacheMode existed has only the replication-group names: read those then.
-CACHE_MODE=$(first_output CacheMode)
-CACHE_MODE=${CACHE_MODE:-replication-group}
-CACHE_HOST=$(first_output CacheHost CachePrimaryEndpoint)
-[ -n "$CACHE_HOST" ] || die "stack $STACK has no output CacheHost (was it deployed from this repository's cfn/?)"
-CACHE_CLUSTER=$(first_output CacheCluster)
-CACHE_CLUSTER=${CACHE_CLUSTER:-false}
-# Only Serverless has a user; the AUTH-token modes sign in as the default user.
-CACHE_USERNAME=$(first_output CacheUsername)
-SECRET_ARN=$(first_output CacheSecretArn AuthTokenSecretArn)
-[ -n "$SECRET_ARN" ] || die "stack $STACK has no output CacheSecretArn (was it deployed from this repository's cfn/?)"
-SECRET_JSON_KEY=$(first_output CacheSecretKey)
-SECRET_JSON_KEY=${SECRET_JSON_KEY:-token}
+CACHE_MODE=$(output CacheMode)
+CACHE_HOST=$(output CacheHost)
+CACHE_CLUSTER=$(output CacheCluster)
+CACHE_AUTH=$(output CacheAuth)
+SECRET_KEY_ARN=$(output SecretKeyArn)
+# The namespace the Pod Identity association names.
+APP_NAMESPACE=$(output AppNamespace)
+# The IAM user, or the Serverless RBAC user; the AUTH-token modes sign in as the default user.
+CACHE_USERNAME=$(stack_output "$STACK_JSON" CacheUsername)
 case $CACHE_MODE in
   replication-group | cluster | serverless) ;;
   *) die "stack $STACK has cache mode '$CACHE_MODE', which this init.sh does not know (replication-group, cluster, serverless)" ;;
+esac
+case $CACHE_AUTH in
+  iam)
+    CACHE_NAME=$(output CacheName)
+    CACHE_USERNAME=$(output CacheUsername)
+    ;;
+  token)
+    SECRET_ARN=$(output CacheSecretArn)
+    SECRET_JSON_KEY=$(output CacheSecretKey)
+    ;;
+  *) die "stack $STACK has cache authentication '$CACHE_AUTH', which this init.sh does not know (iam, token)" ;;
 esac
 # Optional output: only a stack deployed with a certificate has it.
 [ -n "$CERTIFICATE" ] || CERTIFICATE=$(stack_output "$STACK_JSON" CertificateArn)
@@ -211,35 +232,104 @@ else
   fi
 fi
 
-if [ "$SECRET_JSON_KEY" = token ]; then
-  say "reading the cache AUTH token from Secrets Manager (cache mode $CACHE_MODE)"
+TOKEN=""
+if [ "$CACHE_AUTH" = iam ]; then
+  say "cache authentication: IAM as user $CACHE_USERNAME (the pods' Pod Identity role; no cache secret)"
 else
-  say "reading the password of cache user $CACHE_USERNAME from Secrets Manager (cache mode $CACHE_MODE)"
+  if [ "$SECRET_JSON_KEY" = token ]; then
+    say "reading the cache AUTH token from Secrets Manager (cache mode $CACHE_MODE)"
+  else
+    say "reading the password of cache user $CACHE_USERNAME from Secrets Manager (cache mode $CACHE_MODE)"
+  fi
+  TOKEN=$(awsp secretsmanager get-secret-value --secret-id "$SECRET_ARN" --query SecretString --output text |
+    jq -r --arg k "$SECRET_JSON_KEY" '.[$k] // empty') || die "could not read the cache credential from secret $SECRET_ARN"
+  [ -n "$TOKEN" ] || die "secret $SECRET_ARN has no JSON key '$SECRET_JSON_KEY'"
 fi
-TOKEN=$(awsp secretsmanager get-secret-value --secret-id "$SECRET_ARN" --query SecretString --output text |
-  jq -r --arg k "$SECRET_JSON_KEY" '.[$k] // empty') || die "could not read the cache credential from secret $SECRET_ARN"
-[ -n "$TOKEN" ] || die "secret $SECRET_ARN has no JSON key '$SECRET_JSON_KEY'"
+
+# SECRET_KEY lives in Secrets Manager (cfn/app.yaml), so every operator and every run gets the same
+# one. A rotation moves Secrets Manager's staging labels: AWSPENDING (a new key, accepted but not yet
+# signing), AWSCURRENT (the key that signs), AWSPREVIOUS (the key it replaced, still accepted).
+# Stage -> version id, from list-secret-version-ids JSON in KEY_VERSIONS.
+key_version() {
+  jq -r --arg s "$1" '[.Versions[] | select((.VersionStages // []) | index($s))][0].VersionId // empty' <<<"$KEY_VERSIONS"
+}
+read_key_versions() {
+  KEY_VERSIONS=$(awsp secretsmanager list-secret-version-ids --secret-id "$SECRET_KEY_ARN" --output json) ||
+    die "could not list the versions of SECRET_KEY's secret $SECRET_KEY_ARN"
+}
+# The value under a staging label, named explicitly (never the default version).
+key_value() {
+  awsp secretsmanager get-secret-value --secret-id "$SECRET_KEY_ARN" --version-stage "$1" \
+    --query SecretString --output text || die "could not read SECRET_KEY ($1) from $SECRET_KEY_ARN"
+}
+# Forms stay valid for an hour (flask-wtf's token lifetime): the old key may go only after that.
+PROMOTED_TAG=flask-eks-sessions:secret-key-promoted-at
+FORM_LIFETIME=3600
+rotate_secret_key() {
+  local current pending previous promoted now
+  current=$(key_version AWSCURRENT)
+  pending=$(key_version AWSPENDING)
+  previous=$(key_version AWSPREVIOUS)
+  if [ -n "$pending" ]; then
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSCURRENT \
+      --move-to-version-id "$pending" --remove-from-version-id "$current" --output json >/dev/null
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPENDING \
+      --remove-from-version-id "$pending" --output json >/dev/null
+    awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" \
+      --tags "Key=$PROMOTED_TAG,Value=$(date -u +%s)"
+    ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
+  elif [ -n "$previous" ]; then
+    promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
+      jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
+    now=$(date -u +%s)
+    case $promoted in
+      "" | *[!0-9]*) ;;
+      *)
+        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
+          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago; forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes: run $PROG -R again then (nothing was changed)"
+        ;;
+    esac
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \
+      --remove-from-version-id "$previous" --output json >/dev/null
+    ROTATION="step 3 of 3: the old SECRET_KEY is dropped. Apply the overlay; the rotation is complete"
+  else
+    # Generated by Secrets Manager, as the first key was; through a private file, never an argument.
+    awsp secretsmanager get-random-password --password-length 64 --exclude-punctuation \
+      --query RandomPassword --output text | tr -d '\n' >"$WORK/new-secret-key"
+    awsp secretsmanager put-secret-value --secret-id "$SECRET_KEY_ARN" \
+      --secret-string "file://$WORK/new-secret-key" --version-stages AWSPENDING --output json >/dev/null
+    rm -f "$WORK/new-secret-key"
+    ROTATION="step 1 of 3: a new SECRET_KEY is staged; every pod will accept it, none signs with it yet. Apply the overlay, wait for the rollout, then run $PROG -R again"
+  fi
+}
 
 # Secrets: owner-only from the start (umask), then replaced atomically.
 umask 077
+read_key_versions
+ROTATION=""
+if [ "$ROTATE" -eq 1 ]; then
+  say "rotating SECRET_KEY one step (secret $SECRET_KEY_ARN)"
+  rotate_secret_key
+  read_key_versions
+fi
+say "reading SECRET_KEY from Secrets Manager"
+SECRET_KEY=$(key_value AWSCURRENT)
+[ -n "$SECRET_KEY" ] || die "secret $SECRET_KEY_ARN holds no SECRET_KEY"
+# Accepted besides it: a staged key (step 1) and the replaced one (until step 3).
+FALLBACKS=""
+for stage in AWSPENDING AWSPREVIOUS; do
+  [ -n "$(key_version "$stage")" ] || continue
+  value=$(key_value "$stage")
+  FALLBACKS=${FALLBACKS:+$FALLBACKS,}$value
+done
 mkdir -p "$DEPLOY_DIR"
 chmod 700 "$DEPLOY_DIR"
 # Belt and braces next to the repository's .gitignore: nothing in here is ever committed.
 printf '*\n' >"$DEPLOY_DIR/.gitignore"
-SECRET_KEY=""
-if [ -f "$DEPLOY_DIR/secrets.env" ]; then
-  # Keep the existing key: a new one would invalidate every signed cookie, i.e. every session.
-  SECRET_KEY=$(sed -n 's/^SECRET_KEY=//p' "$DEPLOY_DIR/secrets.env" | head -n 1)
-fi
-if [ -z "$SECRET_KEY" ]; then
-  if command -v openssl >/dev/null 2>&1; then
-    SECRET_KEY=$(openssl rand -hex 32)
-  else
-    SECRET_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-  fi
-fi
 tmp=$(mktemp "$DEPLOY_DIR/secrets.env.XXXXXX")
-printf 'SECRET_KEY=%s\nREDIS_AUTH_TOKEN=%s\n' "$SECRET_KEY" "$TOKEN" >"$tmp"
+printf 'SECRET_KEY=%s\nSECRET_KEY_FALLBACKS=%s\n' "$SECRET_KEY" "$FALLBACKS" >"$tmp"
+# No cache secret at all with IAM: nothing to leak from this file or from the Kubernetes Secret.
+[ "$CACHE_AUTH" = iam ] || printf 'REDIS_AUTH_TOKEN=%s\n' "$TOKEN" >>"$tmp"
 chmod 600 "$tmp"
 mv -f "$tmp" "$DEPLOY_DIR/secrets.env"
 
@@ -247,8 +337,7 @@ if [ -n "$CERTIFICATE" ]; then
   SCHEME=https
   HTTPS_COMPONENT="  - ../k8s/components/https"
   # The NLB's TLS listener uses this certificate (components/https opens 443 and closes 80).
-  CERT_PATCH="patches:
-  - target:
+  CERT_PATCH="  - target:
       kind: Service
       name: message-app
     patch: |-
@@ -261,9 +350,33 @@ else
   CERT_PATCH=""
 fi
 
+if [ "$CACHE_AUTH" = iam ]; then
+  CACHE_SERVERLESS=false
+  [ "$CACHE_MODE" != serverless ] || CACHE_SERVERLESS=true
+  AUTH_LITERALS="      # IAM: the pods sign 15-minute tokens with their Pod Identity role; no password exists.
+      - \"REDIS_AUTH=iam\"
+      - \"REDIS_USERNAME=$CACHE_USERNAME\"
+      - \"REDIS_IAM_CACHE_NAME=$CACHE_NAME\"
+      - \"REDIS_IAM_SERVERLESS=$CACHE_SERVERLESS\"
+      - \"AWS_REGION=$REGION\""
+else
+  AUTH_LITERALS="      # A password from the Secret (REDIS_AUTH_TOKEN), for the RBAC user if any (empty: none).
+      - \"REDIS_AUTH=token\"
+      - \"REDIS_USERNAME=$CACHE_USERNAME\""
+fi
+# Where the Pod Identity association expects the pods (every object of the app, its Secret
+# included; the cluster-wide NetworkPolicy switch stays in kube-system).
+NAMESPACE_PATCH="  - target:
+      labelSelector: app.kubernetes.io/name=message-app
+    patch: |-
+      - op: add
+        path: /metadata/namespace
+        value: \"$APP_NAMESPACE\""
+
 cat >"$DEPLOY_DIR/kustomization.yaml" <<EOF
 # Generated by init.sh for stack $STACK in $REGION; re-run init.sh instead of editing.
-# Git-ignored: secrets.env next to this file holds REDIS_AUTH_TOKEN (AUTH token or RBAC password) and SECRET_KEY.
+# Git-ignored: secrets.env next to this file holds SECRET_KEY, its fallbacks and, with token
+# authentication, REDIS_AUTH_TOKEN (AUTH token or RBAC password).
 # Deploy with: kubectl apply -k .deploy/
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -280,24 +393,31 @@ configMapGenerator:
       - "REDIS_HOST=$CACHE_HOST"
       - "REDIS_PORT=$CACHE_PORT"
       - "REDIS_TLS=$CACHE_TLS"
-      # Cache mode $CACHE_MODE: the cluster client or not, and the RBAC user (empty: none).
+      # Cache mode $CACHE_MODE: the cluster client or not.
       - "REDIS_CLUSTER=$CACHE_CLUSTER"
-      - "REDIS_USERNAME=$CACHE_USERNAME"
+$AUTH_LITERALS
 secretGenerator:
   - name: message-app-secrets
     envs:
       - secrets.env
+    options:
+      labels:
+        app.kubernetes.io/name: message-app
+        app.kubernetes.io/instance: message-app
 images:
   - name: message-app
     newName: "$IMAGE_REPO"
     newTag: "$TAG"
+patches:
+$NAMESPACE_PATCH
 $CERT_PATCH
 EOF
 
 # Build the overlay offline once so a broken one fails here, not in kubectl apply; the output holds secrets.
 kubectl kustomize "$DEPLOY_DIR" >/dev/null || die "the overlay in $DEPLOY_DIR does not build (see above)"
 
-say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG)"
+say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG, namespace $APP_NAMESPACE)"
+[ -z "$ROTATION" ] || say "SECRET_KEY rotation $ROTATION"
 OVERLAY="$DEPLOY_DIR/"
 [ "$PWD" != "$ROOT" ] || OVERLAY=".deploy/"
 if [ -z "$CERTIFICATE" ]; then
@@ -306,5 +426,5 @@ fi
 echo
 echo "Next, the one command that deploys the app (k8s/ alone is refused on purpose):"
 echo "  kubectl apply -k $OVERLAY"
-echo "  kubectl get pods            # 3 message-app pods become Running/Ready"
-echo "  kubectl get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"
+echo "  kubectl -n $APP_NAMESPACE get pods            # 3 message-app pods become Running/Ready"
+echo "  kubectl -n $APP_NAMESPACE get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"

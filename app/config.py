@@ -140,6 +140,24 @@ def _bind(name: str, raw: str) -> str:
     return raw
 
 
+def _secret_keys(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated secret keys, each as long as SECRET_KEY must be."""
+    keys = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if any(len(key) < 16 for key in keys):
+        raise ConfigError(f"{name}: every key must have at least 16 characters")
+    return keys
+
+
+def _redis_auth(name: str, raw: str) -> str:
+    if raw.lower() not in ("token", "iam"):
+        raise ConfigError(f"{name}={raw!r} is not token or iam")
+    return raw.lower()
+
+
+def _lower(name: str, raw: str) -> str:
+    return raw.lower()
+
+
 def _path(name: str, raw: str) -> Path:
     return Path(raw)
 
@@ -171,6 +189,10 @@ class Settings:
             '(e.g. python -c "import secrets; print(secrets.token_hex(32))")',
         ),
     )
+    # Flask 3.1's setting: earlier keys that still verify what they signed (key rotation).
+    secret_key_fallbacks: tuple[str, ...] = field(
+        default=(), repr=False, metadata=_variable("SECRET_KEY_FALLBACKS", _secret_keys)
+    )
     redis_port: int = field(default=6379, metadata=_variable("REDIS_PORT", _integer(1, 65535)))
     redis_tls: bool = field(default=False, metadata=_variable("REDIS_TLS", _boolean))
     redis_auth_token: str | None = field(
@@ -182,6 +204,18 @@ class Settings:
     redis_cluster: Switch = field(default=Switch.AUTO, metadata=_variable("REDIS_CLUSTER", _switch))
     # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
     redis_username: str | None = field(default=None, metadata=_variable("REDIS_USERNAME", _text))
+    # How the app signs in to Redis (credentials.py): token (REDIS_AUTH_TOKEN and
+    # REDIS_USERNAME as given; neither: no AUTH) or iam (tokens signed with the pod's role).
+    redis_auth: str = field(default="token", metadata=_variable("REDIS_AUTH", _redis_auth))
+    # IAM tokens are signed for this replication group id or Serverless cache name, lower case.
+    redis_iam_cache_name: str | None = field(
+        default=None, metadata=_variable("REDIS_IAM_CACHE_NAME", _lower)
+    )
+    redis_iam_serverless: bool = field(
+        default=False, metadata=_variable("REDIS_IAM_SERVERLESS", _boolean)
+    )
+    # The AWS SDKs' own variable: the region IAM tokens are signed for.
+    aws_region: str | None = field(default=None, metadata=_variable("AWS_REGION", _text))
     redis_client_cache: bool = field(
         default=True, metadata=_variable("REDIS_CLIENT_CACHE", _boolean)
     )
@@ -239,6 +273,26 @@ class Settings:
     metrics_dir: Path | None = field(
         default=None, metadata=_variable("PROMETHEUS_MULTIPROC_DIR", _path)
     )
+
+    def __post_init__(self) -> None:
+        """REDIS_AUTH=iam needs what a token is signed for, and TLS: ElastiCache takes IAM
+        tokens only over TLS, and a token seen in the clear could be replayed for 15 minutes."""
+        if self.redis_auth != "iam":
+            return
+        needed = {
+            "REDIS_USERNAME": self.redis_username,
+            "REDIS_IAM_CACHE_NAME": self.redis_iam_cache_name,
+            "AWS_REGION": self.aws_region,
+        }
+        missing = [name for name, value in needed.items() if not value]
+        if missing:
+            raise ConfigError(f"REDIS_AUTH=iam needs {', '.join(missing)}")
+        if not self.redis_tls:
+            raise ConfigError(
+                "REDIS_AUTH=iam needs REDIS_TLS=true (ElastiCache takes IAM tokens over TLS only)"
+            )
+        if self.redis_auth_token:
+            raise ConfigError("REDIS_AUTH=iam signs its own tokens: unset REDIS_AUTH_TOKEN")
 
     @property
     def max_content_length(self) -> int:

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .config import ConfigError, Settings, Switch
+from .credentials import credential_options, refusal
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "host": settings.redis_host,
         "port": settings.redis_port,
-        "username": settings.redis_username,
-        "password": settings.redis_auth_token,
+        **credential_options(settings),
         "ssl": settings.redis_tls,
         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
@@ -118,17 +118,10 @@ def check_server(settings: Settings) -> bool:
         enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
         answered = True
     except (AuthenticationError, NoPermissionError) as exc:
-        who = settings.redis_username or "the default user"
-        raise ConfigError(
-            f"Redis at {settings.redis_host}:{settings.redis_port} refused {who} "
-            f"({exc}): check REDIS_USERNAME and REDIS_AUTH_TOKEN"
-        ) from None
+        raise ConfigError(refusal(settings, exc)) from None
     except ResponseError as exc:
         if "WRONGPASS" in str(exc) or "AUTH" in str(exc):
-            raise ConfigError(
-                f"Redis at {settings.redis_host}:{settings.redis_port} refused the "
-                f"credentials ({exc}): check REDIS_USERNAME and REDIS_AUTH_TOKEN"
-            ) from None
+            raise ConfigError(refusal(settings, exc)) from None
         enabled = wanted == Switch.ON
         if wanted == Switch.AUTO:
             log.warning("the server refuses INFO cluster (%s): using one primary", exc)

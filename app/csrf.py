@@ -8,6 +8,15 @@ checking stay untouched. The session interface calls two methods of ``CsrfSecret
 cookie, when it is saved); the session document never holds the secret (``without_secret``),
 and ending a session keeps it (``clear_keeping_secret``).
 
+Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): each of the two signers here takes the
+current key and the fallbacks, signs with the current key and accepts any of them. flask-wtf
+1.3 signs its tokens with ``WTF_CSRF_SECRET_KEY`` (else ``SECRET_KEY``) and knows nothing of
+fallbacks, but hands that value straight to itsdangerous, which accepts a list of keys (the
+last one signs): ``init_app`` sets it to that list. tests/unit/test_csrf.py fails if flask-wtf
+stops passing it through. A cookie that only a fallback key verifies is signed again with the
+current key, so that the fallback can be dropped an hour after a rotation (the tokens' own
+lifetime) without ending anyone's form.
+
 Both hot operations are cached per worker, because they were a fifth of a page view's cost:
 verifying the cookie's signature, and signing a fresh token for every page (flask-wtf signs
 one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so reusing one for a
@@ -19,7 +28,7 @@ the page takes its token from ``page_token``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from flask import Flask, Request, Response, g
@@ -41,19 +50,25 @@ csrf = CSRFProtect()
 class CsrfSecrets:
     """Per app (the cookie is signed with its key): the cookie's signer and the two caches."""
 
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str, fallbacks: Sequence[str] = ()) -> None:
         self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
-        self._verified: LRU[str, str] = LRU(_CACHE_ENTRIES)
+        # Every key, the current one last (itsdangerous signs with the last, tries them all).
+        self._any_key = URLSafeSerializer([*fallbacks, secret_key], salt="csrf-cookie")
+        # Cookie value -> (secret, whether the current key signed it).
+        self._verified: LRU[str, tuple[str, bool]] = LRU(_CACHE_ENTRIES)
         self._tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
     def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
-        """Put the secret from the request's cookie into the session; return it (None when
-        absent or not signed by us)."""
-        secret = self._load(request.cookies.get(CSRF_COOKIE))
-        if secret is not None:
-            # Bypass the change callback: restoring the secret is not a modification.
-            dict.__setitem__(session, CSRF_KEY, secret)
-        return secret
+        """Put the secret from the request's cookie into the session; return it, or None when
+        absent, not signed by us, or signed with a fallback key (so ``persist`` signs it again
+        with the current one)."""
+        loaded = self._load(request.cookies.get(CSRF_COOKIE))
+        if loaded is None:
+            return None
+        secret, current = loaded
+        # Bypass the change callback: restoring the secret is not a modification.
+        dict.__setitem__(session, CSRF_KEY, secret)
+        return secret if current else None
 
     def persist(
         self,
@@ -96,20 +111,23 @@ class CsrfSecrets:
         if secret is not None and token is not None:
             self._tokens.put(secret, (token, time.monotonic()))
 
-    def _load(self, value: str | None) -> str | None:
+    def _load(self, value: str | None) -> tuple[str, bool] | None:
         if not value:
             return None
-        secret = self._verified.get(value)
-        if secret is not None:
-            return secret
+        loaded = self._verified.get(value)
+        if loaded is not None:
+            return loaded
         try:
-            secret = self._signer.loads(value)
+            secret, current = self._signer.loads(value), True
         except BadSignature:
-            return None
+            try:
+                secret, current = self._any_key.loads(value), False
+            except BadSignature:
+                return None
         if not isinstance(secret, str):
             return None
-        self._verified.put(value, secret)
-        return secret
+        self._verified.put(value, (secret, current))
+        return secret, current
 
 
 def without_secret(session: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,4 +163,7 @@ def _flask_wtf_token(token: str | None = None) -> str | None:
 
 def init_app(app: Flask) -> None:
     app.config["WTF_CSRF_TIME_LIMIT"] = TOKEN_LIFETIME_SECONDS
+    if fallbacks := app.config["SECRET_KEY_FALLBACKS"]:
+        # flask-wtf hands this to itsdangerous as it is: a list of keys, the last one signing.
+        app.config["WTF_CSRF_SECRET_KEY"] = [*fallbacks, app.secret_key]
     csrf.init_app(app)

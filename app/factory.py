@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 
-from . import csrf, errors, health, hooks, logs, metrics, views
+from . import credentials, csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
 from .connection import check_server, connect
 from .messages import Messages
@@ -37,6 +37,8 @@ def create_app(
     app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        # Flask 3.1's key rotation; csrf.py gives the same keys to the CSRF signers.
+        SECRET_KEY_FALLBACKS=list(settings.secret_key_fallbacks),
         PERMANENT_SESSION_LIFETIME=settings.session_lifetime_seconds,
         SESSION_COOKIE_NAME="session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -58,7 +60,8 @@ def create_app(
         _replica_wait(settings, redis_client),
     )
     app.extensions["messages"] = Messages(store, RateLimits(settings, redis_client))
-    csrf_secrets = csrf.CsrfSecrets(settings.secret_key)
+    credentials.init_app(app, settings, redis_client.reset)
+    csrf_secrets = csrf.CsrfSecrets(settings.secret_key, settings.secret_key_fallbacks)
     app.session_interface = RedisSessions(store, csrf_secrets)
 
     hooks.register(app, settings, csrf_secrets)

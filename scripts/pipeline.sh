@@ -19,8 +19,8 @@ Usage: $PROG image|apply -p PROFILE -r REGION -t TAG [-s STACK_NAME] [-h]
          repository as TAG. A TAG already in ECR names this very build (tags are immutable):
          then only its SBOM is read back.
   apply  Write the overlay .deploy/ with init.sh -t TAG (which finds the pushed image and does
-         not build again), keep the SECRET_KEY the running pods use, then kubectl apply -k
-         .deploy/ and wait for the rollout.
+         not build again; SECRET_KEY comes from the stack's Secrets Manager secret, the same
+         as on every operator's machine), then kubectl apply -k .deploy/ and wait for the rollout.
 
   -p PROFILE     AWS CLI profile (the workflow's OIDC step writes it)
   -r REGION      AWS region
@@ -94,29 +94,12 @@ image() {
   say "SBOM written to sbom.spdx.json"
 }
 
-# The SECRET_KEY of the Secret the running Deployment reads, or nothing before the first deploy.
-# init.sh generates a new key when .deploy/ has none (a CI job starts without one), which would
-# fail every open form's CSRF check; the key the pods use is kept instead.
-running_secret_key() {
-  local secret
-  secret=$(kubectl get deployment message-app --ignore-not-found -o \
-    jsonpath='{.spec.template.spec.containers[?(@.name=="app")].env[?(@.name=="SECRET_KEY")].valueFrom.secretKeyRef.name}')
-  [ -n "$secret" ] || return 0
-  kubectl get secret "$secret" -o jsonpath='{.data.SECRET_KEY}' | base64 --decode
-}
-
+# init.sh writes SECRET_KEY (and a rotation's fallbacks) from Secrets Manager, so a CI job starting
+# without .deploy/ deploys the same key as the running pods, and a rotation step an operator took
+# (init.sh -R) reaches the pods as it is.
 apply() {
   require_tools aws kubectl jq
   "$ROOT/init.sh" -p "$PROFILE" -r "$REGION" -s "$STACK" -t "$TAG"
-  local key file
-  key=$(running_secret_key)
-  if [ -n "$key" ]; then
-    say "keeping the SECRET_KEY of the running pods"
-    file="$ROOT/.deploy/secrets.env"
-    umask 077
-    { printf 'SECRET_KEY=%s\n' "$key" && grep -v '^SECRET_KEY=' "$file"; } >"$file.new"
-    mv -f "$file.new" "$file"
-  fi
   say "applying .deploy/"
   kubectl apply -k "$ROOT/.deploy/"
   # Three pods, each after a 40 s preStop pause and its readiness probe: minutes, not seconds.

@@ -30,6 +30,7 @@ NESTED = (
     "securitygroups.yaml",
     "eks.yaml",
     "cache.yaml",
+    "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
 )
@@ -47,20 +48,32 @@ MAIN_OUTPUTS = {
     "CachePort",
     "CacheTls",
     "CacheCluster",
-    "CacheSecretArn",
-    "CacheSecretKey",
+    "CacheAuth",
+    "CacheName",
+    "SecretKeyArn",
+    "AppNamespace",
     "Region",
     "EcrRepositoryUri",
     "DashboardName",
 }
 # Outputs only some deployments have (a Condition): init.sh reads them when present.
-OPTIONAL_MAIN_OUTPUTS = {"CertificateArn", "CacheUsername", "AuthTokenSecretArn"}
+OPTIONAL_MAIN_OUTPUTS = {
+    "CertificateArn",
+    "CacheUsername",
+    "AuthTokenSecretArn",
+    "CacheSecretArn",
+    "CacheSecretKey",
+}
 
 # The cache modes (CacheMode) and what each one creates in cfn/cache.yaml, nothing more.
 CACHE_MODES = ("replication-group", "cluster", "serverless")
 # Parameters for a rendered copy per mode: every conditional resource of the mode switched on
 # (usage limits too), since cfn-lint and checkov skip what a false condition leaves out.
 MODE_DEFAULTS = {
+    # The password way (main.yaml's CacheAuth, the nested templates' AuthMode): what the mode tests
+    # pin; tests/infra/test_cfn_auth.py renders each mode with iam and with token.
+    "CacheAuth": "token",
+    "AuthMode": "token",
     "CacheEngine": "valkey",
     "CacheReplicaCount": "1",
     "NumNodeGroups": "3",

@@ -39,9 +39,9 @@ MODE_RESOURCES = {
 }  # fmt: skip
 # Main-stack outputs each mode has besides MAIN_OUTPUTS (without a certificate).
 MODE_MAIN_OUTPUTS = {
-    "replication-group": {"AuthTokenSecretArn"},
-    "cluster": {"AuthTokenSecretArn"},
-    "serverless": {"CacheUsername"},
+    "replication-group": {"AuthTokenSecretArn", "CacheSecretArn", "CacheSecretKey"},
+    "cluster": {"AuthTokenSecretArn", "CacheSecretArn", "CacheSecretKey"},
+    "serverless": {"CacheUsername", "CacheSecretArn", "CacheSecretKey"},
 }
 # Parameters for a rendered copy per mode: every conditional resource of the mode switched on
 # (usage limits too), since cfn-lint and checkov skip what a false condition leaves out.
@@ -167,7 +167,9 @@ def test_serverless_uses_a_user_group_with_a_disabled_default_user(
     assert serverless["SubnetIds"] == {"Ref": "PrivateDBSubnets"}
     assert serverless["UserGroupId"] == {"Ref": "UserGroup"}
     group = res["UserGroup"]["Properties"]
-    members = {res[u["Ref"]]["Properties"]["UserName"]: res[u["Ref"]] for u in group["UserIds"]}
+    # With a password (CacheAuth token); the IAM user: tests/infra/test_cfn_auth.py.
+    user_ids = evaluate(group["UserIds"], cache, mode_params("serverless"))
+    members = {res[u["Ref"]]["Properties"]["UserName"]: res[u["Ref"]] for u in user_ids}
     assert set(members) == {"default", "message-app"}
     default = members["default"]["Properties"]
     assert default["AccessString"].split()[0] == "off" and "-@all" in default["AccessString"]
@@ -245,7 +247,9 @@ def test_cache_is_an_encrypted_authenticated_replication_group(
     assert group["TransitEncryptionEnabled"] is True
     assert group["AtRestEncryptionEnabled"] is True
     assert group["Engine"] == {"Ref": "CacheEngine"}
-    token = group["AuthToken"]["Fn::Sub"]
+    # With a password (CacheAuth token); IAM's user group instead: tests/infra/test_cfn_auth.py.
+    mode = "replication-group" if name == "ReplicationGroup" else "cluster"
+    token = evaluate(group["AuthToken"], cache, mode_params(mode))["Fn::Sub"]
     match = re.fullmatch(r"\{\{resolve:secretsmanager:\$\{(\w+)\}:SecretString:(\w+)\}\}", token)
     assert match, f"AuthToken is not a Secrets Manager dynamic reference: {token!r}"
     secret = cache["Resources"][match.group(1)]

@@ -40,7 +40,10 @@ K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35"]
 # The Secret is never rendered (it holds values); these are the keys docs/kubernetes.md's
 # `kubectl create secret generic message-app-secrets` command and init.sh's overlay create.
 SECRET_NAME = "message-app-secrets"
-SECRET_KEYS = {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
+SECRET_KEYS = {"SECRET_KEY", "SECRET_KEY_FALLBACKS", "REDIS_AUTH_TOKEN"}
+# Keys a pod may start without: fallbacks exist only during a key rotation, the token only with a
+# password; a pod without SECRET_KEY must not start, or replicas would sign with different keys.
+OPTIONAL_SECRET_KEYS = {"SECRET_KEY_FALLBACKS", "REDIS_AUTH_TOKEN"}
 # Environment the app and gunicorn.conf.py read (the app contract): one field of
 # app.config.Settings each, the one place that reads the environment (tests/unit/test_config.py
 # holds to it). Each must get a value from the manifests, unless listed in APP_DEFAULTS, where the
@@ -57,6 +60,10 @@ APP_DEFAULTS = {
     "RATE_LIMIT_NEW_SESSIONS": "10/minute per client address",
     "REDIS_CLUSTER": "auto: the app asks the server (INFO cluster) at start-up",
     "REDIS_USERNAME": "none: the AUTH token is the default user's (a replication group)",
+    "REDIS_AUTH": "token: the base fits any Redis; init.sh's overlay says iam or token",
+    "REDIS_IAM_CACHE_NAME": "none: set by init.sh's overlay with iam",
+    "REDIS_IAM_SERVERLESS": "false: set by init.sh's overlay with iam",
+    "AWS_REGION": "none: set by init.sh's overlay with iam",
 }
 
 
@@ -251,14 +258,19 @@ def test_ports_line_up(models: dict[str, Any]) -> None:
     assert ingress_ports == [(8080, "TCP")]
 
 
-def test_network_policy_egress_allows_dns_and_the_configured_redis_port(
+def test_network_policy_egress_allows_dns_the_configured_redis_port_and_pod_identity(
     models: dict[str, Any],
 ) -> None:
     policy = models["NetworkPolicy"].spec
     assert sorted(policy.policy_types) == ["Egress", "Ingress"]
-    allowed = {(p.port, p.protocol) for rule in policy.egress for p in rule.ports}
+    anywhere = {(p.port, p.protocol) for rule in policy.egress if not rule.to for p in rule.ports}
     redis_port = int(models["ConfigMap"].data["REDIS_PORT"])
-    assert allowed == {(53, "UDP"), (53, "TCP"), (redis_port, "TCP")}
+    assert anywhere == {(53, "UDP"), (53, "TCP"), (redis_port, "TCP")}
+    # The EKS Pod Identity agent's link-local addresses, port 80, and nothing else by address.
+    (agent,) = [rule for rule in policy.egress if rule.to]
+    assert {peer.ip_block.cidr for peer in agent.to} == {"169.254.170.23/32", "fd00:ec2::23/128"}
+    assert all(peer.ip_block._except is None for peer in agent.to)
+    assert [(p.port, p.protocol) for p in agent.ports] == [(80, "TCP")]
 
 
 def test_every_env_var_has_a_source_and_every_referenced_key_exists(
@@ -276,9 +288,7 @@ def test_every_env_var_has_a_source_and_every_referenced_key_exists(
         if ref.secret_key_ref is not None:
             assert ref.secret_key_ref.name == SECRET_NAME
             assert ref.secret_key_ref.key in SECRET_KEYS
-            # Only the Redis token may be absent (Redis without AUTH); a pod without SECRET_KEY
-            # must not start, or replicas would sign cookies with different keys.
-            assert bool(ref.secret_key_ref.optional) == (var.name == "REDIS_AUTH_TOKEN")
+            assert bool(ref.secret_key_ref.optional) == (var.name in OPTIONAL_SECRET_KEYS)
             sources[var.name] = "secret"
         else:
             assert ref.field_ref.field_path == "metadata.name"
@@ -407,7 +417,9 @@ def _render_overlay(
     """An overlay shaped like the one init.sh writes to .deploy/ (stack outputs, secrets, image;
     with a certificate the HTTPS component and the certificate annotation)."""
     directory.mkdir()
-    (directory / "secrets.env").write_text("SECRET_KEY=0123456789abcdef0123\nREDIS_AUTH_TOKEN=t\n")
+    (directory / "secrets.env").write_text(
+        "SECRET_KEY=0123456789abcdef0123\nSECRET_KEY_FALLBACKS=\nREDIS_AUTH_TOKEN=t\n"
+    )
     # kustomize refuses absolute paths here.
     base = os.path.relpath(K8S_DIR, directory)
     components = [f"{base}/components/deployable"]

@@ -16,6 +16,7 @@ from localservers.gunicorn import Gunicorn, start_gunicorn
 from tests.support import mark_layer, replica_env
 
 from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module here)
+from .tls import tls_redis, trusts_the_test_ca  # noqa: F401 (fixtures for every module here)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

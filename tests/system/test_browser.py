@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from localservers.gunicorn import Gunicorn
+from localservers.haproxy import Haproxy
 from tests.support import session_keys, stored_messages
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -120,3 +124,78 @@ def test_a_message_as_long_as_the_page_allows_is_saved(browser, valkey, start_re
     expect(page.locator("#error")).to_have_count(0)
     (key,) = session_keys(valkey.client())
     assert stored_messages(valkey.client(), key) == [text]
+
+
+OLD_KEY, NEW_KEY = "old-secret-key-0123456789abcdef", "new-secret-key-0123456789abcdef"
+
+
+@dataclass
+class Rollout:
+    """One load balancer target (haproxy) whose replica is replaced, as a rollout replaces pods,
+    and a browser page opened through it while the first replica (SECRET_KEY=OLD_KEY) served."""
+
+    proxy: Haproxy
+    page: Page
+    start: Callable[..., Gunicorn]
+    valkey_port: int
+    serving: Gunicorn
+
+    def replace(self, name: str, **env: str) -> None:
+        new = self.start(self.valkey_port, name, **env)
+        reply = self.proxy.command(f"set server replicas/app addr 127.0.0.1 port {new.port}")
+        assert "changed" in reply, reply
+        self.serving.stop()
+        self.serving = new
+
+
+@pytest.fixture
+def rollout(browser, valkey, start_replica, tmp_path) -> Iterator[Rollout]:
+    old = start_replica(valkey.port, "old-key", SECRET_KEY=OLD_KEY)
+    proxy = Haproxy(tmp_path, {"app": old.port})
+    proxy.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{proxy.url}/")
+        yield Rollout(proxy, page, start_replica, valkey.port, old)
+    finally:
+        proxy.stop()
+
+
+def test_a_form_rendered_before_a_key_rotation_saves_after_it(rollout: Rollout) -> None:
+    """SECRET_KEY rotated (the old key a fallback), then the fallback dropped: a form open
+    through both steps saves each time, in the page the person already has."""
+    page = rollout.page
+    page.fill("textarea[name=message]", "typed before the rotation")
+    rollout.replace("rotated", SECRET_KEY=NEW_KEY, SECRET_KEY_FALLBACKS=OLD_KEY)
+    submit(page, "Save Message")
+    expect(page.locator("#served-by")).to_have_text("rotated")
+    expect(page.locator("li.message")).to_have_text(["typed before the rotation"])
+
+    # An hour later the old key goes; the page open since the last save still works.
+    page.fill("textarea[name=message]", "typed before the old key was dropped")
+    rollout.replace("dropped", SECRET_KEY=NEW_KEY)
+    submit(page, "Save Message")
+    expect(page.locator("#served-by")).to_have_text("dropped")
+    expect(page.locator("li.message")).to_have_text(
+        ["typed before the rotation", "typed before the old key was dropped"]
+    )
+
+
+def test_a_form_rendered_under_a_dropped_key_gets_a_clear_400_and_nothing_is_stored(
+    rollout: Rollout, valkey
+) -> None:
+    page = rollout.page
+    page.fill("textarea[name=message]", "typed under a key that is gone")
+    rollout.replace("new-key-only", SECRET_KEY=NEW_KEY)
+    with page.expect_navigation(wait_until="load") as refused:
+        page.click("text=Save Message")
+    assert refused.value.status == 400
+    expect(page.locator("#error")).to_contain_text("This form has expired")
+    expect(page.locator("li.message")).to_have_count(0)
+    # What was typed is still in the form, to send again.
+    expect(page.locator("textarea[name=message]")).to_have_value("typed under a key that is gone")
+    assert session_keys(valkey.client()) == []
+    # Sent again from the page the refusal gave, it saves.
+    submit(page, "Save Message")
+    expect(page.locator("li.message")).to_have_text(["typed under a key that is gone"])

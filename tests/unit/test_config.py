@@ -56,12 +56,21 @@ EVERY = {
     "METRICS_PORT": "9100",
     "METRICS_HOST": "192.0.2.10",
     "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
+    "SECRET_KEY_FALLBACKS": "old-key-0123456789ab, older-key-0123456789",
+}
+# The IAM side, which excludes an AUTH token: EVERY with these instead of REDIS_AUTH_TOKEN.
+IAM = {
+    "REDIS_AUTH": "IAM",
+    "REDIS_IAM_CACHE_NAME": "FES-Cache",
+    "REDIS_IAM_SERVERLESS": "true",
+    "AWS_REGION": "eu-west-1",
 }
 
 
 def test_every_variable_is_read():
     s = Settings.from_env(EVERY)
-    assert {f.metadata["variable"] for f in fields(Settings)} == set(EVERY)
+    iam = Settings.from_env({k: v for k, v in EVERY.items() if k != "REDIS_AUTH_TOKEN"} | IAM)
+    assert {f.metadata["variable"] for f in fields(Settings)} == set(EVERY) | set(IAM)
     assert (s.redis_port, s.redis_tls, s.redis_auth_token, s.redis_db) == (6380, True, "token", 3)
     assert (s.redis_cluster, s.redis_username, s.redis_client_cache) == (Switch.ON, "app", False)
     assert s.read_cache_max_bytes == 2 << 20
@@ -81,8 +90,17 @@ def test_every_variable_is_read():
         "192.0.2.10",
         Path("/run/metrics"),
     )
+    assert s.secret_key_fallbacks == ("old-key-0123456789ab", "older-key-0123456789")
+    # ElastiCache signs for the lower-case name.
+    assert (iam.redis_auth, iam.redis_iam_cache_name) == ("iam", "fes-cache")
+    assert (iam.redis_iam_serverless, iam.aws_region) == (True, "eu-west-1")
     defaults = Settings(redis_host="h", secret_key="t" * 32)
-    same = [f.name for f in fields(Settings) if getattr(s, f.name) == getattr(defaults, f.name)]
+    same = [
+        f.name
+        for f in fields(Settings)
+        if getattr(s, f.name) == getattr(defaults, f.name)
+        and getattr(iam, f.name) == getattr(defaults, f.name)
+    ]
     assert same == []
 
 
@@ -126,6 +144,14 @@ def test_switches_take_auto_and_any_boolean_spelling(raw, switch):
         ({"GUNICORN_BIND": "127.0.0.1:http"}, "GUNICORN_BIND='127.0.0.1:http': "),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0 is out of range (1-64)"),
         ({"METRICS_PORT": "-1"}, "METRICS_PORT=-1 is out of range (0-65535)"),
+        ({"REDIS_AUTH": "password"}, "REDIS_AUTH='password' is not token or iam"),
+        ({"SECRET_KEY_FALLBACKS": "x" * 20 + ",short"}, "SECRET_KEY_FALLBACKS: every key must"),
+        ({"REDIS_AUTH": "iam"}, "REDIS_AUTH=iam needs REDIS_USERNAME, REDIS_IAM_CACHE_NAME"),
+        (IAM | {"REDIS_USERNAME": "app"}, "REDIS_AUTH=iam needs REDIS_TLS=true"),
+        (
+            IAM | {"REDIS_USERNAME": "app", "REDIS_TLS": "true", "REDIS_AUTH_TOKEN": "t"},
+            "REDIS_AUTH=iam signs its own tokens: unset REDIS_AUTH_TOKEN",
+        ),
     ],
 )
 def test_invalid_values_name_the_variable(changes, named):
@@ -167,7 +193,7 @@ def test_the_readme_documents_every_variable_and_its_default():
         elif setting.metadata["unset"] is not None:
             assert cell == "(required)", variable
         else:  # prose ("(none)", "the hostname"): no value the table could state
-            assert setting.default in (None, MISSING), variable
+            assert setting.default in (None, MISSING, ()), variable
 
 
 def test_what_python_m_app_asks_of_the_environment(tmp_path):

@@ -1,8 +1,12 @@
-"""The CSRF module's reliance on flask-wtf: the one undocumented slot it uses still works."""
+"""The CSRF module's reliance on flask-wtf (the one undocumented slot it uses, and that it
+passes a list of keys through), and key rotation with SECRET_KEY_FALLBACKS."""
 
-from flask_wtf.csrf import generate_csrf
+from flask import session
+from flask_wtf.csrf import generate_csrf, validate_csrf
+from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
 from app import csrf
+from tests.support import csrf_token, listed_messages, session_keys
 
 
 def test_flask_wtf_returns_the_token_handed_to_it(app):
@@ -21,3 +25,55 @@ def test_the_token_flask_wtf_signs_is_the_one_remembered(app):
             "flask-wtf no longer keeps its signed token in g.csrf_token: app/csrf.py "
             "(_flask_wtf_token) must read it from where flask-wtf keeps it now"
         )
+
+
+OLD_KEY, NEW_KEY = "old-key-0123456789abcdef", "new-key-0123456789abcdef"
+
+
+def _moved(source, target):
+    """The browser's cookies, carried from one app (the old pods) to another (the new)."""
+    for name in (csrf.CSRF_COOKIE, "session"):
+        cookie = source.get_cookie(name)
+        if cookie is not None:
+            target.set_cookie(name, cookie.value)
+    return target
+
+
+def test_a_form_rendered_under_the_old_key_saves_after_the_rotation(make_app, fake_redis):
+    before = make_app(secret_key=OLD_KEY).test_client()
+    token = csrf_token(before.get("/").get_data(as_text=True))
+    after = _moved(
+        before, make_app(secret_key=NEW_KEY, secret_key_fallbacks=(OLD_KEY,)).test_client()
+    )
+    response = after.post("/persistMessage", data={"message": "kept", "csrf_token": token})
+    assert response.status_code == 303
+    assert listed_messages(after.get("/").get_data(as_text=True)) == ["kept"]
+    # The cookie only the fallback verified was signed again with the current key, so that
+    # the fallback can go without ending this browser's forms.
+    resigned = after.get_cookie(csrf.CSRF_COOKIE).value
+    assert URLSafeSerializer(NEW_KEY, salt="csrf-cookie").loads(resigned)
+
+
+def test_flask_wtf_signs_with_the_current_key_and_accepts_the_fallback(make_app):
+    """The one thing csrf.init_app relies on: flask-wtf hands WTF_CSRF_SECRET_KEY (a list of
+    keys) to itsdangerous as it is."""
+    app = make_app(secret_key=NEW_KEY, secret_key_fallbacks=(OLD_KEY,))
+    with app.test_request_context("/"):
+        session["csrf_token"] = "raw-secret"
+        old = URLSafeTimedSerializer(OLD_KEY, salt="wtf-csrf-token").dumps("raw-secret")
+        validate_csrf(old)  # raises if flask-wtf no longer passes the list through
+        new = generate_csrf()
+        assert URLSafeTimedSerializer(NEW_KEY, salt="wtf-csrf-token").loads(new) == "raw-secret", (
+            "flask-wtf no longer signs with the last key of WTF_CSRF_SECRET_KEY: "
+            "app/csrf.py (init_app) must give it the fallbacks another way"
+        )
+
+
+def test_a_form_rendered_under_a_dropped_key_is_refused_and_nothing_stored(make_app, fake_redis):
+    before = make_app(secret_key=OLD_KEY).test_client()
+    token = csrf_token(before.get("/").get_data(as_text=True))
+    after = _moved(before, make_app(secret_key=NEW_KEY).test_client())
+    response = after.post("/persistMessage", data={"message": "lost", "csrf_token": token})
+    assert response.status_code == 400
+    assert "This form has expired" in response.get_data(as_text=True)
+    assert session_keys(fake_redis) == []

@@ -59,6 +59,7 @@ NESTED = (
     "securitygroups.yaml",
     "cache.yaml",
     "eks.yaml",
+    "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
 )
@@ -79,6 +80,11 @@ AWS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aws"
 ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
 SERVERLESS_PW = "pw-serverless-0123456789abcdef"
+# The app's SECRET_KEY as cfn/app.yaml's secret holds it first (Secrets Manager generates it there).
+FIRST_SECRET_KEY = "FirstSecretKey0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+IAM_USER = "fes-app-0123456789ab"  # cache.yaml's IAM user: id and name alike
+CACHE_NAME = "fes-test-cache"  # the replication group id or Serverless cache name
+APP_NAMESPACE = "default"
 CERTIFICATE = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-1111-2222-3333-444455556666"
 
 
@@ -184,6 +190,7 @@ class World:
     moto_url: str
     env: dict[str, str]
     secret_arn: str = ""
+    secret_key_arn: str = ""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -241,15 +248,16 @@ class World:
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)
 
-    def use_cache_mode(self, mode: str) -> None:
-        """The main stand-in answers as a stack of this cache mode; serverless gets its own
-        secret, {"username", "password"}, as cfn/cache.yaml makes it."""
-        if mode == "serverless":
+    def use_cache_mode(self, mode: str, auth: str = "token") -> None:
+        """The main stand-in answers as a stack of this cache mode and authentication; with a
+        password, serverless gets its own secret, {"username", "password"}, as cfn/cache.yaml
+        makes it."""
+        if mode == "serverless" and auth == "token":
             self.secret_arn = self.client("secretsmanager").create_secret(
                 Name="fes-test-user-password",
                 SecretString=json.dumps({"username": "message-app", "password": SERVERLESS_PW}),
             )["ARN"]
-        template = main_standin_template(self.secret_arn, mode)
+        template = main_standin_template(self.secret_arn, self.secret_key_arn, mode, auth)
         Path(self.env["STUB_MAIN_TEMPLATE"]).write_text(template)
 
     def create_stacks(
@@ -348,9 +356,12 @@ CACHE_MODE_OUTPUTS: dict[str, dict[str, str]] = {
 }
 
 
-def main_standin_template(secret_arn: str, mode: str = "replication-group") -> str:
+def main_standin_template(
+    secret_arn: str, secret_key_arn: str, mode: str = "replication-group", auth: str = "token"
+) -> str:
     """main.yaml's real Parameters (moto checks the scripts' values against them), fixed Outputs
-    for one cache mode (the secret named by secret_arn holds that mode's credential)."""
+    for one cache mode and authentication (with a password, the secret named by secret_arn holds
+    that mode's credential; secret_key_arn holds SECRET_KEY)."""
     from cfnlint.decode import decode
 
     main, matches = decode(str(REPO_ROOT / "cfn" / "main.yaml"))
@@ -361,6 +372,18 @@ def main_standin_template(secret_arn: str, mode: str = "replication-group") -> s
         cache["CacheSecretArn"] = {"Value": secret_arn}
     if mode == "cluster":
         cache["AuthTokenSecretArn"] = {"Value": secret_arn}
+    if mode != "legacy":  # SECRET_KEY in Secrets Manager came after CacheMode
+        cache |= {
+            "CacheAuth": {"Value": auth},
+            "CacheName": {"Value": CACHE_NAME},
+            "SecretKeyArn": {"Value": secret_key_arn},
+            "AppNamespace": {"Value": APP_NAMESPACE},
+        }
+    if auth == "iam":  # no cache secret at all, the IAM user instead
+        for name in ("CacheSecretArn", "CacheSecretKey", "AuthTokenSecretArn"):
+            cache.pop(name, None)
+        cache["CacheUsername"] = {"Value": IAM_USER}
+        secret = ""
     template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Parameters": json.loads(json.dumps(main["Parameters"])),
@@ -371,7 +394,7 @@ def main_standin_template(secret_arn: str, mode: str = "replication-group") -> s
             **cache,
             "CachePort": {"Value": "6379"},
             "CacheTls": {"Value": "true"},
-            secret: {"Value": secret_arn},
+            **({secret: {"Value": secret_arn}} if secret else {}),
             "Region": {"Value": {"Ref": "AWS::Region"}},
             "EcrRepositoryUri": {"Value": {"Ref": "EcrRepositoryUri"}},
             "CertificateArn": {
@@ -450,7 +473,12 @@ def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
     w.secret_arn = w.client("secretsmanager").create_secret(
         Name="fes-test-auth-token", SecretString=json.dumps({"token": "tok-first-0123456789"})
     )["ARN"]
-    Path(env["STUB_MAIN_TEMPLATE"]).write_text(main_standin_template(w.secret_arn))
+    w.secret_key_arn = w.client("secretsmanager").create_secret(
+        Name="fes-test-secret-key", SecretString=FIRST_SECRET_KEY
+    )["ARN"]
+    Path(env["STUB_MAIN_TEMPLATE"]).write_text(
+        main_standin_template(w.secret_arn, w.secret_key_arn)
+    )
     return w
 
 

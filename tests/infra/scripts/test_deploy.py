@@ -87,6 +87,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "AvailabilityZones": ZONES,
         "CertificateArn": "",
         "CacheMode": "replication-group",
+        "CacheAuth": "iam",  # the default: no cache password anywhere
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -286,6 +287,31 @@ def test_deploy_keeps_the_cache_mode_of_the_stack_until_told_otherwise(world: Wo
     assert "==> cache mode: serverless" in again.stdout
 
 
+def test_deploy_keeps_the_cache_authentication_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a stack made with CacheAuth=token (AUTH token). A re-run without -A
+    keeps token (the default, iam, would change how every pod signs in); -A iam switches it with
+    a warning to re-initialise the pods at once; the next plain re-run keeps iam."""
+    world.create_stacks(parameters={"CacheAuth": "token"})
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["CacheAuth"] == "token"
+    assert "==> cache mode: replication-group, authentication: token" in run.stdout
+    assert "cache authentication" not in run.stderr
+
+    switched = world.run("deploy.sh", "-p", PROFILE, "-A", "iam")
+    assert switched.returncode == 0, switched.stderr
+    assert switched.main_stack_parameters()["CacheAuth"] == "iam"
+    assert (
+        "WARNING: cache authentication token -> iam: the running pods cannot open new cache "
+        "connections until you run ./init.sh and kubectl apply -k .deploy/"
+    ) in switched.stderr
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert again.main_stack_parameters()["CacheAuth"] == "iam"
+    assert "cache authentication" not in again.stderr
+
+
 def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: World) -> None:
     """Real, all in moto: a 1-shard cluster without replicas, made with -o. A plain re-run passes
     every parameter of the stack that it does not set itself with UsePreviousValue (left out,
@@ -312,6 +338,7 @@ def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: W
         "AvailabilityZones",
         "CertificateArn",
         "CacheMode",
+        "CacheAuth",
     }
     assert given["CacheMode"] == "cluster"
     assert run.kept_parameters() == set(before) - set(given)
@@ -335,6 +362,8 @@ def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: W
     [
         (("-m", "redis-cluster"), 2, "-m needs replication-group, cluster or serverless"),
         (("-o", "CacheMode=cluster"), 2, "CacheMode is set by deploy.sh itself"),
+        (("-A", "password"), 2, "-A needs iam or token, got 'password'"),
+        (("-o", "CacheAuth=token"), 2, "CacheAuth is set by deploy.sh itself"),
         (
             ("-c", CERTIFICATE.replace(REGION, "us-east-1")),
             1,

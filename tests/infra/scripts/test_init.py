@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -13,16 +13,21 @@ import pytest
 from app.config import Settings
 
 from .harness import (
+    APP_NAMESPACE,
     BUILDERS,
     CACHE_HOST,
+    CACHE_NAME,
     CERTIFICATE,
     CLUSTER,
     CLUSTER_CACHE_HOST,
+    FIRST_SECRET_KEY,
+    IAM_USER,
     PROFILE,
     REGION,
     SERVERLESS_CACHE_HOST,
     SERVERLESS_PW,
     STACK,
+    Run,
     World,
     assert_profile_and_region,
     env_file,
@@ -52,6 +57,8 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
         ("ecr", "describe-images", boot["EcrRepositoryName"]),
         ("ecr", "get-login-password", ""),
         ("secretsmanager", "get-secret-value", world.secret_arn),
+        ("secretsmanager", "list-secret-version-ids", world.secret_key_arn),
+        ("secretsmanager", "get-secret-value", world.secret_key_arn),
     ]
     assert_profile_and_region(run)
     password = base64.b64decode(
@@ -71,9 +78,12 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     secrets = deploy_dir / "secrets.env"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     values = env_file(secrets)
-    assert values["REDIS_AUTH_TOKEN"] == "tok-first-0123456789"
-    assert re.fullmatch(r"[0-9a-f]{64}", values["SECRET_KEY"])
-    for secret in values.values():
+    assert values == {
+        "SECRET_KEY": FIRST_SECRET_KEY,  # the stack's, not one of this machine's
+        "SECRET_KEY_FALLBACKS": "",
+        "REDIS_AUTH_TOKEN": "tok-first-0123456789",
+    }
+    for secret in filter(None, values.values()):
         assert secret not in run.stdout + run.stderr
     assert git(world.root, "status", "--porcelain") == "", (
         "a tracked file changed or .deploy/ shows"
@@ -84,6 +94,7 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     assert config["REDIS_HOST"] == CACHE_HOST
     assert (config["REDIS_PORT"], config["REDIS_TLS"]) == ("6379", "true")
     assert (config["REDIS_CLUSTER"], config["REDIS_USERNAME"]) == ("false", "")
+    assert config["REDIS_AUTH"] == "token"
     assert config["SESSION_COOKIE_SECURE"] == "false"
     assert config["LOG_LEVEL"] == "INFO", "the base's other settings must survive the merge"
     secret_data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
@@ -98,11 +109,13 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     assert "WARNING: no certificate: the load balancer serves plain HTTP" in run.stderr
     service = kinds["Service"]
     assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 80)]
-    # The overlay lifts the base's guard namespace from every object of the app, and switches on
-    # NetworkPolicy enforcement (EKS Auto Mode's network policy controller).
+    # The overlay puts every object of the app, its Secret included, in the stack's AppNamespace
+    # (the one the Pod Identity association names) instead of the base's guard namespace, and
+    # switches on NetworkPolicy enforcement (EKS Auto Mode's network policy controller).
     cni = kinds.pop("kube-system/ConfigMap")
     assert cni["data"] == {"enable-network-policy-controller": "true"}
-    assert [d["metadata"].get("namespace") for d in kinds.values()] == [None] * len(kinds)
+    assert [d["metadata"].get("namespace") for d in kinds.values()] == ["default"] * len(kinds)
+    assert "kubectl -n default get pods" in run.stdout
 
     world.client("secretsmanager").put_secret_value(
         SecretId=world.secret_arn, SecretString=json.dumps({"token": "tok-rotated-987654321"})
@@ -112,15 +125,19 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     assert f"image {uri}:{tag} is already in ECR" in again.stdout
     assert again.tool("docker") == []
     after = env_file(secrets)
-    assert after["SECRET_KEY"] == values["SECRET_KEY"], "a new SECRET_KEY would end every session"
+    assert after["SECRET_KEY"] == FIRST_SECRET_KEY, "a new SECRET_KEY would fail every open form"
     assert after["REDIS_AUTH_TOKEN"] == "tok-rotated-987654321"
+    # Another operator's machine, with no .deploy/ at all, writes the same key.
+    shutil.rmtree(deploy_dir)
+    elsewhere = world.run("init.sh", "-p", PROFILE)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert env_file(secrets)["SECRET_KEY"] == FIRST_SECRET_KEY
 
 
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder: str) -> None:
     """Real: stacks, EKS, Secrets Manager in moto; kubectl kustomize. Stand-in: the one builder on
-    PATH, kubectl. With -u/-n no ECR call is made; -t and -P go to the build. The buildah run also
-    has no openssl, so SECRET_KEY comes from /dev/urandom through od.
+    PATH, kubectl. With -u/-n no ECR call is made; -t and -P go to the build.
     """
     world.create_stacks()
     world.create_cluster()
@@ -128,7 +145,6 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     run = world.run(
         "init.sh", "-p", PROFILE, "-u", "alice", "-n", "message-app", "-t", "v1",
         "-P", "linux/arm64", builders=(builder,),
-        without=("openssl",) if builder == "buildah" else (),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert not [op for op in run.ops() if op[0] == "ecr"]
@@ -142,9 +158,6 @@ def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder:
     (container,) = rendered(world.root)["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert container["image"] == image
     assert f"builder {builder}" in run.stdout
-    assert re.fullmatch(
-        r"[0-9a-f]{64}", env_file(world.root / ".deploy" / "secrets.env")["SECRET_KEY"]
-    )
 
 
 @pytest.mark.parametrize("source", ["stack", "option"])
@@ -194,29 +207,41 @@ def test_init_without_a_deployed_stack_says_to_run_deploy(world: World) -> None:
     assert_profile_and_region(run)
 
 
-@pytest.mark.parametrize(
-    ("mode", "host", "cluster", "username", "credential"),
-    [
-        ("replication-group", CACHE_HOST, "false", "", "tok-first-0123456789"),
-        ("cluster", CLUSTER_CACHE_HOST, "true", "", "tok-first-0123456789"),
-        ("serverless", SERVERLESS_CACHE_HOST, "true", "message-app", SERVERLESS_PW),
-        # A stack deployed before CacheMode: only CachePrimaryEndpoint and AuthTokenSecretArn.
-        ("legacy", CACHE_HOST, "false", "", "tok-first-0123456789"),
-    ],
-)
-def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
-    world: World, mode: str, host: str, cluster: str, username: str, credential: str
-) -> None:
-    """Real: the stack's outputs as each cache mode gives them, the secret in moto's Secrets
-    Manager (the AUTH token under 'token', or Serverless's {"username", "password"}); kubectl
-    kustomize renders the ConfigMap and the Secret. Stand-in: docker."""
-    world.use_cache_mode(mode)
+def _init_reading_secrets(world: World) -> tuple[Run, list[str | None]]:
+    """init.sh on freshly made stacks: its run, and the secrets it read, in order."""
     world.create_stacks()
     world.create_cluster()
     run = world.run("init.sh", "-p", PROFILE)
     assert run.returncode == 0, run.stderr
-    (read,) = run.aws_calls("secretsmanager", "get-secret-value")
-    assert option(read["argv"], "--secret-id") == world.secret_arn
+    calls = run.aws_calls("secretsmanager", "get-secret-value")
+    return run, [option(c["argv"], "--secret-id") for c in calls]
+
+
+HOSTS = {
+    "replication-group": (CACHE_HOST, "false"),
+    "cluster": (CLUSTER_CACHE_HOST, "true"),
+    "serverless": (SERVERLESS_CACHE_HOST, "true"),
+}
+
+
+@pytest.mark.parametrize(
+    ("mode", "username", "credential"),
+    [
+        ("replication-group", "", "tok-first-0123456789"),
+        ("cluster", "", "tok-first-0123456789"),
+        ("serverless", "message-app", SERVERLESS_PW),
+    ],
+)
+def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
+    world: World, mode: str, username: str, credential: str
+) -> None:
+    """Real: the stack's outputs as each cache mode gives them with CacheAuth=token, the secret
+    in moto's Secrets Manager (the AUTH token under 'token', or Serverless's {"username",
+    "password"}); kubectl kustomize renders the ConfigMap and the Secret. Stand-in: docker."""
+    host, cluster = HOSTS[mode]
+    world.use_cache_mode(mode, "token")
+    run, reads = _init_reading_secrets(world)
+    assert reads == [world.secret_arn, world.secret_key_arn]
     kinds = rendered(world.root)
     config = kinds["ConfigMap"]["data"]
     assert {k: config[k] for k in ("REDIS_HOST", "REDIS_PORT", "REDIS_TLS")} == {
@@ -225,8 +250,9 @@ def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
         "REDIS_TLS": "true",
     }
     assert (config["REDIS_CLUSTER"], config["REDIS_USERNAME"]) == (cluster, username)
+    assert config["REDIS_AUTH"] == "token"
     secret = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
-    assert set(secret) == {"SECRET_KEY", "REDIS_AUTH_TOKEN"}
+    assert set(secret) == {"SECRET_KEY", "SECRET_KEY_FALLBACKS", "REDIS_AUTH_TOKEN"}
     assert secret["REDIS_AUTH_TOKEN"] == credential
     assert credential not in run.stdout + run.stderr
     expected = "password of cache user message-app" if mode == "serverless" else "AUTH token"
@@ -237,7 +263,68 @@ def test_init_writes_the_cache_settings_and_secret_of_each_cache_mode(
     assert (settings.redis_host, settings.redis_port, settings.redis_tls) == (host, 6379, True)
     assert settings.redis_cluster == {"true": "on", "false": "off"}[cluster]
     assert settings.redis_username == (username or None)
-    assert settings.redis_auth_token == credential
+    assert (settings.redis_auth, settings.redis_auth_token) == ("token", credential)
+
+
+@pytest.mark.parametrize("mode", list(HOSTS))
+def test_init_with_iam_writes_no_cache_secret_anywhere(world: World, mode: str) -> None:
+    """Real: the stack's outputs with CacheAuth=iam (no cache secret exists), SECRET_KEY from
+    moto's Secrets Manager; kubectl kustomize renders the ConfigMap and the Secret. Stand-in:
+    docker. The pods get the IAM settings; no cache credential is read, written to .deploy/ or
+    put into the Kubernetes Secret."""
+    host, cluster = HOSTS[mode]
+    world.use_cache_mode(mode, "iam")
+    run, reads = _init_reading_secrets(world)
+    assert reads == [world.secret_key_arn]  # SECRET_KEY only, never a cache secret
+    assert f"cache authentication: IAM as user {IAM_USER}" in run.stdout
+    assert env_file(world.root / ".deploy" / "secrets.env") == {
+        "SECRET_KEY": FIRST_SECRET_KEY,
+        "SECRET_KEY_FALLBACKS": "",
+    }
+    kinds = rendered(world.root)
+    config = kinds["ConfigMap"]["data"]
+    assert {k: config[k] for k in ("REDIS_HOST", "REDIS_TLS", "REDIS_CLUSTER")} == {
+        "REDIS_HOST": host,
+        "REDIS_TLS": "true",
+        "REDIS_CLUSTER": cluster,
+    }
+    assert {k: config[k] for k in config if k.startswith(("REDIS_AUTH", "REDIS_IAM", "AWS_"))} == {
+        "REDIS_AUTH": "iam",
+        "REDIS_IAM_CACHE_NAME": CACHE_NAME,
+        "REDIS_IAM_SERVERLESS": "true" if mode == "serverless" else "false",
+        "AWS_REGION": REGION,
+    }
+    assert config["REDIS_USERNAME"] == IAM_USER
+    secret = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+    assert set(secret) == {"SECRET_KEY", "SECRET_KEY_FALLBACKS"}
+    # The pods' service account in the namespace the Pod Identity association names.
+    assert kinds["ServiceAccount"]["metadata"] == {
+        **kinds["ServiceAccount"]["metadata"],
+        "name": "message-app",
+        "namespace": APP_NAMESPACE,
+    }
+    settings = Settings.from_env({**config, **secret})
+    assert (settings.redis_auth, settings.redis_username) == ("iam", IAM_USER)
+    assert (settings.redis_iam_cache_name, settings.aws_region) == (CACHE_NAME, REGION)
+    assert settings.redis_iam_serverless is (mode == "serverless")
+    assert settings.redis_auth_token is None
+
+
+def test_init_sends_a_stack_from_before_secret_key_to_deploy(world: World) -> None:
+    """Real: a replication-group stack from before CacheMode (only CachePrimaryEndpoint and
+    AuthTokenSecretArn, no SecretKeyArn) in moto: init.sh stops, says to run deploy.sh, and
+    builds and writes nothing."""
+    world.use_cache_mode("legacy")
+    world.create_stacks()
+    world.create_cluster()
+    run = world.run("init.sh", "-p", PROFILE)
+    assert run.returncode == 1
+    assert (
+        f"stack {STACK} keeps no SECRET_KEY in Secrets Manager yet (no output SecretKeyArn): "
+        f"run ./deploy.sh -p {PROFILE} -r {REGION} -s {STACK} to update it first"
+    ) in run.stderr
+    assert run.tool("docker") == []
+    assert not (world.root / ".deploy").exists()
 
 
 def test_init_names_the_missing_key_of_the_cache_secret(world: World) -> None:
