@@ -395,3 +395,44 @@ def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, A
         assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["ObservabilityKey", "Arn"]}
     addon = template["Resources"]["CloudWatchObservabilityAddon"]
     assert set(groups) <= set(addon["DependsOn"]), "the add-on would create them first"
+
+
+# What EKS Pod Identity sends when it assumes a role, as the EKS User Guide documents it ("Create
+# IAM role with trust policy required by EKS Pod Identity", pod-id-role): the principal
+# pods.eks.amazonaws.com, the actions sts:AssumeRole and sts:TagSession, and these session tags,
+# which a trust policy may condition on (aws:RequestTag/<tag>).
+POD_IDENTITY_SESSION_TAGS = {
+    "eks-cluster-arn",
+    "eks-cluster-name",
+    "kubernetes-namespace",
+    "kubernetes-service-account",
+    "kubernetes-pod-name",
+    "kubernetes-pod-uid",
+}
+# Where the amazon-cloudwatch-observability add-on runs its agent and Fluent Bit.
+ADDON_NAMESPACE = "amazon-cloudwatch"
+
+
+def test_the_agent_role_trusts_pod_identity_as_aws_documents_it(template: dict[str, Any]) -> None:
+    """Only documented request keys, each naming this cluster, the add-on's namespace and its
+    service account: a condition on a key Pod Identity does not send (or on a value it never
+    sends, such as the cluster's ARN as aws:SourceArn) refuses every AssumeRole, and Container
+    Insights stays empty."""
+    addon = template["Resources"]["CloudWatchObservabilityAddon"]["Properties"]
+    (association,) = addon["PodIdentityAssociations"]
+    role = template["Resources"][association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow"
+    assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert set(trust["Condition"]) == {"StringEquals"}, trust["Condition"]
+    keys = trust["Condition"]["StringEquals"]
+    tags = {key.removeprefix("aws:RequestTag/"): value for key, value in keys.items()}
+    assert all(key.startswith("aws:RequestTag/") for key in keys), sorted(keys)
+    assert set(tags) <= POD_IDENTITY_SESSION_TAGS, sorted(set(tags) - POD_IDENTITY_SESSION_TAGS)
+    # The role is this cluster's, and only the add-on's service account may use it.
+    assert tags["eks-cluster-arn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
+    }
+    assert tags["kubernetes-namespace"] == ADDON_NAMESPACE
+    assert tags["kubernetes-service-account"] == association["ServiceAccount"]
