@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
-from .test_cfn import CFN, _load_path, _resources
+from .test_cfn import CFN, _evaluate, _load_path, _resources
 from .test_cfn_observability import (
     DIMENSION_PARAMETER,
+    LB_SUFFIX,
     PUBLISHED,
+    TG_SUFFIX,
     _node_suffixes,
     passed_through_unchanged,
 )
@@ -65,15 +67,9 @@ def template() -> dict[str, Any]:
     return _load_path(TEMPLATE)
 
 
-def _is_mode(template: dict[str, Any], condition: str, mode: str) -> bool:
-    """A cache-mode condition (the only kind the dashboard uses) in the given mode."""
-    ((left, right),) = [template["Conditions"][condition]["Fn::Equals"]]
-    assert left == {"Ref": "CacheMode"}, condition
-    return right == mode
-
-
 def _render(value: Any, template: dict[str, Any], mode: str) -> str:
-    """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode.
+    """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode
+    once every parameter is given.
 
     Each ${Name} of a parameter becomes <Name>: still valid JSON inside a string, and the
     checks can see which one it was. A small resolver rather than a library: none resolves
@@ -84,7 +80,9 @@ def _render(value: Any, template: dict[str, Any], mode: str) -> str:
     ((function, args),) = value.items()
     if function == "Fn::If":
         condition, then, otherwise = args
-        chosen = then if _is_mode(template, condition, mode) else otherwise
+        # Every parameter given (the load balancer's names too), in this cache mode.
+        given = {name: f"<{name}>" for name in template["Parameters"]} | {"CacheMode": mode}
+        chosen = then if _evaluate({"Condition": condition}, template, given) else otherwise
         return _render(chosen, template, mode)
     assert function == "Fn::Sub", function
     text, variables = (args, {}) if isinstance(args, str) else args
@@ -236,3 +234,69 @@ def test_main_passes_the_dashboard_parameters_through_unchanged(
 ) -> None:
     passed = passed_through_unchanged("DashboardStack", template)
     assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "CacheMode", "CacheId"} <= passed
+
+
+def _resolve(value: Any, template: dict[str, Any], params: dict[str, str]) -> str:
+    """The dashboard body as CloudFormation sends it for these parameter values: Fn::If on any
+    condition (evaluated as test_cfn does), Fn::Sub with the values themselves, empty ones too."""
+    if isinstance(value, str):
+        return value
+    ((function, args),) = value.items()
+    if function == "Fn::If":
+        condition, then, otherwise = args
+        chosen = then if _evaluate({"Condition": condition}, template, params) else otherwise
+        return _resolve(chosen, template, params)
+    assert function == "Fn::Sub", function
+    text, variables = (args, {}) if isinstance(args, str) else args
+    values = {
+        **params,
+        "AWS::Region": "eu-central-1",
+        **{name: _resolve(v, template, params) for name, v in variables.items()},
+    }
+    return re.sub(r"\$\{([^}]+)\}", lambda m: values[m[1]], text)
+
+
+def _parameter_defaults(template: dict[str, Any]) -> dict[str, str]:
+    return {
+        name: str(spec.get("Default", f"<{name}>")) for name, spec in template["Parameters"].items()
+    }
+
+
+@pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
+@pytest.mark.parametrize(
+    "names",
+    [
+        {},
+        {"LoadBalancerArnSuffix": LB_SUFFIX},
+        {"LoadBalancerArnSuffix": LB_SUFFIX, "TargetGroupArnSuffix": TG_SUFFIX},
+    ],
+    ids=["first-deploy", "load-balancer-only", "both-names"],
+)
+def test_every_widget_names_real_dimension_values_before_the_load_balancer_exists(
+    mode: str, names: dict[str, str], template: dict[str, Any]
+) -> None:
+    """On the first deploy the load balancer's names are unknown (empty parameters): a widget
+    may not name a dimension with an empty value, which PutDashboard may refuse (and a refused
+    dashboard rolls the whole main stack back after the cluster and the cache were made).
+    Until the names are given the dashboard says where to find them instead."""
+    params = {**_parameter_defaults(template), "CacheMode": mode, "CacheId": "fes-cache", **names}
+    params["ClusterName"] = "fes-cluster"
+    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    body = json.loads(_resolve(dashboard["Properties"]["DashboardBody"], template, params))
+    shown = set()
+    for widget in body["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], dict):
+                continue
+            _, metric, *rest = line
+            if rest and isinstance(rest[-1], dict):
+                rest.pop()
+            dimensions = dict(zip(rest[0::2], rest[1::2], strict=True))
+            assert all(dimensions.values()), (metric, dimensions)
+            shown.add(metric)
+    has_lb = bool(names.get("LoadBalancerArnSuffix"))
+    has_tg = has_lb and bool(names.get("TargetGroupArnSuffix"))
+    assert ("NewFlowCount" in shown) == has_lb
+    assert ("HealthyHostCount" in shown) == has_tg
+    notes = " ".join(w["properties"]["markdown"] for w in body["widgets"] if w["type"] == "text")
+    assert ("TargetGroupArnSuffix" in notes) == (not has_tg), notes

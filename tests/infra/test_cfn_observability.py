@@ -431,8 +431,7 @@ def test_the_agent_role_trusts_pod_identity_as_aws_documents_it(template: dict[s
     assert all(key.startswith("aws:RequestTag/") for key in keys), sorted(keys)
     assert set(tags) <= POD_IDENTITY_SESSION_TAGS, sorted(set(tags) - POD_IDENTITY_SESSION_TAGS)
     # The role is this cluster's, and only the add-on's service account may use it.
-    assert tags["eks-cluster-arn"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
-    }
+    cluster = "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
+    assert tags["eks-cluster-arn"] == {"Fn::Sub": cluster}
     assert tags["kubernetes-namespace"] == ADDON_NAMESPACE
     assert tags["kubernetes-service-account"] == association["ServiceAccount"]
