@@ -10,6 +10,8 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 CFN_DIR="$ROOT/cfn"
 # shellcheck source-path=SCRIPTDIR source=scripts/common.sh
 . "$ROOT/scripts/common.sh"
+# shellcheck source-path=SCRIPTDIR source=scripts/progress.sh
+. "$ROOT/scripts/progress.sh"
 
 usage() {
   cat <<EOF
@@ -17,7 +19,10 @@ Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTI
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
-(VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs.
+(VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs. Each stack is
+followed until it ends, however long that takes, one line per resource event (elapsed time,
+resources complete out of the total, the nested stack); a failure names the first resource that
+failed and why. Ctrl-C stops watching, not the stack.
 Safe to re-run: unchanged stacks are left alone.
 Availability Zones are chosen by zone ID, skipping those where EKS refuses control-plane subnets
 ($EKS_UNSUPPORTED_ZONE_IDS); a region with fewer than $ZONES_NEEDED usable zones stops here, before
@@ -127,10 +132,12 @@ stack_status() {
   fi
 }
 
-# Creates the stack or updates it; "no updates" is success. Remaining arguments go to create/update-stack.
+# Creates the stack from the template or updates it, following it to its end however long it takes;
+# "no updates" is success. Remaining arguments go to create/update-stack.
 deploy_stack() {
-  local name=$1 status
-  shift
+  local name=$1 template=$2 status id total after
+  shift 2
+  total=$(template_resource_count "$template")
   status=$(stack_status "$name")
   case $status in
     ROLLBACK_COMPLETE | REVIEW_IN_PROGRESS)
@@ -138,27 +145,25 @@ deploy_stack() {
       # `aws cloudformation deploy`), holds no resources and cannot be updated: recreate it.
       print_failed_events "$name"
       say "stack $name is $status from an earlier creation that did not finish: deleting it before creating it again"
-      awsp cloudformation delete-stack --stack-name "$name"
-      awsp cloudformation wait stack-delete-complete --stack-name "$name" || die "could not delete $name"
+      delete_and_follow "$name" || die "could not delete $name"
       status=NONE
       ;;
   esac
   case $status in
     NONE)
-      say "creating stack $name (waiting; follow it in the CloudFormation console)"
-      awsp cloudformation create-stack --stack-name "$name" "$@" --output json >/dev/null
-      if ! awsp cloudformation wait stack-create-complete --stack-name "$name"; then
-        print_failed_events "$name"
-        die "creating stack $name failed (events above); fix the cause and run $PROG again"
-      fi
+      say "creating stack $name: $total resources, followed until it ends, however long (Ctrl-C stops watching, not the stack)"
+      id=$(awsp cloudformation create-stack --stack-name "$name" --template-body "file://$template" "$@" \
+        --query StackId --output text)
+      follow_stack "$id" create "$total" ||
+        die "creating stack $name failed (first failure above); fix the cause and run $PROG again"
       ;;
     CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE)
       say "updating stack $name"
-      if awsp cloudformation update-stack --stack-name "$name" "$@" --output json >/dev/null 2>"$WORK/err"; then
-        if ! awsp cloudformation wait stack-update-complete --stack-name "$name"; then
-          print_failed_events "$name"
-          die "updating stack $name failed (events above); it rolled back to its previous state"
-        fi
+      after=$(newest_event_id "$name")
+      if id=$(awsp cloudformation update-stack --stack-name "$name" --template-body "file://$template" "$@" \
+        --query StackId --output text 2>"$WORK/err"); then
+        follow_stack "$id" update "$total" "$after" ||
+          die "updating stack $name failed (first failure above); it rolled back to its previous state"
       elif grep -q 'No updates are to be performed' "$WORK/err"; then
         say "No changes to deploy: stack $name is up to date"
       else
@@ -270,7 +275,7 @@ done
 
 # ECR names are per account and region and lower case: one repository per stack name.
 REPO_PREFIX=$(printf '%s' "$STACK" | tr '[:upper:]' '[:lower:]' | tr -s '-')
-deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml" \
+deploy_stack "$BOOTSTRAP" "$CFN_DIR/bootstrap.yaml" \
   --parameters "ParameterKey=RepositoryName,ParameterValue=${REPO_PREFIX%-}/message-app"
 BOOTSTRAP_JSON=$(awsp cloudformation describe-stacks --stack-name "$BOOTSTRAP" --output json)
 BUCKET=$(stack_output "$BOOTSTRAP_JSON" TemplateBucketName)
@@ -307,7 +312,7 @@ PARAMS=$(jq -n --argjson previous "$PREVIOUS" '[$ARGS.positional[] | capture("^(
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.
-deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \
+deploy_stack "$STACK" "$CFN_DIR/main.yaml" \
   --parameters "$PARAMS" \
   --capabilities CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND
 

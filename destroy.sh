@@ -10,6 +10,8 @@ PROG=${0##*/}
 ROOT=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=scripts/common.sh
 . "$ROOT/scripts/common.sh"
+# shellcheck source-path=SCRIPTDIR source=scripts/progress.sh
+. "$ROOT/scripts/progress.sh"
 
 usage() {
   cat <<EOF
@@ -76,12 +78,8 @@ fi
 make_work_dir
 
 delete_stack() {
-  say "deleting stack $1 (waiting)"
-  awsp cloudformation delete-stack --stack-name "$1"
-  if ! awsp cloudformation wait stack-delete-complete --stack-name "$1"; then
-    print_failed_events "$1"
-    die "deleting stack $1 failed (events above); fix the cause and run $PROG again"
-  fi
+  say "deleting stack $1, followed until it is gone (Ctrl-C stops watching, not the deletion)"
+  delete_and_follow "$1" || die "deleting stack $1 failed (first failure above); fix the cause and run $PROG again"
 }
 
 # What EKS Auto Mode's load balancing made for the Service, outside any stack, in the cluster's VPC:

@@ -16,7 +16,8 @@ looked up by operation (`Run.aws_calls`), never by their position in the log.
 Stood in by tests/stubs/standin.py, which records every call (argv) of aws, kubectl and the
 builders: the main stack's template (moto skips EKS and ElastiCache inside CloudFormation and fails
 on their attributes, so create/update-stack of the main stack get a template with main.yaml's real
-parameters and fixed outputs), a failing main stack (moto never fails one), kubectl against a
+parameters and fixed outputs), recorded main-stack operations (tests/fixtures/aws/stack-events:
+moto creates a stack at once, never fails one, and has no nested stacks), kubectl against a
 cluster, docker/podman/buildah, and recorded answers from tests/fixtures/aws (zone mappings moto
 does not have, a load balancer EKS has not removed yet). Each test's docstring names what it adds.
 """
@@ -41,7 +42,9 @@ import yaml
 from tests.support import REPO_ROOT
 
 SCRIPTS = ("deploy.sh", "init.sh", "destroy.sh")
-LIBRARY = "scripts/common.sh"  # sourced by all three scripts, never run on its own
+# Sourced by the scripts, never run on their own: what all three share, and the stack-following
+# loop of deploy.sh and destroy.sh.
+LIBRARIES = ("scripts/common.sh", "scripts/progress.sh")
 PROFILE = "ci"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
@@ -62,19 +65,19 @@ NESTED = (
     "observability.yaml",
     "dashboard.yaml",
 )
-MAIN_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}/main-0001"
-NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}-Cache-X/n-0001"
 # Everything the scripts may run besides the stand-ins; a tool missing here fails a test, which
 # keeps this list the scripts' real dependency list.
 BASE_TOOLS = (
     "bash", "env", "cat", "grep", "sed", "head", "tr", "od", "sort", "mkdir", "mktemp", "rm", "mv",
-    "chmod", "date", "dirname", "git", "openssl", "jq", "sleep",
+    "chmod", "date", "dirname", "git", "openssl", "jq", "sleep", "awk",
 )  # fmt: skip
 BUILDERS = ("docker", "podman", "buildah")
 STANDIN = REPO_ROOT / "tests" / "stubs" / "standin.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 AWS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aws"
+# Recorded main-stack operations, played by the stand-in (STUB_MAIN_EVENTS).
+STACK_EVENTS = AWS_FIXTURES / "stack-events"
 # What deploy.sh picks in moto's eu-central-1 (zone IDs euc1-az1..3, none refused by EKS).
 ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
@@ -98,7 +101,8 @@ def option(argv: Sequence[str], name: str) -> str | None:
 
 
 def operation(call: dict[str, Any]) -> tuple[str, ...]:
-    """An aws call as (service, operation, subject): profile, region and other options left out."""
+    """An aws call as (service, operation, subject): profile, region and other options left out;
+    a stack named by its id (arn:...:stack/NAME/ID) as NAME."""
     argv = call["argv"]
     words: list[str] = []
     skip = False
@@ -126,6 +130,8 @@ def operation(call: dict[str, Any]) -> tuple[str, ...]:
         ),
         "",
     )
+    if subject.startswith("arn:aws:cloudformation:"):
+        subject = subject.split("/")[1]
     return (*words, subject)
 
 
@@ -233,7 +239,9 @@ class World:
             stdin=stdin,
             capture_output=True,
             text=True,
-            timeout=120,
+            # A bound, not a speed target: a run makes dozens of AWS CLI calls (about a second
+            # each on a busy 2-core machine), and deploy.sh validates nine templates.
+            timeout=300,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)
@@ -419,8 +427,9 @@ def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
         "STUB_PROFILE": PROFILE,
         "STUB_REGION": REGION,
         "STUB_MAIN_STACK": STACK,
-        "STUB_MAIN_STACK_ID": MAIN_STACK_ID,
-        "STUB_NESTED_STACK_ID": NESTED_STACK_ID,
+        # The scripts' own stack-following loop polls without pausing (a recorded sequence
+        # moves one step per poll, see standin.py).
+        "STACK_POLL_SECONDS": "0",
         "STUB_MAIN_TEMPLATE": str(tmp_path / "main-standin.json"),
         "STUB_VALIDATE_CACHE": str(validate_cache),
         "REAL_AWS": str(REAL_AWS),
