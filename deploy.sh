@@ -105,7 +105,7 @@ BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
 require_tools aws jq
-for t in bootstrap main network securitygroups cache eks observability dashboard; do
+for t in bootstrap main network securitygroups cache eks observability dashboard edge; do
   [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
 done
 
@@ -289,7 +289,7 @@ say "uploading the nested templates to s3://$BUCKET/"
 # cp, not sync: sync skips a changed file whose size and age look unchanged.
 awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude '*' \
   --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml \
-  --include observability.yaml --include dashboard.yaml
+  --include observability.yaml --include dashboard.yaml --include edge.yaml
 
 # An update keeps every parameter of the stack that this run does not set (UsePreviousValue):
 # left out, CloudFormation would fall back to the template default, and a plain re-run would

@@ -36,6 +36,7 @@ TEMPLATE_NAMES = (
     "cache.yaml",
     "observability.yaml",
     "dashboard.yaml",
+    "edge.yaml",
 )
 NESTED = (
     "network.yaml",
@@ -44,6 +45,7 @@ NESTED = (
     "cache.yaml",
     "observability.yaml",
     "dashboard.yaml",
+    "edge.yaml",
 )
 # Regions the linter checks against (availability of resource types and three AZs).
 LINT_REGIONS = ("us-east-1", "eu-central-1")
@@ -62,6 +64,9 @@ MAIN_OUTPUTS = {
     "Region",
     "EcrRepositoryUri",
     "DashboardName",
+    "LoadBalancerType",
+    "PublicSubnetCidrs",
+    "PrivateSubnetCidrs",
 }
 BOOTSTRAP_OUTPUTS = {"TemplateBucketName", "EcrRepositoryUri", "EcrRepositoryName"}
 PARAMETERS_SET_BY_DEPLOY = {
@@ -71,7 +76,13 @@ PARAMETERS_SET_BY_DEPLOY = {
     "AvailabilityZones",
 }
 # Outputs only some deployments have (a Condition): init.sh reads them when present.
-OPTIONAL_MAIN_OUTPUTS = {"CertificateArn", "CacheUsername", "AuthTokenSecretArn"}
+OPTIONAL_MAIN_OUTPUTS = {
+    "CertificateArn",
+    "CacheUsername",
+    "AuthTokenSecretArn",
+    "WebAclArn",
+    "AccessLogBucket",
+}
 
 # The cache modes (CacheMode) and what each one creates in cfn/cache.yaml, nothing more.
 CACHE_MODES = ("replication-group", "cluster", "serverless")

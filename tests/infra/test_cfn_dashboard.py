@@ -19,7 +19,6 @@ import pytest
 
 from .test_cfn import CFN, _evaluate, _load_path, _resources
 from .test_cfn_observability import (
-    DIMENSION_PARAMETER,
     LB_SUFFIX,
     PUBLISHED,
     TG_SUFFIX,
@@ -29,15 +28,37 @@ from .test_cfn_observability import (
 
 TEMPLATE = CFN / "dashboard.yaml"
 
-# What the dashboard shows in every cache mode,
+# What the dashboard shows in every cache mode, per load-balancer type,
 DASHBOARD_METRICS = {
-    "NewFlowCount",
-    "ActiveFlowCount",
-    "TCP_Target_Reset_Count",
-    "TCP_ELB_Reset_Count",
-    "HealthyHostCount",
-    "UnHealthyHostCount",
-    "service_number_of_running_pods",
+    "nlb": {
+        "NewFlowCount",
+        "ActiveFlowCount",
+        "TCP_Target_Reset_Count",
+        "TCP_ELB_Reset_Count",
+        "HealthyHostCount",
+        "UnHealthyHostCount",
+        "service_number_of_running_pods",
+    },
+    "alb": {
+        "RequestCount",
+        "HTTPCode_Target_5XX_Count",
+        "HTTPCode_ELB_5XX_Count",
+        "TargetResponseTime",
+        "HealthyHostCount",
+        "UnHealthyHostCount",
+        "service_number_of_running_pods",
+        "AllowedRequests",
+        "BlockedRequests",
+    },
+}
+# ...the app's own: from the access log and from its Prometheus counters (both types),
+DASHBOARD_APP_METRICS = {
+    "requests",
+    "responses_5xx",
+    "request_duration_ms",
+    "messageapp_fail_fast_responses_total",
+    "messageapp_saves_without_replica_total",
+    "messageapp_redis_errors_total",
 }
 # ...and of the cache, per mode: every one for each node (or the Serverless cache) the mode has.
 DASHBOARD_CACHE_METRICS = {
@@ -67,7 +88,7 @@ def template() -> dict[str, Any]:
     return _load_path(TEMPLATE)
 
 
-def _render(value: Any, template: dict[str, Any], mode: str) -> str:
+def _render(value: Any, template: dict[str, Any], mode: str, lb: str = "nlb") -> str:
     """A string made of Fn::Sub and Fn::If, as CloudFormation resolves it in the given mode
     once every parameter is given.
 
@@ -81,20 +102,23 @@ def _render(value: Any, template: dict[str, Any], mode: str) -> str:
     if function == "Fn::If":
         condition, then, otherwise = args
         # Every parameter given (the load balancer's names too), in this cache mode.
-        given = {name: f"<{name}>" for name in template["Parameters"]} | {"CacheMode": mode}
+        given = {name: f"<{name}>" for name in template["Parameters"]}
+        given |= {"CacheMode": mode, "LoadBalancerType": lb}
         chosen = then if _evaluate({"Condition": condition}, template, given) else otherwise
-        return _render(chosen, template, mode)
+        return _render(chosen, template, mode, lb)
     assert function == "Fn::Sub", function
     text, variables = (args, {}) if isinstance(args, str) else args
-    values = {name: _render(v, template, mode) for name, v in variables.items()}
+    values = {name: _render(v, template, mode, lb) for name, v in variables.items()}
     names = set(re.findall(r"\$\{([^}]+)\}", text))
     assert names <= {*template["Parameters"], "AWS::Region", *values}, names
     return re.sub(r"\$\{([^}]+)\}", lambda m: values.get(m[1], f"<{m[1]}>"), text)
 
 
-def _body(template: dict[str, Any], mode: str = "replication-group") -> dict[str, Any]:
+def _body(
+    template: dict[str, Any], mode: str = "replication-group", lb: str = "nlb"
+) -> dict[str, Any]:
     (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
-    return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode))
+    return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode, lb))
 
 
 def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str, Any]:
@@ -113,11 +137,18 @@ def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str
     return copy
 
 
+# The parameters that may name each load-balancer dimension: the NLB's or the ALB's.
+LB_DIMENSION_PARAMETERS = {
+    "LoadBalancer": {"<LoadBalancerArnSuffix>", "<AlbArnSuffix>"},
+    "TargetGroup": {"<TargetGroupArnSuffix>", "<AlbTargetGroupArnSuffix>"},
+}
+
+
 def _dashboard_metrics(
-    template: dict[str, Any], mode: str = "replication-group"
+    template: dict[str, Any], mode: str = "replication-group", lb: str = "nlb"
 ) -> tuple[set[str], set[str]]:
     """The metrics the dashboard shows and the statistics it uses; fails on an unknown one."""
-    body = _body(template, mode)
+    body = _body(template, mode, lb)
     shown = set()
     for widget in body["widgets"]:
         assert widget["type"] in ("metric", "text")
@@ -137,8 +168,8 @@ def _dashboard_metrics(
             assert metric in PUBLISHED[namespace], metric
             dimensions = dict(zip(rest[0::2], rest[1::2], strict=True))
             assert frozenset(dimensions) in PUBLISHED[namespace][metric], (metric, rest)
-            for dimension, parameter in DIMENSION_PARAMETER.items():
-                assert dimensions.get(dimension, f"<{parameter}>") == f"<{parameter}>", metric
+            for dimension, parameters in LB_DIMENSION_PARAMETERS.items():
+                assert dimensions.get(dimension, next(iter(parameters))) in parameters, metric
             if options.get("visible", True) or any(
                 options["id"] in str(other[0]) for other in widget["properties"]["metrics"]
             ):
@@ -153,16 +184,17 @@ def _dashboard_metrics(
     return shown, stats
 
 
+@pytest.mark.parametrize("lb", ["nlb", "alb"])
 @pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))
 def test_the_dashboard_body_is_json_naming_published_metrics(
-    mode: str, template: dict[str, Any]
+    mode: str, lb: str, template: dict[str, Any]
 ) -> None:
-    shown, stats = _dashboard_metrics(template, mode)
-    assert shown >= DASHBOARD_METRICS | DASHBOARD_CACHE_METRICS[mode]
-    assert stats <= {"Sum", "Maximum", "Minimum", "Average"}, stats
+    shown, stats = _dashboard_metrics(template, mode, lb)
+    assert shown >= DASHBOARD_METRICS[lb] | DASHBOARD_APP_METRICS | DASHBOARD_CACHE_METRICS[mode]
+    assert stats <= {"Sum", "Maximum", "Minimum", "Average", "p50", "p99"}, stats
     # Every widget on the 24-column grid, none over another.
     taken: set[tuple[int, int]] = set()
-    for widget in _body(template, mode)["widgets"]:
+    for widget in _body(template, mode, lb)["widgets"]:
         assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 24, widget
         cells = {
             (widget["x"] + dx, widget["y"] + dy)
@@ -197,12 +229,22 @@ def test_the_dashboard_draws_every_cache_node_of_its_mode_and_no_other(
     assert drawn == dict.fromkeys(DASHBOARD_CACHE_METRICS[mode], ids)
 
 
-def test_the_dashboard_says_where_request_rate_errors_and_latency_are(
+def test_the_dashboard_draws_request_rate_errors_and_latency_in_both_types(
     template: dict[str, Any],
 ) -> None:
-    """An NLB has no request, 5xx or latency metric: the dashboard points to the app's own."""
-    notes = [w["properties"]["markdown"] for w in _body(template)["widgets"] if w["type"] == "text"]
-    assert any("5xx" in n and "p99" in n and "Prometheus" in n for n in notes), notes
+    """An NLB has no request, 5xx or latency metric: those come from the app's access log in
+    both types (and, with the ALB, from the ALB too); the note that said they were missing is
+    gone, and the WAF widget or its note says where AWS WAF is."""
+    for lb in ("nlb", "alb"):
+        body = _body(template, lb=lb)
+        notes = " ".join(
+            w["properties"]["markdown"] for w in body["widgets"] if w["type"] == "text"
+        )
+        assert "not on this dashboard" not in notes
+        assert ("AWS WAF" in notes) == (lb == "nlb"), notes
+        titles = [w["properties"]["title"] for w in body["widgets"] if w["type"] == "metric"]
+        assert any("5xx" in t and "access log" in t for t in titles), titles
+        assert any("p99" in t and "access log" in t for t in titles), titles
 
 
 @pytest.mark.parametrize("mode", sorted(DASHBOARD_CACHE_METRICS))

@@ -85,6 +85,43 @@ PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
         "service_number_of_running_pods": _SERVICE,
         "namespace_number_of_running_pods": {frozenset({"ClusterName", "Namespace"})},
     },
+    # Application Load Balancer: "CloudWatch metrics for your Application Load Balancer"
+    # (docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-cloudwatch-
+    # metrics.html): requests, status codes and target response time by LoadBalancer (or with
+    # AvailabilityZone and/or TargetGroup); target health only with TargetGroup.
+    "AWS/ApplicationELB": {
+        **{
+            metric: _LB | {frozenset({"LoadBalancer", "TargetGroup"})}
+            for metric in (
+                "RequestCount",
+                "HTTPCode_Target_5XX_Count",
+                "TargetResponseTime",
+            )
+        },
+        "HTTPCode_ELB_5XX_Count": _LB,
+        "HealthyHostCount": _TARGETS,
+        "UnHealthyHostCount": _TARGETS,
+    },
+    # AWS WAF: "Monitoring with Amazon CloudWatch" (WAF developer guide), per web ACL, Region
+    # and rule (ALL for the whole web ACL).
+    "AWS/WAFV2": {
+        metric: {frozenset({"WebACL", "Region", "Rule"})}
+        for metric in ("AllowedRequests", "BlockedRequests", "CountedRequests")
+    },
+    # The app's own (cfn/edge.yaml's metric filters, no dimension; the agent's EMF declaration
+    # in cfn/observability.yaml, by ClusterName and Service), as the templates name the
+    # namespace once rendered (test_cfn_edge checks both sides against this list).
+    "MessageApp/<ClusterName>": {
+        **{name: {frozenset()} for name in ("requests", "responses_5xx", "request_duration_ms")},
+        **{
+            name: {frozenset({"ClusterName", "Service"})}
+            for name in (
+                "messageapp_fail_fast_responses_total",
+                "messageapp_saves_without_replica_total",
+                "messageapp_redis_errors_total",
+            )
+        },
+    },
 }
 # The parameter that names each load-balancer dimension's value.
 DIMENSION_PARAMETER = {
@@ -388,7 +425,7 @@ def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, A
     names = sorted(g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values())
     assert names == [
         f"/aws/containerinsights/${{ClusterName}}/{kind}"
-        for kind in ("application", "dataplane", "host", "performance")
+        for kind in ("application", "dataplane", "host", "performance", "prometheus")
     ]
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}

@@ -64,6 +64,7 @@ NESTED = (
     "eks.yaml",
     "observability.yaml",
     "dashboard.yaml",
+    "edge.yaml",
 )
 # Everything the scripts may run besides the stand-ins; a tool missing here fails a test, which
 # keeps this list the scripts' real dependency list.
@@ -83,6 +84,11 @@ ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
 SERVERLESS_PW = "pw-serverless-0123456789abcdef"
 CERTIFICATE = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-1111-2222-3333-444455556666"
+WEB_ACL = (
+    f"arn:aws:wafv2:{REGION}:{ACCOUNT}:regional/webacl/fes-test-cluster-edge/"
+    "a1b2c3d4-5678-90ab-cdef-111122223333"
+)
+ACCESS_LOG_BUCKET = "fes-test-edge-accesslogbucket-0a1b2c3d4e5f"
 
 
 def _reset(url: str) -> bool:
@@ -383,6 +389,12 @@ def main_standin_template(secret_arn: str, mode: str = "replication-group") -> s
                 "Condition": "HasCertificate",
                 "Value": {"Ref": "CertificateArn"},
             },
+            # The edge (cfn/edge.yaml): the web ACL and log bucket exist with an ALB only.
+            "LoadBalancerType": {"Value": {"Ref": "LoadBalancerType"}},
+            "WebAclArn": {"Condition": "IsAlb", "Value": WEB_ACL},
+            "AccessLogBucket": {"Condition": "IsAlb", "Value": ACCESS_LOG_BUCKET},
+            "PublicSubnetCidrs": {"Value": {"Fn::Join": [",", {"Ref": "PublicSubnets"}]}},
+            "PrivateSubnetCidrs": {"Value": {"Fn::Join": [",", {"Ref": "PrivateSubnets"}]}},
         },
     }
     return json.dumps(template, indent=1)
