@@ -393,8 +393,10 @@ def main_standin_template(secret_arn: str, mode: str = "replication-group") -> s
             "LoadBalancerType": {"Value": {"Ref": "LoadBalancerType"}},
             "WebAclArn": {"Condition": "IsAlb", "Value": WEB_ACL},
             "AccessLogBucket": {"Condition": "IsAlb", "Value": ACCESS_LOG_BUCKET},
-            "PublicSubnetCidrs": {"Value": {"Fn::Join": [",", {"Ref": "PublicSubnets"}]}},
-            "PrivateSubnetCidrs": {"Value": {"Fn::Join": [",", {"Ref": "PrivateSubnets"}]}},
+            # main.yaml's default subnets, fixed: moto's Fn::Join splits a list parameter's
+            # string into characters.
+            "PublicSubnetCidrs": {"Value": "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"},
+            "PrivateSubnetCidrs": {"Value": "10.0.4.0/24,10.0.5.0/24,10.0.6.0/24"},
         },
     }
     return json.dumps(template, indent=1)
