@@ -15,7 +15,7 @@ CFN_DIR="$ROOT/cfn"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-o KEY=VALUE]... [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-e EDGE] [-o KEY=VALUE]... [-h]
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
@@ -40,12 +40,16 @@ anything is created. An existing stack keeps the zones it was created with.
                     (cluster mode enabled, -o NumNodeGroups=N -o ReplicasPerNodeGroup=N) or
                     serverless (ElastiCache Serverless). An existing stack keeps its mode when -m is
                     left out; a different mode replaces the cache, and every session is lost
+  -e EDGE           load balancer: nlb (default: the Service's Network Load Balancer, as the
+                    sample) or alb (an Ingress with the Application Load Balancer: HTTP redirected
+                    to HTTPS, AWS WAF, access logs; LoadBalancerType). An existing stack keeps its
+                    type when -e is left out; after a change run ./init.sh and kubectl apply again
   -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
                     an existing stack keeps the value of every parameter not given (its
                     previous value), a new stack takes the template default
   -h                show this help
 
-Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m and -o are new.
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m, -e and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
 }
@@ -62,13 +66,14 @@ STACK="flask-eks-sessions"
 PRINCIPAL=""
 CERTIFICATE=""
 CACHE_MODE=""
+EDGE=""
 OVERRIDES=()
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:a:c:m:o:h' opt; do
+while getopts ':p:r:s:a:c:m:e:o:h' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
@@ -81,10 +86,16 @@ while getopts ':p:r:s:a:c:m:o:h' opt; do
         *) usage_error "-m needs replication-group, cluster or serverless, got '$OPTARG'" ;;
       esac
       ;;
+    e)
+      case $OPTARG in
+        nlb | alb) EDGE=$OPTARG ;;
+        *) usage_error "-e needs nlb or alb, got '$OPTARG'" ;;
+      esac
+      ;;
     o)
       case $OPTARG in
-        AvailabilityZones=* | CertificateArn=* | CacheMode=*)
-          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m)"
+        AvailabilityZones=* | CertificateArn=* | CacheMode=* | LoadBalancerType=*)
+          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m; the load balancer with -e)"
           ;;
         [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
@@ -245,6 +256,18 @@ if [ -n "$EXISTING_JSON" ]; then
 fi
 CACHE_MODE=${CACHE_MODE:-replication-group}
 say "cache mode: $CACHE_MODE"
+# The load balancer type, like the cache mode, stays unless -e names another.
+if [ -n "$EXISTING_JSON" ]; then
+  EXISTING_EDGE=$(stack_parameter "$EXISTING_JSON" LoadBalancerType)
+  EXISTING_EDGE=${EXISTING_EDGE:-nlb}
+  if [ -z "$EDGE" ]; then
+    EDGE=$EXISTING_EDGE
+  elif [ "$EDGE" != "$EXISTING_EDGE" ]; then
+    printf '%s: NOTE: load balancer %s -> %s: afterwards run ./init.sh and kubectl apply -k .deploy/ (the old load balancer goes when its Service or Ingress does: from alb back to nlb, kubectl delete ingress message-app)\n' "$PROG" "$EXISTING_EDGE" "$EDGE" >&2
+  fi
+fi
+EDGE=${EDGE:-nlb}
+say "load balancer: $EDGE"
 if [ -n "$ZONES" ]; then
   say "Availability Zones: $ZONES (those of the existing stack $STACK)"
 else
@@ -308,7 +331,7 @@ PARAMS=$(jq -n --argjson previous "$PREVIOUS" '[$ARGS.positional[] | capture("^(
   | $set + [$previous[] | select(. as $k | $set | map(.ParameterKey) | index($k) | not)
     | {ParameterKey: ., UsePreviousValue: true}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
-  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" \
+  "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" "LoadBalancerType=$EDGE" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.

@@ -22,6 +22,7 @@ from .harness import (
     REGION,
     STACK,
     STACK_EVENTS,
+    WEB_ACL,
     ZONES,
     World,
     assert_profile_and_region,
@@ -103,6 +104,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "AvailabilityZones": ZONES,
         "CertificateArn": "",
         "CacheMode": "replication-group",
+        "LoadBalancerType": "nlb",
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -325,6 +327,7 @@ def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: W
         "AvailabilityZones",
         "CertificateArn",
         "CacheMode",
+        "LoadBalancerType",
     }
     assert given["CacheMode"] == "cluster"
     assert run.kept_parameters() == set(before) - set(given)
@@ -365,3 +368,36 @@ def test_deploy_refuses_a_wrong_certificate_or_zone_override(
     assert run.returncode == code
     assert message in run.stderr
     assert run.ops() in ([], [("configure", "get", "")])
+
+
+def test_deploy_keeps_the_load_balancer_type_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: an NLB stack. -e alb switches it, with a note on what to run next; a
+    re-run without -e keeps alb instead of falling back to the default."""
+    world.create_stacks()
+    run = world.run("deploy.sh", "-p", PROFILE, "-e", "alb")
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["LoadBalancerType"] == "alb"
+    assert "NOTE: load balancer nlb -> alb: afterwards run ./init.sh" in run.stderr
+    assert f"WebAclArn\t{WEB_ACL}" in run.stdout
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert again.main_stack_parameters()["LoadBalancerType"] == "alb"
+    assert "==> load balancer: alb" in again.stdout
+    assert "NOTE" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-e", "clb"), "-e needs nlb or alb, got 'clb'"),
+        (("-o", "LoadBalancerType=alb"), "LoadBalancerType is set by deploy.sh itself"),
+    ],
+)
+def test_deploy_refuses_a_wrong_edge(
+    shared_world: World, args: tuple[str, ...], message: str
+) -> None:
+    run = shared_world.run("deploy.sh", "-p", PROFILE, *args)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert run.calls == []

@@ -14,10 +14,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from .harness import (
+    ACCESS_LOG_BUCKET,
     BOOTSTRAP,
     CLUSTER,
     PROFILE,
     REAL_AWS,
+    REGION,
     STACK,
     STACK_EVENTS,
     VPC,
@@ -321,3 +323,23 @@ def test_destroy_of_a_cluster_without_a_vpc_id_does_not_wait_for_load_balancers(
     assert run.returncode == 0, run.stderr
     assert f"cluster {CLUSTER} names no VPC: not waiting for load balancers" in run.stdout
     assert not [op for op in run.ops() if op[0] == "elbv2"]
+
+
+def test_destroy_empties_the_albs_access_logs_before_the_main_stack(world: World) -> None:
+    """Real, all in moto: an ALB stack whose access-log bucket (the stand-in's output, the bucket
+    made here) holds logs; CloudFormation cannot delete a bucket that is not empty, so destroy.sh
+    empties it first."""
+    world.create_stacks(parameters={"LoadBalancerType": "alb"})
+    s3 = world.client("s3")
+    s3.create_bucket(
+        Bucket=ACCESS_LOG_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    for n in range(3):
+        s3.put_object(Bucket=ACCESS_LOG_BUCKET, Key=f"alb/AWSLogs/log-{n}.gz", Body=b"x")
+    run = world.run("destroy.sh", "-p", PROFILE, "-y")
+    assert run.returncode == 0, run.stderr
+    ops = run.ops()
+    emptied = ops.index(("s3api", "delete-objects", ACCESS_LOG_BUCKET))
+    assert emptied < ops.index(("cloudformation", "delete-stack", STACK))
+    assert s3.list_objects_v2(Bucket=ACCESS_LOG_BUCKET).get("KeyCount") == 0
+    assert f"bucket {ACCESS_LOG_BUCKET}: deleted 3 object versions" in run.stdout
