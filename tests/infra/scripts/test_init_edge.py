@@ -21,6 +21,7 @@ import pytest
 from tests.support import REPO_ROOT
 
 from ..test_cfn import _load_path
+from ..test_k8s_alb import INGRESS_CLASS_PARAMS_SCHEMA
 from .harness import (
     ACCESS_LOG_BUCKET,
     CERTIFICATE,
@@ -42,54 +43,6 @@ K8S_VERSIONS = ["1.35", "1.36"]
 # main.yaml's default subnets, which the stand-in stack's outputs join.
 PUBLIC_SUBNETS = "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"
 PRIVATE_SUBNETS = "10.0.4.0/24,10.0.5.0/24,10.0.6.0/24"
-# eks.amazonaws.com/v1 IngressClassParams: the fields of the EKS User Guide's "IngressClassParams
-# Reference" (auto-configure-alb), unknown ones refused as kubernetes-validate --strict does.
-# Hand-written: Auto Mode's CRD is installed in the cluster by EKS, no package ships its schema.
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-INGRESS_CLASS_PARAMS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "eks.amazonaws.com/v1"},
-        "kind": {"const": "IngressClassParams"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "labels": _STRINGS,
-                "annotations": _STRINGS,
-            },
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "scheme": {"enum": ["internet-facing", "internal"]},
-                "ipAddressType": {"enum": ["ipv4", "dualstack"]},
-                "namespaceSelector": {"type": "object"},
-                "group": {"type": "object", "properties": {"name": {"type": "string"}}},
-                "subnets": {"type": "object"},
-                "certificateARNs": {
-                    "type": "array",
-                    "items": {"type": "string", "pattern": "^arn:aws[a-z-]*:acm:"},
-                },
-                "tags": {"type": "array"},
-                "loadBalancerAttributes": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["key", "value"],
-                        "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    },
-}
 
 
 def _attributes(params: dict[str, Any]) -> dict[str, str]:
