@@ -388,12 +388,11 @@ OVERLAY="$DEPLOY_DIR/"
 if [ -z "$CERTIFICATE" ]; then
   printf '%s: WARNING: no certificate: the load balancer serves plain HTTP on port 80 and the session cookie travels unencrypted; for HTTPS run %s again with -c ACM_CERTIFICATE_ARN\n' "$PROG" "$PROG" >&2
 fi
+ADDRESS_HINT="  kubectl get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"
+[ "$EDGE" != alb ] ||
+  ADDRESS_HINT="  kubectl get ingress message-app # ADDRESS is the ALB's DNS name: open $SCHEME://ADDRESS/"
 echo
 echo "Next, the one command that deploys the app (k8s/ alone is refused on purpose):"
 echo "  kubectl apply -k $OVERLAY"
 echo "  kubectl get pods            # 3 message-app pods become Running/Ready"
-if [ "$EDGE" = alb ]; then
-  echo "  kubectl get ingress message-app # ADDRESS is the ALB's DNS name: open $SCHEME://ADDRESS/"
-else
-  echo "  kubectl get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"
-fi
+echo "$ADDRESS_HINT"
