@@ -4,6 +4,11 @@ The environment is the only source of configuration so that the same image runs 
 in CI and on EKS, where a ConfigMap and a Secret supply these variables. Every value is
 checked here, at start-up, so a typo stops the process with one line that names the
 variable instead of surfacing later as a confusing runtime error.
+
+Each setting is one field of ``Settings``: its variable, its default (written there and
+nowhere else) and how its text is read. The app, gunicorn.conf.py and ``python -m app`` all
+take what they need from it; README.md's configuration table documents the same fields
+(tests/unit/test_config.py holds the two together).
 """
 
 from __future__ import annotations
@@ -11,48 +16,213 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 from flask import current_app
+from gunicorn.util import parse_address
 from limits import parse_many
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+# How a variable's text becomes a value: (variable name, stripped non-empty text) -> value,
+# or ConfigError naming the variable.
+Reader = Callable[[str, str], Any]
 
 
 class ConfigError(ValueError):
     """A variable is missing or malformed; the message names it and what is allowed."""
 
 
+class Switch(StrEnum):
+    """A setting that is on, off, or decided by asking the server at start-up (auto).
+
+    A StrEnum, so a member equals its name in lower case ("on").
+    """
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _secret_key(name: str, raw: str) -> str:
+    if len(raw) < 16:
+        raise ConfigError(f"{name} is too short: use at least 16 characters (32+ random)")
+    return raw
+
+
+def _integer(low: int, high: int) -> Reader:
+    def read(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number ({low}-{high})") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
+        return value
+
+    return read
+
+
+def _boolean(name: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _switch(name: str, raw: str) -> Switch:
+    if raw.lower() == "auto":
+        return Switch.AUTO
+    if raw.lower() in _TRUE:
+        return Switch.ON
+    if raw.lower() in _FALSE:
+        return Switch.OFF
+    raise ConfigError(f"{name}={raw!r} is not auto, true (on) or false (off)")
+
+
+def _log_level(name: str, raw: str) -> str:
+    if raw.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return raw.upper()
+
+
+def _rate(name: str, raw: str) -> str:
+    """A rate in the `limits` notation ("30/minute", "5 per second; 100/hour"), or "off"."""
+    if raw.lower() == "off":
+        return "off"
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a rate like 30/minute (or off)") from None
+    return raw
+
+
+def _addresses(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or networks, or "*" (any); a network with host bits set
+    (10.0.0.1/16) is refused, as gunicorn refuses it."""
+    entries = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            raise ConfigError(f"{name}: {entry!r} is not an IP address or network") from None
+    return entries
+
+
+def _bind(name: str, raw: str) -> str:
+    """gunicorn's own notation: HOST:PORT, [IPv6]:PORT or unix:PATH (checked as gunicorn will)."""
+    try:
+        parse_address(raw)
+    except RuntimeError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _variable(name: str, read: Reader, unset: str | None = None) -> dict[str, Any]:
+    """A field's metadata: read from variable ``name`` by ``read``. A field without a default
+    is required, and ``unset`` is the line that says so when it is missing."""
+    return {"variable": name, "read": read, "unset": unset}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the app reads from its environment, validated."""
+    """Everything the app, gunicorn.conf.py and ``python -m app`` read from the environment."""
 
-    redis_host: str | None
-    redis_port: int
-    redis_tls: bool
-    redis_auth_token: str | None
-    redis_db: int
-    redis_client_cache: bool
-    secret_key: str
-    session_lifetime_seconds: int
-    session_cookie_secure: bool
-    message_max_length: int
-    messages_max_per_session: int
-    log_level: str
-    replica_name: str
-    metrics_port: int = 9090
-    # Defaults here are the production defaults; from_env documents each one.
-    redis_wait_replicas: str = "auto"
-    redis_wait_timeout_ms: int = 200
-    session_max_bytes: int = 262_144
-    rate_limit_saves: str = "30/minute"
-    rate_limit_new_sessions: str = "10/minute"
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
-    redis_cluster: str = "auto"  # "auto", "on" or "off" (see connection.cluster_mode)
-    redis_username: str | None = None
+    redis_host: str = field(
+        metadata=_variable(
+            "REDIS_HOST",
+            _text,
+            unset="REDIS_HOST is not set: set it to the Redis/Valkey host (the ConfigMap does "
+            "this on Kubernetes), or run `python -m app`, which starts an embedded Valkey",
+        )
+    )
+    secret_key: str = field(
+        repr=False,
+        metadata=_variable(
+            "SECRET_KEY",
+            _secret_key,
+            unset="SECRET_KEY is not set: every replica must share one random secret "
+            '(e.g. python -c "import secrets; print(secrets.token_hex(32))")',
+        ),
+    )
+    redis_port: int = field(default=6379, metadata=_variable("REDIS_PORT", _integer(1, 65535)))
+    redis_tls: bool = field(default=False, metadata=_variable("REDIS_TLS", _boolean))
+    redis_auth_token: str | None = field(
+        default=None, repr=False, metadata=_variable("REDIS_AUTH_TOKEN", _text)
+    )
+    redis_db: int = field(default=0, metadata=_variable("REDIS_DB", _integer(0, 15)))
+    # auto: ask the server (INFO cluster) at start-up (connection.check_server); on for a
+    # cluster-mode configuration endpoint or ElastiCache Serverless, off for one primary.
+    redis_cluster: Switch = field(default=Switch.AUTO, metadata=_variable("REDIS_CLUSTER", _switch))
+    # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
+    redis_username: str | None = field(default=None, metadata=_variable("REDIS_USERNAME", _text))
+    redis_client_cache: bool = field(
+        default=True, metadata=_variable("REDIS_CLIENT_CACHE", _boolean)
+    )
+    # auto: wait when the primary has replicas at the first save (see store.py).
+    redis_wait_replicas: Switch = field(
+        default=Switch.AUTO, metadata=_variable("REDIS_WAIT_REPLICAS", _switch)
+    )
+    # Below the 0.5 s socket timeout, so a slow replica costs a 503, not a retry.
+    redis_wait_timeout_ms: int = field(
+        default=200, metadata=_variable("REDIS_WAIT_TIMEOUT_MS", _integer(1, 400))
+    )
+    session_lifetime_seconds: int = field(
+        default=1800, metadata=_variable("SESSION_LIFETIME_SECONDS", _integer(60, 2_592_000))
+    )
+    session_cookie_secure: bool = field(
+        default=False, metadata=_variable("SESSION_COOKIE_SECURE", _boolean)
+    )
+    session_max_bytes: int = field(
+        default=262_144, metadata=_variable("SESSION_MAX_BYTES", _integer(1024, 64 << 20))
+    )
+    message_max_length: int = field(
+        default=2000, metadata=_variable("MESSAGE_MAX_LENGTH", _integer(1, 100_000))
+    )
+    messages_max_per_session: int = field(
+        default=500, metadata=_variable("MESSAGES_MAX_PER_SESSION", _integer(1, 1_000_000))
+    )
+    rate_limit_saves: str = field(
+        default="30/minute", metadata=_variable("RATE_LIMIT_SAVES", _rate)
+    )
+    rate_limit_new_sessions: str = field(
+        default="10/minute", metadata=_variable("RATE_LIMIT_NEW_SESSIONS", _rate)
+    )
+    # gunicorn's own variable: one list of trusted proxies for gunicorn and the rate limits.
+    forwarded_allow_ips: tuple[str, ...] = field(
+        default=("127.0.0.1", "::1"), metadata=_variable("FORWARDED_ALLOW_IPS", _addresses)
+    )
+    log_level: str = field(default="INFO", metadata=_variable("LOG_LEVEL", _log_level))
+    replica_name: str = field(
+        default_factory=socket.gethostname, metadata=_variable("REPLICA_NAME", _text)
+    )
+    # gunicorn's own process (gunicorn.conf.py): all interfaces, as a container needs.
+    gunicorn_bind: str = field(default="0.0.0.0:8080", metadata=_variable("GUNICORN_BIND", _bind))
+    web_concurrency: int = field(default=2, metadata=_variable("WEB_CONCURRENCY", _integer(1, 64)))
+    # Prometheus metrics, served by the gunicorn master (metrics.serve); port 0: none.
+    metrics_port: int = field(default=9090, metadata=_variable("METRICS_PORT", _integer(0, 65535)))
+    # prometheus_client's own variable; unset, gunicorn.conf.py makes one (app/metrics_dir.py).
+    metrics_dir: Path | None = field(
+        default=None, metadata=_variable("PROMETHEUS_MULTIPROC_DIR", _path)
+    )
 
     @property
     def max_content_length(self) -> int:
@@ -65,128 +235,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every field's variable; unset or empty ones take the field's default."""
         env = os.environ if environ is None else environ
-        redis_host = _text(env, "REDIS_HOST")
-        secret_key = _text(env, "SECRET_KEY")
-        if redis_host is None:
-            raise ConfigError(
-                "REDIS_HOST is not set: set it to the Redis/Valkey host (the ConfigMap does this "
-                "on Kubernetes), or run `python -m app`, which starts an embedded Valkey"
-            )
-        if secret_key is None:
-            raise ConfigError(
-                "SECRET_KEY is not set: every replica must share one random secret "
-                '(e.g. python -c "import secrets; print(secrets.token_hex(32))")'
-            )
-        if len(secret_key) < 16:
-            raise ConfigError("SECRET_KEY is too short: use at least 16 characters (32+ random)")
-        return cls(
-            redis_host=redis_host,
-            redis_port=_integer(env, "REDIS_PORT", 6379, 1, 65535),
-            redis_tls=_boolean(env, "REDIS_TLS", False),
-            redis_auth_token=_text(env, "REDIS_AUTH_TOKEN"),
-            redis_db=_integer(env, "REDIS_DB", 0, 0, 15),
-            redis_client_cache=_boolean(env, "REDIS_CLIENT_CACHE", True),
-            secret_key=secret_key,
-            session_lifetime_seconds=_integer(env, "SESSION_LIFETIME_SECONDS", 1800, 60, 2_592_000),
-            session_cookie_secure=_boolean(env, "SESSION_COOKIE_SECURE", False),
-            message_max_length=_integer(env, "MESSAGE_MAX_LENGTH", 2000, 1, 100_000),
-            messages_max_per_session=_integer(env, "MESSAGES_MAX_PER_SESSION", 500, 1, 1_000_000),
-            log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
-            replica_name=_text(env, "REPLICA_NAME") or socket.gethostname(),
-            metrics_port=_integer(env, "METRICS_PORT", 9090, 0, 65535),
-            # auto: wait when the primary has replicas at the first save (see store.py).
-            redis_wait_replicas=_choice(
-                env, "REDIS_WAIT_REPLICAS", "auto", ("AUTO", "ON", "OFF")
-            ).lower(),
-            # Below the 0.5 s socket timeout, so a slow replica costs a 503, not a retry.
-            redis_wait_timeout_ms=_integer(env, "REDIS_WAIT_TIMEOUT_MS", 200, 1, 400),
-            session_max_bytes=_integer(env, "SESSION_MAX_BYTES", 262_144, 1024, 64 << 20),
-            rate_limit_saves=_rate(env, "RATE_LIMIT_SAVES", "30/minute"),
-            rate_limit_new_sessions=_rate(env, "RATE_LIMIT_NEW_SESSIONS", "10/minute"),
-            # gunicorn's own variable: one list of trusted proxies for both.
-            forwarded_allow_ips=_addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
-            # auto: ask the server (INFO cluster) at start-up; true for a cluster-mode
-            # configuration endpoint or ElastiCache Serverless, false for one primary.
-            redis_cluster=_cluster(env),
-            # An ElastiCache RBAC (ACL) user; without it, the AUTH token is the default user's.
-            redis_username=_text(env, "REDIS_USERNAME"),
-        )
+        values = {}
+        for setting in fields(cls):
+            variable = setting.metadata["variable"]
+            raw = env.get(variable, "").strip()
+            if raw:
+                values[setting.name] = setting.metadata["read"](variable, raw)
+            elif setting.metadata["unset"] is not None:
+                raise ConfigError(setting.metadata["unset"])
+        return cls(**values)
 
 
-def _text(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
+def is_set(variable: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``variable`` has a value: ``python -m app`` supplies a local REDIS_HOST and
+    SECRET_KEY when they have none."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(variable, "").strip())
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number ({low}-{high})") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range ({low}-{high})")
-    return value
-
-
-def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    if raw.upper() not in allowed:
-        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
-    return raw.upper()
-
-
-def _cluster(env: Mapping[str, str]) -> str:
-    raw = _text(env, "REDIS_CLUSTER")
-    if raw is None or raw.lower() == "auto":
-        return "auto"
-    if raw.lower() in _TRUE:
-        return "on"
-    if raw.lower() in _FALSE:
-        return "off"
-    raise ConfigError(f"REDIS_CLUSTER={raw!r} is not auto, true or false")
-
-
-def _rate(env: Mapping[str, str], name: str, default: str) -> str:
-    """A rate in the `limits` notation ("30/minute", "5 per second; 100/hour"), or "off"."""
-    raw = _text(env, name) or default
-    if raw.lower() == "off":
-        return "off"
-    try:
-        parse_many(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a rate like 30/minute (or off)") from None
-    return raw
-
-
-def _addresses(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
-    """Comma-separated addresses or networks, or "*" (any)."""
-    raw = _text(env, name) or default
-    entries = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for entry in entries:
-        if entry == "*":
-            continue
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ConfigError(f"{name}: {entry!r} is not an IP address or network") from None
-    return entries
+def local_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``python -m app`` keeps its embedded Valkey's data and its SECRET_KEY:
+    LOCAL_DATA_DIR, by default the checkout's git-ignored ``.local-data``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("LOCAL_DATA_DIR", "").strip() or _CHECKOUT / ".local-data")
 
 
 def current_settings() -> Settings:

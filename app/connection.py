@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, Switch
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,16 @@ def check_server(settings: Settings) -> bool:
                 f"Redis at {settings.redis_host}:{settings.redis_port} refused the "
                 f"credentials ({exc}): check REDIS_USERNAME and REDIS_AUTH_TOKEN"
             ) from None
-        enabled = wanted == "on"
-        if wanted == "auto":
+        enabled = wanted == Switch.ON
+        if wanted == Switch.AUTO:
             log.warning("the server refuses INFO cluster (%s): using one primary", exc)
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        enabled = wanted == "on"
-        if wanted == "auto":
+        enabled = wanted == Switch.ON
+        if wanted == Switch.AUTO:
             log.warning("Redis is not answering (%s): assuming one primary", exc)
     finally:
         probe.close()
-    cluster = enabled if wanted == "auto" else wanted == "on"
+    cluster = enabled if wanted == Switch.AUTO else wanted == Switch.ON
     if answered and enabled != cluster:
         raise ConfigError(
             f"REDIS_CLUSTER={'true' if cluster else 'false'}, but Redis at {settings.redis_host}:"
@@ -130,7 +130,7 @@ def check_server(settings: Settings) -> bool:
         )
     if cluster and settings.redis_db != 0:
         raise ConfigError("REDIS_DB must be 0 on a cluster (a cluster has one database)")
-    if cluster and settings.redis_wait_replicas == "on":
+    if cluster and settings.redis_wait_replicas == Switch.ON:
         raise ConfigError("REDIS_WAIT_REPLICAS=on is not supported on a cluster: use auto or off")
     return cluster
 

@@ -18,7 +18,6 @@ reasons and Redis error kinds come from fixed lists. Nothing here ever sees a se
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -231,5 +230,4 @@ def serve(bind: list[str], port: int) -> None:
 
 def worker_exited(pid: int) -> None:
     """In the gunicorn master: drop a dead worker's live gauges (its counts stay)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)

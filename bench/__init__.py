@@ -2,5 +2,6 @@
 
 It starts its own Valkey and gunicorn processes on 127.0.0.1 and drives them with wrk, so the
 numbers compare the app, a bare-Flask ceiling and a stock flask-session anchor on one machine in
-one run, and the app on one Valkey with the app on a local Valkey cluster (bench/cluster.py).
+one run, and the app on one Valkey with the app on a local Valkey cluster. The servers come from
+the repository's ``localservers`` package, the same launchers the tests use.
 """

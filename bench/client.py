@@ -8,7 +8,7 @@ import http.client
 import time
 from urllib.parse import urlencode
 
-from bench.servers import HOST
+from localservers import HOST
 from ops.page import parse_page
 
 

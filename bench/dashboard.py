@@ -23,9 +23,9 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.servers import RedisServer, serving, sleep_until
-from bench.variants import our_app, sessions_with_messages
+from bench.variants import bench_valkey, our_app, serving, sessions_with_messages
 from bench.wrk import Request, run_wrk
+from localservers.waits import sleep_until
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 HISTOGRAM = "messageapp_http_request_duration_seconds"
@@ -80,13 +80,13 @@ def quantile(q: float, before: Scrape, after: Scrape) -> float:
 
 def record(seconds: int, outage: tuple[float, float], workdir: Path) -> list[Scrape]:
     """The run itself: load for `seconds`, Valkey away during `outage`, a scrape each second."""
-    server = RedisServer(workdir / "valkey")
+    server = bench_valkey(workdir / "valkey")
     with serving(server, lambda port: our_app(port, 0, workdir, name="app-dashboard")) as app:
         metrics_port = int(app.env["METRICS_PORT"])
         visitor = sessions_with_messages(app.port, 1, 10)[0]
         load = threading.Thread(
             target=run_wrk,
-            args=(app.base_url + "/", [Request("GET", visitor.cookie_header)], seconds, workdir),
+            args=(app.url + "/", [Request("GET", visitor.cookie_header)], seconds, workdir),
             kwargs={"connections": 8, "threads": 1},
         )
         scrapes: list[Scrape] = []

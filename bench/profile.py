@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.pages import message_text
-from bench.servers import REPO_ROOT, RedisServer, serving
-from bench.variants import our_app, sessions_with_messages
+from bench.variants import bench_valkey, our_app, serving, sessions_with_messages
 from bench.wrk import Request, run_wrk
+from localservers import REPO_ROOT
 
 FRAME_RE = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 TOP = 25
@@ -37,14 +37,14 @@ def profile(duration: int, workdir: Path, log: Callable[[str], None]) -> str:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     report: list[str] = []
-    server = RedisServer(workdir / "redis-profile")
+    server = bench_valkey(workdir / "redis-profile")
     with serving(server, lambda port: our_app(port, 0, logs, name="app-profile")) as app:
         visitor = sessions_with_messages(app.port, 1, 10)[0]
         savers = sessions_with_messages(app.port, 64, 10)
         targets = {
-            "page": (app.base_url + "/", [Request("GET", visitor.cookie_header)]),
+            "page": (app.url + "/", [Request("GET", visitor.cookie_header)]),
             "save": (
-                app.base_url + "/persistMessage",
+                app.url + "/persistMessage",
                 [Request("POST", c.cookie_header, c.save_body(message_text(1))) for c in savers],
             ),
         }

@@ -14,7 +14,8 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
-from bench.servers import HOST, free_port
+from localservers import HOST
+from localservers.ports import free_port
 
 
 @dataclass

@@ -14,19 +14,25 @@ from pathlib import Path
 import redis
 
 from bench.client import PageClient
-from bench.cluster import ValkeyCluster
 from bench.pages import message_text
 from bench.rtt_proxy import RoundTripProxy
-from bench.servers import Gunicorn, Nginx, RedisServer, Store, serving, sleep_until
 from bench.slow import SlowClients
 from bench.variants import (
+    Store,
     anchor_app,
+    bench_valkey,
     ceiling_app,
     our_app,
+    serving,
     sessions_with_messages,
     start_all,
 )
 from bench.wrk import CONNECTIONS, Request, WrkResult, run_wrk
+from localservers.cluster import ValkeyCluster
+from localservers.gunicorn import Gunicorn
+from localservers.nginx import Nginx
+from localservers.valkey import Valkey
+from localservers.waits import sleep_until
 
 PAGE_MESSAGES = 10
 
@@ -227,7 +233,7 @@ def run(settings: Settings, workdir: Path, log: Callable[[str], None]) -> Result
     logs = workdir / "logs"
     logs.mkdir()
     with ExitStack() as stack:
-        redis_server = RedisServer(workdir / "redis-main")
+        redis_server = bench_valkey(workdir / "redis-main")
         redis_server.start()
         stack.callback(redis_server.stop)
         server_version = redis_server.version()
@@ -380,8 +386,8 @@ class Behind:
     proxy: Nginx
 
     @property
-    def base_url(self) -> str:
-        return self.proxy.base_url
+    def url(self) -> str:
+        return self.proxy.url
 
     def cpu_seconds(self) -> float:
         return self.app.cpu_seconds() + self.proxy.cpu_seconds()
@@ -398,7 +404,7 @@ class Target:
 
     def run(self, seconds: int, workdir: Path) -> Measured:
         app_before, redis_before = self.server.cpu_seconds(), self.store.cpu_seconds()
-        result = run_wrk(self.server.base_url + self.path, self.requests, seconds, workdir)
+        result = run_wrk(self.server.url + self.path, self.requests, seconds, workdir)
         app_after, redis_after = self.server.cpu_seconds(), self.store.cpu_seconds()
         per_request = 1e6 / max(result.requests, 1)
         return Measured(
@@ -454,10 +460,10 @@ def _slow_clients(
     answers nothing at all once its two workers are held by slow requests."""
     seconds = min(settings.duration, 5)
     with SlowClients(proxied.proxy.port, settings.slow_headers, settings.slow_bodies) as slow:
-        behind = run_wrk(proxied.base_url + "/", requests, seconds, workdir, count_statuses=True)
+        behind = run_wrk(proxied.url + "/", requests, seconds, workdir, count_statuses=True)
         reopened = slow.reopened
     with SlowClients(bare.port, settings.slow_headers, settings.slow_bodies):
-        direct = run_wrk(bare.base_url + "/", requests, seconds, workdir, count_statuses=True)
+        direct = run_wrk(bare.url + "/", requests, seconds, workdir, count_statuses=True)
     return SlowRun(settings.slow_headers, settings.slow_bodies, seconds, behind, direct, reopened)
 
 
@@ -530,7 +536,7 @@ def _redis_costs(
     """A separate Redis reached through the counting proxy, so nothing else talks to it."""
     costs: list[RedisCost] = []
     footprints: list[Footprint] = []
-    server = RedisServer(workdir / "redis-costs")
+    server = bench_valkey(workdir / "redis-costs")
     proxy = RoundTripProxy(server.port)
     with ExitStack() as stack:
         server.start()
@@ -619,9 +625,9 @@ def _count(
     )
 
 
-def _footprint(name: str, server: RedisServer, db: int, client: PageClient) -> Footprint:
+def _footprint(name: str, server: Valkey, db: int, client: PageClient) -> Footprint:
     """MEMORY USAGE of every key in the variant's DB: this DB holds only this one session."""
-    redis_db = server.client(db)
+    redis_db = server.client(db=db)
     sid = client.cookies.get("session", "")
     keys: dict[str, int] = {}
     for key in redis_db.scan_iter(count=1000):
@@ -635,7 +641,7 @@ def _fault_run(
 ) -> FaultRun | None:
     """Steady load on the app; Redis saved and stopped at stop_at, started at start_at on the
     same port with the same data; a poller times restart -> first 200 for a known session."""
-    server = RedisServer(workdir / "redis-fault")
+    server = bench_valkey(workdir / "redis-fault")
     with serving(server, lambda port: our_app(port, 0, logs, name="app-fault")) as app:
         visitor = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
         poller = PageClient(app.port, timeout=1.0)
@@ -644,7 +650,7 @@ def _fault_run(
 
         def load() -> None:
             result["wrk"] = run_wrk(
-                app.base_url + "/",
+                app.url + "/",
                 [Request("GET", visitor.cookie_header)],
                 settings.fault_seconds,
                 workdir,

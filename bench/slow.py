@@ -9,7 +9,7 @@ import socket
 import threading
 from types import TracebackType
 
-from bench.servers import HOST
+from localservers import HOST
 
 HEADER_START = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Slow: "
 BODY_START = (

@@ -1,14 +1,22 @@
-"""The three servers being compared, and how to fill them with sessions over plain HTTP."""
+"""The servers being compared (the app, the stock flask-session anchor, the bare-Flask ceiling)
+on the benchmark's Valkey, and how to fill them with sessions over plain HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from bench.client import PageClient
 from bench.pages import message_text
-from bench.servers import HOST, Gunicorn, free_port
+from localservers import HOST
+from localservers.gunicorn import Gunicorn
+from localservers.ports import free_port
+from localservers.valkey import Valkey
 
 # Shared by the app and the anchor so the only difference is the code under test; fresh per run.
 SECRET_KEY = secrets.token_hex(32)
@@ -17,10 +25,19 @@ SECRET_KEY = secrets.token_hex(32)
 MESSAGES_MAX = "100000"
 
 
+def bench_valkey(data_dir: Path) -> Valkey:
+    """The benchmark's Valkey: no snapshots or AOF while measuring (disk I/O would add noise);
+    the fault run saves explicitly before stopping (``stop(save=True)``), and the snapshot is
+    loaded again on start."""
+    return Valkey(data_dir, appendonly="no", save="")
+
+
 def _env(redis_port: int, db: int, metrics: bool = False, cluster: bool = False) -> dict[str, str]:
     # gunicorn.conf.py validates the app's settings in the master, so every variant (the
     # ceiling too, which ignores them) gets a valid set: one settings file for all rows.
-    return {
+    return os.environ | {
+        # Two workers for every variant, so only the app differs between rows.
+        "WEB_CONCURRENCY": "2",
         # Said, not asked (auto): the cluster rows measure the cluster client, nothing else.
         "REDIS_CLUSTER": "true" if cluster else "auto",
         "REDIS_HOST": HOST,
@@ -47,25 +64,49 @@ def our_app(
     metrics: bool = True,
     cluster: bool = False,
 ) -> Gunicorn:
-    env = _env(redis_port, db, metrics, cluster)
-    return Gunicorn(name, "app:create_app()", env, logs / f"{name}.log")
+    return Gunicorn(name, _env(redis_port, db, metrics, cluster), logs / f"{name}.log")
 
 
 def anchor_app(redis_port: int, db: int, logs: Path, name: str = "anchor") -> Gunicorn:
-    return Gunicorn(
-        name, "bench.anchor_app:create_app()", _env(redis_port, db), logs / f"{name}.log"
-    )
+    env = _env(redis_port, db)
+    return Gunicorn(name, env, logs / f"{name}.log", "bench.anchor_app:create_app()")
 
 
 def ceiling_app(redis_port: int, logs: Path) -> Gunicorn:
     env = _env(redis_port, 15)
-    return Gunicorn("ceiling", "bench.ceiling_app:create_app()", env, logs / "ceiling.log")
+    return Gunicorn("ceiling", env, logs / "ceiling.log", "bench.ceiling_app:create_app()")
 
 
 def start_all(servers: list[Gunicorn]) -> None:
     """Start in parallel: each gunicorn takes ~1 s to import Flask, which adds up in smoke runs."""
     with ThreadPoolExecutor(len(servers)) as pool:
         list(pool.map(lambda server: server.start(), servers))
+
+
+class Store(Protocol):
+    """What a row needs of a session store: one Valkey or a ``ValkeyCluster``."""
+
+    @property
+    def port(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def cpu_seconds(self) -> float: ...
+
+
+@contextlib.contextmanager
+def serving(store: Store, make_app: Callable[[int], Gunicorn]) -> Iterator[Gunicorn]:
+    """Start ``store``, then the app ``make_app`` builds for the store's port (known only once it
+    runs: a node may move to another port), and stop both on the way out, the app first."""
+    with contextlib.ExitStack() as stack:
+        store.start()
+        stack.callback(store.stop)
+        app = make_app(store.port)
+        stack.callback(app.stop)
+        app.start()
+        yield app
 
 
 def sessions_with_messages(

@@ -38,15 +38,10 @@ import pytest
 import redis
 import requests
 
-from tests.support import (
-    REPO_ROOT,
-    Valkey,
-    csrf_token,
-    free_port,
-    listed_messages,
-    session_keys,
-    wait_until,
-)
+from localservers.ports import free_port
+from localservers.valkey import Valkey
+from localservers.waits import wait_until
+from tests.support import REPO_ROOT, csrf_token, listed_messages, session_keys
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 REPORT = REPO_ROOT / "build" / "image-report.json"

@@ -1,9 +1,7 @@
-"""Fixtures around the real Valkey cluster on loopback that bench/cluster.py builds.
+"""Fixtures around the real Valkey cluster on loopback (``localservers.cluster``).
 
 ``valkey_cluster`` is a cluster of 3 primaries and 3 replicas; ``any_valkey`` runs a test once
-on a single Valkey and once on the cluster; both offer the same start/stop/client/port. The
-nodes take their ports from the tests' ``free_port`` (outside the ephemeral range), so a node
-stopped by a test starts again on its port.
+on a single Valkey and once on the cluster; both offer the same start/stop/client/port.
 """
 
 from __future__ import annotations
@@ -13,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.cluster import ValkeyCluster
-from tests.support import Valkey, free_port, running_valkey
+from localservers.cluster import ValkeyCluster
+from localservers.valkey import Valkey, running_valkey
 
 
 def _running_cluster(data_dir: Path) -> Iterator[ValkeyCluster]:
-    cluster = ValkeyCluster(data_dir, free_port)
+    cluster = ValkeyCluster(data_dir)
     try:
         cluster.start()
         yield cluster

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Replica, mark_layer, replica_env, start_gunicorn
+from localservers.gunicorn import Gunicorn, start_gunicorn
+from tests.support import mark_layer, replica_env
 
 from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module here)
 
@@ -22,11 +23,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def start_replica(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
+def start_replica(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Start gunicorn with the production config on loopback; every one is stopped at the end."""
-    started: list[Replica] = []
+    started: list[Gunicorn] = []
 
-    def start(valkey_port: int, name: str = "replica", **env: str) -> Replica:
+    def start(valkey_port: int, name: str = "replica", **env: str) -> Gunicorn:
         log_path = tmp_path / f"{name}-{len(started)}.log"
         replica = start_gunicorn(name, replica_env(valkey_port, name, **env), log_path)
         started.append(replica)

@@ -1,6 +1,6 @@
 """Redis faults on loopback: Valkey servers set up for replication, a switchable endpoint,
-stalls. The servers come from the tests' one launcher (``tests.support.Valkey``) with server
-options; every process listens on 127.0.0.1 and is stopped by PID.
+stalls. The servers come from the one Valkey launcher (``localservers.valkey.Valkey``) with
+server options; every process listens on 127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support import Valkey, wait_until
+from localservers.valkey import Valkey
+from localservers.waits import wait_until
 
 # A busy script blocks the whole server; TIME does not advance inside a script, os.clock does.
 _BUSY = "local t = os.clock() while os.clock() - t < tonumber(ARGV[1]) do end return 1"
@@ -39,18 +40,6 @@ class ValkeyProcess(Valkey):
     def client(self, socket_timeout: float = 5, **options: Any) -> redis.Redis:
         # No retries: a test's own command must never be sent twice.
         return super().client(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0), **options)
-
-    def replicate(self, primary: ValkeyProcess | None) -> None:
-        if primary is None:
-            self.client().execute_command("REPLICAOF", "NO", "ONE")
-        else:
-            self.client().execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
-
-    def in_sync_with(self, primary: ValkeyProcess) -> bool:
-        info = self.client().info("replication")
-        return info.get("master_link_status") == "up" and (
-            info["master_repl_offset"] >= primary.client().info("replication")["master_repl_offset"]
-        )
 
 
 class SwitchableProxy:

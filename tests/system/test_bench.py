@@ -16,7 +16,8 @@ import redis
 
 from bench.rtt_proxy import RoundTripProxy
 from bench.wrk import Request, run_wrk
-from tests.support import REPO_ROOT, Valkey
+from localservers.valkey import Valkey
+from tests.support import REPO_ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (apt) is not installed")
 

@@ -15,16 +15,10 @@ from pathlib import Path
 import requests
 
 from app.store import KEY_PREFIX
-from bench.cluster import ClusterNode, ValkeyCluster
-from tests.support import (
-    Replica,
-    csrf_token,
-    listed_messages,
-    replica_env,
-    session_keys,
-    start_gunicorn,
-    wait_until,
-)
+from localservers.cluster import ClusterNode, ValkeyCluster
+from localservers.gunicorn import Gunicorn
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages, replica_env, session_keys
 
 
 def browse(url: str, browser: requests.Session) -> str:
@@ -210,11 +204,11 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
     assert any(t > started and status == 303 for t, status, _ in saver.results)
 
 
-def refused_start(tmp_path: Path, name: str, port: int, **env: str) -> Replica:
+def refused_start(tmp_path: Path, name: str, port: int, **env: str) -> Gunicorn:
     """gunicorn whose start-up is refused: it has exited by itself (its output in ``log()``)."""
-    return start_gunicorn(
-        name, replica_env(port, "refused", **env), tmp_path / f"{name}.log", refused=True
-    )
+    server = Gunicorn(name, replica_env(port, "refused", **env), tmp_path / f"{name}.log")
+    server.refused()
+    return server
 
 
 def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(

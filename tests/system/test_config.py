@@ -8,15 +8,15 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.connection import check_server
-from tests.support import start_gunicorn
+from localservers.gunicorn import Gunicorn
 
 BASE = {"REDIS_HOST": "redis.internal", "SECRET_KEY": "s" * 32}
 
 
 def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", **BASE, "REDIS_PORT": "not-a-port"}
-    result = start_gunicorn("refused", env, tmp_path / "gunicorn.log", refused=True)
-    assert result.process.returncode != 0
+    result = Gunicorn("refused", env, tmp_path / "gunicorn.log")
+    assert result.refused() != 0
     assert result.log().strip().splitlines() == [
         "configuration error: REDIS_PORT='not-a-port' is not a whole number (1-65535)"
     ]

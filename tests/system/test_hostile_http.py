@@ -10,7 +10,9 @@ import json
 import pytest
 import requests
 
-from tests.support import csrf_token, listed_messages, raw_exchange, wait_until, worker_pids
+from localservers.processes import child_pids
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages, raw_exchange
 
 # Each is refused by gunicorn's parser, before the app sees it.
 MALFORMED = {
@@ -48,15 +50,15 @@ def replica(valkey, start_replica):
 
 def test_malformed_requests_get_a_4xx_and_kill_no_worker(replica):
     # /healthz answers as soon as one worker is up; wait for the second.
-    wait_until(lambda: len(worker_pids(replica.process.pid)) == 2, 10, "both workers")
-    workers = worker_pids(replica.process.pid)
+    wait_until(lambda: len(child_pids(replica.process.pid)) == 2, 10, "both workers")
+    workers = child_pids(replica.process.pid)
     before = len(replica.log().splitlines())
     for rounds in range(3):  # more requests than workers: a killed worker would show
         for shape, data in MALFORMED.items():
             reply = raw_exchange(replica.port, data)
             status = reply.split(b"\r\n", 1)[0].decode(errors="replace")
             assert status.startswith(("HTTP/1.1 4", "HTTP/1.0 4")), (shape, rounds, reply)
-    assert worker_pids(replica.process.pid) == workers
+    assert child_pids(replica.process.pid) == workers
     count = 3 * len(MALFORMED)
 
     def new_lines() -> list[dict]:

@@ -12,15 +12,19 @@ import sys
 import pytest
 import requests
 
-from tests.support import REPO_ROOT, csrf_token, listed_messages, listening_port, wait_until
+from localservers.ports import free_port, listening_port
+from localservers.waits import wait_until
+from tests.support import REPO_ROOT, csrf_token, listed_messages
 
 
-def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
-    """Start `python -m app` on port 0 (the kernel picks a free one); return it and its URL."""
+def run_local(data_dir, log_path, metrics_port: int = 0) -> tuple[subprocess.Popen, str]:
+    """Start `python -m app` on port 0 (the kernel picks a free one); return it and its URL.
+
+    No metrics unless given a port: concurrent runs would collide on the fixed default one.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
     env["LOCAL_DATA_DIR"] = str(data_dir)
-    # No metrics server on the fixed default port (concurrent runs would collide on it).
-    env["METRICS_PORT"] = "0"
+    env["METRICS_PORT"] = str(metrics_port)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "--bind", "127.0.0.1:0", "--workers", "1"],
@@ -35,7 +39,7 @@ def run_local(data_dir, log_path) -> tuple[subprocess.Popen, str]:
     def ready() -> bool:
         nonlocal port
         assert process.poll() is None, log_path.read_text()
-        port = port or listening_port(process.pid) or 0
+        port = port or listening_port(process.pid, {metrics_port}) or 0
         try:
             return bool(port) and requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
         except requests.ConnectionError:
@@ -92,3 +96,19 @@ def test_messages_survive_a_restart_of_the_local_app(tmp_path):
     for valkey_port in set(ports):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(valkey_port)), 2):
             pass
+
+
+def test_the_local_app_serves_every_workers_counts(tmp_path):
+    """prometheus_client picks its multiprocess mode when first imported: `python -m app`
+    imports the app package before gunicorn.conf.py names the metrics directory, so the
+    package must not import it (or the workers would count in memory, and /metrics show 0)."""
+    metrics_port = free_port()
+    process, url = run_local(tmp_path / "data", tmp_path / "app.log", metrics_port)
+    try:
+        for _ in range(3):
+            assert requests.get(f"{url}/", timeout=10).status_code == 200
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    finally:
+        stop(process)
+    pattern = r'messageapp_http_request_duration_seconds_count\{[^}]*route="/"[^}]*\} (\S+)'
+    assert [float(v) for v in re.findall(pattern, scraped)] == [3.0]

@@ -18,7 +18,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from tests.support import csrf_token, free_port, wait_until, worker_pids
+from localservers.ports import free_port
+from localservers.processes import child_pids
+from localservers.waits import wait_until
+from tests.support import csrf_token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Requests answered: the duration histogram's count, by route, method and status.
@@ -143,15 +146,15 @@ def test_a_worker_restart_neither_loses_nor_doubles_counts(metrics_replica):
     for _ in range(10):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
     before = scrape(port)
     assert value(before, REQUESTS, route="/", method="GET", status="200") == 10
 
-    old = worker_pids(master)
+    old = child_pids(master)
     victim = min(old)
     os.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: len(worker_pids(master)) == 2 and victim not in worker_pids(master),
+        lambda: len(child_pids(master)) == 2 and victim not in child_pids(master),
         20,
         "gunicorn to replace the killed worker",
     )
@@ -169,11 +172,11 @@ def test_a_configuration_reload_keeps_counting_in_the_same_place(metrics_replica
     for _ in range(5):
         assert requests.get(f"{replica.url}/", timeout=10).status_code == 200
     master = replica.process.pid
-    wait_until(lambda: len(worker_pids(master)) == 2, 20, "two workers")
-    old = worker_pids(master)
+    wait_until(lambda: len(child_pids(master)) == 2, 20, "two workers")
+    old = child_pids(master)
     replica.process.send_signal(signal.SIGHUP)
     wait_until(
-        lambda: len(worker_pids(master)) == 2 and not worker_pids(master) & old,
+        lambda: len(child_pids(master)) == 2 and not child_pids(master) & old,
         30,
         "gunicorn to replace every worker",
     )

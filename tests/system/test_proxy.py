@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.servers import Nginx
+from localservers.nginx import Nginx
 from tests.support import csrf_token, raw_exchange
 
 from .test_hostile_http import MALFORMED
@@ -117,9 +117,9 @@ def _watch(slow: list[Slow], until: float, trickle: bool) -> None:
 def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     proxy, _ = pod
     browser = requests.Session()
-    token = csrf_token(browser.get(f"{proxy.base_url}/", timeout=10).text)
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
     saved = browser.post(
-        f"{proxy.base_url}/persistMessage",
+        f"{proxy.url}/persistMessage",
         data={"message": "kept", "csrf_token": token},
         timeout=10,
     )
@@ -129,7 +129,7 @@ def test_slow_clients_do_not_take_the_pod_down_and_are_cut_off(pod) -> None:
     slow = [_open_slow(proxy.port, "headers", cookie) for _ in range(SLOW_HEADERS)]
     slow += [_open_slow(proxy.port, "body", cookie) for _ in range(SLOW_BODIES)]
     probes = Probes()
-    prober = threading.Thread(target=_probe, args=(proxy.base_url, browser, probes))
+    prober = threading.Thread(target=_probe, args=(proxy.url, browser, probes))
     prober.start()
     try:
         # Phase 1: every connection keeps sending, a byte a second. Slow headers never finish
@@ -210,7 +210,7 @@ def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     believes its one peer: the app sees HTTPS and sends HSTS. Without the header, nginx states
     the scheme it saw itself (http)."""
     proxy, _ = pod
-    https = requests.get(f"{proxy.base_url}/", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    https = requests.get(f"{proxy.url}/", headers={"X-Forwarded-Proto": "https"}, timeout=10)
     assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
-    plain = requests.get(f"{proxy.base_url}/", timeout=10)
+    plain = requests.get(f"{proxy.url}/", timeout=10)
     assert "Strict-Transport-Security" not in plain.headers

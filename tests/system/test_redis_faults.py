@@ -15,9 +15,11 @@ from dataclasses import replace
 import pytest
 
 from app import create_app
-from app.config import Settings
+from app.config import Settings, Switch
+from localservers.ports import free_port
+from localservers.waits import wait_until
 from ops.page import parse_page
-from tests.support import free_port, listed_messages, wait_until
+from tests.support import listed_messages
 
 from .faults import SwitchableProxy, ValkeyProcess, stalled
 
@@ -117,7 +119,7 @@ def test_saves_and_reads_follow_a_failover_in_time(settings, servers, proxies):
     endpoint = proxies(old.port)
     # No WAIT here: the new primary gets no replica in this test (see the WAIT tests).
     workers = [
-        worker(settings, endpoint.port, redis_client_cache=True, redis_wait_replicas="off")
+        worker(settings, endpoint.port, redis_client_cache=True, redis_wait_replicas=Switch.OFF)
         for _ in range(2)
     ]
     writer = User(workers[0])
@@ -196,7 +198,7 @@ def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[lis
 
 def test_without_wait_acknowledged_saves_can_be_lost(settings, servers, proxies):
     acknowledged, listed = _save_through_a_failover(
-        settings, servers, proxies, redis_wait_replicas="off"
+        settings, servers, proxies, redis_wait_replicas=Switch.OFF
     )
     lost = [text for text in acknowledged if text not in listed]
     print(f"\nwithout WAIT: {len(acknowledged)} acknowledged, {len(lost)} lost")
@@ -205,7 +207,7 @@ def test_without_wait_acknowledged_saves_can_be_lost(settings, servers, proxies)
 
 def test_with_wait_no_acknowledged_save_is_lost(settings, servers, proxies):
     acknowledged, listed = _save_through_a_failover(
-        settings, servers, proxies, redis_wait_replicas="auto"
+        settings, servers, proxies, redis_wait_replicas=Switch.AUTO
     )
     lost = [text for text in acknowledged if text not in listed]
     print(f"\nwith WAIT: {len(acknowledged)} acknowledged, {len(lost)} lost")

@@ -29,15 +29,9 @@ from cryptography.x509.oid import NameOID
 
 from app import create_app
 from app.config import ConfigError
-from tests.support import (
-    csrf_token,
-    free_port,
-    listed_messages,
-    save,
-    session_keys,
-    stored_messages,
-    wait_until,
-)
+from localservers.ports import free_port
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages, save, session_keys, stored_messages
 
 
 @dataclass

@@ -20,16 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import (
-    csrf_token,
-    listed_messages,
-    listening_port,
-    served_by,
-    session_keys,
-    stored_messages,
-    wait_until,
-    worker_pids,
-)
+from localservers.ports import listening_port
+from localservers.processes import child_pids
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages, served_by, session_keys, stored_messages
 
 # Well inside the app's 10 s cache age limit and Redis health-check interval.
 FRESH = 4.0
@@ -245,7 +239,7 @@ def _accepted(master: int, server_port: int, client_port: int) -> bool:
         local, remote = (int(f.split(":")[1], 16) for f in fields[1:3])
         if (local, remote) == (server_port, client_port) and fields[9] != "0":
             inodes.add(f"socket:[{fields[9]}]")
-    return any(inodes & _open_sockets(pid) for pid in worker_pids(master)) if inodes else False
+    return any(inodes & _open_sockets(pid) for pid in child_pids(master)) if inodes else False
 
 
 def _open_sockets(pid: int) -> set[str]:

@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.servers import Nginx
-from tests.support import Haproxy, Replica, csrf_token, listed_messages, wait_until
+from localservers.gunicorn import Gunicorn
+from localservers.haproxy import Haproxy
+from localservers.nginx import Nginx
+from localservers.waits import wait_until
+from tests.support import csrf_token, listed_messages
 
 NAMES = ("replica-a", "replica-b", "replica-c")
 # The pod's preStop sleep is 10 s (the endpoint removal must reach the load balancer); haproxy
@@ -72,7 +75,7 @@ class Load:
 
 @dataclass
 class Pod:
-    app: Replica
+    app: Gunicorn
     proxy: Nginx
 
     def stop(self) -> int:

@@ -15,7 +15,7 @@ import redis
 from app.connection import connect
 from app.reads import DirectReads, TrackedReads
 from app.store import MessageStore, session_key
-from tests.support import wait_until
+from localservers.waits import wait_until
 
 KEY = session_key("a")
 

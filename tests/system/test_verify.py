@@ -36,18 +36,12 @@ from kubernetes.client import (
     V1ServiceStatus,
 )
 
+from localservers.gunicorn import Gunicorn, start_gunicorn
+from localservers.haproxy import Haproxy
+from localservers.ports import free_port
+from localservers.valkey import Valkey
 from ops.verify import _service_url
-from tests.support import (
-    FIXTURES,
-    REPO_ROOT,
-    Haproxy,
-    Replica,
-    Valkey,
-    free_port,
-    replica_env,
-    session_keys,
-    start_gunicorn,
-)
+from tests.support import FIXTURES, REPO_ROOT, replica_env, session_keys
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
 
@@ -68,7 +62,7 @@ def _start_cluster(
     tmp: Path, valkey: Valkey, names: list[str], redis_dbs: list[int], **extra_env: str
 ) -> Iterator[tuple[str, list[str]]]:
     """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
-    replicas: list[Replica] = []
+    replicas: list[Gunicorn] = []
     proxy: Haproxy | None = None
     try:
         for name, db in zip(names, redis_dbs, strict=True):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, wait_until
+from localservers.ports import free_port
+from localservers.waits import wait_until
 
 from .harness import MOTO_SERVER, World, _reset, make_world
 
