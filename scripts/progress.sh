@@ -7,7 +7,8 @@
 # resource). Why not `aws cloudformation wait`: its waiters give up after 120 polls of 30 s, one
 # hour, while the nested stacks here run one after another (a cluster-mode cache can come close),
 # and it prints nothing while it waits. This loop has no cap; Ctrl-C stops watching, not the stack.
-# Needs WORK (make_work_dir) and awsp; STACK_POLL_SECONDS (default 10) sets the pause between polls.
+# Needs WORK (make_work_dir) and awsp; STACK_POLL_SECONDS (default 10) sets the pause between polls,
+# STACK_QUIET_SECONDS (default 60) how long without an event before a line says what still runs.
 # Works with bash 3.2 (macOS) and GNU/BSD tools.
 
 # Prints how many resources a template declares: the two-space-indented logical ids under its
@@ -103,10 +104,11 @@ follow_stack() {
     if [ -s "$WORK/lines.txt" ]; then
       cat "$WORK/lines.txt"
       quiet_since=$now
-    elif [ $((now - quiet_since)) -ge 60 ]; then
+    elif [ $((now - quiet_since)) -ge "${STACK_QUIET_SECONDS:-60}" ]; then
       # Minutes without an event (an EKS cluster takes about ten): say what is still running.
       line=$(jq -r '[group_by(.StackId + .LogicalResourceId)[] | max_by(.Timestamp)
-        | select(.ResourceStatus | test("IN_PROGRESS$")) | .LogicalResourceId] | join(", ")' "$WORK/poll.json")
+        | select(.PhysicalResourceId != .StackId and (.ResourceStatus | test("IN_PROGRESS$")))
+        | .LogicalResourceId] | join(", ")' "$WORK/poll.json")
       printf '  [%02d:%02d] still in progress: %s\n' $(((now - started) / 60)) $(((now - started) % 60)) "${line:-$status}"
       quiet_since=$now
     fi

@@ -53,7 +53,9 @@ def test_deploy_follows_a_creation_past_an_hour_and_shows_its_progress(world: Wo
     script's own loop follows it to CREATE_COMPLETE and shows each nested stack and resource."""
     run = world.run(
         "deploy.sh", "-p", PROFILE, "-m", "cluster",
-        env={"STUB_MAIN_EVENTS": str(STACK_EVENTS / "create-65-minutes.json")},
+        # A poll without a new event says what is still running (after a minute, by default).
+        env={"STUB_MAIN_EVENTS": str(STACK_EVENTS / "create-65-minutes.json"),
+             "STACK_QUIET_SECONDS": "0"},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert not [op for op in run.ops() if op[1] == "wait"]
@@ -80,6 +82,8 @@ def test_deploy_follows_a_creation_past_an_hour_and_shows_its_progress(world: Wo
     assert ("EKSStack/Cluster", "CREATE_IN_PROGRESS") in shown
     assert ("EKSStack/Cluster", "CREATE_COMPLETE") in shown
     assert ("CacheStack/ClusterReplicationGroup", "CREATE_COMPLETE") in shown
+    # The recorded hour-long wait for the cache: no event, so a line names what still runs.
+    assert re.search(r"^  \[\d\d:\d\d\] still in progress: .*ClusterReplicationGroup", main, re.M)
     assert re.search(r"^  \[\d\d:\d\d\] CREATE_COMPLETE$", main, re.M), main
     assert "Next:" in run.stdout
     assert_profile_and_region(run)
