@@ -245,9 +245,10 @@ class World:
             stdin=stdin,
             capture_output=True,
             text=True,
-            # A bound, not a speed target: a run makes dozens of AWS CLI calls (about a second
-            # each on a busy 2-core machine), and deploy.sh validates nine templates.
-            timeout=300,
+            # A bound, not a speed target: a run makes dozens of AWS CLI calls (seconds each on
+            # a busy 2-core machine), and deploy.sh validates nine templates, each linted by
+            # moto the first time in a region.
+            timeout=600,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)

@@ -157,11 +157,11 @@ def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> 
     )
     (sg_call, *_) = run.aws_calls("ec2", "describe-security-groups")
     assert option(sg_call["argv"], "--filters") == f"Name=vpc-id,Values={VPC}"
-    # Without .deploy/ the Service is deleted by name.
+    # Without .deploy/ the Service (an NLB) and the Ingress (an ALB) are deleted by name.
     (delete, _) = run.tool("kubectl")
     assert delete["argv"][2:] == [
         "delete",
-        "service",
+        "ingress,service",
         "message-app",
         "--ignore-not-found",
         "--wait=true",
