@@ -9,8 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.plan import Plan
 from bench.report import render
-from bench.run import Settings, run
+from bench.run import run
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -63,10 +64,10 @@ def main(argv: list[str]) -> int:
 
             print(profile(args.duration or 10, workdir, log))
             return 0
-        maker = Settings.smoke if args.smoke else Settings.full
+        maker = Plan.smoke if args.smoke else Plan.full
         default_duration, default_repeats = (1, 1) if args.smoke else (5, 3)
-        settings = maker(args.duration or default_duration, args.repeats or default_repeats)
-        results = run(settings, workdir, log)
+        plan = maker(args.duration or default_duration, args.repeats or default_repeats)
+        results = run(plan, workdir, log)
         text = render(results, shlex.join(["python", "-m", "bench", *argv]))
         print(text)
         if args.write:

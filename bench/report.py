@@ -8,7 +8,9 @@ import subprocess
 import time
 from importlib import metadata
 
-from bench.run import CLUSTER_NAME, Results, Row
+from bench.costs import CLUSTER_NAME
+from bench.run import Results
+from bench.throughput import Row
 from bench.wrk import CONNECTIONS, THREADS, WrkResult, wrk_binary
 
 
@@ -44,7 +46,7 @@ def _mark(ok: bool) -> str:
 
 
 def render(results: Results, command: str) -> str:
-    s = results.settings
+    s = results.plan
     rows = results.rows
     ceiling = rows["page_ceiling"]
     out: list[str] = [
@@ -229,7 +231,7 @@ def _targets(results: Results) -> list[str]:
         f"{_mark(save_ratio > 1)}; {save_cpu:.2f}x by CPU per request - {_mark(save_cpu > 1)}",
         _cluster_line(rows),
     ]
-    sizes = results.settings.save_sizes
+    sizes = results.plan.save_sizes
     by_key = {(x.variant, x.held): x for x in results.save_latency}
     small, large = by_key[("app", sizes[0])], by_key[("app", sizes[-1])]
     growth = large.percentile(50) / small.percentile(50)

@@ -1,15 +1,22 @@
 """Slow clients: connections that send a request a byte a second and never finish it, the way a
 slow or hostile client ties up whatever reads its request. Kept open (and re-opened when the
-server closes them) while a measurement runs beside them."""
+server closes them) while page views are measured beside them, behind the pod's nginx and
+straight to gunicorn."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
+from bench.plan import Plan
+from bench.throughput import Behind
+from bench.wrk import Request, WrkResult, run_wrk
 from localservers import HOST
+from localservers.gunicorn import Gunicorn
 
 HEADER_START = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Slow: "
 BODY_START = (
@@ -71,3 +78,35 @@ class SlowClients:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+@dataclass
+class SlowRun:
+    """Page views while slow clients hold connections: behind the pod's nginx, and straight
+    to gunicorn (what the pod did before nginx)."""
+
+    headers: int
+    bodies: int
+    seconds: int
+    proxied: WrkResult
+    bare: WrkResult
+    reopened_proxied: int
+
+
+def slow_clients(
+    plan: Plan,
+    proxied: Behind,
+    bare: Gunicorn,
+    requests: list[Request],
+    workdir: Path,
+) -> SlowRun:
+    """wrk page views while slow clients trickle requests to the same server. One short run
+    each: nginx closes a slow header after 10 s (it is re-opened at once), and bare gunicorn
+    answers nothing at all once its two workers are held by slow requests."""
+    seconds = min(plan.duration, 5)
+    with SlowClients(proxied.proxy.port, plan.slow_headers, plan.slow_bodies) as slow:
+        behind = run_wrk(proxied.url + "/", requests, seconds, workdir, count_statuses=True)
+        reopened = slow.reopened
+    with SlowClients(bare.port, plan.slow_headers, plan.slow_bodies):
+        direct = run_wrk(bare.url + "/", requests, seconds, workdir, count_statuses=True)
+    return SlowRun(plan.slow_headers, plan.slow_bodies, seconds, behind, direct, reopened)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,20 +25,53 @@ TESTS = Path(__file__).parent
 LAYERS = ("unit", "system", "infra")
 
 
-@pytest.hookimpl(trylast=True)  # after the layer conftests have marked their tests
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test module outside the layer folders would carry no layer marker and so run with
-    ``-m "not slow"`` whatever it starts: refuse it, naming the module."""
-    unmarked = [i for i in items if not any(i.get_closest_marker(m) for m in LAYERS)]
-    # Only this folder's: the CI guard's own test runs pytest on files elsewhere with this plugin.
-    stray = sorted(
-        {str(i.path.relative_to(TESTS.parent)) for i in unmarked if i.path.is_relative_to(TESTS)}
-    )
+def _name(path: Path) -> str:
+    return str(path.relative_to(TESTS.parent))
+
+
+def _refuse(stray: set[str]) -> None:
     if stray:
         raise pytest.UsageError(
             f"no layer marker (each module belongs in tests/unit, tests/system or tests/infra, "
-            f"whose conftest.py marks it): {', '.join(stray)}"
+            f"whose conftest.py marks it): {', '.join(sorted(stray))}"
         )
+
+
+@pytest.hookimpl(trylast=True)  # after the layer conftests have marked their tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test module outside the layer folders would carry no layer marker and so run with
+    ``-m "not slow"`` whatever it starts: refuse it, naming the module. Under xdist a worker
+    must not raise (the run would end in an INTERNALERROR that names nothing): the controller
+    refuses it below, from the ids the workers collected."""
+    if hasattr(config, "workerinput"):
+        return
+    unmarked = [i for i in items if not any(i.get_closest_marker(m) for m in LAYERS)]
+    # Only this folder's: the CI guard's own test runs pytest on files elsewhere with this plugin.
+    _refuse({_name(i.path) for i in unmarked if i.path.is_relative_to(TESTS)})
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """The same refusal on the xdist controller, before any test runs: a module below tests/
+    outside the layer folders (the layer conftests mark by folder)."""
+    root = node.config.rootpath
+    paths = {root / nodeid.split("::")[0] for nodeid in ids}
+    _refuse(
+        {
+            _name(path)
+            for path in paths
+            if path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] not in LAYERS
+        }
+    )
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup`` (README's command adds ``-n 2``) each module's tests run on
+    one worker, so a module-scoped server or linter run is set up once: every test is in its
+    module's group unless it names its own (the image tests share ``xdist_group("image")``).
+    Marked as each test is collected, before xdist reads the groups."""
+    if item.get_closest_marker("xdist_group") is None:
+        module = item.getparent(pytest.Module)
+        item.add_marker(pytest.mark.xdist_group(module.nodeid if module else item.nodeid))
 
 
 def _in_ci() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,13 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         while chunk := conn.recv(65536):
             reply += chunk
         return reply
+
+
+def venv_tool(name: str) -> str | None:
+    """A console script of the test venv (beside the interpreter running pytest) first, so CI
+    does not depend on PATH order; else the one on PATH; None if neither."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
 
 
 def checkov_report(paths: Path | list[Path], framework: str) -> dict:

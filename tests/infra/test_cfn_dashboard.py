@@ -2,8 +2,8 @@
 
 A nested stack of its own, because with the alarms in cfn/observability.yaml it made one template
 over CloudFormation's 51,200-byte --template-body limit. cfn-lint and checkov check it with the
-other templates in test_cfn.py (once per cache mode). Here: the dashboard body rendered and parsed
-as JSON in each cache mode, and every metric it names checked against what AWS publishes
+other templates in test_cfn_lint.py (once per cache mode). Here: the dashboard body rendered and
+parsed as JSON in each cache mode, and every metric it names checked against what AWS publishes
 (test_cfn_observability.PUBLISHED, which the alarms are checked against too), for every node (or
 Serverless cache) the mode has.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .test_cfn import CFN, _evaluate, _load_path, _resources
+from .cfn import CFN, evaluate, load_path, resources
 from .test_cfn_observability import (
     LB_SUFFIX,
     PUBLISHED,
@@ -85,7 +85,7 @@ CACHE_DIMENSION = {
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load_path(TEMPLATE)
+    return load_path(TEMPLATE)
 
 
 def _render(value: Any, template: dict[str, Any], mode: str, lb: str = "nlb") -> str:
@@ -104,7 +104,7 @@ def _render(value: Any, template: dict[str, Any], mode: str, lb: str = "nlb") ->
         # Every parameter given (the load balancer's names too), in this cache mode.
         given = {name: f"<{name}>" for name in template["Parameters"]}
         given |= {"CacheMode": mode, "LoadBalancerType": lb}
-        chosen = then if _evaluate({"Condition": condition}, template, given) else otherwise
+        chosen = then if evaluate({"Condition": condition}, template, given) else otherwise
         return _render(chosen, template, mode, lb)
     assert function == "Fn::Sub", function
     text, variables = (args, {}) if isinstance(args, str) else args
@@ -117,7 +117,7 @@ def _render(value: Any, template: dict[str, Any], mode: str, lb: str = "nlb") ->
 def _body(
     template: dict[str, Any], mode: str = "replication-group", lb: str = "nlb"
 ) -> dict[str, Any]:
-    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
     return json.loads(_render(dashboard["Properties"]["DashboardBody"], template, mode, lb))
 
 
@@ -132,7 +132,7 @@ def _edit_body(template: dict[str, Any], edit: Callable[[str], str]) -> dict[str
         return {k: walk(v) for k, v in value.items()}
 
     copy = json.loads(json.dumps(template))
-    (dashboard,) = _resources(copy, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(copy, "AWS::CloudWatch::Dashboard").values()
     dashboard["Properties"]["DashboardBody"] = walk(dashboard["Properties"]["DashboardBody"])
     return copy
 
@@ -286,7 +286,7 @@ def _resolve(value: Any, template: dict[str, Any], params: dict[str, str]) -> st
     ((function, args),) = value.items()
     if function == "Fn::If":
         condition, then, otherwise = args
-        chosen = then if _evaluate({"Condition": condition}, template, params) else otherwise
+        chosen = then if evaluate({"Condition": condition}, template, params) else otherwise
         return _resolve(chosen, template, params)
     assert function == "Fn::Sub", function
     text, variables = (args, {}) if isinstance(args, str) else args
@@ -323,7 +323,7 @@ def test_every_widget_names_real_dimension_values_before_the_load_balancer_exist
     Until the names are given the dashboard says where to find them instead."""
     params = {**_parameter_defaults(template), "CacheMode": mode, "CacheId": "fes-cache", **names}
     params["ClusterName"] = "fes-cluster"
-    (dashboard,) = _resources(template, "AWS::CloudWatch::Dashboard").values()
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
     body = json.loads(_resolve(dashboard["Properties"]["DashboardBody"], template, params))
     shown = set()
     for widget in body["widgets"]:

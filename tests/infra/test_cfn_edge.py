@@ -22,7 +22,16 @@ import pytest
 
 from tests.support import REPO_ROOT, checkov_report
 
-from .test_cfn import CFN, _evaluate, _lint_problems, _load_path, _present, _resources, cfn_lint
+from .cfn import (
+    CFN,
+    cfn_lint,
+    evaluate,
+    lint_problems,
+    load_path,
+    present,
+    resources,
+    with_defaults,
+)
 from .test_cfn_observability import PUBLISHED, passed_through_unchanged
 
 TEMPLATE = CFN / "edge.yaml"
@@ -71,19 +80,7 @@ ALARMED = {
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load_path(TEMPLATE)
-
-
-def _render(values: dict[str, str]) -> str:
-    """The template with these parameters' defaults set (added where it has none)."""
-    text = TEMPLATE.read_text()
-    for parameter, value in values.items():
-        block = re.search(rf"\n  {parameter}:\n(?:    .*\n)+", text)
-        assert block, parameter
-        body = re.sub(r"    Default: .*\n", "", block.group(0))
-        body = body.replace(f"  {parameter}:\n", f'  {parameter}:\n    Default: "{value}"\n', 1)
-        text = text.replace(block.group(0), body, 1)
-    return text
+    return load_path(TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +90,9 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, values in VARIANTS.items():
         (root / name).mkdir()
         paths[name] = root / name / "edge.yaml"
-        paths[name].write_text(_render(values))
+        # Quoted as JSON strings, which YAML reads as they are (empty ones too).
+        defaults = {key: json.dumps(value) for key, value in values.items()}
+        paths[name].write_text(with_defaults(TEMPLATE.read_text(), defaults))
     return paths
 
 
@@ -104,15 +103,15 @@ def _params(template: dict[str, Any], variant: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_variant_creates_what_its_option_needs(variant: str, template: dict[str, Any]) -> None:
-    present = _present(template["Resources"], template, _params(template, variant))
-    assert VARIANT_RESOURCES[variant] <= present, sorted(present)
+    made = present(template["Resources"], template, _params(template, variant))
+    assert VARIANT_RESOURCES[variant] <= made, sorted(made)
     if VARIANTS[variant]["LoadBalancerType"] == "nlb":
-        assert not [r for r in present if r.startswith(("Waf", "WebAcl", "AccessLog", "Alb"))]
+        assert not [r for r in made if r.startswith(("Waf", "WebAcl", "AccessLog", "Alb"))]
 
 
 def test_cfn_lint_is_clean_in_every_variant(variants: dict[str, Path]) -> None:
     _, findings = cfn_lint(list(variants.values()))
-    bad = [f"{Path(m['Filename']).parent.name}: {p}" for m in findings for p in _lint_problems([m])]
+    bad = [f"{Path(m['Filename']).parent.name}: {p}" for m in findings for p in lint_problems([m])]
     assert not bad, bad
 
 
@@ -192,8 +191,8 @@ def test_the_access_logs_are_encrypted_private_and_expire(template: dict[str, An
     assert account == {"Fn::FindInMap": ["ElbLogDelivery", {"Ref": "AWS::Region"}, "Account"]}
     mapped = set(template["Mappings"]["ElbLogDelivery"])
     for region in mapped:
-        assert _evaluate({"Condition": condition}, template, {"AWS::Region": region}), region
-    assert not _evaluate({"Condition": condition}, template, {"AWS::Region": "ap-southeast-3"})
+        assert evaluate({"Condition": condition}, template, {"AWS::Region": region}), region
+    assert not evaluate({"Condition": condition}, template, {"AWS::Region": "ap-southeast-3"})
     assert {"eu-central-1", "us-east-1"} <= mapped
 
 
@@ -217,7 +216,7 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
     template: dict[str, Any],
 ) -> None:
     watched: dict[str, set[str]] = {}
-    for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
+    for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
         props = alarm["Properties"]
         assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopicArn"}], name
         assert props["TreatMissingData"] == "notBreaching", name
@@ -239,13 +238,13 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
 def test_the_app_metrics_are_published_as_the_alarms_read_them(template: dict[str, Any]) -> None:
     """The metric filters and the add-on agent's metric declaration publish exactly the app
     metrics PUBLISHED lists (which the alarms and the dashboard are checked against)."""
-    filters = _resources(template, "AWS::Logs::MetricFilter")
+    filters = resources(template, "AWS::Logs::MetricFilter")
     from_logs = {}
     for resource in filters.values():
         (transformation,) = resource["Properties"]["MetricTransformations"]
         assert _namespace(transformation["MetricNamespace"]) == "MessageApp/<ClusterName>"
         from_logs[transformation["MetricName"]] = {frozenset()}
-    observability = _load_path(CFN / "observability.yaml")
+    observability = load_path(CFN / "observability.yaml")
     text = observability["Resources"]["CloudWatchObservabilityAddon"]["Properties"][
         "ConfigurationValues"
     ]["Fn::Sub"]
@@ -357,7 +356,7 @@ def test_the_metric_filters_name_what_the_app_logs(template: dict[str, Any]) -> 
         "proxy",
         "message-app-*",
     }
-    for name, resource in _resources(template, "AWS::Logs::MetricFilter").items():
+    for name, resource in resources(template, "AWS::Logs::MetricFilter").items():
         props = resource["Properties"]
         assert props["LogGroupName"] == {"Ref": "ApplicationLogGroupName"}, name
         selectors = _selectors(props["FilterPattern"])

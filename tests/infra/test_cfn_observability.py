@@ -1,11 +1,12 @@
 """cfn/observability.yaml: the add-on and alarms the operators rely on.
 
 The templates' general checks (cfn-lint and checkov on every template, nested-stack wiring) are
-in test_cfn.py, the dashboard's (cfn/dashboard.yaml) in test_cfn_dashboard.py, which shares the
-list of published metrics below. Here: the same tools on a copy with every optional resource
-switched on (both tools drop resources whose condition is false with the default parameters, so
-the add-on's IAM role and log groups would otherwise go unchecked), and every metric the alarms
-name checked against what AWS publishes, for every node (or Serverless cache) the mode has.
+in test_cfn_lint.py and test_cfn_stacks.py, the dashboard's (cfn/dashboard.yaml) in
+test_cfn_dashboard.py, which shares the list of published metrics below. Here: the same tools
+on a copy with every optional resource switched on (both tools drop resources whose condition is
+false with the default parameters, so the add-on's IAM role and log groups would otherwise go
+unchecked), and every metric the alarms name checked against what AWS publishes, for every node
+(or Serverless cache) the mode has.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from tests.support import checkov_report
 
-from .test_cfn import CFN, _load_path, _resources, _walk, cfn_lint
+from .cfn import CFN, cfn_lint, load_path, resources, walk
 
 TEMPLATE = CFN / "observability.yaml"
 K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
@@ -160,7 +161,7 @@ AUTO_MODE_BUILT_IN = {
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return _load_path(TEMPLATE)
+    return load_path(TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +206,13 @@ def test_checkov_passes_every_resource_with_every_resource_on(everything_on: Pat
 
 def _metric_stats(value: Any) -> list[dict[str, Any]]:
     """Every {Namespace, MetricName, Dimensions} inside an alarm's properties."""
-    return [v for v in _walk(value) if isinstance(v, dict) and "MetricName" in v]
+    return [v for v in walk(value) if isinstance(v, dict) and "MetricName" in v]
 
 
 def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
     template: dict[str, Any],
 ) -> None:
-    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
     watched = set()
     for name, alarm in alarms.items():
         props = alarm["Properties"]
@@ -240,7 +241,7 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
 
 def _node_suffixes() -> dict[str, list[str]]:
     """What follows the cache id in the id of each node a mode can have (per main.yaml)."""
-    main = _load_path(CFN / "main.yaml")
+    main = load_path(CFN / "main.yaml")
     nodes = 1 + max(int(v) for v in main["Parameters"]["CacheReplicaCount"]["AllowedValues"])
     shards = max(int(v) for v in main["Parameters"]["NumNodeGroups"]["AllowedValues"])
     per_shard = 1 + max(int(v) for v in main["Parameters"]["ReplicasPerNodeGroup"]["AllowedValues"])
@@ -262,7 +263,7 @@ def test_cache_alarms_cover_every_node_a_replication_group_can_have(
         "IsCluster": [f"${{CacheId}}{s}" for s in suffixes["cluster"]],
     }
     seen = set()
-    for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items():
+    for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
         stats = _metric_stats(alarm["Properties"])
         if stats[0]["Namespace"] != "AWS/ElastiCache" or stats[0]["MetricName"] == "IsMaster":
             continue
@@ -300,7 +301,7 @@ def test_each_cache_mode_gets_only_its_own_cache_alarms(
     conditions = template["Conditions"]
     cache_alarms = {
         name
-        for name, alarm in _resources(template, "AWS::CloudWatch::Alarm").items()
+        for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items()
         if _metric_stats(alarm["Properties"])[0]["Namespace"] == "AWS/ElastiCache"
     }
     present = set()
@@ -331,7 +332,7 @@ def test_cluster_alarms_fire_where_their_replication_group_twins_do(
 def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -> None:
     topic = template["Resources"]["AlarmTopic"]["Properties"]
     assert topic["KmsMasterKeyId"] == {"Ref": "ObservabilityKey"}
-    (subscription,) = _resources(template, "AWS::SNS::Subscription").values()
+    (subscription,) = resources(template, "AWS::SNS::Subscription").values()
     assert subscription["Condition"] == "HasEmail"
     assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
     statements = template["Resources"]["ObservabilityKey"]["Properties"]["KeyPolicy"]["Statement"]
@@ -341,7 +342,7 @@ def test_the_topic_is_encrypted_and_mail_is_optional(template: dict[str, Any]) -
 
 def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any]) -> None:
     addons = {
-        a["Properties"]["AddonName"]: a for a in _resources(template, "AWS::EKS::Addon").values()
+        a["Properties"]["AddonName"]: a for a in resources(template, "AWS::EKS::Addon").values()
     }
     assert set(addons) == {"amazon-cloudwatch-observability"}
     observability = addons["amazon-cloudwatch-observability"]
@@ -361,12 +362,12 @@ def test_the_add_on_gets_its_role_through_pod_identity(template: dict[str, Any])
 def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
     template: dict[str, Any],
 ) -> None:
-    eks = _load_path(CFN / "eks.yaml")
+    eks = load_path(CFN / "eks.yaml")
     assert eks["Resources"]["Cluster"]["Properties"]["ComputeConfig"]["Enabled"] is True
     names = [
         a["Properties"]["AddonName"]
         for t in (eks, template)
-        for a in _resources(t, "AWS::EKS::Addon").values()
+        for a in resources(t, "AWS::EKS::Addon").values()
     ]
     assert len(names) == len(set(names)), names
     assert not set(names) & AUTO_MODE_BUILT_IN, names
@@ -380,7 +381,7 @@ def test_no_add_on_is_declared_twice_or_duplicates_what_auto_mode_runs(
 def passed_through_unchanged(stack: str, template: dict[str, Any]) -> set[str]:
     """The parameters main.yaml passes to nested `stack`, checked to be its own parameters
     repeated: same default, pattern and choices."""
-    main = _load_path(CFN / "main.yaml")
+    main = load_path(CFN / "main.yaml")
     passed = main["Resources"][stack]["Properties"]["Parameters"]
     for name, value in passed.items():
         if value != {"Ref": name}:
@@ -421,7 +422,7 @@ def test_load_balancer_parameters_take_cloudwatch_dimension_values(
 
 
 def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, Any]) -> None:
-    groups = _resources(template, "AWS::Logs::LogGroup")
+    groups = resources(template, "AWS::Logs::LogGroup")
     names = sorted(g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values())
     assert names == [
         f"/aws/containerinsights/${{ClusterName}}/{kind}"

@@ -22,7 +22,7 @@ from kubernetes.client import ApiClient
 
 from tests.support import REPO_ROOT, checkov_report
 
-from .test_cfn import _load_path
+from .cfn import load_path
 from .test_k8s import K8S_DIR, K8S_VERSIONS, _graceful_timeout, _render, _to_model
 
 CERTIFICATE = "arn:aws:acm:eu-central-1:123456789012:certificate/0b1c2d3e-1111-2222-3333-4444"
@@ -239,7 +239,7 @@ def test_forwarded_addresses_are_believed_from_the_albs_subnets_only(rendered: A
     _, kinds = rendered
     trusted = kinds["ConfigMap"]["data"]["FORWARDED_ALLOW_IPS"].split(",")
     assert trusted[0] == "127.0.0.1" and "*" not in trusted
-    main = _load_path(REPO_ROOT / "cfn" / "main.yaml")["Parameters"]
+    main = load_path(REPO_ROOT / "cfn" / "main.yaml")["Parameters"]
     assert trusted[1:] == main["PublicSubnets"]["Default"].split(",")
     private = [ipaddress.ip_network(c) for c in main["PrivateSubnets"]["Default"].split(",")]
     for network in map(ipaddress.ip_network, trusted[1:]):

@@ -44,9 +44,10 @@ def parse_lock(path: Path) -> dict[str, tuple[str, str | None, list[str]]]:
 RUNTIME = parse_lock(LOCKS / "runtime.txt")
 LOCAL = parse_lock(LOCKS / "local.txt")
 VERIFY = parse_lock(LOCKS / "verify.txt")
+DRILL = parse_lock(LOCKS / "drill.txt")
 TEST = parse_lock(LOCKS / "test.txt")
 # The locks made from the test lock as constraints (requirements/lock): each a subset of it.
-SUBSETS = {"runtime": RUNTIME, "local": LOCAL, "verify": VERIFY}
+SUBSETS = {"runtime": RUNTIME, "local": LOCAL, "verify": VERIFY, "drill": DRILL}
 
 
 def environment(python: str) -> dict[str, str]:
@@ -90,6 +91,12 @@ def test_local_lock_meets_the_dependencies_and_the_local_extra(python: str) -> N
 @pytest.mark.parametrize("python", PYTHONS)
 def test_verify_lock_meets_the_verify_extra(python: str) -> None:
     assert unmet(PROJECT["optional-dependencies"]["verify"], VERIFY, python) == []
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_drill_lock_meets_the_verify_and_drill_extras(python: str) -> None:
+    extras = PROJECT["optional-dependencies"]
+    assert unmet(extras["verify"] + extras["drill"], DRILL, python) == []
 
 
 @pytest.mark.parametrize("python", PYTHONS)

@@ -27,7 +27,9 @@ emulate; everything else goes to the real tool:
   $STUB_VALIDATE_CACHE by the template's content hash and the region and replayed for the same
   bytes, so the templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
-  kubectl first (as kubectl does) and then pretends the cluster deleted the objects.
+  kubectl first (as kubectl does) and then pretends the cluster deleted the objects. `rollout
+  restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
+  `rollout status` waits, within its --timeout, until the test creates $STUB_LOG.rollout-done.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
   `login` records what it read on stdin.
 """
@@ -479,11 +481,30 @@ def kubectl() -> None:
         os.execv(real, [real, *ARGV])  # noqa: S606
     if os.environ.get("STUB_KUBECTL_FAILS") == "1":
         sys.exit("error: You must be logged in to the server (Unauthorized)")
+    if "rollout" in ARGV:
+        rollout()
     if "delete" in ARGV and "-k" in ARGV:
         subprocess.run(
             [real, "kustomize", option("-k") or ""], check=True, stdout=subprocess.DEVNULL
         )
         print('service "message-app" deleted')
+
+
+def rollout() -> None:
+    """`rollout restart` and `rollout status` of a Deployment, answered as kubectl answers them."""
+    target = next(a for a in ARGV if a.startswith("deployment/"))
+    if "restart" in ARGV:
+        print(f"deployment.apps/{target.split('/', 1)[1]} restarted")
+        sys.exit(0)
+    timeout = next((a.split("=", 1)[1] for a in ARGV if a.startswith("--timeout=")), "0s")
+    deadline = time.monotonic() + float(timeout.rstrip("s") or 0)
+    done = Path(os.environ["STUB_LOG"] + ".rollout-done")
+    while not done.exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"error: timed out waiting for the condition on {target}")
+        time.sleep(0.1)
+    print(f'deployment "{target.split("/", 1)[1]}" successfully rolled out')
+    sys.exit(0)
 
 
 def builder() -> None:

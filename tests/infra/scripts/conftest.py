@@ -1,7 +1,10 @@
-"""Fixtures of the script tests: one moto server for the folder, reset by each test's World."""
+"""Fixtures of the script tests: one moto server for the folder, reset by each test's World; and
+the tools every script test drives for real."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +13,30 @@ import pytest
 
 from localservers.ports import free_port
 from localservers.waits import wait_until
+from tests.support import mark_layer
 
-from .harness import MOTO_SERVER, World, _reset, make_world
+from .harness import MOTO_SERVER, REAL_AWS, World, _reset, make_world
+
+# The scripts run the real AWS CLI, jq and kubectl: without one, every test here is skipped
+# (which CI, where .ci/run installs them, turns into a failure).
+NEEDS = (
+    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
+    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_layer(items, Path(__file__).parent, *NEEDS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before tests/conftest.py puts it in its module's group
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under xdist a script test shares nothing but the folder's moto server (one per worker),
+    so each may run on either worker: the suite's longest tests spread over both. Those on
+    the module's shared World stay together, in their module's group."""
+    if "shared_world" not in getattr(item, "fixturenames", ("shared_world",)):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid))
 
 
 @pytest.fixture(scope="package")
@@ -43,8 +68,15 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="package")
 def validate_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """moto's validate-template answers by template content, shared by the folder's tests."""
-    return tmp_path_factory.mktemp("validate-template")
+    """moto's validate-template answers by template content, shared by the folder's tests and,
+    under xdist, by every worker: the run's temp root holds each worker's (answers are written
+    whole and renamed into place, so two workers may write one at once)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "validate-template"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 @pytest.fixture

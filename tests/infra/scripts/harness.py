@@ -245,9 +245,10 @@ class World:
             stdin=stdin,
             capture_output=True,
             text=True,
-            # A bound, not a speed target: a run makes dozens of AWS CLI calls (seconds each on
-            # a busy 2-core machine), and deploy.sh validates nine templates, each linted by
-            # moto the first time in a region.
+            # A bound on a hung script, not a speed check: a deploy run makes some thirty AWS
+            # CLI calls, each a Python start-up, validates nine templates (moto lints each the
+            # first time in a region) and follows its stacks; on a loaded 2-core machine with
+            # both xdist workers busy one run took over 300 s.
             timeout=600,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]

@@ -3,22 +3,13 @@ runs, so no stand-in is ever called (one shared World)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from .harness import (
     PROFILE,
-    REAL_AWS,
     SCRIPTS,
     World,
 )
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -18,7 +17,6 @@ from .harness import (
     NESTED,
     OTHER_STACK,
     PROFILE,
-    REAL_AWS,
     REGION,
     STACK,
     STACK_EVENTS,
@@ -31,12 +29,6 @@ from .harness import (
     stack_outputs,
     stack_parameters,
 )
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) -> None:

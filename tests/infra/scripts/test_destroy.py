@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from .harness import (
     BOOTSTRAP,
     CLUSTER,
     PROFILE,
-    REAL_AWS,
     REGION,
     STACK,
     STACK_EVENTS,
@@ -40,13 +38,6 @@ def FOLLOWED_DELETION(stack: str) -> list[tuple[str, str, str]]:
         ("cloudformation", "describe-stacks", stack),
         ("cloudformation", "describe-stack-events", stack),
     ]
-
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: World) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import stat
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from .harness import (
     CLUSTER,
     CLUSTER_CACHE_HOST,
     PROFILE,
-    REAL_AWS,
     REGION,
     SERVERLESS_CACHE_HOST,
     SERVERLESS_PW,
@@ -32,12 +30,6 @@ from .harness import (
     option,
     rendered,
 )
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> None:

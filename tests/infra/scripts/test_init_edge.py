@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
 from typing import Any
 
 import jsonschema
@@ -20,13 +19,12 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-from ..test_cfn import _load_path
+from ..cfn import load_path
 from ..test_k8s_alb import INGRESS_CLASS_PARAMS_SCHEMA
 from .harness import (
     ACCESS_LOG_BUCKET,
     CERTIFICATE,
     PROFILE,
-    REAL_AWS,
     STACK,
     WEB_ACL,
     World,
@@ -34,11 +32,6 @@ from .harness import (
     rendered,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 K8S_VERSIONS = ["1.35", "1.36"]
 # main.yaml's default subnets, which the stand-in stack's outputs join.
 PUBLIC_SUBNETS = "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"
@@ -122,7 +115,7 @@ def test_init_e_refuses_an_unknown_edge(shared_world: World) -> None:
 
 def _addon_configuration(cluster: str) -> dict[str, Any]:
     """The add-on's configuration values in cfn/observability.yaml, as CloudFormation sends them."""
-    template = _load_path(REPO_ROOT / "cfn" / "observability.yaml")
+    template = load_path(REPO_ROOT / "cfn" / "observability.yaml")
     text = template["Resources"]["CloudWatchObservabilityAddon"]["Properties"][
         "ConfigurationValues"
     ]["Fn::Sub"]

@@ -13,28 +13,21 @@ with it would stop at one hour.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from tests.support import REPO_ROOT
 
-from ..test_cfn import _load_path
+from ..cfn import load_path
 from .harness import (
     PROFILE,
-    REAL_AWS,
     STACK,
     STACK_EVENTS,
     World,
     assert_profile_and_region,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 # A progress line: [mm:ss] done/total  [Nested/]Resource  Type  STATUS[  reason]
 LINE = re.compile(r"^  \[(\d\d):(\d\d)\] (\d+)/(\d+)  (\S+)  (\S+)  (\S+)(?:  (.*))?$")
 
@@ -63,7 +56,7 @@ def test_deploy_follows_a_creation_past_an_hour_and_shows_its_progress(world: Wo
     lines = _progress(main)
     assert lines, main
     # The total is main.yaml's resource count (as a template parser counts them), on every line.
-    total = len(_load_path(world.root / "cfn" / "main.yaml")["Resources"])
+    total = len(load_path(world.root / "cfn" / "main.yaml")["Resources"])
     assert {t for _, t, *_ in lines} == {total}
     assert f"{STACK}: {total} resources" in run.stdout
     # Each nested stack's completion moves the count on by one, and never back.
@@ -98,6 +91,6 @@ def test_the_resource_count_is_what_a_creation_makes(template: str) -> None:
         ["bash", "-c", '. scripts/progress.sh && template_resource_count "$0"', str(path)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30,
     )  # fmt: skip
-    resources = _load_path(path)["Resources"]
+    resources = load_path(path)["Resources"]
     assert int(out.stdout) == len(resources) > 0
     assert not [name for name, resource in resources.items() if "Condition" in resource]

@@ -13,15 +13,8 @@ from tests.support import REPO_ROOT
 
 from .harness import (
     LIBRARIES,
-    REAL_AWS,
     SCRIPTS,
 )
-
-pytestmark = [
-    pytest.mark.skipif(not REAL_AWS.exists(), reason="AWS CLI (pip package awscli) not installed"),
-    pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (apt-get install jq)"),
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
-]
 
 
 def test_scripts_pass_shellcheck() -> None:

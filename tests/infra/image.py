@@ -1,19 +1,18 @@
-"""The container image: lint the Dockerfile, then really build it and run it, without Docker.
+"""The container image as the tests build and run it, without Docker (tests/infra/test_image_*).
 
 There is no Docker engine and no registry access here, so the official base image named in the
-Dockerfile's FROM lines cannot be pulled. The test satisfies that name with a stand-in: a
-debootstrapped Debian bookworm (minbase plus Debian's python3, python3-venv and python3-pip,
-trimmed of docs and apt caches the way Debian's slim images are), committed into isolated
-container storage under exactly the name the Dockerfile uses. The stand-in is honest for the base
-only: it carries Debian's Python 3.11 in /usr/bin where the official image has CPython 3.13 in
-/usr/local/bin; its size (~150 MB) is close to the official slim image's. Everything the
-Dockerfile itself does runs for real with buildah (chroot isolation): the venv built from
-the runtime lock's hashed pins by pip against the package index, the numeric user, the layer
-order, the exec-form CMD. The image then runs under podman (runc, host network, read-only root
-filesystem, /tmp the only writable path) against a real Valkey, and a browser-like session
-saves a message.
+Dockerfile's FROM lines cannot be pulled. It is satisfied with a stand-in: a debootstrapped Debian
+bookworm (minbase plus Debian's python3, python3-venv and python3-pip, trimmed of docs and apt
+caches the way Debian's slim images are), committed into isolated container storage under
+exactly the name the Dockerfile uses. The stand-in is honest for the base only: it carries
+Debian's Python 3.11 in /usr/bin where the official image has CPython 3.13 in /usr/local/bin; its
+size (~150 MB) is close to the official slim image's. Everything the Dockerfile itself does runs
+for real with buildah (chroot isolation): the venv built from the runtime lock's hashed pins by
+pip against the package index, the numeric user, the layer order, the exec-form CMD. The image
+runs under podman (runc, host network, read-only root filesystem, /tmp the only writable path).
 
-The image size and build times are reported (build/image-report.json, junit properties, stdout).
+One build serves the whole session (``tests/infra/conftest.py``'s ``image_build``): it is the
+suite's most expensive step.
 """
 
 from __future__ import annotations
@@ -28,20 +27,17 @@ import secrets
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
 from localservers.ports import free_port
 from localservers.valkey import Valkey
-from localservers.waits import wait_until
-from tests.support import REPO_ROOT, csrf_token, listed_messages, session_keys
+from tests.support import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 REPORT = REPO_ROOT / "build" / "image-report.json"
@@ -66,7 +62,7 @@ STEP_TIMEOUT = 600
 REQUIRED_TOOLS = ("buildah", "podman", "runc", "debootstrap")
 
 
-def _skip_without_container_tools() -> None:
+def skip_without_container_tools() -> None:
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(
@@ -76,9 +72,9 @@ def _skip_without_container_tools() -> None:
         pytest.skip("debootstrap and buildah's chroot isolation need root")
 
 
-def _run(cmd: list[str], *, timeout: float = STEP_TIMEOUT, **kwargs: object) -> str:
+def run(cmd: list[str], *, timeout: float = STEP_TIMEOUT, **kwargs: object) -> str:
     """Run a command; on failure show its output, which is the only clue to what went wrong."""
-    proc = _attempt(cmd, timeout=timeout, **kwargs)
+    proc = attempt(cmd, timeout=timeout, **kwargs)
     if proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
@@ -87,7 +83,7 @@ def _run(cmd: list[str], *, timeout: float = STEP_TIMEOUT, **kwargs: object) -> 
     return proc.stdout
 
 
-def _attempt(
+def attempt(
     cmd: list[str], *, timeout: float = STEP_TIMEOUT, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -95,13 +91,7 @@ def _attempt(
     )
 
 
-def _venv_tool(name: str) -> str:
-    """Linters installed with the test extras live next to the interpreter running pytest."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _base_images(dockerfile: str) -> list[str]:
+def base_images(dockerfile: str) -> list[str]:
     """The external images named in FROM lines (stage names excluded), as written."""
     bases: list[str] = []
     stages: set[str] = set()
@@ -116,7 +106,7 @@ def _base_images(dockerfile: str) -> list[str]:
     return bases
 
 
-def _fully_qualified(image: str) -> str:
+def fully_qualified(image: str) -> str:
     """Docker's normalisation of a short name, so buildah finds the stand-in under it."""
     first, _, rest = image.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
@@ -186,7 +176,7 @@ def _standin_rootfs() -> tuple[Path, float | None]:
             shutil.rmtree(path, ignore_errors=True)
         partial = cache / f"partial-{os.getpid()}"
         started = time.monotonic()
-        _run(
+        run(
             [
                 "debootstrap",
                 "--variant=minbase",
@@ -205,12 +195,12 @@ def _storage_driver(root: Path, runroot: Path, env: dict[str, str]) -> str:
     """overlay where the kernel allows it (a cold build takes ~10 s instead of minutes: vfs
     copies the whole tree for every layer and container), else vfs, which works anywhere."""
     flags = ["--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay"]
-    made = _attempt(["buildah", *flags, "from", "scratch"], timeout=60, env=env)
+    made = attempt(["buildah", *flags, "from", "scratch"], timeout=60, env=env)
     mounted = made.returncode == 0 and (
-        _attempt(["buildah", *flags, "mount", made.stdout.strip()], timeout=60, env=env).returncode
+        attempt(["buildah", *flags, "mount", made.stdout.strip()], timeout=60, env=env).returncode
         == 0
     )
-    _attempt(["buildah", *flags, "rm", "--all"], timeout=60, env=env)
+    attempt(["buildah", *flags, "rm", "--all"], timeout=60, env=env)
     if mounted:
         return "overlay"
     shutil.rmtree(root, ignore_errors=True)
@@ -243,7 +233,7 @@ class Build:
         ]
 
     def buildah(self, *args: str, timeout: float = STEP_TIMEOUT) -> str:
-        return _run(["buildah", *self.storage_flags(), *args], timeout=timeout, env=self.env)
+        return run(["buildah", *self.storage_flags(), *args], timeout=timeout, env=self.env)
 
     def podman_cmd(self, *args: str) -> list[str]:
         return [
@@ -263,7 +253,7 @@ class Build:
         ]
 
     def podman(self, *args: str, timeout: float = 120) -> str:
-        return _run(self.podman_cmd(*args), timeout=timeout, env=self.env)
+        return run(self.podman_cmd(*args), timeout=timeout, env=self.env)
 
     def bud(self, context: Path, tag: str) -> tuple[str, float]:
         """Build like `docker build`: layer cache on, Docker image format (OCI has no
@@ -297,14 +287,13 @@ class Build:
         return int(self.podman("image", "inspect", "--format", "{{.Size}}", image).strip())
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
-    """One stand-in base and one real build of the repo's Dockerfile for the whole module."""
-    _skip_without_container_tools()
-    workdir = tmp_path_factory.mktemp("image")
+@contextlib.contextmanager
+def built_image(workdir: Path) -> Iterator[Build]:
+    """The stand-in base and one real build of the repo's Dockerfile in isolated storage under
+    ``workdir``; removed again at the end."""
     (workdir / "tmp").mkdir()
     env = {**os.environ, "TMPDIR": str(workdir / "tmp")}
-    result = Build(workdir, env, _base_images(DOCKERFILE.read_text()))
+    result = Build(workdir, env, base_images(DOCKERFILE.read_text()))
     try:
         result.driver = _storage_driver(workdir / "storage", workdir / "run", env)
         rootfs, result.debootstrap_seconds = _standin_rootfs()
@@ -318,7 +307,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
             container,
         )
         for base in result.base_images:
-            result.buildah("commit", "--quiet", container, _fully_qualified(base))
+            result.buildah("commit", "--quiet", container, fully_qualified(base))
         result.buildah("rm", container)
         # What the build reads, for the rebuild test, even if someone edits the file meanwhile.
         result.runtime_lock = (REPO_ROOT / "requirements" / "runtime.txt").read_bytes()
@@ -342,18 +331,18 @@ class Running:
 
     def exec(self, *cmd: str) -> subprocess.CompletedProcess[str]:
         """A command inside the running container, as the image's (non-root) user."""
-        return _attempt(
+        return attempt(
             self.build.podman_cmd("exec", self.name, *cmd), timeout=60, env=self.build.env
         )
 
     def logs(self) -> str:
         """gunicorn logs to stdout and stderr; both matter."""
-        proc = _attempt(self.build.podman_cmd("logs", self.name), timeout=60, env=self.build.env)
+        proc = attempt(self.build.podman_cmd("logs", self.name), timeout=60, env=self.build.env)
         return proc.stdout + proc.stderr
 
 
 @contextlib.contextmanager
-def _run_container(build: Build, valkey: Valkey) -> Iterator[Running]:
+def run_container(build: Build, valkey: Valkey) -> Iterator[Running]:
     """The image's own CMD, started the way Kubernetes runs it: read-only root, only /tmp
     writable (no podman extras on /run or /var/tmp). The listen address comes in through
     GUNICORN_CMD_ARGS because port 8080 on this shared host may be taken."""
@@ -402,202 +391,3 @@ def _run_container(build: Build, valkey: Valkey) -> Iterator[Running]:
     finally:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             build.podman("rm", "--force", "--time", "5", name)
-
-
-@pytest.fixture(scope="module")
-def container(build: Build, shared_valkey: Valkey) -> Iterator[Running]:
-    """One running container shared by the tests that only look at it."""
-    with _run_container(build, shared_valkey) as running:
-        yield running
-
-
-def test_hadolint_has_no_findings() -> None:
-    findings = json.loads(_run([_venv_tool("hadolint"), "--format", "json", str(DOCKERFILE)]))
-    assert findings == []
-
-
-def test_checkov_dockerfile_has_no_failed_checks() -> None:
-    out = _run(
-        [
-            _venv_tool("checkov"),
-            "--file",
-            str(DOCKERFILE),
-            "--framework",
-            "dockerfile",
-            "--output",
-            "json",
-            "--quiet",
-            "--compact",
-            "--skip-download",
-        ],
-        timeout=120,
-    )
-    summary = json.loads(out)["summary"]
-    assert summary["failed"] == 0, out
-    assert summary["passed"] > 0
-
-
-def test_dockerfile_uses_a_pinned_official_slim_python() -> None:
-    bases = _base_images(DOCKERFILE.read_text())
-    assert len(bases) == 1, "builder and runtime should share one base"
-    assert re.fullmatch(r"python:3\.1[2-9]-slim-[a-z]+", bases[0]), bases
-
-
-def test_image_config(build: Build) -> None:
-    config = build.inspect["Config"]
-    assert config["User"] == f"{UID}:{UID}"
-    assert "8080/tcp" in config["ExposedPorts"]
-    assert config["Cmd"] == ["gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-    assert not config.get("Entrypoint")
-    env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["PATH"].startswith("/opt/venv/bin:")
-    assert env["PYTHONUNBUFFERED"] == "1"
-    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
-    assert config["WorkingDir"] == "/app"
-    # Docker image format only: OCI has no HEALTHCHECK, hence `--format docker` in bud.
-    check = build.inspect["Healthcheck"]["Test"]
-    assert check[0] == "CMD"
-    assert "/healthz" in check[-1]
-    assert "timeout=" in check[-1]
-
-
-def test_image_size(build: Build, record_property: pytest.RecordProperty) -> None:
-    """Reported, and checked twice: the whole image on the slim-sized stand-in, and what the
-    Dockerfile adds on top of its base, which is what carries over to the official base."""
-    image = build.image_bytes(IMAGE)
-    base = build.image_bytes(_fully_qualified(build.base_images[0]))
-    report = {
-        "image": IMAGE,
-        "image_bytes": image,
-        "standin_base_bytes": base,
-        "added_by_dockerfile_bytes": image - base,
-        "storage_driver": build.driver,
-        "cold_build_seconds": round(build.build_seconds, 1),
-        "debootstrap_seconds": (
-            None if build.debootstrap_seconds is None else round(build.debootstrap_seconds, 1)
-        ),
-    }
-    for key, value in report.items():
-        record_property(key, value)
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nimage report: {json.dumps(report)}")
-    assert image > base > 0
-    assert image - base < ADDED_BYTES_BUDGET, report
-    assert image < IMAGE_BYTES_TARGET, report
-
-
-def _steps(build_log: str) -> dict[str, bool]:
-    """Each build step's instruction -> whether buildah reused a cached layer for it."""
-    steps: dict[str, bool] = {}
-    current: str | None = None
-    for line in build_log.splitlines():
-        step = re.match(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: (.*)", line)
-        if step:
-            current = step.group(1)
-        elif current is not None and line.startswith("--> "):
-            steps[current] = "Using cache" in line
-            current = None
-    return steps
-
-
-def test_code_change_rebuilds_only_the_app_layers(
-    build: Build, tmp_path: Path, record_property: pytest.RecordProperty
-) -> None:
-    """The dependency layer comes before the code: a code change must reuse it."""
-    context = tmp_path / "context"
-    context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "gunicorn.conf.py", "nginx.conf"):
-        shutil.copy2(REPO_ROOT / name, context / name)
-    (context / "requirements").mkdir()
-    (context / "requirements" / "runtime.txt").write_bytes(build.runtime_lock)
-    shutil.copytree(
-        REPO_ROOT / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (context / "app" / "rebuild-probe.txt").write_text("a code change\n")
-    log, seconds = build.bud(context, "localhost/message-app:rebuild")
-    record_property("warm_build_seconds", round(seconds, 1))
-    print(f"\nwarm rebuild after a code change: {seconds:.1f} s")
-    steps = _steps(log)
-    pip_steps = [cached for step, cached in steps.items() if "pip install" in step]
-    venv_copy = [cached for step, cached in steps.items() if step.startswith("COPY --from=builder")]
-    app_copy = [cached for step, cached in steps.items() if step.startswith("COPY app/")]
-    assert pip_steps == [True], log
-    assert venv_copy == [True], log
-    assert app_copy == [False], log
-
-
-def test_container_serves_a_session_from_redis(container: Running, shared_valkey: Valkey) -> None:
-    health = requests.get(f"{container.url}/healthz", timeout=5)
-    assert health.json() == {"status": "ok"}
-
-    def ready() -> bool:
-        return requests.get(f"{container.url}/readyz", timeout=10).json()["redis"] == "ok"
-
-    # A probe answers for one moment: on a loaded machine one PING may miss its short timeout.
-    wait_until(ready, 60, "/readyz to report Redis ok")
-
-    browser = requests.Session()
-    page = browser.get(f"{container.url}/", timeout=5)
-    assert page.status_code == 200
-    assert "Save Message" in page.text
-    token = csrf_token(page.text)
-    text = f"saved through the image {secrets.token_hex(4)}"
-    saved = browser.post(
-        f"{container.url}/persistMessage",
-        data={"message": text, "csrf_token": token},
-        timeout=5,
-    )
-    assert saved.status_code == 200
-    assert saved.history[0].status_code == 303
-    assert text in listed_messages(saved.text)
-    assert saved.headers["X-Served-By"] == "image-test"
-    # The message lives in Redis, not in the container.
-    with redis.Redis(host=shared_valkey.host, port=shared_valkey.port) as client:
-        assert len(session_keys(client)) == 1
-
-
-def test_container_runs_gunicorn_as_pid1_non_root_without_compilers(container: Running) -> None:
-    assert container.exec("id", "-u").stdout.strip() == UID
-    pid1 = container.exec("cat", "/proc/1/cmdline").stdout.split("\0")
-    assert pid1[:2] == ["/opt/venv/bin/python3", "/opt/venv/bin/gunicorn"], pid1
-    for compiler in ("gcc", "cc", "make"):
-        assert container.exec("sh", "-c", f"command -v {compiler}").returncode != 0
-    # .dockerignore and the COPY lines: only the app and its gunicorn config are in /app.
-    listing = container.exec("find", "/app", "-mindepth", "1", "-maxdepth", "1").stdout.split()
-    assert sorted(listing) == ["/app/app", "/app/gunicorn.conf.py", "/app/nginx.conf"]
-    assert container.exec("find", "/app", "-name", "__pycache__").stdout.strip() == ""
-    assert container.exec("touch", "/app/x").returncode != 0
-    assert container.exec("touch", "/tmp/x").returncode == 0
-
-
-def test_healthcheck_command_detects_up_and_down(container: Running) -> None:
-    """The image's own HEALTHCHECK command, pointed at this run's port (it names 8080)."""
-    check = container.build.inspect["Healthcheck"]["Test"][1:]
-    port = container.url.rsplit(":", 1)[1]
-    up = [part.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for part in check]
-    down = [part.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}") for part in check]
-    assert up != check
-    assert container.exec(*up).returncode == 0
-    assert container.exec(*down).returncode != 0
-
-
-def test_the_image_holds_the_proxy_sidecars_nginx_and_config(container: Running) -> None:
-    """The pod's `proxy` sidecar runs `nginx -c /app/nginx.conf` from this image, as the same
-    non-root user on a read-only root; /tmp/nginx is its emptyDir there."""
-    check = container.exec("sh", "-c", "mkdir -p /tmp/nginx && nginx -t -c /app/nginx.conf")
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "test is successful" in check.stderr
-
-
-def test_sigterm_stops_gracefully_and_nothing_wrote_to_the_root_fs(
-    build: Build, shared_valkey: Valkey
-) -> None:
-    """A container of its own, since it stops it. Exit 0 means gunicorn (PID 1) got SIGTERM
-    and shut down; a shell in between would swallow it and be killed (137) after the timeout."""
-    with _run_container(build, shared_valkey) as container:
-        build.podman("stop", "--time", "30", container.name, timeout=60)
-        code = build.podman("inspect", "--format", "{{.State.ExitCode}}", container.name)
-        logs = container.logs()
-    assert code.strip() == "0", logs
-    assert "Read-only file system" not in logs, logs
