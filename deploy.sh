@@ -10,14 +10,19 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 CFN_DIR="$ROOT/cfn"
 # shellcheck source-path=SCRIPTDIR source=scripts/common.sh
 . "$ROOT/scripts/common.sh"
+# shellcheck source-path=SCRIPTDIR source=scripts/progress.sh
+. "$ROOT/scripts/progress.sh"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-A AUTH] [-o KEY=VALUE]... [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-a PRINCIPAL_ARN] [-c CERTIFICATE_ARN] [-m CACHE_MODE] [-A AUTH] [-e EDGE] [-o KEY=VALUE]... [-h]
 
 Validates every template in cfn/, deploys the bootstrap stack STACK_NAME-bootstrap (template bucket,
 ECR repository), uploads the nested templates to its bucket, deploys the main stack STACK_NAME
-(VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs.
+(VPC, EKS, ElastiCache; about 30 minutes the first time) and prints its outputs. Each stack is
+followed until it ends, however long that takes, one line per resource event (elapsed time,
+resources complete out of the total, the nested stack); a failure names the first resource that
+failed and why. Ctrl-C stops watching, not the stack.
 Safe to re-run: unchanged stacks are left alone.
 Availability Zones are chosen by zone ID, skipping those where EKS refuses control-plane subnets
 ($EKS_UNSUPPORTED_ZONE_IDS); a region with fewer than $ZONES_NEEDED usable zones stops here, before
@@ -40,12 +45,16 @@ anything is created. An existing stack keeps the zones it was created with.
                     or token (an AUTH token, on Serverless an RBAC password, in Secrets Manager).
                     An existing stack keeps its choice when -A is left out; after a change run
                     ./init.sh and kubectl apply -k .deploy/ at once (running pods keep the old way)
+  -e EDGE           load balancer: nlb (default: the Service's Network Load Balancer, as the
+                    sample) or alb (an Ingress with the Application Load Balancer: HTTP redirected
+                    to HTTPS, AWS WAF, access logs; LoadBalancerType). An existing stack keeps its
+                    type when -e is left out; after a change run ./init.sh and kubectl apply again
   -o KEY=VALUE      main-stack parameter override, repeatable (e.g. -o CacheReplicaCount=0);
                     an existing stack keeps the value of every parameter not given (its
                     previous value), a new stack takes the template default
   -h                show this help
 
-Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m, -A and -o are new.
+Changed from the original sample: -b (ignored there) is gone; -r, -s, -a, -c, -m, -A, -e and -o are new.
 Next step afterwards: ./init.sh -p PROFILE -r REGION -s STACK_NAME
 EOF
 }
@@ -63,13 +72,14 @@ PRINCIPAL=""
 CERTIFICATE=""
 CACHE_MODE=""
 CACHE_AUTH=""
+EDGE=""
 OVERRIDES=()
 
 if [ "${1:-}" = "--help" ]; then
   usage
   exit 0
 fi
-while getopts ':p:r:s:a:c:m:A:o:h' opt; do
+while getopts ':p:r:s:a:c:m:A:e:o:h' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
@@ -88,10 +98,16 @@ while getopts ':p:r:s:a:c:m:A:o:h' opt; do
         *) usage_error "-A needs iam or token, got '$OPTARG'" ;;
       esac
       ;;
+    e)
+      case $OPTARG in
+        nlb | alb) EDGE=$OPTARG ;;
+        *) usage_error "-e needs nlb or alb, got '$OPTARG'" ;;
+      esac
+      ;;
     o)
       case $OPTARG in
-        AvailabilityZones=* | CertificateArn=* | CacheMode=* | CacheAuth=*)
-          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m; its authentication with -A)"
+        AvailabilityZones=* | CertificateArn=* | CacheMode=* | CacheAuth=* | LoadBalancerType=*)
+          usage_error "${OPTARG%%=*} is set by $PROG itself (zones by zone ID; the certificate with -c; the cache mode with -m; its authentication with -A; the load balancer with -e)"
           ;;
         [A-Za-z]*=*) OVERRIDES+=("$OPTARG") ;;
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
@@ -112,7 +128,7 @@ BOOTSTRAP="$STACK-bootstrap"
 
 # Check every prerequisite before touching anything, and name all that are missing at once.
 require_tools aws jq
-for t in bootstrap main network securitygroups cache eks app observability dashboard; do
+for t in bootstrap main network securitygroups cache eks app observability dashboard edge; do
   [ -f "$CFN_DIR/$t.yaml" ] || die "template $CFN_DIR/$t.yaml is missing"
 done
 
@@ -139,10 +155,12 @@ stack_status() {
   fi
 }
 
-# Creates the stack or updates it; "no updates" is success. Remaining arguments go to create/update-stack.
+# Creates the stack from the template or updates it, following it to its end however long it takes;
+# "no updates" is success. Remaining arguments go to create/update-stack.
 deploy_stack() {
-  local name=$1 status
-  shift
+  local name=$1 template=$2 status id total after
+  shift 2
+  total=$(template_resource_count "$template")
   status=$(stack_status "$name")
   case $status in
     ROLLBACK_COMPLETE | REVIEW_IN_PROGRESS)
@@ -150,27 +168,25 @@ deploy_stack() {
       # `aws cloudformation deploy`), holds no resources and cannot be updated: recreate it.
       print_failed_events "$name"
       say "stack $name is $status from an earlier creation that did not finish: deleting it before creating it again"
-      awsp cloudformation delete-stack --stack-name "$name"
-      awsp cloudformation wait stack-delete-complete --stack-name "$name" || die "could not delete $name"
+      delete_and_follow "$name" || die "could not delete $name"
       status=NONE
       ;;
   esac
   case $status in
     NONE)
-      say "creating stack $name (waiting; follow it in the CloudFormation console)"
-      awsp cloudformation create-stack --stack-name "$name" "$@" --output json >/dev/null
-      if ! awsp cloudformation wait stack-create-complete --stack-name "$name"; then
-        print_failed_events "$name"
-        die "creating stack $name failed (events above); fix the cause and run $PROG again"
-      fi
+      say "creating stack $name: $total resources, followed until it ends, however long (Ctrl-C stops watching, not the stack)"
+      id=$(awsp cloudformation create-stack --stack-name "$name" --template-body "file://$template" "$@" \
+        --query StackId --output text)
+      follow_stack "$id" create "$total" ||
+        die "creating stack $name failed (first failure above); fix the cause and run $PROG again"
       ;;
     CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE)
       say "updating stack $name"
-      if awsp cloudformation update-stack --stack-name "$name" "$@" --output json >/dev/null 2>"$WORK/err"; then
-        if ! awsp cloudformation wait stack-update-complete --stack-name "$name"; then
-          print_failed_events "$name"
-          die "updating stack $name failed (events above); it rolled back to its previous state"
-        fi
+      after=$(newest_event_id "$name")
+      if id=$(awsp cloudformation update-stack --stack-name "$name" --template-body "file://$template" "$@" \
+        --query StackId --output text 2>"$WORK/err"); then
+        follow_stack "$id" update "$total" "$after" ||
+          die "updating stack $name failed (first failure above); it rolled back to its previous state"
       elif grep -q 'No updates are to be performed' "$WORK/err"; then
         say "No changes to deploy: stack $name is up to date"
       else
@@ -261,6 +277,18 @@ fi
 CACHE_MODE=${CACHE_MODE:-replication-group}
 CACHE_AUTH=${CACHE_AUTH:-iam}
 say "cache mode: $CACHE_MODE, authentication: $CACHE_AUTH"
+# The load balancer type, like the cache mode, stays unless -e names another.
+if [ -n "$EXISTING_JSON" ]; then
+  EXISTING_EDGE=$(stack_parameter "$EXISTING_JSON" LoadBalancerType)
+  EXISTING_EDGE=${EXISTING_EDGE:-nlb}
+  if [ -z "$EDGE" ]; then
+    EDGE=$EXISTING_EDGE
+  elif [ "$EDGE" != "$EXISTING_EDGE" ]; then
+    printf '%s: NOTE: load balancer %s -> %s: afterwards run ./init.sh and kubectl apply -k .deploy/ (the old load balancer goes when its Service or Ingress does: from alb back to nlb, kubectl delete ingress message-app)\n' "$PROG" "$EXISTING_EDGE" "$EDGE" >&2
+  fi
+fi
+EDGE=${EDGE:-nlb}
+say "load balancer: $EDGE"
 if [ -n "$ZONES" ]; then
   say "Availability Zones: $ZONES (those of the existing stack $STACK)"
 else
@@ -291,7 +319,7 @@ done
 
 # ECR names are per account and region and lower case: one repository per stack name.
 REPO_PREFIX=$(printf '%s' "$STACK" | tr '[:upper:]' '[:lower:]' | tr -s '-')
-deploy_stack "$BOOTSTRAP" --template-body "file://$CFN_DIR/bootstrap.yaml" \
+deploy_stack "$BOOTSTRAP" "$CFN_DIR/bootstrap.yaml" \
   --parameters "ParameterKey=RepositoryName,ParameterValue=${REPO_PREFIX%-}/message-app"
 BOOTSTRAP_JSON=$(awsp cloudformation describe-stacks --stack-name "$BOOTSTRAP" --output json)
 BUCKET=$(stack_output "$BOOTSTRAP_JSON" TemplateBucketName)
@@ -305,7 +333,7 @@ say "uploading the nested templates to s3://$BUCKET/"
 # cp, not sync: sync skips a changed file whose size and age look unchanged.
 awsp s3 cp "$CFN_DIR/" "s3://$BUCKET/" --recursive --only-show-errors --exclude '*' \
   --include network.yaml --include securitygroups.yaml --include cache.yaml --include eks.yaml \
-  --include app.yaml --include observability.yaml --include dashboard.yaml
+  --include app.yaml --include observability.yaml --include dashboard.yaml --include edge.yaml
 
 # An update keeps every parameter of the stack that this run does not set (UsePreviousValue):
 # left out, CloudFormation would fall back to the template default, and a plain re-run would
@@ -325,10 +353,11 @@ PARAMS=$(jq -n --argjson previous "$PREVIOUS" '[$ARGS.positional[] | capture("^(
     | {ParameterKey: ., UsePreviousValue: true}]' --args \
   "TemplateBucket=$BUCKET" "EcrRepositoryUri=$REPO_URI" "ClusterAdminPrincipalArn=$PRINCIPAL" \
   "AvailabilityZones=$ZONES" "CertificateArn=$CERTIFICATE" "CacheMode=$CACHE_MODE" "CacheAuth=$CACHE_AUTH" \
+  "LoadBalancerType=$EDGE" \
   ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 # NAMED_IAM acknowledges the nested stacks' IAM roles (it covers unnamed ones too); AUTO_EXPAND is
 # what the console asks for with nested stacks, and costs nothing when no macro is used.
-deploy_stack "$STACK" --template-body "file://$CFN_DIR/main.yaml" \
+deploy_stack "$STACK" "$CFN_DIR/main.yaml" \
   --parameters "$PARAMS" \
   --capabilities CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND
 

@@ -10,13 +10,16 @@ PROG=${0##*/}
 ROOT=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=scripts/common.sh
 . "$ROOT/scripts/common.sh"
+# shellcheck source-path=SCRIPTDIR source=scripts/progress.sh
+. "$ROOT/scripts/progress.sh"
 
 usage() {
   cat <<EOF
 Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-y] [-h]
 
 Deletes the message-app Kubernetes objects (and waits until the load balancer, its target groups
-and security groups are gone, up to \$LB_WAIT_SECONDS, default 900 s), the main stack
+and security groups are gone, up to \$LB_WAIT_SECONDS, default 900 s), the ALB's access logs, the
+main stack
 STACK_NAME, the contents of the template bucket (every version and delete marker) and of the ECR
 repository, and the bootstrap stack STACK_NAME-bootstrap. Asks for the stack name as confirmation.
 
@@ -76,12 +79,8 @@ fi
 make_work_dir
 
 delete_stack() {
-  say "deleting stack $1 (waiting)"
-  awsp cloudformation delete-stack --stack-name "$1"
-  if ! awsp cloudformation wait stack-delete-complete --stack-name "$1"; then
-    print_failed_events "$1"
-    die "deleting stack $1 failed (events above); fix the cause and run $PROG again"
-  fi
+  say "deleting stack $1, followed until it is gone (Ctrl-C stops watching, not the deletion)"
+  delete_and_follow "$1" || die "deleting stack $1 failed (first failure above); fix the cause and run $PROG again"
 }
 
 # What EKS Auto Mode's load balancing made for the Service, outside any stack, in the cluster's VPC:
@@ -143,9 +142,15 @@ delete_kubernetes_objects() {
     # No overlay here (another machine deployed, or .deploy/ was removed): the Service is what
     # holds AWS resources, so delete it by name; the rest goes with the cluster.
     say "no .deploy/ overlay: deleting service message-app from cluster $cluster"
-    kubectl --kubeconfig "$kubeconfig" delete service message-app --ignore-not-found --wait=true ||
+    # No overlay here (another machine deployed, or .deploy/ was removed): the Service (NLB) and
+    # the Ingress (ALB) are what hold AWS resources, so delete them by name; the rest goes with
+    # the cluster.
+    say "no .deploy/ overlay: deleting ingress and service message-app from cluster $cluster"
+    kubectl --kubeconfig "$kubeconfig" delete ingress,service message-app --ignore-not-found --wait=true ||
       die "could not delete service message-app; its load balancer would block deleting the VPC. Fix access to the cluster, then run $PROG again"
   fi
+  # (delete --wait=true already waited for the Ingress's finalizer, which Auto Mode lifts once
+  # the ALB is deleted.)
   say "waiting until service message-app is gone"
   kubectl --kubeconfig "$kubeconfig" wait --for=delete service/message-app --timeout=600s ||
     die "service message-app is still there after 10 minutes; check it with kubectl describe service message-app, then run $PROG again"
@@ -216,6 +221,9 @@ else
   else
     say "stack $STACK has no ClusterName output (its creation never finished): no Kubernetes objects to delete"
   fi
+  # The ALB's access logs (LoadBalancerType alb): the bucket must be empty before its stack goes.
+  ACCESS_LOGS=$(stack_output "$MAIN_JSON" AccessLogBucket)
+  [ -z "$ACCESS_LOGS" ] || empty_bucket "$ACCESS_LOGS"
   delete_stack "$STACK"
 fi
 

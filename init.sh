@@ -16,7 +16,7 @@ DEPLOY_DIR="$ROOT/.deploy"
 
 usage() {
   cat <<EOF
-Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-c CERTIFICATE_ARN] [-u DOCKERHUB_USER -n REPO] [-t TAG] [-P PLATFORM] [-R] [-h]
+Usage: $PROG -p PROFILE [-r REGION] [-s STACK_NAME] [-c CERTIFICATE_ARN] [-e EDGE] [-u DOCKERHUB_USER -n REPO] [-t TAG] [-P PLATFORM] [-R] [-h]
 
 Reads the outputs of stack STACK_NAME, runs aws eks update-kubeconfig for its cluster, builds the image
 with docker (else podman, else buildah) and pushes it, then writes .deploy/ (git-ignored):
@@ -36,6 +36,9 @@ password (REDIS_USERNAME). After a CacheMode or CacheAuth change run it again, t
   -s STACK_NAME      main stack name (default: flask-eks-sessions)
   -c CERT_ARN        ACM certificate for HTTPS (default: the one deploy.sh -c gave the stack, if any;
                      without one the app is served over plain HTTP and a warning says so)
+  -e EDGE            nlb (the Service's Network Load Balancer) or alb (an Ingress with the
+                     Application Load Balancer, HTTP redirected to HTTPS, AWS WAF, access logs);
+                     default: the stack's LoadBalancerType (deploy.sh -e), which alb needs
   -u DOCKERHUB_USER  push to Docker Hub as docker.io/USER/REPO:TAG instead of the stack's ECR
   -n REPO            Docker Hub repository name (with -u; log in first: docker login)
   -t TAG             image tag (default: the short git commit, plus a UTC timestamp when the work
@@ -64,6 +67,7 @@ TAG=""
 PLATFORM="linux/amd64"
 CERTIFICATE=""
 ROTATE=0
+EDGE=""
 
 if [ "${1:-}" = "--help" ]; then
   usage
@@ -78,12 +82,18 @@ for arg in "$@"; do
   esac
 done
 set -- ${ARGS[@]+"${ARGS[@]}"}
-while getopts ':p:r:s:c:u:n:t:P:Rh' opt; do
+while getopts ':p:r:s:c:e:u:n:t:P:Rh' opt; do
   case $opt in
     p) PROFILE=$OPTARG ;;
     r) REGION=$OPTARG ;;
     s) STACK=$OPTARG ;;
     c) CERTIFICATE=$OPTARG ;;
+    e)
+      case $OPTARG in
+        nlb | alb) EDGE=$OPTARG ;;
+        *) usage_error "-e needs nlb or alb, got '$OPTARG'" ;;
+      esac
+      ;;
     u) HUB_USER=$OPTARG ;;
     n) HUB_REPO=$OPTARG ;;
     t) TAG=$OPTARG ;;
@@ -182,6 +192,24 @@ case $CERTIFICATE in
   arn:aws*:acm:"$REGION":[0-9]*:certificate/*) ;;
   *) die "certificate $CERTIFICATE is not an ACM certificate ARN in $REGION (the load balancer's region)" ;;
 esac
+
+# The edge: the stack's load balancer type unless -e names one; the ALB needs what deploy.sh -e
+# alb made for it (the WAF web ACL, the access-log bucket).
+STACK_EDGE=$(first_output LoadBalancerType)
+EDGE=${EDGE:-${STACK_EDGE:-nlb}}
+WEB_ACL=""
+ACCESS_LOGS=""
+if [ "$EDGE" = alb ]; then
+  WEB_ACL=$(first_output WebAclArn)
+  ACCESS_LOGS=$(first_output AccessLogBucket)
+  if [ -z "$WEB_ACL" ] || [ -z "$ACCESS_LOGS" ]; then
+    die "stack $STACK has no WAF web ACL or access-log bucket for an ALB: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK -e alb first"
+  fi
+  ALB_SUBNETS=$(output PublicSubnetCidrs)
+fi
+# The nodes' subnets: the CloudWatch agent scrapes the pods' metrics from the host network.
+NODE_SUBNETS=$(first_output PrivateSubnetCidrs)
+METRICS_PORT=$(sed -n 's/^METRICS_PORT=//p' "$ROOT/k8s/config.env")
 
 say "adding cluster $CLUSTER to your kubeconfig"
 awsp eks update-kubeconfig --name "$CLUSTER"
@@ -333,11 +361,55 @@ printf 'SECRET_KEY=%s\nSECRET_KEY_FALLBACKS=%s\n' "$SECRET_KEY" "$FALLBACKS" >"$
 chmod 600 "$tmp"
 mv -f "$tmp" "$DEPLOY_DIR/secrets.env"
 
-if [ -n "$CERTIFICATE" ]; then
-  SCHEME=https
-  HTTPS_COMPONENT="  - ../k8s/components/https"
+# What the load balancer needs, as kustomize components and JSON patches of the base.
+COMPONENTS="  # Lifts the base's not-deployable guard and turns on NetworkPolicy enforcement.
+  - ../k8s/components/deployable"
+PATCHES=""
+EDGE_LITERALS=""
+SCHEME=http
+[ -z "$CERTIFICATE" ] || SCHEME=https
+if [ "$EDGE" = alb ]; then
+  COMPONENTS="$COMPONENTS
+  # The Application Load Balancer (Auto Mode's, for the Ingress) instead of the NLB.
+  - ../k8s/components/alb"
+  [ -z "$CERTIFICATE" ] || COMPONENTS="$COMPONENTS
+  - ../k8s/components/alb-https"
+  # The app believes X-Forwarded-For from the ALB's subnets only (it appends the client).
+  EDGE_LITERALS="
+      - \"FORWARDED_ALLOW_IPS=127.0.0.1,$ALB_SUBNETS\""
+  PATCHES="$PATCHES
+  # AWS WAF: Auto Mode associates this web ACL with the ALB it makes for the Ingress.
+  - target:
+      kind: Ingress
+      name: message-app
+    patch: |-
+      - op: add
+        path: /metadata/annotations/alb.ingress.kubernetes.io~1wafv2-acl-arn
+        value: \"$WEB_ACL\"
+  # Access logs to the stack's encrypted bucket (a lifecycle expires them).
+  - target:
+      kind: IngressClassParams
+      name: message-app-alb
+    patch: |-
+      - op: add
+        path: /spec/loadBalancerAttributes/-
+        value: {key: access_logs.s3.enabled, value: \"true\"}
+      - op: add
+        path: /spec/loadBalancerAttributes/-
+        value: {key: access_logs.s3.bucket, value: \"$ACCESS_LOGS\"}
+      - op: add
+        path: /spec/loadBalancerAttributes/-
+        value: {key: access_logs.s3.prefix, value: alb}"
+  [ -z "$CERTIFICATE" ] || PATCHES="$PATCHES
+      - op: add
+        path: /spec/certificateARNs
+        value: [\"$CERTIFICATE\"]"
+elif [ -n "$CERTIFICATE" ]; then
+  COMPONENTS="$COMPONENTS
+  - ../k8s/components/https"
   # The NLB's TLS listener uses this certificate (components/https opens 443 and closes 80).
-  CERT_PATCH="  - target:
+  PATCHES="$PATCHES
+  - target:
       kind: Service
       name: message-app
     patch: |-
@@ -345,9 +417,24 @@ if [ -n "$CERTIFICATE" ]; then
         path: /metadata/annotations/service.beta.kubernetes.io~1aws-load-balancer-ssl-cert
         value: \"$CERTIFICATE\""
 else
-  SCHEME=http
-  HTTPS_COMPONENT="  # - ../k8s/components/https   (HTTPS: run init.sh with -c CERTIFICATE_ARN)"
-  CERT_PATCH=""
+  COMPONENTS="$COMPONENTS
+  # - ../k8s/components/https   (HTTPS: run init.sh with -c CERTIFICATE_ARN)"
+fi
+if [ -n "$NODE_SUBNETS" ]; then
+  # The add-on's CloudWatch agent runs on the host network: its scrapes come from the nodes'
+  # addresses, which no namespace selector matches.
+  PATCHES="$PATCHES
+  - target:
+      kind: NetworkPolicy
+      name: message-app
+    patch: |-
+      - op: add
+        path: /spec/ingress/-
+        value:
+          from: [$(printf '%s' "$NODE_SUBNETS" | sed 's/[^,][^,]*/{ipBlock: {cidr: &}}/g; s/,/, /g')]
+          ports: [{port: $METRICS_PORT, protocol: TCP}]"
+else
+  printf '%s: WARNING: stack %s names no node subnets (deployed before PrivateSubnetCidrs): the CloudWatch agent cannot scrape the metrics port until ./deploy.sh runs again\n' "$PROG" "$STACK" >&2
 fi
 
 if [ "$CACHE_AUTH" = iam ]; then
@@ -364,14 +451,17 @@ else
       - \"REDIS_AUTH=token\"
       - \"REDIS_USERNAME=$CACHE_USERNAME\""
 fi
-# Where the Pod Identity association expects the pods (every object of the app, its Secret
-# included; the cluster-wide NetworkPolicy switch stays in kube-system).
+# Where the Pod Identity association expects the pods (every namespaced object of the app, its
+# Secret included; the cluster-wide NetworkPolicy switch stays in kube-system, and the ALB's
+# IngressClass and IngressClassParams belong to no namespace).
 NAMESPACE_PATCH="  - target:
-      labelSelector: app.kubernetes.io/name=message-app
+      labelSelector: app.kubernetes.io/name=message-app,app.kubernetes.io/component!=ingress-class
     patch: |-
       - op: add
         path: /metadata/namespace
         value: \"$APP_NAMESPACE\""
+PATCHES="patches:
+$NAMESPACE_PATCH$PATCHES"
 
 cat >"$DEPLOY_DIR/kustomization.yaml" <<EOF
 # Generated by init.sh for stack $STACK in $REGION; re-run init.sh instead of editing.
@@ -383,9 +473,7 @@ kind: Kustomization
 resources:
   - ../k8s
 components:
-  # Lifts the base's not-deployable guard and turns on NetworkPolicy enforcement.
-  - ../k8s/components/deployable
-$HTTPS_COMPONENT
+$COMPONENTS
 configMapGenerator:
   - name: message-app-config
     behavior: merge
@@ -395,7 +483,7 @@ configMapGenerator:
       - "REDIS_TLS=$CACHE_TLS"
       # Cache mode $CACHE_MODE: the cluster client or not.
       - "REDIS_CLUSTER=$CACHE_CLUSTER"
-$AUTH_LITERALS
+$AUTH_LITERALS$EDGE_LITERALS
 secretGenerator:
   - name: message-app-secrets
     envs:
@@ -408,9 +496,7 @@ images:
   - name: message-app
     newName: "$IMAGE_REPO"
     newTag: "$TAG"
-patches:
-$NAMESPACE_PATCH
-$CERT_PATCH
+$PATCHES
 EOF
 
 # Build the overlay offline once so a broken one fails here, not in kubectl apply; the output holds secrets.
@@ -423,8 +509,11 @@ OVERLAY="$DEPLOY_DIR/"
 if [ -z "$CERTIFICATE" ]; then
   printf '%s: WARNING: no certificate: the load balancer serves plain HTTP on port 80 and the session cookie travels unencrypted; for HTTPS run %s again with -c ACM_CERTIFICATE_ARN\n' "$PROG" "$PROG" >&2
 fi
+ADDRESS_HINT="  kubectl -n $APP_NAMESPACE get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"
+[ "$EDGE" != alb ] ||
+  ADDRESS_HINT="  kubectl -n $APP_NAMESPACE get ingress message-app # ADDRESS is the ALB's DNS name: open $SCHEME://ADDRESS/"
 echo
 echo "Next, the one command that deploys the app (k8s/ alone is refused on purpose):"
 echo "  kubectl apply -k $OVERLAY"
 echo "  kubectl -n $APP_NAMESPACE get pods            # 3 message-app pods become Running/Ready"
-echo "  kubectl -n $APP_NAMESPACE get svc message-app # EXTERNAL-IP is the load balancer's DNS name: open $SCHEME://EXTERNAL-IP/"
+echo "$ADDRESS_HINT"

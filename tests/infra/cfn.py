@@ -33,6 +33,7 @@ NESTED = (
     "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
+    "edge.yaml",
 )
 # Every template in cfn/: the bootstrap stack, the main stack and those it nests.
 TEMPLATE_NAMES = ("bootstrap.yaml", "main.yaml", *NESTED)
@@ -55,6 +56,9 @@ MAIN_OUTPUTS = {
     "Region",
     "EcrRepositoryUri",
     "DashboardName",
+    "LoadBalancerType",
+    "PublicSubnetCidrs",
+    "PrivateSubnetCidrs",
 }
 # Outputs only some deployments have (a Condition): init.sh reads them when present.
 OPTIONAL_MAIN_OUTPUTS = {
@@ -63,6 +67,8 @@ OPTIONAL_MAIN_OUTPUTS = {
     "AuthTokenSecretArn",
     "CacheSecretArn",
     "CacheSecretKey",
+    "WebAclArn",
+    "AccessLogBucket",
 }
 
 # The cache modes (CacheMode) and what each one creates in cfn/cache.yaml, nothing more.

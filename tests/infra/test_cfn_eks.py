@@ -15,6 +15,9 @@ EKS_STANDARD_SUPPORT_END = {
     "1.33": date(2026, 7, 29),
     "1.34": date(2026, 12, 2),
     "1.35": date(2027, 3, 27),
+    # On EKS since 2026-06-02 (checked 2026-12-06); standard support is 14 months from the EKS
+    # release, so the calendar's exact day may differ by a day or two.
+    "1.36": date(2027, 8, 2),
 }
 TEMPLATES_WRITTEN = date(2026, 11, 30)
 # A version on offer must keep standard support for at least this long after the templates were

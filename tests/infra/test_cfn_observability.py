@@ -86,6 +86,43 @@ PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
         "service_number_of_running_pods": _SERVICE,
         "namespace_number_of_running_pods": {frozenset({"ClusterName", "Namespace"})},
     },
+    # Application Load Balancer: "CloudWatch metrics for your Application Load Balancer"
+    # (docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-cloudwatch-
+    # metrics.html): requests, status codes and target response time by LoadBalancer (or with
+    # AvailabilityZone and/or TargetGroup); target health only with TargetGroup.
+    "AWS/ApplicationELB": {
+        **{
+            metric: _LB | {frozenset({"LoadBalancer", "TargetGroup"})}
+            for metric in (
+                "RequestCount",
+                "HTTPCode_Target_5XX_Count",
+                "TargetResponseTime",
+            )
+        },
+        "HTTPCode_ELB_5XX_Count": _LB,
+        "HealthyHostCount": _TARGETS,
+        "UnHealthyHostCount": _TARGETS,
+    },
+    # AWS WAF: "Monitoring with Amazon CloudWatch" (WAF developer guide), per web ACL, Region
+    # and rule (ALL for the whole web ACL).
+    "AWS/WAFV2": {
+        metric: {frozenset({"WebACL", "Region", "Rule"})}
+        for metric in ("AllowedRequests", "BlockedRequests", "CountedRequests")
+    },
+    # The app's own (cfn/edge.yaml's metric filters, no dimension; the agent's EMF declaration
+    # in cfn/observability.yaml, by ClusterName and Service), as the templates name the
+    # namespace once rendered (test_cfn_edge checks both sides against this list).
+    "MessageApp/<ClusterName>": {
+        **{name: {frozenset()} for name in ("requests", "responses_5xx", "request_duration_ms")},
+        **{
+            name: {frozenset({"ClusterName", "Service"})}
+            for name in (
+                "messageapp_fail_fast_responses_total",
+                "messageapp_saves_without_replica_total",
+                "messageapp_redis_errors_total",
+            )
+        },
+    },
 }
 # The parameter that names each load-balancer dimension's value.
 DIMENSION_PARAMETER = {
@@ -389,10 +426,50 @@ def test_container_logs_are_kept_for_a_while_and_encrypted(template: dict[str, A
     names = sorted(g["Properties"]["LogGroupName"]["Fn::Sub"] for g in groups.values())
     assert names == [
         f"/aws/containerinsights/${{ClusterName}}/{kind}"
-        for kind in ("application", "dataplane", "host", "performance")
+        for kind in ("application", "dataplane", "host", "performance", "prometheus")
     ]
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["ObservabilityKey", "Arn"]}
     addon = template["Resources"]["CloudWatchObservabilityAddon"]
     assert set(groups) <= set(addon["DependsOn"]), "the add-on would create them first"
+
+
+# What EKS Pod Identity sends when it assumes a role, as the EKS User Guide documents it ("Create
+# IAM role with trust policy required by EKS Pod Identity", pod-id-role): the principal
+# pods.eks.amazonaws.com, the actions sts:AssumeRole and sts:TagSession, and these session tags,
+# which a trust policy may condition on (aws:RequestTag/<tag>).
+POD_IDENTITY_SESSION_TAGS = {
+    "eks-cluster-arn",
+    "eks-cluster-name",
+    "kubernetes-namespace",
+    "kubernetes-service-account",
+    "kubernetes-pod-name",
+    "kubernetes-pod-uid",
+}
+# Where the amazon-cloudwatch-observability add-on runs its agent and Fluent Bit.
+ADDON_NAMESPACE = "amazon-cloudwatch"
+
+
+def test_the_agent_role_trusts_pod_identity_as_aws_documents_it(template: dict[str, Any]) -> None:
+    """Only documented request keys, each naming this cluster, the add-on's namespace and its
+    service account: a condition on a key Pod Identity does not send (or on a value it never
+    sends, such as the cluster's ARN as aws:SourceArn) refuses every AssumeRole, and Container
+    Insights stays empty."""
+    addon = template["Resources"]["CloudWatchObservabilityAddon"]["Properties"]
+    (association,) = addon["PodIdentityAssociations"]
+    role = template["Resources"][association["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow"
+    assert trust["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(trust["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert set(trust["Condition"]) == {"StringEquals"}, trust["Condition"]
+    keys = trust["Condition"]["StringEquals"]
+    tags = {key.removeprefix("aws:RequestTag/"): value for key, value in keys.items()}
+    assert all(key.startswith("aws:RequestTag/") for key in keys), sorted(keys)
+    assert set(tags) <= POD_IDENTITY_SESSION_TAGS, sorted(set(tags) - POD_IDENTITY_SESSION_TAGS)
+    # The role is this cluster's, and only the add-on's service account may use it.
+    cluster = "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
+    assert tags["eks-cluster-arn"] == {"Fn::Sub": cluster}
+    assert tags["kubernetes-namespace"] == ADDON_NAMESPACE
+    assert tags["kubernetes-service-account"] == association["ServiceAccount"]

@@ -35,7 +35,7 @@ K8S_DIR = REPO_ROOT / "k8s"
 GUARD_NAMESPACE = "not-deployable-run-init-sh-then-kubectl-apply-k-deploy"
 CERTIFICATE = "arn:aws:acm:eu-central-1:123456789012:certificate/0b1c2d3e-1111-2222-3333-4444"
 SSL_CERT = "service.beta.kubernetes.io/aws-load-balancer-ssl-cert"
-K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35"]
+K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35", "1.36"]
 
 # The Secret is never rendered (it holds values); these are the keys docs/kubernetes.md's
 # `kubectl create secret generic message-app-secrets` command and init.sh's overlay create.

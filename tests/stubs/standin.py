@@ -8,9 +8,14 @@ emulate; everything else goes to the real tool:
 
 - aws: runs the real AWS CLI against moto, except that create/update-stack of the main stack get a
   stand-in template (moto skips EKS/ElastiCache in CloudFormation and fails on their attributes),
-  an unchanged update of it is refused as CloudFormation does ("No updates are to be performed"),
-  and with STUB_MAIN_FAILS=1 the main stack's waiter fails; from then on, until the stack is
-  deleted, the stack answers ROLLBACK_COMPLETE and canned events, as CloudFormation would.
+  and an unchanged update of it is refused as CloudFormation does ("No updates are to be
+  performed"). With STUB_MAIN_EVENTS naming a recorded event sequence (tests/fixtures/aws/
+  stack-events/), the main stack's next create, update or delete plays it: each describe-stacks
+  is one poll, answered with the recorded status of that step, and describe-stack-events of the
+  stack and of its nested stacks answer the events recorded up to it (moto creates stacks at once
+  and has no nested ones). `cloudformation wait` meanwhile answers as the AWS CLI's waiter would
+  over the recording's times (one poll every 30 s, 120 at most: it gives up after an hour). A
+  recording that ends ROLLBACK_COMPLETE leaves the stack so, with its events, until deleted.
   Recorded answers where a test needs a region or account moto does not model:
   STUB_AZ_FIXTURE (a describe-availability-zones answer), STUB_CLUSTER_VPC (moto's EKS names no
   VPC; this one is added to describe-cluster), STUB_LB_LEFT=N (the first N polls for the Service's
@@ -62,65 +67,137 @@ def real_aws(args: list[str]) -> None:
     os.execv(os.environ["REAL_AWS"], [os.environ["REAL_AWS"], *args])  # noqa: S606
 
 
-def canned_main_events(stack: str) -> dict[str, list[dict[str, str]]]:
-    """Events like CloudFormation's for a nested-stack failure, newest first.
+STACK_TYPE = "AWS::CloudFormation::Stack"
+# The AWS CLI's CloudFormation waiters (botocore's waiters-2.json): a poll every 30 s, 120 at most.
+WAITER_DELAY, WAITER_MAX_ATTEMPTS = 30, 120
+WAITERS = {
+    "stack-create-complete": ("StackCreateComplete", "CREATE_COMPLETE"),
+    "stack-update-complete": ("StackUpdateComplete", "UPDATE_COMPLETE"),
+    "stack-delete-complete": ("StackDeleteComplete", "DELETE_COMPLETE"),
+}
 
-    The last one is an older operation's failure that the script must not show again.
+
+class Recording:
+    """A recorded stack operation of the main stack, played one describe-stacks poll per step.
+
+    State between calls lives next to $STUB_LOG: the main stack's id, the step reached, and
+    whether a recording is playing (active) or was played (its events stay readable).
     """
-    main_id = os.environ["STUB_MAIN_STACK_ID"]
-    nested_id = os.environ["STUB_NESTED_STACK_ID"]
 
-    def event(stack_id: str, logical: str, rtype: str, physical: str, status: str, reason: str):
-        return {
-            "StackId": stack_id,
-            "EventId": f"{logical}-{status}",
-            "StackName": stack_id.split("/")[1],
-            "LogicalResourceId": logical,
-            "PhysicalResourceId": physical,
-            "ResourceType": rtype,
-            "Timestamp": "2026-11-21T10:00:00Z",
-            "ResourceStatus": status,
-            "ResourceStatusReason": reason,
-        }
+    def __init__(self) -> None:
+        self.state_path = Path(os.environ["STUB_LOG"] + ".recording.json")
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
-    stack_type = "AWS::CloudFormation::Stack"
-    if stack == nested_id:
-        return {
-            "StackEvents": [
-                event(
-                    nested_id,
-                    "ReplicationGroup",
-                    "AWS::ElastiCache::ReplicationGroup",
-                    "",
-                    "CREATE_FAILED",
-                    "STUB-CACHE-QUOTA: cache node quota exceeded",
-                ),
-                event(
-                    nested_id,
-                    "CacheStack",
-                    stack_type,
-                    nested_id,
-                    "CREATE_IN_PROGRESS",
-                    "User Initiated",
-                ),
-            ]
-        }
-    return {
-        "StackEvents": [
-            event(main_id, stack, stack_type, main_id, "ROLLBACK_COMPLETE", ""),
-            event(
-                main_id,
-                "CacheStack",
-                stack_type,
-                nested_id,
-                "CREATE_FAILED",
-                "Embedded stack was not successfully created: The following resource(s) "
-                "failed to create: [ReplicationGroup].",
-            ),
-            event(main_id, stack, stack_type, main_id, "CREATE_IN_PROGRESS", "User Initiated"),
-            event(main_id, "OldThing", "AWS::EC2::VPC", "", "UPDATE_FAILED", "STUB-OLD-FAILURE"),
-        ]
-    }
+    def save(self) -> None:
+        self.state_path.write_text(json.dumps(self.state))
+
+    @property
+    def main_id(self) -> str:
+        return self.state.get("main_id", "")
+
+    def is_main(self, stack: str | None) -> bool:
+        """The main stack named by its name or by its id (arn:...:stack/NAME/ID)."""
+        main = os.environ["STUB_MAIN_STACK"]
+        if not stack:
+            return False
+        return stack in (main, self.main_id) or (
+            stack.startswith("arn:") and (stack.split("/")[1] == main)
+        )
+
+    def nested_id(self, logical: str) -> str:
+        region, main = os.environ["STUB_REGION"], os.environ["STUB_MAIN_STACK"]
+        name = f"{main}-{logical}-STUB"
+        return f"arn:aws:cloudformation:{region}:123456789012:stack/{name}/{logical.lower()}"
+
+    def start(self, main_id: str) -> None:
+        path = os.environ.get("STUB_MAIN_EVENTS")
+        # Without a recording the operation is moto's own, and an earlier recording is over.
+        self.state = {"main_id": main_id}
+        if path:
+            self.state.update(file=path, step=0, active=True)
+        self.save()
+
+    def steps(self) -> list[dict[str, Any]]:
+        return json.loads(Path(self.state["file"]).read_text())["steps"]
+
+    def loaded(self) -> bool:
+        return "file" in self.state
+
+    def poll(self) -> str:
+        """The status this describe-stacks sees; moves the recording one step on."""
+        steps = self.steps()
+        step = min(self.state["step"], len(steps) - 1)
+        self.state["step"] = step + 1
+        if self.state["step"] >= len(steps):
+            self.state["active"] = False
+        self.save()
+        return steps[step]["status"]
+
+    def events(self, stack: str) -> list[dict[str, str]]:
+        """The events of `stack` (the main one or a nested one) recorded so far, newest first."""
+        steps = self.steps()
+        reached = len(steps) if not self.state.get("active") else self.state["step"]
+        main = os.environ["STUB_MAIN_STACK"]
+        out = []
+        for number, step in enumerate(steps[: max(reached, 1)]):
+            for index, recorded in enumerate(step["events"]):
+                owner = recorded.get("stack", "")
+                stack_id = self.nested_id(owner) if owner else self.main_id
+                if stack not in (stack_id, main if not owner else stack_id):
+                    continue
+                logical = recorded["resource"].replace("{stack}", main)
+                physical = recorded.get("physical", "")
+                if recorded["type"] == STACK_TYPE and logical == "{self}":
+                    # A nested stack's own events name it by its stack name, as CloudFormation's do.
+                    logical, physical = stack_id.split("/")[1], stack_id
+                elif recorded["type"] == STACK_TYPE:
+                    physical = stack_id if logical == main else self.nested_id(logical)
+                seconds = step.get("at", 30 * number)
+                out.append(
+                    {
+                        "StackId": stack_id,
+                        "EventId": f"{number}-{index}-{owner or main}-{logical}",
+                        "StackName": stack_id.split("/")[1],
+                        "LogicalResourceId": logical,
+                        "PhysicalResourceId": physical,
+                        "ResourceType": recorded["type"],
+                        "Timestamp": time.strftime(
+                            "%Y-%m-%dT%H:%M:%S", time.gmtime(1796551200 + seconds)
+                        )
+                        + f".{index:03d}000+00:00",
+                        "ResourceStatus": recorded["status"],
+                        **(
+                            {"ResourceStatusReason": recorded["reason"]}
+                            if "reason" in recorded
+                            else {}
+                        ),
+                    }
+                )
+        return sorted(out, key=lambda e: e["Timestamp"], reverse=True)
+
+    def wait(self, waiter: str) -> None:
+        """What `aws cloudformation wait <waiter>` answers over the rest of the recording."""
+        name, success = WAITERS[waiter]
+        steps = self.steps()[self.state["step"] :]
+        start = steps[0].get("at", 0) if steps else 0
+        self.state["step"] += len(steps)
+        self.state["active"] = False
+        self.save()
+        status = steps[0]["status"] if steps else success
+        for attempt in range(WAITER_MAX_ATTEMPTS):
+            at = start + attempt * WAITER_DELAY
+            status = [s["status"] for s in steps if s.get("at", 0) <= at][-1]
+            if status == success:
+                sys.exit(0)
+            if not status.endswith("_IN_PROGRESS"):
+                sys.stderr.write(
+                    f"\nWaiter {name} failed: Waiter encountered a terminal failure state: For "
+                    f'expression "Stacks[].StackStatus" we matched expected path: "{status}" '
+                    "at least once\n"
+                )
+                sys.exit(255)
+        sys.stderr.write(f"\nWaiter {name} failed: Max attempts exceeded\n")
+        sys.exit(255)
 
 
 def no_updates_if_unchanged(command: str, template: str) -> None:
@@ -320,10 +397,12 @@ def aws() -> None:
     recorded_answers()
     stack = option("--stack-name")
     main = os.environ["STUB_MAIN_STACK"]
+    recording = Recording()
     deploys_main = (option("--template-body") or "").endswith("/cfn/main.yaml") and stack
     if deploys_main and stack != main:
         sys.exit(f"stand-in aws: main.yaml deployed as {stack!r}, the test expects {main!r}")
-    if "cloudformation" not in ARGV or stack not in (main, os.environ["STUB_NESTED_STACK_ID"]):
+    nested = recording.loaded() and stack and "-STUB/" in stack
+    if "cloudformation" not in ARGV or not (recording.is_main(stack) or nested):
         if "describe-stacks" in ARGV:
             describe_stacks_as_cloudformation(ARGV)
         real_aws(ARGV)
@@ -337,29 +416,59 @@ def aws() -> None:
         no_updates_if_unchanged(command, Path(body[len("file://") :]).read_text())
         if command == "update-stack":
             args = previous_values_resolved(args, stack)
-    # After a failed creation the stack stays ROLLBACK_COMPLETE until someone deletes it.
     rolled_back = Path(os.environ["STUB_LOG"] + ".main-rolled-back")
-    if os.environ.get("STUB_MAIN_FAILS") == "1" and command == "wait":
-        rolled_back.touch()
-        sys.stderr.write(
-            "\nWaiter StackCreateComplete failed: Waiter encountered a terminal failure "
-            'state: For expression "Stacks[].StackStatus" we matched expected path: '
-            '"ROLLBACK_COMPLETE" at least once\n'
-        )
-        sys.exit(255)
-    if rolled_back.exists():
-        if command == "describe-stacks":
-            status = {"StackId": os.environ["STUB_MAIN_STACK_ID"], "StackName": main}
-            print(json.dumps({"Stacks": [{**status, "StackStatus": "ROLLBACK_COMPLETE"}]}))
-            sys.exit(0)
-        if command == "describe-stack-events":
-            print(json.dumps(canned_main_events(stack or "")))
-            sys.exit(0)
+    if command in ("create-stack", "update-stack", "delete-stack"):
         if command == "delete-stack":
-            rolled_back.unlink()
+            rolled_back.unlink(missing_ok=True)
+        # Deleted by name, the id must be read while the stack still exists.
+        known = stack_id_of(stack or "", "") if command == "delete-stack" else ""
+        out = subprocess.run([os.environ["REAL_AWS"], *args], capture_output=True, text=True)
+        sys.stdout.write(out.stdout)
+        sys.stderr.write(out.stderr)
+        if out.returncode == 0:
+            recording.start(known or stack_id_of(stack or "", out.stdout))
+        sys.exit(out.returncode)
+    if command == "wait" and recording.state.get("active"):
+        recording.wait(ARGV[ARGV.index("wait") + 1])
+    if command == "describe-stack-events" and recording.loaded():
+        print(json.dumps({"StackEvents": recording.events(stack or "")}))
+        sys.exit(0)
+    if command == "describe-stacks" and recording.state.get("active"):
+        status = recording.poll()
+        if status == "ROLLBACK_COMPLETE":
+            rolled_back.touch()
+        answer = {"Stacks": [{"StackId": recording.main_id, "StackName": main}]}
+        if not status.startswith("DELETE") and not rolled_back.exists():
+            answer = real_answer(args)
+        answer["Stacks"][0]["StackStatus"] = status
+        print(json.dumps(answer))
+        sys.exit(0)
+    # After a failed creation the stack stays ROLLBACK_COMPLETE until someone deletes it.
+    if rolled_back.exists() and command == "describe-stacks":
+        status = {"StackId": recording.main_id, "StackName": main}
+        print(json.dumps({"Stacks": [{**status, "StackStatus": "ROLLBACK_COMPLETE"}]}))
+        sys.exit(0)
     if command == "describe-stacks":
         describe_stacks_as_cloudformation(args)
     real_aws(args)
+
+
+def stack_id_of(stack: str, answer: str) -> str:
+    """The main stack's id: given as the stack, or in create/update-stack's answer (text or JSON);
+    deleted by name, as moto knows it."""
+    if stack.startswith("arn:"):
+        return stack
+    if answer.strip().startswith("arn:"):
+        return answer.strip()
+    if answer.strip().startswith("{"):
+        return json.loads(answer)["StackId"]
+    out = subprocess.run(
+        [os.environ["REAL_AWS"], "--profile", option("--profile") or "", "--region",
+         option("--region") or "", "cloudformation", "describe-stacks", "--stack-name", stack,
+         "--query", "Stacks[0].StackId", "--output", "text"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def kubectl() -> None:

@@ -16,7 +16,8 @@ looked up by operation (`Run.aws_calls`), never by their position in the log.
 Stood in by tests/stubs/standin.py, which records every call (argv) of aws, kubectl and the
 builders: the main stack's template (moto skips EKS and ElastiCache inside CloudFormation and fails
 on their attributes, so create/update-stack of the main stack get a template with main.yaml's real
-parameters and fixed outputs), a failing main stack (moto never fails one), kubectl against a
+parameters and fixed outputs), recorded main-stack operations (tests/fixtures/aws/stack-events:
+moto creates a stack at once, never fails one, and has no nested stacks), kubectl against a
 cluster, docker/podman/buildah, and recorded answers from tests/fixtures/aws (zone mappings moto
 does not have, a load balancer EKS has not removed yet). Each test's docstring names what it adds.
 """
@@ -41,7 +42,9 @@ import yaml
 from tests.support import REPO_ROOT
 
 SCRIPTS = ("deploy.sh", "init.sh", "destroy.sh")
-LIBRARY = "scripts/common.sh"  # sourced by all three scripts, never run on its own
+# Sourced by the scripts, never run on their own: what all three share, and the stack-following
+# loop of deploy.sh and destroy.sh.
+LIBRARIES = ("scripts/common.sh", "scripts/progress.sh")
 PROFILE = "ci"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
@@ -62,20 +65,21 @@ NESTED = (
     "app.yaml",
     "observability.yaml",
     "dashboard.yaml",
+    "edge.yaml",
 )
-MAIN_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}/main-0001"
-NESTED_STACK_ID = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{OTHER_STACK}-Cache-X/n-0001"
 # Everything the scripts may run besides the stand-ins; a tool missing here fails a test, which
 # keeps this list the scripts' real dependency list.
 BASE_TOOLS = (
     "bash", "env", "cat", "grep", "sed", "head", "tr", "od", "sort", "mkdir", "mktemp", "rm", "mv",
-    "chmod", "date", "dirname", "git", "openssl", "jq", "sleep",
+    "chmod", "date", "dirname", "git", "openssl", "jq", "sleep", "awk",
 )  # fmt: skip
 BUILDERS = ("docker", "podman", "buildah")
 STANDIN = REPO_ROOT / "tests" / "stubs" / "standin.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 AWS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aws"
+# Recorded main-stack operations, played by the stand-in (STUB_MAIN_EVENTS).
+STACK_EVENTS = AWS_FIXTURES / "stack-events"
 # What deploy.sh picks in moto's eu-central-1 (zone IDs euc1-az1..3, none refused by EKS).
 ZONES = "eu-central-1a,eu-central-1b,eu-central-1c"
 VPC = "vpc-0fe5f00dfe5f00d00"
@@ -86,6 +90,11 @@ IAM_USER = "fes-app-0123456789ab"  # cache.yaml's IAM user: id and name alike
 CACHE_NAME = "fes-test-cache"  # the replication group id or Serverless cache name
 APP_NAMESPACE = "default"
 CERTIFICATE = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0b1c2d3e-1111-2222-3333-444455556666"
+WEB_ACL = (
+    f"arn:aws:wafv2:{REGION}:{ACCOUNT}:regional/webacl/fes-test-cluster-edge/"
+    "a1b2c3d4-5678-90ab-cdef-111122223333"
+)
+ACCESS_LOG_BUCKET = "fes-test-edge-accesslogbucket-0a1b2c3d4e5f"
 
 
 def _reset(url: str) -> bool:
@@ -104,7 +113,8 @@ def option(argv: Sequence[str], name: str) -> str | None:
 
 
 def operation(call: dict[str, Any]) -> tuple[str, ...]:
-    """An aws call as (service, operation, subject): profile, region and other options left out."""
+    """An aws call as (service, operation, subject): profile, region and other options left out;
+    a stack named by its id (arn:...:stack/NAME/ID) as NAME."""
     argv = call["argv"]
     words: list[str] = []
     skip = False
@@ -132,6 +142,8 @@ def operation(call: dict[str, Any]) -> tuple[str, ...]:
         ),
         "",
     )
+    if subject.startswith("arn:aws:cloudformation:"):
+        subject = subject.split("/")[1]
     return (*words, subject)
 
 
@@ -241,9 +253,10 @@ class World:
             capture_output=True,
             text=True,
             # A bound on a hung script, not a speed check: a deploy run makes some thirty AWS
-            # CLI calls, each a Python start-up, and on a loaded 2-core machine with both xdist
-            # workers busy one run took over 120 s.
-            timeout=300,
+            # CLI calls, each a Python start-up, validates nine templates (moto lints each the
+            # first time in a region) and follows its stacks; on a loaded 2-core machine with
+            # both xdist workers busy one run took over 300 s.
+            timeout=600,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout, proc.stderr, calls)
@@ -401,6 +414,14 @@ def main_standin_template(
                 "Condition": "HasCertificate",
                 "Value": {"Ref": "CertificateArn"},
             },
+            # The edge (cfn/edge.yaml): the web ACL and log bucket exist with an ALB only.
+            "LoadBalancerType": {"Value": {"Ref": "LoadBalancerType"}},
+            "WebAclArn": {"Condition": "IsAlb", "Value": WEB_ACL},
+            "AccessLogBucket": {"Condition": "IsAlb", "Value": ACCESS_LOG_BUCKET},
+            # main.yaml's default subnets, fixed: moto's Fn::Join splits a list parameter's
+            # string into characters.
+            "PublicSubnetCidrs": {"Value": "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"},
+            "PrivateSubnetCidrs": {"Value": "10.0.4.0/24,10.0.5.0/24,10.0.6.0/24"},
         },
     }
     return json.dumps(template, indent=1)
@@ -445,8 +466,9 @@ def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
         "STUB_PROFILE": PROFILE,
         "STUB_REGION": REGION,
         "STUB_MAIN_STACK": STACK,
-        "STUB_MAIN_STACK_ID": MAIN_STACK_ID,
-        "STUB_NESTED_STACK_ID": NESTED_STACK_ID,
+        # The scripts' own stack-following loop polls without pausing (a recorded sequence
+        # moves one step per poll, see standin.py).
+        "STACK_POLL_SECONDS": "0",
         "STUB_MAIN_TEMPLATE": str(tmp_path / "main-standin.json"),
         "STUB_VALIDATE_CACHE": str(validate_cache),
         "REAL_AWS": str(REAL_AWS),

@@ -15,11 +15,12 @@ from .harness import (
     CLUSTER,
     DEPLOYER_ROLE,
     NESTED,
-    NESTED_STACK_ID,
     OTHER_STACK,
     PROFILE,
     REGION,
     STACK,
+    STACK_EVENTS,
+    WEB_ACL,
     ZONES,
     World,
     assert_profile_and_region,
@@ -49,14 +50,22 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         *[("cloudformation", "validate-template", "")] * len(templates),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
         ("cloudformation", "create-stack", BOOTSTRAP),
-        ("cloudformation", "wait", BOOTSTRAP),
+        # Followed on deploy.sh's own loop: moto creates a stack at once, so one poll.
+        ("cloudformation", "describe-stacks", BOOTSTRAP),
+        ("cloudformation", "describe-stack-events", BOOTSTRAP),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
         ("s3", "cp", ""),
         ("cloudformation", "describe-stacks", STACK),
         ("cloudformation", "create-stack", STACK),
-        ("cloudformation", "wait", STACK),
+        ("cloudformation", "describe-stacks", STACK),
+        ("cloudformation", "describe-stack-events", STACK),
         ("cloudformation", "describe-stacks", STACK),
     ]
+    # moto's own events of the bootstrap stack (it records the stack's, not its resources'),
+    # one line each, and the end.
+    assert f"creating stack {BOOTSTRAP}: 3 resources" in run.stdout
+    assert f"0/3  {BOOTSTRAP}  AWS::CloudFormation::Stack  CREATE_COMPLETE" in run.stdout
+    assert "] CREATE_COMPLETE" in run.stdout
     assert_profile_and_region(run)
     validated = [
         option(c["argv"], "--template-body")
@@ -88,6 +97,7 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         "CertificateArn": "",
         "CacheMode": "replication-group",
         "CacheAuth": "iam",  # the default: no cache password anywhere
+        "LoadBalancerType": "nlb",
     }
     capabilities = create[create.index("--capabilities") + 1 :][:2]
     assert capabilities == ["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -111,30 +121,36 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
     assert_profile_and_region(again)
 
 
-def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
+def test_deploy_failed_main_stack_names_the_first_failure_and_a_rerun_recreates_it(
     world: World,
 ) -> None:
-    """Real: validation, bootstrap stack, uploads in moto. Stand-in: the main stack's waiter fails
-    and its events (and the failed nested stack's) are canned, as CloudFormation reports them; the
-    stack then reads ROLLBACK_COMPLETE until the re-run deletes it (in moto) and recreates it.
+    """Real: validation, bootstrap stack, uploads in moto. Recorded: the main stack's creation
+    fails in its cache stack (stack-events/create-fails-in-cache.json): deploy.sh prints each
+    event as it polls, down into the nested stacks, names the nested resource that failed first
+    with its reason, and exits 1. The stack then reads ROLLBACK_COMPLETE until the re-run deletes
+    it (in moto) and recreates it.
 
     Also checks -r, -s, -a and -o: no region lookup, no caller lookup, overrides passed as JSON
     (a comma-separated list value stays whole).
     """
     subnets = "10.0.1.0/24,10.0.2.0/24,10.0.3.0/24"
     admin = f"arn:aws:iam::{ACCOUNT}:role/admins"
+    recording = str(STACK_EVENTS / "create-fails-in-cache.json")
     run = world.run(
         "deploy.sh", "-p", PROFILE, "-r", REGION, "-s", OTHER_STACK, "-a", admin,
         "-o", "CacheReplicaCount=0", "-o", f"PublicSubnets={subnets}",
-        env={"STUB_MAIN_FAILS": "1", "STUB_MAIN_STACK": OTHER_STACK},
+        env={"STUB_MAIN_EVENTS": recording, "STUB_MAIN_STACK": OTHER_STACK},
     )  # fmt: skip
     assert run.returncode == 1
-    assert f"creating stack {OTHER_STACK} failed (events above)" in run.stderr
-    assert f"failed events of stack {OTHER_STACK}:" in run.stderr
-    assert "CacheStack  AWS::CloudFormation::Stack  CREATE_FAILED" in run.stderr
-    assert f"failed events of stack {NESTED_STACK_ID}:" in run.stderr
-    assert "STUB-CACHE-QUOTA: cache node quota exceeded" in run.stderr
-    assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
+    assert f"creating stack {OTHER_STACK} failed (first failure above)" in run.stderr
+    assert (
+        "deploy.sh: stack ended ROLLBACK_COMPLETE; first failure: CacheStack/ReplicationGroup "
+        "(AWS::ElastiCache::ReplicationGroup) CREATE_FAILED: STUB-CACHE-QUOTA: cache node quota "
+        "exceeded"
+    ) in run.stderr
+    # Progress as it happened: the nested stacks' resources, the parent's failure with its reason.
+    assert "EKSStack/Cluster  AWS::EKS::Cluster  CREATE_IN_PROGRESS" in run.stdout
+    assert "CacheStack  AWS::CloudFormation::Stack  CREATE_FAILED  Embedded stack" in run.stdout
     assert "Next:" not in run.stdout
     ops = run.ops()
     assert ops[:3] == [
@@ -143,11 +159,9 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
         ("cloudformation", "validate-template", ""),
     ]
     assert not [op for op in ops if op[0] in ("sts", "iam", "configure")]
-    assert ops[-3:] == [
-        ("cloudformation", "wait", OTHER_STACK),
-        ("cloudformation", "describe-stack-events", OTHER_STACK),
-        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
-    ]
+    assert not [op for op in ops if op[1] == "wait"], "the CLI's waiter gives up after an hour"
+    read = {op[2] for op in ops if op[1] == "describe-stack-events"}
+    assert {f"{OTHER_STACK}-EKSStack-STUB", f"{OTHER_STACK}-CacheStack-STUB"} <= read
     assert_profile_and_region(run)
     create = next(
         c["argv"] for c in run.tool("aws") if operation(c)[1:] == ("create-stack", OTHER_STACK)
@@ -172,16 +186,9 @@ def test_deploy_failed_main_stack_prints_the_failures_and_a_rerun_recreates_it(
         in again.stdout
     )
     assert "STUB-CACHE-QUOTA" in again.stderr
-    assert again.ops()[-8:] == [
-        ("cloudformation", "describe-stacks", OTHER_STACK),
-        ("cloudformation", "describe-stack-events", OTHER_STACK),
-        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
-        ("cloudformation", "delete-stack", OTHER_STACK),
-        ("cloudformation", "wait", OTHER_STACK),
-        ("cloudformation", "create-stack", OTHER_STACK),
-        ("cloudformation", "wait", OTHER_STACK),
-        ("cloudformation", "describe-stacks", OTHER_STACK),
-    ]
+    main_ops = [op[1] for op in again.ops() if op[2] == OTHER_STACK and op[0] == "cloudformation"]
+    assert main_ops.index("delete-stack") < main_ops.index("create-stack")
+    assert main_ops[-1] == "describe-stacks"
     assert_profile_and_region(again)
     assert f"./init.sh -p {PROFILE} -r {REGION} -s {OTHER_STACK}" in again.stdout
 
@@ -339,6 +346,7 @@ def test_deploy_keeps_every_parameter_of_the_stack_until_told_otherwise(world: W
         "CertificateArn",
         "CacheMode",
         "CacheAuth",
+        "LoadBalancerType",
     }
     assert given["CacheMode"] == "cluster"
     assert run.kept_parameters() == set(before) - set(given)
@@ -381,3 +389,36 @@ def test_deploy_refuses_a_wrong_certificate_or_zone_override(
     assert run.returncode == code
     assert message in run.stderr
     assert run.ops() in ([], [("configure", "get", "")])
+
+
+def test_deploy_keeps_the_load_balancer_type_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: an NLB stack. -e alb switches it, with a note on what to run next; a
+    re-run without -e keeps alb instead of falling back to the default."""
+    world.create_stacks()
+    run = world.run("deploy.sh", "-p", PROFILE, "-e", "alb")
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["LoadBalancerType"] == "alb"
+    assert "NOTE: load balancer nlb -> alb: afterwards run ./init.sh" in run.stderr
+    assert f"WebAclArn\t{WEB_ACL}" in run.stdout
+
+    again = world.run("deploy.sh", "-p", PROFILE)
+    assert again.returncode == 0, again.stderr
+    assert again.main_stack_parameters()["LoadBalancerType"] == "alb"
+    assert "==> load balancer: alb" in again.stdout
+    assert "NOTE" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-e", "clb"), "-e needs nlb or alb, got 'clb'"),
+        (("-o", "LoadBalancerType=alb"), "LoadBalancerType is set by deploy.sh itself"),
+    ],
+)
+def test_deploy_refuses_a_wrong_edge(
+    shared_world: World, args: tuple[str, ...], message: str
+) -> None:
+    run = shared_world.run("deploy.sh", "-p", PROFILE, *args)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert run.calls == []

@@ -6,23 +6,38 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from .harness import (
+    ACCESS_LOG_BUCKET,
     BOOTSTRAP,
     CLUSTER,
-    NESTED_STACK_ID,
     PROFILE,
+    REGION,
     STACK,
+    STACK_EVENTS,
     VPC,
     World,
     assert_profile_and_region,
     fill_bucket,
     option,
 )
+
+
+def FOLLOWED_DELETION(stack: str) -> list[tuple[str, str, str]]:
+    """A deletion destroy.sh follows on its own loop, in moto (gone at the first poll)."""
+    return [
+        ("cloudformation", "describe-stacks", stack),
+        ("cloudformation", "describe-stack-resources", stack),
+        ("cloudformation", "describe-stack-events", stack),
+        ("cloudformation", "delete-stack", stack),
+        ("cloudformation", "describe-stacks", stack),
+        ("cloudformation", "describe-stack-events", stack),
+    ]
 
 
 def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: World) -> None:
@@ -57,8 +72,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("elbv2", "describe-load-balancers", ""),
         ("elbv2", "describe-target-groups", ""),
         ("ec2", "describe-security-groups", ""),
-        ("cloudformation", "delete-stack", STACK),
-        ("cloudformation", "wait", STACK),
+        *FOLLOWED_DELETION(STACK),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
         ("cloudformation", "describe-stack-resources", BOOTSTRAP),
         ("s3api", "list-object-versions", bucket),
@@ -67,8 +81,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("ecr", "list-images", repo),
         ("ecr", "batch-delete-image", repo),
         ("ecr", "batch-delete-image", repo),
-        ("cloudformation", "delete-stack", BOOTSTRAP),
-        ("cloudformation", "wait", BOOTSTRAP),
+        *FOLLOWED_DELETION(BOOTSTRAP),
     ]
     assert_profile_and_region(run)
     (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")
@@ -135,11 +148,11 @@ def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> 
     )
     (sg_call, *_) = run.aws_calls("ec2", "describe-security-groups")
     assert option(sg_call["argv"], "--filters") == f"Name=vpc-id,Values={VPC}"
-    # Without .deploy/ the Service is deleted by name.
+    # Without .deploy/ the Service (an NLB) and the Ingress (an ALB) are deleted by name.
     (delete, _) = run.tool("kubectl")
     assert delete["argv"][2:] == [
         "delete",
-        "service",
+        "ingress,service",
         "message-app",
         "--ignore-not-found",
         "--wait=true",
@@ -211,25 +224,50 @@ def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(worl
     assert_profile_and_region(run)
 
 
-def test_destroy_stops_at_a_failed_deletion_and_shows_why(world: World) -> None:
-    """Real: stacks in moto, no cluster. Stand-in: the main stack's delete waiter fails and its
-    canned events follow (as in the deploy test), so destroy.sh shows the latest operation's
-    failures down into the nested stack and keeps the bootstrap stack for a retry.
+def test_destroy_follows_the_deletion_and_stops_at_its_first_failure(world: World) -> None:
+    """Real: stacks in moto, no cluster. Recorded: the main stack's deletion stops at the VPC
+    (stack-events/delete-fails-at-the-vpc.json), which a load balancer's security group still
+    holds. destroy.sh prints each event as it polls, down into the nested stack, names the
+    nested resource that failed first with its reason, exits 1 and keeps the bootstrap stack
+    (its templates) for a retry.
     """
     world.create_stacks()
-    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_FAILS": "1"})
+    recording = str(STACK_EVENTS / "delete-fails-at-the-vpc.json")
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_EVENTS": recording})
     assert run.returncode == 1
-    assert f"deleting stack {STACK} failed (events above)" in run.stderr
-    assert f"failed events of stack {NESTED_STACK_ID}:" in run.stderr
-    assert "STUB-CACHE-QUOTA: cache node quota exceeded" in run.stderr
-    assert "STUB-OLD-FAILURE" not in run.stderr, "an earlier operation's failure was shown"
-    assert run.ops()[-3:] == [
-        ("cloudformation", "wait", STACK),
-        ("cloudformation", "describe-stack-events", STACK),
-        ("cloudformation", "describe-stack-events", NESTED_STACK_ID),
-    ]
+    assert f"deleting stack {STACK} failed (first failure above)" in run.stderr
+    assert (
+        "destroy.sh: stack ended DELETE_FAILED; first failure: NetworkStack/VPC (AWS::EC2::VPC) "
+        "DELETE_FAILED: The vpc 'vpc-0fe5f00dfe5f00d00' has dependencies"
+    ) in run.stderr
+    assert "CacheStack/ReplicationGroup  AWS::ElastiCache::ReplicationGroup  DELETE_COMPLETE" in (
+        run.stdout
+    )
+    assert "NetworkStack  AWS::CloudFormation::Stack  DELETE_FAILED  Embedded stack" in run.stdout
+    assert not [op for op in run.ops() if op[1] == "wait"]
     assert ("cloudformation", "delete-stack", BOOTSTRAP) not in run.ops()
     assert_profile_and_region(run)
+
+
+def test_destroy_shows_the_deletion_as_it_happens(world: World) -> None:
+    """Recorded: the main stack's deletion (stack-events/delete-succeeds.json), followed by the
+    bootstrap stack's in moto. Every nested stack's deletion moves the count on, out of the
+    resources the stack had when the deletion began (moto's stand-in main stack has one)."""
+    world.create_stacks()
+    recording = str(STACK_EVENTS / "delete-succeeds.json")
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_EVENTS": recording})
+    assert run.returncode == 0, run.stderr
+    main = run.stdout.split(f"deleting stack {STACK},", 1)[1].split("==>", 1)[0]
+    counts = re.findall(
+        r"\] (\d+)/(\d+)  \w+Stack  AWS::CloudFormation::Stack  DELETE_COMPLETE", main
+    )
+    assert [int(done) for done, _ in counts] == list(range(1, 8)), main
+    assert (
+        "CacheStack/ReplicationGroup  AWS::ElastiCache::ReplicationGroup  DELETE_IN_PROGRESS"
+        in main
+    )
+    assert re.search(r"^  \[\d\d:\d\d\] DELETE_COMPLETE$", main, re.M), main
+    assert f"done: stacks {STACK} and {BOOTSTRAP} are deleted" in run.stdout
 
 
 def test_destroy_without_a_terminal_or_y_refuses(world: World) -> None:
@@ -276,3 +314,23 @@ def test_destroy_of_a_cluster_without_a_vpc_id_does_not_wait_for_load_balancers(
     assert run.returncode == 0, run.stderr
     assert f"cluster {CLUSTER} names no VPC: not waiting for load balancers" in run.stdout
     assert not [op for op in run.ops() if op[0] == "elbv2"]
+
+
+def test_destroy_empties_the_albs_access_logs_before_the_main_stack(world: World) -> None:
+    """Real, all in moto: an ALB stack whose access-log bucket (the stand-in's output, the bucket
+    made here) holds logs; CloudFormation cannot delete a bucket that is not empty, so destroy.sh
+    empties it first."""
+    world.create_stacks(parameters={"LoadBalancerType": "alb"})
+    s3 = world.client("s3")
+    s3.create_bucket(
+        Bucket=ACCESS_LOG_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    for n in range(3):
+        s3.put_object(Bucket=ACCESS_LOG_BUCKET, Key=f"alb/AWSLogs/log-{n}.gz", Body=b"x")
+    run = world.run("destroy.sh", "-p", PROFILE, "-y")
+    assert run.returncode == 0, run.stderr
+    ops = run.ops()
+    emptied = ops.index(("s3api", "delete-objects", ACCESS_LOG_BUCKET))
+    assert emptied < ops.index(("cloudformation", "delete-stack", STACK))
+    assert s3.list_objects_v2(Bucket=ACCESS_LOG_BUCKET).get("KeyCount") == 0
+    assert f"bucket {ACCESS_LOG_BUCKET}: deleted 3 object versions" in run.stdout

@@ -12,18 +12,19 @@ import pytest
 from tests.support import REPO_ROOT
 
 from .harness import (
-    LIBRARY,
+    LIBRARIES,
     SCRIPTS,
 )
 
 
 def test_scripts_pass_shellcheck() -> None:
-    """Real shellcheck (apt package shellcheck) on the three scripts and their library; -x follows
-    the `source` into the library, so names it defines count as defined in the scripts."""
+    """Real shellcheck (apt package shellcheck) on the three scripts and their libraries; -x
+    follows the `source` into the libraries, so names they define count as defined in the
+    scripts."""
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck; CI installs it)")
     result = subprocess.run(
-        ["shellcheck", "-x", *SCRIPTS, LIBRARY],
+        ["shellcheck", "-x", *SCRIPTS, *LIBRARIES],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -42,7 +43,7 @@ def test_scripts_are_executable_with_strict_mode(script: str) -> None:
     assert "set -euo pipefail" in text
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, LIBRARY])
+@pytest.mark.parametrize("script", [*SCRIPTS, *LIBRARIES])
 def test_scripts_avoid_gnu_only_tools(script: str) -> None:
     """They must run on macOS (bash 3.2, BSD tools) as well as on Linux."""
     text = (REPO_ROOT / script).read_text()

@@ -1,0 +1,96 @@
+"""deploy.sh and destroy.sh follow their stacks on a loop of their own and print the progress:
+one line per resource event (elapsed time, the stack's resources complete out of its total, the
+nested stack), no time limit, and on failure the first resource that failed, with its reason.
+
+Real: the scripts, jq, and for the bootstrap stack moto's own stack and events. Recorded (the
+stand-in plays tests/fixtures/aws/stack-events/ one step per describe-stacks poll): the main
+stack's operations, which moto cannot give (it creates stacks at once, never fails one, has no
+nested stacks). While a recording plays, `aws cloudformation wait` answers as the AWS CLI's
+waiter would over the recorded times (a poll every 30 s, 120 at most), so a script that waited
+with it would stop at one hour.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+from ..cfn import load_path
+from .harness import (
+    PROFILE,
+    STACK,
+    STACK_EVENTS,
+    World,
+    assert_profile_and_region,
+)
+
+# A progress line: [mm:ss] done/total  [Nested/]Resource  Type  STATUS[  reason]
+LINE = re.compile(r"^  \[(\d\d):(\d\d)\] (\d+)/(\d+)  (\S+)  (\S+)  (\S+)(?:  (.*))?$")
+
+
+def _progress(stdout: str) -> list[tuple[int, int, str, str, str]]:
+    """(done, total, where, type, status) of every progress line, in order."""
+    return [
+        (int(m[3]), int(m[4]), m[5], m[6], m[7]) for m in map(LINE.match, stdout.splitlines()) if m
+    ]
+
+
+def test_deploy_follows_a_creation_past_an_hour_and_shows_its_progress(world: World) -> None:
+    """Recorded: a main-stack creation of 65 minutes (stack-events/create-65-minutes.json: a
+    cluster-mode cache still creating after an hour). The CLI's waiter would give up at 60
+    minutes and deploy.sh would report a failure while the stack was still being made; the
+    script's own loop follows it to CREATE_COMPLETE and shows each nested stack and resource."""
+    run = world.run(
+        "deploy.sh", "-p", PROFILE, "-m", "cluster",
+        # A poll without a new event says what is still running (after a minute, by default).
+        env={"STUB_MAIN_EVENTS": str(STACK_EVENTS / "create-65-minutes.json"),
+             "STACK_QUIET_SECONDS": "0"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not [op for op in run.ops() if op[1] == "wait"]
+    main = run.stdout.split(f"==> creating stack {STACK}:", 1)[1]
+    lines = _progress(main)
+    assert lines, main
+    # The total is main.yaml's resource count (as a template parser counts them), on every line.
+    total = len(load_path(world.root / "cfn" / "main.yaml")["Resources"])
+    assert {t for _, t, *_ in lines} == {total}
+    assert f"{STACK}: {total} resources" in run.stdout
+    # Each nested stack's completion moves the count on by one, and never back.
+    finished = [
+        (done, where)
+        for done, _, where, kind, status in lines
+        if status == "CREATE_COMPLETE" and kind == "AWS::CloudFormation::Stack"
+        and "/" not in where and where != STACK
+    ]  # fmt: skip
+    assert [done for done, _ in finished] == list(range(1, len(finished) + 1))
+    assert [where for _, where in finished][:4] == [
+        "NetworkStack", "EKSStack", "SecurityGroupStack", "CacheStack",
+    ]  # fmt: skip
+    # The nested stacks' own resources, as they happen.
+    shown = {(where, status) for _, _, where, _, status in lines}
+    assert ("EKSStack/Cluster", "CREATE_IN_PROGRESS") in shown
+    assert ("EKSStack/Cluster", "CREATE_COMPLETE") in shown
+    assert ("CacheStack/ClusterReplicationGroup", "CREATE_COMPLETE") in shown
+    # The recorded hour-long wait for the cache: no event, so a line names what still runs.
+    assert re.search(r"^  \[\d\d:\d\d\] still in progress: .*ClusterReplicationGroup", main, re.M)
+    assert re.search(r"^  \[\d\d:\d\d\] CREATE_COMPLETE$", main, re.M), main
+    assert "Next:" in run.stdout
+    assert_profile_and_region(run)
+
+
+@pytest.mark.parametrize("template", ["bootstrap.yaml", "main.yaml"])
+def test_the_resource_count_is_what_a_creation_makes(template: str) -> None:
+    """Real: the scripts' awk count on the stacks deploy.sh creates, against the parsed
+    template; neither declares a conditional resource, so every one is made."""
+    path = REPO_ROOT / "cfn" / template
+    out = subprocess.run(
+        ["bash", "-c", '. scripts/progress.sh && template_resource_count "$0"', str(path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    resources = load_path(path)["Resources"]
+    assert int(out.stdout) == len(resources) > 0
+    assert not [name for name, resource in resources.items() if "Condition" in resource]
