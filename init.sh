@@ -195,20 +195,20 @@ esac
 
 # The edge: the stack's load balancer type unless -e names one; the ALB needs what deploy.sh -e
 # alb made for it (the WAF web ACL, the access-log bucket).
-STACK_EDGE=$(first_output LoadBalancerType)
+STACK_EDGE=$(stack_output "$STACK_JSON" LoadBalancerType)
 EDGE=${EDGE:-${STACK_EDGE:-nlb}}
 WEB_ACL=""
 ACCESS_LOGS=""
 if [ "$EDGE" = alb ]; then
-  WEB_ACL=$(first_output WebAclArn)
-  ACCESS_LOGS=$(first_output AccessLogBucket)
+  WEB_ACL=$(stack_output "$STACK_JSON" WebAclArn)
+  ACCESS_LOGS=$(stack_output "$STACK_JSON" AccessLogBucket)
   if [ -z "$WEB_ACL" ] || [ -z "$ACCESS_LOGS" ]; then
     die "stack $STACK has no WAF web ACL or access-log bucket for an ALB: run ./deploy.sh -p $PROFILE -r $REGION -s $STACK -e alb first"
   fi
   ALB_SUBNETS=$(output PublicSubnetCidrs)
 fi
 # The nodes' subnets: the CloudWatch agent scrapes the pods' metrics from the host network.
-NODE_SUBNETS=$(first_output PrivateSubnetCidrs)
+NODE_SUBNETS=$(stack_output "$STACK_JSON" PrivateSubnetCidrs)
 METRICS_PORT=$(sed -n 's/^METRICS_PORT=//p' "$ROOT/k8s/config.env")
 
 say "adding cluster $CLUSTER to your kubeconfig"

@@ -52,10 +52,19 @@ def test_init_writes_the_alb_overlay_from_the_stack(world: World) -> None:
     run = world.run("init.sh", "-p", PROFILE)
     assert run.returncode == 0, run.stderr
     assert_profile_and_region(run)
-    assert "kubectl get ingress message-app # ADDRESS is the ALB's DNS name: open https://" in (
-        run.stdout
+    hint = (
+        "kubectl -n default get ingress message-app # ADDRESS is the ALB's DNS name: open https://"
     )
+    assert hint in run.stdout
     kinds = rendered(world.root)
+    # In the stack's AppNamespace, but for the two kinds that belong to no namespace.
+    cluster_scoped = {"IngressClass", "IngressClassParams"}
+    namespaces = {kind: doc["metadata"].get("namespace") for kind, doc in kinds.items()}
+    assert {k: n for k, n in namespaces.items() if k in cluster_scoped} == dict.fromkeys(
+        cluster_scoped
+    )
+    app_kinds = [k for k in kinds if k not in cluster_scoped and not k.startswith("kube-system/")]
+    assert {namespaces[k] for k in app_kinds} == {"default"}
     service, ingress = kinds["Service"], kinds["Ingress"]
     assert service["spec"]["type"] == "ClusterIP"
     assert "loadBalancerClass" not in service["spec"]
