@@ -113,12 +113,7 @@ while getopts ':p:r:s:a:c:m:A:e:o:h' opt; do
         *) usage_error "-o needs KEY=VALUE, got '$OPTARG'" ;;
       esac
       ;;
-    h)
-      usage
-      exit 0
-      ;;
-    :) usage_error "option -$OPTARG needs a value" ;;
-    *) usage_error "unknown option -$OPTARG" ;;
+    *) common_option "$opt" ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -229,6 +224,21 @@ stack_parameter() {
   jq -r --arg k "$2" '.Stacks[0].Parameters // [] | .[] | select(.ParameterKey == $k) | .ParameterValue' <<<"$1"
 }
 
+# Prints what a choice (-m, -A, -e) is on the existing stack: the value given, else the stack's
+# parameter PARAM (FALLBACK for a stack from before PARAM existed). A change prints NOTICE, a
+# printf format taking the old and the new value, on stderr.
+kept_choice() {
+  local given=$1 param=$2 fallback=$3 notice=$4 existing
+  existing=$(stack_parameter "$EXISTING_JSON" "$param")
+  existing=${existing:-$fallback}
+  if [ -n "$given" ] && [ "$given" != "$existing" ]; then
+    printf '%s: ' "$PROG" >&2
+    # shellcheck disable=SC2059 # the format is the caller's fixed text
+    printf "$notice\n" "$existing" "$given" >&2
+  fi
+  printf '%s\n' "${given:-$existing}"
+}
+
 # Prints ZONES_NEEDED zone names of the region, comma separated: available, ordinary zones (no Local
 # or Wavelength Zones) whose zone ID EKS accepts, in name order. By ID, because a name such as
 # us-east-1b is a different physical zone in every account, while use1-az3 is the same everywhere.
@@ -257,36 +267,18 @@ if [ -n "$EXISTING_JSON" ]; then
   ZONES=$(stack_parameter "$EXISTING_JSON" AvailabilityZones)
   [ -n "$CERTIFICATE" ] || CERTIFICATE=$(stack_parameter "$EXISTING_JSON" CertificateArn)
   # The cache mode, like the certificate, stays unless -m names another: a fallback to the default
-  # would replace the cache (and end every session) on a plain re-run.
-  EXISTING_MODE=$(stack_parameter "$EXISTING_JSON" CacheMode)
-  EXISTING_MODE=${EXISTING_MODE:-replication-group}
-  if [ -z "$CACHE_MODE" ]; then
-    CACHE_MODE=$EXISTING_MODE
-  elif [ "$CACHE_MODE" != "$EXISTING_MODE" ]; then
-    printf '%s: WARNING: cache mode %s -> %s replaces the session cache: every session is lost (users see an empty message list); afterwards run ./init.sh and kubectl apply -k .deploy/\n' "$PROG" "$EXISTING_MODE" "$CACHE_MODE" >&2
-  fi
-  # Likewise the authentication (a stack from before CacheAuth used a password).
-  EXISTING_AUTH=$(stack_parameter "$EXISTING_JSON" CacheAuth)
-  EXISTING_AUTH=${EXISTING_AUTH:-token}
-  if [ -z "$CACHE_AUTH" ]; then
-    CACHE_AUTH=$EXISTING_AUTH
-  elif [ "$CACHE_AUTH" != "$EXISTING_AUTH" ]; then
-    printf '%s: WARNING: cache authentication %s -> %s: the running pods cannot open new cache connections until you run ./init.sh and kubectl apply -k .deploy/ (do it right after this)\n' "$PROG" "$EXISTING_AUTH" "$CACHE_AUTH" >&2
-  fi
+  # would replace the cache (and end every session) on a plain re-run. So do the authentication
+  # (a stack from before CacheAuth used a password) and the load balancer type.
+  CACHE_MODE=$(kept_choice "$CACHE_MODE" CacheMode replication-group \
+    'WARNING: cache mode %s -> %s replaces the session cache: every session is lost (users see an empty message list); afterwards run ./init.sh and kubectl apply -k .deploy/')
+  CACHE_AUTH=$(kept_choice "$CACHE_AUTH" CacheAuth token \
+    'WARNING: cache authentication %s -> %s: the running pods cannot open new cache connections until you run ./init.sh and kubectl apply -k .deploy/ (do it right after this)')
+  EDGE=$(kept_choice "$EDGE" LoadBalancerType nlb \
+    'NOTE: load balancer %s -> %s: afterwards run ./init.sh and kubectl apply -k .deploy/ (the old load balancer goes when its Service or Ingress does: from alb back to nlb, kubectl delete ingress message-app)')
 fi
 CACHE_MODE=${CACHE_MODE:-replication-group}
 CACHE_AUTH=${CACHE_AUTH:-iam}
 say "cache mode: $CACHE_MODE, authentication: $CACHE_AUTH"
-# The load balancer type, like the cache mode, stays unless -e names another.
-if [ -n "$EXISTING_JSON" ]; then
-  EXISTING_EDGE=$(stack_parameter "$EXISTING_JSON" LoadBalancerType)
-  EXISTING_EDGE=${EXISTING_EDGE:-nlb}
-  if [ -z "$EDGE" ]; then
-    EDGE=$EXISTING_EDGE
-  elif [ "$EDGE" != "$EXISTING_EDGE" ]; then
-    printf '%s: NOTE: load balancer %s -> %s: afterwards run ./init.sh and kubectl apply -k .deploy/ (the old load balancer goes when its Service or Ingress does: from alb back to nlb, kubectl delete ingress message-app)\n' "$PROG" "$EXISTING_EDGE" "$EDGE" >&2
-  fi
-fi
 EDGE=${EDGE:-nlb}
 say "load balancer: $EDGE"
 if [ -n "$ZONES" ]; then

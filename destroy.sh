@@ -49,12 +49,7 @@ while getopts ':p:r:s:yh' opt; do
     r) REGION=$OPTARG ;;
     s) STACK=$OPTARG ;;
     y) YES=1 ;;
-    h)
-      usage
-      exit 0
-      ;;
-    :) usage_error "option -$OPTARG needs a value" ;;
-    *) usage_error "unknown option -$OPTARG" ;;
+    *) common_option "$opt" ;;
   esac
 done
 shift $((OPTIND - 1))

@@ -99,12 +99,7 @@ while getopts ':p:r:s:c:e:u:n:t:P:Rh' opt; do
     t) TAG=$OPTARG ;;
     P) PLATFORM=$OPTARG ;;
     R) ROTATE=1 ;;
-    h)
-      usage
-      exit 0
-      ;;
-    :) usage_error "option -$OPTARG needs a value" ;;
-    *) usage_error "unknown option -$OPTARG" ;;
+    *) common_option "$opt" ;;
   esac
 done
 shift $((OPTIND - 1))

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by deploy.sh, init.sh and destroy.sh, never run: what the three scripts do alike (messages,
+# Sourced by deploy.sh, init.sh, destroy.sh and scripts/pipeline.sh, never run: what they do alike (messages,
 # prerequisite checks and their install hints, the region, every aws call, the scratch directory,
 # reading stacks), kept in one place so the scripts cannot drift apart.
 # Contract: the sourcing script sets PROG (its name, for messages) and defines usage(); PROFILE and
@@ -16,6 +16,19 @@ usage_error() {
   printf '%s: %s\n' "$PROG" "$*" >&2
   usage >&2
   exit 2
+}
+
+# The getopts answers every script gives alike: -h, a missing value, an unknown option. Call it
+# from the loop's last case with getopts' variable: `*) common_option "$opt" ;;`.
+common_option() {
+  case $1 in
+    h)
+      usage
+      exit 0
+      ;;
+    :) usage_error "option -$OPTARG needs a value" ;;
+    *) usage_error "unknown option -$OPTARG" ;;
+  esac
 }
 
 say() {

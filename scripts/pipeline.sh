@@ -50,12 +50,7 @@ while getopts ':p:r:t:s:h' opt; do
     r) REGION=$OPTARG ;;
     t) TAG=$OPTARG ;;
     s) STACK=$OPTARG ;;
-    h)
-      usage
-      exit 0
-      ;;
-    :) usage_error "option -$OPTARG needs a value" ;;
-    *) usage_error "unknown option -$OPTARG" ;;
+    *) common_option "$opt" ;;
   esac
 done
 shift $((OPTIND - 1))
