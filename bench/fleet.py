@@ -94,6 +94,15 @@ class Prices:
     serverless_gb_hour: float = 0.084
     serverless_min_gb: float = 0.1
     serverless_per_million_ecpus: float = 0.0023
+    # Assumed, not in the repository: EC2 data transfer out to the internet, $/GB, by monthly
+    # tier, each up to a cumulative bound in GB (the first 10 TB, the next 40, the next 100,
+    # the rest), after the free first 100 GB.
+    egress_tiers: tuple[tuple[float, float], ...] = (
+        (10_000, 0.09),
+        (50_000, 0.085),
+        (150_000, 0.07),
+        (math.inf, 0.05),
+    )
     cache_nodes: tuple[CacheNode, ...] = (
         CacheNode("cache.t3.micro", 0.5, 0.0136, cited=True),
         # Assumed, not in the repository: the Redis OSS list price less Valkey's 20 %.
@@ -137,6 +146,7 @@ class FleetRow:
     commands_per_s: float
     connections_per_node: int
     lcus: float
+    egress_month: float
     month: float
     limits_first: str = ""
     costs: dict[str, float] = field(default_factory=dict)
@@ -199,6 +209,7 @@ def fleet_row(
         "NLB": (prices.nlb + prices.nlb_lcu * lcus) * HOURS_PER_MONTH,
         "cache": min(cache_month, serverless_month),
         "fixed": prices.fixed_month,
+        "egress": _egress(views * pod.page_bytes * 3600 * HOURS_PER_MONTH / 1e9, prices),
     }
     first = []
     if pods <= usage.hpa_floor:
@@ -227,6 +238,7 @@ def fleet_row(
         commands,
         connections,
         lcus,
+        costs["egress"],
         sum(costs.values()),
         "; ".join(first),
         costs,
@@ -256,8 +268,34 @@ def _cache_nodes(
     return best[1], best[2]
 
 
+def _egress(gb: float, prices: Prices) -> float:
+    """Data transfer out to the internet for ``gb`` GB in a month, tier by tier."""
+    cost, left, below = 0.0, max(0.0, gb - 100), 0.0
+    for upto, price in prices.egress_tiers:
+        step = min(left, upto - below)
+        cost += step * price
+        left -= step
+        below = upto
+    return cost
+
+
+def users_at(pods: int, pod: PodFigures, usage: Usage = Usage()) -> int:
+    """The active users ``pods`` pods serve at the HPA's target."""
+    per_user = (pod.view_app_cpu + pod.view_proxy_cpu) / usage.view_every_s + (
+        pod.save_app_cpu + pod.save_proxy_cpu
+    ) / usage.save_every_s
+    return math.floor(pods * usage.hpa_target * (pod.app_request + pod.proxy_request) / per_user)
+
+
 def _money(value: float) -> str:
     return f"${value:,.0f}"
+
+
+def _cheaper(nodes: str, node_month: float, serverless_month: float) -> str:
+    """Both prices, the one the total counts in bold."""
+    if node_month <= serverless_month:
+        return f"**{nodes} {_money(node_month)}** / {_money(serverless_month)}"
+    return f"{nodes} {_money(node_month)} / **{_money(serverless_month)}**"
 
 
 def render_fleet(
@@ -268,16 +306,17 @@ def render_fleet(
     rows = [fleet_row(n, pod, cache) for n in users]
     lines = [
         "| active users | views/s | saves/s | CPU cores | pods (HPA min/max) | nodes (c6a.large) "
-        "| cache (node-based) | cache GiB | Redis cmds/s | conns per cache node | NLB LCUs "
-        "| cache $/month (node-based / Serverless) | total $/month | limits first |",
-        "|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|---:|---|",
+        "| cache GiB | Redis cmds/s | cache: node-based / Serverless, $/month | conns per cache "
+        "node | NLB LCUs | internet egress $/month | total $/month | limits first |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.users:,} | {row.views_per_s:,.0f} | {row.saves_per_s:,.1f} | {row.cpu:,.2f} "
-            f"| {row.pods} ({row.hpa_min}/{row.hpa_max}) | {row.nodes} | {row.cache} "
-            f"| {row.cache_gb:,.2f} | {row.commands_per_s:,.0f} | {row.connections_per_node:,} "
-            f"| {row.lcus:,.1f} | {_money(row.cache_month)} / {_money(row.serverless_month)} "
+            f"| {row.pods} ({row.hpa_min}/{row.hpa_max}) | {row.nodes} "
+            f"| {row.cache_gb:,.2f} | {row.commands_per_s:,.0f} "
+            f"| {_cheaper(row.cache, row.cache_month, row.serverless_month)} "
+            f"| {row.connections_per_node:,} | {row.lcus:,.1f} | {_money(row.egress_month)} "
             f"| **{_money(row.month)}** | {row.limits_first} |"
         )
     return "\n".join(lines)
