@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import failover, memory
+from bench import failover, memory, sizing
 from bench.rtt_proxy import RoundTripProxy
 from bench.wrk import Request, run_wrk
 from localservers.valkey import Valkey
@@ -168,3 +168,33 @@ def test_saves_come_back_after_a_failover_that_leaves_no_replica(tmp_path: Path)
     assert no_replica.first_303_s is not None and no_replica.first_303_s <= 5
     assert no_replica.without_replica >= no_replica.answered_303 > 0
     assert demoted.lost == 0 and demoted.answered_303 > 0
+
+
+@needs_wrk
+def test_sizing_measures_cpu_per_request_and_memory_per_session(tmp_path: Path) -> None:
+    """bench/sizing.py's smoke run: the pod (config.env's workers behind nginx.conf, each held to
+    its CPU limit from k8s/deployment.yaml) loaded with page views, saves and a mix, every
+    request answered; the CPU each container spent per request and Redis's side counted; and
+    a session's memory in Valkey growing with its messages."""
+    measured = sizing.run(tmp_path, print, smoke=True)
+    print(sizing.render(measured))
+    pod = measured.pod
+    assert 0 < pod.app_request < pod.app_limit and 0 < pod.proxy_request < pod.proxy_limit
+    assert pod.workers >= 1
+    for run in measured.runs:
+        assert run.requests > 0 and run.errors == 0, run
+        assert run.app_cpu_s > 0 and run.proxy_cpu_s > 0, run
+    views, saves, mix = measured.runs
+    # Views of sessions this worker has not read yet go to Redis; every answered save ran the
+    # store's script once, and the mix did both.
+    assert views.calls.get("hgetall", 0) > 0
+    assert saves.calls.get("evalsha", 0) >= saves.requests
+    assert mix.calls.get("hgetall", 0) > 0 and 0 < mix.calls.get("evalsha", 0) < mix.requests
+    figures = measured.cache_figures()
+    assert figures.view_bytes > 0 and figures.save_commands >= 1
+    one, ten, hundred = measured.sessions
+    assert one.keys == ten.keys == hundred.keys == 1
+    assert one.used_memory < ten.used_memory < hundred.used_memory
+    assert one.memory_usage < ten.memory_usage < hundred.memory_usage
+    # 90 messages of 100 characters more cost at least their 9,000 bytes.
+    assert hundred.used_memory - ten.used_memory >= 9_000
