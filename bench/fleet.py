@@ -216,8 +216,11 @@ def fleet_row(
         first.append("nothing: the 3-pod, 3-node floor (one per zone) is mostly idle")
     else:
         first.append("pod CPU (the HPA adds pods; nodes follow)")
-    if shards > 1 or node.gib * (1 - limits.reserved_memory) < 2 * cache_gb:
-        first.append(f"cache {'memory' if cache_gb > commands / 1e5 else 'commands'}")
+    usable = node.gib * (1 - limits.reserved_memory)
+    if shards > 1 and commands > shards * limits.node_commands_per_s / 2:
+        first.append("cache commands/s (shards)")
+    elif usable * shards < 2 * cache_gb:  # less than half its memory free
+        first.append("cache memory")
     if connections > limits.max_clients / 2:
         first.append("Redis connections")
     if moved_gb_hour > 1:

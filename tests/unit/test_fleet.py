@@ -76,6 +76,7 @@ def test_the_cache_shards_when_one_node_cannot_take_the_commands() -> None:
     row = fleet_row(3_000_000, POD, CACHE)
     # 260,000 commands/s over 100,000 per primary: 3 shards; 2.3 GiB fit one m7g.large.
     assert row.cache == "cluster: 3 shards of 2 cache.m7g.large"
+    assert "cache commands/s (shards)" in row.limits_first
     assert "Redis connections" not in row.limits_first
 
 
