@@ -304,8 +304,10 @@ def _cheaper(nodes: str, node_month: float, serverless_month: float) -> str:
 def render_fleet(
     pod: PodFigures,
     cache: CacheFigures,
+    hpa_max: int,
     users: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000),
 ) -> str:
+    """The table, and a line on one pod and on the HPA's maximum today (``hpa_max``)."""
     rows = [fleet_row(n, pod, cache) for n in users]
     lines = [
         "| active users | views/s | saves/s | CPU cores | pods (HPA min/max) | nodes (c6a.large) "
@@ -322,4 +324,14 @@ def render_fleet(
             f"| {row.connections_per_node:,} | {row.lcus:,.1f} | {_money(row.egress_month)} "
             f"| **{_money(row.month)}** | {row.limits_first} |"
         )
+    usage = Usage()
+    per_pod = users_at(1, pod)
+    share = (1 / usage.save_every_s) / (1 / usage.view_every_s + 1 / usage.save_every_s)
+    lines += [
+        "",
+        f"At the HPA's target one pod serves {per_pod:,} active users "
+        f"({per_pod / usage.view_every_s:,.0f} page views/s; at its CPU limits it would take "
+        f"{pod.at_limit(share):,.0f} req/s of this mix); today's maxReplicas of {hpa_max} is "
+        f"reached at {users_at(hpa_max, pod):,} active users.",
+    ]
     return "\n".join(lines)

@@ -58,13 +58,15 @@ SUMMARY = (
 
 @dataclass(frozen=True)
 class Pod:
-    """What k8s/ gives one pod: CPU limits and requests (cores) and the worker count."""
+    """What k8s/ gives one pod: CPU limits and requests (cores), the worker count, and the
+    HPA's maximum of pods."""
 
     app_limit: float
     proxy_limit: float
     app_request: float
     proxy_request: float
     workers: int
+    hpa_max: int
 
 
 def _cores(text: str) -> float:
@@ -72,8 +74,9 @@ def _cores(text: str) -> float:
 
 
 def pod_shape(root: Path = REPO_ROOT) -> Pod:
-    """Read from k8s/deployment.yaml and k8s/config.env, so the bench follows the manifests."""
+    """Read from k8s/ (the deployment, config.env, the HPA), so the bench follows the manifests."""
     deployment = yaml.safe_load((root / "k8s" / "deployment.yaml").read_text())
+    hpa = yaml.safe_load((root / "k8s" / "horizontalpodautoscaler.yaml").read_text())
     spec = deployment["spec"]["template"]["spec"]
     # The nginx sidecar is a native sidecar: an init container that keeps running.
     containers = {
@@ -91,6 +94,7 @@ def pod_shape(root: Path = REPO_ROOT) -> Pod:
         _cores(str(app["requests"]["cpu"])),
         _cores(str(proxy["requests"]["cpu"])),
         int(env["WEB_CONCURRENCY"]),
+        int(hpa["spec"]["maxReplicas"]),
     )
 
 
@@ -460,7 +464,7 @@ def main(argv: list[str]) -> int:
         sizing = run(Path(workdir), log, smoke=args.smoke, seconds=args.seconds)
     print(render(sizing))
     print()
-    print(render_fleet(sizing.pod_figures(), sizing.cache_figures()))
+    print(render_fleet(sizing.pod_figures(), sizing.cache_figures(), sizing.pod.hpa_max))
     return 0
 
 

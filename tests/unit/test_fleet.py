@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fleet import CacheFigures, PodFigures, Prices, _egress, fleet_row, users_at
+from bench.fleet import (
+    CacheFigures,
+    PodFigures,
+    Prices,
+    _egress,
+    fleet_row,
+    render_fleet,
+    users_at,
+)
 
 # 2 ms of CPU per page view, 5 ms per save; the pod's shape as k8s/ has it.
 POD = PodFigures(
@@ -95,3 +103,12 @@ def test_users_per_pod_count() -> None:
 def test_a_command_moving_kilobytes_costs_an_ecpu_per_kilobyte() -> None:
     assert CacheFigures.ecpus(1.0, 3 * 1024) == 3  # one HGETALL of a 3 KB session
     assert CacheFigures.ecpus(4.0, 1024) == 4  # small commands: at least one ECPU each
+
+
+def test_the_rendered_table_has_a_row_per_size_and_the_hpa_line() -> None:
+    text = render_fleet(POD, CACHE, hpa_max=10, users=(1_000, 100_000))
+    rows = [line for line in text.splitlines() if line.startswith("| 1")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1,000", "| 100,000"]
+    assert "| 40 (40/80) | 7 |" in rows[1]
+    assert "one pod serves 2,520 active users" in text
+    assert "maxReplicas of 10 is reached at 25,200 active users" in text
