@@ -1,6 +1,6 @@
 """The fleet a number of active users needs, and its monthly cost: arithmetic from measured figures
 (bench/sizing.py), a usage model and dated list prices. It prints the table of docs/sizing.md;
-tests/unit/test_fleet.py checks the arithmetic on a known input.
+tests/system/test_bench.py checks the arithmetic on a known input.
 
 Everything here that is not measured is an estimate, and says so where it is set: the usage
 model, the node's allocatable CPU, the load balancer's LCU dimensions, cache prices not already
