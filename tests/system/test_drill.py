@@ -35,6 +35,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from localservers.endpoint import SwitchableProxy
 from localservers.gunicorn import Gunicorn, start_gunicorn
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
@@ -42,7 +43,7 @@ from localservers.waits import wait_until
 from tests.stubs.elasticache import ElastiCacheStandIn, Emit
 from tests.support import REPO_ROOT, replica_env
 
-from .faults import SwitchableProxy, ValkeyProcess
+from .faults import ValkeyProcess
 
 NAMES = ("drill-a", "drill-b", "drill-c")
 GROUP = "drill-cache"
