@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import failover, memory
+from bench import failover, memory, sizing
 from bench.plan import Plan
 from bench.report import render
 from bench.run import run
@@ -72,13 +72,17 @@ def main(argv: list[str]) -> int:
         text = render(results, shlex.join(["python", "-m", "bench", *argv]))
         if not args.smoke:
             # Behaviour more than speed, in modules of their own (python -m bench.memory,
-            # python -m bench.failover); tests/system/test_bench.py runs each.
+            # python -m bench.failover, python -m bench.sizing); tests/system/test_bench.py
+            # runs each.
             steps = memory.run(workdir / "memory", memory.STEPS, log)
             text += "\n\n**j. Worker memory** (" + memory.SUMMARY + "):\n\n"
             text += memory.render(steps) + "\n"
             runs = failover.run(workdir / "failover", log)
             text += "\n**k. Saves through failovers** (" + failover.SUMMARY + "):\n\n"
             text += failover.render(runs) + "\n"
+            measured = sizing.run(workdir / "sizing", log)
+            text += "\n**l. One pod at its CPU limits** (" + sizing.SUMMARY + "):\n\n"
+            text += sizing.render(measured) + "\n"
         print(text)
         if args.write:
             args.write.write_text(text)

@@ -1,6 +1,7 @@
 -- wrk script shared by every run of the harness (bench/wrk.py drives it through env vars).
 --
--- BENCH_REQUESTS: file with one request per line, "METHOD<TAB>COOKIE<TAB>BODY". One line keeps
+-- BENCH_REQUESTS: file with one request per line, "METHOD<TAB>PATH<TAB>COOKIE<TAB>BODY" (an empty
+--   PATH is the URL's own, so one run can mix page views and saves). One line keeps
 --   wrk's static fast path (no Lua call per request); several lines are sent round-robin, each
 --   thread starting at a different line, so a POST run spreads over many sessions.
 -- BENCH_COUNT_STATUS=1: count every response by status (the fault run). Off otherwise because a
@@ -9,8 +10,8 @@
 
 local lines = {}
 for line in io.lines(os.getenv("BENCH_REQUESTS")) do
-   local method, cookie, body = line:match("^(%u+)\t([^\t]*)\t(.*)$")
-   lines[#lines + 1] = { method = method, cookie = cookie, body = body }
+   local method, path, cookie, body = line:match("^(%u+)\t([^\t]*)\t([^\t]*)\t(.*)$")
+   lines[#lines + 1] = { method = method, path = path ~= "" and path or nil, cookie = cookie, body = body }
 end
 
 local function headers_for(entry)
@@ -23,6 +24,7 @@ end
 
 local first = lines[1]
 wrk.method = first.method
+wrk.path = first.path or wrk.path
 wrk.headers = headers_for(first)
 wrk.body = first.body ~= "" and first.body or nil
 
@@ -39,7 +41,7 @@ if #lines > 1 then
 
    function init(args)
       for i, entry in ipairs(lines) do
-         prepared[i] = wrk.format(entry.method, nil, headers_for(entry), entry.body ~= "" and entry.body or nil)
+         prepared[i] = wrk.format(entry.method, entry.path, headers_for(entry), entry.body ~= "" and entry.body or nil)
       end
       index = offset % #prepared
    end

@@ -16,11 +16,12 @@ CONNECTIONS = 16
 
 @dataclass(frozen=True)
 class Request:
-    """One request wrk sends; a list of them is sent round-robin."""
+    """One request wrk sends; a list of them is sent round-robin. An empty path is the URL's."""
 
     method: str
     cookie: str
     body: str = ""
+    path: str = ""
 
 
 @dataclass
@@ -56,7 +57,8 @@ def run_wrk(
 ) -> WrkResult:
     """wrk -tT -cC -dD --latency with our Lua script; raises if wrk itself fails."""
     request_file = workdir / "wrk-requests.tsv"
-    request_file.write_text("".join(f"{r.method}\t{r.cookie}\t{r.body}\n" for r in requests))
+    lines = (f"{r.method}\t{r.path}\t{r.cookie}\t{r.body}\n" for r in requests)
+    request_file.write_text("".join(lines))
     env = {
         **os.environ,
         "BENCH_REQUESTS": str(request_file),
