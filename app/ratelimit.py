@@ -104,7 +104,10 @@ def _storage(settings: Settings, redis: RedisClient) -> Storage:
         return RedisStorage("redis://", connection_pool=redis.pooled.connection_pool)
     options = client_options(settings)
     host, port = options.pop("host"), options.pop("port")
-    return RedisClusterStorage(f"redis+cluster://{host}:{port}", **options)
+    storage = RedisClusterStorage(f"redis+cluster://{host}:{port}", **options)
+    # Its own cluster client (limits takes no existing one): dropped with the app's.
+    redis.also_drop(storage.storage)
+    return storage
 
 
 def _items(rate: str) -> list[RateLimitItem]:

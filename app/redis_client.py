@@ -17,7 +17,9 @@ limiter goes through ``RedisClient.run``, which holds the failure policy in one 
   metrics; reads answered by the read cache are not Redis calls and are not timed.
 
 Besides the session connections (one per node) there is one pooled client, for the rate
-limiter, the cluster's routing and redirected commands, and the readiness probe's PING.
+limiter, the cluster's routing and redirected commands, and the readiness probe's PING. On a
+cluster the rate limiter counts through a cluster client of its own (app/ratelimit.py), which
+``reset`` drops too (``also_drop``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RedisClient:
         self.circuit = Circuit()
         self._nodes: dict[str, NodeConnection] = {}
         self._nodes_lock = threading.Lock()
+        self._others: list[Client] = []
         self._durations: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
 
@@ -150,11 +153,19 @@ class RedisClient:
             child = self._errors[(operation, kind)] = metrics.REDIS_ERRORS.labels(operation, kind)
         child.inc()
 
+    def also_drop(self, client: Client) -> None:
+        """Have ``reset`` drop the connections of ``client`` too: another client of this
+        worker's (the rate limiter's own on a cluster), so that the IAM connection recycler
+        (app/credentials.py) leaves none to reach ElastiCache's 12-hour close."""
+        self._others.append(client)
+
     def reset(self) -> None:
-        """Drop every connection (they lead to a demoted node); the next ones use the endpoint."""
+        """Drop every connection (they lead to a demoted node, or are due for recycling); the
+        next ones use the endpoint."""
         for node in list(self._nodes.values()):
             node.disconnect()
-        disconnect(self.pooled)
+        for client in (self.pooled, *self._others):
+            disconnect(client)
         if self.cache is not None:
             self.cache.clear()
 

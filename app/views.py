@@ -12,12 +12,14 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
+from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, metrics
 from .config import current_settings
 from .context import current_messages
+from .errors import store_unavailable
 from .refusals import refuse
 from .store import SessionFull, SessionOverBudget
 from .text import length as text_length
@@ -111,7 +113,12 @@ def check_raw_form() -> Any:
 @bp.app_errorhandler(CSRFError)
 def csrf_failed(exc: CSRFError) -> Any:
     """flask-wtf's refusal of a missing, wrong or expired token."""
-    return refused("csrf", request.form.get("message", ""), detail=exc.description)
+    try:
+        return refused("csrf", request.form.get("message", ""), detail=exc.description)
+    except RedisError as error:
+        # Raised in an error handler, it would reach Flask as an unhandled exception (logged
+        # with its traceback) before becoming the 503: answer the outage's page here.
+        return store_unavailable(error)
 
 
 def refused(reason: str, draft: str = "", **details: Any) -> tuple[str, int]:

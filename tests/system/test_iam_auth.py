@@ -13,6 +13,7 @@ against a stand-in Pod Identity agent below.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import threading
@@ -24,8 +25,8 @@ from typing import ClassVar
 import pytest
 import redis
 
-from app import create_app, credentials
-from app.config import Settings
+from app import connection, create_app, credentials, ratelimit
+from app.config import Settings, Switch
 from app.connection import connect
 from localservers.gunicorn import Gunicorn
 from tests.support import listed_messages, replica_env, save
@@ -312,3 +313,44 @@ def test_no_aws_credentials_stops_start_up_with_one_line(tls_redis, tmp_path):
         "ElastiCache token with: on EKS, the pod's service account needs a Pod Identity "
         "association"
     ]
+
+
+def test_recycling_drops_every_connection_on_a_cluster_the_rate_limiters_too(
+    settings, valkey_cluster, tokens, monkeypatch
+):
+    """On a cluster (every ElastiCache Serverless cache) the rate limiter counts through a
+    cluster client of its own: the recycler must drop its connections with the rest, or they
+    meet ElastiCache's 12-hour close in the middle of a request."""
+    nodes = [node.client() for node in valkey_cluster.nodes]
+    for node in nodes:
+        add_user(node, tokens.password)
+    iam = iam_settings(
+        settings,
+        redis_port=valkey_cluster.port,
+        redis_cluster=Switch.ON,
+        rate_limit_saves="1000/minute",
+        rate_limit_new_sessions="1000/minute",
+    )
+    # The test cluster speaks plain text: every client the app makes connects without TLS.
+    plain = functools.partial(connection.client_options, ssl=False)
+    monkeypatch.setattr(connection, "client_options", plain)
+    monkeypatch.setattr(ratelimit, "client_options", plain)
+    app = create_app(iam)
+    browser = app.test_client()
+    assert save(browser, "one").status_code == 303
+    first = _connections(nodes)
+    tokens.password = "eleven-hours-later-0123"
+    for node in nodes:
+        change_password(node, tokens.password)
+
+    tokens.now += credentials.RECYCLE_SECONDS  # past the recycler's due time, jitter or not
+    assert browser.get("/").status_code == 200  # its teardown drops every connection
+    assert _connections(nodes).isdisjoint(first), "connections the recycler did not drop"
+    assert save(browser, "two").status_code == 303
+    assert listed_messages(browser.get("/").get_data(as_text=True)) == ["one", "two"]
+    assert [refused_logins(node) for node in nodes] == [[]] * len(nodes)
+
+
+def _connections(nodes: list[redis.Redis]) -> set[tuple[int, int]]:
+    """The app's connections to every node, as (node, connection id)."""
+    return {(n, i) for n, node in enumerate(nodes) for i in connection_ids(node)}

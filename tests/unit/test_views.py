@@ -193,6 +193,19 @@ def test_csrf_failures_answer_400_and_store_nothing(client, existing, token):
     assert snapshot() == before
 
 
+def test_a_csrf_refusal_while_redis_is_away_is_the_503_page_without_a_traceback(
+    client, existing, fake_server, caplog
+):
+    """The refusal's page shows the messages, read from Redis inside flask-wtf's error
+    handler: a failure there is the outage's 503, not an unhandled exception logged with its
+    traceback (Flask's handling of an error raised by an error handler)."""
+    fake_server.connected = False
+    response = client.post("/persistMessage", data={"message": "kept?", "csrf_token": "forged"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
 def test_destroy_needs_the_csrf_token(client, existing):
     _, snapshot = existing
     before = snapshot()
