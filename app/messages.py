@@ -18,6 +18,7 @@ from flask import Request
 
 from . import metrics
 from .ratelimit import RateLimits, Refusal
+from .replication import NotReplicated
 from .sessions import MessageSession, new_sid
 from .store import SessionGone, SessionStore
 
@@ -68,7 +69,13 @@ class Messages:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         document = {**session.data_in_memory(), "started": started}
         sid = new_sid()
-        self.store.save(sid, text, save_id, document)
+        try:
+            self.store.save(sid, text, save_id, document)
+        except NotReplicated:
+            # Stored, only not confirmed by a replica: the 503 still carries the new session's
+            # cookie, so that the form sent again finds its save id there and stores nothing twice.
+            session.began(sid, document, (text,))
+            raise
         session.began(sid, document, (text,))
         metrics.SESSIONS_CREATED.inc()
         return None

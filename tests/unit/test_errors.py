@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import redis
 
 from app import metrics
 from app.circuit import COOL_DOWN_SECONDS, Circuit
 from app.replication import NotReplicated
-from tests.support import csrf_token, save
+from tests.support import csrf_token, listed_messages, save, session_keys
 
 REASONS = metrics.UNAVAILABLE_REASONS
 
@@ -194,3 +196,32 @@ def test_a_503_says_what_is_true_and_counts_its_reason(
     assert says in page
     assert ("few seconds" in page) == (retry_after is not None)
     assert {r: after[r] - before[r] for r in REASONS} == {r: int(r == reason) for r in REASONS}
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["new-session", "stored-session"])
+def test_a_save_a_replica_did_not_confirm_is_stored_once_when_sent_again(
+    client, app, fake_redis, monkeypatch, first
+):
+    """The 503 says to send the form again and that it is never stored twice: for a first save
+    too, whose session exists only once the script has run, the 503 carries its cookie."""
+    if not first:
+        save(client, "earlier")
+    page = client.get("/").get_data(as_text=True)
+    form = {"message": "unconfirmed", "csrf_token": csrf_token(page)}
+    form["save_id"] = re.search(r'name="save_id" value="([^"]+)"', page).group(1)
+    store = app.session_interface.store
+    real_save = store.save
+
+    def stored_but_not_confirmed(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise NotReplicated("no replica confirmed the save in time")
+
+    monkeypatch.setattr(store, "save", stored_but_not_confirmed)
+    response = client.post("/persistMessage", data=form)
+    assert response.status_code == 503
+    assert "again in a few seconds" in response.get_data(as_text=True)
+    monkeypatch.setattr(store, "save", real_save)
+    assert client.post("/persistMessage", data=form).status_code == 303
+    listed = listed_messages(client.get("/").get_data(as_text=True))
+    assert listed == (["unconfirmed"] if first else ["earlier", "unconfirmed"])
+    assert len(session_keys(fake_redis)) == 1  # no second session holding another copy
