@@ -244,3 +244,18 @@ def with_defaults(text: str, defaults: dict[str, str]) -> str:
         body = body.replace(f"  {parameter}:\n", f"  {parameter}:\n    Default: {value}\n", 1)
         text = text.replace(block.group(0), body, 1)
     return text
+
+
+def rendered_copies(
+    root: Path, names: Iterable[str], params: dict[str, dict[str, str]]
+) -> dict[str, Path]:
+    """A folder below ``root`` per configuration in ``params`` (its name the configuration's),
+    holding the templates ``names`` with that configuration's parameter defaults (with_defaults)."""
+    folders = {}
+    for configuration, defaults in params.items():
+        folder = root / configuration
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(with_defaults((CFN / name).read_text(), defaults))
+        folders[configuration] = folder
+    return folders
