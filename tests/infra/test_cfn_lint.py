@@ -104,7 +104,6 @@ def test_checkov_has_no_failed_checks(
 def mode_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One folder per cache mode with MODE_TEMPLATES rendered for that mode: every parameter of
     MODE_DEFAULTS and CacheMode defaulted to switch on each conditional resource of the mode."""
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     root = tmp_path_factory.mktemp("cfn-modes")
     return rendered_copies(root, MODE_TEMPLATES, {mode: mode_params(mode) for mode in CACHE_MODES})
 
