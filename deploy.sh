@@ -81,9 +81,6 @@ if [ "${1:-}" = "--help" ]; then
 fi
 while getopts ':p:r:s:a:c:m:A:e:o:h' opt; do
   case $opt in
-    p) PROFILE=$OPTARG ;;
-    r) REGION=$OPTARG ;;
-    s) STACK=$OPTARG ;;
     a) PRINCIPAL=$OPTARG ;;
     c) CERTIFICATE=$OPTARG ;;
     m)

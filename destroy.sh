@@ -45,9 +45,6 @@ if [ "${1:-}" = "--help" ]; then
 fi
 while getopts ':p:r:s:yh' opt; do
   case $opt in
-    p) PROFILE=$OPTARG ;;
-    r) REGION=$OPTARG ;;
-    s) STACK=$OPTARG ;;
     y) YES=1 ;;
     *) common_option "$opt" ;;
   esac

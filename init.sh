@@ -84,9 +84,6 @@ done
 set -- ${ARGS[@]+"${ARGS[@]}"}
 while getopts ':p:r:s:c:e:u:n:t:P:Rh' opt; do
   case $opt in
-    p) PROFILE=$OPTARG ;;
-    r) REGION=$OPTARG ;;
-    s) STACK=$OPTARG ;;
     c) CERTIFICATE=$OPTARG ;;
     e)
       case $OPTARG in

@@ -28,9 +28,9 @@ from urllib.parse import urljoin
 
 import requests
 
+from ops.cli import EXIT_FAILED, EXIT_PASSED, EXIT_UNREACHABLE, number
 from ops.page import Page, parse_page
 
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 # One slow answer must not hang the run; an ELB answers well within this.
 REQUEST_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 2.0
@@ -351,12 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", help="default: the kubeconfig context's namespace")
     parser.add_argument("--service", default="message-app", help="Service name (message-app)")
     parser.add_argument("--url", help="check this base URL instead of looking the Service up")
-    parser.add_argument(
-        "--requests", type=int, default=20, help="messages to save, each a POST and a GET (20)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the deployment (300)"
-    )
+    parser.add_argument("--requests", **number(20, "messages to save, each a POST and a GET"))
+    parser.add_argument("--timeout", **number(300.0, "seconds to wait for the deployment"))
     parser.add_argument(
         "--resolve-only",
         action="store_true",

@@ -3,7 +3,8 @@
 # prerequisite checks and their install hints, the region, every aws call, the scratch directory,
 # reading stacks), kept in one place so the scripts cannot drift apart.
 # Contract: the sourcing script sets PROG (its name, for messages) and defines usage(); PROFILE and
-# REGION (empty: take the profile's) are set by its option parsing before the AWS helpers run.
+# REGION (empty: take the profile's) are set by its option parsing (common_option) before the AWS
+# helpers run.
 # Sourcing it only defines functions, so it is safe under the scripts' `set -euo pipefail`.
 # Works with bash 3.2 (macOS) and GNU/BSD tools.
 
@@ -18,10 +19,16 @@ usage_error() {
   exit 2
 }
 
-# The getopts answers every script gives alike: -h, a missing value, an unknown option. Call it
-# from the loop's last case with getopts' variable: `*) common_option "$opt" ;;`.
+# The getopts answers every script gives alike: -p PROFILE, -r REGION, -s STACK_NAME (into the
+# variables of those names, which the script sets to their defaults first), -h, a missing value,
+# an unknown option. Call it from the loop's last case with getopts' variable:
+# `*) common_option "$opt" ;;`.
+# shellcheck disable=SC2034 # STACK is read by the sourcing script, not by a helper here.
 common_option() {
   case $1 in
+    p) PROFILE=$OPTARG ;;
+    r) REGION=$OPTARG ;;
+    s) STACK=$OPTARG ;;
     h)
       usage
       exit 0

@@ -46,10 +46,7 @@ TAG=""
 STACK="flask-eks-sessions"
 while getopts ':p:r:t:s:h' opt; do
   case $opt in
-    p) PROFILE=$OPTARG ;;
-    r) REGION=$OPTARG ;;
     t) TAG=$OPTARG ;;
-    s) STACK=$OPTARG ;;
     *) common_option "$opt" ;;
   esac
 done

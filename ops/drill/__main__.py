@@ -16,14 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ops.cli import EXIT_FAILED, EXIT_PASSED, EXIT_UNREACHABLE, EXIT_USAGE, number
 from ops.drill.disruptions import Failover, Refused, Rollout, Unreachable
 from ops.drill.readback import read_back
 from ops.drill.records import Disruption, Run, audit
 from ops.drill.report import format_report
 from ops.verify import Unreachable as AppUnreachable
 from ops.verify import wait_until_serving
-
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,50 +35,28 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 passed, 1 failed, 2 usage, 3 unreachable.",
     )
     parser.add_argument("--url", required=True, help="the app's base URL (the load balancer)")
-    load_options = parser.add_argument_group("load")
-    load_options.add_argument("--users", type=int, default=10, help="sessions at a time (10)")
-    load_options.add_argument(
-        "--rate", type=float, default=10.0, help="requests a second, all users together (10)"
-    )
-    load_options.add_argument(
-        "--save-every", type=int, default=25, help="every n-th request of a user saves (25)"
-    )
-    load_options.add_argument(
-        "--saves-per-session", type=int, default=100, help="then the user starts a new one (100)"
-    )
-    load_options.add_argument(
-        "--spawn-rate", type=float, default=1.0, help="users started a second (1)"
-    )
-    load_options.add_argument(
-        "--duration", type=float, default=300.0, help="seconds of load at least (300)"
-    )
-    load_options.add_argument(
-        "--disrupt-after", type=float, default=60.0, help="seconds before the first disruption (60)"
-    )
-    load_options.add_argument(
-        "--settle", type=float, default=30.0, help="seconds of load after each disruption (30)"
-    )
-    load_options.add_argument(
-        "--window", type=float, default=5.0, help="seconds per latency row of the report (5)"
-    )
+    steady = parser.add_argument_group("load")
+    steady.add_argument("--users", **number(10, "sessions at a time"))
+    steady.add_argument("--rate", **number(10.0, "requests a second, all users together"))
+    steady.add_argument("--save-every", **number(25, "every n-th request of a user saves"))
+    steady.add_argument("--saves-per-session", **number(100, "then the user starts a new one"))
+    steady.add_argument("--spawn-rate", **number(1.0, "users started a second"))
+    steady.add_argument("--duration", **number(300.0, "seconds of load at least"))
+    steady.add_argument("--disrupt-after", **number(60.0, "seconds before the first disruption"))
+    steady.add_argument("--settle", **number(30.0, "seconds of load after each disruption"))
+    steady.add_argument("--window", **number(5.0, "seconds per latency row of the report"))
     failover = parser.add_argument_group("cache failover (ElastiCache TestFailover)")
     failover.add_argument("--failover", metavar="REPLICATION_GROUP", help="fail this group over")
     failover.add_argument("--node-group", help="its node group (shard); default: the first")
     failover.add_argument("--profile", help="AWS profile (default: the environment's)")
     failover.add_argument("--region", help="AWS region (default: the profile's)")
-    failover.add_argument(
-        "--failover-timeout", type=float, default=1200.0, help="seconds to wait for recovery (1200)"
-    )
+    failover.add_argument("--failover-timeout", **number(1200.0, "seconds to wait for recovery"))
     rollout = parser.add_argument_group("pod replacement (kubectl rollout restart)")
     rollout.add_argument("--rollout", action="store_true", help="restart the Deployment's pods")
     rollout.add_argument("--deployment", default="message-app", help="(message-app)")
     rollout.add_argument("--namespace", help="default: the kubeconfig context's")
-    rollout.add_argument(
-        "--rollout-timeout", type=float, default=900.0, help="seconds for the rollout (900)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the app to answer (60)"
-    )
+    rollout.add_argument("--rollout-timeout", **number(900.0, "seconds for the rollout"))
+    parser.add_argument("--timeout", **number(60.0, "seconds to wait for the app to answer"))
     return parser
 
 

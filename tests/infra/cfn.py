@@ -24,6 +24,7 @@ import pytest
 from tests.support import REPO_ROOT, checkov_report, venv_tool
 
 CFN = REPO_ROOT / "cfn"
+CFN_LINT_MISSING = "cfn-lint (pip package cfn-lint) is not installed"
 # The stacks main.yaml nests.
 NESTED = (
     "network.yaml",
@@ -95,9 +96,8 @@ def load(name: str) -> dict[str, Any]:
 
 def load_path(path: Path) -> dict[str, Any]:
     """Parse a template with cfn-lint's decoder, which understands the short intrinsic tags."""
-    from cfnlint.decode import decode
-
-    template, matches = decode(str(path))
+    decoder = pytest.importorskip("cfnlint.decode", reason=CFN_LINT_MISSING)
+    template, matches = decoder.decode(str(path))
     assert not matches, f"{path.name} does not parse: {matches}"
     assert template is not None
     return template
@@ -244,3 +244,18 @@ def with_defaults(text: str, defaults: dict[str, str]) -> str:
         body = body.replace(f"  {parameter}:\n", f"  {parameter}:\n    Default: {value}\n", 1)
         text = text.replace(block.group(0), body, 1)
     return text
+
+
+def rendered_copies(
+    root: Path, names: Iterable[str], params: dict[str, dict[str, str]]
+) -> dict[str, Path]:
+    """A folder below ``root`` per configuration in ``params`` (its name the configuration's),
+    holding the templates ``names`` with that configuration's parameter defaults (with_defaults)."""
+    folders = {}
+    for configuration, defaults in params.items():
+        folder = root / configuration
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(with_defaults((CFN / name).read_text(), defaults))
+        folders[configuration] = folder
+    return folders

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import mark_layer
 
-from .cfn import TEMPLATE_NAMES, load
+from .cfn import TEMPLATE_NAMES, load, load_path
 from .image import Build, built_image, skip_without_container_tools
 
 
@@ -23,10 +23,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_layer(items, Path(__file__).parent, pytest.mark.infra, pytest.mark.slow)
 
 
+@pytest.fixture(scope="module")
+def template(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The template a module is about (its ``TEMPLATE`` path), parsed once per module."""
+    return load_path(request.module.TEMPLATE)
+
+
 @pytest.fixture(scope="session")
 def templates() -> dict[str, dict[str, Any]]:
     """Every template in cfn/, parsed once (tests/infra/cfn.py)."""
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     return {name: load(name) for name in TEMPLATE_NAMES}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,8 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from tests.support import FIXTURES, REPO_ROOT
+
+from .cfn import load_path
 
 
 @dataclass(frozen=True)
@@ -242,15 +243,6 @@ def check(cluster: Cluster, demand: Demand, pods: int | None = None) -> Report:
     return Report(cluster.mode, len(nodes), placed, needed)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    from cfnlint.decode import decode
-
-    template, matches = decode(str(path))
-    assert template is not None and not matches, matches
-    return template
-
-
 @pytest.fixture(scope="module")
 def demand() -> Demand:
     kubectl = shutil.which("kubectl")
@@ -268,9 +260,9 @@ def demand() -> Demand:
 
 def test_the_default_deploy_runs_the_hpa_maximum_during_a_rollout(demand: Demand) -> None:
     cluster = cluster_from_templates(
-        _load(REPO_ROOT / "cfn" / "eks.yaml"),
-        _load(REPO_ROOT / "cfn" / "main.yaml"),
-        _load(REPO_ROOT / "cfn" / "observability.yaml"),
+        load_path(REPO_ROOT / "cfn" / "eks.yaml"),
+        load_path(REPO_ROOT / "cfn" / "main.yaml"),
+        load_path(REPO_ROOT / "cfn" / "observability.yaml"),
     )
     # Container Insights is on by default: its agents take their share of every node first.
     assert cluster.system_pods_per_node == CLOUDWATCH_DAEMONSETS
@@ -284,8 +276,8 @@ def test_the_t3_micro_node_group_leaves_pods_pending(demand: Demand) -> None:
     """The templates before Auto Mode (recorded in tests/fixtures/capacity): 3 x t3.micro with 4
     pods each, two of them aws-node and kube-proxy, CoreDNS on two nodes, no node autoscaler."""
     cluster = cluster_from_templates(
-        _load(FIXTURES / "capacity" / "eks-nodegroup-t3micro.yaml"),
-        _load(FIXTURES / "capacity" / "main-nodegroup-t3micro.yaml"),
+        load_path(FIXTURES / "capacity" / "eks-nodegroup-t3micro.yaml"),
+        load_path(FIXTURES / "capacity" / "main-nodegroup-t3micro.yaml"),
     )
     assert (cluster.instance, cluster.fixed_nodes, cluster.max_pods) == ("t3.micro", 3, 4)
     report = check(cluster, demand)

@@ -17,7 +17,6 @@ from tests.support import REPO_ROOT
 
 from .cfn import (
     CACHE_MODES,
-    CFN,
     MODE_DEFAULTS,
     cfn_lint,
     checkov_grouped,
@@ -28,8 +27,8 @@ from .cfn import (
     load,
     load_path,
     present,
+    rendered_copies,
     walk,
-    with_defaults,
 )
 
 AUTH_MODES = ("iam", "token")
@@ -56,16 +55,8 @@ def _params(combo: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     root = tmp_path_factory.mktemp("cfn-auth")
-    folders = {}
-    for combo in COMBOS:
-        folder = root / combo
-        folder.mkdir()
-        for name in TEMPLATES:
-            (folder / name).write_text(with_defaults((CFN / name).read_text(), _params(combo)))
-        folders[combo] = folder
-    return folders
+    return rendered_copies(root, TEMPLATES, {combo: _params(combo) for combo in COMBOS})
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +92,6 @@ def test_checkov_passes(combo: str, checkov_results: dict[str, dict[str, list]])
 
 @pytest.fixture(scope="module")
 def templates() -> dict[str, dict[str, Any]]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     return {name: load(name) for name in TEMPLATES}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .cfn import CFN, evaluate, load_path, resources
+from .cfn import CFN, evaluate, resources
 from .test_cfn_observability import (
     LB_SUFFIX,
     PUBLISHED,
@@ -80,12 +80,6 @@ CACHE_DIMENSION = {
     "cluster": "CacheClusterId",
     "serverless": "clusterId",
 }
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return load_path(TEMPLATE)
 
 
 def _render(value: Any, template: dict[str, Any], mode: str, lb: str = "nlb") -> str:

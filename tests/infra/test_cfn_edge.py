@@ -29,8 +29,8 @@ from .cfn import (
     lint_problems,
     load_path,
     present,
+    rendered_copies,
     resources,
-    with_defaults,
 )
 from .test_cfn_observability import PUBLISHED, passed_through_unchanged
 
@@ -78,22 +78,14 @@ ALARMED = {
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return load_path(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("edge-variants")
-    paths = {}
-    for name, values in VARIANTS.items():
-        (root / name).mkdir()
-        paths[name] = root / name / "edge.yaml"
-        # Quoted as JSON strings, which YAML reads as they are (empty ones too).
-        defaults = {key: json.dumps(value) for key, value in values.items()}
-        paths[name].write_text(with_defaults(TEMPLATE.read_text(), defaults))
-    return paths
+    # Quoted as JSON strings, which YAML reads as they are (empty ones too).
+    params = {
+        name: {key: json.dumps(value) for key, value in values.items()}
+        for name, values in VARIANTS.items()
+    }
+    folders = rendered_copies(tmp_path_factory.mktemp("edge-variants"), [TEMPLATE.name], params)
+    return {name: folder / TEMPLATE.name for name, folder in folders.items()}
 
 
 def _params(template: dict[str, Any], variant: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from .cfn import (
     lint_problems,
     load_path,
     mode_params,
-    with_defaults,
+    rendered_copies,
 )
 
 MODE_TEMPLATES = ("main.yaml", "cache.yaml", "observability.yaml", "dashboard.yaml")
@@ -104,16 +104,8 @@ def test_checkov_has_no_failed_checks(
 def mode_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One folder per cache mode with MODE_TEMPLATES rendered for that mode: every parameter of
     MODE_DEFAULTS and CacheMode defaulted to switch on each conditional resource of the mode."""
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
     root = tmp_path_factory.mktemp("cfn-modes")
-    folders = {}
-    for mode in CACHE_MODES:
-        folder = root / mode
-        folder.mkdir()
-        for name in MODE_TEMPLATES:
-            (folder / name).write_text(with_defaults((CFN / name).read_text(), mode_params(mode)))
-        folders[mode] = folder
-    return folders
+    return rendered_copies(root, MODE_TEMPLATES, {mode: mode_params(mode) for mode in CACHE_MODES})
 
 
 def test_rendered_copies_default_to_their_mode(mode_copies: dict[str, Path]) -> None:

@@ -159,12 +159,6 @@ AUTO_MODE_BUILT_IN = {
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    pytest.importorskip("cfnlint", reason="cfn-lint (pip package cfn-lint) is not installed")
-    return load_path(TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def everything_on(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy whose defaults switch on the add-on, the e-mail and the load-balancer alarms."""
     text = TEMPLATE.read_text()

@@ -11,10 +11,7 @@ import ast
 import copy
 import inspect
 import json
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,13 +26,13 @@ from kubernetes.utils import parse_quantity
 from app.config import Settings, body_cap
 from tests.support import NGINX_CONNECTION_OVERHEAD, REPO_ROOT, checkov_report
 
-K8S_DIR = REPO_ROOT / "k8s"
+from .k8s import K8S_DIR, K8S_VERSIONS, json_patch, render, render_overlay
+
 # The namespace the bare base puts every object in; nobody creates it, so `kubectl apply -k k8s/`
 # fails at once with its name, which says what to do. The deploy overlays remove it.
 GUARD_NAMESPACE = "not-deployable-run-init-sh-then-kubectl-apply-k-deploy"
 CERTIFICATE = "arn:aws:acm:eu-central-1:123456789012:certificate/0b1c2d3e-1111-2222-3333-4444"
 SSL_CERT = "service.beta.kubernetes.io/aws-load-balancer-ssl-cert"
-K8S_VERSIONS = ["1.31", "1.32", "1.33", "1.34", "1.35", "1.36"]
 
 # The Secret is never rendered (it holds values); these are the keys docs/kubernetes.md's
 # `kubectl create secret generic message-app-secrets` command and init.sh's overlay create.
@@ -67,24 +64,10 @@ APP_DEFAULTS = {
 }
 
 
-def _render(directory: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (it renders the kustomize base offline)")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
     """Render once per module; the file copy is what checkov scans."""
-    docs = _render(K8S_DIR)
+    docs = render(K8S_DIR)
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return docs, path
@@ -420,41 +403,29 @@ def _render_overlay(
     (directory / "secrets.env").write_text(
         "SECRET_KEY=0123456789abcdef0123\nSECRET_KEY_FALLBACKS=\nREDIS_AUTH_TOKEN=t\n"
     )
-    # kustomize refuses absolute paths here.
-    base = os.path.relpath(K8S_DIR, directory)
-    components = [f"{base}/components/deployable"]
+    components = ["deployable"]
     patches = []
     if certificate:
-        components.append(f"{base}/components/https")
-        patches.append(
-            {
-                "target": {"kind": "Service", "name": "message-app"},
-                "patch": yaml.safe_dump(
-                    [{"op": "add", "path": "/metadata/annotations/" + SSL_CERT.replace("/", "~1"),
-                      "value": certificate}]
-                ),
-            }
-        )  # fmt: skip
-    overlay = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [base],
-        "components": components,
-        "patches": patches,
-        "configMapGenerator": [
+        components.append("https")
+        annotation = "/metadata/annotations/" + SSL_CERT.replace("/", "~1")
+        operation = {"op": "add", "path": annotation, "value": certificate}
+        patches.append(json_patch("Service", "message-app", [operation]))
+    return render_overlay(
+        directory,
+        components,
+        patches,
+        configMapGenerator=[
             {
                 "name": "message-app-config",
                 "behavior": "merge",
                 "literals": [f"REDIS_HOST={redis_host}"],
             }
         ],
-        "secretGenerator": [{"name": SECRET_NAME, "envs": ["secrets.env"]}],
-        "images": [
+        secretGenerator=[{"name": SECRET_NAME, "envs": ["secrets.env"]}],
+        images=[
             {"name": "message-app", "newName": "registry.example/message-app", "newTag": "abc1234"}
         ],
-    }
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
-    return _render(directory)
+    )
 
 
 def _app_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,91 +22,64 @@ from kubernetes.client import ApiClient
 from tests.support import REPO_ROOT, checkov_report
 
 from .cfn import load_path
-from .test_k8s import K8S_DIR, K8S_VERSIONS, _graceful_timeout, _render, _to_model
+from .k8s import (
+    K8S_VERSIONS,
+    custom_resource_schema,
+    json_patch,
+    render_overlay,
+    strict_object,
+)
+from .test_k8s import _graceful_timeout, _to_model
 
 CERTIFICATE = "arn:aws:acm:eu-central-1:123456789012:certificate/0b1c2d3e-1111-2222-3333-4444"
 # eks.amazonaws.com/v1 IngressClassParams: the fields of the EKS User Guide's "IngressClassParams
 # Reference" (auto-configure-alb), unknown ones refused as kubernetes-validate --strict does.
 # Hand-written: Auto Mode's CRD lives in the cluster EKS runs; no package ships its schema.
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-INGRESS_CLASS_PARAMS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "eks.amazonaws.com/v1"},
-        "kind": {"const": "IngressClassParams"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "labels": _STRINGS,
-                "annotations": _STRINGS,
+INGRESS_CLASS_PARAMS_SCHEMA = custom_resource_schema(
+    "eks.amazonaws.com/v1",
+    "IngressClassParams",
+    strict_object(
+        {
+            "scheme": {"enum": ["internet-facing", "internal"]},
+            "ipAddressType": {"enum": ["ipv4", "dualstack"]},
+            "namespaceSelector": {"type": "object"},
+            "group": strict_object({"name": {"type": "string"}}),
+            "subnets": {"type": "object"},
+            "certificateARNs": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^arn:aws[a-z-]*:acm:"},
             },
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "scheme": {"enum": ["internet-facing", "internal"]},
-                "ipAddressType": {"enum": ["ipv4", "dualstack"]},
-                "namespaceSelector": {"type": "object"},
-                "group": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"name": {"type": "string"}},
-                },
-                "subnets": {"type": "object"},
-                "certificateARNs": {
-                    "type": "array",
-                    "items": {"type": "string", "pattern": "^arn:aws[a-z-]*:acm:"},
-                },
-                "tags": {"type": "array"},
-                "loadBalancerAttributes": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["key", "value"],
-                        "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
-                    },
-                },
+            "tags": {"type": "array"},
+            "loadBalancerAttributes": {
+                "type": "array",
+                "items": strict_object(
+                    {"key": {"type": "string"}, "value": {"type": "string"}},
+                    required=["key", "value"],
+                ),
             },
-        },
-    },
-}
+        }
+    ),
+    namespaced=False,
+)
 
 
 def _overlay(directory: Path, https: bool) -> list[dict[str, Any]]:
     """An overlay shaped like init.sh's -e alb one, without the stack's values."""
     directory.mkdir()
     (directory / "secrets.env").write_text("SECRET_KEY=0123456789abcdef0123\nREDIS_AUTH_TOKEN=t\n")
-    base = os.path.relpath(K8S_DIR, directory)
-    components = [f"{base}/components/deployable", f"{base}/components/alb"]
-    if https:
-        components.append(f"{base}/components/alb-https")
+    components = ["deployable", "alb"]
     patches = []
     if https:
-        patch = [{"op": "add", "path": "/spec/certificateARNs", "value": [CERTIFICATE]}]
-        patches.append(
-            {
-                "target": {"kind": "IngressClassParams", "name": "message-app-alb"},
-                "patch": yaml.safe_dump(patch),
-            }
-        )
-    overlay = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [base],
-        "components": components,
-        "patches": patches,
-        "secretGenerator": [{"name": "message-app-secrets", "envs": ["secrets.env"]}],
-        "images": [{"name": "message-app", "newName": "registry.example/app", "newTag": "a1"}],
-    }
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
-    return _render(directory)
+        components.append("alb-https")
+        operation = {"op": "add", "path": "/spec/certificateARNs", "value": [CERTIFICATE]}
+        patches.append(json_patch("IngressClassParams", "message-app-alb", [operation]))
+    return render_overlay(
+        directory,
+        components,
+        patches,
+        secretGenerator=[{"name": "message-app-secrets", "envs": ["secrets.env"]}],
+        images=[{"name": "message-app", "newName": "registry.example/app", "newTag": "a1"}],
+    )
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["http", "https"])

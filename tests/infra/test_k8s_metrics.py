@@ -8,7 +8,6 @@ validated against a schema of the operator's API (kubernetes-validate knows no C
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,15 @@ import yaml
 
 from tests.support import checkov_report
 
-from .test_k8s import K8S_DIR, K8S_VERSIONS, _render
+from .k8s import (
+    K8S_DIR,
+    K8S_VERSIONS,
+    STRINGS,
+    custom_resource_schema,
+    render,
+    render_overlay,
+    strict_object,
+)
 
 COMPONENT = K8S_DIR / "components" / "prometheus-operator"
 
@@ -32,111 +39,70 @@ _DURATION = {
     "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
     r"(([0-9]+)ms)?)$",
 }
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-_SELECTOR = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "matchLabels": _STRINGS,
+_SELECTOR = strict_object(
+    {
+        "matchLabels": STRINGS,
         "matchExpressions": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["key", "operator"],
-                "properties": {
+            "items": strict_object(
+                {
                     "key": {"type": "string"},
                     "operator": {"type": "string"},
                     "values": {"type": "array", "items": {"type": "string"}},
                 },
-            },
+                required=["key", "operator"],
+            ),
         },
-    },
-}
-POD_MONITOR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PodMonitor"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "namespace": {"type": "string"},
-                "labels": _STRINGS,
-                "annotations": _STRINGS,
-            },
+    }
+)
+_ENDPOINT = strict_object(
+    {
+        "port": {"type": "string", "minLength": 1},
+        "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "path": {"type": "string"},
+        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+        "interval": _DURATION,
+        "scrapeTimeout": _DURATION,
+        "honorLabels": {"type": "boolean"},
+        "honorTimestamps": {"type": "boolean"},
+        "followRedirects": {"type": "boolean"},
+        "enableHttp2": {"type": "boolean"},
+        "filterRunning": {"type": "boolean"},
+    }
+)
+POD_MONITOR_SCHEMA = custom_resource_schema(
+    "monitoring.coreos.com/v1",
+    "PodMonitor",
+    strict_object(
+        {
+            "selector": _SELECTOR,
+            "namespaceSelector": strict_object(
+                {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                }
+            ),
+            "jobLabel": {"type": "string"},
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "sampleLimit": {"type": "integer", "minimum": 0},
+            "targetLimit": {"type": "integer", "minimum": 0},
+            "podMetricsEndpoints": {"type": "array", "items": _ENDPOINT},
         },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector"],
-            "properties": {
-                "selector": _SELECTOR,
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "jobLabel": {"type": "string"},
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "sampleLimit": {"type": "integer", "minimum": 0},
-                "targetLimit": {"type": "integer", "minimum": 0},
-                "podMetricsEndpoints": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string", "minLength": 1},
-                            "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
-                            "path": {"type": "string"},
-                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "honorLabels": {"type": "boolean"},
-                            "honorTimestamps": {"type": "boolean"},
-                            "followRedirects": {"type": "boolean"},
-                            "enableHttp2": {"type": "boolean"},
-                            "filterRunning": {"type": "boolean"},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
+        required=["selector"],
+    ),
+    namespaced=True,
+)
 
 
 @pytest.fixture(scope="module")
 def base() -> list[dict[str, Any]]:
-    return _render(K8S_DIR)
+    return render(K8S_DIR)
 
 
 @pytest.fixture(scope="module")
 def with_operator(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The base plus the component, through an overlay like the one a user would write."""
-    overlay = tmp_path_factory.mktemp("operator")
-    # kustomize takes only relative paths to other kustomizations.
-    relative = Path(os.path.relpath(K8S_DIR, overlay))
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(relative)],
-                "components": [str(relative / "components" / "prometheus-operator")],
-            }
-        )
-    )
-    return _render(overlay)
+    return render_overlay(tmp_path_factory.mktemp("operator"), ["prometheus-operator"])
 
 
 def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:

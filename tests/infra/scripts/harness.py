@@ -514,6 +514,36 @@ def assert_profile_and_region(run: Run) -> None:
             assert option(argv, "--region") == REGION, argv
 
 
+def assert_usage_refused(run: Run, message: str) -> None:
+    """The script refused its arguments as a usage error (exit 2) with ``message``, before it
+    called any tool."""
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr
+    assert run.calls == []
+
+
+def cloudformation(stack: str, names: str) -> list[tuple[str, ...]]:
+    """The cloudformation operations ``names`` (in order, by spaces) on ``stack``, as ``Run.ops``
+    lists them."""
+    return [("cloudformation", name, stack) for name in names.split()]
+
+
+def followed_creation(stack: str) -> list[tuple[str, ...]]:
+    """A creation deploy.sh follows on its own loop, in moto (created at once: one poll)."""
+    return cloudformation(
+        stack, "describe-stacks create-stack describe-stacks describe-stack-events describe-stacks"
+    )
+
+
+def followed_deletion(stack: str) -> list[tuple[str, ...]]:
+    """A deletion destroy.sh follows on its own loop, in moto (gone at the first poll)."""
+    return cloudformation(
+        stack,
+        "describe-stacks describe-stack-resources describe-stack-events delete-stack "
+        "describe-stacks describe-stack-events",
+    )
+
+
 def rendered(root: Path) -> dict[str, dict[str, Any]]:
     """The overlay as the real `kubectl kustomize` renders it, by kind."""
     out = subprocess.run(

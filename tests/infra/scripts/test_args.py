@@ -9,6 +9,7 @@ from .harness import (
     PROFILE,
     SCRIPTS,
     World,
+    assert_usage_refused,
 )
 
 
@@ -44,20 +45,25 @@ def test_help_says_what_changed_from_the_original(shared_world: World, script: s
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("script", "args", "message"),
     [
-        (("-u", "alice"), "-u needs -n REPO"),
-        (("-n", "app"), "-n REPO needs -u DOCKERHUB_USER"),
+        # -r became the region, so a lone -u must not guess a repository.
+        ("init.sh", ("-u", "alice"), "-u needs -n REPO"),
+        ("init.sh", ("-n", "app"), "-n REPO needs -u DOCKERHUB_USER"),
+        ("init.sh", ("-e", "clb"), "-e needs nlb or alb, got 'clb'"),
+        ("deploy.sh", ("-e", "clb"), "-e needs nlb or alb, got 'clb'"),
+        (
+            "deploy.sh",
+            ("-o", "LoadBalancerType=alb"),
+            "LoadBalancerType is set by deploy.sh itself",
+        ),
     ],
 )
-def test_init_docker_hub_flags_come_in_pairs(
-    shared_world: World, args: tuple[str, ...], message: str
+def test_a_wrong_value_is_refused_before_any_call(
+    shared_world: World, script: str, args: tuple[str, ...], message: str
 ) -> None:
-    """Real: init.sh's parsing (-r became the region, so a lone -u must not guess a repository)."""
-    run = shared_world.run("init.sh", "-p", PROFILE, *args)
-    assert run.returncode == 2
-    assert message in run.stderr
-    assert run.calls == []
+    """Real: the scripts' checks of option values and combinations, made before any call."""
+    assert_usage_refused(shared_world.run(script, "-p", PROFILE, *args), message)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from .harness import (
     ZONES,
     World,
     assert_profile_and_region,
+    followed_creation,
     operation,
     option,
     stack_outputs,
@@ -48,18 +49,9 @@ def test_deploy_creates_both_stacks_and_a_rerun_changes_nothing(world: World) ->
         ("sts", "get-caller-identity", ""),
         ("iam", "get-role", "deployer"),
         *[("cloudformation", "validate-template", "")] * len(templates),
-        ("cloudformation", "describe-stacks", BOOTSTRAP),
-        ("cloudformation", "create-stack", BOOTSTRAP),
-        # Followed on deploy.sh's own loop: moto creates a stack at once, so one poll.
-        ("cloudformation", "describe-stacks", BOOTSTRAP),
-        ("cloudformation", "describe-stack-events", BOOTSTRAP),
-        ("cloudformation", "describe-stacks", BOOTSTRAP),
+        *followed_creation(BOOTSTRAP),
         ("s3", "cp", ""),
-        ("cloudformation", "describe-stacks", STACK),
-        ("cloudformation", "create-stack", STACK),
-        ("cloudformation", "describe-stacks", STACK),
-        ("cloudformation", "describe-stack-events", STACK),
-        ("cloudformation", "describe-stacks", STACK),
+        *followed_creation(STACK),
     ]
     # moto's own events of the bootstrap stack (it records the stack's, not its resources'),
     # one line each, and the end.
@@ -406,19 +398,3 @@ def test_deploy_keeps_the_load_balancer_type_until_told_otherwise(world: World) 
     assert again.main_stack_parameters()["LoadBalancerType"] == "alb"
     assert "==> load balancer: alb" in again.stdout
     assert "NOTE" not in again.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("-e", "clb"), "-e needs nlb or alb, got 'clb'"),
-        (("-o", "LoadBalancerType=alb"), "LoadBalancerType is set by deploy.sh itself"),
-    ],
-)
-def test_deploy_refuses_a_wrong_edge(
-    shared_world: World, args: tuple[str, ...], message: str
-) -> None:
-    run = shared_world.run("deploy.sh", "-p", PROFILE, *args)
-    assert run.returncode == 2
-    assert message in run.stderr
-    assert run.calls == []

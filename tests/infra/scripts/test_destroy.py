@@ -24,20 +24,9 @@ from .harness import (
     World,
     assert_profile_and_region,
     fill_bucket,
+    followed_deletion,
     option,
 )
-
-
-def FOLLOWED_DELETION(stack: str) -> list[tuple[str, str, str]]:
-    """A deletion destroy.sh follows on its own loop, in moto (gone at the first poll)."""
-    return [
-        ("cloudformation", "describe-stacks", stack),
-        ("cloudformation", "describe-stack-resources", stack),
-        ("cloudformation", "describe-stack-events", stack),
-        ("cloudformation", "delete-stack", stack),
-        ("cloudformation", "describe-stacks", stack),
-        ("cloudformation", "describe-stack-events", stack),
-    ]
 
 
 def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: World) -> None:
@@ -72,7 +61,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("elbv2", "describe-load-balancers", ""),
         ("elbv2", "describe-target-groups", ""),
         ("ec2", "describe-security-groups", ""),
-        *FOLLOWED_DELETION(STACK),
+        *followed_deletion(STACK),
         ("cloudformation", "describe-stacks", BOOTSTRAP),
         ("cloudformation", "describe-stack-resources", BOOTSTRAP),
         ("s3api", "list-object-versions", bucket),
@@ -81,7 +70,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("ecr", "list-images", repo),
         ("ecr", "batch-delete-image", repo),
         ("ecr", "batch-delete-image", repo),
-        *FOLLOWED_DELETION(BOOTSTRAP),
+        *followed_deletion(BOOTSTRAP),
     ]
     assert_profile_and_region(run)
     (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")

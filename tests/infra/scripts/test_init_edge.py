@@ -112,13 +112,6 @@ def test_init_e_alb_needs_a_stack_deployed_with_alb(world: World) -> None:
     assert not (world.root / ".deploy" / "kustomization.yaml").exists()
 
 
-def test_init_e_refuses_an_unknown_edge(shared_world: World) -> None:
-    run = shared_world.run("init.sh", "-p", PROFILE, "-e", "clb")
-    assert run.returncode == 2
-    assert "-e needs nlb or alb, got 'clb'" in run.stderr
-    assert run.calls == []
-
-
 # --- the CloudWatch agent's scrape of the metrics port ------------------------------------------
 
 
