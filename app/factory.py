@@ -19,6 +19,7 @@ from .ratelimit import RateLimits
 from .read_cache import ReadCache
 from .redis_client import RedisClient
 from .replication import NodeReplication, ReplicaWait
+from .request_class import Request
 from .sessions import RedisSessions
 from .store import Limits, SessionStore
 
@@ -35,6 +36,7 @@ def create_app(
 
     # No static folder: the page's only stylesheet is inline (one request per page).
     app = Flask(__name__, static_folder=None)
+    app.request_class = Request  # reads the cookies without walking every header
     app.config.update(
         SECRET_KEY=settings.secret_key,
         # Flask 3.1's key rotation; csrf.py gives the same keys to the CSRF signers.

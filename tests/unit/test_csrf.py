@@ -77,3 +77,19 @@ def test_a_form_rendered_under_a_dropped_key_is_refused_and_nothing_stored(make_
     assert response.status_code == 400
     assert "This form has expired" in response.get_data(as_text=True)
     assert session_keys(fake_redis) == []
+
+
+def test_only_unsafe_methods_are_checked_and_each_of_them_is(client, monkeypatch):
+    """The CSRF check runs for the methods flask-wtf checks (a page view skips its exemption
+    lookup), and still refuses a form without a token."""
+    calls = []
+    monkeypatch.setattr(csrf.csrf, "protect", lambda **kw: calls.append(kw))
+    assert client.get("/").status_code == 200
+    assert client.head("/").status_code == 200
+    assert calls == []
+    client.post("/persistMessage", data={"message": "x"})
+    assert calls == [{"apply_exemptions": True}]
+    monkeypatch.undo()
+    refused = client.post("/persistMessage", data={"message": "no token"})
+    assert refused.status_code == 400
+    assert "no token" not in listed_messages(client.get("/").get_data(as_text=True))

@@ -9,6 +9,11 @@ import base64
 import hashlib
 import re
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.hooks import ConstantHeaders
+
 
 def test_the_policy_allows_exactly_the_pages_own_inline_stylesheet(client) -> None:
     """A browser applies the page's <style> only if the CSP names its hash."""
@@ -31,3 +36,29 @@ def test_every_answer_carries_the_same_headers_and_its_own_request_id(client) ->
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
         assert "Content-Security-Policy" in answer.headers
     assert len({a.headers["X-Request-ID"] for a in answers}) == len(answers)
+
+
+def test_a_500_and_a_503_carry_the_constant_headers_once(app, client, monkeypatch) -> None:
+    """Added around the app: whatever answered, each header once (no duplicate from a hook)."""
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("boom")
+
+    def away(*args, **kwargs):
+        raise RedisConnectionError("away")
+
+    answers = [client.get("/boom")]
+    client.get("/")
+    monkeypatch.setattr(app.extensions["messages"], "page", away)
+    answers.append(client.get("/"))
+    assert [a.status_code for a in answers] == [500, 503]
+    for answer in answers:
+        assert answer.headers.getlist("X-Served-By") == ["test-replica"]
+        assert answer.headers.getlist("Cache-Control") == ["no-store"]
+        assert len(answer.headers.getlist("Content-Security-Policy")) == 1
+
+
+def test_a_header_value_werkzeug_refuses_stops_the_app_being_made() -> None:
+    with pytest.raises(ValueError, match="newline"):
+        ConstantHeaders(lambda environ, start: [], [("X-Served-By", "a\r\nSet-Cookie: x=1")])
