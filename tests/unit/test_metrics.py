@@ -50,7 +50,11 @@ def fresh_metrics_dir(monkeypatch):
     """metrics_dir as in a process that has not named its directory yet."""
     monkeypatch.setattr(metrics_dir, "_prepared", None)
     monkeypatch.setattr(metrics_dir, "_made", None)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Set first, so that monkeypatch records the variable and takes away what prepare() sets:
+    # delenv alone records nothing when it is unset, and the name of a directory remove()
+    # deleted would reach every later test of this process (and the pytest runs they start).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
 
 
 def test_a_named_metrics_directory_is_emptied_once_per_process(fresh_metrics_dir, tmp_path):
