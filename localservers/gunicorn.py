@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,10 @@ class Gunicorn:
     def start(self, ready_path: str = "/healthz", timeout: float = 60) -> None:
         """Start; return once ``ready_path`` answers 200 (fail at once if gunicorn exits)."""
         self.spawn()
+        self.wait_ready(ready_path, timeout)
+
+    def wait_ready(self, ready_path: str = "/healthz", timeout: float = 60) -> None:
+        """After ``spawn``: return once ``ready_path`` answers 200 (stopped if it never does)."""
         assert self.process is not None
         process = self.process
         metrics = {int(self.env.get("METRICS_PORT") or 9090)}
@@ -109,8 +114,34 @@ class Gunicorn:
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
 
+def stop_quickly(servers: Iterable[Gunicorn]) -> None:
+    """Stop several gunicorns at once with SIGQUIT, gunicorn's quick shutdown: for a test's or a
+    run's end, where nothing is left to drain. SIGTERM would keep each worker's kept-alive
+    connections open for 2 s (gunicorn 27's STOP_KEEPALIVE_LINGER), one server after another;
+    the graceful drain has tests of its own, which send SIGTERM themselves."""
+    running = [server for server in servers if server.process is not None]
+    for server in running:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGQUIT)
+    for server in running:
+        server.stop(signal.SIGQUIT)
+
+
 def start_gunicorn(name: str, env: dict[str, str], log_path: Path, target: str = APP) -> Gunicorn:
     """A started ``Gunicorn``: answering /healthz."""
     server = Gunicorn(name, env, log_path, target)
     server.start()
     return server
+
+
+def start_together(servers: list[Gunicorn]) -> None:
+    """Start several at once (each boots in its own processes), returning once all answer
+    /healthz; if one never does, all are stopped."""
+    try:
+        for server in servers:
+            server.spawn()
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        stop_quickly(servers)
+        raise
