@@ -2,7 +2,8 @@
 
 ``valkey_cluster`` is a cluster of 3 primaries and 3 replicas; ``any_valkey`` runs a test once
 on a single Valkey and once on the cluster; both offer the same start/stop/client/port.
-``shared_any_valkey`` is the same pair once per module, ``flushed`` empties it between tests.
+``shared_cluster`` and ``shared_any_valkey`` are the same once per module, ``flushed`` empties
+them between tests.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def _running(kind: str, data_dir: Path) -> Iterator[Valkey | ValkeyCluster]:
     else:
         with running_valkey(data_dir / "valkey") as server:
             yield server
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """``valkey_cluster`` for a whole module, for tests that leave it as they found it but for
+    their keys (``flushed`` before each); a test that fails over, moves slots or changes users
+    takes ``valkey_cluster``."""
+    yield from _running_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture(params=["standalone", "cluster"])

@@ -18,6 +18,7 @@ from tests.support import mark_layer, replica_env
 from .cluster import (  # noqa: F401 (fixtures for every module here)
     any_valkey,
     shared_any_valkey,
+    shared_cluster,
     valkey_cluster,
 )
 from .tls import tls_redis, trusts_the_test_ca  # noqa: F401 (fixtures for every module here)
