@@ -114,6 +114,17 @@ def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> Results:
             ),
             "page_app_cluster": Target(ours_cluster, cluster, "/", page_requests["app-cluster"]),
         }
+        # The floor of a save: the ceiling answers the app's own save requests (same cookies
+        # and form) with a 303, reading the form and nothing else.
+        targets["save_ceiling"] = Target(
+            ceiling,
+            redis_server,
+            "/persistMessage",
+            [
+                Request("POST", c.cookie_header, c.save_body(message_text(9999)))
+                for c in pools["save_app"]
+            ],
+        )
         for name, clients in pools.items():
             server, store = savers[name]
             targets[name] = Target(
