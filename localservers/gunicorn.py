@@ -114,17 +114,18 @@ class Gunicorn:
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
 
-def stop_quickly(servers: Iterable[Gunicorn]) -> None:
-    """Stop several gunicorns at once with SIGQUIT, gunicorn's quick shutdown: for a test's or a
-    run's end, where nothing is left to drain. SIGTERM would keep each worker's kept-alive
-    connections open for 2 s (gunicorn 27's STOP_KEEPALIVE_LINGER), one server after another;
-    the graceful drain has tests of its own, which send SIGTERM themselves."""
+def stop_together(servers: Iterable[Gunicorn]) -> None:
+    """Stop several gunicorns at once: SIGTERM to every master first, then wait for each. A
+    stopping worker keeps its kept-alive connections open for 2 s (gunicorn 27's
+    STOP_KEEPALIVE_LINGER), so one server after another added 2 s each. Not SIGQUIT, the quick
+    shutdown: its worker handler shuts the thread pool down from inside a signal handler, and
+    now and then hung until the master's 20 s graceful_timeout ran out."""
     running = [server for server in servers if server.process is not None]
     for server in running:
         if server.process.poll() is None:
-            server.process.send_signal(signal.SIGQUIT)
+            server.process.send_signal(signal.SIGTERM)
     for server in running:
-        server.stop(signal.SIGQUIT)
+        server.stop()
 
 
 def start_gunicorn(name: str, env: dict[str, str], log_path: Path, target: str = APP) -> Gunicorn:
@@ -143,5 +144,5 @@ def start_together(servers: list[Gunicorn]) -> None:
         for server in servers:
             server.wait_ready()
     except BaseException:
-        stop_quickly(servers)
+        stop_together(servers)
         raise

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localservers.gunicorn import Gunicorn, start_gunicorn, stop_quickly
+from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from tests.support import mark_layer, replica_env
 
 from .cluster import (  # noqa: F401 (fixtures for every module here)
@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Start gunicorn with the production config on loopback; all are stopped together at the
-    end (quickly: a test that needs the graceful drain sends SIGTERM itself)."""
+    end."""
     started: list[Gunicorn] = []
 
     def start(valkey_port: int, name: str = "replica", **env: str) -> Gunicorn:
@@ -41,4 +41,4 @@ def start_replica(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
         return replica
 
     yield start
-    stop_quickly(started)
+    stop_together(started)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from localservers.gunicorn import Gunicorn, start_together, stop_quickly
+from localservers.gunicorn import Gunicorn, start_together, stop_together
 from tests.support import replica_env
 
 
@@ -25,4 +25,4 @@ def replica_fleet(
     try:
         yield fleet
     finally:
-        stop_quickly(fleet)
+        stop_together(fleet)

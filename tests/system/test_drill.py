@@ -36,7 +36,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from localservers.endpoint import SwitchableProxy
-from localservers.gunicorn import Gunicorn, start_gunicorn, stop_quickly
+from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
 from localservers.waits import wait_until
@@ -127,7 +127,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     finally:
         if world.balancer is not None:
             world.balancer.stop()
-        stop_quickly(world.started)
+        stop_together(world.started)
         endpoint.close()
         replica.stop()
         primary.stop()
