@@ -8,6 +8,8 @@ its own, so a master that will not stop is killed with its workers and nothing e
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -115,15 +117,22 @@ class Gunicorn:
 
 
 def stop_together(servers: Iterable[Gunicorn]) -> None:
-    """Stop several gunicorns at once: SIGTERM to every master first, then wait for each. A
-    stopping worker keeps its kept-alive connections open for 2 s (gunicorn 27's
-    STOP_KEEPALIVE_LINGER), so one server after another added 2 s each. Not SIGQUIT, the quick
-    shutdown: its worker handler shuts the thread pool down from inside a signal handler, and
-    now and then hung until the master's 20 s graceful_timeout ran out."""
-    running = [server for server in servers if server.process is not None]
+    """Stop several gunicorns at once, at a test's or a run's end, where nothing is left to
+    drain: SIGTERM to every master, then SIGKILL to its workers, which the master reaps before
+    it exits as it always does (its exit hooks run: the metrics directory is removed).
+
+    A worker stopped by SIGTERM alone keeps its kept-alive connections open for 2 s (gunicorn
+    27's STOP_KEEPALIVE_LINGER), one server after another; SIGQUIT, gunicorn's quick shutdown,
+    now and then hung a gthread worker until the master's 20 s graceful_timeout (its handler
+    shuts the thread pool down inside a signal handler). The drain has tests of its own, which
+    send SIGTERM and wait."""
+    running = [s for s in servers if s.process is not None and s.process.poll() is None]
     for server in running:
-        if server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
+    for server in running:
+        for worker in server.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
     for server in running:
         server.stop()
 
