@@ -8,6 +8,8 @@ single ``Valkey``, so a caller can take either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +82,22 @@ class ValkeyCluster:
         return self.nodes[0].port
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
+        """Start the six nodes at once (each waits for its own PONG), form the cluster the
+        first time, and return once it is whole."""
+        self._each(ClusterNode.start)
         if not self._formed:
             self._form()
             self._formed = True
         self.wait_healthy()
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        self._each(ClusterNode.stop)
+
+    def _each(self, action: Callable[[ClusterNode], None]) -> None:
+        """``action`` on every node, side by side: six starts or stops one after another add up
+        to seconds for every cluster a test starts."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(action, self.nodes))
 
     def client(self) -> RedisCluster:
         return RedisCluster(host=HOST, port=self.port)

@@ -8,9 +8,12 @@ its own, so a master that will not stop is killed with its workers and nothing e
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,10 @@ class Gunicorn:
     def start(self, ready_path: str = "/healthz", timeout: float = 60) -> None:
         """Start; return once ``ready_path`` answers 200 (fail at once if gunicorn exits)."""
         self.spawn()
+        self.wait_ready(ready_path, timeout)
+
+    def wait_ready(self, ready_path: str = "/healthz", timeout: float = 60) -> None:
+        """After ``spawn``: return once ``ready_path`` answers 200 (stopped if it never does)."""
         assert self.process is not None
         process = self.process
         metrics = {int(self.env.get("METRICS_PORT") or 9090)}
@@ -109,8 +116,42 @@ class Gunicorn:
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
 
+def stop_together(servers: Iterable[Gunicorn]) -> None:
+    """Stop several gunicorns at once, at a test's or a run's end, where nothing is left to
+    drain: SIGTERM to every master, then SIGKILL to its workers, which the master reaps before
+    it exits as it always does (its exit hooks run: the metrics directory is removed).
+
+    A worker stopped by SIGTERM alone keeps its kept-alive connections open for 2 s (gunicorn
+    27's STOP_KEEPALIVE_LINGER), one server after another; SIGQUIT, gunicorn's quick shutdown,
+    now and then hung a gthread worker until the master's 20 s graceful_timeout (its handler
+    shuts the thread pool down inside a signal handler). The drain has tests of its own, which
+    send SIGTERM and wait."""
+    running = [s for s in servers if s.process is not None and s.process.poll() is None]
+    for server in running:
+        server.process.send_signal(signal.SIGTERM)
+    for server in running:
+        for worker in server.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+    for server in running:
+        server.stop()
+
+
 def start_gunicorn(name: str, env: dict[str, str], log_path: Path, target: str = APP) -> Gunicorn:
     """A started ``Gunicorn``: answering /healthz."""
     server = Gunicorn(name, env, log_path, target)
     server.start()
     return server
+
+
+def start_together(servers: list[Gunicorn]) -> None:
+    """Start several at once (each boots in its own processes), returning once all answer
+    /healthz; if one never does, all are stopped."""
+    try:
+        for server in servers:
+            server.spawn()
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        stop_together(servers)
+        raise

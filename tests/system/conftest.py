@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from localservers.gunicorn import Gunicorn, start_gunicorn
+from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from tests.support import mark_layer, replica_env
 
-from .cluster import any_valkey, valkey_cluster  # noqa: F401 (fixtures for every module here)
+from .cluster import (  # noqa: F401 (fixtures for every module here)
+    any_valkey,
+    shared_any_valkey,
+    shared_cluster,
+    valkey_cluster,
+)
 from .tls import tls_redis, trusts_the_test_ca  # noqa: F401 (fixtures for every module here)
 
 
@@ -25,7 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """Start gunicorn with the production config on loopback; every one is stopped at the end."""
+    """Start gunicorn with the production config on loopback; all are stopped together at the
+    end."""
     started: list[Gunicorn] = []
 
     def start(valkey_port: int, name: str = "replica", **env: str) -> Gunicorn:
@@ -35,5 +41,4 @@ def start_replica(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
         return replica
 
     yield start
-    for replica in started:
-        replica.stop()
+    stop_together(started)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from localservers.gunicorn import Gunicorn
 from localservers.haproxy import Haproxy
@@ -30,19 +30,25 @@ ARGS = [
 ]
 
 
-@pytest.fixture
-def browser(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One Chromium for the module: each test's ``new_page`` opens a context of its own (its own
+    cookies and storage), as a new incognito window would."""
     from playwright.sync_api import sync_playwright
 
-    # Chromium and Playwright write caches under HOME; keep them in the test's folder.
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    # Chromium and Playwright write caches under HOME; keep them in the module's folder.
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+        with sync_playwright() as playwright:
+            instance = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=ARGS, timeout=30_000
+            )
+            try:
+                yield instance
+            finally:
+                instance.close()
 
 
 def submit(page: Page, button: str) -> None:

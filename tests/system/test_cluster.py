@@ -1,5 +1,6 @@
 """The app on a real Valkey cluster: where sessions land, a slot moving, a shard failing over,
-ACL users; and the read cache where the server refuses CLIENT TRACKING.
+ACL users; and the read cache where the server refuses CLIENT TRACKING. The tests that change
+the cluster (a slot moved, a failover, users) start their own; the others share one.
 
 The save loops check what a user would: no error page but a few 503s, and every save that was
 acknowledged (303) listed exactly once, whatever redis-py retried or was redirected meanwhile.
@@ -19,6 +20,8 @@ from localservers.cluster import ClusterNode, ValkeyCluster
 from localservers.gunicorn import Gunicorn
 from localservers.waits import wait_until
 from tests.support import csrf_token, listed_messages, replica_env, session_keys
+
+from .cluster import flushed
 
 
 def browse(url: str, browser: requests.Session) -> str:
@@ -94,7 +97,8 @@ def session_key(cluster: ValkeyCluster) -> str:
     return key.decode()
 
 
-def test_sessions_spread_over_every_primary_each_in_one_slot(valkey_cluster, start_replica):
+def test_sessions_spread_over_every_primary_each_in_one_slot(shared_cluster, start_replica):
+    valkey_cluster = flushed(shared_cluster)
     url = start_replica(
         valkey_cluster.port, "spread", RATE_LIMIT_NEW_SESSIONS="40/minute", RATE_LIMIT_SAVES="off"
     ).url
@@ -263,7 +267,8 @@ def test_where_client_tracking_is_refused_pages_are_never_stale(valkey, start_re
     assert first.log().count("refuses CLIENT TRACKING") == 1
 
 
-def test_redis_commands_per_request_on_a_cluster(valkey_cluster, start_replica):
+def test_redis_commands_per_request_on_a_cluster(shared_cluster, start_replica):
+    valkey_cluster = flushed(shared_cluster)
     url = start_replica(valkey_cluster.port, "counted", WEB_CONCURRENCY="1").url
     browser = requests.Session()
     token = csrf_token(browse(url, browser))

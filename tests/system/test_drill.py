@@ -36,7 +36,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from localservers.endpoint import SwitchableProxy
-from localservers.gunicorn import Gunicorn, start_gunicorn
+from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
 from localservers.waits import wait_until
@@ -127,8 +127,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     finally:
         if world.balancer is not None:
             world.balancer.stop()
-        for started in world.started:
-            started.stop()
+        stop_together(world.started)
         endpoint.close()
         replica.stop()
         primary.stop()
@@ -239,8 +238,10 @@ def test_a_failover_and_a_rollout_under_load_lose_no_acknowledged_save(
 ) -> None:
     url = _serve(deployment)
     result = _drill(
-        *("--url", url, "--users", "12", "--rate", "40", "--save-every", "3"),
-        *("--duration", "20", "--disrupt-after", "5", "--settle", "3", "--window", "5"),
+        # Every user is on before the failover (12 a second, not the default 1), which then
+        # comes after 3 s; 2 s of load after each disruption (the new pods are seen serving).
+        *("--url", url, "--users", "12", "--rate", "40", "--save-every", "3", "--spawn-rate", "12"),
+        *("--duration", "20", "--disrupt-after", "3", "--settle", "2", "--window", "5"),
         *("--failover", GROUP, "--rollout", "--failover-timeout", "60"),
         *("--rollout-timeout", "120"),
         env={**kubectl, "AWS_ENDPOINT_URL": aws.url},
@@ -300,8 +301,8 @@ def test_the_drill_reports_saves_a_bad_failover_lost(
     deployment.replica.client().flushall()
     url = _serve(deployment, REDIS_WAIT_REPLICAS="off")
     result = _drill(
-        *("--url", url, "--users", "6", "--rate", "20", "--save-every", "2"),
-        *("--duration", "8", "--disrupt-after", "4", "--settle", "2", "--failover", GROUP),
+        *("--url", url, "--users", "6", "--rate", "20", "--save-every", "2", "--spawn-rate", "6"),
+        *("--duration", "8", "--disrupt-after", "2", "--settle", "2", "--failover", GROUP),
         *("--failover-timeout", "60"),
         env={"AWS_ENDPOINT_URL": aws.url},
     )

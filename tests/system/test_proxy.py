@@ -39,7 +39,11 @@ from .test_hostile_http import MALFORMED, chunked_body
 SLOW_HEADERS = 200
 SLOW_BODIES = 50
 TRICKLE_INTERVAL = 1.0  # one byte per connection per second
-TRICKLE_SECONDS = 16.0  # longer than client_header_timeout (10 s): nginx must cut them off
+# Longer than client_header_timeout (10 s), so nginx must cut the slow headers off while they
+# still send, and than client_body_timeout (10 s), so a body sending all along outlives it (the
+# timeout is between bytes, not for the whole body); 3 s past both is margin enough for the
+# 250 connections opened at the start.
+TRICKLE_SECONDS = 13.0
 CLOSE_WAIT = 30.0  # bound on waiting for nginx to close the rest
 
 

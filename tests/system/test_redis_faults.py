@@ -274,6 +274,10 @@ def _saves_without_replica() -> float:
     return REGISTRY.get_sample_value("messageapp_saves_without_replica_total") or 0.0
 
 
+# Small, so that filling it takes few requests (each test counts its evictions).
+MAXMEMORY = "8mb"
+
+
 def _fill(user: User, texts: list[str]) -> list[int]:
     """Save ``texts`` from one page, each with a save id of its own (as from fresh pages)."""
     form = user.form()
@@ -281,8 +285,8 @@ def _fill(user: User, texts: list[str]) -> list[int]:
 
 
 def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
-    server = servers("small", maxmemory="20mb", maxmemory_policy="volatile-lru")
-    # Long messages, so that a few hundred sessions fill the 20 MB.
+    server = servers("small", maxmemory=MAXMEMORY, maxmemory_policy="volatile-lru")
+    # Long messages, so that a hundred sessions fill the 8 MB.
     # 16,000 emoji: 32,000 characters as the page counts them (UTF-16 units), 64 KB each.
     app = worker(settings, server.port, message_max_length=32_000, session_max_bytes=1 << 20)
     users = []
@@ -303,7 +307,7 @@ def test_under_eviction_a_session_is_whole_or_absent(settings, servers):
 
 
 def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
-    server = servers("small", maxmemory="20mb", maxmemory_policy="volatile-lru")
+    server = servers("small", maxmemory=MAXMEMORY, maxmemory_policy="volatile-lru")
     defaults = Settings.__dataclass_fields__
     app = worker(
         settings,
@@ -317,7 +321,8 @@ def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
     flooder = User(app, "203.0.113.66")
     form = flooder.form()  # one CSRF cookie and token, reused for every request
     statuses: dict[int, int] = {}
-    for _ in range(4000):
+    # 12 MB of messages, 1.5 times the memory: unlimited, they would push the victims out.
+    for _ in range(2000):
         flooder.client.delete_cookie("session")  # a new session every time
         # The most bytes a message may be (2,000 three-byte characters: an emoji counts two).
         status = flooder.submit({**form, "save_id": secrets.token_urlsafe(16)}, "\u20ac" * 2000)

@@ -1,7 +1,8 @@
 """Three real gunicorn replicas sharing one real Valkey: the reason this app exists.
 
 One cookie jar is used against all three in turn, as a load balancer without stickiness would.
-The tests that use ``replicas`` run twice: on a single Valkey and on a Valkey cluster.
+The tests that use ``replicas`` run twice: on a single Valkey and on a Valkey cluster, each
+started once for the module (emptied before each test).
 """
 
 from __future__ import annotations
@@ -14,27 +15,54 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
+from localservers.cluster import ValkeyCluster
+from localservers.gunicorn import Gunicorn
 from localservers.ports import listening_port
 from localservers.processes import child_pids
+from localservers.valkey import Valkey
 from localservers.waits import wait_until
 from tests.support import csrf_token, listed_messages, served_by, session_keys, stored_messages
+
+from .cluster import flushed
+from .fleet import replica_fleet
 
 # Well inside the app's 10 s cache age limit and Redis health-check interval.
 FRESH = 4.0
 
 
+NAMES = ("replica-a", "replica-b", "replica-c")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    shared_any_valkey: Valkey | ValkeyCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Gunicorn]]:
+    with replica_fleet(shared_any_valkey.port, NAMES, tmp_path_factory.mktemp("fleet")) as fleet:
+        yield fleet
+
+
 @pytest.fixture
-def replicas(any_valkey, start_replica):
-    return [
-        start_replica(any_valkey.port, name) for name in ("replica-a", "replica-b", "replica-c")
-    ]
+def replicas(fleet: list[Gunicorn], shared_any_valkey: Valkey | ValkeyCluster) -> list[Gunicorn]:
+    """The module's three replicas on its Valkey (then its cluster), the store emptied for this
+    test. The tests that use them leave the servers as they found them; a test that kills a
+    replica or stops Redis has its own (``own_replicas``)."""
+    flushed(shared_any_valkey)
+    assert all(replica.process.poll() is None for replica in fleet)
+    return fleet
+
+
+@pytest.fixture
+def own_replicas(any_valkey: Valkey | ValkeyCluster, tmp_path: Path) -> Iterator[list[Gunicorn]]:
+    """Three replicas on a Valkey (then a cluster) of this test's own."""
+    with replica_fleet(any_valkey.port, NAMES, tmp_path) as fleet:
+        yield fleet
 
 
 def browse(base: str, session: requests.Session) -> str:
@@ -69,7 +97,8 @@ def test_every_replica_serves_the_same_session(replicas):
     assert seen == {"replica-a", "replica-b", "replica-c"}
 
 
-def test_killing_a_replica_loses_nothing(replicas):
+def test_killing_a_replica_loses_nothing(own_replicas):
+    replicas = own_replicas
     browser = requests.Session()
     token = csrf_token(browse(replicas[0].url, browser))
     for i, replica in enumerate(replicas):
@@ -133,7 +162,8 @@ def test_concurrent_saves_one_short_of_the_limit_store_exactly_one(valkey, start
     assert len(listed) == 5 and listed[4].startswith("last ")
 
 
-def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, any_valkey):
+def test_redis_outage_answers_503_then_recovers_with_every_message(own_replicas, any_valkey):
+    replicas = own_replicas
     valkey = any_valkey
     browser = requests.Session()
     token = csrf_token(browse(replicas[0].url, browser))
@@ -165,12 +195,12 @@ def test_redis_outage_answers_503_then_recovers_with_every_message(replicas, any
     print(f"\noutage: first 200 {recovery:.2f}s after Redis was started again")
 
 
-def test_destroy_removes_every_key(replicas, any_valkey):
+def test_destroy_removes_every_key(replicas, shared_any_valkey):
     browser = requests.Session()
     token = csrf_token(browse(replicas[0].url, browser))
     for i, replica in enumerate(replicas):
         assert save(replica.url, browser, f"m{i}", token).status_code == 303
-    admin = any_valkey.client()
+    admin = shared_any_valkey.client()
     assert len(session_keys(admin)) == 1
     response = browser.post(
         f"{replicas[1].url}/destroy", data={"csrf_token": token}, allow_redirects=False, timeout=10

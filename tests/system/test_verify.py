@@ -36,7 +36,7 @@ from kubernetes.client import (
     V1ServiceStatus,
 )
 
-from localservers.gunicorn import Gunicorn, start_gunicorn
+from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
 from localservers.valkey import Valkey
@@ -82,8 +82,7 @@ def _start_cluster(
     finally:
         if proxy is not None:
             proxy.stop()
-        for replica in replicas:
-            replica.stop()
+        stop_together(replicas)
 
 
 @pytest.fixture(scope="module")
