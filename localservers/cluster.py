@@ -41,10 +41,6 @@ class ClusterNode(Valkey):
             cluster_enabled="yes",
             cluster_config_file="nodes.conf",
             cluster_node_timeout=str(NODE_TIMEOUT_MS),
-            # A replica's full sync starts at once, not after the default 5 s Valkey waits for
-            # more replicas to share one transfer (each primary here has one): a cluster is
-            # whole about 4 s sooner, after every start and every resync.
-            repl_diskless_sync_delay="0",
         )
         # Not port + 10000, the default: that can pass 65535.
         self.config["cluster-port"] = str(free_port())
