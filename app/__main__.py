@@ -3,7 +3,7 @@
 With REDIS_HOST unset it starts an embedded Valkey (data in ./.local-data, or LOCAL_DATA_DIR);
 with it set, it uses that server. Either way it runs gunicorn with the repository's
 gunicorn.conf.py, which reads every other setting, bound to loopback; extra arguments go to
-gunicorn (e.g. `python -m app --bind 127.0.0.1:9000`).
+gunicorn (e.g. `python -m app --bind 127.0.0.1:9000`, which then listens there instead).
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ from .config import ConfigError, Settings, is_set, local_data_dir
 from .embedded import local_secret_key, start_valkey
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BIND = "127.0.0.1:8080"
+
+
+def bind_arguments(arguments: list[str]) -> list[str]:
+    """The default address, unless the arguments name one: gunicorn's ``--bind`` adds to a
+    list, so passing ours as well would listen on both (and fail when 8080 is taken)."""
+    for argument in arguments:
+        if argument in ("-b", "--bind") or argument.startswith(("-b", "--bind=")):
+            return []
+    return ["--bind", DEFAULT_BIND]
 
 
 def main() -> None:
@@ -47,8 +57,7 @@ def main() -> None:
             "gunicorn",
             "-c",
             str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            "127.0.0.1:8080",
+            *bind_arguments(sys.argv[1:]),
             *sys.argv[1:],
             "app:create_app()",
         ]

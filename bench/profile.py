@@ -48,7 +48,7 @@ def profile(duration: int, workdir: Path, log: Callable[[str], None]) -> str:
                 [Request("POST", c.cookie_header, c.save_body(message_text(1))) for c in savers],
             ),
         }
-        worker = app.worker_pids()[0]
+        worker = min(app.worker_pids())
         for name, (url, requests) in targets.items():
             log(f"profiling worker {worker} for {name} ({duration} s under wrk)")
             raw = workdir / f"profile-{name}.txt"

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.client import PageClient
 from bench.costs import Footprint, RedisCost, cluster_costs, redis_costs
 from bench.fault import FaultRun, fault_run
 from bench.latency import SaveLatency, save_latency
@@ -114,17 +115,14 @@ def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> Results:
             ),
             "page_app_cluster": Target(ours_cluster, cluster, "/", page_requests["app-cluster"]),
         }
+        # The floor of a save: the ceiling answers the app's own save requests (same cookies
+        # and form) with a 303, reading the form and nothing else.
+        targets["save_ceiling"] = Target(
+            ceiling, redis_server, "/persistMessage", _save_requests(pools["save_app"])
+        )
         for name, clients in pools.items():
             server, store = savers[name]
-            targets[name] = Target(
-                server,
-                store,
-                "/persistMessage",
-                [
-                    Request("POST", c.cookie_header, c.save_body(message_text(9999)))
-                    for c in clients
-                ],
-            )
+            targets[name] = Target(server, store, "/persistMessage", _save_requests(clients))
         rows = measure_rows(plan, targets, workdir, failures, log)
         # Only the anchor may lose saves (racing read-modify-writes); the app never.
         saves_verified = {
@@ -160,3 +158,8 @@ def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> Results:
         failures,
         server_version,
     )
+
+
+def _save_requests(clients: list[PageClient]) -> list[Request]:
+    """One save per client, round-robin: its cookie and a form with its page's CSRF token."""
+    return [Request("POST", c.cookie_header, c.save_body(message_text(9999))) for c in clients]

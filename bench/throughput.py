@@ -85,6 +85,7 @@ ROW_LABELS = {
     "page_app_nginx": "a'. app GET / behind the pod's nginx (as deployed)",
     "page_ceiling_nginx": "b'. ceiling behind the same nginx",
     "page_app_cluster": "a''. app GET / on a local Valkey cluster (3 primaries + 3 replicas)",
+    "save_ceiling": "d0. floor: bare Flask POST /persistMessage (form read, 303, nothing else)",
     "save_app": "d. app POST /persistMessage (303, not followed)",
     "save_anchor": "d. anchor POST /persistMessage (303, not followed)",
     "save_app_cluster": "d''. app POST /persistMessage on the same cluster (303, not followed)",

@@ -30,7 +30,11 @@ class Valkey:
 
     def __init__(self, data_dir: Path, **config: str) -> None:
         self.data_dir = data_dir
-        self.config = {"appendonly": "yes"} | {k.replace("_", "-"): v for k, v in config.items()}
+        # A primary starts a new replica's full sync at once: by default it waits 5 s for more
+        # replicas to share one transfer, which every replica a test or a failover makes (and
+        # each start of the six-node cluster) would sit through.
+        defaults = {"appendonly": "yes", "repl-diskless-sync-delay": "0"}
+        self.config = defaults | {k.replace("_", "-"): v for k, v in config.items()}
         self.port = free_port()
         self.pid: int | None = None
         self.started = False

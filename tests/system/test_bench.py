@@ -57,6 +57,7 @@ def test_smoke_run_succeeds_and_prints_every_section(smoke) -> None:
         "a. app GET /",
         "b. ceiling",
         "c. anchor",
+        "d0. floor: bare Flask POST /persistMessage",
         "d. app POST /persistMessage",
         "d. anchor POST /persistMessage",
         "a''. app GET / on a local Valkey cluster (3 primaries + 3 replicas)",
@@ -69,6 +70,7 @@ def test_smoke_run_succeeds_and_prints_every_section(smoke) -> None:
         "b'. ceiling behind the same nginx",
         "i. Page view p50/p99 while 25 slow clients are connected",
         "(a)/(b)",
+        "- (d0) the floor of a save under this server",
         "(a')/(b)",
         "- the cluster against one Valkey (reported only): page view (a'')/(a)",
     ):

@@ -98,6 +98,23 @@ def test_messages_survive_a_restart_of_the_local_app(tmp_path):
             pass
 
 
+def test_an_address_given_is_the_only_one_the_local_app_listens_on(tmp_path):
+    """`python -m app --bind ...` (as run_local passes) must not also take the default 8080:
+    with 8080 held by another program, the app still starts."""
+    with socket.socket() as other_program:
+        other_program.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            other_program.bind(("127.0.0.1", 8080))
+            other_program.listen()
+        except OSError:
+            pass  # something else holds it already: just as good
+        process, url = run_local(tmp_path / "data", tmp_path / "app.log")
+        try:
+            assert requests.get(f"{url}/healthz", timeout=10).ok
+        finally:
+            stop(process)
+
+
 def test_the_local_app_serves_every_workers_counts(tmp_path):
     """prometheus_client picks its multiprocess mode when first imported: `python -m app`
     imports the app package before gunicorn.conf.py names the metrics directory, so the
