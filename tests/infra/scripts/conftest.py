@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from localservers.ports import free_port
+from localservers.processes import stop_process
 from localservers.waits import wait_until
 from tests.stubs import awsfork
 from tests.support import mark_layer
@@ -60,12 +61,7 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(lambda: _reset(url), timeout=30, what="moto server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture(scope="package")
@@ -88,12 +84,7 @@ def aws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(lambda: awsfork.accepts(str(path)), timeout=30, what="AWS CLI fork server")
         yield str(path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture(scope="package")
