@@ -6,7 +6,8 @@ Every call appends {"tool", "argv", ...} as one JSON line to $STUB_LOG, so the t
 calls, their order and their flags. What the stand-in answers itself is exactly what moto cannot
 emulate; everything else goes to the real tool:
 
-- aws: runs the real AWS CLI against moto, except that create/update-stack of the main stack get a
+- aws: runs the real AWS CLI against moto (in $STUB_AWS_SERVER, tests/stubs/awsfork.py: the CLI
+  imported once, a fork of it per call), except that create/update-stack of the main stack get a
   stand-in template (moto skips EKS/ElastiCache in CloudFormation and fails on their attributes),
   and an unchanged update of it is refused as CloudFormation does ("No updates are to be
   performed"). With STUB_MAIN_EVENTS naming a recorded event sequence (tests/fixtures/aws/
@@ -22,10 +23,10 @@ emulate; everything else goes to the real tool:
   load balancer, target group and security group find them still there, as after a Service
   deletion EKS takes a while to clean up).
 - describe-stacks: moto's answer with list parameters written back as CloudFormation writes them.
-- validate-template: moto's real answer (it runs cfn-lint, about a second per template) with the
-  template's Parameters filled in as CloudFormation lists them (moto's list is empty), kept in
-  $STUB_VALIDATE_CACHE by the template's content hash and the region and replayed for the same
-  bytes, so the templates are linted once per test session instead of once per deploy.sh run.
+- validate-template: moto's real answer (it runs cfn-lint, about two seconds per template) with
+  the template's Parameters filled in as CloudFormation lists them (moto's list is empty), kept
+  in $STUB_VALIDATE_CACHE by the template's content hash and replayed for the same bytes, so the
+  templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects. `rollout
   restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
@@ -35,14 +36,18 @@ emulate; everything else goes to the real tool:
 """
 
 import ast
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import awsfork
 
 TOOL = Path(sys.argv[0]).name
 ARGV = sys.argv[1:]
@@ -63,8 +68,25 @@ def option(name: str) -> str | None:
 
 
 def real_aws(args: list[str]) -> None:
-    """Replaces this process with the real AWS CLI (moto behind AWS_ENDPOINT_URL)."""
-    os.execv(os.environ["REAL_AWS"], [os.environ["REAL_AWS"], *args])  # noqa: S606
+    """Ends this call as the real AWS CLI's run of `args` (moto behind AWS_ENDPOINT_URL) ends:
+    on this call's streams, with its exit status."""
+    sys.exit(awsfork.call(os.environ["STUB_AWS_SERVER"], args, dict(os.environ), os.getcwd()))
+
+
+def real_run(args: list[str], check: bool = False) -> subprocess.CompletedProcess[str]:
+    """The real AWS CLI's run of `args` with its output captured (into files: a pipe could fill
+    up), as subprocess.run(capture_output=True, text=True) gives it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        code = awsfork.call(
+            os.environ["STUB_AWS_SERVER"], args, dict(os.environ), os.getcwd(),
+            (0, out.fileno(), err.fileno()),
+        )  # fmt: skip
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(args, code, out.read().decode(), err.read().decode())
+    if check:
+        result.check_returncode()
+    return result
 
 
 STACK_TYPE = "AWS::CloudFormation::Stack"
@@ -265,9 +287,7 @@ def load_balancer_leftovers(command: str) -> None:
 
 def real_answer(args: list[str]) -> dict[str, Any]:
     """The real call's JSON answer, to be amended; a failed call ends here as it failed."""
-    out = subprocess.run(
-        [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
-    )
+    out = real_run(args)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
         sys.exit(out.returncode)
@@ -292,11 +312,10 @@ def previous_values_resolved(args: list[str], stack: str) -> list[str]:
     given = option("--parameters")
     if not given or "UsePreviousValue" not in given:
         return args
-    out = subprocess.run(
-        [os.environ["REAL_AWS"], "--profile", option("--profile") or "", "--region",
-         option("--region") or "", "cloudformation", "describe-stacks", "--stack-name", stack,
-         "--output", "json"],
-        capture_output=True, text=True, check=True,
+    out = real_run(
+        ["--profile", option("--profile") or "", "--region", option("--region") or "",
+         "cloudformation", "describe-stacks", "--stack-name", stack, "--output", "json"],
+        check=True,
     )  # fmt: skip
     current = {
         p["ParameterKey"]: p.get("ParameterValue", "")
@@ -342,26 +361,29 @@ def with_template_parameters(answer: str, template: Path) -> str:
 
 
 def validate_template_once(args: list[str]) -> None:
-    """Replays moto's answer for a template already validated with the same content and region."""
+    """Replays moto's answer for a template already validated with the same content. moto lints
+    every template for us-east-1 whatever the region (moto/cloudformation/utils.py,
+    validate_template_cfn_lint), so its answer depends on the bytes alone. The first caller of a
+    template computes it under a lock; the others (other script tests, xdist's other worker)
+    wait for it instead of linting the same bytes again."""
     cache_dir = os.environ.get("STUB_VALIDATE_CACHE")
     body = option("--template-body") or ""
     if not cache_dir or not body.startswith("file://"):
         return
     digest = hashlib.sha256(Path(body[len("file://") :]).read_bytes())
-    digest.update((option("--region") or "").encode())
     entry = Path(cache_dir) / f"{digest.hexdigest()}.json"
-    if not entry.exists():
-        out = subprocess.run(
-            [os.environ["REAL_AWS"], *args], capture_output=True, text=True, check=False
-        )
-        stdout = out.stdout
-        if out.returncode == 0:
-            stdout = with_template_parameters(stdout, Path(body[len("file://") :]))
-        answer = {"code": out.returncode, "stdout": stdout, "stderr": out.stderr}
-        # Written whole, then renamed: a concurrent reader never sees half an answer.
-        partial = entry.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(answer))
-        partial.replace(entry)
+    with open(entry.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not entry.exists():
+            out = real_run(args)
+            stdout = out.stdout
+            if out.returncode == 0:
+                stdout = with_template_parameters(stdout, Path(body[len("file://") :]))
+            answer = {"code": out.returncode, "stdout": stdout, "stderr": out.stderr}
+            # Written whole, then renamed: a reader that takes no lock never sees half an answer.
+            partial = entry.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(answer))
+            partial.replace(entry)
     answer = json.loads(entry.read_text())
     sys.stdout.write(answer["stdout"])
     sys.stderr.write(answer["stderr"])
@@ -422,7 +444,7 @@ def aws() -> None:
             rolled_back.unlink(missing_ok=True)
         # Deleted by name, the id must be read while the stack still exists.
         known = stack_id_of(stack or "", "") if command == "delete-stack" else ""
-        out = subprocess.run([os.environ["REAL_AWS"], *args], capture_output=True, text=True)
+        out = real_run(args)
         sys.stdout.write(out.stdout)
         sys.stderr.write(out.stderr)
         if out.returncode == 0:
@@ -462,11 +484,10 @@ def stack_id_of(stack: str, answer: str) -> str:
         return answer.strip()
     if answer.strip().startswith("{"):
         return json.loads(answer)["StackId"]
-    out = subprocess.run(
-        [os.environ["REAL_AWS"], "--profile", option("--profile") or "", "--region",
-         option("--region") or "", "cloudformation", "describe-stacks", "--stack-name", stack,
+    out = real_run(
+        ["--profile", option("--profile") or "", "--region", option("--region") or "",
+         "cloudformation", "describe-stacks", "--stack-name", stack,
          "--query", "Stacks[0].StackId", "--output", "text"],
-        capture_output=True, text=True, check=False,
     )  # fmt: skip
     return out.stdout.strip() if out.returncode == 0 else ""
 
@@ -528,9 +549,8 @@ def builder() -> None:
         },
         "layers": [],
     }
-    subprocess.run(
+    pushed = real_run(
         [
-            os.environ["REAL_AWS"],
             "--profile",
             os.environ["STUB_PROFILE"],
             "--region",
@@ -543,10 +563,10 @@ def builder() -> None:
             tag,
             "--image-manifest",
             json.dumps({**manifest, "annotations": {"tag": tag}}),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        ]
     )
+    sys.stderr.write(pushed.stderr)
+    pushed.check_returncode()
 
 
 if __name__ == "__main__":

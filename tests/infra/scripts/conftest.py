@@ -6,16 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localservers.ports import free_port
+from localservers.processes import stop_process
 from localservers.waits import wait_until
+from tests.stubs import awsfork
 from tests.support import mark_layer
 
-from .harness import MOTO_SERVER, REAL_AWS, World, _reset, make_world
+from .harness import AWSFORK, MOTO_SERVER, REAL_AWS, World, _reset, make_world
 
 # The scripts run the real AWS CLI, jq and kubectl: without one, every test here is skipped
 # (which CI, where .ci/run installs them, turns into a failure).
@@ -58,12 +61,30 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(lambda: _reset(url), timeout=30, what="moto server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
+
+
+@pytest.fixture(scope="package")
+def aws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real AWS CLI, imported once, forked for each call the stand-in passes on (the socket's
+    path; tests/stubs/awsfork.py says why)."""
+    folder = tmp_path_factory.mktemp("aws")
+    path = folder / "aws.sock"
+    with (folder / "awsfork.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(AWSFORK), str(path), str(REAL_AWS)],
+            # What the scripts' environment fixes at start (make_world): awsfork.FIXED_AT_START.
+            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+    try:
+        wait_until(lambda: awsfork.accepts(str(path)), timeout=30, what="AWS CLI fork server")
+        yield str(path)
+    finally:
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture(scope="package")
@@ -80,16 +101,16 @@ def validate_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
+def world(tmp_path: Path, moto_url: str, validate_cache: Path, aws_server: str) -> World:
     """A fresh moto, a committed copy of the repository, and an assumed-role profile `ci`."""
-    return make_world(tmp_path, moto_url, validate_cache)
+    return make_world(tmp_path, moto_url, validate_cache, aws_server)
 
 
 @pytest.fixture(scope="module")
 def shared_world(
-    tmp_path_factory: pytest.TempPathFactory, moto_url: str, validate_cache: Path
+    tmp_path_factory: pytest.TempPathFactory, moto_url: str, validate_cache: Path, aws_server: str
 ) -> World:
     """One world for the tests that only parse options and check prerequisites: they make no AWS
     call that reads or changes moto (at most the local `aws configure get region`), so they need
     no fresh copy each."""
-    return make_world(tmp_path_factory.mktemp("shared"), moto_url, validate_cache)
+    return make_world(tmp_path_factory.mktemp("shared"), moto_url, validate_cache, aws_server)

@@ -9,9 +9,11 @@ and delete-stack, S3 uploads, object versions, delete markers and DeleteObjects,
 tokens and BatchDeleteImage, EKS describe-cluster/update-kubeconfig, Secrets Manager; and
 `kubectl kustomize` (offline) on the real k8s/.
 
-Speed: moto's validate-template answer is replayed for a template with the same bytes (cached by
-content hash for the folder), and the tests that only parse options share one World. Calls are
-looked up by operation (`Run.aws_calls`), never by their position in the log.
+Speed: the AWS CLI is imported once per test process and forked for each call
+(tests/stubs/awsfork.py: the same `aws` script, minus some 0.3 s of start-up per call); moto's
+validate-template answer is replayed for a template with the same bytes (cached by content hash
+for the run), and the tests that only parse options share one World. Calls are looked up by
+operation (`Run.aws_calls`), never by their position in the log.
 
 Stood in by tests/stubs/standin.py, which records every call (argv) of aws, kubectl and the
 builders: the main stack's template (moto skips EKS and ElastiCache inside CloudFormation and fails
@@ -75,6 +77,7 @@ BASE_TOOLS = (
 )  # fmt: skip
 BUILDERS = ("docker", "podman", "buildah")
 STANDIN = REPO_ROOT / "tests" / "stubs" / "standin.py"
+AWSFORK = REPO_ROOT / "tests" / "stubs" / "awsfork.py"
 REAL_AWS = Path(sys.executable).parent / "aws"
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 AWS_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "aws"
@@ -253,9 +256,9 @@ class World:
             capture_output=True,
             text=True,
             # A bound on a hung script, not a speed check: a deploy run makes some thirty AWS
-            # CLI calls, each a Python start-up, validates nine templates (moto lints each the
-            # first time in a region) and follows its stacks; on a loaded 2-core machine with
-            # both xdist workers busy one run took over 300 s.
+            # CLI calls, validates ten templates (moto lints each the first time in the test
+            # session, about two seconds each) and follows its stacks; on a loaded 2-core
+            # machine with both xdist workers busy one run took over 300 s.
             timeout=600,
         )
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
@@ -433,7 +436,7 @@ def git(root: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
+def make_world(tmp_path: Path, moto_url: str, validate_cache: Path, aws_server: str) -> World:
     """Resets moto, copies and commits the repository, and signs the profile `ci` in."""
     pytest.importorskip("cfnlint", reason="cfn-lint not installed")
     assert _reset(moto_url)
@@ -471,7 +474,7 @@ def make_world(tmp_path: Path, moto_url: str, validate_cache: Path) -> World:
         "STACK_POLL_SECONDS": "0",
         "STUB_MAIN_TEMPLATE": str(tmp_path / "main-standin.json"),
         "STUB_VALIDATE_CACHE": str(validate_cache),
-        "REAL_AWS": str(REAL_AWS),
+        "STUB_AWS_SERVER": aws_server,
         "REAL_KUBECTL": str(shutil.which("kubectl")),
     }
     subprocess.run(["git", "init", "-q"], cwd=root, env=env, check=True, timeout=30)
