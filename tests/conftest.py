@@ -65,33 +65,13 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Under ``--dist loadgroup`` (README's command adds ``-n 2``) the tests of a module that
-    share a module-scoped fixture (a server, a linter run) run on one worker, so it is set up
-    once; a test that shares none is a group of its own, which either worker may take, so long
-    modules spread over both. A test that names its own group keeps it (the image tests share
-    ``xdist_group("image")``). Marked as each test is collected, before xdist reads the groups."""
+    """Under ``--dist loadgroup`` (README's command adds ``-n 2``) each module's tests run on
+    one worker, so a module-scoped server or linter run is set up once: every test is in its
+    module's group unless it names its own (the image tests share ``xdist_group("image")``).
+    Marked as each test is collected, before xdist reads the groups."""
     if item.get_closest_marker("xdist_group") is None:
         module = item.getparent(pytest.Module)
-        shared = module is not None and _uses_module_scoped_fixture(item)
-        item.add_marker(pytest.mark.xdist_group(module.nodeid if shared else item.nodeid))
-
-
-def _uses_module_scoped_fixture(item: pytest.Item) -> bool:
-    """Whether ``item`` depends on a fixture that lives for its module or package.
-
-    The one place that reads pytest's private ``_fixtureinfo`` (pytest has no public way to
-    ask a fixture's scope from a collected test): an item without it fails the collection,
-    naming this function, rather than silently splitting a module's shared server."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        if isinstance(item, pytest.Function):
-            raise pytest.UsageError("tests/conftest.py: pytest no longer gives _fixtureinfo")
-        return True  # not a test function (e.g. a doctest): keep it with its module
-    return any(
-        definition.scope in ("module", "package")
-        for definitions in info.name2fixturedefs.values()
-        for definition in definitions
-    )
+        item.add_marker(pytest.mark.xdist_group(module.nodeid if module else item.nodeid))
 
 
 def _in_ci() -> bool:
