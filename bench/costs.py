@@ -17,9 +17,9 @@ from bench.client import PageClient
 from bench.pages import message_text
 from bench.plan import PAGE_MESSAGES, Plan
 from bench.rtt_proxy import RoundTripProxy
-from bench.variants import anchor_app, bench_valkey, our_app, sessions_with_messages, start_all
+from bench.variants import anchor_app, bench_valkey, our_app, sessions_with_messages
 from localservers.cluster import ValkeyCluster
-from localservers.gunicorn import Gunicorn
+from localservers.gunicorn import Gunicorn, start_together
 from localservers.valkey import Valkey
 
 CLUSTER_NAME = "app on the cluster"
@@ -93,7 +93,7 @@ def redis_costs(plan: Plan, workdir: Path, logs: Path) -> tuple[list[RedisCost],
         anchor = anchor_app(proxy.port, 1, logs, name="anchor-costs")
         for app in (ours, anchor):
             stack.callback(app.stop)
-        start_all([ours, anchor])
+        start_together([ours, anchor])
         for name, app, db in (("app", ours, 0), ("anchor", anchor, 1)):
             client = sessions_with_messages(app.port, 1, PAGE_MESSAGES)[0]
             footprints.append(footprint(name, server, db, client))

@@ -25,11 +25,10 @@ from bench.variants import (
     our_app,
     serving,
     sessions_with_messages,
-    start_all,
 )
 from bench.wrk import Request
 from localservers.cluster import ValkeyCluster
-from localservers.gunicorn import Gunicorn
+from localservers.gunicorn import Gunicorn, start_together
 from localservers.nginx import Nginx
 
 
@@ -65,7 +64,7 @@ def run(plan: Plan, workdir: Path, log: Callable[[str], None]) -> Results:
         for server in (ours, anchor, ceiling, bare):
             stack.callback(server.stop)
         log("starting redis and 4 gunicorn instances")
-        start_all([ours, anchor, ceiling, bare])
+        start_together([ours, anchor, ceiling, bare])
         # The same app on a local Valkey cluster (3 primaries + 3 replicas, no persistence, as
         # the single Valkey), measured in the same interleaved repeats as every other row.
         log("starting a Valkey cluster (3 primaries + 3 replicas) and the app on it")

@@ -77,12 +77,6 @@ def ceiling_app(redis_port: int, logs: Path) -> Gunicorn:
     return Gunicorn("ceiling", env, logs / "ceiling.log", "bench.ceiling_app:create_app()")
 
 
-def start_all(servers: list[Gunicorn]) -> None:
-    """Start in parallel: each gunicorn takes ~1 s to import Flask, which adds up in smoke runs."""
-    with ThreadPoolExecutor(len(servers)) as pool:
-        list(pool.map(lambda server: server.start(), servers))
-
-
 class Store(Protocol):
     """What a row needs of a session store: one Valkey or a ``ValkeyCluster``."""
 
