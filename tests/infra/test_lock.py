@@ -46,8 +46,9 @@ LOCAL = parse_lock(LOCKS / "local.txt")
 VERIFY = parse_lock(LOCKS / "verify.txt")
 DRILL = parse_lock(LOCKS / "drill.txt")
 TEST = parse_lock(LOCKS / "test.txt")
+UV = parse_lock(LOCKS / "uv.txt")
 # The locks made from the test lock as constraints (requirements/lock): each a subset of it.
-SUBSETS = {"runtime": RUNTIME, "local": LOCAL, "verify": VERIFY, "drill": DRILL}
+SUBSETS = {"runtime": RUNTIME, "local": LOCAL, "verify": VERIFY, "drill": DRILL, "uv": UV}
 
 
 def environment(python: str) -> dict[str, str]:
@@ -117,6 +118,12 @@ def test_every_pin_has_hashes_and_the_project_is_not_pinned(lock: dict) -> None:
     assert [n for n, (_, _, hashes) in lock.items() if not hashes] == []
     assert all(h.startswith("sha256:") for _, _, hashes in lock.values() for h in hashes)
     assert NAME not in lock  # run from the checkout, never installed
+
+
+def test_the_uv_lock_holds_uv_alone() -> None:
+    """The test command's first step installs it with pip: nothing else may come in unchecked by
+    the test lock's hashes, and uv has no dependencies of its own."""
+    assert list(UV) == ["uv"]
 
 
 def test_the_extras_dependencies_are_locked_too() -> None:
