@@ -1,6 +1,6 @@
 """Helpers only the tests need, shared by every layer: the repository's paths, page parsing,
-the app's Redis keys and stored messages, the environment of an app under test, raw HTTP, and
-checkov's report.
+the app's Redis keys and stored messages, the environment of an app under test, raw HTTP,
+checkov's report, and the server logs a failed test shows.
 
 The real servers the tests start (Valkey, a Valkey cluster, gunicorn, nginx, haproxy), free
 ports and readiness waits are the ``localservers`` package's, which the benchmark uses too.
@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -50,6 +51,30 @@ def served_by(page: str) -> str:
     replica = parse_page(page).served_by
     assert replica is not None, "no replica name in the page"
     return replica
+
+
+def server_log_sections(item: Any, lines: int = 60) -> list[tuple[str, str]]:
+    """The end of each server log a test used, as sections of its failure report.
+
+    The logs live in temp folders that later runs delete, so a failure seen once (a flaky test
+    in CI above all) would otherwise leave no trace of what the servers said. Found under the
+    test's ``tmp_path`` and on its fixtures' servers (anything with a ``log_path``: gunicorn,
+    nginx, haproxy), alone or in a list.
+    """
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    paths: list[Path] = []
+    if isinstance(funcargs.get("tmp_path"), Path):
+        paths += sorted(funcargs["tmp_path"].rglob("*.log"))
+    for value in funcargs.values():
+        for server in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(getattr(server, "log_path", None), Path):
+                paths.append(server.log_path)
+    sections = []
+    for path in dict.fromkeys(paths):  # once each, in the order found
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            sections.append((f"server log {path} (last {len(tail)} lines)", "\n".join(tail)))
+    return sections
 
 
 def mark_layer(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecorator) -> None:

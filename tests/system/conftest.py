@@ -7,13 +7,13 @@ Every test here is marked ``system`` and ``slow`` (``pytest -m "not slow"`` leav
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
-from tests.support import mark_layer, replica_env
+from tests.support import mark_layer, replica_env, server_log_sections
 
 from .cluster import (  # noqa: F401 (fixtures for every module here)
     any_valkey,
@@ -26,6 +26,18 @@ from .tls import tls_redis, trusts_the_test_ca  # noqa: F401 (fixtures for every
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_layer(items, Path(__file__).parent, pytest.mark.system, pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the tail of each server log it used (support.py says
+    why)."""
+    report = yield
+    if report.failed:
+        report.sections.extend(server_log_sections(item))
+    return report
 
 
 @pytest.fixture
