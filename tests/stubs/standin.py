@@ -343,19 +343,38 @@ def as_cloudformation(value: str) -> str:
     return value
 
 
+def template_parameters(template: Path) -> dict[str, Any] | None:
+    """The template's Parameters section ({} for none), or None when it is not YAML.
+
+    CloudFormation's short-form functions (!Ref, !Sub, ...) are read as nothing: the Parameters
+    section holds none. cfn-lint's decoder would read them too, but importing it takes ~0.8 s in
+    this fresh process, paid at each template's first validation in a run; yaml is imported here
+    only, as this file starts for every aws and kubectl call. Both read every template's
+    parameters alike: tests/infra/scripts/test_standin.py."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        decoded = yaml.load(template.read_text(), Loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError:
+        return None
+    return (decoded.get("Parameters") or {}) if isinstance(decoded, dict) else None
+
+
 def with_template_parameters(answer: str, template: Path) -> str:
     """moto's validate-template answer with the template's Parameters, which CloudFormation lists
     and moto leaves empty (deploy.sh reads main.yaml's parameter names from it)."""
-    from cfnlint.decode import decode
-
     parsed = json.loads(answer)
-    decoded, _ = decode(str(template))
-    if parsed.get("Parameters") or decoded is None:
+    parameters = template_parameters(template)
+    if parsed.get("Parameters") or parameters is None:
         return answer
     parsed["Parameters"] = [
         {"ParameterKey": key, "NoEcho": bool(spec.get("NoEcho", False))}
         | ({"DefaultValue": str(spec["Default"])} if "Default" in spec else {})
-        for key, spec in (decoded.get("Parameters") or {}).items()
+        for key, spec in parameters.items()
     ]
     return json.dumps(parsed, indent=4) + "\n"
 

@@ -1,0 +1,45 @@
+"""The stand-in's own reading of a template's parameters (tests/stubs/standin.py adds them to
+moto's validate-template answer), against cfn-lint's decoder, for every template in cfn/."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from cfnlint.decode import decode
+
+from tests.support import REPO_ROOT
+
+TEMPLATES = sorted((REPO_ROOT / "cfn").rglob("*.yaml"))
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # As the stand-in runs: a script in tests/stubs, importing its neighbour awsfork.
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tests" / "stubs"))
+    return importlib.import_module("standin")
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_parameters_are_read_as_cfn_lint_reads_them(standin: ModuleType, template: Path) -> None:
+    decoded, matches = decode(str(template))
+    assert decoded is not None, matches
+    expected = decoded.get("Parameters") or {}
+    assert expected, "every template here takes parameters"
+    assert standin.template_parameters(template) == expected
+
+
+def test_a_file_that_is_not_a_yaml_template_has_no_parameters(
+    standin: ModuleType, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("Parameters: [unclosed\n")
+    assert standin.template_parameters(broken) is None
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    assert standin.template_parameters(listed) is None
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("Resources:\n  Handle: {Type: AWS::CloudFormation::WaitConditionHandle}\n")
+    assert standin.template_parameters(empty) == {}
