@@ -53,28 +53,36 @@ def served_by(page: str) -> str:
     return replica
 
 
-def server_log_sections(item: Any, lines: int = 60) -> list[tuple[str, str]]:
+def server_log_sections(
+    item: Any, lines: int = 60, most_bytes: int = 16_384
+) -> list[tuple[str, str]]:
     """The end of each server log a test used, as sections of its failure report.
 
     The logs live in temp folders that later runs delete, so a failure seen once (a flaky test
     in CI above all) would otherwise leave no trace of what the servers said. Found under the
     test's ``tmp_path`` and on its fixtures' servers (anything with a ``log_path``: gunicorn,
-    nginx, haproxy), alone or in a list.
+    nginx, haproxy), alone or in a list; each its last ``lines`` lines, at most ``most_bytes``.
+    Never raises: a report hook that failed would hide the failure it reports.
     """
-    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
-    paths: list[Path] = []
-    if isinstance(funcargs.get("tmp_path"), Path):
-        paths += sorted(funcargs["tmp_path"].rglob("*.log"))
-    for value in funcargs.values():
-        for server in value if isinstance(value, list | tuple) else (value,):
-            if isinstance(getattr(server, "log_path", None), Path):
-                paths.append(server.log_path)
-    sections = []
-    for path in dict.fromkeys(paths):  # once each, in the order found
-        if path.is_file():
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            sections.append((f"server log {path} (last {len(tail)} lines)", "\n".join(tail)))
-    return sections
+    try:
+        funcargs: dict[str, Any] = getattr(item, "funcargs", None) or {}
+        paths: list[Path] = []
+        if isinstance(funcargs.get("tmp_path"), Path):
+            paths += sorted(funcargs["tmp_path"].rglob("*.log"))
+        for value in funcargs.values():
+            for server in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(getattr(server, "log_path", None), Path):
+                    paths.append(server.log_path)
+        sections = []
+        for path in dict.fromkeys(paths):  # once each, in the order found
+            if path.is_file():
+                with path.open("rb") as log:
+                    log.seek(max(0, log.seek(0, os.SEEK_END) - most_bytes))
+                    tail = log.read().decode(errors="replace").splitlines()[-lines:]
+                sections.append((f"server log {path} (last {len(tail)} lines)", "\n".join(tail)))
+        return sections
+    except Exception as exc:  # whatever it is, the test's own failure comes first
+        return [("server logs unavailable", repr(exc))]
 
 
 def mark_layer(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecorator) -> None:

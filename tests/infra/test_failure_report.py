@@ -45,3 +45,21 @@ def test_a_short_log_is_shown_whole_and_a_test_without_servers_adds_nothing(
     ]
     assert server_log_sections(SimpleNamespace(funcargs={})) == []
     assert server_log_sections(SimpleNamespace()) == []  # an item that never set its fixtures
+
+
+def test_a_long_log_is_read_from_its_end_only(tmp_path: Path) -> None:
+    log = tmp_path / "replica.log"
+    log.write_bytes(b"x" * 1_000_000 + b"\n" + b"".join(b"line %d\n" % i for i in range(5)))
+    [(_, text)] = server_log_sections(SimpleNamespace(funcargs={"tmp_path": tmp_path}), 60, 100)
+    # The last 100 bytes: a cut first line, then the end whole.
+    assert text.endswith("line 3\nline 4")
+    assert len(text) < 100
+
+
+def test_a_fixture_that_raises_gives_a_section_not_an_error(tmp_path: Path) -> None:
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError(f"no {name} here")
+
+    sections = server_log_sections(SimpleNamespace(funcargs={"server": Broken()}))
+    assert sections == [("server logs unavailable", "RuntimeError('no log_path here')")]
