@@ -120,10 +120,12 @@ def test_every_pin_has_hashes_and_the_project_is_not_pinned(lock: dict) -> None:
     assert NAME not in lock  # run from the checkout, never installed
 
 
-def test_the_uv_lock_holds_uv_alone() -> None:
-    """The test command's first step installs it with pip: nothing else may come in unchecked by
-    the test lock's hashes, and uv has no dependencies of its own."""
+def test_the_uv_lock_holds_uv_alone_as_the_test_lock_pins_it() -> None:
+    """The test command's first step installs it with pip: uv alone (it has no dependencies of
+    its own), the very files the test lock allows."""
     assert list(UV) == ["uv"]
+    assert UV["uv"][0] == TEST["uv"][0]
+    assert sorted(UV["uv"][2]) == sorted(TEST["uv"][2])
 
 
 def test_the_extras_dependencies_are_locked_too() -> None:
