@@ -358,8 +358,8 @@ def template_parameters(template: Path) -> dict[str, Any] | None:
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
-        decoded = yaml.load(template.read_text(), Loader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError:
+        decoded = yaml.load(template.read_bytes(), Loader)  # noqa: S506 - a SafeLoader
+    except (yaml.YAMLError, OSError):  # not YAML (undecodable bytes included), or unreadable
         return None
     return (decoded.get("Parameters") or {}) if isinstance(decoded, dict) else None
 
