@@ -130,12 +130,8 @@ def test_test_lock_meets_the_dependencies_and_the_test_extra(python: str) -> Non
 @pytest.mark.parametrize("python", PYTHONS)
 @pytest.mark.parametrize("lock", SUBSETS.values(), ids=SUBSETS.keys())
 def test_the_locks_agree_on_every_shared_package(lock: dict, python: str) -> None:
-    differ = {
-        name: (pinned(lock, name, python), pinned(TEST, name, python))
-        for name in lock
-        if pinned(lock, name, python) != pinned(TEST, name, python)
-        and pinned(lock, name, python) is not None
-    }
+    pairs = {name: (pinned(lock, name, python), pinned(TEST, name, python)) for name in lock}
+    differ = {n: (ours, tests) for n, (ours, tests) in pairs.items() if ours not in (None, tests)}
     assert differ == {}
     assert set(lock) <= set(TEST), "the test lock installs what the others do"
 
