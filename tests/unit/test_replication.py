@@ -131,3 +131,13 @@ def test_replicas_that_come_back_are_waited_for_again():
     node.now = NodeReplication(1, NEW, promoted=True)
     wait.replicas_seen(1)  # the role check (once a second) sees a replica
     assert wait.wait_now() is True
+
+
+@pytest.mark.parametrize(
+    ("replid2", "promoted"),
+    # redis-py parses INFO's values: a never-promoted node's 40 zeros arrive as the int 0.
+    [(0, False), ("0" * 40, False), ("c" * 40, True), (1234567890, True)],
+)
+def test_promoted_is_read_from_info_as_redis_py_parses_it(replid2, promoted):
+    info = {"connected_slaves": 0, "master_replid": OLD, "master_replid2": replid2}
+    assert NodeReplication.from_info(info).promoted is promoted
