@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 # service demotes or replaces it within seconds), short enough that a primary whose replica
 # died (a replica being replaced, maintenance) refuses saves for only a few seconds.
 ORPHANED_GRACE_SECONDS = 10.0
-_NO_HISTORY = "0" * 40  # master_replid2 of a node that was never promoted
 
 
 class NotReplicated(RedisError):
@@ -63,7 +62,8 @@ class NodeReplication:
         return cls(
             replicas=int(info.get("connected_slaves", 0)),
             history=str(info.get("master_replid", "")),
-            promoted=str(info.get("master_replid2", _NO_HISTORY)) != _NO_HISTORY,
+            # A node never promoted says 40 zeros, which redis-py parses as the int 0.
+            promoted=str(info.get("master_replid2", 0)).strip("0") != "",
         )
 
 
