@@ -23,7 +23,7 @@ from localservers.waits import wait_until
 from ops.page import parse_page
 from tests.support import listed_messages
 
-from .faults import ValkeyProcess, stalled
+from .faults import ValkeyProcess, busy_script, stalled
 
 
 def form_fields(page: str) -> dict[str, str]:
@@ -379,3 +379,22 @@ def test_a_cache_that_never_had_a_replica_counts_no_save_without_replica(setting
     print(f"\nno replica ever: saves {statuses}, {counted:.0f} counted without replica")
     assert statuses == [303] * 3
     assert counted == 0
+
+
+def test_a_save_during_a_busy_script_is_told_to_try_again(settings, servers):
+    """BUSY (another client's long script) is trouble of the moment: the 503 says to try again
+    and carries Retry-After, as for any Redis blip, not the page for a fault on our side."""
+    server = servers("busy")
+    user = User(worker(settings, server.port))
+    form = user.form()
+    with busy_script(server, 3):
+        response = user.client.post(
+            "/persistMessage", data={**form, "message": "during"}, headers=user.headers
+        )
+    page = response.get_data(as_text=True)
+    print(
+        f"\nsave during BUSY: {response.status_code}, Retry-After {response.headers.get('Retry-After')}"
+    )
+    assert response.status_code == 503
+    assert response.headers.get("Retry-After") == "5"
+    assert "try again in a few seconds" in page
