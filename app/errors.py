@@ -94,6 +94,10 @@ def unavailability(exc: BaseException) -> Unavailable:
     for cls, kind in _KINDS:
         if isinstance(exc, cls):
             return kind
+    # A server busy running another client's script: trouble of the moment, like LOADING, but
+    # redis-py has no class for the BUSY reply.
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY "):
+        return _TRANSIENT
     return _ERROR
 
 

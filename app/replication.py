@@ -7,7 +7,10 @@ from what the server says about its own replication history (``INFO replication`
 * The node has a replica, which did not confirm in time (``WAIT`` fell short): the save is not
   acknowledged (503, safe to repeat).
 * The node has no replica, and its replication history (``master_replid``) is the one a replica
-  confirmed saves on before, in this worker: the primary lost its replica. Either the replica
+  confirmed saves on before, in this worker, or the node was never promoted and still keeps a
+  replication backlog (``repl_backlog_active``: a replica was linked to it within the
+  backlog's TTL, an hour by default; so a worker that has not saved yet, or has just started,
+  knows it too): the primary lost its replica. Either the replica
   died, or it was promoted and this node is a primary on its way out (a failover whose old
   primary still takes writes for a moment): its saves would be lost. Saves are refused for
   ORPHANED_GRACE_SECONDS; a primary still without a replica after that had its replica die,
@@ -42,7 +45,6 @@ log = logging.getLogger(__name__)
 # service demotes or replaces it within seconds), short enough that a primary whose replica
 # died (a replica being replaced, maintenance) refuses saves for only a few seconds.
 ORPHANED_GRACE_SECONDS = 10.0
-_NO_HISTORY = "0" * 40  # master_replid2 of a node that was never promoted
 
 
 class NotReplicated(RedisError):
@@ -57,14 +59,23 @@ class NodeReplication:
     replicas: int
     history: str  # master_replid
     promoted: bool  # master_replid2 is set: the node was a replica once
+    # repl_backlog_active: a replica was linked to it lately (or it was a replica)
+    replicated: bool = False
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> NodeReplication:
         return cls(
             replicas=int(info.get("connected_slaves", 0)),
             history=str(info.get("master_replid", "")),
-            promoted=str(info.get("master_replid2", _NO_HISTORY)) != _NO_HISTORY,
+            # A node never promoted says 40 zeros, which redis-py parses as the int 0.
+            promoted=str(info.get("master_replid2", 0)).strip("0") != "",
+            replicated=str(info.get("repl_backlog_active", 0)) == "1",
         )
+
+    @property
+    def lost_replica(self) -> bool:
+        """A primary never promoted that had a replica lately and has none now."""
+        return self.replicas == 0 and self.replicated and not self.promoted
 
 
 class ReplicaWait:
@@ -133,7 +144,7 @@ class ReplicaWait:
         if node.replicas > 0:
             raise NotReplicated("the replica did not confirm the save in time")
         with self._lock:
-            if node.history == self._confirmed_history:
+            if node.history == self._confirmed_history or node.lost_replica:
                 now = self._clock()
                 if self._orphaned_since is None:
                     self._orphaned_since = now
@@ -144,7 +155,7 @@ class ReplicaWait:
                     )
                 if now - self._orphaned_since < ORPHANED_GRACE_SECONDS:
                     raise NotReplicated("the primary has just lost its replica")
-            counted = self._had_replicas or node.promoted
+            counted = self._had_replicas or node.promoted or node.replicated
         if counted:
             metrics.SAVES_WITHOUT_REPLICA.inc()
 

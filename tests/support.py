@@ -61,7 +61,9 @@ def server_log_sections(
     The logs live in temp folders that later runs delete, so a failure seen once (a flaky test
     in CI above all) would otherwise leave no trace of what the servers said. Found under the
     test's ``tmp_path`` and on its fixtures' servers (anything with a ``log_path``: gunicorn,
-    nginx, haproxy), alone or in a list; each its last ``lines`` lines, at most ``most_bytes``.
+    nginx, haproxy, Valkey), alone, in a list or as a cluster's ``nodes`` (module-scoped servers
+    keep their logs outside the test's ``tmp_path``); each its last ``lines`` lines, at most
+    ``most_bytes``.
     Never raises: a report hook that failed would hide the failure it reports.
     """
     try:
@@ -71,8 +73,9 @@ def server_log_sections(
             paths += sorted(funcargs["tmp_path"].rglob("*.log"))
         for value in funcargs.values():
             for server in value if isinstance(value, list | tuple) else (value,):
-                if isinstance(getattr(server, "log_path", None), Path):
-                    paths.append(server.log_path)
+                for one in (server, *getattr(server, "nodes", ())):
+                    if isinstance(getattr(one, "log_path", None), Path):
+                        paths.append(one.log_path)
         sections = []
         for path in dict.fromkeys(paths):  # once each, in the order found
             if path.is_file():

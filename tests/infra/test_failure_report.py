@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from localservers.valkey import Valkey
 from tests.support import server_log_sections
 
 
@@ -13,7 +14,8 @@ def test_the_tail_of_every_log_under_tmp_path_and_on_the_fixtures_servers(tmp_pa
     own = tmp_path / "test" / "replica-0.log"
     nested = tmp_path / "test" / "valkey" / "valkey.log"
     shared = tmp_path / "module" / "replica-a.log"
-    for path in (own, nested, shared):
+    node = tmp_path / "module" / "node-0" / "valkey.log"
+    for path in (own, nested, shared, node):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{path.stem} {i}\n" for i in range(100)))
     (tmp_path / "test" / "notes.txt").write_text("not a log")
@@ -23,6 +25,7 @@ def test_the_tail_of_every_log_under_tmp_path_and_on_the_fixtures_servers(tmp_pa
             "tmp_path": tmp_path / "test",
             "fleet": [server, SimpleNamespace(log_path=own)],  # own: listed once only
             "one": server,
+            "cluster": SimpleNamespace(nodes=[SimpleNamespace(log_path=node)]),
             "gone": SimpleNamespace(log_path=tmp_path / "never-written.log"),
             "port": 6379,
         }
@@ -32,6 +35,7 @@ def test_the_tail_of_every_log_under_tmp_path_and_on_the_fixtures_servers(tmp_pa
         f"server log {own} (last 3 lines)",
         f"server log {nested} (last 3 lines)",
         f"server log {shared} (last 3 lines)",
+        f"server log {node} (last 3 lines)",
     ]
     assert sections[0][1] == "replica-0 97\nreplica-0 98\nreplica-0 99"
 
@@ -62,4 +66,16 @@ def test_a_fixture_that_raises_gives_a_section_not_an_error(tmp_path: Path) -> N
             raise RuntimeError(f"no {name} here")
 
     sections = server_log_sections(SimpleNamespace(funcargs={"server": Broken()}))
-    assert sections == [("server logs unavailable", "RuntimeError('no log_path here')")]
+    [(title, detail)] = sections
+    assert (title, detail.partition("(")[0]) == ("server logs unavailable", "RuntimeError")
+
+
+def test_a_valkey_names_the_log_it_writes(tmp_path: Path) -> None:
+    valkey = Valkey(tmp_path / "valkey")
+    valkey.start()
+    try:
+        [(title, text)] = server_log_sections(SimpleNamespace(funcargs={"valkey": valkey}))
+    finally:
+        valkey.stop()
+    assert title.startswith(f"server log {tmp_path / 'valkey' / 'valkey.log'} ")
+    assert "Ready to accept connections" in text

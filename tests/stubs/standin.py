@@ -372,11 +372,17 @@ def with_template_parameters(answer: str, template: Path) -> str:
     if parsed.get("Parameters") or parameters is None:
         return answer
     parsed["Parameters"] = [
-        {"ParameterKey": key, "NoEcho": bool(spec.get("NoEcho", False))}
-        | ({"DefaultValue": str(spec["Default"])} if "Default" in spec else {})
+        {"ParameterKey": key, "NoEcho": _cfn_text(spec.get("NoEcho", False)).lower() == "true"}
+        | ({"DefaultValue": _cfn_text(spec["Default"])} if "Default" in spec else {})
         for key, spec in parameters.items()
     ]
     return json.dumps(parsed, indent=4) + "\n"
+
+
+def _cfn_text(value: Any) -> str:
+    """A template's scalar as CloudFormation answers it: YAML's booleans as "true" and "false"
+    (so ``NoEcho: "false"`` and ``NoEcho: false`` read alike), anything else as written."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def validate_template_once(args: list[str]) -> None:

@@ -23,7 +23,7 @@ from localservers.waits import wait_until
 from ops.page import parse_page
 from tests.support import listed_messages
 
-from .faults import ValkeyProcess, stalled
+from .faults import ValkeyProcess, busy_script, stalled
 
 
 def form_fields(page: str) -> dict[str, str]:
@@ -332,3 +332,68 @@ def test_a_flooding_client_pushes_out_no_other_users_session(settings, servers):
     print(f"\nflood: answers {statuses}, {evicted} keys evicted, victims kept {kept}")
     assert kept == [3] * 5
     assert statuses.get(429, 0) > 0
+
+
+def test_a_worker_that_never_saved_acknowledges_no_save_the_failover_loses(
+    settings, servers, proxies
+):
+    """Promote-then-demote, met by a worker that has not yet seen a replica confirm a save (it
+    just started, or its page views came first: with several workers per pod most of them):
+    the old primary, now without its replica, must not acknowledge a save it is about to lose."""
+    old = servers("old")
+    new = servers("new")
+    new.replicate(old)
+    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
+    endpoint = proxies(old.port)
+    saver = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
+    assert saver.submit(saver.form(), "before") == 303  # confirmed by the replica
+    fresh = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
+    fresh.share_cookies_with(saver)
+    form = fresh.form()  # connected to the old primary, no save yet
+
+    new.replicate(None)
+    endpoint.switch(new.port)
+    wait_until(
+        lambda: old.client().info("replication")["connected_slaves"] == 0,
+        10,
+        "the old primary to see its replica gone",
+    )
+    during = fresh.submit(form, "during")  # the old primary still takes writes
+    old.replicate(new)
+    wait_until(lambda: old.in_sync_with(new), 10, "the demoted node to resync")
+    reader = User(worker(settings, endpoint.port))
+    reader.share_cookies_with(saver)
+    listed = listed_messages(reader.page())
+    print(f"\nfresh worker during the failover: {during}; listed afterwards {listed}")
+    assert during == 503 or "during" in listed
+
+
+def test_a_cache_that_never_had_a_replica_counts_no_save_without_replica(settings, servers):
+    """``CacheReplicaCount=0`` or ``python -m app``: nothing can be lost to a failover, so the
+    counter the CloudWatch alarm watches stays still (docs/failure-behaviour.md)."""
+    server = servers("lone")
+    user = User(worker(settings, server.port, redis_wait_replicas=Switch.AUTO))
+    before = _saves_without_replica()
+    statuses = [user.submit(user.form(), f"alone {number}") for number in range(3)]
+    counted = _saves_without_replica() - before
+    print(f"\nno replica ever: saves {statuses}, {counted:.0f} counted without replica")
+    assert statuses == [303] * 3
+    assert counted == 0
+
+
+def test_a_save_during_a_busy_script_is_told_to_try_again(settings, servers):
+    """BUSY (another client's long script) is trouble of the moment: the 503 says to try again
+    and carries Retry-After, as for any Redis blip, not the page for a fault on our side."""
+    server = servers("busy")
+    user = User(worker(settings, server.port))
+    form = user.form()
+    with busy_script(server, 3):
+        response = user.client.post(
+            "/persistMessage", data={**form, "message": "during"}, headers=user.headers
+        )
+    page = response.get_data(as_text=True)
+    retry_after = response.headers.get("Retry-After")
+    print(f"\nsave during BUSY: {response.status_code}, Retry-After {retry_after}")
+    assert response.status_code == 503
+    assert retry_after == "5"
+    assert "try again in a few seconds" in page

@@ -131,3 +131,28 @@ def test_replicas_that_come_back_are_waited_for_again():
     node.now = NodeReplication(1, NEW, promoted=True)
     wait.replicas_seen(1)  # the role check (once a second) sees a replica
     assert wait.wait_now() is True
+
+
+@pytest.mark.parametrize(
+    ("replid2", "promoted"),
+    # redis-py parses INFO's values: a never-promoted node's 40 zeros arrive as the int 0.
+    [(0, False), ("0" * 40, False), ("c" * 40, True), (1234567890, True)],
+)
+def test_promoted_is_read_from_info_as_redis_py_parses_it(replid2, promoted):
+    info = {"connected_slaves": 0, "master_replid": OLD, "master_replid2": replid2}
+    assert NodeReplication.from_info(info).promoted is promoted
+
+
+def test_a_worker_that_never_saw_a_confirmation_still_knows_a_primary_that_lost_its_replica():
+    """Not promoted, a replication backlog, no replica: its replica left lately (it may have
+    been promoted). A worker that has not saved yet refuses as one that has."""
+    node = Node(replicas=0)
+    node.now = NodeReplication(0, OLD, promoted=False, replicated=True)
+    wait, clock = policy(node)
+    assert wait.wait_now() is False
+    with pytest.raises(NotReplicated):
+        wait.settle(None)
+    clock.now += ORPHANED_GRACE_SECONDS
+    before = counted()
+    wait.settle(None)
+    assert counted() == before + 1

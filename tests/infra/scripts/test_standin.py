@@ -4,6 +4,7 @@ moto's validate-template answer), against cfn-lint's decoder, for every template
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -44,3 +45,27 @@ def test_a_file_that_is_not_a_yaml_template_has_no_parameters(
     empty = tmp_path / "empty.yaml"
     empty.write_text("Resources:\n  Handle: {Type: AWS::CloudFormation::WaitConditionHandle}\n")
     assert standin.template_parameters(empty) == {}
+
+
+def test_validate_template_lists_parameters_as_cloudformation_does(
+    standin: ModuleType, tmp_path: Path
+) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "Parameters:\n"
+        "  Plain: {Type: String}\n"
+        "  Secret: {Type: String, NoEcho: true}\n"
+        '  Quoted: {Type: String, NoEcho: "false", Default: "x"}\n'
+        '  QuotedTrue: {Type: String, NoEcho: "True"}\n'
+        "  Flag: {Type: String, Default: true}\n"
+        "  Size: {Type: Number, Default: 2}\n"
+    )
+    answer = standin.with_template_parameters('{"Parameters": []}', template)
+    assert json.loads(answer)["Parameters"] == [
+        {"ParameterKey": "Plain", "NoEcho": False},
+        {"ParameterKey": "Secret", "NoEcho": True},
+        {"ParameterKey": "Quoted", "NoEcho": False, "DefaultValue": "x"},
+        {"ParameterKey": "QuotedTrue", "NoEcho": True},
+        {"ParameterKey": "Flag", "NoEcho": False, "DefaultValue": "true"},
+        {"ParameterKey": "Size", "NoEcho": False, "DefaultValue": "2"},
+    ]
