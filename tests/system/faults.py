@@ -108,24 +108,7 @@ class SlowLink(SwitchableProxy):
         self.seconds = seconds
         super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while self._open:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                downstream.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [downstream, upstream]
-            threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
-            threading.Thread(target=self._late, args=(upstream, downstream), daemon=True).start()
-
-    def _late(self, source: socket.socket, sink: socket.socket) -> None:
+    def _reply(self, source: socket.socket, sink: socket.socket) -> None:
         """Each chunk leaves ``seconds`` after it came, in order (a queue drained by a thread,
         so a burst of chunks is late once, not once per chunk)."""
         due: queue.Queue[tuple[float, bytes]] = queue.Queue()
