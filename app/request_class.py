@@ -5,14 +5,17 @@ Every page view reads two cookies (the session's and the CSRF secret's). Werkzeu
 find the one header (``EnvironHeaders`` has no direct multi-value lookup): measured, 15 µs of a
 page view's ~300 µs in-process, twice what parsing the cookies costs. A WSGI environ holds at
 most one ``HTTP_COOKIE`` (servers join repeated headers into it), so reading that key gives the
-same string, parsed by the same werkzeug function into the same class.
+same string, parsed by the same werkzeug function into the same class: the sans-IO
+``parse_cookie`` that ``Request.cookies`` calls, which takes the environ's latin-1 text as it
+is. (``werkzeug.http.parse_cookie`` re-decodes that text as UTF-8 first, and raised on a cookie
+with a byte that is not UTF-8: a 500 for anyone's malformed header.)
 """
 
 from __future__ import annotations
 
 from flask import Request as FlaskRequest
 from werkzeug.datastructures import ImmutableMultiDict
-from werkzeug.http import parse_cookie
+from werkzeug.sansio.http import parse_cookie
 from werkzeug.utils import cached_property
 
 

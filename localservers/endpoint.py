@@ -44,8 +44,12 @@ class SwitchableProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets += [downstream, upstream]
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
+            threading.Thread(target=self._reply, args=(upstream, downstream), daemon=True).start()
+
+    def _reply(self, source: socket.socket, sink: socket.socket) -> None:
+        """The server's bytes to the client (tests/system/faults.SlowLink delays them)."""
+        self._pump(source, sink)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:

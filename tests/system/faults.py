@@ -7,6 +7,7 @@ launcher (``localservers.valkey.Valkey``) with server options; every process lis
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from localservers.endpoint import SwitchableProxy
 from localservers.valkey import Valkey
 from localservers.waits import wait_until
 
@@ -95,3 +97,32 @@ def busy_script(server: Valkey, seconds: float):
         yield
     finally:
         runner.join(120)
+
+
+class SlowLink(SwitchableProxy):
+    """A TCP proxy to a Valkey whose replies and pushes reach the client ``seconds`` late: a
+    slow path between one pod and Redis (a retransmission, another zone, a loaded node). What
+    the client sends goes through at once."""
+
+    def __init__(self, target_port: int, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(target_port)
+
+    def _reply(self, source: socket.socket, sink: socket.socket) -> None:
+        """Each chunk leaves ``seconds`` after it came, in order (a queue drained by a thread,
+        so a burst of chunks is late once, not once per chunk)."""
+        due: queue.Queue[tuple[float, bytes]] = queue.Queue()
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                while (item := due.get())[1]:
+                    time.sleep(max(0.0, item[0] - time.monotonic()))  # the link's latency
+                    sink.sendall(item[1])
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=send, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                due.put((time.monotonic() + self.seconds, data))
+        due.put((0.0, b""))

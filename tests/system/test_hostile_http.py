@@ -116,3 +116,23 @@ def test_a_chunked_body_over_the_cap_answers_413_and_stores_nothing(replica):
     assert _chunked_save(replica.port, cookies, exact).startswith(b"HTTP/1.1 303")
     page = browser.get(f"{replica.url}/", timeout=10).text
     assert listed_messages(page) == ["first", "chunked", "exact"]
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [b"session=\xe9\xe9\xe9", b"csrf=\xff; session=" + b"a" * 43, b"session=\xc3\xa9"],
+    ids=["latin-1 bytes", "invalid UTF-8 in another cookie", "UTF-8 bytes"],
+)
+def test_a_cookie_header_that_is_not_utf8_gets_a_page_not_a_500(replica, cookie):
+    """Bytes past ASCII in a Cookie header (a broken client, or anyone with curl) reach the app
+    as latin-1 text: a page for a new visitor, as with any cookie naming no session, never a
+    500 with a traceback in the log."""
+    for path, body in ((b"GET / HTTP/1.1", b""), (b"POST /persistMessage HTTP/1.1", b"x=1")):
+        request = (
+            path + b"\r\nHost: a\r\nConnection: close\r\nCookie: " + cookie + b"\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        status = raw_exchange(replica.port, request).split(b"\r\n", 1)[0]
+        assert status in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 BAD REQUEST"), (path, status)
+    assert "Traceback" not in replica.log()

@@ -19,6 +19,9 @@ from app.request_class import Request
         'a="quoted \\"value\\""; b=; c=1',
         "session=first; session=second",
         "garbage;;=;  ; x",
+        # Bytes past ASCII reach the environ as latin-1 text (PEP 3333): not UTF-8, and UTF-8.
+        "session=\xe9\xe9; csrf=x",
+        "session=\xc3\xa9",
     ],
 )
 def test_cookies_match_flasks_own(header):
