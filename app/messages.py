@@ -58,7 +58,8 @@ class Messages:
             return refusal
         if session.sid is not None and not session.known_absent:
             try:
-                self.store.save(session.sid, text, save_id, None)
+                # For the next page, wherever it is served (sessions.py: the saved cookie).
+                session.saved_number = self.store.save(session.sid, text, save_id, None)
             except SessionGone:
                 pass  # expired or destroyed: the message starts a new session
             else:

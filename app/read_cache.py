@@ -70,10 +70,12 @@ class ReadCache:
         )
         self._lock = threading.Lock()
 
-    def get(self, key: str, node: str) -> StoredSession | None:
+    def get(self, key: str, node: str, at_least: int = 0) -> StoredSession | None:
+        """The cached session, unless it holds fewer than ``at_least`` messages (the browser
+        saw a save the invalidation of which has not arrived yet: read it again)."""
         with self._lock:
             entry = self._entries.get(key)
-        if entry is None or entry.node != node:
+        if entry is None or entry.node != node or len(entry.session.messages) < at_least:
             metrics.READ_CACHE_MISSES.inc()
             return None
         metrics.READ_CACHE_HITS.inc()

@@ -178,16 +178,18 @@ class RedisClient:
 
     # Session commands ----------------------------------------------------------------------
 
-    def read(self, key: str, parse: Callable[[dict[str, str]], StoredSession | None]) -> Any:
+    def read(
+        self, key: str, parse: Callable[[dict[str, str]], StoredSession | None], at_least: int = 0
+    ) -> Any:
         """The hash at ``key``, parsed: from the read cache while Redis keeps it fresh (never
         while Redis is known to be away: then the read fails at once, or is the circuit's
-        trial)."""
+        trial), and when the cached copy holds at least ``at_least`` messages."""
         node = self._route(key)
         self._watch(node)
         cache = self.cache if node.tracking and not self.circuit.is_open else None
         if cache is not None:
             cache.expire()  # what aged out leaves memory, even in a worker that reads little
-            hit = cache.get(key, node.name)
+            hit = cache.get(key, node.name, at_least)
             if hit is not None:
                 return hit
         replies, direct = self.run("read", lambda: self._on_node(node, key, [("HGETALL", key)]))

@@ -21,6 +21,15 @@ shaped like a session id is not even looked up. Over HTTPS the cookie is named
 ``__Host-session``: a browser accepts such a cookie only from this exact host, over HTTPS, for
 path ``/``, so a sibling subdomain cannot plant a session id in it (fixation).
 
+A save also sets a short-lived ``saved`` cookie (``__Host-saved`` over HTTPS) with the number
+of the message it stored, for the page it redirects to: that page may be served by another
+worker, whose cached copy of the session Redis has not yet told it to drop (the invalidation
+travels on that worker's own connection, and nothing orders it before the browser's next
+request). A cached copy holding fewer messages than the cookie says is read again, so a saved
+message is always on the next page, wherever it is served; the cookie lasts as long as a cached
+copy can (read_cache.MAX_AGE_SECONDS). Its value is not secret and not signed: a forged one can
+only make its own page views read Redis.
+
 The CSRF secret lives in its own signed cookie, not in Redis (``csrf.CsrfSecrets`` restores and
 persists it): kept in the session, it would store a Redis key for every visitor who merely sees
 a form. A session is stored only once it holds something (the first saved message). Health
@@ -43,7 +52,7 @@ from redis import RedisError
 from werkzeug.datastructures import CallbackDict
 
 from .csrf import CSRF_KEY, CsrfSecrets, without_secret
-from .read_cache import StoredSession
+from .read_cache import MAX_AGE_SECONDS, StoredSession
 from .store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,8 @@ SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz"})
 SID_BYTES = 32  # random bytes; secrets.token_urlsafe makes 43 characters of them
 _SID = re.compile(r"[A-Za-z0-9_-]{43}")
 SECURE_COOKIE_NAME = "__Host-session"
+SAVED_COOKIE_NAME, SECURE_SAVED_COOKIE_NAME = "saved", "__Host-saved"
+_COUNT = re.compile(r"[0-9]{1,9}")
 
 
 def new_sid() -> str:
@@ -81,6 +92,8 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         self.csrf_cookie_secret: str | None = None  # the CSRF secret as the cookie held it
         self.ended = False  # destroyed: the browser's cookie is to be deleted
         self.cookie_due = False  # stored under a new id in this request: the browser needs it
+        self.seen_saved = 0  # the saved cookie's number: messages the browser saw saved
+        self.saved_number: int | None = None  # the number of the message this request saved
 
     def ensure_loaded(self) -> None:
         if self._loaded:
@@ -216,13 +229,20 @@ class RedisSessions(SessionInterface):
             return SECURE_COOKIE_NAME
         return super().get_cookie_name(app)
 
+    def saved_cookie_name(self, app: Flask) -> str:
+        return SECURE_SAVED_COOKIE_NAME if self.get_cookie_secure(app) else SAVED_COOKIE_NAME
+
     def open_session(self, app: Flask, request: Request) -> Any:
         if request.path in SESSIONLESS_PATHS:
             return self.make_null_session(app)
         sid = request.cookies.get(self.get_cookie_name(app))
         if sid is not None and not _SID.fullmatch(sid):
             sid = None  # never one of ours: a fresh session, and Redis is not asked
-        session = MessageSession(sid, self.store.load)
+        seen = request.cookies.get(self.saved_cookie_name(app))
+        seen_saved = int(seen) if seen is not None and _COUNT.fullmatch(seen) else 0
+        load = functools.partial(self.store.load, at_least=seen_saved) if seen_saved else None
+        session = MessageSession(sid, load or self.store.load)
+        session.seen_saved = seen_saved
         session.csrf_cookie_secret = self._csrf.restore(session, request)
         return session
 
@@ -238,12 +258,22 @@ class RedisSessions(SessionInterface):
             path=self.get_cookie_path(app),
         )
         if session.ended:
-            response.delete_cookie(
-                self.get_cookie_name(app),
+            for name in (self.get_cookie_name(app), self.saved_cookie_name(app)):
+                response.delete_cookie(
+                    name, domain=self.get_cookie_domain(app), path=self.get_cookie_path(app)
+                )
+            return
+        if session.saved_number is not None:
+            response.set_cookie(
+                self.saved_cookie_name(app),
+                str(session.saved_number),
+                max_age=int(MAX_AGE_SECONDS),
+                httponly=True,
                 domain=self.get_cookie_domain(app),
                 path=self.get_cookie_path(app),
+                secure=self.get_cookie_secure(app),
+                samesite=self.get_cookie_samesite(app),
             )
-            return
         if session.modified and self._store_document(session):
             pass  # stored: the cookie goes with it
         elif not (session.cookie_due or self._refresh_if_due(session)):

@@ -179,10 +179,11 @@ class SessionStore:
         self.refresh_interval = min(60.0, limits.ttl_seconds / 10)
         self.refreshed: LRU[str, float] = LRU(_REFRESH_MEMORY)  # session id: when slid
 
-    def load(self, sid: str) -> StoredSession | None:
+    def load(self, sid: str, at_least: int = 0) -> StoredSession | None:
         """The session as of the start of this request; None if there is none (or none this
-        app would read: see ``_parse``)."""
-        return self.redis.read(session_key(sid), _parse)
+        app would read: see ``_parse``). ``at_least``: the browser has seen that many messages
+        saved, so a cached copy holding fewer is stale."""
+        return self.redis.read(session_key(sid), _parse, at_least)
 
     def save(self, sid: str, text: str, save_id: str, document: dict[str, Any] | None) -> int:
         """Append one message, once per ``save_id``; with ``document``, create the session.

@@ -370,11 +370,6 @@ def test_an_unresponsive_redis_gives_503_not_500_and_recovers(valkey, start_repl
     assert 503 in statuses and 500 not in statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (atk-store): a worker serves its cached page until Redis' invalidation arrives "
-    "on its own connection, which nothing orders before the user's next request",
-)
 def test_a_save_is_listed_by_the_next_page_on_a_replica_with_a_slow_redis_link(
     valkey, start_replica
 ):

@@ -58,3 +58,10 @@ def test_a_save_patches_the_entry_it_follows_and_drops_one_it_does_not():
     assert cache.bytes > before
     cache.appended("k", "n", 5, "fifth")  # number 4 was saved elsewhere: this copy is stale
     assert cache.get("k", "n") is None
+
+
+def test_a_copy_with_fewer_messages_than_the_browser_saw_saved_is_not_used():
+    cache = ReadCache(MB)
+    cache.put("k", "n", session(3))
+    assert cache.get("k", "n", at_least=3) is not None
+    assert cache.get("k", "n", at_least=4) is None  # saved elsewhere, not yet invalidated here

@@ -288,3 +288,50 @@ def test_over_https_the_cookie_is_host_only(make_app):
     planted.set_cookie("session", client.get_cookie("__Host-session").value)
     page = planted.get("/", base_url="https://localhost").get_data(as_text=True)
     assert listed_messages(page) == []
+
+
+def saved_cookie(response) -> str | None:
+    found = [c for c in response.headers.getlist("Set-Cookie") if c.split("=")[0].endswith("saved")]
+    return found[0] if found else None
+
+
+def test_a_save_tells_the_next_page_how_many_messages_it_must_show(client):
+    """For the page the save redirects to, wherever it is served: a worker whose cached copy
+    holds fewer messages reads the session again (sessions.py)."""
+    assert saved_cookie(save(client, "first")) is None  # a new session: cached nowhere
+    cookie = saved_cookie(save(client, "second"))
+    assert cookie is not None and cookie.startswith("saved=2; ")
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "max-age=10", "path=/", "samesite=lax"} <= flags
+    assert "secure" not in flags
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    response = client.post("/destroy", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert saved_cookie(response).startswith("saved=; ")  # deleted with the session
+    assert client.get_cookie("saved") is None
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "9" * 20, "\uff11\uff12", "1e3", ""])
+def test_a_saved_cookie_that_is_no_count_is_ignored(client, value):
+    save(client, "first")
+    save(client, "second")
+    client.set_cookie("saved", value)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert listed_messages(page.get_data(as_text=True)) == ["first", "second"]
+
+
+def test_over_https_the_saved_cookie_is_host_only(make_app):
+    client = make_app(session_cookie_secure=True).test_client()
+    for text in ("first", "second"):
+        page = client.get("/", base_url="https://localhost").get_data(as_text=True)
+        response = client.post(
+            "/persistMessage",
+            data={"message": text, "csrf_token": csrf_token(page)},
+            base_url="https://localhost",
+            headers={"Referer": "https://localhost/"},
+        )
+        assert response.status_code == 303
+    cookie = saved_cookie(response)
+    assert cookie is not None and cookie.startswith("__Host-saved=2; ")
+    assert "Secure" in cookie and "Domain" not in cookie
