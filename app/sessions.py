@@ -21,14 +21,15 @@ shaped like a session id is not even looked up. Over HTTPS the cookie is named
 ``__Host-session``: a browser accepts such a cookie only from this exact host, over HTTPS, for
 path ``/``, so a sibling subdomain cannot plant a session id in it (fixation).
 
-A save also sets a short-lived ``saved`` cookie (``__Host-saved`` over HTTPS) with the number
-of the message it stored, for the page it redirects to: that page may be served by another
-worker, whose cached copy of the session Redis has not yet told it to drop (the invalidation
-travels on that worker's own connection, and nothing orders it before the browser's next
-request). A cached copy holding fewer messages than the cookie says is read again, so a saved
-message is always on the next page, wherever it is served; the cookie lasts as long as a cached
-copy can (read_cache.MAX_AGE_SECONDS). Its value is not secret and not signed: a forged one can
-only make its own page views read Redis.
+A save acknowledged with a 303 also sets a short-lived ``saved`` cookie (``__Host-saved`` over
+HTTPS) with the number of the message it stored, for the page it redirects to: that page may be
+served by another worker, whose cached copy of the session Redis has not yet told it to drop
+(the invalidation travels on that worker's own connection, and nothing orders it before the
+browser's next request). A cached copy holding fewer messages than the cookie says is read
+again, so the saved message is on the next page wherever it is served. The cookie keeps the
+highest number this browser saw (an old form sent again does not lower it), lasts as long as a
+cached copy can (read_cache.MAX_AGE_SECONDS), and goes when a session starts or ends. Its value
+is not secret and not signed: a forged one can only make its own page views read Redis.
 
 The CSRF secret lives in its own signed cookie, not in Redis (``csrf.CsrfSecrets`` restores and
 persists it): kept in the session, it would store a Redis key for every visitor who merely sees
@@ -41,6 +42,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -240,8 +242,12 @@ class RedisSessions(SessionInterface):
             sid = None  # never one of ours: a fresh session, and Redis is not asked
         seen = request.cookies.get(self.saved_cookie_name(app))
         seen_saved = int(seen) if seen is not None and _COUNT.fullmatch(seen) else 0
-        load = functools.partial(self.store.load, at_least=seen_saved) if seen_saved else None
-        session = MessageSession(sid, load or self.store.load)
+        session = MessageSession(
+            sid,
+            functools.partial(self.store.load, at_least=seen_saved)
+            if seen_saved
+            else self.store.load,
+        )
         session.seen_saved = seen_saved
         session.csrf_cookie_secret = self._csrf.restore(session, request)
         return session
@@ -258,22 +264,24 @@ class RedisSessions(SessionInterface):
             path=self.get_cookie_path(app),
         )
         if session.ended:
-            for name in (self.get_cookie_name(app), self.saved_cookie_name(app)):
-                response.delete_cookie(
-                    name, domain=self.get_cookie_domain(app), path=self.get_cookie_path(app)
-                )
+            self._delete_cookie(app, response, self.get_cookie_name(app))
+            self._delete_cookie(app, response, self.saved_cookie_name(app))
             return
         if session.saved_number is not None:
             response.set_cookie(
                 self.saved_cookie_name(app),
-                str(session.saved_number),
-                max_age=int(MAX_AGE_SECONDS),
+                str(max(session.saved_number, session.seen_saved)),
+                max_age=math.ceil(MAX_AGE_SECONDS),
                 httponly=True,
                 domain=self.get_cookie_domain(app),
                 path=self.get_cookie_path(app),
                 secure=self.get_cookie_secure(app),
                 samesite=self.get_cookie_samesite(app),
             )
+        elif session.cookie_due and session.seen_saved:
+            # A new session (the old one expired or was destroyed elsewhere): its count starts
+            # again, and no worker has it cached.
+            self._delete_cookie(app, response, self.saved_cookie_name(app))
         if session.modified and self._store_document(session):
             pass  # stored: the cookie goes with it
         elif not (session.cookie_due or self._refresh_if_due(session)):
@@ -290,6 +298,18 @@ class RedisSessions(SessionInterface):
             path=self.get_cookie_path(app),
             secure=self.get_cookie_secure(app),
             samesite=self.get_cookie_samesite(app),
+        )
+
+    def _delete_cookie(self, app: Flask, response: Response, name: str) -> None:
+        # With the flags it was set with, as Flask's own interface deletes: a browser ignores a
+        # __Host- cookie (its deletion too) that is not Secure.
+        response.delete_cookie(
+            name,
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=self.get_cookie_httponly(app),
         )
 
     def _store_document(self, session: MessageSession) -> bool:

@@ -319,6 +319,26 @@ def test_a_saved_cookie_that_is_no_count_is_ignored(client, value):
     page = client.get("/")
     assert page.status_code == 200
     assert listed_messages(page.get_data(as_text=True)) == ["first", "second"]
+    # Read as no count at all: the next save's cookie holds its own number, not a larger one.
+    assert saved_cookie(save(client, "third")).startswith("saved=3; ")
+
+
+def test_the_saved_cookie_keeps_the_highest_count_and_goes_with_its_session(client, fake_redis):
+    save(client, "first")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    old_form = {"message": "second", "csrf_token": token, "save_id": "s" * 22}
+    assert client.post("/persistMessage", data=old_form).status_code == 303
+    save(client, "third")
+    # The form of message 2 sent again (another tab): stored once, and the count stays at 3.
+    response = client.post("/persistMessage", data=old_form)
+    assert response.status_code == 303
+    assert saved_cookie(response).startswith("saved=3; ")
+    # The session expires: the next save starts a new one, whose count starts again.
+    fake_redis.delete(session_key(client.get_cookie("session").value))
+    response = save(client, "new")
+    assert response.status_code == 303
+    assert saved_cookie(response).startswith("saved=; ")
+    assert client.get_cookie("saved") is None
 
 
 def test_over_https_the_saved_cookie_is_host_only(make_app):
@@ -335,3 +355,15 @@ def test_over_https_the_saved_cookie_is_host_only(make_app):
     cookie = saved_cookie(response)
     assert cookie is not None and cookie.startswith("__Host-saved=2; ")
     assert "Secure" in cookie and "Domain" not in cookie
+    # Deleted as set: a browser ignores a __Host- cookie's deletion without Secure.
+    page = client.get("/", base_url="https://localhost").get_data(as_text=True)
+    response = client.post(
+        "/destroy",
+        data={"csrf_token": csrf_token(page)},
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/"},
+    )
+    assert response.status_code == 303
+    deleted = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-")]
+    assert sorted(c.split("=")[0] for c in deleted) == ["__Host-saved", "__Host-session"]
+    assert all("Max-Age=0" in c and "Secure" in c and "Path=/" in c for c in deleted)
