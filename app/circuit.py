@@ -1,4 +1,5 @@
-"""One circuit breaker per worker: while Redis is away, requests fail at once instead of waiting.
+"""The circuit breaker, one per worker (on a cluster, one per node: app/redis_client.py): while
+Redis is away, requests fail at once instead of waiting.
 
 When a call to Redis fails for lack of Redis (a dropped or refused connection, a timeout, no
 cluster node reachable), the circuit opens: for the cool-down every call is refused at once,

@@ -2,7 +2,9 @@
 limiter goes through ``RedisClient.run``, which holds the failure policy in one place.
 
 * **Fail fast** (app/circuit.py): once Redis is found away, calls are refused at once for a
-  cool-down, then one call is tried; so a frozen Redis never holds a worker for long.
+  cool-down, then one call is tried; so a frozen Redis never holds a worker for long. One
+  circuit per worker on one primary; on a cluster one per node, so that a frozen node fails
+  only the sessions (and rate-limit counters) it holds, not every page of the worker.
 * **Failover**: a READONLY answer means the connection leads to a primary that was demoted: every
   connection is dropped, so that the next one is made through the endpoint to the new primary,
   and the call is made once more (every write here is idempotent). Each node a worker reads
@@ -91,7 +93,10 @@ class RedisClient:
         self._make_node_client = make_node_client
         self.cache = cache
         self._events: NodeEvents | None = None
+        # Every call's on one primary; on a cluster, the calls no one node answers for (the
+        # readiness PING), each node having its own.
         self.circuit = Circuit()
+        self._node_circuits: dict[str, Circuit] = {}
         self._nodes: dict[str, NodeConnection] = {}
         self._nodes_lock = threading.Lock()
         self._others: list[Client] = []
@@ -104,9 +109,12 @@ class RedisClient:
 
     # The guard -----------------------------------------------------------------------------
 
-    def run(self, operation: str, call: Callable[[], T]) -> T:
-        """Make one Redis call under the failure policy; ``operation`` names it in the metrics."""
-        if not self.circuit.allow():
+    def run(self, operation: str, call: Callable[[], T], circuit: Circuit | None = None) -> T:
+        """Make one Redis call under the failure policy; ``operation`` names it in the metrics.
+        ``circuit``: the one of the node the call goes to (``circuit_for``), else the worker's."""
+        if circuit is None:
+            circuit = self.circuit
+        if not circuit.allow():
             metrics.FAIL_FAST_RESPONSES.inc()
             raise RedisConnectionError("Redis is not answering (trying again after a cool-down)")
         started = time.perf_counter()
@@ -118,26 +126,26 @@ class RedisClient:
                 self.reset()
                 result = call()
         except (RedisConnectionError, RedisTimeoutError, ClusterError) as exc:
-            self.circuit.failed()
+            circuit.failed()
             self._count(operation, exc)
             raise
         except RedisClusterException as exc:
             # The cluster client's "no node reachable" is not a RedisError: make it the
             # connection error it is, so that it costs a 503 like any other outage.
-            self.circuit.failed()
+            circuit.failed()
             error = RedisConnectionError(str(exc))
             self._count(operation, error)
             raise error from exc
         except RedisError as exc:
-            self.circuit.succeeded()  # Redis answered, with an error
+            circuit.succeeded()  # Redis answered, with an error
             self._count(operation, exc)
             raise
         except BaseException:
-            self.circuit.succeeded()  # not about Redis: release a trial
+            circuit.succeeded()  # not about Redis: release a trial
             raise
         finally:
             self._duration(operation).observe(time.perf_counter() - started)
-        self.circuit.succeeded()
+        circuit.succeeded()
         return result
 
     def _duration(self, operation: str) -> Any:
@@ -186,13 +194,16 @@ class RedisClient:
         trial), and when the cached copy holds at least ``at_least`` messages."""
         node = self._route(key)
         self._watch(node)
-        cache = self.cache if node.tracking and not self.circuit.is_open else None
+        circuit = self._circuit_of(node)
+        cache = self.cache if node.tracking and not circuit.is_open else None
         if cache is not None:
             cache.expire()  # what aged out leaves memory, even in a worker that reads little
             hit = cache.get(key, node.name, at_least)
             if hit is not None:
                 return hit
-        replies, direct = self.run("read", lambda: self._on_node(node, key, [("HGETALL", key)]))
+        replies, direct = self.run(
+            "read", lambda: self._on_node(node, key, [("HGETALL", key)]), circuit
+        )
         if isinstance(replies[0], Exception):
             raise replies[0]
         parsed = parse(replies[0] if direct else _decoded(replies[0]))
@@ -228,12 +239,14 @@ class RedisClient:
                 raise replies[0]
             return replies
 
-        return self.run(operation, call)
+        return self.run(operation, call, self._circuit_of(node))
 
     def delete(self, key: str) -> int:
         node = self._route(key)
         try:
-            replies, _ = self.run("delete", lambda: self._on_node(node, key, [("DEL", key)]))
+            replies, _ = self.run(
+                "delete", lambda: self._on_node(node, key, [("DEL", key)]), self._circuit_of(node)
+            )
         finally:
             self.forget(key)
         if isinstance(replies[0], Exception):
@@ -263,6 +276,13 @@ class RedisClient:
 
     # Nodes ---------------------------------------------------------------------------------
 
+    def circuit_for(self, key: str) -> Circuit:
+        """The circuit of the node that holds ``key`` (the worker's on one primary)."""
+        return self._circuit_of(self._route(key))
+
+    def _circuit_of(self, node: NodeConnection) -> Circuit:
+        return self._node_circuits.get(node.name, self.circuit)
+
     def _route(self, key: str) -> NodeConnection:
         if self._cluster_client is None:
             return self._node(PRIMARY, self._make_node_client)
@@ -282,6 +302,8 @@ class RedisClient:
                 node = self._nodes.get(name)
                 if node is None:
                     node = NodeConnection(name, make, self.cache, self._node_changed)
+                    if self.cluster:
+                        self._node_circuits[name] = Circuit()
                     self._nodes[name] = node
         return node
 
@@ -295,7 +317,7 @@ class RedisClient:
         node.drain()
         if not node.role_due():
             return
-        role = self.run("role", node.role)
+        role = self.run("role", node.role, self._circuit_of(node))
         if role is None:
             return
         if not role.primary:

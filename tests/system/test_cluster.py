@@ -8,6 +8,8 @@ acknowledged (303) listed exactly once, whatever redis-py retried or was redirec
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -206,6 +208,44 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
     # Saves succeed again within 5 s of the failover: no failure later than that.
     assert all(t <= 5 for t in failed_at)
     assert any(t > started and status == 303 for t, status, _ in saver.results)
+
+
+def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_replica):
+    """One primary frozen (SIGSTOP: it accepts and never answers), for less than the cluster's
+    node timeout: the sessions on the other primaries keep their pages; only that node's
+    circuit opens. Before, the worker's one circuit opened on the frozen node's timeouts and
+    refused every page for its cool-down (about two thirds of all page views)."""
+    url = start_replica(
+        valkey_cluster.port,
+        "frozen-node",
+        WEB_CONCURRENCY="1",
+        RATE_LIMIT_SAVES="off",
+        RATE_LIMIT_NEW_SESSIONS="off",
+    ).url
+    by_primary: dict[int, requests.Session] = {}
+    for i in range(40):  # until two sessions live on different primaries
+        browser = requests.Session()
+        assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
+        (key,) = session_keys(valkey_cluster.client(), browser.cookies["session"])
+        by_primary.setdefault(valkey_cluster.primary_for(key.decode()).port, browser)
+        if len(by_primary) == 2:
+            break
+    (frozen_port, frozen), (_, healthy) = by_primary.items()
+    (node,) = [n for n in valkey_cluster.nodes if n.port == frozen_port]
+    statuses: dict[str, Counter[int]] = {"frozen": Counter(), "healthy": Counter()}
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        until = time.monotonic() + 3  # the cluster's node timeout is 5 s: no failover
+        while time.monotonic() < until:
+            for name, browser in (("frozen", frozen), ("healthy", healthy)):
+                statuses[name][browser.get(f"{url}/", timeout=10).status_code] += 1
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    print(f"\none primary frozen for 3 s: page views {statuses}")
+    assert set(statuses["healthy"]) == {200}
+    assert statuses["frozen"][503] > 0  # the node was frozen, and its sessions told so
+    # Once the node answers again, its sessions' pages are back within the cool-down.
+    wait_until(lambda: frozen.get(f"{url}/", timeout=10).status_code == 200, 5, "the frozen node")
 
 
 def refused_start(tmp_path: Path, name: str, port: int, **env: str) -> Gunicorn:

@@ -139,7 +139,9 @@ def test_while_redis_is_away_requests_fail_at_once_until_a_cool_down_has_passed(
     calls = []
     real_run = redis_client.run
     monkeypatch.setattr(
-        redis_client, "run", lambda op, call: real_run(op, lambda: calls.append(op) or call())
+        redis_client,
+        "run",
+        lambda op, call, *circuit: real_run(op, lambda: calls.append(op) or call(), *circuit),
     )
     redis_down()
     clock.pass_cool_down()  # the node's role is due again: the next page asks Redis

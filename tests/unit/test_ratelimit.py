@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from limits import parse_many
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from app.ratelimit import Trusted
-from tests.support import csrf_token, listed_messages
+from tests.support import csrf_token, listed_messages, save
 
 
 def request_from(peer: str, forwarded: str | None = None) -> Request:
@@ -58,3 +59,16 @@ def test_too_many_saves_answer_429_and_store_nothing(make_app):
     assert response.status_code == 429
     assert "Too many saves" in response.get_data(as_text=True)
     assert listed_messages(client.get("/").get_data(as_text=True)) == ["one", "two"]
+
+
+def test_the_counter_key_is_the_one_limits_counts_in(make_app, fake_redis):
+    """The rate limiter picks the circuit of the node its counter lives on (on a cluster) from
+    that key: if ``limits`` named its keys otherwise, this fails."""
+    app = make_app(rate_limit_saves="5/minute", rate_limit_new_sessions="5/minute")
+    client = app.test_client()
+    save(client, "counted")
+    limits = app.extensions["messages"].rate_limits
+    (item,) = parse_many("5/minute")
+    expected = {limits.counter_key(item, kind, "127.0.0.1") for kind in ("save", "new-session")}
+    counters = {key.decode() for key in fake_redis.keys("*") if not key.startswith(b"session")}
+    assert counters == expected
