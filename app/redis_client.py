@@ -231,9 +231,9 @@ class RedisClient:
         commands = [("EVALSHA", script.sha, 1, key, *args), *then]
 
         def call() -> list[Any]:
-            replies, _ = self._on_node(node, key, commands)
+            replies, direct = self._on_node(node, key, commands)
             if isinstance(replies[0], NoScriptError):
-                self._load(node, script)
+                self._load(node, script, everywhere=not direct)
                 replies, _ = self._on_node(node, key, commands)
             if isinstance(replies[0], Exception):
                 raise replies[0]
@@ -277,8 +277,12 @@ class RedisClient:
     # Nodes ---------------------------------------------------------------------------------
 
     def circuit_for(self, key: str) -> Circuit:
-        """The circuit of the node that holds ``key`` (the worker's on one primary)."""
-        return self._circuit_of(self._route(key))
+        """The circuit of the node that holds ``key`` (the worker's on one primary, and where
+        no node holds its slot now: the call itself then fails, in ``run``)."""
+        try:
+            return self._circuit_of(self._route(key))
+        except RedisConnectionError:
+            return self.circuit
 
     def _circuit_of(self, node: NodeConnection) -> Circuit:
         return self._node_circuits.get(node.name, self.circuit)
@@ -357,11 +361,14 @@ class RedisClient:
         except ResponseError as exc:
             return exc
 
-    def _load(self, node: NodeConnection, script: Script) -> None:
-        node.execute("SCRIPT", "LOAD", script.source)
-        if self._cluster_client is not None:
-            # A redirected command runs on whichever node the cluster client picks.
+    def _load(self, node: NodeConnection, script: Script, everywhere: bool) -> None:
+        """Load ``script`` on the node; ``everywhere`` (a redirected command, run on whichever
+        node the cluster client picks): on every primary, through the cluster client. Only then:
+        a node that stopped answering would hold every save that loads a script."""
+        if everywhere and self._cluster_client is not None:
             self._cluster_client.script_load(script.source)
+        else:
+            node.execute("SCRIPT", "LOAD", script.source)
 
 
 def _decoded(fields: dict) -> dict[str, str]:

@@ -210,6 +210,22 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
     assert any(t > started and status == 303 for t, status, _ in saver.results)
 
 
+def sessions_on_two_primaries(
+    url: str, cluster: ValkeyCluster
+) -> list[tuple[ClusterNode, requests.Session]]:
+    """Two browsers, each with a session (one message) on a different primary."""
+    by_primary: dict[int, tuple[ClusterNode, requests.Session]] = {}
+    for i in range(40):
+        browser = requests.Session()
+        assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
+        (key,) = session_keys(cluster.client(), browser.cookies["session"])
+        primary = cluster.primary_for(key.decode())
+        by_primary.setdefault(primary.port, (primary, browser))
+        if len(by_primary) == 2:
+            return list(by_primary.values())
+    raise AssertionError("40 sessions, all on one primary")
+
+
 def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_replica):
     """One primary frozen (SIGSTOP: it accepts and never answers), for less than the cluster's
     node timeout: the sessions on the other primaries keep their pages; only that node's
@@ -222,16 +238,7 @@ def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_re
         RATE_LIMIT_SAVES="off",
         RATE_LIMIT_NEW_SESSIONS="off",
     ).url
-    by_primary: dict[int, requests.Session] = {}
-    for i in range(40):  # until two sessions live on different primaries
-        browser = requests.Session()
-        assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
-        (key,) = session_keys(valkey_cluster.client(), browser.cookies["session"])
-        by_primary.setdefault(valkey_cluster.primary_for(key.decode()).port, browser)
-        if len(by_primary) == 2:
-            break
-    (frozen_port, frozen), (_, healthy) = by_primary.items()
-    (node,) = [n for n in valkey_cluster.nodes if n.port == frozen_port]
+    (node, frozen), (_, healthy) = sessions_on_two_primaries(url, valkey_cluster)
     statuses: dict[str, Counter[int]] = {"frozen": Counter(), "healthy": Counter()}
     os.kill(node.pid, signal.SIGSTOP)
     try:
@@ -246,6 +253,33 @@ def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_re
     assert statuses["frozen"][503] > 0  # the node was frozen, and its sessions told so
     # Once the node answers again, its sessions' pages are back within the cool-down.
     wait_until(lambda: frozen.get(f"{url}/", timeout=10).status_code == 200, 5, "the frozen node")
+
+
+def test_a_save_that_loads_its_script_waits_for_no_other_node(valkey_cluster, start_replica):
+    """A node without the save script (restarted, or a replica just promoted: SCRIPT LOAD is not
+    replicated) gets it loaded, and only it: before, the script went to every primary, and a
+    save on a healthy node waited for a frozen one, answered 503 and opened the healthy node's
+    circuit."""
+    url = start_replica(
+        valkey_cluster.port,
+        "script-load",
+        WEB_CONCURRENCY="1",
+        RATE_LIMIT_SAVES="off",
+        RATE_LIMIT_NEW_SESSIONS="off",
+    ).url
+    (frozen_node, _), (healthy_node, healthy) = sessions_on_two_primaries(url, valkey_cluster)
+    token = csrf_token(browse(url, healthy))
+    healthy_node.client().script_flush()
+    os.kill(frozen_node.pid, signal.SIGSTOP)
+    try:
+        saved = post_save(url, healthy.cookies.get_dict(), token, "with its script loaded again")
+        pages = Counter(healthy.get(f"{url}/", timeout=10).status_code for _ in range(5))
+    finally:
+        os.kill(frozen_node.pid, signal.SIGCONT)
+    print(f"\nsave needing its script, another primary frozen: {saved}; then pages {pages}")
+    assert saved == 303
+    assert pages == {200: 5}
+    assert "with its script loaded again" in listed_messages(browse(url, healthy))
 
 
 def refused_start(tmp_path: Path, name: str, port: int, **env: str) -> Gunicorn:
