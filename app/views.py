@@ -12,8 +12,9 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
+from gunicorn.http.errors import ParseException
 from redis import RedisError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from . import csrf, metrics
@@ -92,13 +93,18 @@ def check_raw_form() -> Any:
       is the only place where the difference can still be seen.
     """
     post = request._get_current_object()
-    if post.method != "POST":
-        return None
+    if post.method != "POST" or post.routing_exception is not None:
+        return None  # not one of the page's forms: dispatch answers 404, 405 or 400 (bad Host)
     if post.mimetype != "application/x-www-form-urlencoded":
         if post.content_length == 0 or (post.content_length is None and not post.mimetype):
             return None  # no body at all: nothing to refuse here (CSRF will)
         return refused("not_url_encoded", content_type=post.mimetype or None)
-    raw = post.get_data(cache=True)
+    try:
+        raw = post.get_data(cache=True)
+    except ParseException as exc:
+        # gunicorn reads a chunked body as the app asks for it, so bad framing there (a chunk
+        # size that is not hex, a missing CRLF) shows up here, not in its own parser.
+        raise BadRequest("The request body is not framed correctly.") from exc
     cap = post.max_content_length
     at_cap = post.content_length is None and cap is not None and len(raw) >= cap
     if at_cap and post.environ["wsgi.input"].read(1):

@@ -136,3 +136,21 @@ def test_a_cookie_header_that_is_not_utf8_gets_a_page_not_a_500(replica, cookie)
         status = raw_exchange(replica.port, request).split(b"\r\n", 1)[0]
         assert status in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 BAD REQUEST"), (path, status)
     assert "Traceback" not in replica.log()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\na=b\r\n0\r\n\r\n", b"3\r\na=bXXXX\r\n0\r\n\r\n"],
+    ids=["chunk size not hex", "chunk without its CRLF"],
+)
+def test_a_malformed_chunked_body_gets_400_not_500(replica, chunks):
+    """gunicorn parses a chunked body only as the app reads it, so its framing errors surface
+    in the app (python -m app, and the image run alone, have no nginx in front to catch them)."""
+    reply = raw_exchange(
+        replica.port,
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks,
+    )
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert "Traceback" not in replica.log()
