@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -211,9 +212,17 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
 
 
 def sessions_on_two_primaries(
-    url: str, cluster: ValkeyCluster
-) -> list[tuple[ClusterNode, requests.Session]]:
-    """Two browsers, each with a session (one message) on a different primary."""
+    cluster: ValkeyCluster, start_replica: Callable[..., Gunicorn], name: str
+) -> tuple[str, list[tuple[ClusterNode, requests.Session]]]:
+    """A one-worker replica (rate limits off: their counters would live on some primary too),
+    and two browsers, each with a session (one message) on a different primary."""
+    url = start_replica(
+        cluster.port,
+        name,
+        WEB_CONCURRENCY="1",
+        RATE_LIMIT_SAVES="off",
+        RATE_LIMIT_NEW_SESSIONS="off",
+    ).url
     by_primary: dict[int, tuple[ClusterNode, requests.Session]] = {}
     for i in range(40):
         browser = requests.Session()
@@ -222,7 +231,7 @@ def sessions_on_two_primaries(
         primary = cluster.primary_for(key.decode())
         by_primary.setdefault(primary.port, (primary, browser))
         if len(by_primary) == 2:
-            return list(by_primary.values())
+            return url, list(by_primary.values())
     raise AssertionError("40 sessions, all on one primary")
 
 
@@ -231,14 +240,9 @@ def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_re
     node timeout: the sessions on the other primaries keep their pages; only that node's
     circuit opens. Before, the worker's one circuit opened on the frozen node's timeouts and
     refused every page for its cool-down (about two thirds of all page views)."""
-    url = start_replica(
-        valkey_cluster.port,
-        "frozen-node",
-        WEB_CONCURRENCY="1",
-        RATE_LIMIT_SAVES="off",
-        RATE_LIMIT_NEW_SESSIONS="off",
-    ).url
-    (node, frozen), (_, healthy) = sessions_on_two_primaries(url, valkey_cluster)
+    url, [(node, frozen), (_, healthy)] = sessions_on_two_primaries(
+        valkey_cluster, start_replica, "frozen-node"
+    )
     statuses: dict[str, Counter[int]] = {"frozen": Counter(), "healthy": Counter()}
     os.kill(node.pid, signal.SIGSTOP)
     try:
@@ -260,14 +264,9 @@ def test_a_save_that_loads_its_script_waits_for_no_other_node(valkey_cluster, st
     replicated) gets it loaded, and only it: before, the script went to every primary, and a
     save on a healthy node waited for a frozen one, answered 503 and opened the healthy node's
     circuit."""
-    url = start_replica(
-        valkey_cluster.port,
-        "script-load",
-        WEB_CONCURRENCY="1",
-        RATE_LIMIT_SAVES="off",
-        RATE_LIMIT_NEW_SESSIONS="off",
-    ).url
-    (frozen_node, _), (healthy_node, healthy) = sessions_on_two_primaries(url, valkey_cluster)
+    url, [(frozen_node, _), (healthy_node, healthy)] = sessions_on_two_primaries(
+        valkey_cluster, start_replica, "script-load"
+    )
     token = csrf_token(browse(url, healthy))
     healthy_node.client().script_flush()
     os.kill(frozen_node.pid, signal.SIGSTOP)
