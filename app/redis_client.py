@@ -93,8 +93,8 @@ class RedisClient:
         self._make_node_client = make_node_client
         self.cache = cache
         self._events: NodeEvents | None = None
-        # Every call's on one primary; on a cluster, the calls no one node answers for (the
-        # readiness PING), each node having its own.
+        # The worker's circuit: every call's on one primary; on a cluster, where each node has
+        # its own (below), only the calls no one node answers for, such as the readiness PING.
         self.circuit = Circuit()
         self._node_circuits: dict[str, Circuit] = {}
         self._nodes: dict[str, NodeConnection] = {}
