@@ -99,15 +99,16 @@ def check_raw_form() -> Any:
         if post.content_length == 0 or (post.content_length is None and not post.mimetype):
             return None  # no body at all: nothing to refuse here (CSRF will)
         return refused("not_url_encoded", content_type=post.mimetype or None)
+    cap = post.max_content_length
     try:
         raw = post.get_data(cache=True)
+        at_cap = post.content_length is None and cap is not None and len(raw) >= cap
+        past_cap = at_cap and post.environ["wsgi.input"].read(1)
     except ParseException as exc:
         # gunicorn reads a chunked body as the app asks for it, so bad framing there (a chunk
         # size that is not hex, a missing CRLF) shows up here, not in its own parser.
         raise BadRequest("The request body is not framed correctly.") from exc
-    cap = post.max_content_length
-    at_cap = post.content_length is None and cap is not None and len(raw) >= cap
-    if at_cap and post.environ["wsgi.input"].read(1):
+    if past_cap:
         raise RequestEntityTooLarge()
     try:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")

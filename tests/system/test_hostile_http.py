@@ -14,6 +14,8 @@ from localservers.processes import child_pids
 from localservers.waits import wait_until
 from tests.support import csrf_token, listed_messages, raw_exchange
 
+# Settings.max_content_length with the default message length.
+CAP = 2000 * 12 + 4096
 # Each is refused by gunicorn's parser, before the app sees it.
 MALFORMED = {
     "duplicate Host": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
@@ -106,13 +108,12 @@ def test_a_chunked_body_over_the_cap_answers_413_and_stores_nothing(replica):
     assert _chunked_save(replica.port, cookies, small).startswith(b"HTTP/1.1 303")
     # The message comes first and is short; only the padding after it is over the cap, so a
     # body cut at the cap would still hold a complete, valid message.
-    cap = 2000 * 12 + 4096  # Settings.max_content_length with the default message length
-    big = f"csrf_token={token}&message=cut&pad=".encode() + b"x" * cap
+    big = f"csrf_token={token}&message=cut&pad=".encode() + b"x" * CAP
     reply = _chunked_save(replica.port, cookies, big)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     # A body of exactly the cap is still read whole.
     exact = f"csrf_token={token}&message=exact&pad=".encode()
-    exact += b"x" * (cap - len(exact))
+    exact += b"x" * (CAP - len(exact))
     assert _chunked_save(replica.port, cookies, exact).startswith(b"HTTP/1.1 303")
     page = browser.get(f"{replica.url}/", timeout=10).text
     assert listed_messages(page) == ["first", "chunked", "exact"]
@@ -140,8 +141,13 @@ def test_a_cookie_header_that_is_not_utf8_gets_a_page_not_a_500(replica, cookie)
 
 @pytest.mark.parametrize(
     "chunks",
-    [b"zz\r\na=b\r\n0\r\n\r\n", b"3\r\na=bXXXX\r\n0\r\n\r\n"],
-    ids=["chunk size not hex", "chunk without its CRLF"],
+    [
+        b"zz\r\na=b\r\n0\r\n\r\n",
+        b"3\r\na=bXXXX\r\n0\r\n\r\n",
+        # Framed well up to the cap, then not: the byte read past the cap meets the error.
+        chunked_body(b"a=" + b"x" * (CAP - 2))[:-5] + b"zz\r\nxx\r\n0\r\n\r\n",
+    ],
+    ids=["chunk size not hex", "chunk without its CRLF", "bad chunk right after the cap"],
 )
 def test_a_malformed_chunked_body_gets_400_not_500(replica, chunks):
     """gunicorn parses a chunked body only as the app reads it, so its framing errors surface
