@@ -273,10 +273,7 @@ class RedisSessions(SessionInterface):
                 str(max(session.saved_number, session.seen_saved)),
                 max_age=math.ceil(MAX_AGE_SECONDS),
                 httponly=True,
-                domain=self.get_cookie_domain(app),
-                path=self.get_cookie_path(app),
-                secure=self.get_cookie_secure(app),
-                samesite=self.get_cookie_samesite(app),
+                **self._flags(app),
             )
         elif session.cookie_due and session.seen_saved:
             # A new session (the old one expired or was destroyed elsewhere): its count starts
@@ -294,23 +291,21 @@ class RedisSessions(SessionInterface):
             session.sid,
             expires=self.get_expiration_time(app, session),
             httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
+            **self._flags(app),
         )
 
+    def _flags(self, app: Flask) -> dict[str, Any]:
+        """Where this app's cookies apply and how they travel: the same for setting and deleting
+        (a browser ignores a __Host- cookie, its deletion too, that is not Secure)."""
+        return {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "samesite": self.get_cookie_samesite(app),
+        }
+
     def _delete_cookie(self, app: Flask, response: Response, name: str) -> None:
-        # With the flags it was set with, as Flask's own interface deletes: a browser ignores a
-        # __Host- cookie (its deletion too) that is not Secure.
-        response.delete_cookie(
-            name,
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
-            httponly=self.get_cookie_httponly(app),
-        )
+        response.delete_cookie(name, httponly=self.get_cookie_httponly(app), **self._flags(app))
 
     def _store_document(self, session: MessageSession) -> bool:
         """Store what code other than a save changed in the session; whether it did."""
