@@ -99,6 +99,18 @@ def disconnect(client: Client) -> None:
         client.connection_pool.disconnect()
 
 
+def reload_slot_map(client: RedisCluster) -> None:
+    """Have the cluster client ask its endpoint for the slot map now.
+
+    redis-py does this by itself when a command it sends meets a lost node or a redirection;
+    the session commands go down the worker's own node connections (app/nodes.py), so a node
+    that stops answering there tells the cluster client nothing. redis-py 8.1 offers no public
+    call for it: this is the one place that uses ``nodes_manager.initialize``, and
+    tests/system/test_cluster.py fails, naming this function, when an upgrade removes it.
+    """
+    client.nodes_manager.initialize()
+
+
 def check_server(settings: Settings) -> bool:
     """Whether to use the cluster client; refuses start-up when Redis refuses our credentials.
 

@@ -13,8 +13,10 @@ limiter goes through ``RedisClient.run``, which holds the failure policy in one 
 * **Cluster**: a session's commands go to its node's own connection (``get_node_from_key``,
   redis-py's public routing); a MOVED or ASK there (a slot moving, a failover) sends that one
   command through the cluster client, which follows redirections and refreshes its slot map,
-  and the next command is routed by the new map. The cluster client's "no node reachable"
-  (not a RedisError) becomes the connection error it is.
+  and the next command is routed by the new map. A node that fails a call on its own
+  connection (it stopped answering: no redirection, no refusal) has the slot map asked for
+  again, so that its sessions follow the cluster's failover. The cluster client's "no node
+  reachable" (not a RedisError) becomes the connection error it is.
 * **Timing and counting** by operation name (``save``, ``read``, ``rate_limit``...), for the
   metrics; reads answered by the read cache are not Redis calls and are not timed.
 
@@ -49,8 +51,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
-from .circuit import Circuit
-from .connection import Client, disconnect
+from .circuit import COOL_DOWN_SECONDS, Circuit
+from .connection import Client, disconnect, reload_slot_map
 from .nodes import Command, NodeConnection
 from .read_cache import ReadCache, StoredSession
 
@@ -97,6 +99,7 @@ class RedisClient:
         # its own (below), only the calls no one node answers for, such as the readiness PING.
         self.circuit = Circuit()
         self._node_circuits: dict[str, Circuit] = {}
+        self._next_slot_map_reload = 0.0
         self._nodes: dict[str, NodeConnection] = {}
         self._nodes_lock = threading.Lock()
         self._others: list[Client] = []
@@ -128,6 +131,8 @@ class RedisClient:
         except (RedisConnectionError, RedisTimeoutError, ClusterError) as exc:
             circuit.failed()
             self._count(operation, exc)
+            if circuit is not self.circuit:
+                self._node_lost()
             raise
         except RedisClusterException as exc:
             # The cluster client's "no node reachable" is not a RedisError: make it the
@@ -147,6 +152,21 @@ class RedisClient:
             self._duration(operation).observe(time.perf_counter() - started)
         circuit.succeeded()
         return result
+
+    def _node_lost(self) -> None:
+        """A cluster node failed a call on this worker's own connection: ask for the slot map
+        again (at most once a cool-down), so that once the cluster has promoted a replica in
+        its place, its sessions are routed there. A node that stops answering (frozen, cut off)
+        neither redirects nor refuses: without this, its sessions would fail until it did."""
+        now = time.monotonic()
+        client = self._cluster_client
+        if client is None or now < self._next_slot_map_reload:
+            return
+        self._next_slot_map_reload = now + COOL_DOWN_SECONDS
+        try:
+            reload_slot_map(client)
+        except (RedisError, RedisClusterException) as exc:
+            log.warning("could not reload the cluster's slot map: %s", exc)
 
     def _duration(self, operation: str) -> Any:
         child = self._durations.get(operation)

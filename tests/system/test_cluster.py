@@ -15,10 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import requests
+from redis.cluster import NodesManager, RedisCluster
 
+from app.connection import reload_slot_map
 from app.store import KEY_PREFIX
+from localservers import HOST
 from localservers.cluster import ClusterNode, ValkeyCluster
 from localservers.gunicorn import Gunicorn
 from localservers.waits import wait_until
@@ -212,10 +216,14 @@ def test_a_live_sessions_primary_fails_over_while_it_saves(valkey_cluster, start
 
 
 def sessions_on_two_primaries(
-    cluster: ValkeyCluster, start_replica: Callable[..., Gunicorn], name: str
+    cluster: ValkeyCluster,
+    start_replica: Callable[..., Gunicorn],
+    name: str,
+    besides: ClusterNode | None = None,
 ) -> tuple[str, list[tuple[ClusterNode, requests.Session]]]:
     """A one-worker replica (rate limits off: their counters would live on some primary too),
-    and two browsers, each with a session (one message) on a different primary."""
+    and two browsers, each with a session (one message) on a different primary, neither on
+    ``besides``."""
     url = start_replica(
         cluster.port,
         name,
@@ -229,7 +237,8 @@ def sessions_on_two_primaries(
         assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
         (key,) = session_keys(cluster.client(), browser.cookies["session"])
         primary = cluster.primary_for(key.decode())
-        by_primary.setdefault(primary.port, (primary, browser))
+        if primary is not besides:
+            by_primary.setdefault(primary.port, (primary, browser))
         if len(by_primary) == 2:
             return url, list(by_primary.values())
     raise AssertionError("40 sessions, all on one primary")
@@ -257,6 +266,67 @@ def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_re
     assert statuses["frozen"][503] > 0  # the node was frozen, and its sessions told so
     # Once the node answers again, its sessions' pages are back within the cool-down.
     wait_until(lambda: frozen.get(f"{url}/", timeout=10).status_code == 200, 5, "the frozen node")
+
+
+def test_a_frozen_primary_the_cluster_failed_over_serves_its_sessions_from_the_new_one(
+    valkey_cluster, start_replica
+):
+    """One primary frozen for good (SIGSTOP: a host gone, packets dropped): once the cluster has
+    promoted its replica, the sessions it held are served by the new primary within seconds,
+    their messages intact, and take saves again. Before, their commands kept going down the
+    frozen node's connection (it never refuses, never redirects): 503 until the pod restarted.
+    Not the node the app was given as its endpoint: the slot map is asked of that one."""
+    url, [(node, moved), (_, healthy)] = sessions_on_two_primaries(
+        valkey_cluster, start_replica, "failed-over", besides=valkey_cluster.nodes[0]
+    )
+    replica = valkey_cluster.replica_of(node)
+    token = csrf_token(browse(url, moved))
+    statuses: Counter[int] = Counter()
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        # Pages go on meanwhile: the worker is to find its way through its own failures.
+        def promoted() -> bool:
+            statuses[moved.get(f"{url}/", timeout=10).status_code] += 1
+            assert healthy.get(f"{url}/", timeout=10).status_code == 200
+            return replica.role() == "master"
+
+        wait_until(promoted, 30, "the cluster to promote the frozen primary's replica")
+        promoted_at = time.monotonic()
+        wait_until(
+            lambda: moved.get(f"{url}/", timeout=10).status_code == 200,
+            5,
+            "the failed-over session's page from the new primary",
+        )
+        print(
+            f"\nuntil the promotion: page views {statuses}; the page was back "
+            f"{time.monotonic() - promoted_at:.2f} s after it"
+        )
+        saved = post_save(url, moved.cookies.get_dict(), token, "after the failover")
+        listed = listed_messages(browse(url, moved))
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    assert statuses[503] > 0  # the node was frozen, and its session told so
+    assert saved == 303
+    assert listed[-1] == "after the failover" and len(listed) == 2, listed
+
+
+def test_the_cluster_client_reloads_its_slot_map_when_told(shared_cluster):
+    """The one private redis-py name app/connection.py's reload_slot_map uses still works."""
+    client = RedisCluster(host=HOST, port=shared_cluster.port)
+    try:
+        with mock.patch.object(
+            NodesManager, "initialize", autospec=True, side_effect=NodesManager.initialize
+        ) as initialize:
+            reload_slot_map(client)
+    except AttributeError as exc:
+        raise AssertionError(
+            "redis-py's cluster client no longer has nodes_manager.initialize: "
+            "app/connection.py (reload_slot_map) must find the new way to reload the slot map, "
+            f"or a frozen primary's sessions stay 503 after the cluster fails it over ({exc})"
+        ) from exc
+    finally:
+        client.close()
+    initialize.assert_called_once()
 
 
 def test_a_save_that_loads_its_script_waits_for_no_other_node(valkey_cluster, start_replica):
