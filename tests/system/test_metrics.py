@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import socket
 import string
 import threading
 from collections import Counter
@@ -19,7 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
+from app import metrics, metrics_server
 from app.refusals import REFUSALS
 from localservers.ports import free_port, listening_sockets, socket_inodes
 from localservers.processes import child_pids
@@ -295,6 +296,63 @@ def test_the_workers_do_not_hold_the_metrics_listener(metrics_replica):
     for worker in child_pids(master):
         assert listener not in socket_inodes(worker), worker
         assert port not in listening_sockets(worker)
+
+
+def master_threads(replica) -> int:
+    with open(f"/proc/{replica.process.pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
+def test_idle_connections_to_the_metrics_port_cost_the_master_no_more_than_a_few_threads(
+    metrics_replica,
+):
+    """200 connections to the metrics port that never send a request (a slow or hostile client
+    inside the cluster). Before, each held a thread of the gunicorn master for good: thousands
+    would take the container past its memory limit, workers and all."""
+    replica, port = metrics_replica()
+    before = master_threads(replica)
+    idle = [_idle_connection(port) for _ in range(200)]
+    try:
+        wait_until(
+            lambda: sum(map(_closed, idle)) >= len(idle) - metrics_server.MAX_SCRAPES,
+            15,
+            "the metrics listener to turn away the connections past its limit",
+        )
+        held = master_threads(replica) - before
+        print(f"\n200 idle connections to the metrics port: the master holds {held} more threads")
+        # One per connection served, and the log's timer that writes the count of the lines
+        # held back (app/logs.py: RepeatLimit) about the connections turned away.
+        assert held <= metrics_server.MAX_SCRAPES + 1
+        # Those it took time out, and scrapes are served again.
+        wait_until(lambda: _scraped(port), 15, "a scrape, once the idle connections time out")
+    finally:
+        for connection in idle:
+            connection.close()
+    assert replica.process.poll() is None
+    assert requests.get(f"{replica.url}/healthz", timeout=5).status_code == 200
+
+
+def _idle_connection(port: int) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+    connection.setblocking(False)  # for _closed
+    return connection
+
+
+def _closed(connection: socket.socket) -> bool:
+    """Whether the server has closed ``connection`` (never waits)."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _scraped(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_labels_stay_bounded_under_1000_random_paths(metrics_replica):
