@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -397,3 +398,39 @@ def test_a_save_during_a_busy_script_is_told_to_try_again(settings, servers):
     assert response.status_code == 503
     assert retry_after == "5"
     assert "try again in a few seconds" in page
+
+
+def test_a_write_pause_costs_a_save_its_503_and_loses_nothing(settings, servers):
+    """CLIENT PAUSE WRITE, what a planned failover does to the old primary while its replica
+    catches up: a save meanwhile gets the try-again 503 and is not stored; Save pressed again
+    once the pause is over stores it once. Page views read on through the pause, but for the
+    worker's cool-down after the save that timed out (a timeout looks like a frozen server)."""
+    server = servers("paused")
+    user = User(worker(settings, server.port))
+    assert user.submit(user.form(), "before") == 303
+    form = user.form()
+    server.client().execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    paused_until = time.monotonic() + 3
+    during = user.client.post(
+        "/persistMessage", data={**form, "message": "during"}, headers=user.headers
+    )
+    pages: list[int] = []
+
+    def page_served() -> bool:
+        pages.append(user.client.get("/", headers=user.headers).status_code)
+        return pages[-1] == 200
+
+    wait_until(page_served, 3, "a page view while writes are paused")
+    read_at = paused_until - time.monotonic()
+    print(
+        f"\nwrite pause: save {during.status_code}; page views {Counter(pages)}, "
+        f"the last {read_at:.2f} s before the pause ended"
+    )
+    assert during.status_code == 503 and during.headers.get("Retry-After") == "5"
+    assert set(pages) <= {200, 503}
+    assert read_at > 0  # read while still paused
+    wait_until(lambda: time.monotonic() > paused_until, 5, "the pause to end")
+    # The timed-out save's connection was dropped, and its command with it: nothing stored late.
+    assert listed_messages(user.page()) == ["before"]
+    assert user.submit(form, "during") == 303
+    assert listed_messages(user.page()) == ["before", "during"]
