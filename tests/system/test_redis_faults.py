@@ -24,7 +24,7 @@ from localservers.waits import wait_until
 from ops.page import parse_page
 from tests.support import listed_messages
 
-from .faults import ValkeyProcess, busy_script, stalled
+from .faults import ValkeyProcess, busy_script, restarted_and_loading, stalled
 
 
 def form_fields(page: str) -> dict[str, str]:
@@ -434,3 +434,32 @@ def test_a_write_pause_costs_a_save_its_503_and_loses_nothing(settings, servers)
     assert listed_messages(user.page()) == ["before"]
     assert user.submit(form, "during") == 303
     assert listed_messages(user.page()) == ["before", "during"]
+
+
+def test_a_restart_that_answers_loading_costs_503s_and_nothing_else(settings, servers):
+    """A restarted server answers LOADING while it reads its data back: pages and saves get the
+    try-again 503 meanwhile (never a 500), the save is not stored, and afterwards the session
+    is whole, Save pressed again stores the message once, and the read cache works again (a
+    cached page view costs no command)."""
+    server = servers("loading")
+    user = User(worker(settings, server.port, redis_client_cache=True))
+    assert user.submit(user.form(), "before") == 303
+    form = user.form()
+    with restarted_and_loading(server):
+        page = user.client.get("/", headers=user.headers)
+        save = user.client.post(
+            "/persistMessage", data={**form, "message": "during"}, headers=user.headers
+        )
+        still_loading = server.client(socket_timeout=1).info("persistence")["loading"] == 1
+    print(f"\nLOADING: page {page.status_code}, save {save.status_code}")
+    assert still_loading, "the server had loaded before the requests were made"
+    for response in (page, save):
+        assert response.status_code == 503 and response.headers.get("Retry-After") == "5"
+    assert listed_messages(user.page()) == ["before"]
+    assert user.submit(form, "during") == 303
+    assert listed_messages(user.page()) == ["before", "during"]
+    admin = server.client()
+    hgetalls = admin.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    for _ in range(20):
+        assert listed_messages(user.page()) == ["before", "during"]
+    assert admin.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0) == hgetalls
