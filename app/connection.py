@@ -99,16 +99,22 @@ def disconnect(client: Client) -> None:
         client.connection_pool.disconnect()
 
 
-def reload_slot_map(client: RedisCluster) -> None:
-    """Have the cluster client ask its endpoint for the slot map now.
+def reload_slot_map(client: RedisCluster, failed: str | None = None) -> None:
+    """Have the cluster client ask for the slot map now: of its endpoint, then of every node it
+    knows, the node named ``failed`` (``host:port``) last; the first full answer wins.
 
     redis-py does this by itself when a command it sends meets a lost node or a redirection;
     the session commands go down the worker's own node connections (app/nodes.py), so a node
-    that stops answering there tells the cluster client nothing. redis-py 8.1 offers no public
-    call for it: this is the one place that uses ``nodes_manager.initialize``, and
-    tests/system/test_cluster.py fails, naming this function, when an upgrade removes it.
+    that stops answering there tells the cluster client nothing. And redis-py asks only its
+    endpoint (``dynamic_startup_nodes=False``, above), which may be the node that stopped.
+    redis-py 8.1 offers no public call for it: this is the one place that uses
+    ``nodes_manager.initialize``, and tests/system/test_cluster.py fails, naming this function,
+    when an upgrade removes it or its two arguments.
     """
-    client.nodes_manager.initialize()
+    known = [(node.host, node.port) for node in client.get_nodes()]
+    client.nodes_manager.initialize(
+        additional_startup_nodes_info=known, last_failed_node_name=failed
+    )
 
 
 def check_server(settings: Settings) -> bool:

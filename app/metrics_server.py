@@ -17,12 +17,14 @@ Called from gunicorn.conf.py's hooks: ``serve`` (when_ready), ``close_in_worker`
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -149,9 +151,17 @@ def _listener_class(host: str) -> type[_Listener]:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No line per scrape (as prometheus_client's own), and a timeout on every read and write."""
+    """No line per scrape (as prometheus_client's own), and SCRAPE_TIMEOUT_SECONDS for the whole
+    request: a socket timeout bounds each read only, and a client sending a byte every few
+    seconds would hold its connection (and with 8 such, every scrape) for as long as it liked."""
 
     timeout = SCRAPE_TIMEOUT_SECONDS
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        deadline = time.monotonic() + SCRAPE_TIMEOUT_SECONDS
+        self.rfile = io.BufferedReader(_ReadBefore(self.connection, deadline))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged."""
@@ -221,3 +231,21 @@ def add_into(total: Path, more: Path) -> None:
     finally:
         merged.close()
     os.replace(written, total)
+
+
+class _ReadBefore(io.RawIOBase):
+    """A socket's reads, each given what is left until ``deadline`` (time.monotonic())."""
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self._connection.settimeout(left)
+        return self._connection.recv_into(buffer)

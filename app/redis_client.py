@@ -15,8 +15,9 @@ limiter goes through ``RedisClient.run``, which holds the failure policy in one 
   command through the cluster client, which follows redirections and refreshes its slot map,
   and the next command is routed by the new map. A node that fails a call on its own
   connection (it stopped answering: no redirection, no refusal) has the slot map asked for
-  again, so that its sessions follow the cluster's failover. The cluster client's "no node
-  reachable" (not a RedisError) becomes the connection error it is.
+  again, off the request path (``SlotMaps``), so that its sessions follow the cluster's
+  failover. The cluster client's "no node reachable" (not a RedisError) becomes the
+  connection error it is.
 * **Timing and counting** by operation name (``save``, ``read``, ``rate_limit``...), for the
   metrics; reads answered by the read cache are not Redis calls and are not timed.
 
@@ -99,7 +100,9 @@ class RedisClient:
         # its own (below), only the calls no one node answers for, such as the readiness PING.
         self.circuit = Circuit()
         self._node_circuits: dict[str, Circuit] = {}
-        self._next_slot_map_reload = 0.0
+        self._slot_maps = (
+            SlotMaps(self._cluster_client) if self._cluster_client is not None else None
+        )
         self._nodes: dict[str, NodeConnection] = {}
         self._nodes_lock = threading.Lock()
         self._others: list[Client] = []
@@ -131,8 +134,8 @@ class RedisClient:
         except (RedisConnectionError, RedisTimeoutError, ClusterError) as exc:
             circuit.failed()
             self._count(operation, exc)
-            if circuit is not self.circuit:
-                self._node_lost()
+            if self._slot_maps is not None and circuit is not self.circuit:
+                self._slot_maps.reload(self._name_of(circuit))
             raise
         except RedisClusterException as exc:
             # The cluster client's "no node reachable" is not a RedisError: make it the
@@ -152,21 +155,6 @@ class RedisClient:
             self._duration(operation).observe(time.perf_counter() - started)
         circuit.succeeded()
         return result
-
-    def _node_lost(self) -> None:
-        """A cluster node failed a call on this worker's own connection: ask for the slot map
-        again (at most once a cool-down), so that once the cluster has promoted a replica in
-        its place, its sessions are routed there. A node that stops answering (frozen, cut off)
-        neither redirects nor refuses: without this, its sessions would fail until it did."""
-        now = time.monotonic()
-        client = self._cluster_client
-        if client is None or now < self._next_slot_map_reload:
-            return
-        self._next_slot_map_reload = now + COOL_DOWN_SECONDS
-        try:
-            reload_slot_map(client)
-        except (RedisError, RedisClusterException) as exc:
-            log.warning("could not reload the cluster's slot map: %s", exc)
 
     def _duration(self, operation: str) -> Any:
         child = self._durations.get(operation)
@@ -198,9 +186,14 @@ class RedisClient:
             self.cache.clear()
 
     def ping(self) -> bool:
-        """Whether Redis answers (for /readyz, which reports and never waits long)."""
+        """Whether Redis answers (for /readyz, which reports and never waits long): on a
+        cluster, whether its default node does, asked directly. Through the cluster client, a
+        timeout would have redis-py reload its slot map inside the probe, waiting on every
+        frozen node (and on a reload ``SlotMaps`` is making) before the probe could answer."""
+        client = self._cluster_client
+        call = self.pooled.ping if client is None else lambda: _default_node(client).ping()
         try:
-            return bool(self.run("ping", self.pooled.ping))
+            return bool(self.run("ping", call))
         except RedisError:
             return False
 
@@ -307,6 +300,9 @@ class RedisClient:
     def _circuit_of(self, node: NodeConnection) -> Circuit:
         return self._node_circuits.get(node.name, self.circuit)
 
+    def _name_of(self, circuit: Circuit) -> str | None:
+        return next((name for name, c in self._node_circuits.items() if c is circuit), None)
+
     def _route(self, key: str) -> NodeConnection:
         if self._cluster_client is None:
             return self._node(PRIMARY, self._make_node_client)
@@ -389,6 +385,58 @@ class RedisClient:
             self._cluster_client.script_load(script.source)
         else:
             node.execute("SCRIPT", "LOAD", script.source)
+
+
+class SlotMaps:
+    """Reloads the cluster client's slot map when a node fails a call on the worker's own
+    connection, so that once the cluster has promoted a replica in its place, its sessions are
+    routed there. A node that stops answering (frozen, cut off) neither redirects nor refuses:
+    without this, its sessions would fail until it did.
+
+    In a thread of its own, at most once a cool-down: asking a frozen node costs a socket
+    timeout, and with the whole cluster frozen, one per node; the request that met the failure
+    answers its 503 at once instead of waiting for that.
+    """
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self._wanted = threading.Event()
+        self._failed: str | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def reload(self, failed: str | None) -> None:
+        """Ask for a reload, asking the node named ``failed`` last; never waits."""
+        self._failed = failed
+        self._wanted.set()
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:  # started in the worker, on first need
+                    self._thread = threading.Thread(
+                        target=self._run, name="slot-map-reload", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                reload_slot_map(self._client, self._failed)
+            except (RedisError, RedisClusterException) as exc:
+                log.warning("could not reload the cluster's slot map: %s", exc)
+            except Exception:
+                # Nothing else would see it, and a dead thread would never reload again.
+                log.exception("reloading the cluster's slot map failed")
+            time.sleep(COOL_DOWN_SECONDS)  # at most one reload a cool-down
+
+
+def _default_node(client: RedisCluster) -> redis.Redis:
+    """The client of the cluster client's default node (redis-py's public ``ClusterNode``)."""
+    node = client.get_default_node()
+    if node is None or node.redis_connection is None:
+        raise RedisConnectionError("no cluster node is known")
+    return node.redis_connection
 
 
 def _decoded(fields: dict) -> dict[str, str]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import requests
 from redis.cluster import NodesManager, RedisCluster
 
@@ -219,11 +220,11 @@ def sessions_on_two_primaries(
     cluster: ValkeyCluster,
     start_replica: Callable[..., Gunicorn],
     name: str,
-    besides: ClusterNode | None = None,
+    first_on: ClusterNode | None = None,
 ) -> tuple[str, list[tuple[ClusterNode, requests.Session]]]:
     """A one-worker replica (rate limits off: their counters would live on some primary too),
-    and two browsers, each with a session (one message) on a different primary, neither on
-    ``besides``."""
+    and two browsers, each with a session (one message) on a different primary; the first on
+    ``first_on`` when given."""
     url = start_replica(
         cluster.port,
         name,
@@ -232,16 +233,18 @@ def sessions_on_two_primaries(
         RATE_LIMIT_NEW_SESSIONS="off",
     ).url
     by_primary: dict[int, tuple[ClusterNode, requests.Session]] = {}
-    for i in range(40):
+    for i in range(60):
         browser = requests.Session()
         assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
         (key,) = session_keys(cluster.client(), browser.cookies["session"])
         primary = cluster.primary_for(key.decode())
-        if primary is not besides:
-            by_primary.setdefault(primary.port, (primary, browser))
-        if len(by_primary) == 2:
-            return url, list(by_primary.values())
-    raise AssertionError("40 sessions, all on one primary")
+        by_primary.setdefault(primary.port, (primary, browser))
+        sessions = list(by_primary.values())
+        first = sessions[0] if first_on is None else by_primary.get(first_on.port)
+        others = [session for session in sessions if session is not first]
+        if first is not None and others:
+            return url, [first, others[0]]
+    raise AssertionError(f"60 sessions, none on two primaries as asked: {list(by_primary)}")
 
 
 def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_replica):
@@ -268,16 +271,21 @@ def test_a_frozen_node_fails_only_the_sessions_it_holds(valkey_cluster, start_re
     wait_until(lambda: frozen.get(f"{url}/", timeout=10).status_code == 200, 5, "the frozen node")
 
 
+@pytest.mark.parametrize("frozen", ["another node", "the endpoint"])
 def test_a_frozen_primary_the_cluster_failed_over_serves_its_sessions_from_the_new_one(
-    valkey_cluster, start_replica
+    valkey_cluster, start_replica, frozen
 ):
     """One primary frozen for good (SIGSTOP: a host gone, packets dropped): once the cluster has
     promoted its replica, the sessions it held are served by the new primary within seconds,
-    their messages intact, and take saves again. Before, their commands kept going down the
-    frozen node's connection (it never refuses, never redirects): 503 until the pod restarted.
-    Not the node the app was given as its endpoint: the slot map is asked of that one."""
+    their messages intact, and take saves again; the other primaries' sessions are served all
+    along. Before, their commands kept going down the frozen node's connection (it never
+    refuses, never redirects): 503 until the pod restarted. Also when the frozen node is the
+    one the app was given as its endpoint, of which the slot map is asked first."""
     url, [(node, moved), (_, healthy)] = sessions_on_two_primaries(
-        valkey_cluster, start_replica, "failed-over", besides=valkey_cluster.nodes[0]
+        valkey_cluster,
+        start_replica,
+        "failed-over",
+        first_on=valkey_cluster.nodes[0 if frozen == "the endpoint" else 1],
     )
     replica = valkey_cluster.replica_of(node)
     token = csrf_token(browse(url, moved))
@@ -317,7 +325,7 @@ def test_the_cluster_client_reloads_its_slot_map_when_told(shared_cluster):
         with mock.patch.object(
             NodesManager, "initialize", autospec=True, side_effect=NodesManager.initialize
         ) as initialize:
-            reload_slot_map(client)
+            reload_slot_map(client, failed=client.get_default_node().name)
     except AttributeError as exc:
         raise AssertionError(
             "redis-py's cluster client no longer has nodes_manager.initialize: "

@@ -7,6 +7,7 @@ directory, so which worker answered does not matter.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import signal
 import socket
 import string
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -330,6 +332,33 @@ def test_idle_connections_to_the_metrics_port_cost_the_master_no_more_than_a_few
             connection.close()
     assert replica.process.poll() is None
     assert requests.get(f"{replica.url}/healthz", timeout=5).status_code == 200
+
+
+def test_clients_sending_a_byte_at_a_time_hold_the_metrics_port_no_longer_than_its_timeout(
+    metrics_replica,
+):
+    """As many connections as the listener serves at once, each sending its request a header
+    line a second, well within each read's timeout: they are dropped once the request has taken
+    SCRAPE_TIMEOUT_SECONDS in all, and scrapes are answered again. Before, they held every
+    slot for as long as they kept dripping."""
+    _, port = metrics_replica()
+    dripping = [_idle_connection(port) for _ in range(metrics_server.MAX_SCRAPES)]
+    started = time.monotonic()
+    for connection in dripping:
+        connection.sendall(b"GET /metrics HTTP/1.1\r\n")
+
+    def drip_then_scrape() -> bool:
+        for connection in dripping:
+            with contextlib.suppress(OSError):
+                connection.sendall(b"X-Drip: 1\r\n")
+        return _scraped(port)
+
+    try:
+        wait_until(drip_then_scrape, 20, "a scrape while 8 clients drip their requests", 1.0)
+    finally:
+        for connection in dripping:
+            connection.close()
+    print(f"\n8 dripping clients: a scrape was answered after {time.monotonic() - started:.1f} s")
 
 
 def _idle_connection(port: int) -> socket.socket:
