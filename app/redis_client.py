@@ -191,11 +191,27 @@ class RedisClient:
         timeout would have redis-py reload its slot map inside the probe, waiting on every
         frozen node (and on a reload ``SlotMaps`` is making) before the probe could answer."""
         client = self._cluster_client
-        call = self.pooled.ping if client is None else lambda: _default_node(client).ping()
+        call = self.pooled.ping if client is None else lambda: self._ping_default_node(client)
         try:
             return bool(self.run("ping", call))
         except RedisError:
             return False
+
+    def _ping_default_node(self, client: RedisCluster) -> Any:
+        """PING the cluster client's default node (redis-py's public ``ClusterNode``). One that
+        fails is replaced by another primary, and the slot map asked for again (``SlotMaps``),
+        as redis-py itself does after a failed command: else a dead default node would have the
+        probe report Redis unavailable for good, however well the rest of the cluster serves."""
+        node = client.get_default_node()
+        if node is None or node.redis_connection is None:
+            raise RedisConnectionError("no cluster node is known")
+        try:
+            return node.redis_connection.ping()
+        except (RedisConnectionError, RedisTimeoutError):
+            client.replace_default_node()
+            if self._slot_maps is not None:
+                self._slot_maps.reload(node.name)
+            raise
 
     # Session commands ----------------------------------------------------------------------
 
@@ -429,14 +445,6 @@ class SlotMaps:
                 # Nothing else would see it, and a dead thread would never reload again.
                 log.exception("reloading the cluster's slot map failed")
             time.sleep(COOL_DOWN_SECONDS)  # at most one reload a cool-down
-
-
-def _default_node(client: RedisCluster) -> redis.Redis:
-    """The client of the cluster client's default node (redis-py's public ``ClusterNode``)."""
-    node = client.get_default_node()
-    if node is None or node.redis_connection is None:
-        raise RedisConnectionError("no cluster node is known")
-    return node.redis_connection
 
 
 def _decoded(fields: dict) -> dict[str, str]:
