@@ -106,8 +106,8 @@ class _Listener(ThreadingWSGIServer):
     connection held a thread of the master for as long as the client kept it open (measured:
     500 idle connections, 500 threads and 13 MB more, still there 15 s later), so enough of
     them would take the container past its memory limit, workers and all. Here a connection
-    past the limit is closed at once (the scrape fails; the pod does not), and one that sends
-    nothing for SCRAPE_TIMEOUT_SECONDS is dropped.
+    past the limit is closed at once (the scrape fails; the pod does not), and one whose
+    request takes longer than SCRAPE_TIMEOUT_SECONDS in all is dropped (``_QuietHandler``).
     """
 
     # socketserver's 5 would have the kernel drop connections while a burst is turned away.
@@ -165,6 +165,24 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged."""
+
+
+class _ReadBefore(io.RawIOBase):
+    """A socket's reads, each given what is left until ``deadline`` (time.monotonic())."""
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self._connection.settimeout(left)
+        return self._connection.recv_into(buffer)
 
 
 def close_in_worker() -> None:
@@ -231,21 +249,3 @@ def add_into(total: Path, more: Path) -> None:
     finally:
         merged.close()
     os.replace(written, total)
-
-
-class _ReadBefore(io.RawIOBase):
-    """A socket's reads, each given what is left until ``deadline`` (time.monotonic())."""
-
-    def __init__(self, connection: socket.socket, deadline: float) -> None:
-        self._connection = connection
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request took too long")
-        self._connection.settimeout(left)
-        return self._connection.recv_into(buffer)

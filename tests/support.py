@@ -109,6 +109,11 @@ def save(client, text: str, token: str | None = None):
     return client.post("/persistMessage", data={"message": text, "csrf_token": token})
 
 
+def command_calls(client: redis.Redis, command: str) -> int:
+    """How many times the server has run ``command`` (``INFO commandstats``)."""
+    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
 def stored_messages(connect: Callable[..., redis.Redis], sid: str) -> list[str]:
     """The messages of the session ``sid`` as stored, oldest first, read by the app's own store
     (so the tests know neither its key names nor its field names). ``connect`` makes a client

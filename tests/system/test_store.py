@@ -18,6 +18,7 @@ import redis
 from app import create_app
 from app.store import SessionStore, session_key
 from localservers.waits import wait_until
+from tests.support import command_calls
 
 from .faults import busy_script
 
@@ -42,10 +43,6 @@ def no_expiry(monkeypatch):
     monkeypatch.setattr("app.read_cache.MAX_AGE_SECONDS", 3600.0)
 
 
-def calls(client: redis.Redis, command: str) -> int:
-    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
-
-
 def listed(store: SessionStore, sid: str = SID) -> list[str]:
     stored = store.load(sid)
     return [] if stored is None else list(stored.messages)
@@ -68,10 +65,10 @@ def test_a_cached_session_costs_no_command(worker, valkey):
     reader = worker()
     assert listed(reader) == ["m1"]
     admin = valkey.client()
-    before = calls(admin, "hgetall"), calls(admin, "evalsha")
+    before = command_calls(admin, "hgetall"), command_calls(admin, "evalsha")
     for _ in range(20):
         assert listed(reader) == ["m1"]
-    assert (calls(admin, "hgetall"), calls(admin, "evalsha")) == before
+    assert (command_calls(admin, "hgetall"), command_calls(admin, "evalsha")) == before
 
 
 def test_a_change_by_another_worker_reaches_the_cache(worker, no_expiry):
@@ -91,12 +88,12 @@ def test_a_worker_reads_its_own_saves_without_asking_redis(worker, valkey, no_ex
     store = worker()
     store.save(SID, "m1", "a", STARTED)
     admin = valkey.client()
-    hgetalls = calls(admin, "hgetall")
+    hgetalls = command_calls(admin, "hgetall")
     for number in range(2, 30):
         store.save(SID, f"m{number}", f"id{number}", None)
         assert listed(store)[-1] == f"m{number}"
     # The save script's answer keeps the worker's copy current: no read of every message.
-    assert calls(admin, "hgetall") == hgetalls
+    assert command_calls(admin, "hgetall") == hgetalls
     assert listed(store) == [f"m{n}" for n in range(1, 30)]
 
 
@@ -179,11 +176,13 @@ def test_a_busy_script_does_not_switch_the_cache_or_the_role_watch_off(worker, v
         while time.monotonic() < deadline and _busy_answer(store):
             time.sleep(0.2)
     wait_until(lambda: _loads(store) == ["m1"], 15, "the session to be read again")
-    hgetalls, roles = calls(admin, "hgetall"), calls(admin, "role")
+    hgetalls, roles = command_calls(admin, "hgetall"), command_calls(admin, "role")
     for _ in range(50):
         assert listed(store) == ["m1"]
-    assert calls(admin, "hgetall") == hgetalls  # cached again
-    wait_until(lambda: listed(store) == ["m1"] and calls(admin, "role") > roles, 5, "a ROLE")
+    assert command_calls(admin, "hgetall") == hgetalls  # cached again
+    wait_until(
+        lambda: listed(store) == ["m1"] and command_calls(admin, "role") > roles, 5, "a ROLE"
+    )
     assert "refuses" not in caplog.text
 
 
