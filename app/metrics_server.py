@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -60,6 +60,9 @@ _files_lock = threading.Lock()
 # The master's metrics listener, which its workers close (they are forked from the master).
 _listener: WSGIServer | None = None
 
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
 
 class WorkerFiles:
     """prometheus_client's MultiProcessCollector, but never reading while files are folded,
@@ -90,7 +93,7 @@ def serve(settings: Settings, directory: Path) -> None:
     host, port = settings.metrics_host, settings.metrics_port
     try:
         _listener = make_server(
-            host, port, make_wsgi_app(registry), _listener_class(host), _QuietHandler
+            host, port, _scrapes(registry), _listener_class(host), _QuietHandler
         )
     except OSError as exc:
         log.error("metrics are not served: cannot listen on %s:%s: %s", host, port, exc)
@@ -140,8 +143,29 @@ class _Listener(ThreadingWSGIServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed (timed out, reset): one line, not socketserver's traceback
-        on stderr. (An error inside a scrape is the WSGI handler's: it answers 500.)"""
+        on stderr. (A scrape that fails is ``_scrapes``'s.)"""
         log.info("metrics: connection from %s dropped: %r", client_address[0], sys.exc_info()[1])
+
+
+def _scrapes(registry: CollectorRegistry) -> WSGIApp:
+    """prometheus_client's WSGI app, with a scrape that fails (a metrics file it cannot read)
+    answered 500 and logged as one line with its traceback, where wsgiref would print the
+    traceback to stderr, line by line, on every scrape."""
+    metrics_app = make_wsgi_app(registry)
+
+    def scrape(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return metrics_app(environ, start_response)
+        except Exception:
+            log.exception("metrics: a scrape failed")
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain; charset=utf-8")],
+                sys.exc_info(),
+            )
+            return [b"The metrics could not be read; the pod's log says why.\n"]
+
+    return scrape
 
 
 def _listener_class(host: str) -> type[_Listener]:

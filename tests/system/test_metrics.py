@@ -8,6 +8,7 @@ directory, so which worker answered does not matter.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -359,6 +360,32 @@ def test_clients_sending_a_byte_at_a_time_hold_the_metrics_port_no_longer_than_i
         for connection in dripping:
             connection.close()
     print(f"\n8 dripping clients: a scrape was answered after {time.monotonic() - started:.1f} s")
+
+
+def test_a_metrics_file_that_cannot_be_read_fails_the_scrape_with_one_log_line(
+    metrics_replica, tmp_path
+):
+    """A file in the metrics directory that prometheus_client cannot read (a damaged disk, a
+    stray file): each scrape answers 500, and the master logs it as one line (its traceback a
+    field of it) rather than wsgiref's traceback printed to stderr line by line, every scrape.
+    Once the file is gone, scrapes are whole again."""
+    directory = tmp_path / "metrics"
+    replica, port = metrics_replica(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    assert _scraped(port)
+    damaged = directory / "counter_999999.db"
+    # A header saying 24 bytes are used, then an entry claiming a 1,000-byte key.
+    damaged.write_bytes(b"".join(n.to_bytes(4, "little") for n in (24, 0, 1000, 0, 0, 0)))
+    for _ in range(3):
+        response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert response.status_code == 500
+        assert "could not be read" in response.text
+    log = replica.log()
+    assert not [line for line in log.splitlines() if line.startswith("Traceback")]
+    failed = [line for line in log.splitlines() if "a scrape failed" in line]
+    assert failed and all(json.loads(line)["exception"] for line in failed), failed
+    damaged.unlink()
+    assert _scraped(port)
+    assert replica.process.poll() is None
 
 
 def _idle_connection(port: int) -> socket.socket:
