@@ -281,6 +281,11 @@ class RedisSessions(SessionInterface):
             self._delete_cookie(app, response, self.saved_cookie_name(app))
         if session.modified and self._store_document(session):
             pass  # stored: the cookie goes with it
+        elif session.saved_number is not None:
+            # The save slid the TTL, so the cookie slides too: else a user saving more often
+            # than the refresh interval would keep the cookie's first expiry, and the browser
+            # would drop a live session when it passed.
+            pass
         elif not (session.cookie_due or self._refresh_if_due(session)):
             # The cookie's expiry slides when the server's TTL does, not on every response.
             return

@@ -1,14 +1,17 @@
 """A message as stored, against a real gunicorn and a real Valkey: its line breaks normalised
 (browsers submit CRLF; a crafted form may send a lone CR), its length counted as the page's
-textarea counts it, and the session's byte budget counting what is stored. The browser's own
-side of it is in test_browser.py.
+textarea counts it, and the session's byte budget counting what is stored; and a user who
+keeps saving keeps a live session cookie. The browser's own side of it is in test_browser.py.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
+from app.store import session_key
 from tests.support import csrf_token, listed_messages, session_keys, stored_messages
 
 
@@ -70,3 +73,42 @@ def test_the_byte_budget_counts_what_is_stored(valkey, start_replica, visitor):
     assert len(session_keys(valkey.client())) == 1
     expected = (text * 50).replace("\r\n", "\n").strip()
     assert stored_messages(valkey.client, save.sid()) == [expected] * 2
+
+
+def test_a_user_saving_more_often_than_the_refresh_interval_keeps_a_live_cookie(
+    valkey, start_replica
+):
+    """One worker, a save every second for longer than the refresh interval (6 s with a 60 s
+    lifetime), each followed by its page, as a browser does. Every save slides the session's
+    TTL; the browser's cookie must slide with it. Before, a save slid the TTL without sending
+    the cookie and the worker then skipped the page's refresh, so the cookie kept its first
+    expiry and the browser dropped a live session when it passed."""
+    replica = start_replica(
+        valkey.port, "saving", WEB_CONCURRENCY="1", SESSION_LIFETIME_SECONDS="60"
+    )
+    browser = requests.Session()
+
+    def save(text: str) -> None:
+        token = csrf_token(browser.get(f"{replica.url}/", timeout=10).text)
+        response = browser.post(
+            f"{replica.url}/persistMessage",
+            data={"message": text, "csrf_token": token},
+            timeout=10,
+        )
+        assert response.status_code == 200 and text in listed_messages(response.text)
+
+    def cookie_expiry() -> int:
+        (cookie,) = [c for c in browser.cookies if c.name == "session"]
+        assert cookie.expires is not None
+        return cookie.expires
+
+    save("first")
+    first = cookie_expiry()
+    started = time.monotonic()
+    count = 1
+    while time.monotonic() - started < 8:  # past the 6 s refresh interval
+        time.sleep(1)  # a person's pace: the test is about time passing
+        count += 1
+        save(f"message {count}")
+    assert cookie_expiry() >= first + 6
+    assert valkey.client().ttl(session_key(browser.cookies["session"])) > 50

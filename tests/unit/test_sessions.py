@@ -208,6 +208,16 @@ def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
     assert any(c.startswith("session=") and "Expires=" in c for c in refreshed)
 
 
+def test_every_save_slides_the_session_cookie_as_it_slides_the_ttl(client):
+    """A save slides the session's TTL (and this worker then skips the next refresh), so its
+    answer carries the cookie with the new expiry: else a user saving more often than the
+    refresh interval kept the cookie's first expiry, and the browser dropped a live session."""
+    save(client, "first")
+    for text in ("second", "third"):
+        cookies = save(client, text).headers.getlist("Set-Cookie")
+        assert any(c.startswith("session=") and "Expires=" in c for c in cookies), cookies
+
+
 def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
     # The first page sets the CSRF cookie; its token was signed before the browser had a
     # secret to cache it under, so it equals the next one only within the same second.
