@@ -114,14 +114,19 @@ class RepeatLimit(logging.Filter):
         self._handler.handle(record)
 
 
+class _StdoutJson(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure`` installs: a class of its own, so that configuring again
+    replaces it and leaves any other handler (a test's log capture) in place."""
+
+
 def configure(level: str) -> None:
     """Send the app's logs to stdout as JSON (gunicorn's own go through GunicornLogger), at most
     one line a second of each kind (``RepeatLimit``)."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutJson(sys.stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RepeatLimit(handler))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdoutJson)] + [handler]
     root.setLevel(level)
 
 

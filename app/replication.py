@@ -5,7 +5,10 @@ has it; ``auto`` (the default) waits whenever the primary has a replica, and oth
 from what the server says about its own replication history (``INFO replication``):
 
 * The node has a replica, which did not confirm in time (``WAIT`` fell short): the save is not
-  acknowledged (503, safe to repeat).
+  acknowledged (503, safe to repeat). Only a replica in sync counts (``state=online`` in its
+  ``slaveN`` line): one still in its first sync cannot confirm anything.
+* The node's only replicas are in their first sync (a replacement replica, minutes on
+  ElastiCache): the node is the primary they sync from, so saves are acknowledged at once.
 * The node has no replica, and its replication history (``master_replid``) is the one a replica
   confirmed saves on before, in this worker, or the node was never promoted and still keeps a
   replication backlog (``repl_backlog_active``: a replica was linked to it within the
@@ -56,16 +59,25 @@ class NotReplicated(RedisError):
 class NodeReplication:
     """What ``INFO replication`` says about the node saves go to."""
 
-    replicas: int
+    replicas: int  # in sync: the ones WAIT counts
     history: str  # master_replid
     promoted: bool  # master_replid2 is set: the node was a replica once
     # repl_backlog_active: a replica was linked to it lately (or it was a replica)
     replicated: bool = False
+    syncing: int = 0  # replicas in their first sync from it (connected_slaves counts them too)
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> NodeReplication:
+        # redis-py parses each "slave<n>:ip=...,state=online,..." line into a dict.
+        states = [
+            entry.get("state")
+            for name, entry in info.items()
+            if name.startswith("slave") and name[5:].isdigit() and isinstance(entry, dict)
+        ]
+        online = states.count("online")
         return cls(
-            replicas=int(info.get("connected_slaves", 0)),
+            replicas=online,
+            syncing=len(states) - online,
             history=str(info.get("master_replid", "")),
             # A node never promoted says 40 zeros, which redis-py parses as the int 0.
             promoted=str(info.get("master_replid2", 0)).strip("0") != "",
@@ -75,7 +87,7 @@ class NodeReplication:
     @property
     def lost_replica(self) -> bool:
         """A primary never promoted that had a replica lately and has none now."""
-        return self.replicas == 0 and self.replicated and not self.promoted
+        return self.replicas == 0 and self.syncing == 0 and self.replicated and not self.promoted
 
 
 class ReplicaWait:
@@ -144,7 +156,7 @@ class ReplicaWait:
         if node.replicas > 0:
             raise NotReplicated("the replica did not confirm the save in time")
         with self._lock:
-            if node.history == self._confirmed_history or node.lost_replica:
+            if not node.syncing and (node.history == self._confirmed_history or node.lost_replica):
                 now = self._clock()
                 if self._orphaned_since is None:
                     self._orphaned_since = now
@@ -173,8 +185,9 @@ class ReplicaWait:
             with self._lock:
                 if self._node is None:
                     log.info(
-                        "the primary has %d replica(s)%s",
+                        "the primary has %d replica(s) in sync%s%s",
                         node.replicas,
+                        f", {node.syncing} in their first sync" if node.syncing else "",
                         ", and was promoted" if node.promoted else "",
                     )
                 self._node = node

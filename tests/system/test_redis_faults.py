@@ -7,6 +7,7 @@ checked is what a user would see.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -268,6 +269,67 @@ def test_saves_are_back_soon_after_a_failover_that_leaves_no_replica(settings, s
         f"later {n}" for n in range(20)
     ]
     assert without_replica == 21
+
+
+def test_saves_go_on_while_a_replacement_replica_has_its_first_sync(settings, servers, caplog):
+    """The primary's replica died and a replacement is syncing (minutes on ElastiCache). A
+    replica in its first sync cannot confirm a save, but INFO's connected_slaves counts it:
+    before, a worker that asked the primary then (one just started, as here, or one whose
+    connection was made anew) waited for it on every save and answered 503 until the sync
+    ended. Now saves are acknowledged at once, each counted as saved without a replica, and
+    wait for the replica again once it is in sync."""
+    caplog.set_level(logging.INFO, logger="app.replication")
+    primary = servers("primary")
+    first = servers("first")
+    first.replicate(primary)
+    wait_until(lambda: first.in_sync_with(primary), 10, "the replica to sync")
+    user = User(worker(settings, primary.port, redis_wait_replicas=Switch.AUTO))
+    assert user.submit(user.form(), "confirmed") == 303
+    first.stop()  # the replica dies
+    admin = primary.client()
+    admin.eval(  # enough keys, each slow to send, for a first sync of a few seconds
+        "for i = 1, 10000 do redis.call('SET', 'filler:' .. i, 'x') end", 0
+    )
+    admin.config_set("rdb-key-save-delay", 400)  # µs per key
+    replacement = servers("replacement")
+    replacement.replicate(primary)
+
+    def syncing() -> bool:
+        entry = admin.info("replication").get("slave0")
+        return isinstance(entry, dict) and entry.get("state") != "online"
+
+    wait_until(syncing, 10, "the replacement's first sync to begin")
+    fresh = User(worker(settings, primary.port, redis_wait_replicas=Switch.AUTO))
+    fresh.share_cookies_with(user)
+    counted = _saves_without_replica()
+    during = [fresh.submit(fresh.form(), f"during the sync {n}") for n in range(5)]
+    assert syncing(), "the sync ended before the saves: make it slower"
+    without_replica = _saves_without_replica() - counted
+    admin.config_set("rdb-key-save-delay", 0)
+    wait_until(lambda: replacement.in_sync_with(primary), 30, "the replacement to sync")
+    # The worker learns of it from a page view's role check (at most once a second), and asks
+    # again at its next save.
+    roles = command_calls(admin, "role")
+    wait_until(
+        lambda: bool(fresh.page()) and command_calls(admin, "role") > roles,
+        10,
+        "a page view's role check",
+    )
+    counted = _saves_without_replica()
+    after = [fresh.submit(fresh.form(), f"after the sync {n}") for n in range(3)]
+    print(f"\nsaves during a replacement's first sync: {during}, after: {after}")
+    assert during == [303] * 5
+    assert without_replica == 5
+    assert after == [303] * 3
+    assert _saves_without_replica() == counted  # confirmed by the replacement
+    assert listed_messages(fresh.page()) == [
+        "confirmed",
+        *(f"during the sync {n}" for n in range(5)),
+        *(f"after the sync {n}" for n in range(3)),
+    ]
+    assert "the primary has 1 replica(s) in sync, 0 in their first sync" not in caplog.text
+    assert "the primary has 0 replica(s) in sync, 1 in their first sync" in caplog.text
+    assert "the primary has 1 replica(s) in sync" in caplog.text
 
 
 def _saves_without_replica() -> float:

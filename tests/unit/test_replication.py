@@ -156,3 +156,41 @@ def test_a_worker_that_never_saw_a_confirmation_still_knows_a_primary_that_lost_
     before = counted()
     wait.settle(None)
     assert counted() == before + 1
+
+
+def test_only_replicas_in_sync_are_counted_from_info_as_redis_py_parses_it():
+    """connected_slaves counts a replica still in its first sync, which cannot confirm a save:
+    WAIT would fall short on every save until the sync ends."""
+    info = {
+        "connected_slaves": 2,
+        "slave0": {"ip": "10.0.0.1", "port": 6379, "state": "wait_bgsave", "offset": 0},
+        "slave1": {"ip": "10.0.0.2", "port": 6379, "state": "online", "offset": 99},
+        "master_replid": OLD,
+        "master_replid2": 0,
+        "repl_backlog_active": 1,
+    }
+    node = NodeReplication.from_info(info)
+    assert (node.replicas, node.syncing) == (1, 1)
+    del info["slave1"]
+    info["connected_slaves"] = 1
+    node = NodeReplication.from_info(info)
+    assert (node.replicas, node.syncing) == (0, 1)
+
+
+@pytest.mark.parametrize("confirmed_before", [True, False])
+def test_while_a_replacement_replica_has_its_first_sync_saves_are_acknowledged_and_counted(
+    confirmed_before,
+):
+    """The replica died and a replacement syncs from the primary (minutes on ElastiCache): the
+    node is the primary, so no grace; nothing can confirm a save, so it does not wait."""
+    node = Node(replicas=1)
+    wait, _ = policy(node)
+    if confirmed_before:
+        wait.wait_now()
+        wait.settle(1)
+        wait.replicas_seen(0)  # the role check: the replica is gone
+    node.now = NodeReplication(0, OLD, promoted=False, replicated=True, syncing=1)
+    assert wait.wait_now() is False
+    before = counted()
+    wait.settle(None)
+    assert counted() == before + 1
