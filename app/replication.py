@@ -6,9 +6,10 @@ from what the server says about its own replication history (``INFO replication`
 
 * The node has a replica, which did not confirm in time (``WAIT`` fell short): the save is not
   acknowledged (503, safe to repeat). Only a replica in sync counts (``state=online`` in its
-  ``slaveN`` line): one still in its first sync cannot confirm anything.
-* The node's only replicas are in their first sync (a replacement replica, minutes on
-  ElastiCache): the node is the primary they sync from, so saves are acknowledged at once.
+  ``slaveN`` line): one in a full sync (a replacement, minutes on ElastiCache) cannot confirm
+  anything, so for what follows the node has no replica. Nor does a syncing replica show that
+  the node is the primary: an old primary whose replica was just promoted may still have
+  another replica syncing from it.
 * The node has no replica, and its replication history (``master_replid``) is the one a replica
   confirmed saves on before, in this worker, or the node was never promoted and still keeps a
   replication backlog (``repl_backlog_active``: a replica was linked to it within the
@@ -64,7 +65,7 @@ class NodeReplication:
     promoted: bool  # master_replid2 is set: the node was a replica once
     # repl_backlog_active: a replica was linked to it lately (or it was a replica)
     replicated: bool = False
-    syncing: int = 0  # replicas in their first sync from it (connected_slaves counts them too)
+    syncing: int = 0  # replicas in a full sync from it (connected_slaves counts them too)
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> NodeReplication:
@@ -87,7 +88,7 @@ class NodeReplication:
     @property
     def lost_replica(self) -> bool:
         """A primary never promoted that had a replica lately and has none now."""
-        return self.replicas == 0 and self.syncing == 0 and self.replicated and not self.promoted
+        return self.replicas == 0 and self.replicated and not self.promoted
 
 
 class ReplicaWait:
@@ -156,7 +157,7 @@ class ReplicaWait:
         if node.replicas > 0:
             raise NotReplicated("the replica did not confirm the save in time")
         with self._lock:
-            if not node.syncing and (node.history == self._confirmed_history or node.lost_replica):
+            if node.history == self._confirmed_history or node.lost_replica:
                 now = self._clock()
                 if self._orphaned_since is None:
                     self._orphaned_since = now
@@ -187,7 +188,7 @@ class ReplicaWait:
                     log.info(
                         "the primary has %d replica(s) in sync%s%s",
                         node.replicas,
-                        f", {node.syncing} in their first sync" if node.syncing else "",
+                        f", {node.syncing} in a full sync" if node.syncing else "",
                         ", and was promoted" if node.promoted else "",
                     )
                 self._node = node

@@ -209,11 +209,13 @@ class SessionStore:
             self.redis.appended(key, number, text)
         elif status == 1:
             self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
-        self.refreshed.put(sid, time.monotonic())  # the script slid the expiry
         acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
             self.replicas.wait_refused(acknowledged)
         self.replicas.settle(acknowledged)
+        # The script slid the expiry, and the answer carries the cookie (sessions.py). Not
+        # recorded for a save answered 503: the next page view slides both again.
+        self.refreshed.put(sid, time.monotonic())
         return number
 
     def write_document(self, sid: str, document: dict[str, Any], *, new: bool) -> bool:

@@ -178,19 +178,22 @@ def test_only_replicas_in_sync_are_counted_from_info_as_redis_py_parses_it():
 
 
 @pytest.mark.parametrize("confirmed_before", [True, False])
-def test_while_a_replacement_replica_has_its_first_sync_saves_are_acknowledged_and_counted(
-    confirmed_before,
-):
-    """The replica died and a replacement syncs from the primary (minutes on ElastiCache): the
-    node is the primary, so no grace; nothing can confirm a save, so it does not wait."""
+def test_a_primary_whose_only_replica_is_syncing_is_one_that_lost_its_replica(confirmed_before):
+    """Its replica died and a replacement syncs (minutes on ElastiCache), or it is an old
+    primary whose replica was just promoted while another still syncs from it: INFO cannot
+    tell them apart. So the grace, then saves acknowledged and counted; never waiting on the
+    syncing replica for the whole sync."""
     node = Node(replicas=1)
-    wait, _ = policy(node)
+    wait, clock = policy(node)
     if confirmed_before:
         wait.wait_now()
         wait.settle(1)
         wait.replicas_seen(0)  # the role check: the replica is gone
     node.now = NodeReplication(0, OLD, promoted=False, replicated=True, syncing=1)
     assert wait.wait_now() is False
+    with pytest.raises(NotReplicated):
+        wait.settle(None)
+    clock.now += ORPHANED_GRACE_SECONDS
     before = counted()
     wait.settle(None)
     assert counted() == before + 1

@@ -9,6 +9,7 @@ from flask import session
 from itsdangerous import TimestampSigner
 
 from app.csrf import CSRF_COOKIE
+from app.replication import NotReplicated
 from app.store import KEY_PREFIX, session_key
 from tests.support import csrf_token, listed_messages, save, session_keys
 
@@ -216,6 +217,25 @@ def test_every_save_slides_the_session_cookie_as_it_slides_the_ttl(client):
     for text in ("second", "third"):
         cookies = save(client, text).headers.getlist("Set-Cookie")
         assert any(c.startswith("session=") and "Expires=" in c for c in cookies), cookies
+
+
+def test_after_a_save_answered_503_the_next_page_slides_the_cookie(client, monkeypatch):
+    """A save that no replica confirmed (503) slid the TTL but sends no cookie: it must not
+    count as this worker's refresh, or a user whose saves keep failing kept an old cookie."""
+    save(client, "first")
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    store = client.application.session_interface.store
+    store.refreshed.clear()  # the refresh interval elapsed since the cookie was sent
+
+    def unconfirmed(acknowledged):
+        raise NotReplicated("no replica confirmed the save in time")
+
+    monkeypatch.setattr(store.replicas, "settle", unconfirmed)
+    response = save(client, "second", token)
+    assert response.status_code == 503
+    assert not any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+    page = client.get("/").headers.getlist("Set-Cookie")
+    assert any(c.startswith("session=") and "Expires=" in c for c in page), page
 
 
 def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
