@@ -45,6 +45,11 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def _lopsided(rows: dict[str, Row]) -> str:
+    runs = sum(m.lopsided_runs for row in rows.values() for m in row.measured)
+    return "none this time" if runs == 0 else f"{runs} run(s)"
+
+
 def render(results: Results, command: str) -> str:
     s = results.plan
     rows = results.rows
@@ -67,7 +72,9 @@ def render(results: Results, command: str) -> str:
         "variant's gunicorn workers and of Valkey over the run, from /proc, per request "
         '(robust to other load on the machine, unlike req/s); "x ceiling by CPU" is the '
         "ceiling's (workers + Valkey) CPU per request over the row's: the throughput ratio "
-        "a quiet CPU-bound machine would show.",
+        "a quiet CPU-bound machine would show. A run that one of the two workers served alone "
+        "(wrk's connections all landed on it: half the req/s, more CPU per request) was "
+        f"measured again: {_lopsided(rows)}.",
         "",
         "| row | req/s | p50 ms | p99 ms | x ceiling | req/s range | app CPU µs/req "
         "| Redis CPU µs/req | x ceiling by CPU | non-2xx/3xx + socket errors |",
