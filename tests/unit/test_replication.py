@@ -41,6 +41,17 @@ def policy(node: Node, mode: str = "auto") -> tuple[ReplicaWait, Clock]:
     return ReplicaWait(mode, 200, node.ask, clock), clock
 
 
+def refused_for_the_grace_then_counted(wait: ReplicaWait, clock: Clock) -> None:
+    """A primary that lost its replica: saves refused for the grace, then acknowledged and
+    counted as saved without a replica."""
+    with pytest.raises(NotReplicated):
+        wait.settle(None)
+    clock.now += ORPHANED_GRACE_SECONDS
+    before = counted()
+    wait.settle(None)
+    assert counted() == before + 1
+
+
 def test_with_a_replica_a_save_waits_and_a_confirmation_acknowledges_it():
     node = Node(replicas=1)
     wait, _ = policy(node)
@@ -150,12 +161,7 @@ def test_a_worker_that_never_saw_a_confirmation_still_knows_a_primary_that_lost_
     node.now = NodeReplication(0, OLD, promoted=False, replicated=True)
     wait, clock = policy(node)
     assert wait.wait_now() is False
-    with pytest.raises(NotReplicated):
-        wait.settle(None)
-    clock.now += ORPHANED_GRACE_SECONDS
-    before = counted()
-    wait.settle(None)
-    assert counted() == before + 1
+    refused_for_the_grace_then_counted(wait, clock)
 
 
 def test_only_replicas_in_sync_are_counted_from_info_as_redis_py_parses_it():
@@ -191,9 +197,4 @@ def test_a_primary_whose_only_replica_is_syncing_is_one_that_lost_its_replica(co
         wait.replicas_seen(0)  # the role check: the replica is gone
     node.now = NodeReplication(0, OLD, promoted=False, replicated=True, syncing=1)
     assert wait.wait_now() is False
-    with pytest.raises(NotReplicated):
-        wait.settle(None)
-    clock.now += ORPHANED_GRACE_SECONDS
-    before = counted()
-    wait.settle(None)
-    assert counted() == before + 1
+    refused_for_the_grace_then_counted(wait, clock)
