@@ -52,7 +52,7 @@ Command = tuple[Any, ...]
 @dataclass(frozen=True)
 class Role:
     primary: bool
-    replicas: int  # connected replicas, on a primary
+    replicas: int  # on a primary, its replicas in sync
 
 
 class NodeConnection:
@@ -144,7 +144,9 @@ class NodeConnection:
             return None
         if reply[0] != "master":
             return Role(primary=False, replicas=0)
-        return Role(primary=True, replicas=len(reply[2]))
+        # Replicas that have acknowledged something: not one still loading what it was sent
+        # (nor, for up to a second, one that has just come online).
+        return Role(primary=True, replicas=sum(1 for r in reply[2] if int(r[2]) > 0))
 
     def check_role_now(self) -> None:
         """Have ``role_due`` say yes, whatever the interval (a new connection, a trial)."""

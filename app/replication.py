@@ -6,10 +6,11 @@ from what the server says about its own replication history (``INFO replication`
 
 * The node has a replica, which did not confirm in time (``WAIT`` fell short): the save is not
   acknowledged (503, safe to repeat). Only a replica in sync counts (``state=online`` in its
-  ``slaveN`` line): one in a full sync (a replacement, minutes on ElastiCache) cannot confirm
-  anything, so for what follows the node has no replica. Nor does a syncing replica show that
-  the node is the primary: an old primary whose replica was just promoted may still have
-  another replica syncing from it.
+  ``slaveN`` line, and not still loading: see ``from_info``). One in a full sync (a replacement,
+  minutes on ElastiCache), or online but still loading what it was sent, cannot confirm
+  anything, so for what follows the node has no replica. Nor does
+  a syncing replica show that the node is the primary: an old primary whose replica was just
+  promoted may still have another replica syncing from it.
 * The node has no replica, and its replication history (``master_replid``) is the one a replica
   confirmed saves on before, in this worker, or the node was never promoted and still keeps a
   replication backlog (``repl_backlog_active``: a replica was linked to it within the
@@ -45,6 +46,11 @@ from .connection import refused
 
 log = logging.getLogger(__name__)
 
+# A replica acknowledges its offset every second once it has loaded what it was sent: one
+# online that has acknowledged nothing (offset 0) for longer than this is still loading it.
+# (Any sooner, and a replica that has just come online would count as none for a second.)
+LOADING_AFTER_SECONDS = 2
+
 # Longer than a failover's old primary keeps taking writes once its replica was promoted (the
 # service demotes or replaces it within seconds), short enough that a primary whose replica
 # died (a replica being replaced, maintenance) refuses saves for only a few seconds.
@@ -60,25 +66,30 @@ class NotReplicated(RedisError):
 class NodeReplication:
     """What ``INFO replication`` says about the node saves go to."""
 
-    replicas: int  # in sync: the ones WAIT counts
+    replicas: int  # in sync: the ones that can confirm a save
     history: str  # master_replid
     promoted: bool  # master_replid2 is set: the node was a replica once
     # repl_backlog_active: a replica was linked to it lately (or it was a replica)
     replicated: bool = False
-    syncing: int = 0  # replicas in a full sync from it (connected_slaves counts them too)
+    syncing: int = 0  # linked but not yet in sync (connected_slaves counts them too)
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> NodeReplication:
-        # redis-py parses each "slave<n>:ip=...,state=online,..." line into a dict.
-        states = [
-            entry.get("state")
+        # redis-py parses each "slave<n>:ip=...,state=online,offset=...,..." line into a dict.
+        linked = [
+            entry
             for name, entry in info.items()
             if name.startswith("slave") and name[5:].isdigit() and isinstance(entry, dict)
         ]
-        online = states.count("online")
+        in_sync = sum(
+            1
+            for entry in linked
+            if entry.get("state") == "online"
+            and (entry.get("offset", 0) > 0 or entry.get("lag", 0) <= LOADING_AFTER_SECONDS)
+        )
         return cls(
-            replicas=online,
-            syncing=len(states) - online,
+            replicas=in_sync,
+            syncing=len(linked) - in_sync,
             history=str(info.get("master_replid", "")),
             # A node never promoted says 40 zeros, which redis-py parses as the int 0.
             promoted=str(info.get("master_replid2", 0)).strip("0") != "",
@@ -109,16 +120,21 @@ class ReplicaWait:
         self._node: NodeReplication | None = None  # None: ask before the next save
         self._confirmed_history: str | None = None  # the history a replica last confirmed
         self._had_replicas = False  # a replica confirmed a save in this worker, ever
+        # When saves were first refused because the primary had lost its replica. Forgotten once
+        # a replica is seen again: a grace spent on an old outage must not be spent for the next.
         self._orphaned_since: float | None = None
 
     def node_changed(self) -> None:
         """The connection was made anew (it may lead to another node): ask again."""
         with self._lock:
             self._node = None
+            self._orphaned_since = None
 
     def replicas_seen(self, replicas: int) -> None:
         """The node's replica count, from the role check (once a second)."""
         with self._lock:
+            if replicas > 0:
+                self._orphaned_since = None
             node = self._node
             if node is not None and (replicas > 0) != (node.replicas > 0):
                 self._node = None  # replicas came or went: ask for the whole picture
@@ -188,8 +204,10 @@ class ReplicaWait:
                     log.info(
                         "the primary has %d replica(s) in sync%s%s",
                         node.replicas,
-                        f", {node.syncing} in a full sync" if node.syncing else "",
+                        f", {node.syncing} not yet in sync" if node.syncing else "",
                         ", and was promoted" if node.promoted else "",
                     )
                 self._node = node
+                if node.replicas > 0:
+                    self._orphaned_since = None
         return node

@@ -271,16 +271,18 @@ def test_saves_are_back_soon_after_a_failover_that_leaves_no_replica(settings, s
     assert without_replica == 21
 
 
+@pytest.mark.parametrize("slow", ["transfer", "load"])
 def test_saves_go_on_while_a_replacement_replica_has_its_first_sync(
-    settings, servers, caplog, monkeypatch
+    settings, servers, caplog, monkeypatch, slow
 ):
-    """The primary's replica died and a replacement is syncing (minutes on ElastiCache). A
-    replica in a full sync cannot confirm a save, but INFO's connected_slaves counts it:
-    before, a worker that asked the primary then (one just started, as here, or one whose
-    connection was made anew) waited for it on every save and answered 503 until the sync
-    ended. Now the primary counts as one that lost its replica: 503 for the grace (1 s here,
-    so that the sync outlasts it), then saves acknowledged, each counted as saved without a
-    replica, and waiting for the replica again once it is in sync."""
+    """The primary's replica died and a replacement is syncing (minutes on ElastiCache): the
+    primary sends it everything, then the replica loads it, listed as online meanwhile. It
+    cannot confirm a save in either phase, but INFO's connected_slaves counts it: before, a
+    worker that asked the primary then (one just started, as here, or one whose connection
+    was made anew) waited for it on every save and answered 503 until the sync ended. Now the
+    primary counts as one that lost its replica: 503 for the grace (1 s here, so that the sync
+    outlasts it), then saves acknowledged, each counted as saved without a replica, and
+    waiting for the replica again once it is in sync."""
     monkeypatch.setattr(replication, "ORPHANED_GRACE_SECONDS", 1.0)
     caplog.set_level(logging.INFO, logger="app.replication")
     primary = servers("primary")
@@ -291,10 +293,18 @@ def test_saves_go_on_while_a_replacement_replica_has_its_first_sync(
     assert user.submit(user.form(), "confirmed") == 303
     first.stop()  # the replica dies
     admin = primary.client()
-    _slow_full_syncs(admin)
+    _fill_with_keys(admin)
     replacement = servers("replacement")
+    slowed = (
+        (admin, "rdb-key-save-delay")
+        if slow == "transfer"
+        else (replacement.client(), "key-load-delay")
+    )
+    slowed[0].config_set(slowed[1], 400)  # µs per key
     replacement.replicate(primary)
     wait_until(lambda: _syncing(admin), 10, "the replacement's first sync to begin")
+    if slow == "load":
+        wait_until(lambda: _loading(admin), 10, "the replacement to load what it was sent")
     fresh = User(worker(settings, primary.port, redis_wait_replicas=Switch.AUTO))
     fresh.share_cookies_with(user)
     counted = _saves_without_replica()
@@ -310,7 +320,7 @@ def test_saves_go_on_while_a_replacement_replica_has_its_first_sync(
     later = [fresh.submit(fresh.form(), f"during the sync {n}") for n in range(3)]
     assert _syncing(admin), "the sync ended before the saves: make it slower"
     without_replica = _saves_without_replica() - counted
-    admin.config_set("rdb-key-save-delay", 0)
+    slowed[0].config_set(slowed[1], 0)
     wait_until(lambda: replacement.in_sync_with(primary), 30, "the replacement to sync")
     # The worker learns of it from a page view's role check (at most once a second), and asks
     # again at its next save.
@@ -337,7 +347,7 @@ def test_saves_go_on_while_a_replacement_replica_has_its_first_sync(
         *(f"during the sync {n}" for n in range(3)),
         *(f"after the sync {n}" for n in range(3)),
     ]
-    assert "the primary has 0 replica(s) in sync, 1 in a full sync" in caplog.text
+    assert "the primary has 0 replica(s) in sync, 1 not yet in sync" in caplog.text
     assert "the primary has 1 replica(s) in sync" in caplog.text
 
 
@@ -355,7 +365,8 @@ def test_an_old_primary_with_a_replica_still_syncing_acknowledges_no_save_it_los
     user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
     assert user.submit(user.form(), "before") == 303  # confirmed
     admin = old.client()
-    _slow_full_syncs(admin)
+    _fill_with_keys(admin)
+    admin.config_set("rdb-key-save-delay", 400)  # µs per key: a full sync takes seconds
     syncing.replicate(old)
     wait_until(lambda: _syncing(admin), 10, "the second replica's first sync to begin")
     form = user.form()
@@ -389,19 +400,31 @@ def test_an_old_primary_with_a_replica_still_syncing_acknowledges_no_save_it_los
     assert after == 503 or "after the second replica left" in listed
 
 
-def _slow_full_syncs(admin) -> None:
-    """Make a full sync from this primary take seconds: enough keys, each slow to send."""
+def _fill_with_keys(admin) -> None:
+    """Enough keys for a full sync slowed per key (``rdb-key-save-delay`` on the primary,
+    ``key-load-delay`` on the replica) to take seconds."""
     admin.eval("for i = 1, 10000 do redis.call('SET', 'filler:' .. i, 'x') end", 0)
-    admin.config_set("rdb-key-save-delay", 400)  # µs per key
+
+
+def _replicas(admin) -> list[dict]:
+    """INFO replication's slaveN entries of this primary."""
+    info = admin.info("replication")
+    return [e for n, e in info.items() if n.startswith("slave") and n[5:].isdigit()]
 
 
 def _syncing(admin) -> bool:
-    """Whether a replica of this primary is in a full sync (INFO's slaveN state)."""
-    return any(
-        isinstance(entry, dict) and entry.get("state") != "online"
-        for name, entry in admin.info("replication").items()
-        if name.startswith("slave") and name[5:].isdigit()
-    )
+    """Whether a replica of this primary is linked but not yet in sync: in its full sync, or
+    online but loading what it was sent."""
+    return any(e["state"] != "online" or _still_loading(e) for e in _replicas(admin))
+
+
+def _loading(admin) -> bool:
+    return any(e["state"] == "online" and _still_loading(e) for e in _replicas(admin))
+
+
+def _still_loading(entry: dict) -> bool:
+    """Online, but nothing acknowledged in the seconds since (it acknowledges once loaded)."""
+    return entry["offset"] == 0 and entry["lag"] > 2
 
 
 def _saves_without_replica() -> float:

@@ -31,6 +31,13 @@ def connection_to(node: Node) -> NodeConnection:
     return NodeConnection("primary", lambda **options: node, cache=None)  # type: ignore[arg-type]
 
 
+def test_a_replica_that_has_acknowledged_nothing_yet_is_not_counted_in_sync() -> None:
+    """ROLE lists a replica still loading what it was sent (acknowledged offset 0), which cannot
+    confirm a save, as INFO replication does (app/replication.py)."""
+    node = Node(["master", 500, [["10.0.0.2", "6379", "480"], ["10.0.0.3", "6379", "0"]]])
+    assert connection_to(node).role() == Role(primary=True, replicas=1)
+
+
 def test_the_role_is_asked_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
     monkeypatch.setattr(nodes.time, "monotonic", lambda: now[0])

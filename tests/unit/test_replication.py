@@ -165,22 +165,54 @@ def test_a_worker_that_never_saw_a_confirmation_still_knows_a_primary_that_lost_
 
 
 def test_only_replicas_in_sync_are_counted_from_info_as_redis_py_parses_it():
-    """connected_slaves counts a replica still in its first sync, which cannot confirm a save:
-    WAIT would fall short on every save until the sync ends."""
+    """connected_slaves counts a replica in its full sync, and one that is online but still
+    loading what it was sent (it acknowledges nothing until loaded: offset 0, its lag
+    growing). Neither can confirm a save: WAIT would fall short on every save until they are
+    in sync. One that came online a moment ago (offset 0, lag 0) is in sync."""
     info = {
-        "connected_slaves": 2,
+        "connected_slaves": 4,
         "slave0": {"ip": "10.0.0.1", "port": 6379, "state": "wait_bgsave", "offset": 0},
         "slave1": {"ip": "10.0.0.2", "port": 6379, "state": "online", "offset": 99},
+        "slave2": {"ip": "10.0.0.3", "port": 6379, "state": "online", "offset": 0, "lag": 8},
+        # Online a moment ago: it acknowledges within a second.
+        "slave3": {"ip": "10.0.0.4", "port": 6379, "state": "online", "offset": 0, "lag": 0},
         "master_replid": OLD,
         "master_replid2": 0,
         "repl_backlog_active": 1,
     }
     node = NodeReplication.from_info(info)
-    assert (node.replicas, node.syncing) == (1, 1)
-    del info["slave1"]
-    info["connected_slaves"] = 1
+    assert (node.replicas, node.syncing) == (2, 2)
+    del info["slave1"], info["slave3"]
+    info["connected_slaves"] = 2
     node = NodeReplication.from_info(info)
-    assert (node.replicas, node.syncing) == (0, 1)
+    assert (node.replicas, node.syncing) == (0, 2)
+
+
+@pytest.mark.parametrize("seen_again_by", ["role check", "new connection"])
+def test_a_grace_spent_on_an_old_outage_is_not_spent_for_the_next(seen_again_by):
+    """The replica's link dropped once (saves refused for the grace), then came back. An hour
+    later the replica is promoted, and this old primary still takes writes: its saves must be
+    refused for a whole grace again, not acknowledged at once and lost."""
+    node = Node(replicas=1)
+    wait, clock = policy(node)
+    wait.wait_now()
+    wait.settle(1)
+    node.now = NodeReplication(0, OLD, promoted=False, replicated=True)  # the link drops
+    wait.wait_now()
+    with pytest.raises(NotReplicated):
+        wait.settle(0)
+    node.now = NodeReplication(1, OLD, promoted=False, replicated=True)  # back
+    if seen_again_by == "role check":
+        wait.replicas_seen(1)
+    else:
+        wait.node_changed()
+    clock.now += 3600
+    assert wait.wait_now() is True
+    node.now = NodeReplication(0, OLD, promoted=False, replicated=True)  # the failover
+    with pytest.raises(NotReplicated):
+        wait.settle(0)  # WAIT fell short: INFO says the replica is gone
+    assert wait.wait_now() is False
+    refused_for_the_grace_then_counted(wait, clock)
 
 
 @pytest.mark.parametrize("confirmed_before", [True, False])
