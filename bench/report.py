@@ -10,7 +10,7 @@ from importlib import metadata
 
 from bench.costs import CLUSTER_NAME
 from bench.run import Results
-from bench.throughput import Row
+from bench.throughput import LOPSIDED_RETRIES, Row
 from bench.wrk import CONNECTIONS, THREADS, WrkResult, wrk_binary
 
 
@@ -46,8 +46,13 @@ def _mark(ok: bool) -> str:
 
 
 def _lopsided(rows: dict[str, Row]) -> str:
-    runs = sum(m.lopsided_runs for row in rows.values() for m in row.measured)
-    return "none this time" if runs == 0 else f"{runs} run(s)"
+    kept = [m for row in rows.values() for m in (row.warmup, *row.measured) if m is not None]
+    runs = sum(m.lopsided_runs for m in kept)
+    still = sum(m.lopsided_kept for m in kept)
+    said = "none this time" if runs == 0 else f"{runs} run(s)"
+    return (
+        said if not still else f"{said}; {still} kept as they were after {LOPSIDED_RETRIES} tries"
+    )
 
 
 def render(results: Results, command: str) -> str:

@@ -42,6 +42,8 @@ class Measured:
     # requests answered in them (a save row's sessions hold those saves too).
     lopsided_runs: int = 0
     lopsided_requests: int = 0
+    # This run too was served by one worker (kept: LOPSIDED_RETRIES were spent).
+    lopsided_kept: bool = False
 
 
 def _median(*path: str) -> property:
@@ -144,6 +146,7 @@ class Target:
             if busiest <= LOPSIDED_SHARE or lopsided == LOPSIDED_RETRIES:
                 measured.lopsided_runs = lopsided
                 measured.lopsided_requests = lopsided_requests
+                measured.lopsided_kept = busiest > LOPSIDED_SHARE
                 return measured
             lopsided += 1
             lopsided_requests += measured.wrk.requests
@@ -155,15 +158,19 @@ class Target:
         app_before, redis_before = self.server.cpu_seconds(), self.store.cpu_seconds()
         result = run_wrk(self.server.url + self.path, self.requests, seconds, workdir)
         app_after, redis_after = self.server.cpu_seconds(), self.store.cpu_seconds()
-        spent = [
-            cpu_seconds(pid) - before for pid, before in zip(workers, workers_before, strict=True)
-        ]
         per_request = 1e6 / max(result.requests, 1)
         measured = Measured(
             result,
             (app_after - app_before) * per_request,
             (redis_after - redis_before) * per_request,
         )
+        try:
+            spent = [
+                cpu_seconds(pid) - before
+                for pid, before in zip(workers, workers_before, strict=True)
+            ]
+        except FileNotFoundError:  # a worker died during the run: no split to judge
+            return measured, 0.0
         return measured, max(spent) / sum(spent) if sum(spent) > 0 else 0.0
 
 
@@ -213,7 +220,9 @@ def measure_rows(
                 f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms, "
                 f"app CPU {measured.app_cpu_us:.0f} us/req, Redis {measured.redis_cpu_us:.0f}"
                 + (
-                    f" (after {measured.lopsided_runs} run(s) one worker served alone)"
+                    f" (after {measured.lopsided_runs} run(s) one worker served alone"
+                    + (", and so did this one" if measured.lopsided_kept else "")
+                    + ")"
                     if measured.lopsided_runs
                     else ""
                 )

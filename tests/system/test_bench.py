@@ -114,10 +114,13 @@ def test_a_run_that_one_worker_served_alone_is_measured_again(monkeypatch) -> No
     monkeypatch.setattr(Target, "_run_once", run_once)
     target = Target(server=None, store=None, path="/", requests=[])  # type: ignore[arg-type]
     shares[:] = [1.0, 0.9, 0.5, 1.0]
-    assert target.run(1, Path()).lopsided_runs == 2
+    measured = target.run(1, Path())
+    assert (measured.lopsided_runs, measured.lopsided_requests) == (2, 200)
+    assert not measured.lopsided_kept
     assert shares == [1.0]
     shares[:] = [1.0] * (LOPSIDED_RETRIES + 2)
-    assert target.run(1, Path()).lopsided_runs == LOPSIDED_RETRIES
+    measured = target.run(1, Path())
+    assert (measured.lopsided_runs, measured.lopsided_kept) == (LOPSIDED_RETRIES, True)
     assert len(shares) == 1
 
 
