@@ -8,9 +8,9 @@ from what the server says about its own replication history (``INFO replication`
   acknowledged (503, safe to repeat). Only a replica in sync counts (``state=online`` in its
   ``slaveN`` line, and not still loading: see ``from_info``). One in a full sync (a replacement,
   minutes on ElastiCache), or online but still loading what it was sent, cannot confirm
-  anything, so for what follows the node has no replica. Nor does
-  a syncing replica show that the node is the primary: an old primary whose replica was just
-  promoted may still have another replica syncing from it.
+  anything, so for what follows the node has no replica. Nor does a syncing replica show that
+  the node is the primary: an old primary whose replica was just promoted may still have
+  another replica syncing from it.
 * The node has no replica, and its replication history (``master_replid``) is the one a replica
   confirmed saves on before, in this worker, or the node was never promoted and still keeps a
   replication backlog (``repl_backlog_active``: a replica was linked to it within the
