@@ -279,15 +279,17 @@ class RedisSessions(SessionInterface):
             # A new session (the old one expired or was destroyed elsewhere): its count starts
             # again, and no worker has it cached.
             self._delete_cookie(app, response, self.saved_cookie_name(app))
-        if session.modified and self._store_document(session):
-            pass  # stored: the cookie goes with it
-        elif session.saved_number is not None:
-            # The save slid the TTL, so the cookie slides too: else a user saving more often
-            # than the refresh interval would keep the cookie's first expiry, and the browser
-            # would drop a live session when it passed.
-            pass
-        elif not (session.cookie_due or self._refresh_if_due(session)):
-            # The cookie's expiry slides when the server's TTL does, not on every response.
+        # The cookie's expiry slides when the server's TTL does, not on every response: when
+        # the document is stored, when a save ran (else a user saving more often than the
+        # refresh interval would keep the cookie's first expiry, and the browser would drop a
+        # live session when it passed), for a new id, or when this page view's refresh is due.
+        slid = (
+            (session.modified and self._store_document(session))
+            or session.saved_number is not None
+            or session.cookie_due
+            or self._refresh_if_due(session)
+        )
+        if not slid:
             return
         if session.sid is None:
             return  # nothing stored
