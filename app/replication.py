@@ -24,6 +24,11 @@ from what the server says about its own replication history (``INFO replication`
   (a replica promoted when the old primary was lost for good: its history changed with the
   promotion), or a cache without replicas. Saves are acknowledged at once.
 
+What decides a save is what the node that took it says, over the connection the save went
+down: when asking needs a new connection (a demoted primary closes a connection whose ``WAIT``
+it cut short, and redis-py reconnects, through the endpoint, to another node), or the node says
+it is a replica now, the save is not acknowledged.
+
 Every save acknowledged without a replica's confirmation on a cache that has had replicas
 (confirmed here, or a promoted node: ``master_replid2`` is set) counts in
 ``messageapp_saves_without_replica_total``; a cache run without replicas counts nothing.
@@ -72,6 +77,7 @@ class NodeReplication:
     # repl_backlog_active: a replica was linked to it lately (or it was a replica)
     replicated: bool = False
     syncing: int = 0  # linked but not yet in sync (connected_slaves counts them too)
+    primary: bool = True  # not role:slave (a node demoted since says so)
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> NodeReplication:
@@ -94,6 +100,7 @@ class NodeReplication:
             # A node never promoted says 40 zeros, which redis-py parses as the int 0.
             promoted=str(info.get("master_replid2", 0)).strip("0") != "",
             replicated=str(info.get("repl_backlog_active", 0)) == "1",
+            primary=info.get("role") not in ("slave", "replica"),  # Valkey 9 still says slave
         )
 
     @property
@@ -118,6 +125,7 @@ class ReplicaWait:
         self._clock = clock
         self._lock = threading.Lock()
         self._node: NodeReplication | None = None  # None: ask before the next save
+        self._connections = 0  # session connections made so far (node_changed)
         self._confirmed_history: str | None = None  # the history a replica last confirmed
         self._had_replicas = False  # a replica confirmed a save in this worker, ever
         # When saves were first refused because the primary had lost its replica. Forgotten once
@@ -127,6 +135,7 @@ class ReplicaWait:
     def node_changed(self) -> None:
         """The connection was made anew (it may lead to another node): ask again."""
         with self._lock:
+            self._connections += 1
             self._node = None
             self._orphaned_since = None
 
@@ -154,9 +163,11 @@ class ReplicaWait:
 
     def settle(self, acknowledged: Any) -> None:
         """Whether the save just stored is acknowledged: ``acknowledged`` is what ``WAIT``
-        answered (None when it was not sent). Returns, or raises NotReplicated."""
+        answered (None when it was not sent). Returns, or raises NotReplicated. Called as soon
+        as the save's replies are read, before anything else uses the connection."""
         if self.mode == "off":
             return
+        connection = self._connections  # the one the save's replies came on
         if isinstance(acknowledged, int) and acknowledged >= 1:
             with self._lock:
                 if self._node is not None:
@@ -168,6 +179,13 @@ class ReplicaWait:
             with self._lock:
                 self._node = None  # WAIT fell short: ask what the node says now
         node = self._known_node()
+        if self._connections != connection:
+            # Asked over a connection made since the save (redis-py reconnected: a demoted
+            # primary closes a connection whose WAIT it cut short, say), which may lead to
+            # another node, the new primary: what it says is nothing about the save.
+            raise NotReplicated("the connection was made anew before the save was confirmed")
+        if not node.primary:
+            raise NotReplicated("the node that took the save is no longer the primary")
         if self.mode == "on":
             raise NotReplicated("no replica confirmed the save in time")
         if node.replicas > 0:
@@ -200,7 +218,9 @@ class ReplicaWait:
                 self.mode = "off" if self.mode == "auto" else self.mode
                 node = NodeReplication(replicas=0, history="", promoted=False)
             with self._lock:
-                if self._node is None:
+                if self._node is None and not node.primary:
+                    log.info("the node saves go to is a replica now")
+                elif self._node is None:
                     log.info(
                         "the primary has %d replica(s) in sync%s%s",
                         node.replicas,

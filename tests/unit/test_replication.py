@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
+from redis.exceptions import ResponseError
 
 from app.replication import ORPHANED_GRACE_SECONDS, NodeReplication, NotReplicated, ReplicaWait
 
@@ -18,9 +19,12 @@ class Node:
     def __init__(self, replicas: int, history: str = OLD, promoted: bool = False) -> None:
         self.now = NodeReplication(replicas, history, promoted)
         self.asked = 0
+        self.reconnects: ReplicaWait | None = None  # asking makes a new connection first
 
     def ask(self) -> NodeReplication:
         self.asked += 1
+        if self.reconnects is not None:
+            self.reconnects.node_changed()  # the new connection's handshake
         return self.now
 
 
@@ -102,6 +106,43 @@ def test_a_promoted_primary_without_a_replica_acknowledges_at_once_and_counts():
     wait.settle(None)
     wait.settle(None)
     assert counted() == before + 2
+
+
+def test_what_a_new_connection_says_does_not_decide_a_save_made_on_the_old_one():
+    """WAIT fell short (here: cut short by the old primary's demotion, which then closes the
+    connection); asking the node reconnects through the endpoint, to the promoted replica,
+    which says "a new primary". The save is on the old node: not acknowledged. The next save,
+    made on the new connection, is decided by what the new primary says."""
+    node = Node(replicas=1)
+    wait, _ = policy(node)
+    wait.wait_now()
+    wait.settle(1)  # confirmed on history OLD
+
+    node.reconnects = wait
+    node.now = NodeReplication(0, NEW, promoted=True)
+    before = counted()
+    with pytest.raises(NotReplicated, match="made anew"):
+        wait.settle(ResponseError("UNBLOCKED force unblock from blocking operation"))
+    assert counted() == before
+    node.reconnects = None
+    assert wait.wait_now() is False
+    wait.settle(None)  # on the new primary, asked on its own connection
+    assert counted() == before + 1
+
+
+def test_a_node_demoted_since_acknowledges_nothing():
+    """INFO says role:slave: the node that took the save has been demoted, and its writes
+    since the promotion go in its resync, whatever else INFO says (here: what a cache that
+    never had a replica would say)."""
+    info = {"role": "slave", "connected_slaves": 0, "master_replid": NEW, "master_replid2": 0}
+    node = Node(replicas=0)
+    node.now = NodeReplication.from_info(info)
+    assert node.now.primary is False
+    wait, _ = policy(node)
+    assert wait.wait_now() is False
+    with pytest.raises(NotReplicated, match="no longer the primary"):
+        wait.settle(None)
+    assert NodeReplication.from_info({**info, "role": "master"}).primary is True
 
 
 def test_a_cache_without_replicas_acknowledges_and_counts_nothing():
