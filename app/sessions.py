@@ -21,15 +21,19 @@ shaped like a session id is not even looked up. Over HTTPS the cookie is named
 ``__Host-session``: a browser accepts such a cookie only from this exact host, over HTTPS, for
 path ``/``, so a sibling subdomain cannot plant a session id in it (fixation).
 
-A save acknowledged with a 303 also sets a short-lived ``saved`` cookie (``__Host-saved`` over
-HTTPS) with the number of the message it stored, for the page it redirects to: that page may be
-served by another worker, whose cached copy of the session Redis has not yet told it to drop
-(the invalidation travels on that worker's own connection, and nothing orders it before the
-browser's next request). A cached copy holding fewer messages than the cookie says is read
-again, so the saved message is on the next page wherever it is served. The cookie keeps the
-highest number this browser saw (an old form sent again does not lower it), lasts as long as a
-cached copy can (read_cache.MAX_AGE_SECONDS), and goes when a session starts or ends. Its value
-is not secret and not signed: a forged one can only make its own page views read Redis.
+A save acknowledged with a 303 redirects to ``/?saved=<n>``, the number of the message it
+stored, and sets a short-lived ``saved`` cookie (``__Host-saved`` over HTTPS) with the highest
+such number the browser saw: the page it redirects to, and the next ones, may be served by
+another worker, whose cached copy of the session Redis has not yet told it to drop (the
+invalidation travels on that worker's own connection, and nothing orders it before the
+browser's next request). A cached copy holding fewer messages than the larger of the two says is
+read again, so the saved message is on the next page wherever it is served. The number is in
+the URL because the cookie is shared by every tab: when two tabs save at once and their answers
+arrive in the other order, the cookie ends with the lower number, and only the URL still tells
+the second tab's page what its save was. The cookie covers the pages after it (an old form sent
+again does not lower it); it lasts as long as a cached copy can (read_cache.MAX_AGE_SECONDS),
+and goes when a session starts or ends. Neither is secret or signed: a forged number can only
+make its own page views read Redis.
 
 The CSRF secret lives in its own signed cookie, not in Redis (``csrf.CsrfSecrets`` restores and
 persists it): kept in the session, it would store a Redis key for every visitor who merely sees
@@ -64,6 +68,7 @@ SID_BYTES = 32  # random bytes; secrets.token_urlsafe makes 43 characters of the
 _SID = re.compile(r"[A-Za-z0-9_-]{43}")
 SECURE_COOKIE_NAME = "__Host-session"
 SAVED_COOKIE_NAME, SECURE_SAVED_COOKIE_NAME = "saved", "__Host-saved"
+SAVED_PARAMETER = "saved"  # in the URL a save redirects to
 _COUNT = re.compile(r"[0-9]{1,9}")
 
 
@@ -94,7 +99,7 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         self.csrf_cookie_secret: str | None = None  # the CSRF secret as the cookie held it
         self.ended = False  # destroyed: the browser's cookie is to be deleted
         self.cookie_due = False  # stored under a new id in this request: the browser needs it
-        self.seen_saved = 0  # the saved cookie's number: messages the browser saw saved
+        self.seen_saved = 0  # messages the browser saw saved (the saved cookie, the URL)
         self.saved_number: int | None = None  # the number of the message this request saved
 
     def ensure_loaded(self) -> None:
@@ -182,6 +187,11 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         super().__setitem__(key, value)
 
 
+def _count(value: str | None) -> int:
+    """A saved count as the cookie or the URL gives it; 0 when absent or not a count."""
+    return int(value) if value is not None and _COUNT.fullmatch(value) else 0
+
+
 def _changed(session: MessageSession) -> None:
     session.modified = True
 
@@ -240,8 +250,10 @@ class RedisSessions(SessionInterface):
         sid = request.cookies.get(self.get_cookie_name(app))
         if sid is not None and not _SID.fullmatch(sid):
             sid = None  # never one of ours: a fresh session, and Redis is not asked
-        seen = request.cookies.get(self.saved_cookie_name(app))
-        seen_saved = int(seen) if seen is not None and _COUNT.fullmatch(seen) else 0
+        seen_saved = max(
+            _count(request.cookies.get(self.saved_cookie_name(app))),
+            _count(request.args.get(SAVED_PARAMETER)),
+        )
         session = MessageSession(
             sid,
             functools.partial(self.store.load, at_least=seen_saved)

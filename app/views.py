@@ -22,6 +22,7 @@ from .config import current_settings
 from .context import current_messages
 from .errors import store_unavailable
 from .refusals import refuse
+from .sessions import SAVED_PARAMETER
 from .store import SessionFull, SessionOverBudget
 from .text import length as text_length
 from .text import normalised
@@ -67,7 +68,8 @@ def persist_message() -> Any:
         page = refused("rate_limited", draft, what=limited.reason, retry_after=wait)
         return (*page, {"Retry-After": str(wait)})
     metrics.MESSAGE_SAVES.inc()
-    return redirect(url_for(".index"), code=303)
+    # The saved message's number, for the page this redirects to (see app/sessions.py).
+    return redirect(url_for(".index", **{SAVED_PARAMETER: current.saved_number}), code=303)
 
 
 @bp.post("/destroy")

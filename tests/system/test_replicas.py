@@ -28,7 +28,14 @@ from localservers.ports import listening_port
 from localservers.processes import child_pids
 from localservers.valkey import Valkey
 from localservers.waits import wait_until
-from tests.support import csrf_token, listed_messages, served_by, session_keys, stored_messages
+from tests.support import (
+    command_calls,
+    csrf_token,
+    listed_messages,
+    served_by,
+    session_keys,
+    stored_messages,
+)
 
 from .cluster import flushed
 from .faults import SlowLink
@@ -391,3 +398,60 @@ def test_a_save_is_listed_by_the_next_page_on_a_replica_with_a_slow_redis_link(
             # The very next request, on the reader: it has this session cached from the last
             # round (the first round: not yet), and must not show it without the new message.
             assert listed_messages(browse(reader.url, browser)) == saved
+
+
+def test_a_tab_whose_save_answer_overtook_another_tabs_still_sees_its_message(
+    valkey, start_replica
+):
+    """Two tabs save at once through two replicas, and their answers reach the browser in the
+    other order: the ``saved`` cookie, shared by both tabs, ends with the first tab's lower
+    number. The second tab follows its 303 to a third replica, whose cached copy holds that
+    many messages and whose invalidation is late (a slow link): it must still list the second
+    tab's message. Before, the cookie was all it had to go by: the page lacked the message.
+    (Found by review.)"""
+    with contextlib.closing(SlowLink(valkey.port, seconds=0.3)) as slow:
+        tab_x, tab_y = (
+            start_replica(valkey.port, name, WEB_CONCURRENCY="1") for name in ("x", "y")
+        )
+        reader = start_replica(slow.port, "reader", WEB_CONCURRENCY="1")
+        jar: dict[str, str] = {}
+
+        def send(method: str, url: str, **data: str) -> requests.Response:
+            return requests.request(
+                method, url, data=data or None, cookies=jar, allow_redirects=False, timeout=10
+            )
+
+        def keep(response: requests.Response) -> None:
+            jar.update(response.cookies.get_dict())  # what a browser does with its Set-Cookie
+
+        first = send("GET", f"{tab_x.url}/")
+        keep(first)  # the CSRF cookie
+        token = csrf_token(first.text)
+        for text in ("m1", "m2"):
+            saved = send("POST", f"{tab_x.url}/persistMessage", message=text, csrf_token=token)
+            assert saved.status_code == 303
+            keep(saved)
+        admin = valkey.client()
+        roles = command_calls(admin, "role")
+        # Right after the reader's once-a-second role check, so that none comes (and reads
+        # the late invalidation) before the last page view below.
+        wait_until(
+            lambda: (
+                bool(send("GET", f"{reader.url}/").text) and command_calls(admin, "role") > roles
+            ),
+            10,
+            "the reader's role check",
+        )
+        before = dict(jar)
+        saved_x = send("POST", f"{tab_x.url}/persistMessage", message="m3 x", csrf_token=token)
+        keep(saved_x)
+        assert listed_messages(send("GET", f"{reader.url}/").text) == ["m1", "m2", "m3 x"]
+        jar.clear()
+        jar.update(before)  # tab Y's form was sent with the cookies of before X's answer
+        saved_y = send("POST", f"{tab_y.url}/persistMessage", message="m4 y", csrf_token=token)
+        assert (saved_x.status_code, saved_y.status_code) == (303, 303)
+        keep(saved_y)
+        keep(saved_x)  # X's answer arrives last: the cookie now says 3
+        assert jar["saved"] == "3"
+        page = send("GET", f"{reader.url}{saved_y.headers['Location']}")
+        assert listed_messages(page.text) == ["m1", "m2", "m3 x", "m4 y"]

@@ -341,6 +341,27 @@ def test_a_save_tells_the_next_page_how_many_messages_it_must_show(client):
     assert client.get_cookie("saved") is None
 
 
+@pytest.mark.parametrize(
+    ("cookie", "url", "seen"),
+    [
+        (None, "", 0),
+        ("3", "", 3),
+        (None, "?saved=4", 4),
+        ("3", "?saved=4", 4),  # a tab whose answer came first: its own number is the URL's
+        ("5", "?saved=4", 5),
+        ("3", "?saved=abc", 3),
+        ("3", "?saved=" + "9" * 20, 3),
+        ("3", "?saved=4&saved=9", 4),
+    ],
+)
+def test_a_page_must_show_what_the_saved_cookie_or_its_url_says_was_saved(app, cookie, url, seen):
+    """The page a save redirects to carries the save's number in its URL: the cookie is shared
+    by every tab, and two tabs' answers arriving in the other order can lower it."""
+    headers = {"Cookie": f"saved={cookie}"} if cookie is not None else {}
+    with app.test_request_context(f"/{url}", headers=headers):
+        assert session.seen_saved == seen
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "9" * 20, "\uff11\uff12", "1e3", ""])
 def test_a_saved_cookie_that_is_no_count_is_ignored(client, value):
     save(client, "first")

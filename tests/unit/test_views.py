@@ -30,10 +30,13 @@ def test_first_visit_stores_nothing_in_redis(client, fake_redis):
 
 def test_save_redirects_with_303_and_lists_messages_oldest_first(client, fake_redis):
     token = csrf_token(client.get("/").get_data(as_text=True))
+    locations = []
     for text in ("first", "second", "third"):
         response = client.post("/persistMessage", data={"message": text, "csrf_token": token})
         assert response.status_code == 303
-        assert response.headers["Location"] == "/"
+        locations.append(response.headers["Location"])
+    # The first save starts the session (cached nowhere); the next carry their message's number.
+    assert locations == ["/", "/?saved=2", "/?saved=3"]
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == ["first", "second", "third"]
     assert len(session_keys(fake_redis)) == 1  # one hash: the document and the messages
