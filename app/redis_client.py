@@ -252,21 +252,23 @@ class RedisClient:
         script: Script,
         args: Sequence[Any],
         then: Sequence[Command] = (),
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """Run ``script`` on ``key`` (one round trip, with ``then`` pipelined after it on the
-        same connection); the replies, the script's first. A server without the script (new,
-        or restarted) has it loaded and run again."""
+        same connection): the replies, the script's first, and whether they came from the
+        node's own connection, which then tracks the key (else, redirected through the cluster
+        client, a copy of what the script stored must not be cached: no invalidation would
+        reach it). A server without the script (new, or restarted) has it loaded and run again."""
         node = self._route(key)
         commands = [("EVALSHA", script.sha, 1, key, *args), *then]
 
-        def call() -> list[Any]:
+        def call() -> tuple[list[Any], bool]:
             replies, direct = self._on_node(node, key, commands)
             if isinstance(replies[0], NoScriptError):
                 self._load(node, script, everywhere=not direct)
-                replies, _ = self._on_node(node, key, commands)
+                replies, direct = self._on_node(node, key, commands)
             if isinstance(replies[0], Exception):
                 raise replies[0]
-            return replies
+            return replies, direct
 
         return self.run(operation, call, self._circuit_of(node))
 

@@ -197,7 +197,7 @@ class SessionStore:
         args = [text, self.limits.messages, self.limits.ttl_seconds, encoded, save_id]
         wait = self.replicas.wait_now()
         then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
-        replies = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
+        replies, tracked = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
         status, number = (int(value) for value in replies[0])
         if status == -1:
             raise SessionFull
@@ -205,9 +205,9 @@ class SessionStore:
             raise SessionGone
         if status == -3:
             raise SessionOverBudget
-        if status == 1 and document is None:
+        if status == 1 and tracked and document is None:
             self.redis.appended(key, number, text)
-        elif status == 1:
+        elif status == 1 and tracked:
             self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
         acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
@@ -225,7 +225,7 @@ class SessionStore:
         script = _CREATE_DOCUMENT if new else _WRITE_DOCUMENT
         args = [_encode(document), self.limits.ttl_seconds]
         try:
-            (done, *_) = self.redis.script("write_document", key, script, args)
+            (done, *_), _ = self.redis.script("write_document", key, script, args)
         finally:
             self.redis.forget(key)
         if done:
@@ -240,7 +240,7 @@ class SessionStore:
         if last is not None and now - last < self.refresh_interval:
             return False
         key = session_key(sid)
-        (done, *_) = self.redis.script("refresh", key, _REFRESH, [self.limits.ttl_seconds])
+        (done, *_), _ = self.redis.script("refresh", key, _REFRESH, [self.limits.ttl_seconds])
         if done:
             self.refreshed.put(sid, now)
         return bool(done)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -21,6 +22,7 @@ import pytest
 import requests
 from redis.cluster import NodesManager, RedisCluster
 
+from app import create_app, messages, sessions, store
 from app.connection import reload_slot_map
 from app.store import KEY_PREFIX
 from localservers import HOST
@@ -492,3 +494,31 @@ def test_redis_commands_per_request_on_a_cluster(shared_cluster, start_replica):
     # One round trip (EVALSHA, the rest inside the script); the worker that saved keeps its
     # cached copy current, so the page it redirects to reads nothing.
     assert per_save == {"evalsha": 1, "hget": 1, "hmget": 1, "hset": 1, "expire": 1, "exists": 1}
+
+
+def test_a_session_a_redirected_save_started_is_not_cached_where_nothing_tracks_it(
+    valkey_cluster, settings, monkeypatch
+):
+    """A new session's first save meets its slot moving (ASK): the cluster client stores it on
+    the target, and the worker's own connection to the slot's node never read the key, so no
+    invalidation would reach a copy of it. Before, the worker cached what it had stored anyway,
+    and kept showing the session after it was gone from Redis (expired, evicted, destroyed
+    elsewhere) for up to the cache's 10 s. (Found by review.)"""
+    sid = sessions.new_sid()
+    monkeypatch.setattr(messages, "new_sid", lambda: sid)  # so that its slot is known
+    key = store.session_key(sid)
+    source = valkey_cluster.primary_for(key)
+    target = next(n for n in valkey_cluster.nodes[:3] if n is not source)
+    slot = int(source.client().execute_command("CLUSTER", "KEYSLOT", key))
+    app = create_app(replace(settings, redis_port=valkey_cluster.port, redis_client_cache=True))
+    user = app.test_client()
+    token = csrf_token(user.get("/").get_data(as_text=True))
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id())
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id())
+    saved = user.post("/persistMessage", data={"message": "hello", "csrf_token": token})
+    assert saved.status_code == 303
+    importing = target.client(single_connection_client=True)  # ASKING holds per connection
+    assert importing.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # stored there
+    importing.execute_command("ASKING")
+    assert importing.delete(key) == 1  # gone: what this worker shows must say so
+    assert listed_messages(user.get("/").get_data(as_text=True)) == []
