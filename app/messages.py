@@ -58,7 +58,8 @@ class Messages:
             return refusal
         if session.sid is not None and not session.known_absent:
             try:
-                # For the next page, wherever it is served (sessions.py: the saved cookie).
+                # For the next page, wherever it is served (sessions.py: its URL and the
+                # saved cookie).
                 session.saved_number = self.store.save(session.sid, text, save_id, None)
             except SessionGone:
                 pass  # expired or destroyed: the message starts a new session

@@ -21,19 +21,20 @@ shaped like a session id is not even looked up. Over HTTPS the cookie is named
 ``__Host-session``: a browser accepts such a cookie only from this exact host, over HTTPS, for
 path ``/``, so a sibling subdomain cannot plant a session id in it (fixation).
 
-A save acknowledged with a 303 redirects to ``/?saved=<n>``, the number of the message it
-stored, and sets a short-lived ``saved`` cookie (``__Host-saved`` over HTTPS) with the highest
-such number the browser saw: the page it redirects to, and the next ones, may be served by
-another worker, whose cached copy of the session Redis has not yet told it to drop (the
-invalidation travels on that worker's own connection, and nothing orders it before the
-browser's next request). A cached copy holding fewer messages than the larger of the two says is
-read again, so the saved message is on the next page wherever it is served. The number is in
-the URL because the cookie is shared by every tab: when two tabs save at once and their answers
-arrive in the other order, the cookie ends with the lower number, and only the URL still tells
-the second tab's page what its save was. The cookie covers the pages after it (an old form sent
-again does not lower it); it lasts as long as a cached copy can (read_cache.MAX_AGE_SECONDS),
-and goes when a session starts or ends. Neither is secret or signed: a forged number can only
-make its own page views read Redis.
+A save into an existing session acknowledged with a 303 redirects to ``/?saved=<n>``, the
+number of the message it stored, and sets a short-lived ``saved`` cookie (``__Host-saved`` over
+HTTPS) with the highest such number the browser saw: the page it redirects to, and the next
+ones, may be served by another worker, whose cached copy of the session Redis has not yet told
+it to drop (the invalidation travels on that worker's own connection, and nothing orders it
+before the browser's next request). A cached copy holding fewer messages than the larger of the
+two says is read again, so the saved message is on the next page wherever it is served. The
+number is in the URL because the cookie is shared by every tab: when two tabs save at once and
+their answers arrive in the other order, the cookie ends with the lower number, and only the
+URL still tells the second tab's page what its save was (a page that tab reaches later another
+way, by the address bar say, goes by the cookie again). The cookie covers the pages after the
+redirected one (an old form sent again does not lower it); it lasts as long as a cached copy
+can (read_cache.MAX_AGE_SECONDS), and goes when a session starts or ends. Neither is secret or
+signed: a forged number can only make its own page views read Redis.
 
 The CSRF secret lives in its own signed cookie, not in Redis (``csrf.CsrfSecrets`` restores and
 persists it): kept in the session, it would store a Redis key for every visitor who merely sees
@@ -192,6 +193,16 @@ def _count(value: str | None) -> int:
     return int(value) if value is not None and _COUNT.fullmatch(value) else 0
 
 
+def _query_value(request: Request, name: str) -> str | None:
+    """The URL's ``name`` parameter; None also for a query string that is not UTF-8, on which
+    werkzeug's parser raises (gunicorn refuses such a request line today; another server
+    might not, and a bad URL must not cost a 500)."""
+    try:
+        return request.args.get(name)
+    except UnicodeDecodeError:
+        return None
+
+
 def _changed(session: MessageSession) -> None:
     session.modified = True
 
@@ -252,7 +263,7 @@ class RedisSessions(SessionInterface):
             sid = None  # never one of ours: a fresh session, and Redis is not asked
         seen_saved = _count(request.cookies.get(self.saved_cookie_name(app)))
         if request.environ.get("QUERY_STRING"):  # parsing even an empty one costs 3.6 µs
-            seen_saved = max(seen_saved, _count(request.args.get(SAVED_PARAMETER)))
+            seen_saved = max(seen_saved, _count(_query_value(request, SAVED_PARAMETER)))
         session = MessageSession(
             sid,
             functools.partial(self.store.load, at_least=seen_saved)

@@ -54,8 +54,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 def submit(page: Page, button: str) -> None:
     """Click a form button and wait until the page it leads to has loaded.
 
-    The form posts and the app answers 303 to ``/``, where the page already is: waiting for
-    the URL would return at once. Waiting for the navigation the click starts does not.
+    The form posts and the app answers 303 to ``/`` (or ``/?saved=<n>``), where the page
+    already is, or nearly: waiting for the URL would return at once. Waiting for the navigation
+    the click starts does not.
     """
     with page.expect_navigation(wait_until="load"):
         page.click(f"text={button}")
