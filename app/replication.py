@@ -218,15 +218,16 @@ class ReplicaWait:
                 self.mode = "off" if self.mode == "auto" else self.mode
                 node = NodeReplication(replicas=0, history="", promoted=False)
             with self._lock:
-                if self._node is None and not node.primary:
-                    log.info("the node saves go to is a replica now")
-                elif self._node is None:
-                    log.info(
-                        "the primary has %d replica(s) in sync%s%s",
-                        node.replicas,
-                        f", {node.syncing} not yet in sync" if node.syncing else "",
-                        ", and was promoted" if node.promoted else "",
-                    )
+                if self._node is None:  # newly asked: say what it answered
+                    if not node.primary:
+                        log.info("the node saves go to is a replica now")
+                    else:
+                        log.info(
+                            "the primary has %d replica(s) in sync%s%s",
+                            node.replicas,
+                            f", {node.syncing} not yet in sync" if node.syncing else "",
+                            ", and was promoted" if node.promoted else "",
+                        )
                 self._node = node
                 if node.replicas > 0:
                     self._orphaned_since = None

@@ -205,10 +205,11 @@ class SessionStore:
             raise SessionGone
         if status == -3:
             raise SessionOverBudget
-        if status == 1 and tracked and document is None:
-            self.redis.appended(key, number, text)
-        elif status == 1 and tracked:
-            self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
+        if status == 1 and tracked:  # a copy only where this worker's connection tracks it
+            if document is None:
+                self.redis.appended(key, number, text)
+            else:
+                self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
         acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
             self.replicas.wait_refused(acknowledged)
