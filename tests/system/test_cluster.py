@@ -138,13 +138,19 @@ def test_sessions_spread_over_every_primary_each_in_one_slot(shared_cluster, sta
     assert len(per_primary) == 3 and all(per_primary.values())
 
 
+def start_moving(slot: int, source: ClusterNode, target: ClusterNode) -> None:
+    """Mark ``slot`` as moving from ``source`` to ``target`` (the first step of a reshard): a
+    key of it not on the source any more answers ASK, towards the target."""
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id())
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id())
+
+
 def migrate_slot(
     cluster: ValkeyCluster, slot: int, source: ClusterNode, target: ClusterNode, saver: Saver
 ) -> None:
     """Move ``slot`` as valkey-cli --cluster reshard does, with saves going on at each step."""
-    source_id, target_id = source.node_id(), target.node_id()
-    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    target_id = target.node_id()
+    start_moving(slot, source, target)
     saver.wait_for(5)  # saves while the slot is migrating but the key still on the source
     for _ in range(100):
         keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
@@ -513,8 +519,7 @@ def test_a_session_a_redirected_save_started_is_not_cached_where_nothing_tracks_
     app = create_app(replace(settings, redis_port=valkey_cluster.port, redis_client_cache=True))
     user = app.test_client()
     token = csrf_token(user.get("/").get_data(as_text=True))
-    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id())
-    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id())
+    start_moving(slot, source, target)
     saved = user.post("/persistMessage", data={"message": "hello", "csrf_token": token})
     assert saved.status_code == 303
     importing = target.client(single_connection_client=True)  # ASKING holds per connection

@@ -102,6 +102,24 @@ def worker(settings, port: int, **changes):
     return create_app(replace(settings, redis_port=port, **changes))
 
 
+def replicated_behind_endpoint(servers, proxies, replica: str = "new"):
+    """A primary ("old") and its replica in sync, and the switchable endpoint on the primary
+    (ElastiCache's primary endpoint before a failover)."""
+    old, new = servers("old"), servers(replica)
+    new.replicate(old)
+    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
+    return old, new, proxies(old.port)
+
+
+def listed_once_resynced(settings, endpoint, user: User, old, new, seconds: float = 10):
+    """The messages of ``user``'s session as a fresh worker lists them once the demoted
+    ``old`` has resynced from ``new``: what the failover kept."""
+    wait_until(lambda: old.in_sync_with(new), seconds, "the demoted node to resync")
+    reader = User(worker(settings, endpoint.port))
+    reader.share_cookies_with(user)
+    return listed_messages(reader.page())
+
+
 @pytest.mark.parametrize("seconds", [0.3, 0.7, 1.2, 2.5])
 def test_a_save_during_a_stall_is_stored_once(settings, servers, seconds):
     server = servers("valkey")
@@ -125,11 +143,7 @@ def test_a_save_during_a_stall_is_stored_once(settings, servers, seconds):
 
 
 def test_saves_and_reads_follow_a_failover_in_time(settings, servers, proxies):
-    old = servers("old")
-    new = servers("new")
-    new.replicate(old)
-    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
     # No WAIT here: the new primary gets no replica in this test (see the WAIT tests).
     workers = [
         worker(settings, endpoint.port, redis_client_cache=True, redis_wait_replicas=Switch.OFF)
@@ -168,11 +182,7 @@ def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[lis
 
     Returns the texts acknowledged (303) and the texts listed once the dust has settled.
     """
-    old = servers("old")
-    new = servers("new")
-    new.replicate(old)
-    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
     user = User(worker(settings, endpoint.port, **changes))
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -203,10 +213,7 @@ def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[lis
     finally:
         stop.set()
         saver.join(40)
-    wait_until(lambda: old.in_sync_with(new), 10, "the demoted node to resync")
-    reader = User(worker(settings, endpoint.port))
-    reader.share_cookies_with(user)
-    return acknowledged, listed_messages(reader.page())
+    return acknowledged, listed_once_resynced(settings, endpoint, user, old, new)
 
 
 def test_without_wait_acknowledged_saves_can_be_lost(settings, servers, proxies):
@@ -233,11 +240,7 @@ def test_saves_are_back_soon_after_a_failover_that_leaves_no_replica(settings, s
     replica to confirm a save (ElastiCache: until a replacement has synced, minutes). With the
     default REDIS_WAIT_REPLICAS=auto, saves answer 303 again within 5 s and keep working, and
     each one is counted as saved without a replica."""
-    old = servers("old")
-    new = servers("new")
-    new.replicate(old)
-    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
     user = User(worker(settings, endpoint.port, redis_wait_replicas="auto"))
     for number in range(5):
         assert user.submit(user.form(), f"before {number}") == 303  # confirmed by the replica
@@ -358,10 +361,8 @@ def test_an_old_primary_with_a_replica_still_syncing_acknowledges_no_save_it_los
     A syncing replica does not show that a node is the primary: this one is on its way out,
     and a save it acknowledged would be lost. (Found by review: a first version took a syncing
     replica as proof, acknowledged both saves below, and lost them.)"""
-    old, promoted, syncing = servers("old"), servers("promoted"), servers("syncing")
-    promoted.replicate(old)
-    wait_until(lambda: promoted.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, promoted, endpoint = replicated_behind_endpoint(servers, proxies, "promoted")
+    syncing = servers("syncing")
     user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
     assert user.submit(user.form(), "before") == 303  # confirmed
     admin = old.client()
@@ -390,10 +391,7 @@ def test_an_old_primary_with_a_replica_still_syncing_acknowledges_no_save_it_los
     after = user.submit(user.form(), "after the second replica left")
     admin.config_set("rdb-key-save-delay", 0)
     old.replicate(promoted)  # demoted
-    wait_until(lambda: old.in_sync_with(promoted), 30, "the demoted node to resync")
-    reader = User(worker(settings, endpoint.port))
-    reader.share_cookies_with(user)
-    listed = listed_messages(reader.page())
+    listed = listed_once_resynced(settings, endpoint, user, old, promoted, seconds=30)
     print(f"\nold primary with a syncing replica: {during}, {after}; listed {listed}")
     assert listed[0] == "before"
     assert during == 503 or "during" in listed
@@ -498,11 +496,7 @@ def test_a_worker_that_never_saved_acknowledges_no_save_the_failover_loses(
     """Promote-then-demote, met by a worker that has not yet seen a replica confirm a save (it
     just started, or its page views came first: with several workers per pod most of them):
     the old primary, now without its replica, must not acknowledge a save it is about to lose."""
-    old = servers("old")
-    new = servers("new")
-    new.replicate(old)
-    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
     saver = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
     assert saver.submit(saver.form(), "before") == 303  # confirmed by the replica
     fresh = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
@@ -518,10 +512,7 @@ def test_a_worker_that_never_saved_acknowledges_no_save_the_failover_loses(
     )
     during = fresh.submit(form, "during")  # the old primary still takes writes
     old.replicate(new)
-    wait_until(lambda: old.in_sync_with(new), 10, "the demoted node to resync")
-    reader = User(worker(settings, endpoint.port))
-    reader.share_cookies_with(saver)
-    listed = listed_messages(reader.page())
+    listed = listed_once_resynced(settings, endpoint, saver, old, new)
     print(f"\nfresh worker during the failover: {during}; listed afterwards {listed}")
     assert during == 503 or "during" in listed
 
@@ -535,10 +526,7 @@ def test_a_save_whose_wait_the_demotion_cuts_short_is_not_acknowledged(
     endpoint, from the new primary (promoted, no replica in sync yet: "a new primary"). Before,
     that answer decided the save's fate: acknowledged, and lost in the old primary's resync.
     (Found by review; a soak of bench.failover under load lost 1 save in 34 failovers so.)"""
-    old, new = servers("old"), servers("new")
-    new.replicate(old)
-    wait_until(lambda: new.in_sync_with(old), 10, "the replica to sync")
-    endpoint = proxies(old.port)
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
     # The longest WAIT the setting allows, for the demotion below to come while it blocks.
     user = User(worker(settings, endpoint.port, redis_wait_timeout_ms=400))
     assert user.submit(user.form(), "before") == 303  # confirmed: the worker knows one replica
@@ -560,10 +548,7 @@ def test_a_save_whose_wait_the_demotion_cuts_short_is_not_acknowledged(
     demoter.start()
     during = user.submit(form, "during")
     demoter.join(15)
-    wait_until(lambda: old.in_sync_with(new), 10, "the demoted node to resync")
-    reader = User(worker(settings, endpoint.port))
-    reader.share_cookies_with(user)
-    listed = listed_messages(reader.page())
+    listed = listed_once_resynced(settings, endpoint, user, old, new)
     print(f"\nWAIT cut short by the demotion: {during}; listed afterwards {listed}")
     assert during == 503
     assert listed == ["before"]  # "during" went with the old primary's writes
