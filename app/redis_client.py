@@ -252,23 +252,26 @@ class RedisClient:
         script: Script,
         args: Sequence[Any],
         then: Sequence[Command] = (),
-    ) -> tuple[list[Any], bool]:
+    ) -> tuple[list[Any], str | None]:
         """Run ``script`` on ``key`` (one round trip, with ``then`` pipelined after it on the
-        same connection): the replies, the script's first, and whether they came from the
-        node's own connection, which then tracks the key (else, redirected through the cluster
-        client, a copy of what the script stored must not be cached: no invalidation would
-        reach it). A server without the script (new, or restarted) has it loaded and run again."""
+        same connection): the replies, the script's first, and the name of the node whose own
+        connection they came from when that connection tracks the key; None when there is
+        none (redirected through the cluster client, or no tracking): a copy of what the script
+        stored may then not be cached, since no invalidation would reach it. The name is the
+        node that ran it, not where the key is routed afterwards: a slot map reloaded in
+        between would file the copy under a node whose connection never read the key.
+        A server without the script (new, or restarted) has it loaded and run again."""
         node = self._route(key)
         commands = [("EVALSHA", script.sha, 1, key, *args), *then]
 
-        def call() -> tuple[list[Any], bool]:
+        def call() -> tuple[list[Any], str | None]:
             replies, direct = self._on_node(node, key, commands)
             if isinstance(replies[0], NoScriptError):
                 self._load(node, script, everywhere=not direct)
                 replies, direct = self._on_node(node, key, commands)
             if isinstance(replies[0], Exception):
                 raise replies[0]
-            return replies, direct
+            return replies, node.name if direct and node.tracking else None
 
         return self.run(operation, call, self._circuit_of(node))
 
@@ -292,14 +295,15 @@ class RedisClient:
 
     # What this worker knows it changed -----------------------------------------------------
 
-    def appended(self, key: str, number: int, text: str) -> None:
+    def appended(self, key: str, node: str, number: int, text: str) -> None:
+        """The script run on ``node`` (its name, as ``script`` returned it) appended a message."""
         if self.cache is not None:
-            self.cache.appended(key, self._route(key).name, number, text)
+            self.cache.appended(key, node, number, text)
 
-    def cached(self, key: str, session: StoredSession) -> None:
-        node = self._route(key)
-        if self.cache is not None and node.tracking:
-            self.cache.put(key, node.name, session)
+    def cached(self, key: str, node: str, session: StoredSession) -> None:
+        """The script run on ``node`` stored ``session`` as it is now."""
+        if self.cache is not None:
+            self.cache.put(key, node, session)
 
     def forget(self, key: str) -> None:
         if self.cache is not None:

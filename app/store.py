@@ -197,7 +197,7 @@ class SessionStore:
         args = [text, self.limits.messages, self.limits.ttl_seconds, encoded, save_id]
         wait = self.replicas.wait_now()
         then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
-        replies, tracked = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
+        replies, node = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
         status, number = (int(value) for value in replies[0])
         if status == -1:
             raise SessionFull
@@ -205,11 +205,11 @@ class SessionStore:
             raise SessionGone
         if status == -3:
             raise SessionOverBudget
-        if status == 1 and tracked:  # a copy only where this worker's connection tracks it
+        if status == 1 and node is not None:  # a copy only where this worker's connection tracks it
             if document is None:
-                self.redis.appended(key, number, text)
+                self.redis.appended(key, node, number, text)
             else:
-                self.redis.cached(key, StoredSession(document, (text,), len(encoded)))
+                self.redis.cached(key, node, StoredSession(document, (text,), len(encoded)))
         acknowledged = replies[1] if wait else None
         if isinstance(acknowledged, ResponseError):
             self.replicas.wait_refused(acknowledged)

@@ -29,7 +29,7 @@ from localservers import HOST
 from localservers.cluster import ClusterNode, ValkeyCluster
 from localservers.gunicorn import Gunicorn
 from localservers.waits import wait_until
-from tests.support import csrf_token, listed_messages, replica_env, session_keys
+from tests.support import csrf_token, listed_messages, replica_env, save, session_keys
 
 from .cluster import flushed
 
@@ -149,9 +149,15 @@ def migrate_slot(
     cluster: ValkeyCluster, slot: int, source: ClusterNode, target: ClusterNode, saver: Saver
 ) -> None:
     """Move ``slot`` as valkey-cli --cluster reshard does, with saves going on at each step."""
-    target_id = target.node_id()
     start_moving(slot, source, target)
     saver.wait_for(5)  # saves while the slot is migrating but the key still on the source
+    move_keys(slot, source, target)
+    saver.wait_for(5)  # saves redirected with ASK: the key is on the target already
+    hand_over(cluster, slot, source, target)
+
+
+def move_keys(slot: int, source: ClusterNode, target: ClusterNode) -> None:
+    """Move the moving ``slot``'s keys to the target (a reshard's second step)."""
     for _ in range(100):
         keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
         if not keys:
@@ -159,7 +165,11 @@ def migrate_slot(
         source.client().execute_command(
             "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
         )
-    saver.wait_for(5)  # saves redirected with ASK: the key is on the target already
+
+
+def hand_over(cluster: ValkeyCluster, slot: int, source: ClusterNode, target: ClusterNode) -> None:
+    """Give ``slot`` to the target on every primary (a reshard's last step)."""
+    target_id = target.node_id()
     others = [n for n in cluster.nodes if n.role() == "master" and n not in (source, target)]
     for node in (target, source, *others):
         node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
@@ -526,4 +536,50 @@ def test_a_session_a_redirected_save_started_is_not_cached_where_nothing_tracks_
     assert importing.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1  # stored there
     importing.execute_command("ASKING")
     assert importing.delete(key) == 1  # gone: what this worker shows must say so
+    assert listed_messages(user.get("/").get_data(as_text=True)) == []
+
+
+def test_a_new_sessions_copy_stays_with_the_node_that_took_its_first_save(
+    valkey_cluster, settings, monkeypatch
+):
+    """The slot map is reloaded (a thread of its own does it) right after a new session's first
+    save, with its slot handed to another primary meanwhile. The copy the worker keeps of what it
+    stored belongs to the node whose connection took the save, the one that tracks the key. Filed
+    under the slot's new node instead, whose connection never read the key, it was served there,
+    and a change made there afterwards never reached it: the page listed the session after it
+    was gone, for up to the cache's 10 s. (Found by review.)"""
+    sid = sessions.new_sid()
+    key = store.session_key(sid)
+    source = valkey_cluster.primary_for(key)
+    target = next(n for n in valkey_cluster.nodes[:3] if n is not source)
+    slot = int(source.client().execute_command("CLUSTER", "KEYSLOT", key))
+    # Another session, on the target, saved first: the worker's connection to the target is
+    # up and tracking (a connection made anew drops what the cache holds for its node).
+    candidates = (sessions.new_sid() for _ in range(1000))  # each lands there one time in 3
+    neighbour = next(
+        s for s in candidates if valkey_cluster.primary_for(store.session_key(s)) is target
+    )
+    new_sids = iter([neighbour, sid])
+    monkeypatch.setattr(messages, "new_sid", lambda: next(new_sids))  # so that slots are known
+    app = create_app(replace(settings, redis_port=valkey_cluster.port, redis_client_cache=True))
+    save(app.test_client(), "next door")
+    redis_client = app.extensions["redis"]
+    run_script = redis_client.script
+
+    def script_then_reshard(operation: str, *args, **kwargs):
+        answer = run_script(operation, *args, **kwargs)
+        if operation == "save":  # the slot moves on, and the map is reloaded, in between
+            start_moving(slot, source, target)
+            move_keys(slot, source, target)
+            hand_over(valkey_cluster, slot, source, target)
+            reload_slot_map(redis_client.pooled)
+        return answer
+
+    monkeypatch.setattr(redis_client, "script", script_then_reshard)
+    user = app.test_client()
+    token = csrf_token(user.get("/").get_data(as_text=True))
+    saved = user.post("/persistMessage", data={"message": "hello", "csrf_token": token})
+    assert saved.status_code == 303
+    assert valkey_cluster.primary_for(key) is target
+    assert target.client().delete(key) == 1  # gone: what this worker shows must say so
     assert listed_messages(user.get("/").get_data(as_text=True)) == []
