@@ -86,6 +86,10 @@ _KINDS: tuple[tuple[type[BaseException], Unavailable], ...] = (
     (redis.TimeoutError, _TRANSIENT),
     (redis.BusyLoadingError, _TRANSIENT),
     (redis.ReadOnlyError, _TRANSIENT),  # a failover under way
+    # A cluster's failover under way: a slot no primary serves yet (CLUSTERDOWN, MASTERDOWN),
+    # redirections that outran redis-py's attempts, a key split by a reshard (TRYAGAIN).
+    (redis.exceptions.ClusterError, _TRANSIENT),
+    (redis.exceptions.TryAgainError, _TRANSIENT),
 )
 
 

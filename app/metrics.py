@@ -36,6 +36,9 @@ _ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
     (redis.ConnectionError, "connection"),
     (redis.TimeoutError, "timeout"),
     (redis.ReadOnlyError, "readonly"),
+    # Before ResponseError, which CLUSTERDOWN and TRYAGAIN are too: a failover, not a refusal.
+    (redis.exceptions.ClusterError, "cluster"),
+    (redis.exceptions.TryAgainError, "cluster"),
     (redis.ResponseError, "response"),
 )
 ERROR_KINDS = (*(kind for _, kind in _ERROR_KINDS), "other")

@@ -167,6 +167,26 @@ def test_while_redis_is_away_requests_fail_at_once_until_a_cool_down_has_passed(
         (redis.ConnectionError("refused"), "unreachable", "5", "try again in a few seconds"),
         (redis.TimeoutError("slow"), "unreachable", "5", "try again in a few seconds"),
         (redis.ReadOnlyError("failover"), "unreachable", "5", "try again in a few seconds"),
+        (
+            redis.exceptions.ClusterDownError("The cluster is down"),
+            "unreachable",
+            "5",
+            "try again in a few seconds",
+        ),
+        (
+            redis.exceptions.MasterDownError("Link with MASTER is down"),
+            "unreachable",
+            "5",
+            "try again in a few seconds",
+        ),
+        (
+            redis.exceptions.TryAgainError("reshard"),
+            "unreachable",
+            "5",
+            "try again in a few seconds",
+        ),
+        (redis.exceptions.ClusterError("TTL exhausted"), "unreachable", "5", "in a few seconds"),
+        (redis.ResponseError("BUSY Valkey is busy"), "unreachable", "5", "in a few seconds"),
         (NotReplicated("no replica"), "not_replicated", "5", "again in a few seconds"),
         (
             redis.exceptions.OutOfMemoryError("OOM command not allowed"),
@@ -177,7 +197,20 @@ def test_while_redis_is_away_requests_fail_at_once_until_a_cool_down_has_passed(
         (redis.AuthenticationError("WRONGPASS"), "error", None, "went wrong on our side"),
         (redis.ResponseError("ERR unknown"), "error", None, "went wrong on our side"),
     ],
-    ids=["connection", "timeout", "readonly", "not-replicated", "oom", "auth", "response"],
+    ids=[
+        "connection",
+        "timeout",
+        "readonly",
+        "clusterdown",
+        "masterdown",
+        "tryagain",
+        "cluster-ttl",
+        "busy",
+        "not-replicated",
+        "oom",
+        "auth",
+        "response",
+    ],
 )
 def test_a_503_says_what_is_true_and_counts_its_reason(
     client, app, monkeypatch, error, reason, retry_after, says

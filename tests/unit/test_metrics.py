@@ -23,6 +23,8 @@ from tests.support import SECRET
         (redis.AuthenticationError("wrong password"), "auth"),
         (redis.TimeoutError("slow"), "timeout"),
         (redis.ReadOnlyError("READONLY"), "readonly"),
+        (redis.exceptions.ClusterDownError("CLUSTERDOWN"), "cluster"),
+        (redis.exceptions.TryAgainError("TRYAGAIN"), "cluster"),
         (redis.ResponseError("ERR"), "response"),
         (redis.RedisError("?"), "other"),
     ],
