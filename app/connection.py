@@ -11,6 +11,8 @@ app does with these clients when Redis misbehaves is app/redis_client.py's.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -89,6 +91,34 @@ def connect(settings: Settings, cluster: bool = False, **overrides: Any) -> Clie
     # The configuration endpoint is a DNS name whose addresses follow the shards: keep it as
     # the place to ask for the slot map, rather than the node addresses it answered once.
     return RedisCluster(dynamic_startup_nodes=False, **options)
+
+
+class ClusterClient:
+    """The cluster client of a worker, made on first use rather than at the worker's boot.
+
+    redis-py's RedisCluster asks for the slot map as it is made, and raises when no node it was
+    given answers. Made at boot, that failure was the worker's, and a worker that fails to boot
+    stops gunicorn altogether: a worker started while the endpoint is unreachable (one killed
+    and replaced, a pod restarted) took the whole pod down, and kept it down. Made on first
+    use, under the app's failure policy (app/redis_client.py), it costs 503s and a cool-down
+    instead, until the endpoint answers.
+    """
+
+    def __init__(self, make: Callable[[], RedisCluster]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self.made: RedisCluster | None = None  # None until the first call that could make it
+
+    def get(self) -> RedisCluster:
+        """The client, made now if need be (raises RedisClusterException while no node it
+        knows answers)."""
+        client = self.made
+        if client is None:
+            with self._lock:
+                client = self.made
+                if client is None:
+                    client = self.made = self._make()
+        return client
 
 
 def disconnect(client: Client) -> None:

@@ -13,7 +13,7 @@ from flask import Flask
 
 from . import credentials, csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
-from .connection import check_server, connect
+from .connection import ClusterClient, check_server, connect
 from .messages import Messages
 from .ratelimit import RateLimits
 from .read_cache import ReadCache
@@ -89,9 +89,9 @@ def _connect(settings: Settings, connect_redis: Callable[..., redis.Redis] | Non
     cluster = check_server(settings)
     if cluster:
         logger.info("Redis is a cluster: the cluster client, saves do not wait for replicas")
-    return RedisClient(
-        connect(settings, cluster), functools.partial(connect, settings), cache=cache
-    )
+    make = functools.partial(connect, settings)
+    pooled = ClusterClient(functools.partial(make, cluster=True)) if cluster else make()
+    return RedisClient(pooled, make, cache=cache)
 
 
 def _replica_wait(settings: Settings, redis_client: RedisClient) -> ReplicaWait:

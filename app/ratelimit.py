@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,6 @@ from flask import Request
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
-from redis.cluster import RedisCluster
 
 from .config import Settings
 from .connection import client_options
@@ -74,8 +74,13 @@ class RateLimits:
         self._redis = redis
         self._saves = _items(settings.rate_limit_saves)
         self._new_sessions = _items(settings.rate_limit_new_sessions)
-        self._storage = _storage(settings, redis)
-        self._limiter = FixedWindowRateLimiter(self._storage)
+        self._settings = settings
+        self._lock = threading.Lock()
+        # On a cluster, made on first use: limits' storage makes a cluster client of its own,
+        # which connects as it is made (connection.ClusterClient says why not at boot).
+        self._counting: tuple[RedisStorage, FixedWindowRateLimiter] | None = None
+        if not redis.cluster:
+            self._make_counters()
 
     def check_save(self, request: Request) -> Refusal | None:
         """Count one save for this client; a Refusal when over a limit."""
@@ -91,16 +96,17 @@ class RateLimits:
         if not items:
             return None
         client = self.trusted.client_address(request)
+        _, limiter = self._counters()
         for item in items:
             # Through the circuit of the counter's node: on a cluster, a frozen node then fails
             # only the clients counted there.
             circuit = self._redis.circuit_for(self.counter_key(item, kind, client))
             if not self._redis.run(
-                "rate_limit", lambda i=item: self._limiter.hit(i, kind, client), circuit
+                "rate_limit", lambda i=item: limiter.hit(i, kind, client), circuit
             ):
                 stats = self._redis.run(
                     "rate_limit",
-                    lambda i=item: self._limiter.get_window_stats(i, kind, client),
+                    lambda i=item: limiter.get_window_stats(i, kind, client),
                     circuit,
                 )
                 return Refusal(reason, max(1, math.ceil(stats.reset_time - time.time())))
@@ -109,11 +115,26 @@ class RateLimits:
     def counter_key(self, item: RateLimitItem, kind: str, client: str) -> str:
         """The Redis key ``limits`` counts ``item`` for ``client`` in, from its public parts
         (tests/unit/test_ratelimit.py fails if ``limits`` names it otherwise)."""
-        return self._storage.prefixed_key(item.key_for(kind, client))
+        storage, _ = self._counters()
+        return storage.prefixed_key(item.key_for(kind, client))
+
+    def _counters(self) -> tuple[RedisStorage, FixedWindowRateLimiter]:
+        """limits' storage and limiter; on a cluster made on first need, as one guarded call."""
+        counting = self._counting
+        if counting is None:
+            counting = self._redis.run("connect", self._make_counters)
+        return counting
+
+    def _make_counters(self) -> tuple[RedisStorage, FixedWindowRateLimiter]:
+        with self._lock:
+            if self._counting is None:
+                storage = _storage(self._settings, self._redis)
+                self._counting = (storage, FixedWindowRateLimiter(storage))
+            return self._counting
 
 
 def _storage(settings: Settings, redis: RedisClient) -> RedisStorage:
-    if not isinstance(redis.pooled, RedisCluster):
+    if not redis.cluster:
         return RedisStorage("redis://", connection_pool=redis.pooled.connection_pool)
     options = client_options(settings)
     host, port = options.pop("host"), options.pop("port")

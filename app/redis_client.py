@@ -53,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
 from .circuit import COOL_DOWN_SECONDS, Circuit
-from .connection import Client, disconnect, reload_slot_map
+from .connection import Client, ClusterClient, disconnect, reload_slot_map
 from .nodes import Command, NodeConnection
 from .read_cache import ReadCache, StoredSession
 
@@ -82,16 +82,16 @@ class Script:
 class RedisClient:
     def __init__(
         self,
-        pooled: Client,
+        pooled: redis.Redis | ClusterClient,
         make_node_client: Callable[..., redis.Redis],
         *,
         cache: ReadCache | None,
     ) -> None:
-        """``pooled``: the pooled client (a RedisCluster on a cluster); ``make_node_client``:
-        builds a client for one node's session connection (given ``host`` and ``port`` on a
-        cluster, the endpoint's otherwise)."""
-        self.pooled = pooled
-        self._cluster_client = pooled if isinstance(pooled, RedisCluster) else None
+        """``pooled``: the pooled client, or on a cluster the ``ClusterClient`` that makes
+        redis-py's on first use; ``make_node_client``: builds a client for one node's session
+        connection (given ``host`` and ``port`` on a cluster, the endpoint's otherwise)."""
+        self._cluster_client = pooled if isinstance(pooled, ClusterClient) else None
+        self._primary_client = None if isinstance(pooled, ClusterClient) else pooled
         self.cluster = self._cluster_client is not None
         self._make_node_client = make_node_client
         self.cache = cache
@@ -108,6 +108,26 @@ class RedisClient:
         self._others: list[Client] = []
         self._durations: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
+
+    @property
+    def pooled(self) -> Client:
+        """The pooled client; on a cluster, redis-py's cluster client, made now if need be
+        (``_cluster``)."""
+        if self._primary_client is not None:
+            return self._primary_client
+        return self._cluster()
+
+    def _cluster(self) -> RedisCluster:
+        """The cluster client. Made on first need, as one guarded call ("connect"): while no
+        node it knows answers, a connection error, and the worker's circuit fails the next
+        calls at once for a cool-down (connection.ClusterClient says why not at boot)."""
+        maker = self._cluster_client
+        if maker is None:
+            raise TypeError("one primary has no cluster client")  # a caller's mistake
+        client = maker.made
+        if client is None:
+            client = self.run("connect", maker.get)
+        return client
 
     def listen(self, events: NodeEvents) -> None:
         """Tell ``events`` when a session connection is made and what the role check sees."""
@@ -180,8 +200,10 @@ class RedisClient:
         next ones use the endpoint."""
         for node in list(self._nodes.values()):
             node.disconnect()
-        for client in (self.pooled, *self._others):
-            disconnect(client)
+        made = self._primary_client if self._cluster_client is None else self._cluster_client.made
+        for client in (made, *self._others):
+            if client is not None:  # a cluster client not made yet has nothing to drop
+                disconnect(client)
         if self.cache is not None:
             self.cache.clear()
 
@@ -190,9 +212,12 @@ class RedisClient:
         cluster, whether its default node does, asked directly. Through the cluster client, a
         timeout would have redis-py reload its slot map inside the probe, waiting on every
         frozen node (and on a reload ``SlotMaps`` is making) before the probe could answer."""
-        client = self._cluster_client
-        call = self.pooled.ping if client is None else lambda: self._ping_default_node(client)
         try:
+            if self._primary_client is not None:
+                call = self._primary_client.ping
+            else:
+                client = self._cluster()
+                call = functools.partial(self._ping_default_node, client)
             return bool(self.run("ping", call))
         except RedisError:
             return False
@@ -329,7 +354,7 @@ class RedisClient:
         if self._cluster_client is None:
             return self._node(PRIMARY, self._make_node_client)
         try:
-            target = self._cluster_client.get_node_from_key(key)
+            target = self._cluster().get_node_from_key(key)
         except RedisClusterException as exc:  # no node holds the slot now
             raise RedisConnectionError(str(exc)) from exc
         return self._node(
@@ -395,7 +420,7 @@ class RedisClient:
 
     def _via_cluster_client(self, command: Command) -> Any:
         try:
-            return self.pooled.execute_command(*command)
+            return self._cluster().execute_command(*command)
         except ResponseError as exc:
             return exc
 
@@ -404,7 +429,7 @@ class RedisClient:
         node the cluster client picks): on every primary, through the cluster client. Only then:
         a node that stopped answering would hold every save that loads a script."""
         if everywhere and self._cluster_client is not None:
-            self._cluster_client.script_load(script.source)
+            self._cluster().script_load(script.source)
         else:
             node.execute("SCRIPT", "LOAD", script.source)
 
@@ -420,7 +445,7 @@ class SlotMaps:
     answers its 503 at once instead of waiting for that.
     """
 
-    def __init__(self, client: RedisCluster) -> None:
+    def __init__(self, client: ClusterClient) -> None:
         self._client = client
         self._wanted = threading.Event()
         self._failed: str | None = None
@@ -444,7 +469,7 @@ class SlotMaps:
             self._wanted.wait()
             self._wanted.clear()
             try:
-                reload_slot_map(self._client, self._failed)
+                reload_slot_map(self._client.get(), self._failed)
             except (RedisError, RedisClusterException) as exc:
                 log.warning("could not reload the cluster's slot map: %s", exc)
             except Exception:

@@ -583,3 +583,40 @@ def test_a_new_sessions_copy_stays_with_the_node_that_took_its_first_save(
     assert valkey_cluster.primary_for(key) is target
     assert target.client().delete(key) == 1  # gone: what this worker shows must say so
     assert listed_messages(user.get("/").get_data(as_text=True)) == []
+
+
+def test_a_worker_that_starts_while_the_endpoint_is_down_answers_503s_then_serves(
+    valkey_cluster, start_replica
+):
+    """The node the app was given as its endpoint is down when a worker starts (the one before
+    was killed, as an out-of-memory kill does). redis-py's cluster client connects as it is
+    made, so the worker failed to boot, and a worker that fails to boot stops gunicorn
+    altogether: the pod was down until the node came back, and its restarts with it. Now the
+    worker boots, answers 503s that say to try again and its probes 200, and serves once the
+    node answers again. (Found by review.)"""
+    server = start_replica(
+        valkey_cluster.port, "endpoint-down", WEB_CONCURRENCY="1", REDIS_CLUSTER="true"
+    )
+    url = server.url
+    browser = requests.Session()
+    assert start_session(url, browser, csrf_token(browse(url, browser))) == 303
+    endpoint = valkey_cluster.nodes[0]
+    assert endpoint.port == valkey_cluster.port
+    endpoint.stop()
+    try:
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: server.worker_pids() - {worker}, 10, "gunicorn to start a worker")
+        server.wait_ready("/healthz", 30)  # raises, with gunicorn's log, if gunicorn stopped
+        page = browser.get(f"{url}/", timeout=10)
+        assert page.status_code == 503
+        assert page.headers.get("Retry-After") == "5"
+        assert "try again in a few seconds" in page.text
+        assert requests.get(f"{url}/readyz", timeout=10).json()["redis"] == "unavailable"
+    finally:
+        endpoint.start()
+    wait_until(
+        lambda: browser.get(f"{url}/", timeout=10).status_code == 200, 30, "the page once back"
+    )
+    assert listed_messages(browse(url, browser)) == ["first"]
+    assert server.process.poll() is None
