@@ -8,8 +8,8 @@ checking stay untouched. The session interface calls two methods of ``CsrfSecret
 cookie, when it is saved); the session document never holds the secret (``without_secret``),
 and ending a session keeps it (``clear_keeping_secret``).
 
-Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): each of the two signers here takes the
-current key and the fallbacks, signs with the current key and accepts any of them. flask-wtf
+Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): the cookie is signed with the current key
+and accepted under any of them (app/signing.py, which also remembers what it verified). flask-wtf
 1.3 signs its tokens with ``WTF_CSRF_SECRET_KEY`` (else ``SECRET_KEY``) and knows nothing of
 fallbacks, but hands that value straight to itsdangerous, which accepts a list of keys (the
 last one signs): ``init_app`` sets it to that list. tests/unit/test_csrf.py fails if flask-wtf
@@ -18,11 +18,11 @@ current key, so that the fallback can be dropped an hour after a rotation (the t
 lifetime) without ending anyone's form.
 
 Both hot operations are cached per worker, because they were a fifth of a page view's cost:
-verifying the cookie's signature, and signing a fresh token for every page (flask-wtf signs
-one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so reusing one for a
-minute changes nothing a user or an attacker could notice). ``CsrfSecrets.reuse_token`` and
-``CsrfSecrets.remember_token`` are the before- and after-request halves of the token cache;
-the page takes its token from ``page_token``.
+verifying the cookie's signature (app/signing.py), and signing a fresh token for every page
+(flask-wtf signs one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so
+reusing one for a minute changes nothing a user or an attacker could notice).
+``CsrfSecrets.reuse_token`` and ``CsrfSecrets.remember_token`` are the before- and
+after-request halves of the token cache; the page takes its token from ``page_token``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 
 from flask import Flask, Request, Response, g, request
 from flask_wtf.csrf import CSRFProtect, generate_csrf
-from itsdangerous import BadSignature, URLSafeSerializer
 
 from .lru import LRU
+from .signing import SignedCookie
 
 CSRF_KEY = "csrf_token"  # flask-wtf's session key and form field (WTF_CSRF_FIELD_NAME)
 CSRF_COOKIE = "csrf"
@@ -51,21 +51,17 @@ class CsrfSecrets:
     """Per app (the cookie is signed with its key): the cookie's signer and the two caches."""
 
     def __init__(self, secret_key: str, fallbacks: Sequence[str] = ()) -> None:
-        self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
-        # Every key, the current one last (itsdangerous signs with the last, tries them all).
-        self._any_key = URLSafeSerializer([*fallbacks, secret_key], salt="csrf-cookie")
-        # Cookie value -> (secret, whether the current key signed it).
-        self._verified: LRU[str, tuple[str, bool]] = LRU(_CACHE_ENTRIES)
+        self._cookie = SignedCookie(secret_key, fallbacks, salt="csrf-cookie")
         self._tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
     def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
         """Put the secret from the request's cookie into the session; return it, or None when
         absent, not signed by us, or signed with a fallback key (so ``persist`` signs it again
         with the current one)."""
-        loaded = self._load(request.cookies.get(CSRF_COOKIE))
-        if loaded is None:
+        verified = self._cookie.verify(request.cookies.get(CSRF_COOKIE))
+        if verified is None:
             return None
-        secret, current = loaded
+        secret, current = verified
         # Bypass the change callback: restoring the secret is not a modification.
         dict.__setitem__(session, CSRF_KEY, secret)
         return secret if current else None
@@ -86,7 +82,7 @@ class CsrfSecrets:
             return
         response.set_cookie(
             CSRF_COOKIE,
-            self._signer.dumps(secret),
+            self._cookie.sign(secret),
             httponly=True,
             secure=secure,
             samesite=samesite,
@@ -110,24 +106,6 @@ class CsrfSecrets:
         token = _flask_wtf_token()
         if secret is not None and token is not None:
             self._tokens.put(secret, (token, time.monotonic()))
-
-    def _load(self, value: str | None) -> tuple[str, bool] | None:
-        if not value:
-            return None
-        loaded = self._verified.get(value)
-        if loaded is not None:
-            return loaded
-        try:
-            secret, current = self._signer.loads(value), True
-        except BadSignature:
-            try:
-                secret, current = self._any_key.loads(value), False
-            except BadSignature:
-                return None
-        if not isinstance(secret, str):
-            return None
-        self._verified.put(value, (secret, current))
-        return secret, current
 
 
 def without_secret(session: Mapping[str, Any]) -> dict[str, Any]:

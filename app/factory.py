@@ -20,7 +20,7 @@ from .read_cache import ReadCache
 from .redis_client import RedisClient
 from .replication import NodeReplication, ReplicaWait
 from .request_class import Request
-from .sessions import RedisSessions
+from .sessions import RedisSessions, id_cookie
 from .store import Limits, SessionStore
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def create_app(
     app.extensions["messages"] = Messages(store, RateLimits(settings, redis_client))
     credentials.init_app(app, settings, redis_client.reset)
     csrf_secrets = csrf.CsrfSecrets(settings.secret_key, settings.secret_key_fallbacks)
-    app.session_interface = RedisSessions(store, csrf_secrets)
+    ids = id_cookie(settings.secret_key, settings.secret_key_fallbacks)
+    app.session_interface = RedisSessions(store, csrf_secrets, ids)
 
     hooks.register(app, settings, csrf_secrets)
     # Before CSRFProtect's hook, whose check parses the form: the views' raw-form check
