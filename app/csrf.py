@@ -2,11 +2,12 @@
 
 flask-wtf keeps the secret a token is bound to in the session; kept there, it would cost a
 Redis key for every visitor who merely sees a form. Instead the secret lives in the signed,
-HttpOnly ``csrf`` cookie (a signed double-submit cookie), so flask-wtf's own generation and
-checking stay untouched. The session interface calls two methods of ``CsrfSecrets``:
-``restore`` (cookie to session, when the session is opened) and ``persist`` (session to
-cookie, when it is saved); the session document never holds the secret (``without_secret``),
-and ending a session keeps it (``clear_keeping_secret``).
+HttpOnly ``csrf`` cookie (``__Host-csrf`` over HTTPS, which no sibling subdomain can set), a
+signed double-submit cookie, so flask-wtf's own generation and checking stay untouched. The
+session interface calls two methods of ``CsrfSecrets``: ``restore`` (cookie to session, when
+the session is opened) and ``persist`` (session to cookie, when it is saved); the session
+document never holds the secret (``without_secret``), and ending a session keeps it
+(``clear_keeping_secret``).
 
 Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): the cookie is signed with the current key
 and accepted under any of them (app/signing.py, which also remembers what it verified). flask-wtf
@@ -39,6 +40,10 @@ from .signing import SignedCookie
 
 CSRF_KEY = "csrf_token"  # flask-wtf's session key and form field (WTF_CSRF_FIELD_NAME)
 CSRF_COOKIE = "csrf"
+# Over HTTPS: a browser takes a __Host- cookie only from this exact host, over HTTPS, for path
+# "/", so a sibling subdomain cannot plant its own secret (and with it, tokens it knows) in the
+# victim's browser, as the session cookie (app/sessions.py).
+SECURE_CSRF_COOKIE = "__Host-csrf"
 TOKEN_REUSE_SECONDS = 60.0
 # flask-wtf's default lifetime for a token in an open page.
 TOKEN_LIFETIME_SECONDS = 3600
@@ -50,15 +55,18 @@ csrf = CSRFProtect()
 class CsrfSecrets:
     """Per app (the cookie is signed with its key): the cookie's signer and the two caches."""
 
-    def __init__(self, secret_key: str, fallbacks: Sequence[str] = ()) -> None:
+    def __init__(
+        self, secret_key: str, fallbacks: Sequence[str] = (), *, secure: bool = False
+    ) -> None:
         self._cookie = SignedCookie(secret_key, fallbacks, salt="csrf-cookie")
+        self.cookie_name = SECURE_CSRF_COOKIE if secure else CSRF_COOKIE
         self._tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
     def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
         """Put the secret from the request's cookie into the session; return it, or None when
         absent, not signed by us, or signed with a fallback key (so ``persist`` signs it again
         with the current one)."""
-        verified = self._cookie.verify(request.cookies.get(CSRF_COOKIE))
+        verified = self._cookie.verify(request.cookies.get(self.cookie_name))
         if verified is None:
             return None
         secret, current = verified
@@ -81,7 +89,7 @@ class CsrfSecrets:
         if secret is None or secret == restored:
             return
         response.set_cookie(
-            CSRF_COOKIE,
+            self.cookie_name,
             self._cookie.sign(secret),
             httponly=True,
             secure=secure,

@@ -63,7 +63,9 @@ def create_app(
     )
     app.extensions["messages"] = Messages(store, RateLimits(settings, redis_client))
     credentials.init_app(app, settings, redis_client.reset)
-    csrf_secrets = csrf.CsrfSecrets(settings.secret_key, settings.secret_key_fallbacks)
+    csrf_secrets = csrf.CsrfSecrets(
+        settings.secret_key, settings.secret_key_fallbacks, secure=settings.session_cookie_secure
+    )
     ids = id_cookie(settings.secret_key, settings.secret_key_fallbacks)
     app.session_interface = RedisSessions(store, csrf_secrets, ids)
 

@@ -319,6 +319,32 @@ def test_keys_of_the_previous_layout_never_cause_an_error(client, fake_redis):
     assert cookie_sid(client.get_cookie("session").value) != sid
 
 
+def test_over_https_a_csrf_cookie_planted_under_the_plain_name_is_not_read(make_app):
+    """A sibling subdomain can set a cookie for the parent domain, which the browser sends here
+    too (and a sibling is the same site, so Lax cookies go with its forms). Before, the CSRF
+    secret's cookie was plain ``csrf`` over HTTPS as well: one planted with the attacker's own
+    secret made the attacker's token valid, and the attacker saved into the victim's session.
+    (Found by review.)"""
+    app = make_app(session_cookie_secure=True)
+    https = {"base_url": "https://localhost", "headers": {"Referer": "https://localhost/"}}
+
+    def form(client) -> str:
+        return csrf_token(client.get("/", base_url="https://localhost").get_data(as_text=True))
+
+    victim = app.test_client()
+    mine = {"message": "mine", "csrf_token": form(victim)}
+    assert victim.post("/persistMessage", data=mine, **https).status_code == 303
+    attacker = app.test_client()
+    token = form(attacker)
+    (planted,) = [c for c in ("csrf", "__Host-csrf") if attacker.get_cookie(c, domain="localhost")]
+    victim.set_cookie("csrf", attacker.get_cookie(planted, domain="localhost").value)
+    forged = {"message": "planted", "csrf_token": token}
+    assert victim.post("/persistMessage", data=forged, **https).status_code == 400
+    page = victim.get("/", base_url="https://localhost").get_data(as_text=True)
+    assert listed_messages(page) == ["mine"]
+    assert victim.get_cookie("__Host-csrf", domain="localhost") is not None
+
+
 def test_over_https_the_cookie_is_host_only(make_app):
     client = make_app(session_cookie_secure=True).test_client()
     page = client.get("/", base_url="https://localhost").get_data(as_text=True)
