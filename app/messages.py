@@ -6,7 +6,8 @@ saves the session after the view, where an error could only be a 500.
 A save does not read the session first: the save script knows whether it exists. A cookie
 naming a session that is gone (expired, or destroyed in another tab) never brings it back: the
 message starts a new session, under a new id. The rate limits count before anything is stored:
-every save, and a new session only when the save starts one.
+every save, and a new session only when the save starts one; a form refused by them that was
+stored already is answered as stored.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ class Messages:
         """
         refusal = self.rate_limits.check_save(request)
         if refusal is not None:
-            return refusal
+            # The same form sent again after it was stored (pressed twice, or sent again after
+            # a 503) is answered as stored, as the save itself would answer it, not refused as
+            # if nothing had been saved.
+            number = None if session.sid is None else self.store.saved(session.sid, save_id, text)
+            if number is None:
+                return refusal
+            session.saved_number = number
+            return None
         if session.sid is not None and not session.known_absent:
             try:
                 # For the next page, wherever it is served (sessions.py: its URL and the

@@ -51,13 +51,15 @@ _REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remember
 # KEYS[1]: the session. ARGV: the message, the count limit, the TTL, the new session's
 # document (empty for an existing session), the save id, the byte budget.
 # Answers {status, number}: 1 stored as message `number`; 0 stored before by the same save id
-# (a save re-sent by redis-py after a dropped connection, or the user pressing Save again on the
-# same form: stored once); -1 full; -2 the session is gone (destroyed in another tab, or
-# expired: never resurrected, as Spring Session does), or for a new one, taken; -3 over budget.
+# with the same text (a save re-sent by redis-py after a dropped connection, or the user
+# pressing Save again on the same form: stored once; a refused form shown again keeps its save
+# id, and edited there, its text is another message); -1 full; -2 the session is gone
+# (destroyed in another tab, or expired: never resurrected, as Spring Session does), or for a
+# new one, taken; -3 over budget.
 _SAVE = Script("""
 local key = KEYS[1]
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
-if done then
+if done and redis.call('HGET', key, 'm:' .. done) == ARGV[1] then
   -- A write even here, so that a demoted primary answers READONLY rather than this stale
   -- "stored" (the retry then asks the new primary, which may not have the save).
   redis.call('EXPIRE', key, ARGV[3])
@@ -89,6 +91,16 @@ redis.call('HSET', key, 'm:' .. n, ARGV[1], 'n', n, 'bytes', bytes, 's:' .. ARGV
 redis.call('EXPIRE', key, ARGV[3])
 redis.call('EXISTS', key)
 return {1, n}
+""")
+
+# The number of the message a save id stored with this text; 0 when there is none.
+# KEYS[1]: the session. ARGV: the save id, the message.
+_SAVED = Script("""
+local done = redis.call('HGET', KEYS[1], 's:' .. ARGV[1])
+if done and redis.call('HGET', KEYS[1], 'm:' .. done) == ARGV[2] then
+  return tonumber(done)
+end
+return 0
 """)
 
 # The document of an existing session (changed by code other than a save); 0 when it is gone.
@@ -218,6 +230,11 @@ class SessionStore:
         # recorded for a save answered 503: the next page view slides both again.
         self.refreshed.put(sid, time.monotonic())
         return number
+
+    def saved(self, sid: str, save_id: str, text: str) -> int | None:
+        """The number of the message ``save_id`` stored as ``text``; None if it stored none."""
+        (number, *_), _ = self.redis.script("saved", session_key(sid), _SAVED, [save_id, text])
+        return int(number) or None
 
     def write_document(self, sid: str, document: dict[str, Any], *, new: bool) -> bool:
         """Store the session's document (changed by code other than a save); False when the

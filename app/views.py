@@ -43,29 +43,29 @@ def index() -> Any:
 def persist_message() -> Any:
     settings = current_settings()
     draft = request.form.get("message") or ""
-    # Stored, counted and budgeted as the page's textarea holds it (see app/text.py).
-    text = normalised(draft).strip()
-    if not text:
-        return refused("empty", draft)
-    length = text_length(text)
-    if length > settings.message_max_length:
-        return refused("too_long", draft, limit=settings.message_max_length, length=length)
     save_id = request.form.get("save_id")
     if save_id is None:
         # A page rendered before save ids existed: still safe against redis-py's retry.
         save_id = secrets.token_urlsafe(16)
     elif not _SAVE_ID.fullmatch(save_id):
         return refused("damaged_form", draft)
+    # Stored, counted and budgeted as the page's textarea holds it (see app/text.py).
+    text = normalised(draft).strip()
+    if not text:
+        return refused("empty", draft, save_id)
+    length = text_length(text)
+    if length > settings.message_max_length:
+        return refused("too_long", draft, save_id, limit=settings.message_max_length, length=length)
     current = session._get_current_object()
     try:
         limited = current_messages().save(current, request, text, save_id)
     except SessionFull:
-        return refused("over_count", draft, limit=settings.messages_max_per_session)
+        return refused("over_count", draft, save_id, limit=settings.messages_max_per_session)
     except SessionOverBudget:
-        return refused("over_budget", draft, kib=settings.session_max_bytes // 1024)
+        return refused("over_budget", draft, save_id, kib=settings.session_max_bytes // 1024)
     if limited is not None:
         wait = limited.retry_after
-        page = refused("rate_limited", draft, what=limited.reason, retry_after=wait)
+        page = refused("rate_limited", draft, save_id, what=limited.reason, retry_after=wait)
         return (*page, {"Retry-After": str(wait)})
     metrics.MESSAGE_SAVES.inc()
     # The saved message's number, for the page this redirects to (see app/sessions.py).
@@ -123,20 +123,29 @@ def check_raw_form() -> Any:
 def csrf_failed(exc: CSRFError) -> Any:
     """flask-wtf's refusal of a missing, wrong or expired token."""
     try:
-        return refused("csrf", request.form.get("message", ""), detail=exc.description)
+        save_id = request.form.get("save_id")
+        if save_id is not None and not _SAVE_ID.fullmatch(save_id):
+            save_id = None
+        return refused("csrf", request.form.get("message", ""), save_id, detail=exc.description)
     except RedisError as error:
         # Raised in an error handler, it would reach Flask as an unhandled exception (logged
         # with its traceback) before becoming the 503: answer the outage's page here.
         return store_unavailable(error)
 
 
-def refused(reason: str, draft: str = "", **details: Any) -> tuple[str, int]:
-    """The message page with a refusal's message above the messages and the draft kept."""
+def refused(
+    reason: str, draft: str = "", save_id: str | None = None, **details: Any
+) -> tuple[str, int]:
+    """The message page with a refusal's message above the messages and the draft kept, in
+    the refused form's own save id (when it had a well-formed one): the form shown again is the
+    same form, so sending it again stores it once whatever became of the first sending."""
     status, message = refuse(reason, **details)
-    return render_page(status, message, draft)
+    return render_page(status, message, draft, save_id)
 
 
-def render_page(status: int = 200, error: str | None = None, draft: str = "") -> Any:
+def render_page(
+    status: int = 200, error: str | None = None, draft: str = "", save_id: str | None = None
+) -> Any:
     """The message page, also for refused input: the reason is shown above the messages,
     which are read back from Redis to show that they are intact."""
     settings = current_settings()
@@ -153,7 +162,7 @@ def render_page(status: int = 200, error: str | None = None, draft: str = "") ->
             max_length=settings.message_max_length,
             error=error,
             draft=draft,
-            save_id=secrets.token_urlsafe(16),
+            save_id=save_id or secrets.token_urlsafe(16),
         ),
         status,
     )

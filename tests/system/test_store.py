@@ -194,3 +194,17 @@ def _busy_answer(store: SessionStore) -> bool:
     except redis.ConnectionError:
         return True  # cooling down after a timeout
     return False
+
+
+def test_a_save_id_stores_its_text_once_and_edited_text_anew(worker):
+    """On the real server's Lua: the same form sent again is stored once; its text edited (a
+    refused form shown again keeps its save id) is another message."""
+    store = worker()
+    assert store.save(SID, "hi", "form-1", STARTED) == 1
+    assert store.save(SID, "hi", "form-1", None) == 1
+    assert store.saved(SID, "form-1", "hi") == 1
+    assert store.save(SID, "hi, edited", "form-1", None) == 2
+    assert store.saved(SID, "form-1", "hi, edited") == 2
+    assert store.saved(SID, "form-1", "hi") is None
+    assert store.saved(SID, "form-2", "hi") is None
+    assert listed(store) == ["hi", "hi, edited"]

@@ -8,6 +8,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from app.ratelimit import Trusted
+from ops.page import parse_page
 from tests.support import csrf_token, listed_messages, save
 
 
@@ -72,3 +73,40 @@ def test_the_counter_key_is_the_one_limits_counts_in(make_app, fake_redis):
     expected = {limits.counter_key(item, kind, "127.0.0.1") for kind in ("save", "new-session")}
     counters = {key.decode() for key in fake_redis.keys("*") if not key.startswith(b"session")}
     assert counters == expected
+
+
+def test_a_stored_form_sent_again_at_the_limit_is_answered_as_stored(make_app, fake_redis):
+    """Save pressed twice at the limit. Before, the second sending was counted and refused
+    with a 429 saying nothing was saved, above a page listing the message; and Save pressed on
+    that page (a new save id) stored it twice. (Found by review.)"""
+    client = make_app(rate_limit_saves="2/minute", rate_limit_new_sessions="off").test_client()
+    save(client, "first")
+    page = parse_page(client.get("/").get_data(as_text=True))
+    form = {"message": "pay rent", "csrf_token": page.csrf_token, "save_id": page.save_id}
+    assert client.post("/persistMessage", data=form).status_code == 303
+    again = client.post("/persistMessage", data=form)
+    assert again.status_code == 303
+    assert again.headers["Location"].endswith("saved=2")
+    assert listed_messages(client.get("/").get_data(as_text=True)) == ["first", "pay rent"]
+
+
+def test_a_refused_form_shown_again_keeps_its_save_id(make_app, fake_redis):
+    """Its draft is the same form: sent again once the limit allows, it is stored once, and
+    edited there, its new text is a message of its own."""
+    client = make_app(rate_limit_saves="1/minute", rate_limit_new_sessions="off").test_client()
+    save(client, "first")
+    page = parse_page(client.get("/").get_data(as_text=True))
+    form = {"message": "second", "csrf_token": page.csrf_token, "save_id": page.save_id}
+    refused = client.post("/persistMessage", data=form)
+    assert refused.status_code == 429
+    shown = parse_page(refused.get_data(as_text=True))
+    assert shown.save_id == page.save_id
+    fake_redis.delete(*fake_redis.keys("LIMITS*"))  # the minute is over
+    assert client.post("/persistMessage", data=form).status_code == 303
+    fake_redis.delete(*fake_redis.keys("LIMITS*"))
+    assert client.post("/persistMessage", data=form).status_code == 303  # stored once
+    fake_redis.delete(*fake_redis.keys("LIMITS*"))
+    edited = {**form, "message": "second, edited"}
+    assert client.post("/persistMessage", data=edited).status_code == 303
+    listed = listed_messages(client.get("/").get_data(as_text=True))
+    assert listed == ["first", "second", "second, edited"]
