@@ -107,6 +107,8 @@ def unavailability(exc: BaseException) -> Unavailable:
 
 _HUMAN = {
     400: "The request could not be understood.",
+    403: "This form was sent from another site, so it was not accepted. To save a message, "
+    "open this site's page and send it from there.",
     404: "There is no page at this address.",
     405: "This address does not accept that kind of request.",
 }

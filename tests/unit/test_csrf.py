@@ -113,3 +113,27 @@ def test_only_unsafe_methods_are_checked_and_each_of_them_is(client, monkeypatch
     refused = client.post("/persistMessage", data={"message": "no token"})
     assert refused.status_code == 400
     assert "no token" not in listed_messages(client.get("/").get_data(as_text=True))
+
+
+def test_a_form_another_site_sent_is_refused_without_a_cookie_or_its_text(app, client):
+    """A cross-site POST carries no Lax cookie. Before, its refusal was the message page: a new
+    CSRF secret whose cookie replaced the victim's (every form the victim had open then
+    failed), and the other site's text in this site's textarea. (Found by review.)"""
+    forged = {"message": "Call +1-555-0100 to restore your session", "csrf_token": "x"}
+    for path in ("/persistMessage", "/destroy"):
+        response = app.test_client().post(
+            path, data=forged, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        page = response.get_data(as_text=True)
+        assert response.status_code == 403, path
+        assert "sent from another site" in page
+        assert "555-0100" not in page
+        assert response.headers.getlist("Set-Cookie") == []
+    # This site's own page, and a browser that does not say, are not affected.
+    for site in ("same-origin", None):
+        headers = {} if site is None else {"Sec-Fetch-Site": site}
+        token = csrf_token(client.get("/").get_data(as_text=True))
+        mine = {"message": f"from {site}", "csrf_token": token}
+        assert client.post("/persistMessage", data=mine, headers=headers).status_code == 303
+    listed = listed_messages(client.get("/").get_data(as_text=True))
+    assert listed == ["from same-origin", "from None"]
