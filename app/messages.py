@@ -57,8 +57,8 @@ class Messages:
         refusal = self.rate_limits.check_save(request)
         if refusal is not None:
             # The same form sent again after it was stored (pressed twice, or sent again after
-            # a 503) is answered as stored, as the save itself would answer it, not refused as
-            # if nothing had been saved.
+            # a 503) is acknowledged as the save itself would be (WAIT included), not refused
+            # as if nothing had been saved.
             number = None if session.sid is None else self.store.saved(session.sid, save_id, text)
             if number is None:
                 return refusal

@@ -49,13 +49,14 @@ _REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remember
 # One script per save, so that neither the limits nor the order of concurrent saves can be
 # raced, and a new session's document and first message appear together.
 # KEYS[1]: the session. ARGV: the message, the count limit, the TTL, the new session's
-# document (empty for an existing session), the save id, the byte budget.
+# document (empty for an existing session), the save id, the byte budget, and "1" to store
+# nothing new (only answer a repeat: a form the rate limit refused that may be stored already).
 # Answers {status, number}: 1 stored as message `number`; 0 stored before by the same save id
 # with the same text (a save re-sent by redis-py after a dropped connection, or the user
 # pressing Save again on the same form: stored once; a refused form shown again keeps its save
 # id, and edited there, its text is another message); -1 full; -2 the session is gone
 # (destroyed in another tab, or expired: never resurrected, as Spring Session does), or for a
-# new one, taken; -3 over budget.
+# new one, taken; -3 over budget; -4 not stored before (only with "1").
 _SAVE = Script("""
 local key = KEYS[1]
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
@@ -65,6 +66,9 @@ if done and redis.call('HGET', key, 'm:' .. done) == ARGV[1] then
   redis.call('EXPIRE', key, ARGV[3])
   redis.call('EXISTS', key)
   return {0, tonumber(done)}
+end
+if ARGV[7] == '1' then
+  return {-4, 0}
 end
 local state = redis.call('HMGET', key, 'doc', 'n', 'bytes')
 if ARGV[4] == '' then
@@ -91,16 +95,6 @@ redis.call('HSET', key, 'm:' .. n, ARGV[1], 'n', n, 'bytes', bytes, 's:' .. ARGV
 redis.call('EXPIRE', key, ARGV[3])
 redis.call('EXISTS', key)
 return {1, n}
-""")
-
-# The number of the message a save id stored with this text; 0 when there is none.
-# KEYS[1]: the session. ARGV: the save id, the message.
-_SAVED = Script("""
-local done = redis.call('HGET', KEYS[1], 's:' .. ARGV[1])
-if done and redis.call('HGET', KEYS[1], 'm:' .. done) == ARGV[2] then
-  return tonumber(done)
-end
-return 0
 """)
 
 # The document of an existing session (changed by code other than a save); 0 when it is gone.
@@ -204,13 +198,36 @@ class SessionStore:
         replica. Returns the message's number; raises SessionFull, SessionOverBudget,
         SessionGone, or replication.NotReplicated (stored, but not confirmed by a replica).
         """
+        _, number = self._save(sid, text, save_id, document, repeat_only=False)
+        return number
+
+    def saved(self, sid: str, save_id: str, text: str) -> int | None:
+        """Acknowledge a save of ``text`` that ``save_id`` stored before, as the save itself is
+        acknowledged (the expiry slid, ``WAIT``, ``settle``: a 303 means the same either way);
+        None when it stored none, and then nothing is stored now either."""
+        status, number = self._save(sid, text, save_id, None, repeat_only=True)
+        return number if status == 0 else None
+
+    def _save(
+        self,
+        sid: str,
+        text: str,
+        save_id: str,
+        document: dict[str, Any] | None,
+        *,
+        repeat_only: bool,
+    ) -> tuple[int, int]:
+        """The script's answer, ``(status, number)``, once acknowledged (or refused)."""
         key = session_key(sid)
         encoded = "" if document is None else _encode(document)
         args = [text, self.limits.messages, self.limits.ttl_seconds, encoded, save_id]
+        args += [self.limits.bytes, "1" if repeat_only else ""]
         wait = self.replicas.wait_now()
         then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
-        replies, node = self.redis.script("save", key, _SAVE, [*args, self.limits.bytes], then)
+        replies, node = self.redis.script("save", key, _SAVE, args, then)
         status, number = (int(value) for value in replies[0])
+        if status == -4:
+            return status, number  # nothing stored, then or now: nothing to acknowledge
         if status == -1:
             raise SessionFull
         if status == -2:
@@ -229,12 +246,7 @@ class SessionStore:
         # The script slid the expiry, and the answer carries the cookie (sessions.py). Not
         # recorded for a save answered 503: the next page view slides both again.
         self.refreshed.put(sid, time.monotonic())
-        return number
-
-    def saved(self, sid: str, save_id: str, text: str) -> int | None:
-        """The number of the message ``save_id`` stored as ``text``; None if it stored none."""
-        (number, *_), _ = self.redis.script("saved", session_key(sid), _SAVED, [save_id, text])
-        return int(number) or None
+        return status, number
 
     def write_document(self, sid: str, document: dict[str, Any], *, new: bool) -> bool:
         """Store the session's document (changed by code other than a save); False when the

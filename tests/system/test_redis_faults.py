@@ -650,3 +650,24 @@ def test_a_restart_that_answers_loading_costs_503s_and_nothing_else(settings, se
     for _ in range(20):
         assert listed_messages(user.page()) == ["before", "during"]
     assert command_calls(admin, "hgetall") == hgetalls
+
+
+def test_a_form_sent_again_at_the_rate_limit_waits_for_a_replica_too(settings, servers, proxies):
+    """A form's first sending is stored on a primary whose replica was just promoted, so no
+    replica confirms it: 503. Sent again at the rate limit, it was answered 303 as stored, from a
+    lookup that sent no WAIT, and the failover then lost it (found by review). Now it is
+    acknowledged as any repeated save is, through the save script and WAIT: 503 again."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    limited = replace(settings, rate_limit_saves="2/minute", redis_wait_replicas=Switch.ON)
+    user = User(worker(limited, endpoint.port))
+    assert user.submit(user.form(), "before") == 303
+    form = user.form()
+    new.replicate(None)  # promoted: the old primary has no replica now
+    wait_until(
+        lambda: old.client().info("replication")["connected_slaves"] == 0, 10, "the replica gone"
+    )
+    assert user.submit(form, "during") == 503  # stored, not confirmed
+    assert user.submit(form, "during") == 503  # over the limit now: the same answer
+    endpoint.switch(new.port)
+    old.replicate(new)  # the old primary is demoted, and its save lost in the resync
+    assert listed_once_resynced(settings, endpoint, user, old, new) == ["before"]
