@@ -48,7 +48,7 @@ password (REDIS_USERNAME). After a CacheMode or CacheAuth change run it again, t
                      take SECRET_KEY's rotation one step, then write the overlay as usual:
                      1 a new key is staged (every pod accepts it, none signs with it yet);
                      2 the new key signs, the old one is still accepted;
-                     3 (an hour, or the session lifetime if longer, after 2) the old key is dropped.
+                     3 (an hour or more after 2) the old key is dropped.
                      Apply the overlay after each step (docs/deploy-aws.md#rotating-secret_key)
   -h                 show this help
 
@@ -282,12 +282,9 @@ key_value() {
   awsp secretsmanager get-secret-value --secret-id "$SECRET_KEY_ARN" --version-stage "$1" \
     --query SecretString --output text || die "could not read SECRET_KEY ($1) from $SECRET_KEY_ARN"
 }
-# Forms stay valid for an hour (flask-wtf's token lifetime), and a session idle for up to its
-# lifetime holds a cookie signed with the key of its last page: the old key goes after both.
+# Forms stay valid for an hour (flask-wtf's token lifetime): the old key may go only after that.
 PROMOTED_TAG=flask-eks-sessions:secret-key-promoted-at
 FORM_LIFETIME=3600
-SESSION_LIFETIME=$(sed -n 's/^SESSION_LIFETIME_SECONDS=//p' "$ROOT/k8s/config.env")
-KEEP_OLD_KEY=$((${SESSION_LIFETIME:-0} > FORM_LIFETIME ? ${SESSION_LIFETIME:-0} : FORM_LIFETIME))
 rotate_secret_key() {
   local current pending previous promoted now
   current=$(key_version AWSCURRENT)
@@ -300,7 +297,7 @@ rotate_secret_key() {
       --remove-from-version-id "$pending" --output json >/dev/null
     awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" \
       --tags "Key=$PROMOTED_TAG,Value=$(date -u +%s)"
-    ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour (or the session lifetime, if longer) after the rollout, run $PROG -R again to drop the old key"
+    ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
   elif [ -n "$previous" ]; then
     promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
       jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
@@ -308,8 +305,8 @@ rotate_secret_key() {
     case $promoted in
       "" | *[!0-9]*) ;;
       *)
-        [ $((now - promoted)) -ge "$KEEP_OLD_KEY" ] ||
-          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago; forms rendered before that stay valid for an hour, and sessions idle for up to SESSION_LIFETIME_SECONDS ($((${SESSION_LIFETIME:-0} / 60)) minutes) hold cookies it signed, so the old key must stay $(((KEEP_OLD_KEY - now + promoted + 59) / 60)) more minutes: run $PROG -R again then (nothing was changed)"
+        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
+          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago; forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes: run $PROG -R again then (nothing was changed)"
         ;;
     esac
     awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \

@@ -9,8 +9,8 @@ the session is opened) and ``persist`` (session to cookie, when it is saved); th
 document never holds the secret (``without_secret``), and ending a session keeps it
 (``clear_keeping_secret``).
 
-Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): the cookie is signed with the current key
-and accepted under any of them (app/signing.py, which also remembers what it verified). flask-wtf
+Key rotation (Flask 3.1's ``SECRET_KEY_FALLBACKS``): each of the two signers here takes the
+current key and the fallbacks, signs with the current key and accepts any of them. flask-wtf
 1.3 signs its tokens with ``WTF_CSRF_SECRET_KEY`` (else ``SECRET_KEY``) and knows nothing of
 fallbacks, but hands that value straight to itsdangerous, which accepts a list of keys (the
 last one signs): ``init_app`` sets it to that list. tests/unit/test_csrf.py fails if flask-wtf
@@ -19,11 +19,11 @@ current key, so that the fallback can be dropped an hour after a rotation (the t
 lifetime) without ending anyone's form.
 
 Both hot operations are cached per worker, because they were a fifth of a page view's cost:
-verifying the cookie's signature (app/signing.py), and signing a fresh token for every page
-(flask-wtf signs one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so
-reusing one for a minute changes nothing a user or an attacker could notice).
-``CsrfSecrets.reuse_token`` and ``CsrfSecrets.remember_token`` are the before- and
-after-request halves of the token cache; the page takes its token from ``page_token``.
+verifying the cookie's signature, and signing a fresh token for every page (flask-wtf signs
+one per request; a token stays valid for WTF_CSRF_TIME_LIMIT, an hour, so reusing one for a
+minute changes nothing a user or an attacker could notice). ``CsrfSecrets.reuse_token`` and
+``CsrfSecrets.remember_token`` are the before- and after-request halves of the token cache;
+the page takes its token from ``page_token``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any
 
 from flask import Flask, Request, Response, g, request
 from flask_wtf.csrf import CSRFProtect, generate_csrf
+from itsdangerous import BadSignature, URLSafeSerializer
 from werkzeug.exceptions import Forbidden
 
 from .lru import LRU
-from .signing import SignedCookie
 
 CSRF_KEY = "csrf_token"  # flask-wtf's session key and form field (WTF_CSRF_FIELD_NAME)
 CSRF_COOKIE = "csrf"
@@ -59,18 +59,22 @@ class CsrfSecrets:
     def __init__(
         self, secret_key: str, fallbacks: Sequence[str] = (), *, secure: bool = False
     ) -> None:
-        self._cookie = SignedCookie(secret_key, fallbacks, salt="csrf-cookie")
         self.cookie_name = SECURE_CSRF_COOKIE if secure else CSRF_COOKIE
+        self._signer = URLSafeSerializer(secret_key, salt="csrf-cookie")
+        # Every key, the current one last (itsdangerous signs with the last, tries them all).
+        self._any_key = URLSafeSerializer([*fallbacks, secret_key], salt="csrf-cookie")
+        # Cookie value -> (secret, whether the current key signed it).
+        self._verified: LRU[str, tuple[str, bool]] = LRU(_CACHE_ENTRIES)
         self._tokens: LRU[str, tuple[str, float]] = LRU(_CACHE_ENTRIES)
 
     def restore(self, session: MutableMapping[str, Any], request: Request) -> str | None:
         """Put the secret from the request's cookie into the session; return it, or None when
         absent, not signed by us, or signed with a fallback key (so ``persist`` signs it again
         with the current one)."""
-        verified = self._cookie.verify(request.cookies.get(self.cookie_name))
-        if verified is None:
+        loaded = self._load(request.cookies.get(self.cookie_name))
+        if loaded is None:
             return None
-        secret, current = verified
+        secret, current = loaded
         # Bypass the change callback: restoring the secret is not a modification.
         dict.__setitem__(session, CSRF_KEY, secret)
         return secret if current else None
@@ -91,7 +95,7 @@ class CsrfSecrets:
             return
         response.set_cookie(
             self.cookie_name,
-            self._cookie.sign(secret),
+            self._signer.dumps(secret),
             httponly=True,
             secure=secure,
             samesite=samesite,
@@ -115,6 +119,24 @@ class CsrfSecrets:
         token = _flask_wtf_token()
         if secret is not None and token is not None:
             self._tokens.put(secret, (token, time.monotonic()))
+
+    def _load(self, value: str | None) -> tuple[str, bool] | None:
+        if not value:
+            return None
+        loaded = self._verified.get(value)
+        if loaded is not None:
+            return loaded
+        try:
+            secret, current = self._signer.loads(value), True
+        except BadSignature:
+            try:
+                secret, current = self._any_key.loads(value), False
+            except BadSignature:
+                return None
+        if not isinstance(secret, str):
+            return None
+        self._verified.put(value, (secret, current))
+        return secret, current
 
 
 def without_secret(session: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,7 +172,7 @@ def _flask_wtf_token(token: str | None = None) -> str | None:
 
 def refuse_cross_site(app: Flask) -> None:
     """Refuse a form another site's page sent (the browser says so in ``Sec-Fetch-Site``) with a
-    plain 403, before anything reads the form or opens the session.
+    plain 403, before anything reads the form or looks the session up in Redis.
 
     Its token would fail anyway, but the refusal would be the message page: a cross-site POST
     carries no Lax cookie, so that page made a new CSRF secret, and its cookie replaced the

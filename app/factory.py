@@ -20,7 +20,7 @@ from .read_cache import ReadCache
 from .redis_client import RedisClient
 from .replication import NodeReplication, ReplicaWait
 from .request_class import Request
-from .sessions import RedisSessions, id_cookie
+from .sessions import RedisSessions
 from .store import Limits, SessionStore
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ def create_app(
     csrf_secrets = csrf.CsrfSecrets(
         settings.secret_key, settings.secret_key_fallbacks, secure=settings.session_cookie_secure
     )
-    ids = id_cookie(settings.secret_key, settings.secret_key_fallbacks)
-    app.session_interface = RedisSessions(store, csrf_secrets, ids)
+    app.session_interface = RedisSessions(store, csrf_secrets)
 
     hooks.register(app, settings, csrf_secrets)
     csrf.refuse_cross_site(app)  # first of the form checks: it answers without reading the form

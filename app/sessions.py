@@ -15,13 +15,9 @@ Implemented directly on Flask's interface rather than through flask-session's
   to write to Redis could run code in the app.
 
 What is kept from flask-session's design: server-side sessions whose id is
-``secrets.token_urlsafe(32)``, signed in the cookie (flask-session's ``SESSION_USE_SIGNER``;
-here app/signing.py, with key rotation), and an id from a cookie is never adopted: a cookie
-naming no stored session gets a new id when the session is first stored. A cookie this app did
-not sign is not even looked up: made-up ids sent by the thousand would otherwise each cost
-Redis memory, since the read cache's tracking remembers every key a worker reads, one that
-does not exist too (and under memory pressure Redis evicts real sessions to make room). Over
-HTTPS the cookie is named
+``secrets.token_urlsafe(32)``, and an id from a cookie is never adopted: a cookie naming no
+stored session gets a new id when the session is first stored. A cookie whose value is not
+shaped like a session id is not even looked up. Over HTTPS the cookie is named
 ``__Host-session``: a browser accepts such a cookie only from this exact host, over HTTPS, for
 path ``/``, so a sibling subdomain cannot plant a session id in it (fixation).
 
@@ -54,7 +50,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Request, Response
@@ -64,7 +60,6 @@ from werkzeug.datastructures import CallbackDict
 
 from .csrf import CSRF_KEY, CsrfSecrets, without_secret
 from .read_cache import MAX_AGE_SECONDS, StoredSession
-from .signing import SignedCookie
 from .store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -80,11 +75,6 @@ _COUNT = re.compile(r"[0-9]{1,9}")
 
 def new_sid() -> str:
     return secrets.token_urlsafe(SID_BYTES)
-
-
-def id_cookie(secret_key: str, fallbacks: Sequence[str] = ()) -> SignedCookie:
-    """How the session cookie carries the id: signed with the app's keys."""
-    return SignedCookie(secret_key, fallbacks, salt="session-id")
 
 
 @functools.lru_cache(maxsize=4096)  # per worker: a page view shows it each time
@@ -103,8 +93,6 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
     def __init__(self, sid: str | None, load: Callable[[str], StoredSession | None]) -> None:
         super().__init__(on_update=_changed)
         self.sid = sid  # None: the request carried no session cookie
-        self.signed_sid: str | None = None  # the cookie as it came, signed with the current key
-        self.old_key = False  # the cookie was signed with a fallback key: sign it again
         self.modified = False
         self._load = load
         self._loaded = False
@@ -160,7 +148,6 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         """The session was stored under the new id ``sid`` in this request."""
         self.ensure_loaded()
         self.sid = sid
-        self.signed_sid = None
         self._stored = StoredSession(data, messages, document_size=0)
         dict.update(self, data)
         self.cookie_due = True
@@ -256,10 +243,9 @@ MessageSession.__hash__ = None  # type: ignore[assignment]  # a mutable mapping
 class RedisSessions(SessionInterface):
     """Opens the session a cookie names (unloaded) and sends the cookie back when it is due."""
 
-    def __init__(self, store: SessionStore, csrf: CsrfSecrets, ids: SignedCookie) -> None:
+    def __init__(self, store: SessionStore, csrf: CsrfSecrets) -> None:
         self.store = store
         self._csrf = csrf
-        self._ids = ids
 
     def get_cookie_name(self, app: Flask) -> str:
         if self.get_cookie_secure(app):
@@ -272,11 +258,9 @@ class RedisSessions(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> Any:
         if request.path in SESSIONLESS_PATHS:
             return self.make_null_session(app)
-        cookie = request.cookies.get(self.get_cookie_name(app))
-        verified = self._ids.verify(cookie)
-        sid = None  # unless the cookie is one of ours: else a fresh session, Redis not asked
-        if verified is not None and _SID.fullmatch(verified[0]):
-            sid, current_key = verified
+        sid = request.cookies.get(self.get_cookie_name(app))
+        if sid is not None and not _SID.fullmatch(sid):
+            sid = None  # never one of ours: a fresh session, and Redis is not asked
         seen_saved = _count(request.cookies.get(self.saved_cookie_name(app)))
         if request.environ.get("QUERY_STRING"):  # parsing even an empty one costs 3.6 µs
             seen_saved = max(seen_saved, _count(_query_value(request, SAVED_PARAMETER)))
@@ -287,8 +271,6 @@ class RedisSessions(SessionInterface):
             else self.store.load,
         )
         session.seen_saved = seen_saved
-        if sid is not None:
-            session.signed_sid, session.old_key = (cookie, False) if current_key else (None, True)
         session.csrf_cookie_secret = self._csrf.restore(session, request)
         return session
 
@@ -328,7 +310,6 @@ class RedisSessions(SessionInterface):
             or session.saved_number is not None
             or session.cookie_due
             or self._refresh_if_due(session)
-            or session.old_key
         )
         if not slid:
             return
@@ -336,7 +317,7 @@ class RedisSessions(SessionInterface):
             return  # nothing stored
         response.set_cookie(
             self.get_cookie_name(app),
-            session.signed_sid or self._ids.sign(session.sid),
+            session.sid,
             expires=self.get_expiration_time(app, session),
             httponly=self.get_cookie_httponly(app),
             **self._flags(app),

@@ -17,14 +17,7 @@ from bench.client import PageClient
 from bench.pages import message_text
 from bench.plan import PAGE_MESSAGES, Plan
 from bench.rtt_proxy import RoundTripProxy
-from bench.variants import (
-    SESSION_IDS,
-    anchor_app,
-    app_sid,
-    bench_valkey,
-    our_app,
-    sessions_with_messages,
-)
+from bench.variants import anchor_app, bench_valkey, our_app, sessions_with_messages
 from localservers.cluster import ValkeyCluster
 from localservers.gunicorn import Gunicorn, start_together
 from localservers.valkey import Valkey
@@ -180,9 +173,7 @@ SESSION_KEY_LABEL = "session:{<sha256(sid)>}"
 def footprint(name: str, server: Valkey, db: int, client: PageClient) -> Footprint:
     """MEMORY USAGE of every key in the variant's DB: this DB holds only this one session."""
     redis_db = server.client(db=db)
-    cookie = client.cookies.get("session", "")
-    # The app's cookie carries the id signed, the anchor's the id itself.
-    sid = app_sid(cookie) if SESSION_IDS.verify(cookie) else cookie
+    sid = client.cookies.get("session", "")
     keys: dict[str, int] = {}
     for key in redis_db.scan_iter(count=1000):
         # The app's key holds a hash of the session id (its own session_key names it), the

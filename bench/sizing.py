@@ -40,7 +40,7 @@ from bench.costs import NOT_THE_APPS, tally
 from bench.fleet import CacheFigures, PodFigures, render_fleet
 from bench.pages import message_text
 from bench.plan import PAGE_MESSAGES
-from bench.variants import SESSION_IDS, app_sid, bench_valkey, our_app
+from bench.variants import bench_valkey, our_app
 from bench.wrk import Request, run_wrk
 from localservers import REPO_ROOT
 from localservers.gunicorn import Gunicorn
@@ -266,7 +266,7 @@ def session_memory(port: int, admin: redis.Redis, messages: int, copies: int) ->
     visitor.get_page()
     for index in range(messages):
         visitor.save(message_text(index))
-    sid = app_sid(visitor.cookies["session"])
+    sid = visitor.cookies["session"]
     keys = admin.dbsize() - keys_before
     usage = int(admin.execute_command("MEMORY USAGE", session_key(sid), "SAMPLES", "0"))
     before = int(admin.info("memory")["used_memory"])
@@ -380,12 +380,10 @@ def measure(
             for index in range(PAGE_MESSAGES):
                 visitor.save(message_text(index))
             page_bytes = len(visitor.get_page().encode())
-            sids = _copies(admin, app_sid(visitor.cookies["session"]), sessions)
+            sids = _copies(admin, visitor.cookies["session"], sessions)
             body = visitor.save_body(message_text(PAGE_MESSAGES))
             # The CSRF secret lives in a cookie of its own (app/csrf.py), the same for every copy.
-            cookies = [
-                f"session={SESSION_IDS.sign(sid)}; csrf={visitor.cookies['csrf']}" for sid in sids
-            ]
+            cookies = [f"session={sid}; csrf={visitor.cookies['csrf']}" for sid in sids]
             views = [Request("GET", cookie) for cookie in cookies]
             saves = [Request("POST", cookie, body, "/persistMessage") for cookie in cookies]
             mix = [

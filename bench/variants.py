@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from app.sessions import id_cookie
 from bench.client import PageClient
 from bench.pages import message_text
 from localservers import HOST
@@ -21,19 +20,9 @@ from localservers.valkey import Valkey
 
 # Shared by the app and the anchor so the only difference is the code under test; fresh per run.
 SECRET_KEY = secrets.token_hex(32)
-# How the app's session cookie carries its id: signed with that key (app/signing.py).
-SESSION_IDS = id_cookie(SECRET_KEY)
 # The app refuses saves past MESSAGES_MAX_PER_SESSION (500 by default); the save rows push
 # sessions past 500, so lift the cap for the benchmark only.
 MESSAGES_MAX = "100000"
-
-
-def app_sid(cookie: str) -> str:
-    """The session id one of the app's session cookies carries."""
-    verified = SESSION_IDS.verify(cookie)
-    if verified is None:
-        raise RuntimeError(f"not a session cookie of the app: {cookie!r}")
-    return verified[0]
 
 
 def bench_valkey(data_dir: Path) -> Valkey:

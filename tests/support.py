@@ -96,12 +96,6 @@ def mark_layer(items: list[pytest.Item], folder: Path, *marks: pytest.MarkDecora
                 item.add_marker(mark)
 
 
-def cookie_sid(cookie: str) -> str:
-    """The session id a session cookie carries (``<id>.<signature>``, app/signing.py), without
-    checking the signature (the app does)."""
-    return cookie.rsplit(".", 1)[0]
-
-
 def session_keys(client: redis.Redis | redis.RedisCluster, sid: str | None = None) -> list:
     """The app's session keys in ``client``'s Redis: every one, or the one of the id ``sid``."""
     pattern = f"{KEY_PREFIX}*" if sid is None else session_key(sid)

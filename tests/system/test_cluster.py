@@ -29,7 +29,7 @@ from localservers import HOST
 from localservers.cluster import ClusterNode, ValkeyCluster
 from localservers.gunicorn import Gunicorn
 from localservers.waits import wait_until
-from tests.support import cookie_sid, csrf_token, listed_messages, replica_env, save, session_keys
+from tests.support import csrf_token, listed_messages, replica_env, save, session_keys
 
 from .cluster import flushed
 
@@ -254,7 +254,7 @@ def sessions_on_two_primaries(
     for i in range(60):
         browser = requests.Session()
         assert start_session(url, browser, csrf_token(browse(url, browser)), f"s{i}") == 303
-        (key,) = session_keys(cluster.client(), cookie_sid(browser.cookies["session"]))
+        (key,) = session_keys(cluster.client(), browser.cookies["session"])
         primary = cluster.primary_for(key.decode())
         by_primary.setdefault(primary.port, (primary, browser))
         sessions = list(by_primary.values())

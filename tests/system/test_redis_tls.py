@@ -12,14 +12,7 @@ import requests
 
 from app import create_app
 from app.config import ConfigError
-from tests.support import (
-    cookie_sid,
-    csrf_token,
-    listed_messages,
-    save,
-    session_keys,
-    stored_messages,
-)
+from tests.support import csrf_token, listed_messages, save, session_keys, stored_messages
 
 
 def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):
@@ -42,7 +35,7 @@ def test_replica_saves_over_tls_with_the_auth_token(tls_redis, start_replica):
     assert listed_messages(saved.text) == ["over TLS", "and again"]
     assert browser.get(f"{replica.url}/readyz", timeout=10).json()["redis"] == "ok"
     assert len(session_keys(tls_redis.client())) == 1
-    sid = cookie_sid(browser.cookies["session"])
+    sid = browser.cookies["session"]
     assert stored_messages(tls_redis.client, sid) == ["over TLS", "and again"]
 
 
@@ -55,9 +48,7 @@ def _base(settings, tls_redis):
 def _only_kept(tls_redis, works) -> None:
     """The one session stored is the one ``works`` (a test client) saved, holding "kept"."""
     assert len(session_keys(tls_redis.client())) == 1
-    assert stored_messages(tls_redis.client, cookie_sid(works.get_cookie("session").value)) == [
-        "kept"
-    ]
+    assert stored_messages(tls_redis.client, works.get_cookie("session").value) == ["kept"]
 
 
 def test_without_tls_nothing_is_stored(settings, tls_redis, trusts_the_test_ca):

@@ -3,10 +3,10 @@ passes a list of keys through), and key rotation with SECRET_KEY_FALLBACKS."""
 
 from flask import session
 from flask_wtf.csrf import generate_csrf, validate_csrf
-from itsdangerous import Signer, URLSafeTimedSerializer
+from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
 from app import csrf
-from tests.support import csrf_token, listed_messages, save, session_keys
+from tests.support import csrf_token, listed_messages, session_keys
 
 
 def test_flask_wtf_returns_the_token_handed_to_it(app):
@@ -51,27 +51,7 @@ def test_a_form_rendered_under_the_old_key_saves_after_the_rotation(make_app, fa
     # The cookie only the fallback verified was signed again with the current key, so that
     # the fallback can go without ending this browser's forms.
     resigned = after.get_cookie(csrf.CSRF_COOKIE).value
-    assert Signer(NEW_KEY, salt="csrf-cookie").unsign(resigned)
-
-
-def test_a_session_cookie_signed_under_the_old_key_is_signed_again_on_a_page_view(
-    make_app, fake_redis
-):
-    before = make_app(secret_key=OLD_KEY).test_client()
-    assert save(before, "kept").status_code == 303
-    old_cookie = before.get_cookie("session").value
-    after = _moved(
-        before, make_app(secret_key=NEW_KEY, secret_key_fallbacks=(OLD_KEY,)).test_client()
-    )
-    assert listed_messages(after.get("/").get_data(as_text=True)) == ["kept"]
-    resigned = after.get_cookie("session").value
-    assert resigned != old_cookie
-    assert Signer(NEW_KEY, salt="session-id").unsign(resigned).decode() == (
-        Signer(OLD_KEY, salt="session-id").unsign(old_cookie).decode()
-    )
-    # Without the old key among the fallbacks, the cookie is not one of ours.
-    gone = _moved(before, make_app(secret_key=NEW_KEY).test_client())
-    assert listed_messages(gone.get("/").get_data(as_text=True)) == []
+    assert URLSafeSerializer(NEW_KEY, salt="csrf-cookie").loads(resigned)
 
 
 def test_flask_wtf_signs_with_the_current_key_and_accepts_the_fallback(make_app):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import secrets
 
 import pytest
 from flask import session
@@ -11,9 +10,8 @@ from itsdangerous import TimestampSigner
 
 from app.csrf import CSRF_COOKIE
 from app.replication import NotReplicated
-from app.sessions import id_cookie
 from app.store import KEY_PREFIX, session_key
-from tests.support import SECRET, cookie_sid, csrf_token, listed_messages, save, session_keys
+from tests.support import csrf_token, listed_messages, save, session_keys
 
 
 class Bomb:
@@ -27,18 +25,18 @@ class Bomb:
 
 def test_pickled_session_data_is_never_unpickled(client, fake_redis):
     save(client, "mine")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     fake_redis.hset(session_key(sid), "doc", pickle.dumps({"_permanent": True, "x": Bomb()}))
     page = client.get("/").get_data(as_text=True)
     assert Bomb.exploded is False
     assert listed_messages(page) == []  # treated as no session: a fresh one
     save(client, "again")
-    assert cookie_sid(client.get_cookie("session").value) != sid
+    assert client.get_cookie("session").value != sid
 
 
 def test_session_document_is_json(client, fake_redis):
     save(client, "hello")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     assert fake_redis.hget(session_key(sid), "doc").startswith(b'{"started":"')
 
 
@@ -48,7 +46,7 @@ def test_csrf_secret_is_in_its_own_signed_cookie_not_in_redis(client, fake_redis
     assert client.get_cookie("session") is None
     assert fake_redis.keys("*") == []
     save(client, "hello")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     assert b"csrf" not in fake_redis.hget(session_key(sid), "doc")
 
 
@@ -65,26 +63,8 @@ def test_forged_session_cookie_gets_a_fresh_session_never_adopted(client, fake_r
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == []
     save(client, "mine")
-    assert cookie_sid(client.get_cookie("session").value) != "attacker-chosen-id"
+    assert client.get_cookie("session").value != "attacker-chosen-id"
     assert session_keys(fake_redis, "attacker-chosen-id") == []
-
-
-def test_a_cookie_the_app_did_not_sign_is_never_looked_up(app, client, monkeypatch):
-    """Not even a real session's id without its signature (the cookie before ids were
-    signed): each lookup of a key costs Redis memory (tests/system/test_hostile_http.py)."""
-    save(client, "mine")
-    cookie = client.get_cookie("session").value
-    store = app.session_interface.store
-    looked_up = []
-    real_load = store.load
-    monkeypatch.setattr(store, "load", lambda sid, **kw: looked_up.append(sid) or real_load(sid))
-    for unsigned in (cookie_sid(cookie), secrets.token_urlsafe(32), cookie[:-1] + "x"):
-        other = app.test_client()
-        other.set_cookie("session", unsigned)
-        assert listed_messages(other.get("/").get_data(as_text=True)) == []
-    assert looked_up == []
-    assert listed_messages(client.get("/").get_data(as_text=True)) == ["mine"]
-    assert looked_up == [cookie_sid(cookie)]
 
 
 def test_another_users_session_is_not_reachable_by_a_guessed_cookie(app):
@@ -120,7 +100,7 @@ def test_ttl_is_the_lifetime_and_slides(make_app, fake_redis):
 
 def test_unchanged_session_is_not_rewritten(client, fake_redis):
     save(client, "hello")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
     client.get("/")
     client.get("/")
@@ -183,7 +163,7 @@ def test_cookies_are_secure_when_configured(make_app):
 def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, fake_redis):
     tab1 = app.test_client()
     save(tab1, "first")
-    old_sid = cookie_sid(tab1.get_cookie("session").value)
+    old_sid = tab1.get_cookie("session").value
     token = csrf_token(tab1.get("/").get_data(as_text=True))
     # Another tab destroys the session while this page is open.
     for key in session_keys(fake_redis):
@@ -192,7 +172,7 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
     # The request found no session (it was deleted before it began): a new one, under a new
     # id, is started; the destroyed one stays destroyed, with none of its old messages.
     assert response.status_code == 303
-    assert cookie_sid(tab1.get_cookie("session").value) != old_sid
+    assert tab1.get_cookie("session").value != old_sid
     assert session_keys(fake_redis, old_sid) == []
     assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
 
@@ -200,7 +180,7 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
 def test_a_save_into_a_session_deleted_mid_request_starts_a_new_one(app, fake_redis, monkeypatch):
     client = app.test_client()
     save(client, "first")
-    old_sid = cookie_sid(client.get_cookie("session").value)
+    old_sid = client.get_cookie("session").value
     token = csrf_token(client.get("/").get_data(as_text=True))
     store = app.session_interface.store
     real_save = store.save
@@ -214,7 +194,7 @@ def test_a_save_into_a_session_deleted_mid_request_starts_a_new_one(app, fake_re
     monkeypatch.undo()
     # The destroyed session stays destroyed; the message is kept, in a new session.
     assert response.status_code == 303
-    assert cookie_sid(client.get_cookie("session").value) != old_sid
+    assert client.get_cookie("session").value != old_sid
     assert session_keys(fake_redis, old_sid) == []
     assert listed_messages(client.get("/").get_data(as_text=True)) == ["late"]
 
@@ -271,7 +251,7 @@ def test_csrf_tokens_are_reused_briefly_and_still_validate(client):
 
 def test_a_new_csrf_secret_alone_does_not_rewrite_the_document(client, fake_redis):
     save(client, "hello")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     fake_redis.hset(session_key(sid), "doc", b'{"_permanent":true,"started":"marker"}')
     client.delete_cookie("csrf")  # flask-wtf makes a new secret on the next page
     client.get("/")
@@ -288,20 +268,19 @@ def test_other_changes_to_the_session_are_stored(app, fake_redis):
     client = app.test_client()
     save(client, "hello")
     client.get("/remember")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     assert b'"theme":"dark"' in fake_redis.hget(session_key(sid), "doc")
 
 
 def test_a_cookie_not_shaped_like_a_session_id_gets_a_fresh_session(client, fake_redis):
     save(client, "mine")
-    sid = cookie_sid(client.get_cookie("session").value)
+    sid = client.get_cookie("session").value
     # Once a valid id with a suffix naming another key (the message list, in the old layout).
     fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"x")
     for forged in (f"{sid}:messages", sid + "}", "{" + sid, "x" * 43 + "\n", sid[:-1]):
-        # Whatever key such a cookie would name is never asked for (here: not even a hash),
-        # even signed with the app's key.
+        # Whatever key such a cookie would name is never asked for (here: not even a hash).
         fake_redis.set(session_key(forged), b"not a session")
-        client.set_cookie("session", id_cookie(SECRET).sign(forged))
+        client.set_cookie("session", forged)
         response = client.get("/")
         assert response.status_code == 200, forged
         assert listed_messages(response.get_data(as_text=True)) == []
@@ -311,12 +290,12 @@ def test_keys_of_the_previous_layout_never_cause_an_error(client, fake_redis):
     sid = "A" * 43
     fake_redis.set(KEY_PREFIX + sid, b'{"_permanent":true,"started":"2026-01-01T00:00:00+00:00"}')
     fake_redis.rpush(f"{KEY_PREFIX}{sid}:messages", b"old message")
-    client.set_cookie("session", id_cookie(SECRET).sign(sid))
+    client.set_cookie("session", sid)
     page = client.get("/").get_data(as_text=True)
     assert listed_messages(page) == []  # a fresh session; the old keys expire with their TTL
     assert save(client, "new").status_code == 303
     assert listed_messages(client.get("/").get_data(as_text=True)) == ["new"]
-    assert cookie_sid(client.get_cookie("session").value) != sid
+    assert client.get_cookie("session").value != sid
 
 
 def test_over_https_a_csrf_cookie_planted_under_the_plain_name_is_not_read(make_app):
@@ -443,7 +422,7 @@ def test_the_saved_cookie_keeps_the_highest_count_and_goes_with_its_session(clie
     assert response.status_code == 303
     assert saved_cookie(response).startswith("saved=3; ")
     # The session expires: the next save starts a new one, whose count starts again.
-    fake_redis.delete(session_key(cookie_sid(client.get_cookie("session").value)))
+    fake_redis.delete(session_key(client.get_cookie("session").value))
     response = save(client, "new")
     assert response.status_code == 303
     assert saved_cookie(response).startswith("saved=; ")

@@ -10,7 +10,7 @@ from app.config import Settings
 from app.store import session_key
 from app.text import length as text_length
 from app.text import normalised
-from tests.support import cookie_sid, csrf_token, listed_messages, save, session_keys
+from tests.support import csrf_token, listed_messages, save, session_keys
 
 
 def test_page_has_the_original_form_and_buttons(client):
@@ -49,9 +49,9 @@ def test_message_is_trimmed(client):
 
 def test_page_shows_a_fingerprint_never_the_session_id(client):
     save(client, "hello")
-    cookie = client.get_cookie("session").value
+    sid = client.get_cookie("session").value
     page = client.get("/").get_data(as_text=True)
-    assert cookie_sid(cookie) not in page
+    assert sid not in page
     assert '<span id="session-fingerprint">none</span>' not in page
 
 
@@ -83,7 +83,7 @@ def existing(client, fake_redis):
     token = csrf_token(client.get("/").get_data(as_text=True))
 
     def snapshot():
-        sid = cookie_sid(client.get_cookie("session").value)
+        sid = client.get_cookie("session").value
         return sorted(fake_redis.keys("*")), fake_redis.hgetall(session_key(sid))
 
     return token, snapshot
