@@ -10,6 +10,12 @@ connection sends none) and leaves memory at the next request.
 
 The bounds are cachetools' ``TTLCache`` with a ``getsizeof``: least recently used first, by
 size, with an age limit.
+
+Only keys this worker has found stored are read on its tracking connection (``known``): Valkey
+remembers every key a tracking connection reads, one that does not exist too, and that memory
+counts against ``maxmemory``, so page views with made-up session ids, sent by the thousand,
+would fill it and, with memory short, have real sessions evicted to make room. A key not known
+yet is read on an untracked connection, and not cached; once found, its next read is tracked.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from . import metrics
+from .lru import LRU
 
 # A cached read older than this is fetched again even without an invalidation, so a silently
 # broken connection (no FIN, so no invalidations either) cannot serve stale data for long.
@@ -31,6 +38,8 @@ MAX_AGE_SECONDS = 10.0
 # size records, the dictionary slots. Measured with tracemalloc for a one-message session.
 _ENTRY_OVERHEAD = 600
 _POINTER = 8
+# Keys found stored that a worker remembers: each costs some 200 bytes, so at most 4 MB.
+_KNOWN_KEYS = 20_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class ReadCache:
             getsizeof=lambda entry: entry.size,
         )
         self._lock = threading.Lock()
+        self._known: LRU[str, bool] = LRU(_KNOWN_KEYS)
 
     def get(self, key: str, node: str, at_least: int = 0) -> StoredSession | None:
         """The cached session, unless it holds fewer than ``at_least`` messages (the browser
@@ -81,7 +91,19 @@ class ReadCache:
         metrics.READ_CACHE_HITS.inc()
         return entry.session
 
+    def known(self, key: str) -> bool:
+        """Whether this worker has found the session at ``key`` stored (then its reads are
+        tracked and cached; until then, they are neither)."""
+        with self._lock:
+            return self._known.get(key) is not None
+
+    def found(self, key: str) -> None:
+        """The session at ``key`` is stored: its next read is tracked."""
+        with self._lock:
+            self._known.put(key, True)
+
     def put(self, key: str, node: str, session: StoredSession) -> None:
+        self.found(key)
         entry = _Entry(node, session, _size(session))
         with self._lock:
             if entry.size > self.max_bytes:

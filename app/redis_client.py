@@ -255,6 +255,14 @@ class RedisClient:
             hit = cache.get(key, node.name, at_least)
             if hit is not None:
                 return hit
+            if not cache.known(key):
+                # Never found stored here (a made-up session id, say): read on an untracked
+                # connection, where it costs Redis no memory (app/read_cache.py), not cached.
+                fields = self.run("read", lambda: self._untracked(key), circuit)
+                parsed = parse(_decoded(fields))
+                if parsed is not None:
+                    cache.found(key)
+                return parsed
         replies, direct = self.run(
             "read", lambda: self._on_node(node, key, [("HGETALL", key)]), circuit
         )
@@ -417,6 +425,12 @@ class RedisClient:
                 return replies, True
         self.forget(key)
         return [self._via_cluster_client(command) for command in commands], False
+
+    def _untracked(self, key: str) -> dict:
+        """The hash at ``key``, read on the pooled client (no tracking): the cluster client on
+        a cluster (it follows redirections itself)."""
+        client = self._primary_client if self._primary_client is not None else self._cluster()
+        return client.hgetall(key)
 
     def _via_cluster_client(self, command: Command) -> Any:
         try:

@@ -6,13 +6,14 @@ send most of these.
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 import requests
 
 from localservers.processes import child_pids
 from localservers.waits import wait_until
-from tests.support import csrf_token, listed_messages, raw_exchange
+from tests.support import command_calls, csrf_token, listed_messages, raw_exchange
 
 # Settings.max_content_length with the default message length.
 CAP = 2000 * 12 + 4096
@@ -160,3 +161,33 @@ def test_a_malformed_chunked_body_gets_400_not_500(replica, chunks):
     )
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
     assert "Traceback" not in replica.log()
+
+
+def test_made_up_session_ids_cost_redis_no_memory(valkey, start_replica):
+    """Page views with made-up session cookies. Before, each id was read on the worker's
+    tracking connection, and Valkey remembers every key a tracking connection read, one that
+    does not exist too: 150 such page views added 150 keys to its tracking table, memory
+    counted in used_memory, so that under memory pressure Redis evicted real sessions to make
+    room (found by review). Now a key is read tracked only once the worker has found it stored;
+    a real session is still cached from its second read on."""
+    url = start_replica(valkey.port, "made-up-ids", WEB_CONCURRENCY="1").url
+    browser = requests.Session()
+    page = browser.get(f"{url}/", timeout=10).text
+    post = {"message": "mine", "csrf_token": csrf_token(page)}
+    assert browser.post(f"{url}/persistMessage", data=post, timeout=10).status_code == 200
+
+    def tracked() -> int:
+        return int(valkey.client().info("stats")["tracking_total_keys"])
+
+    before = tracked()
+    assert before == 1  # the real session, which the worker saved
+    for _ in range(150):
+        cookie = secrets.token_urlsafe(32)
+        answer = requests.get(f"{url}/", cookies={"session": cookie}, timeout=10)
+        assert answer.status_code == 200
+        assert listed_messages(answer.text) == []
+    assert tracked() == before
+    hgetall = command_calls(valkey.client(), "hgetall")
+    for _ in range(3):
+        assert listed_messages(browser.get(f"{url}/", timeout=10).text) == ["mine"]
+    assert command_calls(valkey.client(), "hgetall") == hgetall  # cached: no read at all

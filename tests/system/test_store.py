@@ -63,8 +63,11 @@ def test_a_cached_session_costs_no_command(worker, valkey):
     store = worker()
     store.save(SID, "m1", "a", STARTED)
     reader = worker()
-    assert listed(reader) == ["m1"]
     admin = valkey.client()
+    hgetalls = command_calls(admin, "hgetall")
+    assert listed(reader) == ["m1"]  # found: read untracked (app/read_cache.py), not cached
+    assert listed(reader) == ["m1"]  # read tracked, and cached
+    assert command_calls(admin, "hgetall") == hgetalls + 2
     before = command_calls(admin, "hgetall"), command_calls(admin, "evalsha")
     for _ in range(20):
         assert listed(reader) == ["m1"]

@@ -65,3 +65,14 @@ def test_a_copy_with_fewer_messages_than_the_browser_saw_saved_is_not_used():
     cache.put("k", "n", session(3))
     assert cache.get("k", "n", at_least=3) is not None
     assert cache.get("k", "n", at_least=4) is None  # saved elsewhere, not yet invalidated here
+
+
+def test_a_key_is_known_once_found_or_cached():
+    cache = ReadCache(max_bytes=1 << 20)
+    assert not cache.known("k")
+    cache.found("k")
+    assert cache.known("k")
+    cache.put("j", "n", StoredSession({}, ("m",), 2))
+    assert cache.known("j")
+    cache.clear()  # a reconnect drops the copies, not what is known to be stored
+    assert cache.known("j") and cache.get("j", "n") is None
