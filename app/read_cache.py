@@ -14,8 +14,11 @@ size, with an age limit.
 Only keys this worker has found stored are read on its tracking connection (``known``): Valkey
 remembers every key a tracking connection reads, one that does not exist too, and that memory
 counts against ``maxmemory``, so page views with made-up session ids, sent by the thousand,
-would fill it and, with memory short, have real sessions evicted to make room. A key not known
-yet is read on an untracked connection, and not cached; once found, its next read is tracked.
+would fill it and, with memory short, have real sessions evicted to make room. So tracking is
+opt-in (app/nodes.py): a key not known yet is read on the same connection without it; once
+found, it is read again at once with tracking, and that copy is cached (a copy from a read made
+before tracking began could miss a change made in between). Saves likewise ask for tracking only
+for a key known here or a session they create.
 """
 
 from __future__ import annotations

@@ -250,32 +250,32 @@ class RedisClient:
         self._watch(node)
         circuit = self._circuit_of(node)
         cache = self.cache if node.tracking and not circuit.is_open else None
+        track = False
         if cache is not None:
             cache.expire()  # what aged out leaves memory, even in a worker that reads little
             hit = cache.get(key, node.name, at_least)
             if hit is not None:
                 return hit
-            if not cache.known(key):
-                # Never found stored here (a made-up session id, say): read on an untracked
-                # connection, where it costs Redis no memory (app/read_cache.py), not cached.
-                fields = self.run("read", lambda: self._untracked(key), circuit)
-                parsed = parse(_decoded(fields))
-                if parsed is not None:
-                    cache.found(key)
-                return parsed
-        replies, direct = self.run(
-            "read", lambda: self._on_node(node, key, [("HGETALL", key)]), circuit
+            # Tracked only once found stored here: a made-up session id then costs Redis no
+            # memory (app/read_cache.py).
+            track = cache.known(key)
+        replies, direct, tracked = self.run(
+            "read", lambda: self._on_node(node, key, [("HGETALL", key)], track), circuit
         )
         if isinstance(replies[0], Exception):
             raise replies[0]
         parsed = parse(replies[0] if direct else _decoded(replies[0]))
-        # A read redirected through the cluster client came from a node this worker does not
-        # track: never cached.
-        if self.cache is not None and node.tracking and direct:
-            if parsed is None:
-                self.cache.discard(key)  # nothing is cached for a missing key
-            else:
+        if self.cache is not None:
+            if tracked and parsed is not None:
                 self.cache.put(key, node.name, parsed)
+            elif tracked:
+                self.cache.discard(key)  # nothing is cached for a missing key
+            elif parsed is not None:
+                self.cache.found(key)
+                if cache is not None and direct and not track:
+                    # Found: read again, tracked, for the copy to cache (one read before tracking
+                    # began could miss a change made in between). Once per session per worker.
+                    return self.read(key, parse, at_least)
         return parsed
 
     def script(
@@ -285,6 +285,8 @@ class RedisClient:
         script: Script,
         args: Sequence[Any],
         then: Sequence[Command] = (),
+        *,
+        creates: bool = False,
     ) -> tuple[list[Any], str | None]:
         """Run ``script`` on ``key`` (one round trip, with ``then`` pipelined after it on the
         same connection): the replies, the script's first, and the name of the node whose own
@@ -293,25 +295,27 @@ class RedisClient:
         stored may then not be cached, since no invalidation would reach it. The name is the
         node that ran it, not where the key is routed afterwards: a slot map reloaded in
         between would file the copy under a node whose connection never read the key.
+        Tracked only for a key found stored here, or one the script ``creates`` (see ``read``).
         A server without the script (new, or restarted) has it loaded and run again."""
         node = self._route(key)
         commands = [("EVALSHA", script.sha, 1, key, *args), *then]
+        track = self.cache is not None and (creates or self.cache.known(key))
 
         def call() -> tuple[list[Any], str | None]:
-            replies, direct = self._on_node(node, key, commands)
+            replies, direct, tracked = self._on_node(node, key, commands, track)
             if isinstance(replies[0], NoScriptError):
                 self._load(node, script, everywhere=not direct)
-                replies, direct = self._on_node(node, key, commands)
+                replies, direct, tracked = self._on_node(node, key, commands, track)
             if isinstance(replies[0], Exception):
                 raise replies[0]
-            return replies, node.name if direct and node.tracking else None
+            return replies, node.name if tracked else None
 
         return self.run(operation, call, self._circuit_of(node))
 
     def delete(self, key: str) -> int:
         node = self._route(key)
         try:
-            replies, _ = self.run(
+            replies, _, _ = self.run(
                 "delete", lambda: self._on_node(node, key, [("DEL", key)]), self._circuit_of(node)
             )
         finally:
@@ -408,29 +412,24 @@ class RedisClient:
             self.reset()
 
     def _on_node(
-        self, node: NodeConnection, key: str, commands: Sequence[Command]
-    ) -> tuple[list[Any], bool]:
+        self, node: NodeConnection, key: str, commands: Sequence[Command], track: bool = False
+    ) -> tuple[list[Any], bool, bool]:
         """``commands`` on the node's connection, in one round trip: the replies (an error reply
-        in its place), and whether they came from that connection. On a cluster, a redirection
-        (the slot moved, or is moving) or a lost node (a failover) sends them through the
-        cluster client instead, which follows the redirection and refreshes its slot map."""
+        in its place), whether they came from that connection, and whether it tracks the keys
+        they read (``track`` asks it to). On a cluster, a redirection (the slot moved, or is
+        moving) or a lost node (a failover) sends them through the cluster client instead,
+        which follows the redirection and refreshes its slot map."""
         try:
-            replies = node.batch(commands)
+            replies, tracked = node.batch(commands, track)
         except RedisConnectionError:
             if not self.cluster:
                 raise
             node.disconnect()
         else:
             if not (self.cluster and isinstance(replies[0], AskError)):
-                return replies, True
+                return replies, True, tracked
         self.forget(key)
-        return [self._via_cluster_client(command) for command in commands], False
-
-    def _untracked(self, key: str) -> dict:
-        """The hash at ``key``, read on the pooled client (no tracking): the cluster client on
-        a cluster (it follows redirections itself)."""
-        client = self._primary_client if self._primary_client is not None else self._cluster()
-        return client.hgetall(key)
+        return [self._via_cluster_client(command) for command in commands], False, False
 
     def _via_cluster_client(self, command: Command) -> Any:
         try:

@@ -224,7 +224,7 @@ class SessionStore:
         args += [self.limits.bytes, "1" if repeat_only else ""]
         wait = self.replicas.wait_now()
         then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
-        replies, node = self.redis.script("save", key, _SAVE, args, then)
+        replies, node = self.redis.script("save", key, _SAVE, args, then, creates=bool(encoded))
         status, number = (int(value) for value in replies[0])
         if status == -4:
             return status, number  # nothing stored, then or now: nothing to acknowledge

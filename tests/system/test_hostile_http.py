@@ -13,7 +13,7 @@ import requests
 
 from localservers.processes import child_pids
 from localservers.waits import wait_until
-from tests.support import command_calls, csrf_token, listed_messages, raw_exchange
+from tests.support import command_calls, csrf_token, listed_messages, raw_exchange, session_keys
 
 # Settings.max_content_length with the default message length.
 CAP = 2000 * 12 + 4096
@@ -191,3 +191,30 @@ def test_made_up_session_ids_cost_redis_no_memory(valkey, start_replica):
     for _ in range(3):
         assert listed_messages(browser.get(f"{url}/", timeout=10).text) == ["mine"]
     assert command_calls(valkey.client(), "hgetall") == hgetall  # cached: no read at all
+
+
+def test_saves_with_made_up_session_ids_cost_redis_no_memory(valkey, start_replica):
+    """Saves with made-up session cookies, most of them refused at the rate limit. Before, the
+    save script read each made-up key on the tracking connection (and at the limit, the lookup
+    of whether the form was stored already did): one tracking entry each, the rate limit
+    bounding nothing (found by review). Now only the sessions saves create are tracked."""
+    url = start_replica(
+        valkey.port, "made-up-saves", WEB_CONCURRENCY="1", RATE_LIMIT_SAVES="3/minute"
+    ).url
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{url}/", timeout=10).text)
+    csrf = browser.cookies.get("csrf")
+    admin = valkey.client()
+    before = int(admin.info("stats")["tracking_total_keys"])
+    statuses = []
+    for _ in range(150):
+        cookies = {"session": secrets.token_urlsafe(32), "csrf": csrf}
+        post = {"message": "x", "csrf_token": token}
+        answer = requests.post(
+            f"{url}/persistMessage", data=post, cookies=cookies, allow_redirects=False, timeout=10
+        )
+        statuses.append(answer.status_code)
+    assert set(statuses) == {303, 429}
+    created = len(session_keys(admin))
+    assert created == statuses.count(303)
+    assert int(admin.info("stats")["tracking_total_keys"]) == before + created
