@@ -671,3 +671,27 @@ def test_a_form_sent_again_at_the_rate_limit_waits_for_a_replica_too(settings, s
     endpoint.switch(new.port)
     old.replicate(new)  # the old primary is demoted, and its save lost in the resync
     assert listed_once_resynced(settings, endpoint, user, old, new) == ["before"]
+
+
+def test_a_worker_that_only_answered_probes_reads_sessions_from_the_new_primary(
+    settings, servers, proxies
+):
+    """A worker whose one connection before a failover was its probe's (/readyz PINGs on the
+    pooled client). An earlier version read a session it had not found yet on that pooled
+    connection, which still led to the demoted node and which the role watch never asked: the
+    page the save redirected to lacked the message saved after the failover (found by review).
+    Reads go down the session connection, tracked or not, which the role watch follows."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    options = {"redis_client_cache": True, "redis_wait_replicas": Switch.OFF}
+    writer = User(worker(settings, endpoint.port, **options))
+    assert writer.submit(writer.form(), "before") == 303
+    reader_app = worker(settings, endpoint.port, **options)
+    assert reader_app.test_client().get("/readyz").get_json()["redis"] == "ok"
+    new.replicate(None)
+    endpoint.switch(new.port)
+    old.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # never resyncs
+    wait_until(lambda: writer.submit(writer.form(), "after") == 303, 10, "a save after it")
+    reader = User(reader_app)
+    reader.share_cookies_with(writer)
+    page = reader.client.get("/?saved=2", headers=reader.headers)
+    assert listed_messages(page.get_data(as_text=True)) == ["before", "after"]
