@@ -1,15 +1,16 @@
 """A worker's own connection to one Redis node, for every command on a session's key.
 
 One connection per node (the primary, or each cluster primary a session lives on), RESP3, with
-``CLIENT TRACKING ON OPTIN NOLOOP`` while the read cache is on: Redis then pushes an
-invalidation down this connection for every key read through it with tracking asked for
-(``CLIENT CACHING YES`` just before: ``batch(..., track=True)``) as soon as any other client
-changes it, and none for the changes made through it. Tracking is asked for only for keys the
-worker has found stored (app/read_cache.py says why). So reads, saves, refreshes and deletes
+``CLIENT TRACKING ON OPTOUT NOLOOP`` while the read cache is on: Redis then pushes an
+invalidation down this connection for every key read through it as soon as any other client
+changes it, and none for the changes made through it; a command sent with
+``batch(..., untracked=True)`` (``CLIENT CACHING NO`` just before) is not tracked. That is how
+keys the worker has not found stored are read (app/read_cache.py says why): the common
+commands, on sessions the worker knows, carry nothing extra. So reads, saves, refreshes and deletes
 of a session all go down this one connection: a save's own write never invalidates the
 worker's copy (the store patches it with what it appended), while every other client's write
 does. A write ends Redis' tracking of a key for its writer; every script that writes a session
-therefore reads the key again as its last step (see app/store.py), tracking asked for.
+therefore reads the key again as its last step (see app/store.py).
 
 A worker serves one request at a time, so one connection per node is enough; a lock keeps
 it to one command at a time should a thread ever share it. The connection is made on first use,
@@ -94,17 +95,17 @@ class NodeConnection:
         with self._lock:
             return self._connected().execute_command(*args)
 
-    def batch(self, commands: Sequence[Command], track: bool = False) -> tuple[list[Any], bool]:
+    def batch(self, commands: Sequence[Command], untracked: bool = False) -> tuple[list[Any], bool]:
         """Send ``commands`` at once and read every reply (one round trip); an error reply is
-        returned in its place, not raised. ``track``: have Redis track the keys they read
-        (``CLIENT CACHING YES`` first); also returns whether it does. Sent again once after a
-        dropped connection, like a single command: every write the app makes is idempotent."""
+        returned in its place, not raised; also whether Redis tracks the keys they read (not
+        with ``untracked``: ``CLIENT CACHING NO`` first). Sent again once after a dropped
+        connection, like a single command: every write the app makes is idempotent."""
         with self._lock:
             connection = self._connected().connection  # the client's one connection
             if connection is None:  # never, for a single-connection client
                 raise RedisConnectionError("the session connection is closed")
-            track = track and self.tracking
-            sent = [("CLIENT", "CACHING", "YES"), *commands] if track else commands
+            untracked = untracked and self.tracking
+            sent = [("CLIENT", "CACHING", "NO"), *commands] if untracked else commands
 
             def attempt() -> list[Any]:
                 connection.send_packed_command(connection.pack_commands(sent))
@@ -117,9 +118,9 @@ class NodeConnection:
                 return replies
 
             replies = connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
-            if not track:
-                return replies, False
-            return replies[1:], not isinstance(replies[0], Exception)
+            if untracked:
+                return replies[1:], False
+            return replies, self.tracking
 
     def drain(self) -> None:
         """Apply the invalidations Redis has pushed since the last request; never waits."""
@@ -181,7 +182,7 @@ class NodeConnection:
         if not self.tracking:
             return
         set_invalidation_handler(connection, self._invalidated)
-        connection.send_command("CLIENT", "TRACKING", "ON", "OPTIN", "NOLOOP", check_health=False)
+        connection.send_command("CLIENT", "TRACKING", "ON", "OPTOUT", "NOLOOP", check_health=False)
         try:
             connection.read_response()
         except ResponseError as exc:

@@ -14,11 +14,11 @@ size, with an age limit.
 Only keys this worker has found stored are read on its tracking connection (``known``): Valkey
 remembers every key a tracking connection reads, one that does not exist too, and that memory
 counts against ``maxmemory``, so page views with made-up session ids, sent by the thousand,
-would fill it and, with memory short, have real sessions evicted to make room. So tracking is
-opt-in (app/nodes.py): a key not known yet is read on the same connection without it; once
-found, it is read again at once with tracking, and that copy is cached (a copy from a read made
-before tracking began could miss a change made in between). Saves likewise ask for tracking only
-for a key known here or a session they create.
+would fill it and, with memory short, have real sessions evicted to make room. So a key not
+known yet is read on the same connection with tracking turned off for that command
+(app/nodes.py); once found, it is read again at once, tracked, and that copy is cached (a copy
+from a read made before tracking began could miss a change made in between). Saves likewise
+turn it off but for a key known here or a session they create.
 """
 
 from __future__ import annotations
@@ -96,9 +96,11 @@ class ReadCache:
 
     def known(self, key: str) -> bool:
         """Whether this worker has found the session at ``key`` stored (then its reads are
-        tracked and cached; until then, they are neither)."""
+        tracked and cached; until then, they are neither). A cached session is known, whatever
+        the known keys' own bound forgot: a command on it sent untracked would end Redis'
+        tracking of a key whose copy is still here."""
         with self._lock:
-            return self._known.get(key) is not None
+            return key in self._entries or self._known.get(key) is not None
 
     def found(self, key: str) -> None:
         """The session at ``key`` is stored: its next read is tracked."""

@@ -250,21 +250,20 @@ class RedisClient:
         self._watch(node)
         circuit = self._circuit_of(node)
         cache = self.cache if node.tracking and not circuit.is_open else None
-        track = False
         if cache is not None:
             cache.expire()  # what aged out leaves memory, even in a worker that reads little
             hit = cache.get(key, node.name, at_least)
             if hit is not None:
                 return hit
-            # Tracked only once found stored here: a made-up session id then costs Redis no
-            # memory (app/read_cache.py).
-            track = cache.known(key)
-        replies, direct, tracked = self.run(
-            "read", lambda: self._on_node(node, key, [("HGETALL", key)], track), circuit
-        )
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        parsed = parse(replies[0] if direct else _decoded(replies[0]))
+        # Tracked only once found stored here: a made-up session id then costs Redis no memory
+        # (app/read_cache.py).
+        untracked = self.cache is not None and not self.cache.known(key)
+        parsed, direct, tracked = self._hgetall(node, key, parse, untracked, circuit)
+        if untracked and parsed is not None and direct and cache is not None:
+            # Found: read again, tracked, for the copy to cache (a read made before tracking
+            # began could miss a change made in between). Once per session per worker.
+            cache.found(key)
+            parsed, direct, tracked = self._hgetall(node, key, parse, False, circuit)
         if self.cache is not None:
             if tracked and parsed is not None:
                 self.cache.put(key, node.name, parsed)
@@ -272,11 +271,24 @@ class RedisClient:
                 self.cache.discard(key)  # nothing is cached for a missing key
             elif parsed is not None:
                 self.cache.found(key)
-                if cache is not None and direct and not track:
-                    # Found: read again, tracked, for the copy to cache (one read before tracking
-                    # began could miss a change made in between). Once per session per worker.
-                    return self.read(key, parse, at_least)
         return parsed
+
+    def _hgetall(
+        self,
+        node: NodeConnection,
+        key: str,
+        parse: Callable[[dict[str, str]], StoredSession | None],
+        untracked: bool,
+        circuit: Circuit,
+    ) -> tuple[StoredSession | None, bool, bool]:
+        """One read of the hash at ``key``, parsed; whether it came from the node's connection,
+        and whether that connection tracks the key now."""
+        replies, direct, tracked = self.run(
+            "read", lambda: self._on_node(node, key, [("HGETALL", key)], untracked), circuit
+        )
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return parse(replies[0] if direct else _decoded(replies[0])), direct, tracked
 
     def script(
         self,
@@ -295,17 +307,17 @@ class RedisClient:
         stored may then not be cached, since no invalidation would reach it. The name is the
         node that ran it, not where the key is routed afterwards: a slot map reloaded in
         between would file the copy under a node whose connection never read the key.
-        Tracked only for a key found stored here, or one the script ``creates`` (see ``read``).
+        Not tracked but for a key found stored here, or one the script ``creates`` (``read``).
         A server without the script (new, or restarted) has it loaded and run again."""
         node = self._route(key)
         commands = [("EVALSHA", script.sha, 1, key, *args), *then]
-        track = self.cache is not None and (creates or self.cache.known(key))
+        untracked = self.cache is not None and not (creates or self.cache.known(key))
 
         def call() -> tuple[list[Any], str | None]:
-            replies, direct, tracked = self._on_node(node, key, commands, track)
+            replies, direct, tracked = self._on_node(node, key, commands, untracked)
             if isinstance(replies[0], NoScriptError):
                 self._load(node, script, everywhere=not direct)
-                replies, direct, tracked = self._on_node(node, key, commands, track)
+                replies, direct, tracked = self._on_node(node, key, commands, untracked)
             if isinstance(replies[0], Exception):
                 raise replies[0]
             return replies, node.name if tracked else None
@@ -341,6 +353,11 @@ class RedisClient:
         """The script run on ``node`` stored ``session`` as it is now."""
         if self.cache is not None:
             self.cache.put(key, node, session)
+
+    def found(self, key: str) -> None:
+        """A script found the session at ``key`` stored: its next commands are tracked."""
+        if self.cache is not None:
+            self.cache.found(key)
 
     def forget(self, key: str) -> None:
         if self.cache is not None:
@@ -412,15 +429,19 @@ class RedisClient:
             self.reset()
 
     def _on_node(
-        self, node: NodeConnection, key: str, commands: Sequence[Command], track: bool = False
+        self,
+        node: NodeConnection,
+        key: str,
+        commands: Sequence[Command],
+        untracked: bool = False,
     ) -> tuple[list[Any], bool, bool]:
         """``commands`` on the node's connection, in one round trip: the replies (an error reply
         in its place), whether they came from that connection, and whether it tracks the keys
-        they read (``track`` asks it to). On a cluster, a redirection (the slot moved, or is
+        they read (not ``untracked`` ones). On a cluster, a redirection (the slot moved, or is
         moving) or a lost node (a failover) sends them through the cluster client instead,
         which follows the redirection and refreshes its slot map."""
         try:
-            replies, tracked = node.batch(commands, track)
+            replies, tracked = node.batch(commands, untracked)
         except RedisConnectionError:
             if not self.cluster:
                 raise

@@ -234,7 +234,9 @@ class SessionStore:
             raise SessionGone
         if status == -3:
             raise SessionOverBudget
-        if status == 1 and node is not None:  # a copy only where this worker's connection tracks it
+        if node is None:
+            self.redis.found(key)  # stored: the session's next commands here are tracked
+        elif status == 1:  # a copy only where this worker's connection tracks it
             if document is None:
                 self.redis.appended(key, node, number, text)
             else:

@@ -76,3 +76,14 @@ def test_a_key_is_known_once_found_or_cached():
     assert cache.known("j")
     cache.clear()  # a reconnect drops the copies, not what is known to be stored
     assert cache.known("j") and cache.get("j", "n") is None
+
+
+def test_a_cached_session_stays_known_whatever_the_known_keys_forgot(monkeypatch):
+    """A command on a cached session sent untracked would end Redis' tracking of it while its
+    copy stays here, never invalidated (found by review)."""
+    monkeypatch.setattr(read_cache, "_KNOWN_KEYS", 2)
+    cache = ReadCache(max_bytes=1 << 20)
+    cache.put("s", "n", StoredSession({}, ("m",), 2))
+    cache.found("a")
+    cache.found("b")  # "s" has left the known keys' own memory
+    assert cache.known("s")
