@@ -11,14 +11,14 @@ connection sends none) and leaves memory at the next request.
 The bounds are cachetools' ``TTLCache`` with a ``getsizeof``: least recently used first, by
 size, with an age limit.
 
-Only keys this worker has found stored are read on its tracking connection (``known``): Valkey
-remembers every key a tracking connection reads, one that does not exist too, and that memory
-counts against ``maxmemory``, so page views with made-up session ids, sent by the thousand,
-would fill it and, with memory short, have real sessions evicted to make room. So a key not
-known yet is read on the same connection with tracking turned off for that command
-(app/nodes.py); once found, it is read again at once, tracked, and that copy is cached (a copy
-from a read made before tracking began could miss a change made in between). Saves likewise
-turn it off but for a key known here or a session they create.
+Only keys this worker has found stored are tracked (``known``): Valkey remembers every key a
+tracking connection reads, one that does not exist too, and that memory counts against
+``maxmemory``, so page views with made-up session ids, sent by the thousand, would fill it and,
+with memory short, have real sessions evicted to make room. So a key not known yet is read on
+the same connection with tracking turned off for that command (app/nodes.py); once found, it
+is read again at once, tracked, and that copy is cached (a copy from a read made before
+tracking began could miss a change made in between). Saves likewise turn it off but for a key
+known here or a session they create.
 """
 
 from __future__ import annotations
