@@ -170,9 +170,10 @@ def _flask_wtf_token(token: str | None = None) -> str | None:
     return g.get(CSRF_KEY)
 
 
-def refuse_cross_site(app: Flask) -> None:
+def refuse_cross_site(post: Request) -> None:
     """Refuse a form another site's page sent (the browser says so in ``Sec-Fetch-Site``) with a
-    plain 403, before anything reads the form or looks the session up in Redis.
+    plain 403, before anything reads the form or looks the session up in Redis (the views' first
+    check of a POST calls it: ``views.check_raw_form``).
 
     Its token would fail anyway, but the refusal would be the message page: a cross-site POST
     carries no Lax cookie, so that page made a new CSRF secret, and its cookie replaced the
@@ -180,11 +181,8 @@ def refuse_cross_site(app: Flask) -> None:
     in this site's textarea, to be saved by a victim who pressed Save. Browsers that send no
     ``Sec-Fetch-Site`` (before 2023) get flask-wtf's check alone, as before. A sibling
     subdomain is ``same-site``, left to the token (``__Host-csrf`` over HTTPS)."""
-
-    @app.before_request
-    def cross_site() -> None:
-        if request.method == "POST" and request.headers.get("Sec-Fetch-Site") == "cross-site":
-            raise Forbidden()
+    if post.headers.get("Sec-Fetch-Site") == "cross-site":
+        raise Forbidden()
 
 
 def init_app(app: Flask) -> None:

@@ -69,7 +69,6 @@ def create_app(
     app.session_interface = RedisSessions(store, csrf_secrets)
 
     hooks.register(app, settings, csrf_secrets)
-    csrf.refuse_cross_site(app)  # first of the form checks: it answers without reading the form
     # Before CSRFProtect's hook, whose check parses the form: the views' raw-form check
     # (views.check_raw_form) must see the body first.
     app.register_blueprint(views.bp)

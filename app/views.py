@@ -97,6 +97,7 @@ def check_raw_form() -> Any:
     post = request._get_current_object()
     if post.method != "POST" or post.routing_exception is not None:
         return None  # not one of the page's forms: dispatch answers 404, 405 or 400 (bad Host)
+    csrf.refuse_cross_site(post)  # another site's form: a 403 before anything reads it
     if post.mimetype != "application/x-www-form-urlencoded":
         if post.content_length == 0 or (post.content_length is None and not post.mimetype):
             return None  # no body at all: nothing to refuse here (CSRF will)
