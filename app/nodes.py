@@ -6,11 +6,11 @@ invalidation down this connection for every key read through it as soon as any o
 changes it, and none for the changes made through it; a command sent with
 ``batch(..., untracked=True)`` (``CLIENT CACHING NO`` just before) is not tracked. That is how
 keys the worker has not found stored are read (app/read_cache.py says why): the common
-commands, on sessions the worker knows, carry nothing extra. So reads, saves, refreshes and deletes
-of a session all go down this one connection: a save's own write never invalidates the
-worker's copy (the store patches it with what it appended), while every other client's write
-does. A write ends Redis' tracking of a key for its writer; every script that writes a session
-therefore reads the key again as its last step (see app/store.py).
+commands, on sessions the worker knows, carry nothing extra. So reads, saves, refreshes and
+deletes of a session all go down this one connection: a save's own write never invalidates
+the worker's copy (the store patches it with what it appended), while every other client's
+write does. A write ends Redis' tracking of a key for its writer; every script that writes a
+session therefore reads the key again as its last step (see app/store.py).
 
 A worker serves one request at a time, so one connection per node is enough; a lock keeps
 it to one command at a time should a thread ever share it. The connection is made on first use,

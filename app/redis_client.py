@@ -262,7 +262,6 @@ class RedisClient:
         if untracked and parsed is not None and direct and cache is not None:
             # Found: read again, tracked, for the copy to cache (a read made before tracking
             # began could miss a change made in between). Once per session per worker.
-            cache.found(key)
             parsed, direct, tracked = self._hgetall(node, key, parse, False, circuit)
         if self.cache is not None:
             if tracked and parsed is not None:
