@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -27,6 +27,8 @@ from .config import ConfigError, Settings, Switch
 from .credentials import credential_options, refusal
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Commands answer in well under a millisecond, so half a second means the server is stuck, and
 # a connect that takes half a second means the address leads nowhere (TLS included: a handshake
@@ -93,25 +95,26 @@ def connect(settings: Settings, cluster: bool = False, **overrides: Any) -> Clie
     return RedisCluster(dynamic_startup_nodes=False, **options)
 
 
-class ClusterClient:
-    """The cluster client of a worker, made on first use rather than at the worker's boot.
+class MadeOnFirstUse(Generic[T]):
+    """A client made on first use rather than at the worker's boot: a worker's cluster clients
+    (the pooled one, and the rate limiter's storage, which makes its own).
 
     redis-py's RedisCluster asks for the slot map as it is made, and raises when no node it was
     given answers. Made at boot, that failure was the worker's, and a worker that fails to boot
     stops gunicorn altogether: a worker started while the endpoint is unreachable (one killed
     and replaced, a pod restarted) took the whole pod down, and kept it down. Made on first
-    use, under the app's failure policy (app/redis_client.py), it costs 503s and a cool-down
+    use, under the app's failure policy (``RedisClient.made``), it costs 503s and a cool-down
     instead, until the endpoint answers.
     """
 
-    def __init__(self, make: Callable[[], RedisCluster]) -> None:
+    def __init__(self, make: Callable[[], T]) -> None:
         self._make = make
         self._lock = threading.Lock()
-        self.made: RedisCluster | None = None  # None until the first call that could make it
+        self.made: T | None = None  # None until the first call that could make it
 
-    def get(self) -> RedisCluster:
-        """The client, made now if need be (raises RedisClusterException while no node it
-        knows answers)."""
+    def get(self) -> T:
+        """The client, made now if need be (a cluster client raises RedisClusterException
+        while no node it knows answers)."""
         client = self.made
         if client is None:
             with self._lock:

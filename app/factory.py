@@ -13,7 +13,7 @@ from flask import Flask
 
 from . import credentials, csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
-from .connection import ClusterClient, check_server, connect
+from .connection import MadeOnFirstUse, check_server, connect
 from .messages import Messages
 from .ratelimit import RateLimits
 from .read_cache import ReadCache
@@ -92,7 +92,7 @@ def _connect(settings: Settings, connect_redis: Callable[..., redis.Redis] | Non
     if cluster:
         logger.info("Redis is a cluster: the cluster client, saves do not wait for replicas")
     make = functools.partial(connect, settings)
-    pooled = ClusterClient(functools.partial(make, cluster=True)) if cluster else make()
+    pooled = MadeOnFirstUse(functools.partial(make, cluster=True)) if cluster else make()
     return RedisClient(pooled, make, cache=cache)
 
 

@@ -18,9 +18,9 @@ not itself trusted: a client can prepend anything to that header, but not past o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,7 +30,7 @@ from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from .config import Settings
-from .connection import client_options
+from .connection import MadeOnFirstUse, client_options
 from .redis_client import RedisClient
 
 
@@ -74,13 +74,11 @@ class RateLimits:
         self._redis = redis
         self._saves = _items(settings.rate_limit_saves)
         self._new_sessions = _items(settings.rate_limit_new_sessions)
-        self._settings = settings
-        self._lock = threading.Lock()
         # On a cluster, made on first use: limits' storage makes a cluster client of its own,
-        # which connects as it is made (connection.ClusterClient says why not at boot).
-        self._counting: tuple[RedisStorage, FixedWindowRateLimiter] | None = None
+        # which connects as it is made (connection.MadeOnFirstUse says why not at boot).
+        self._counting = MadeOnFirstUse(functools.partial(_counters, settings, redis))
         if not redis.cluster:
-            self._make_counters()
+            self._counting.get()
 
     def check_save(self, request: Request) -> Refusal | None:
         """Count one save for this client; a Refusal when over a limit."""
@@ -96,7 +94,7 @@ class RateLimits:
         if not items:
             return None
         client = self.trusted.client_address(request)
-        _, limiter = self._counters()
+        _, limiter = self._redis.made(self._counting)
         for item in items:
             # Through the circuit of the counter's node: on a cluster, a frozen node then fails
             # only the clients counted there.
@@ -115,22 +113,16 @@ class RateLimits:
     def counter_key(self, item: RateLimitItem, kind: str, client: str) -> str:
         """The Redis key ``limits`` counts ``item`` for ``client`` in, from its public parts
         (tests/unit/test_ratelimit.py fails if ``limits`` names it otherwise)."""
-        storage, _ = self._counters()
+        storage, _ = self._redis.made(self._counting)
         return storage.prefixed_key(item.key_for(kind, client))
 
-    def _counters(self) -> tuple[RedisStorage, FixedWindowRateLimiter]:
-        """limits' storage and limiter; on a cluster made on first need, as one guarded call."""
-        counting = self._counting
-        if counting is None:
-            counting = self._redis.run("connect", self._make_counters)
-        return counting
 
-    def _make_counters(self) -> tuple[RedisStorage, FixedWindowRateLimiter]:
-        with self._lock:
-            if self._counting is None:
-                storage = _storage(self._settings, self._redis)
-                self._counting = (storage, FixedWindowRateLimiter(storage))
-            return self._counting
+def _counters(
+    settings: Settings, redis: RedisClient
+) -> tuple[RedisStorage, FixedWindowRateLimiter]:
+    """limits' storage and its limiter."""
+    storage = _storage(settings, redis)
+    return storage, FixedWindowRateLimiter(storage)
 
 
 def _storage(settings: Settings, redis: RedisClient) -> RedisStorage:

@@ -53,7 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
 from .circuit import COOL_DOWN_SECONDS, Circuit
-from .connection import Client, ClusterClient, disconnect, reload_slot_map
+from .connection import Client, MadeOnFirstUse, disconnect, reload_slot_map
 from .nodes import Command, NodeConnection
 from .read_cache import ReadCache, StoredSession
 
@@ -82,16 +82,16 @@ class Script:
 class RedisClient:
     def __init__(
         self,
-        pooled: redis.Redis | ClusterClient,
+        pooled: redis.Redis | MadeOnFirstUse[RedisCluster],
         make_node_client: Callable[..., redis.Redis],
         *,
         cache: ReadCache | None,
     ) -> None:
-        """``pooled``: the pooled client, or on a cluster the ``ClusterClient`` that makes
-        redis-py's on first use; ``make_node_client``: builds a client for one node's session
+        """``pooled``: the pooled client, or on a cluster what makes redis-py's cluster client
+        on first use; ``make_node_client``: builds a client for one node's session
         connection (given ``host`` and ``port`` on a cluster, the endpoint's otherwise)."""
-        self._cluster_client = pooled if isinstance(pooled, ClusterClient) else None
-        self._primary_client = None if isinstance(pooled, ClusterClient) else pooled
+        self._cluster_client = pooled if isinstance(pooled, MadeOnFirstUse) else None
+        self._primary_client = None if isinstance(pooled, MadeOnFirstUse) else pooled
         self.cluster = self._cluster_client is not None
         self._make_node_client = make_node_client
         self.cache = cache
@@ -118,16 +118,18 @@ class RedisClient:
         return self._cluster()
 
     def _cluster(self) -> RedisCluster:
-        """The cluster client. Made on first need, as one guarded call ("connect"): while no
-        node it knows answers, a connection error, and the worker's circuit fails the next
-        calls at once for a cool-down (connection.ClusterClient says why not at boot)."""
+        """The cluster client, made on first need (``made``)."""
         maker = self._cluster_client
         if maker is None:
             raise TypeError("one primary has no cluster client")  # a caller's mistake
-        client = maker.made
-        if client is None:
-            client = self.run("connect", maker.get)
-        return client
+        return self.made(maker)
+
+    def made(self, client: MadeOnFirstUse[T]) -> T:
+        """What ``client`` makes, made now if need be, as one guarded call ("connect"): while
+        no node answers, a connection error, and the worker's circuit fails the next calls at
+        once for a cool-down (connection.MadeOnFirstUse says why not at boot)."""
+        made = client.made
+        return made if made is not None else self.run("connect", client.get)
 
     def listen(self, events: NodeEvents) -> None:
         """Tell ``events`` when a session connection is made and what the role check sees."""
@@ -478,7 +480,7 @@ class SlotMaps:
     answers its 503 at once instead of waiting for that.
     """
 
-    def __init__(self, client: ClusterClient) -> None:
+    def __init__(self, client: MadeOnFirstUse[RedisCluster]) -> None:
         self._client = client
         self._wanted = threading.Event()
         self._failed: str | None = None

@@ -12,7 +12,7 @@ from unittest import mock
 import fakeredis
 from redis.cluster import ClusterNode, RedisCluster
 
-from app.connection import ClusterClient
+from app.connection import MadeOnFirstUse
 from app.redis_client import RedisClient, SlotMaps
 from localservers.waits import wait_until
 
@@ -53,7 +53,7 @@ def test_a_slot_map_reload_runs_off_the_thread_that_asks_for_it():
     client = mock.create_autospec(RedisCluster, instance=True)
     client.get_nodes.return_value = [ClusterNode("127.0.0.1", 7001)]
     client.nodes_manager = Nodes()
-    SlotMaps(ClusterClient(lambda: client)).reload("127.0.0.1:7001")
+    SlotMaps(MadeOnFirstUse(lambda: client)).reload("127.0.0.1:7001")
     try:
         wait_until(lambda: bool(asked), 5, "the reload")
         assert asked == [(asked[0][0], "127.0.0.1:7001")]
