@@ -31,8 +31,9 @@ anything is created. An existing stack keeps the zones it was created with.
   -p PROFILE        AWS CLI profile (required); every aws call uses it
   -r REGION         AWS region (default: the profile's region, aws configure get region)
   -s STACK_NAME     main stack name (default: flask-eks-sessions)
-  -a PRINCIPAL_ARN  IAM role or user given cluster-admin on EKS (default: the caller, from
-                    aws sts get-caller-identity; an assumed-role session becomes its role ARN)
+  -a PRINCIPAL_ARN  IAM role or user given cluster-admin on EKS (default: the existing stack's, else
+                    the caller, from aws sts get-caller-identity; an assumed-role session becomes
+                    its role ARN)
   -c CERT_ARN       ACM certificate (in REGION) for HTTPS on the load balancer; without it the app is
                     served over plain HTTP (a warning says so). An existing stack keeps its certificate
                     when -c is left out; -c none removes it
@@ -272,6 +273,10 @@ if [ -n "$EXISTING_JSON" ]; then
     'WARNING: cache authentication %s -> %s: the running pods cannot open new cache connections until you run ./init.sh and kubectl apply -k .deploy/ (do it right after this)')
   EDGE=$(kept_choice "$EDGE" LoadBalancerType nlb \
     'NOTE: load balancer %s -> %s: afterwards run ./init.sh and kubectl apply -k .deploy/ (the old load balancer goes when its Service or Ingress does: from alb back to nlb, kubectl delete ingress message-app)')
+  # The cluster admin too: an access entry's principal cannot change, so CloudFormation would
+  # replace the entry, and whoever ran the last deploy would lock out whoever ran the first.
+  PRINCIPAL=$(kept_choice "$PRINCIPAL" ClusterAdminPrincipalArn "" \
+    'WARNING: cluster admin %s -> %s: the first loses its access to the cluster (its access entry is replaced); give it back with -a, or an access entry of its own')
 fi
 CACHE_MODE=${CACHE_MODE:-replication-group}
 CACHE_AUTH=${CACHE_AUTH:-iam}

@@ -300,18 +300,15 @@ class World:
             StackName=STACK,
             TemplateBody=Path(self.env["STUB_MAIN_TEMPLATE"]).read_text(),
             Parameters=[
-                {"ParameterKey": "TemplateBucket", "ParameterValue": outputs["TemplateBucketName"]},
-                {"ParameterKey": "EcrRepositoryUri", "ParameterValue": outputs["EcrRepositoryUri"]},
-                {
-                    "ParameterKey": "ClusterAdminPrincipalArn",
-                    "ParameterValue": DEPLOYER_ROLE,
-                },
-                {"ParameterKey": "AvailabilityZones", "ParameterValue": ZONES},
-                {"ParameterKey": "CertificateArn", "ParameterValue": certificate},
-                *(
-                    {"ParameterKey": key, "ParameterValue": value}
-                    for key, value in (parameters or {}).items()
-                ),
+                {"ParameterKey": key, "ParameterValue": value}
+                for key, value in {
+                    "TemplateBucket": outputs["TemplateBucketName"],
+                    "EcrRepositoryUri": outputs["EcrRepositoryUri"],
+                    "ClusterAdminPrincipalArn": DEPLOYER_ROLE,
+                    "AvailabilityZones": ZONES,
+                    "CertificateArn": certificate,
+                    **(parameters or {}),
+                }.items()
             ],
             Capabilities=["CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )

@@ -265,6 +265,29 @@ def test_deploy_keeps_the_certificate_of_the_stack_until_told_otherwise(world: W
     assert "CertificateArn" not in plain.stdout
 
 
+def test_deploy_keeps_the_cluster_admin_of_the_stack_until_told_otherwise(world: World) -> None:
+    """Real, all in moto: a stack whose cluster admin is another role than the caller's. A plain
+    re-run keeps that admin (an access entry's principal cannot change: CloudFormation would
+    replace the entry, and the first admin would lose the cluster) without asking who the caller
+    is; -a names a new one, with a warning that the old one loses its access."""
+    first = f"arn:aws:iam::{ACCOUNT}:role/team/first-admin"
+    world.create_stacks(parameters={"ClusterAdminPrincipalArn": first})
+    run = world.run("deploy.sh", "-p", PROFILE)
+    assert run.returncode == 0, run.stderr
+    assert run.main_stack_parameters()["ClusterAdminPrincipalArn"] == first
+    assert f"==> cluster admin: {first}" in run.stdout
+    assert not [op for op in run.ops() if op[0] == "sts"]
+    assert "cluster admin" not in run.stderr
+
+    switched = world.run("deploy.sh", "-p", PROFILE, "-a", DEPLOYER_ROLE)
+    assert switched.returncode == 0, switched.stderr
+    assert switched.main_stack_parameters()["ClusterAdminPrincipalArn"] == DEPLOYER_ROLE
+    assert (
+        f"WARNING: cluster admin {first} -> {DEPLOYER_ROLE}: the first loses its access to the "
+        "cluster"
+    ) in switched.stderr
+
+
 def test_deploy_keeps_the_cache_mode_of_the_stack_until_told_otherwise(world: World) -> None:
     """Real, all in moto: a replication-group stack. -m serverless switches it, with a warning
     that every session is lost; a re-run without -m keeps serverless instead of falling back to
