@@ -118,16 +118,26 @@ class NodeConnection:
                 return replies
 
             replies = connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
-            if untracked:
-                return replies[1:], False
-            return replies, self.tracking
+            if not untracked:
+                return replies, self.tracking
+            if isinstance(replies[0], ResponseError) and refused(replies[0]):
+                # The command after it was tracked after all; so would be every made-up session
+                # id (Redis memory): tracking ends with this connection, the read cache too.
+                log.warning("the server refuses CLIENT CACHING (%s): no read cache", replies[0])
+                self.tracking = False
+                self.disconnect()
+            return replies[1:], False
 
     def drain(self) -> None:
         """Apply the invalidations Redis has pushed since the last request; never waits."""
         with self._lock:
             connection = self._client.connection if self._client is not None else None
             if connection is None or not connection.is_connected:
-                return  # the next command connects, and forgets what was cached
+                # Closed without ``disconnect`` (redis-py drops a connection whose command timed
+                # out): nothing keeps what was cached through it fresh any more.
+                if self._cache is not None:
+                    self._cache.clear()
+                return
             try:
                 while connection.can_read(timeout=0):
                     connection.read_response(push_request=True)

@@ -20,7 +20,7 @@ from app.store import SessionStore, session_key
 from localservers.waits import wait_until
 from tests.support import command_calls
 
-from .faults import busy_script
+from .faults import busy_script, stalled
 
 SID = "s" * 43
 STARTED = {"started": "2026-12-06T10:00:00+00:00"}
@@ -211,3 +211,51 @@ def test_a_save_id_stores_its_text_once_and_edited_text_anew(worker):
     assert store.saved(SID, "form-1", "hi") is None
     assert store.saved(SID, "form-2", "hi") is None
     assert listed(store) == ["hi", "hi, edited"]
+
+
+def test_a_connection_dropped_by_a_timeout_takes_the_cached_copies_with_it(
+    worker, valkey, no_expiry
+):
+    """A command that times out makes redis-py close the session connection itself, which no
+    invalidation can reach any more: what was cached through it must go too. Here the server
+    refuses ROLE (an ACL), so no role check reconnects, and so clears the cache, by chance."""
+    valkey.client().execute_command("ACL", "SETUSER", "default", "-role")
+    reader, writer = worker(), worker()
+    writer.save(SID, "m1", "a", STARTED)
+    assert listed(reader) == ["m1"]
+    with stalled(valkey, 0.8), pytest.raises(redis.RedisError):
+        reader.save(SID, "lost?", "b", None)  # times out; the script may still run later
+    writer.save(SID, "m2", "c", None)  # reaches no connection of the reader's
+    # The readiness probe's PING (the pooled connection) ends the cool-down: no trial read.
+    wait_until(lambda: _answers(reader), 15, "the cool-down to pass")
+    assert listed(reader) == ["m1", "m2"]
+
+
+def _answers(store: SessionStore) -> bool:
+    try:
+        return bool(store.redis.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_server_refusing_client_caching_ends_tracking_instead_of_tracking_every_id(
+    worker, valkey, caplog
+):
+    """An ACL that allows CLIENT TRACKING but not CLIENT CACHING: each read of a key the worker
+    has not found stored was still tracked, so made-up session ids cost Redis memory again
+    (found by review: 150 page views, 150 tracking-table entries) with nothing logged. Now the
+    refusal is named once, and the worker's connection stops tracking."""
+    valkey.client().execute_command("ACL", "SETUSER", "default", "-client|caching")
+    store = worker()
+    store.save(SID, "m1", "a", STARTED)
+
+    def tracked() -> int:
+        return int(valkey.client().info("stats")["tracking_total_keys"])
+
+    with caplog.at_level("WARNING", logger="app.nodes"):
+        for number in range(50):
+            assert store.load(f"{number:043d}") is None
+    assert tracked() <= 2
+    refusals = [r.getMessage() for r in caplog.records if "CLIENT CACHING" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert listed(store) == ["m1"]
