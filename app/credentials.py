@@ -30,7 +30,6 @@ with the scheme removed.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -57,10 +56,6 @@ TOKEN_REUSE_SECONDS = 600
 # 11, less a random part of an hour so that a fleet started together does not reconnect in step.
 RECYCLE_SECONDS = 11 * 3600
 RECYCLE_JITTER_SECONDS = 3600
-
-# botocore names the credentials' source at INFO once per session, i.e. per connection pool:
-# noise in the app's log. Failures still reach it, as the errors below.
-logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
 
 # Monotonic seconds; tests replace it to move time forward.
 clock: Callable[[], float] = time.monotonic

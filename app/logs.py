@@ -128,6 +128,11 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdoutJson)] + [handler]
     root.setLevel(level)
+    # Whatever LOG_LEVEL says: botocore's DEBUG lines hold what a signed ElastiCache token is
+    # made of (the canonical request, the session token, the signature), i.e. a key to the
+    # cache for its 15 minutes, and its INFO lines name the credentials' source on every new
+    # connection pool. Its failures still reach the log, as the app's own errors.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 def request_id_from(header_value: str | None) -> str:
