@@ -75,3 +75,8 @@ loglevel = _settings.log_level.lower()
 # balancer can reach the pods. gunicorn would read the variable itself; given here, gunicorn
 # and the app's rate limits (which read the client address behind these proxies) use one list.
 forwarded_allow_ips = ",".join(_settings.forwarded_allow_ips)
+# The scheme from X-Forwarded-Proto alone, the one header nginx sets (and the ALB sends).
+# gunicorn's default also reads X-Forwarded-Ssl and X-Forwarded-Protocol, which nginx passes
+# through from the client, and answers 400 to every request whose headers disagree: one client
+# proxy adding X-Forwarded-Ssl: on over plain HTTP would get nothing but 400s.
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}

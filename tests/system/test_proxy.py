@@ -244,6 +244,13 @@ def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     assert https.headers["Strict-Transport-Security"] == "max-age=31536000"
     plain = requests.get(f"{proxy.url}/", timeout=10)
     assert "Strict-Transport-Security" not in plain.headers
+    # Headers other proxies use for the scheme are not believed, nor do they contradict the
+    # one nginx sets (gunicorn's default answered these 400, /healthz too; found by review).
+    for header, value in (("X-Forwarded-Ssl", "on"), ("X-Forwarded-Protocol", "ssl")):
+        for path in ("/", "/healthz"):
+            answer = requests.get(f"{proxy.url}{path}", headers={header: value}, timeout=10)
+            assert answer.status_code == 200, (header, path, answer.text[:200])
+            assert "Strict-Transport-Security" not in answer.headers
 
 
 # --- Bodies and connection limits -----------------------------------------------------------
