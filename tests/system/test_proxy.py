@@ -235,6 +235,57 @@ def test_every_answer_carries_the_security_headers_once(pod) -> None:
     assert status == 414 and not {f[0] for f in fields} & set(SECURITY_HEADERS)
 
 
+def test_a_busy_client_connection_is_closed_within_the_pre_stop(pod) -> None:
+    """A browser in use keeps its connection, and the NLB keeps a draining pod's connections:
+    nginx ends each one after 10 s (keepalive_time), answering the request under way with
+    Connection: close, so clients reconnect (to another pod) well within the 40 s preStop
+    instead of meeting this pod's 502s once gunicorn has stopped (found by review: 52-156
+    502s per rollout for 20 clients kept on the pod)."""
+    proxy, _ = pod
+    request = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    statuses, closed = [], False
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+        deadline = time.monotonic() + 30  # keepalive_time 10 s, and margin
+        reader = conn.makefile("rb")
+        while not closed and time.monotonic() < deadline:
+            conn.sendall(request)
+            status = int(reader.readline().split()[1])
+            headers = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            reader.read(int(headers["content-length"]))
+            statuses.append(status)
+            closed = headers.get("connection") == "close"
+            time.sleep(0.5)  # a user's pace; nginx's keepalive_timeout (75 s) never ends it
+        assert closed, f"still open after {len(statuses)} requests"
+        assert reader.read() == b""  # and nginx closed it
+    assert set(statuses) == {200}
+    assert len(statuses) >= 10  # not closed for anything but its age
+
+
+def test_a_gunicorn_that_is_gone_gets_a_page_saying_what_to_do(start_pod) -> None:
+    """gunicorn stopped (the end of a rollout, a restart): nginx's 502 is worded like the app's
+    pages, says the request may not have been carried out and how to find out, and carries
+    Retry-After and the security headers, instead of nginx's bare page."""
+    proxy, replica = start_pod()
+    replica.stop()
+    for data in (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"POST /persistMessage HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nmessage=x",
+    ):
+        reply = raw_exchange(proxy.port, data)
+        status, fields = _head(reply)
+        assert status == 502
+        names = [name.lower() for name, _ in fields]
+        for header in (*SECURITY_HEADERS, "Retry-After"):
+            assert names.count(header.lower()) == 1, (header, fields)
+        assert dict(fields)["Retry-After"] == "5"
+        body = reply.split(b"\r\n\r\n", 1)[1].decode()
+        assert "may not have been carried out" in body and "nginx" not in body
+
+
 def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     """X-Forwarded-Proto from a private address (here loopback) passes nginx to gunicorn, which
     believes its one peer: the app sees HTTPS and sends HSTS. Without the header, nginx states
