@@ -463,6 +463,10 @@ def test_both_deploy_overlays_validate_and_round_trip(
             "service.beta.kubernetes.io/aws-load-balancer-ssl-ports"
         ]
         assert ssl_ports == "https"
+        policy = service.metadata.annotations[
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-negotiation-policy"
+        ]
+        assert policy == "ELBSecurityPolicy-TLS13-1-2-2021-06"  # no TLS 1.0/1.1
         assert config["SESSION_COOKIE_SECURE"] == "true"
     else:
         assert ports == [("http", 80, "http")]
