@@ -445,9 +445,10 @@ else
 fi
 # Where the Pod Identity association expects the pods (every namespaced object of the app, its
 # Secret included; the cluster-wide NetworkPolicy switch stays in kube-system, and the ALB's
-# IngressClass and IngressClassParams belong to no namespace).
+# IngressClass and IngressClassParams, and the pipeline's read access to them, belong to no
+# namespace).
 NAMESPACE_PATCH="  - target:
-      labelSelector: app.kubernetes.io/name=message-app,app.kubernetes.io/component!=ingress-class
+      labelSelector: app.kubernetes.io/name=message-app,app.kubernetes.io/component notin (ingress-class,deployer-access)
     patch: |-
       - op: add
         path: /metadata/namespace

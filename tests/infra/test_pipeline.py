@@ -295,4 +295,14 @@ def test_the_role_may_do_only_what_the_deploy_needs() -> None:
         "AmazonEKSEditPolicy": {"Type": "namespace", "Namespaces": [{"Ref": "Namespace"}]},
         "AmazonEKSViewPolicy": {"Type": "namespace", "Namespaces": ["kube-system"]},
     }
+    # With the ALB, the overlay's cluster-scoped objects, which no namespace's policy covers:
+    # the group the ALB component lets read them by name, and nothing more (found by review:
+    # the pipeline's apply was refused on them).
+    role, binding = yaml.safe_load_all(
+        (REPO_ROOT / "k8s" / "components" / "alb" / "deployer.yaml").read_text()
+    )
+    assert access["KubernetesGroups"] == [s["name"] for s in binding["subjects"]]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"get"}
+    assert all(rule["resourceNames"] for rule in role["rules"])
     assert "DeployRoleArn" in template["Outputs"]

@@ -57,8 +57,9 @@ def test_init_writes_the_alb_overlay_from_the_stack(world: World) -> None:
     )
     assert hint in run.stdout
     kinds = rendered(world.root)
-    # In the stack's AppNamespace, but for the two kinds that belong to no namespace.
-    cluster_scoped = {"IngressClass", "IngressClassParams"}
+    # In the stack's AppNamespace, but for the kinds that belong to no namespace (the ALB's
+    # class, and the pipeline's read access to it: k8s/components/alb/deployer.yaml).
+    cluster_scoped = {"IngressClass", "IngressClassParams", "ClusterRole", "ClusterRoleBinding"}
     namespaces = {kind: doc["metadata"].get("namespace") for kind, doc in kinds.items()}
     assert {k: n for k, n in namespaces.items() if k in cluster_scoped} == dict.fromkeys(
         cluster_scoped
