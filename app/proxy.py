@@ -1,15 +1,23 @@
-"""The request body limits of the pod's nginx sidecar, written at its start from the app's own
-setting: ``python -m app.proxy > /tmp/nginx/limits.conf``, which nginx.conf includes.
+"""What the pod's nginx sidecar takes from the app's settings, written at its start:
+``python -m app.proxy > /tmp/nginx/limits.conf``, which nginx.conf includes.
 
-nginx must refuse exactly the bodies the app would refuse (``Settings.max_content_length``,
-derived from MESSAGE_MAX_LENGTH) and hold every body it accepts in memory: a constant in
-nginx.conf would drift from the setting, and nginx reads no environment variable in these
-directives. The sidecar runs the app's image, so the one formula in app/config.py serves both.
+- The request body limits: nginx must refuse exactly the bodies the app would refuse
+  (``Settings.max_content_length``, derived from MESSAGE_MAX_LENGTH) and hold every body it
+  accepts in memory.
+- The proxies whose X-Forwarded-For and X-Forwarded-Proto nginx believes: FORWARDED_ALLOW_IPS,
+  the list gunicorn and the app's rate limits believe (the ALB's subnets with the ALB; loopback
+  alone behind the NLB, whose peer is the client itself). Any wider list would let whatever
+  else reaches the pod (another pod, anything in the VPC) choose the address its rate limits
+  and connection limit count.
+
+A constant in nginx.conf would drift from the settings, and nginx reads no environment
+variable in these directives. The sidecar runs the app's image, so app/config.py serves both.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from .config import ConfigError, Settings, body_cap
 
@@ -25,12 +33,29 @@ def limits(cap: int) -> str:
     )
 
 
+def trusted_proxies(addresses: Sequence[str]) -> str:
+    """nginx directives (http context) believing the forwarded headers from ``addresses``
+    (FORWARDED_ALLOW_IPS: addresses, networks, or "*" for any) and from nowhere else."""
+    networks = ["0.0.0.0/0", "::/0"] if "*" in addresses else list(addresses)
+    lines = [
+        "# From FORWARDED_ALLOW_IPS: the peers whose X-Forwarded-For (the client's address, for",
+        "# limit_conn and the logs) and X-Forwarded-Proto nginx believes.",
+        *(f"set_real_ip_from {network};" for network in networks),
+        "geo $realip_remote_addr $from_trusted_proxy {",
+        "    default 0;",
+        *(f"    {network} 1;" for network in networks),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     try:
         cap = body_cap(Settings.one_from_env("message_max_length"))
+        proxies = Settings.one_from_env("forwarded_allow_ips")
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    sys.stdout.write(limits(cap))
+    sys.stdout.write(limits(cap) + trusted_proxies(proxies))
 
 
 if __name__ == "__main__":

@@ -511,10 +511,12 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
     assert limits == "python -m app.proxy > /tmp/nginx/limits.conf"
     assert start == "exec nginx -c /app/nginx.conf"
     assert "include /tmp/nginx/limits.conf;" in (REPO_ROOT / "nginx.conf").read_text()
-    (setting,) = proxy.env
-    assert setting.name == "MESSAGE_MAX_LENGTH"
-    assert setting.value_from.config_map_key_ref.name == models["ConfigMap"].metadata.name
-    assert setting.value_from.config_map_key_ref.key == "MESSAGE_MAX_LENGTH"
+    # The two settings app/proxy.py reads, from the app's own ConfigMap (the same values).
+    assert [setting.name for setting in proxy.env] == ["MESSAGE_MAX_LENGTH", "FORWARDED_ALLOW_IPS"]
+    for setting in proxy.env:
+        assert setting.value_from.config_map_key_ref.name == models["ConfigMap"].metadata.name
+        assert setting.value_from.config_map_key_ref.key == setting.name
+        assert setting.name in models["ConfigMap"].data
     nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     (listen,) = re.findall(r"^\s*listen (\d+);", nginx_conf, re.M)
     (upstream,) = re.findall(r"^\s*server ([\d.:]+);", nginx_conf, re.M)

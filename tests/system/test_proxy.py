@@ -519,11 +519,11 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
 
     held: list[tuple[socket.socket, bytes]] = []
 
-    def hold(forwarded_for: str = "") -> None:
+    def hold(forwarded_for: str = "", source: str = "127.0.0.1") -> None:
         body = f"csrf_token={token}&save_id=held-save-{len(held):06d}&message=held&pad="
         data = (body + "x" * (cap - len(body))).encode()
         extra = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
-        sock = _connect(proxy.port)
+        sock = _connect(proxy.port, source)
         sock.sendall(_post_head(len(data), cookie, extra) + data[:-1])
         held.append((sock, data))
 
@@ -532,6 +532,11 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
             hold()  # a client straight from the NLB: its own address is the peer
         for _ in range(limit):
             hold("203.0.113.7")  # clients behind an ALB: the ALB (here 127.0.0.1) is the peer
+        # A peer that is not in FORWARDED_ALLOW_IPS (another pod, anything else in the VPC;
+        # here 127.0.0.9) inventing an address for each request: its own address counts (found
+        # by review: nginx believed every private peer, so each invented address was a client).
+        for number in range(limit):
+            hold(f"198.51.100.{number}", source="127.0.0.9")
         wait_until(lambda: _unread(proxy.port) == 0, 15, "nginx to read the held bodies")
         refused, fields = _exchange(
             proxy.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -541,6 +546,7 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
             "another address": _get(proxy.port, "127.0.0.2"),
             "same address behind the ALB": _get(proxy.port, forwarded_for="203.0.113.7"),
             "another client behind the ALB": _get(proxy.port, forwarded_for="203.0.113.8"),
+            "an untrusted peer, inventing": _get(proxy.port, "127.0.0.9", "198.51.100.250"),
         }
         for sock, data in held:
             sock.sendall(data[-1:])
@@ -555,10 +561,11 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
         "another address": 200,
         "same address behind the ALB": 429,
         "another client behind the ALB": 200,
+        "an untrusted peer, inventing": 429,
     }
     for header in SECURITY_HEADERS:
         assert header.lower() in fields, (header, fields)
-    assert served == [303] * (2 * limit)  # the held requests lost nothing
+    assert served == [303] * (3 * limit)  # the held requests lost nothing
     assert after == 200
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.config import ConfigError, Settings, Switch, body_cap, is_set, local_data_dir
 from app.connection import check_server
-from app.proxy import limits
+from app.proxy import limits, trusted_proxies
 from localservers.ports import free_port
 from tests.support import REPO_ROOT
 
@@ -244,3 +244,20 @@ def test_the_proxy_reads_the_body_cap_as_the_app_does():
     with pytest.raises(ConfigError, match="MESSAGE_MAX_LENGTH"):
         proxy_cap({"MESSAGE_MAX_LENGTH": "0"})
     assert "client_max_body_size 28096;\nclient_body_buffer_size 28096;\n" in limits(28_096)
+
+
+def test_the_proxy_believes_forwarded_headers_from_the_apps_own_proxies_only():
+    """nginx's set_real_ip_from and its list for X-Forwarded-Proto are FORWARDED_ALLOW_IPS,
+    read as the app reads it (before: every private address, so any pod could choose the
+    address its limits counted); "*" is any address, as gunicorn takes it."""
+    alb = Settings.one_from_env(
+        "forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "127.0.0.1,10.0.1.0/24"}
+    )
+    written = trusted_proxies(alb)
+    assert re.findall(r"^set_real_ip_from (\S+);$", written, re.M) == ["127.0.0.1", "10.0.1.0/24"]
+    assert re.findall(r"^    (\S+) 1;$", written, re.M) == ["127.0.0.1", "10.0.1.0/24"]
+    assert "10.0.0.0/8" not in trusted_proxies(Settings.one_from_env("forwarded_allow_ips", {}))
+    anyone = trusted_proxies(("*",))
+    assert re.findall(r"^set_real_ip_from (\S+);$", anyone, re.M) == ["0.0.0.0/0", "::/0"]
+    with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
+        Settings.one_from_env("forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "10.0.0.1/8"})
