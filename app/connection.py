@@ -153,37 +153,38 @@ def reload_slot_map(client: RedisCluster, failed: str | None = None) -> None:
 def check_server(settings: Settings) -> bool:
     """Whether to use the cluster client; refuses start-up when Redis refuses our credentials.
 
-    REDIS_CLUSTER=auto asks the server (``INFO cluster``). A server that cannot be reached now
-    is taken to be one primary, so that workers start (and answer 503s) during an outage, as
-    they always have; a cluster's configuration endpoint should therefore say
-    REDIS_CLUSTER=true. A server that contradicts true or false stops start-up. Every mode
-    checks the credentials when the server answers, so that a wrong REDIS_USERNAME or
-    REDIS_AUTH_TOKEN stops start-up with one line instead of making every request a 503.
+    The gunicorn master's check (gunicorn.conf.py), made once: a wrong REDIS_USERNAME or
+    REDIS_AUTH_TOKEN, or IAM credentials that cannot be had, stop start-up with one line
+    instead of making every request a 503. The credentials are checked with a PING after the
+    connection's AUTH, and only a refused AUTH counts: a user whose ACL refuses a command (PING
+    or INFO, say ``-@dangerous``) has the right credentials, and what it may not run is the
+    features' business (``refused``). REDIS_CLUSTER=auto then asks the server (``INFO
+    cluster``): a server that cannot be reached now, or refuses INFO, is taken to be one
+    primary, so that workers start (and answer 503s) during an outage, as they always have; a
+    cluster's configuration endpoint should therefore say REDIS_CLUSTER=true. A server that
+    contradicts true or false stops start-up (when it answers INFO).
     """
     wanted = settings.redis_cluster
     # Retries for timeouts too, here only: a worker that took a cluster for one primary
     # because of one slow answer would answer every request for another node's slot with a 503.
     probe = connect(settings, retry_on_error=[RedisTimeoutError])
-    answered = False  # whether the server told us
     try:
-        enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
-        answered = True
-    except (AuthenticationError, NoPermissionError) as exc:
-        raise ConfigError(refusal(settings, exc)) from None
-    except ResponseError as exc:
-        if "WRONGPASS" in str(exc) or "AUTH" in str(exc):
+        try:
+            probe.ping()
+        except AuthenticationError as exc:
             raise ConfigError(refusal(settings, exc)) from None
-        enabled = wanted == Switch.ON
-        if wanted == Switch.AUTO:
-            log.warning("the server refuses INFO cluster (%s): using one primary", exc)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        enabled = wanted == Switch.ON
-        if wanted == Switch.AUTO:
-            log.warning("Redis is not answering (%s): assuming one primary", exc)
+        except NoPermissionError:
+            pass  # AUTH passed: the user may not run PING, which the app never needs
+        except ResponseError as exc:
+            if "WRONGPASS" in str(exc) or "AUTH" in str(exc):
+                raise ConfigError(refusal(settings, exc)) from None
+        except (RedisConnectionError, RedisTimeoutError):
+            pass  # not answering now: _ask_cluster says so
+        enabled = _ask_cluster(probe, wanted)
     finally:
         probe.close()
-    cluster = enabled if wanted == Switch.AUTO else wanted == Switch.ON
-    if answered and enabled != cluster:
+    cluster = (enabled or False) if wanted == Switch.AUTO else wanted == Switch.ON
+    if enabled is not None and enabled != cluster:
         raise ConfigError(
             f"REDIS_CLUSTER={'true' if cluster else 'false'}, but Redis at {settings.redis_host}:"
             f"{settings.redis_port} is {'not ' if cluster else ''}a cluster: set it to auto"
@@ -193,3 +194,41 @@ def check_server(settings: Settings) -> bool:
     if cluster and settings.redis_wait_replicas == Switch.ON:
         raise ConfigError("REDIS_WAIT_REPLICAS=on is not supported on a cluster: use auto or off")
     return cluster
+
+
+def worker_cluster_mode(settings: Settings) -> bool:
+    """Whether a worker uses the cluster client; never refuses, never raises.
+
+    The master checked the configuration and the credentials (``check_server``); a worker that
+    raised here would fail to boot, and a worker that fails to boot stops gunicorn: a worker
+    replaced (an OOM kill) while Redis refuses the credentials (a password changed, the Pod
+    Identity agent down) took the whole pod down. So a worker asks only when REDIS_CLUSTER is
+    auto (a master started during an outage could only guess, and a worker booted after Redis
+    returned should not inherit that guess), takes anything but an answer for one primary with
+    one warning, and boots: requests then answer 503 until Redis accepts the credentials again,
+    and recover without a restart.
+    """
+    if settings.redis_cluster != Switch.AUTO:
+        return settings.redis_cluster == Switch.ON
+    probe = connect(settings, retry_on_error=[RedisTimeoutError])
+    try:
+        return bool(_ask_cluster(probe, Switch.AUTO))
+    finally:
+        probe.close()
+
+
+def _ask_cluster(probe: redis.Redis, wanted: Switch) -> bool | None:
+    """``INFO cluster``'s answer, or None when the server did not give one (warned once with
+    REDIS_CLUSTER=auto, where the caller then assumes one primary)."""
+    try:
+        return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+    except AuthenticationError as exc:
+        if wanted == Switch.AUTO:
+            log.warning("Redis refuses the app's credentials (%s): assuming one primary", exc)
+    except ResponseError as exc:  # NOPERM (an ACL without INFO), or INFO renamed or disabled
+        if wanted == Switch.AUTO:
+            log.warning("the server refuses INFO cluster (%s): using one primary", exc)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        if wanted == Switch.AUTO:
+            log.warning("Redis is not answering (%s): assuming one primary", exc)
+    return None

@@ -5,7 +5,7 @@ a body too large to read is answered on the message page (``views.refused``)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -80,8 +80,19 @@ _KINDS: tuple[tuple[type[BaseException], Unavailable], ...] = (
             logging.WARNING,
         ),
     ),
-    # Credentials refused: fixed by whoever runs the site, not by waiting a few seconds.
-    (redis.AuthenticationError, _ERROR),
+    # Credentials refused (a password changed on the server, the Pod Identity agent down):
+    # logged as an error for whoever runs the site, and, since the worker recovers by itself
+    # once Redis accepts them again (no restart), with Retry-After like any other outage.
+    (
+        redis.AuthenticationError,
+        replace(
+            _ERROR,
+            message="Your messages are safe, but we cannot sign in to the message store right "
+            "now. It has been logged for the people who run this site; please try again in "
+            "a few seconds.",
+            retry_after=RETRY_AFTER_SECONDS,
+        ),
+    ),
     (redis.ConnectionError, _TRANSIENT),
     (redis.TimeoutError, _TRANSIENT),
     (redis.BusyLoadingError, _TRANSIENT),

@@ -13,7 +13,7 @@ from flask import Flask
 
 from . import credentials, csrf, errors, health, hooks, logs, metrics, views
 from .config import Settings, Switch
-from .connection import MadeOnFirstUse, check_server, connect
+from .connection import MadeOnFirstUse, connect, worker_cluster_mode
 from .messages import Messages
 from .ratelimit import RateLimits
 from .read_cache import ReadCache
@@ -84,11 +84,11 @@ def _connect(settings: Settings, connect_redis: Callable[..., redis.Redis] | Non
     cache = ReadCache(settings.read_cache_max_bytes) if settings.redis_client_cache else None
     if connect_redis is not None:
         return RedisClient(connect_redis(), connect_redis, cache=cache)
-    # Each worker asks for itself (gunicorn.conf.py asked once in the master, to refuse a bad
-    # configuration in one line): with REDIS_CLUSTER=auto, a master that started during an
-    # outage took the server for one primary, and a worker booted after Redis returned should
-    # not inherit that guess.
-    cluster = check_server(settings)
+    # gunicorn.conf.py checked the configuration and the credentials once, in the master, to
+    # refuse a bad one in one line. A worker never refuses (a worker that fails to boot stops
+    # gunicorn, the whole pod): it only asks, with REDIS_CLUSTER=auto, whether the server is a
+    # cluster (connection.worker_cluster_mode says why).
+    cluster = worker_cluster_mode(settings)
     if cluster:
         logger.info("Redis is a cluster: the cluster client, saves do not wait for replicas")
     make = functools.partial(connect, settings)

@@ -56,9 +56,9 @@ def tokens(monkeypatch: pytest.MonkeyPatch) -> Tokens:
     return stand_in
 
 
-def add_user(client: redis.Redis, password: str) -> None:
+def add_user(client: redis.Redis, password: str, *rules: str) -> None:
     client.execute_command(
-        "ACL", "SETUSER", USER, "reset", "on", f">{password}", "~*", "&*", "+@all"
+        "ACL", "SETUSER", USER, "reset", "on", f">{password}", "~*", "&*", "+@all", *rules
     )
 
 

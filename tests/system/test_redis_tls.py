@@ -12,6 +12,7 @@ import requests
 
 from app import create_app
 from app.config import ConfigError
+from app.connection import check_server
 from tests.support import csrf_token, listed_messages, save, session_keys, stored_messages
 
 
@@ -68,11 +69,15 @@ def test_without_tls_nothing_is_stored(settings, tls_redis, trusts_the_test_ca):
 def test_without_the_right_token_start_up_stops_and_nothing_is_stored(
     settings, tls_redis, trusts_the_test_ca, token
 ):
-    """A password the server refuses stops start-up with one line naming the variables, rather
-    than a 503 on every request: the test above passes only because the app sends the token."""
+    """A password the server refuses stops start-up (the gunicorn master's check) with one line
+    naming the variables, rather than a 503 on every request: the test above passes only
+    because the app sends the token. A worker made with it boots and answers 503 (a worker
+    that fails to boot stops gunicorn: tests/system/test_refused_credentials.py)."""
     base = _base(settings, tls_redis)
     works = create_app(base).test_client()
     assert save(works, "kept").status_code == 303
     with pytest.raises(ConfigError, match="REDIS_AUTH_TOKEN"):
-        create_app(replace(base, redis_auth_token=token))
+        check_server(replace(base, redis_auth_token=token))
+    refused = create_app(replace(base, redis_auth_token=token)).test_client()
+    assert save(refused, "lost").status_code == 503
     _only_kept(tls_redis, works)

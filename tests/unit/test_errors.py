@@ -194,7 +194,7 @@ def test_while_redis_is_away_requests_fail_at_once_until_a_cool_down_has_passed(
             None,
             "the message store is full",
         ),
-        (redis.AuthenticationError("WRONGPASS"), "error", None, "went wrong on our side"),
+        (redis.AuthenticationError("WRONGPASS"), "error", "5", "cannot sign in"),
         (redis.ResponseError("ERR unknown"), "error", None, "went wrong on our side"),
     ],
     ids=[
