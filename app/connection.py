@@ -38,8 +38,9 @@ CONNECT_TIMEOUT_SECONDS = 0.5
 SOCKET_TIMEOUT_SECONDS = 0.5
 # A dropped connection (ElastiCache failover, idle timeout) costs a retry, not an error page.
 # Only a dropped connection: a timeout means the server is stuck, and retrying it would multiply
-# the wait (redis-py reconnects inside each retry, and the handshake waits its own timeout).
-# A retry re-sends the command, which is why every write the app makes is idempotent.
+# the wait (redis-py reconnects inside each retry, and the handshake waits its own timeout);
+# nor a refused AUTH (``NoAuthRetry``). A retry re-sends the command, which is why every write
+# the app makes is idempotent.
 RETRIES = 2
 # Below ElastiCache's idle `timeout` and any NAT idle timeout, so pooled connections are
 # checked (PING) before use instead of failing mid-request.
@@ -60,6 +61,28 @@ def refused(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).lower().startswith(_REFUSALS)
 
 
+class NoAuthRetry(Retry):
+    """redis-py's Retry, but for an authentication failure, which it would retry as the
+    ConnectionError it subclasses: credentials refused now are refused a few milliseconds
+    later too, and with IAM each retry signs a token again, asking the Pod Identity agent
+    (credentials.py says what that may cost). Raised at once, it costs one 503 and the
+    worker's cool-down instead."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The options of every client the app makes, for redis.Redis and RedisCluster alike."""
     options: dict[str, Any] = {
@@ -71,7 +94,7 @@ def client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
-        "retry": Retry(
+        "retry": NoAuthRetry(
             ExponentialBackoff(cap=0.25, base=0.02),
             RETRIES,
             supported_errors=(RedisConnectionError,),

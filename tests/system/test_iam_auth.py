@@ -82,6 +82,11 @@ def refused_logins(client: redis.Redis) -> list:
     return [entry for entry in client.execute_command("ACL", "LOG") if b"auth" in entry]
 
 
+def refused_auths(client: redis.Redis) -> int:
+    """How many AUTHs the server has refused (ACL LOG's entries count repeats)."""
+    return sum(int(e["count"]) for e in client.acl_log() if e["reason"] == "auth")
+
+
 def iam_settings(settings: Settings, **changes: object) -> Settings:
     """The settings init.sh gives the pods with IAM, TLS included, with ``changes``."""
     return replace(
@@ -354,3 +359,24 @@ def test_recycling_drops_every_connection_on_a_cluster_the_rate_limiters_too(
 def _connections(nodes: list[redis.Redis]) -> set[tuple[int, int]]:
     """The app's connections to every node, as (node, connection id)."""
     return {(n, i) for n, node in enumerate(nodes) for i in connection_ids(node)}
+
+
+def _kill_connections(admin: redis.Redis) -> None:
+    """Close every connection of the app's (a blip, a failover): the next need a new AUTH."""
+    admin.execute_command("CLIENT", "KILL", "USER", USER)
+
+
+def test_a_refused_token_costs_one_auth_per_connection_never_a_retry(iam_app, tokens):
+    """redis-py's retry takes an authentication failure for a dropped connection: it signed
+    and sent AUTH again, twice more, inside one page view."""
+    app, admin = iam_app
+    browser = app.test_client()
+    assert save(browser, "one").status_code == 303
+    change_password(admin, "a-token-the-app-cannot-sign-0123")  # the role lost its permission
+    tokens.now += credentials.TOKEN_REUSE_SECONDS
+    _kill_connections(admin)
+    refused = refused_auths(admin)
+    page = browser.get("/")
+    assert refused_auths(admin) - refused == 1
+    assert page.status_code == 503
+    assert page.headers["Retry-After"] == "5"
