@@ -17,11 +17,13 @@ import functools
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import ClassVar
 
+import botocore.session
 import pytest
 import redis
 
@@ -29,21 +31,30 @@ from app import connection, create_app, credentials, ratelimit
 from app.config import Settings, Switch
 from app.connection import connect
 from localservers.gunicorn import Gunicorn
+from localservers.waits import wait_until
 from tests.support import listed_messages, replica_env, save
 from tests.system.tls import TlsRedis
 
 USER = "message-app"
 
 
+REAL_SIGN_TOKEN = credentials.sign_token
+
+
 class Tokens:
-    """The stand-in signer and clock: ``sign_token`` hands out the current password."""
+    """The stand-in signer and clock: ``sign_token`` hands out the current password. With
+    ``via_agent``, it first signs a real token, which asks botocore's credential chain (the
+    stand-in Pod Identity agent below), and fails as that does."""
 
     def __init__(self) -> None:
         self.now = 1_000_000.0
         self.password = "first-token-0123456789"
         self.signed: list[str] = []
+        self.via_agent = False
 
-    def sign(self, settings: Settings, session: object) -> str:
+    def sign(self, settings: Settings, session: botocore.session.Session) -> str:
+        if self.via_agent:
+            REAL_SIGN_TOKEN(settings, session)
         self.signed.append(self.password)
         return self.password
 
@@ -209,22 +220,40 @@ def test_the_cluster_client_authenticates_every_node_with_renewed_tokens(
 
 class Agent(http.server.BaseHTTPRequestHandler):
     """The EKS Pod Identity agent's credentials endpoint, as botocore's container provider
-    calls it: GET with the projected token file's content in Authorization."""
+    calls it: GET with the projected token file's content in Authorization.
+
+    ``failing``: "" answers, "500" answers 500 (the agent restarting), "hang" answers nothing
+    until ``released`` (a stuck agent). ``expires_in``: seconds the credentials it hands out
+    live, None for years; under 10 minutes, botocore asks it again at every signing (its
+    mandatory refresh), as it does near the end of the role session's life."""
 
     token = "projected-service-account-token"
     calls: ClassVar[list[str]] = []
+    failing: ClassVar[str] = ""
+    expires_in: ClassVar[float | None] = None
+    released: ClassVar[threading.Event] = threading.Event()
 
     def do_GET(self) -> None:
         self.calls.append(self.headers.get("Authorization", ""))
+        if self.failing == "hang":
+            self.released.wait(30)
+        if self.failing:
+            self.send_error(500)
+            return
         if self.headers.get("Authorization") != self.token:
             self.send_error(403)
             return
+        expires = (
+            "2099-01-01T00:00:00Z"
+            if self.expires_in is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.expires_in))
+        )
         body = json.dumps(
             {
                 "AccessKeyId": "ASIAPODIDENTITY",
                 "SecretAccessKey": "pod-secret",
                 "Token": "pod-session-token",
-                "Expiration": "2099-01-01T00:00:00Z",
+                "Expiration": expires,
             }
         ).encode()
         self.send_response(200)
@@ -253,9 +282,13 @@ def pod_identity_agent(tmp_path, monkeypatch) -> Iterator[str]:
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
     monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(token_file))
     Agent.calls = []
+    Agent.failing = ""
+    Agent.expires_in = None
+    Agent.released = threading.Event()
     try:
         yield url
     finally:
+        Agent.released.set()  # a hanging request ends, so that the server can close
         server.shutdown()
         server.server_close()
 
@@ -380,3 +413,75 @@ def test_a_refused_token_costs_one_auth_per_connection_never_a_retry(iam_app, to
     assert refused_auths(admin) - refused == 1
     assert page.status_code == 503
     assert page.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize("failing", ["500", "hang"])
+def test_a_failing_agent_is_asked_once_per_connection_and_the_worker_recovers(
+    pod_identity_agent, settings, tls_redis, trusts_the_test_ca, tokens, failing
+):
+    """A worker (re)started while the Pod Identity agent fails: it boots (REDIS_CLUSTER=auto
+    asks the server, and cannot sign), each page view needing a connection asks the agent once
+    (botocore tried 3 times, with 1 s pauses and, hanging, 2 s timeouts; redis-py's retry
+    tripled that: 9 requests and 9 s answering 500, 27 s hanging), a probe is not held, and
+    pages come back once the agent answers, without a restart."""
+    admin = tls_redis.client()
+    add_user(admin, tokens.password)
+    tokens.via_agent = True
+    Agent.failing = failing
+    app = create_app(iam_settings(settings, redis_port=tls_redis.port))
+    browser = app.test_client()
+    assert browser.get("/healthz").status_code == 200
+    Agent.calls.clear()
+    started = time.monotonic()
+    response = save(browser, "not stored")
+    held = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert len(Agent.calls) == 1
+    assert held < 6  # one attempt of 1 s at most (before: 9 s answering 500, 27 s hanging)
+    assert save(browser, "not stored either").status_code == 503  # the cool-down: not asked
+    assert len(Agent.calls) == 1
+
+    Agent.failing = ""
+    wait_until(lambda: save(browser, "stored").status_code == 303, 15, "a save to work")
+    assert listed_messages(browser.get("/").get_data(as_text=True)) == ["stored"]
+
+
+def test_a_token_with_life_left_serves_new_connections_while_the_agent_is_down(
+    pod_identity_agent, iam_app, tokens
+):
+    """Due for a re-sign (10 of its 15 minutes gone) while the agent is down: the cached token
+    is used rather than refused; the agent is asked once per provider, not at every connect;
+    a token past its life is not used, and the agent answering again brings pages back."""
+    app, admin = iam_app
+    tokens.via_agent = True
+    Agent.expires_in = 300  # botocore asks the agent at every signing
+    browser = app.test_client()
+    assert save(browser, "before").status_code == 303
+    assert browser.get("/").status_code == 200
+    signers = len(Agent.calls)  # one per client that connected (each signs for itself)
+    assert signers >= 1
+
+    Agent.failing = "500"
+    tokens.now += credentials.TOKEN_REUSE_SECONDS + 60
+    Agent.calls.clear()
+    _kill_connections(admin)
+    page = browser.get("/")
+    assert page.status_code == 200
+    assert listed_messages(page.get_data(as_text=True)) == ["before"]
+    assert 1 <= len(Agent.calls) <= signers  # each tried once to sign a new one
+    assert refused_logins(admin) == []
+
+    _kill_connections(admin)  # again, moments later: the agent is not asked again yet
+    assert save(browser, "during").status_code == 303
+    assert len(Agent.calls) <= signers
+
+    tokens.now += credentials.TOKEN_LIFETIME_SECONDS  # the cached token is no use now
+    _kill_connections(admin)
+    page = browser.get("/")
+    assert page.status_code == 503
+    assert page.headers["Retry-After"] == "5"
+
+    Agent.failing = ""
+    wait_until(lambda: browser.get("/").status_code == 200, 15, "pages to come back")
+    assert listed_messages(browser.get("/").get_data(as_text=True)) == ["before", "during"]
