@@ -133,6 +133,9 @@ def configure(level: str) -> None:
     # cache for its 15 minutes, and its INFO lines name the credentials' source on every new
     # connection pool. Its failures still reach the log, as the app's own errors.
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # Its warning with a traceback for every failed fetch of the pod's credentials, too: the
+    # app says so itself, in one line (app/credentials.py, app/errors.py).
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
 
 
 def request_id_from(header_value: str | None) -> str:
