@@ -190,6 +190,12 @@ deploy_stack() {
     *_IN_PROGRESS)
       die "stack $name is busy ($status); wait until it finishes, then run $PROG again"
       ;;
+    UPDATE_ROLLBACK_FAILED)
+      # The stack and everything in it (the cluster, the sessions) can be kept: once the cause
+      # of the failed rollback is fixed, CloudFormation can finish it.
+      print_failed_events "$name"
+      die "stack $name is in state UPDATE_ROLLBACK_FAILED: fix what the events above name, then run: aws --profile $PROFILE --region $REGION cloudformation continue-update-rollback --stack-name $name (it may skip resources that cannot roll back: --resources-to-skip), and $PROG again once it reads UPDATE_ROLLBACK_COMPLETE"
+      ;;
     *)
       print_failed_events "$name"
       die "stack $name is in state $status and cannot be updated; see the events above (./destroy.sh removes it)"

@@ -288,6 +288,24 @@ def test_deploy_keeps_the_cluster_admin_of_the_stack_until_told_otherwise(world:
     ) in switched.stderr
 
 
+def test_a_stack_whose_rollback_failed_is_kept_and_how_to_finish_it_said(world: World) -> None:
+    """Real, in moto, but for the state (moto cannot fail a rollback): UPDATE_ROLLBACK_FAILED.
+    deploy.sh neither updates nor suggests deleting the stack (the cluster and every session
+    would go): it names CloudFormation's continue-update-rollback, with the profile and region."""
+    world.create_stacks()
+    run = world.run("deploy.sh", "-p", PROFILE, env={"STUB_MAIN_STATUS": "UPDATE_ROLLBACK_FAILED"})
+    assert run.returncode == 1
+    assert (
+        f"aws --profile {PROFILE} --region {REGION} cloudformation continue-update-rollback "
+        f"--stack-name {STACK}"
+    ) in run.stderr
+    assert "destroy.sh" not in run.stderr
+    main_stack_changes = [
+        op for op in run.ops() if op[1] in ("update-stack", "delete-stack") and op[2] == STACK
+    ]
+    assert main_stack_changes == []
+
+
 def test_deploy_keeps_the_cache_mode_of_the_stack_until_told_otherwise(world: World) -> None:
     """Real, all in moto: a replication-group stack. -m serverless switches it, with a warning
     that every session is lost; a re-run without -m keeps serverless instead of falling back to
