@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .config import ConfigError, Settings, Switch
-from .credentials import credential_options, refusal
+from .credentials import IamAuthError, credential_options, refusal
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,11 @@ def reload_slot_map(client: RedisCluster, failed: str | None = None) -> None:
     )
 
 
+# What INFO cluster told the master's ``check_server``, for the workers gunicorn forks from it
+# (empty: the server gave no answer then).
+_master_answer: list[bool] = []
+
+
 def check_server(settings: Settings) -> bool:
     """Whether to use the cluster client; refuses start-up when Redis refuses our credentials.
 
@@ -203,9 +208,10 @@ def check_server(settings: Settings) -> bool:
                 raise ConfigError(refusal(settings, exc)) from None
         except (RedisConnectionError, RedisTimeoutError):
             pass  # not answering now: _ask_cluster says so
-        enabled = _ask_cluster(probe, wanted)
+        enabled = _ask_cluster(probe, wanted, "assuming one primary")
     finally:
         probe.close()
+    _master_answer[:] = [] if enabled is None else [enabled]
     cluster = (enabled or False) if wanted == Switch.AUTO else wanted == Switch.ON
     if enabled is not None and enabled != cluster:
         raise ConfigError(
@@ -227,31 +233,45 @@ def worker_cluster_mode(settings: Settings) -> bool:
     replaced (an OOM kill) while Redis refuses the credentials (a password changed, the Pod
     Identity agent down) took the whole pod down. So a worker asks only when REDIS_CLUSTER is
     auto (a master started during an outage could only guess, and a worker booted after Redis
-    returned should not inherit that guess), takes anything but an answer for one primary with
-    one warning, and boots: requests then answer 503 until Redis accepts the credentials again,
-    and recover without a restart.
+    returned should not inherit that guess), and takes no answer with one warning: for the
+    master's answer when it had one (else a worker booted while its credentials were refused
+    would take a cluster for one primary for its whole life, every other slot a 503), for one
+    primary when it had none. It boots: requests then answer 503 until Redis accepts the
+    credentials again, and recover without a restart.
     """
     if settings.redis_cluster != Switch.AUTO:
         return settings.redis_cluster == Switch.ON
+    if _master_answer:
+        instead = "taking the master's answer: " + (
+            "a cluster" if _master_answer[0] else "one primary"
+        )
+    else:
+        instead = "assuming one primary"
     probe = connect(settings, retry_on_error=[RedisTimeoutError])
     try:
-        return bool(_ask_cluster(probe, Switch.AUTO))
+        answer = _ask_cluster(probe, Switch.AUTO, instead)
     finally:
         probe.close()
+    if answer is None:
+        return bool(_master_answer and _master_answer[0])
+    return answer
 
 
-def _ask_cluster(probe: redis.Redis, wanted: Switch) -> bool | None:
-    """``INFO cluster``'s answer, or None when the server did not give one (warned once with
-    REDIS_CLUSTER=auto, where the caller then assumes one primary)."""
+def _ask_cluster(probe: redis.Redis, wanted: Switch, instead: str) -> bool | None:
+    """``INFO cluster``'s answer, or None when the server did not give one (with
+    REDIS_CLUSTER=auto, warned once, saying what the caller does ``instead``)."""
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+    except IamAuthError as exc:
+        if wanted == Switch.AUTO:
+            log.warning("no IAM token could be signed (%s): %s", exc, instead)
     except AuthenticationError as exc:
         if wanted == Switch.AUTO:
-            log.warning("Redis refuses the app's credentials (%s): assuming one primary", exc)
+            log.warning("Redis refuses the app's credentials (%s): %s", exc, instead)
     except ResponseError as exc:  # NOPERM (an ACL without INFO), or INFO renamed or disabled
         if wanted == Switch.AUTO:
-            log.warning("the server refuses INFO cluster (%s): using one primary", exc)
+            log.warning("the server refuses INFO cluster (%s): %s", exc, instead)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         if wanted == Switch.AUTO:
-            log.warning("Redis is not answering (%s): assuming one primary", exc)
+            log.warning("Redis is not answering (%s): %s", exc, instead)
     return None

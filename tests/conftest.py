@@ -117,6 +117,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(autouse=True)
+def _no_masters_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test is its own gunicorn master: what a test's check_server learnt (the workers'
+    fallback, app/connection.py) must not reach the next test in this process."""
+    monkeypatch.setattr("app.connection._master_answer", [])
+
+
 @pytest.fixture
 def settings() -> Settings:
     """The production defaults (app/config.py's own), but for what a test must change."""

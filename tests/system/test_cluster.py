@@ -23,7 +23,8 @@ import requests
 from redis.cluster import NodesManager, RedisCluster
 
 from app import create_app, messages, sessions, store
-from app.connection import reload_slot_map
+from app.config import Switch
+from app.connection import check_server, reload_slot_map
 from app.store import KEY_PREFIX
 from localservers import HOST
 from localservers.cluster import ClusterNode, ValkeyCluster
@@ -450,6 +451,40 @@ def test_an_acl_user_is_accepted_and_a_wrong_password_refused_at_start(
     assert len(errors) == 1, refused.log()
     assert "refused app" in errors[0] and "REDIS_AUTH_TOKEN" in errors[0]
     assert "Traceback" not in refused.log()
+
+
+def test_a_worker_booted_while_its_credentials_are_refused_takes_the_masters_answer(
+    valkey_cluster, settings
+):
+    """REDIS_CLUSTER=auto: the master found a cluster; then the app user's password changed on
+    the server, and a worker was replaced meanwhile (an OOM kill), which could not ask. It took
+    one primary for its whole life: once the password was put back, every save whose session
+    hashed to another primary's slot answered 503 (MOVED; found by review: 18 of 30). It takes
+    the master's answer instead, and recovers without a restart."""
+
+    def password(value: str) -> None:
+        for node in valkey_cluster.nodes:
+            node.client().execute_command(
+                "ACL", "SETUSER", "app", "reset", "on", f">{value}", "~*", "&*", "+@all"
+            )
+
+    password("app-password")
+    app_settings = replace(
+        settings,
+        redis_port=valkey_cluster.port,
+        redis_cluster=Switch.AUTO,
+        redis_username="app",
+        redis_auth_token="app-password",
+    )
+    assert check_server(app_settings)  # the master, at start-up
+    password("changed-on-the-server")
+    app = create_app(app_settings)  # a worker booted now
+    password("app-password")
+
+    def saves() -> Counter[int]:
+        return Counter(save(app.test_client(), f"m{n}").status_code for n in range(30))
+
+    wait_until(lambda: saves() == Counter({303: 30}), 15, "saves to every primary's slots")
 
 
 def test_where_client_tracking_is_refused_pages_are_never_stale(valkey, start_replica):
