@@ -77,6 +77,10 @@ class NodeConnection:
         self._lock = threading.RLock()
         self._next_role_check = 0.0
         self._role_refused = False
+        # Whether what was cached through this node's connection is already forgotten since it
+        # last closed (the shared cache is emptied once per drop, not on every request while
+        # the node is down: on a cluster, the other nodes' copies are good).
+        self._forgotten = True
 
     def _connected(self) -> redis.Redis:
         if self._client is None:
@@ -135,8 +139,7 @@ class NodeConnection:
             if connection is None or not connection.is_connected:
                 # Closed without ``disconnect`` (redis-py drops a connection whose command timed
                 # out): nothing keeps what was cached through it fresh any more.
-                if self._cache is not None:
-                    self._cache.clear()
+                self._forget()
                 return
             try:
                 while connection.can_read(timeout=0):
@@ -176,8 +179,12 @@ class NodeConnection:
         with self._lock:
             if self._client is not None and self._client.connection is not None:
                 self._client.connection.disconnect()
-            if self._cache is not None:
-                self._cache.clear()
+            self._forget()
+
+    def _forget(self) -> None:
+        if self._cache is not None and not self._forgotten:
+            self._cache.clear()
+        self._forgotten = True
 
     def _handshake(self, connection: redis.connection.AbstractConnection) -> None:
         # No health check inside the handshake: its PING would reconnect, and so recurse,
@@ -186,6 +193,7 @@ class NodeConnection:
         # Whatever changed while this connection was down sent it no invalidation.
         if self._cache is not None:
             self._cache.clear()
+        self._forgotten = False
         self.check_role_now()  # a new connection may lead to another node (the endpoint moved)
         if self._on_connect_callback is not None:
             self._on_connect_callback()

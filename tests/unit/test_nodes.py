@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from app import nodes
 from app.nodes import NodeConnection, Role
+from app.read_cache import ReadCache, StoredSession
 
 
 class Node:
@@ -81,3 +82,21 @@ def test_a_busy_server_is_asked_again_at_the_next_check(monkeypatch: pytest.Monk
     assert connection.role_due()  # not switched off: trouble of the moment
     node.answer = ["master", 0, []]
     assert connection.role() == Role(primary=True, replicas=0)
+
+
+def test_a_closed_connection_empties_the_shared_cache_once_not_on_every_request() -> None:
+    """On a cluster, a worker's nodes share one read cache. A node whose connection closed
+    empties it (nothing keeps its copies fresh), once: every request routed to that node while
+    it stays down drained it again, and emptied the other nodes' good copies each time (found
+    by review)."""
+    cache = ReadCache(1 << 20)
+    down = NodeConnection("down", lambda **options: Node(["master", 0, []]), cache=cache)  # type: ignore[arg-type]
+    session = StoredSession({}, ("hi",), 10)
+    cache.put("theirs", "other", session)
+    down.drain()  # never connected: nothing of its own was cached
+    assert cache.get("theirs", "other") == session
+    down.disconnect()
+    cache.put("theirs", "other", session)
+    for _ in range(3):
+        down.drain()  # a request routed to it, its circuit open: no reconnect
+        assert cache.get("theirs", "other") == session
