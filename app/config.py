@@ -120,6 +120,8 @@ def _addresses(name: str, raw: str) -> tuple[str, ...]:
             ipaddress.ip_network(entry)
         except ValueError:
             raise ConfigError(f"{name}: {entry!r} is not an IP address or network") from None
+        if "%" in entry:  # an IPv6 scope (fe80::1%eth0), which nginx's set_real_ip_from refuses
+            raise ConfigError(f"{name}: {entry!r} has a scope (%...): give the address alone")
     return entries
 
 

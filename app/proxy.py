@@ -36,14 +36,16 @@ def limits(cap: int) -> str:
 def trusted_proxies(addresses: Sequence[str]) -> str:
     """nginx directives (http context) believing the forwarded headers from ``addresses``
     (FORWARDED_ALLOW_IPS: addresses, networks, or "*" for any) and from nowhere else."""
-    networks = ["0.0.0.0/0", "::/0"] if "*" in addresses else list(addresses)
+    anyone = "*" in addresses
+    networks = ["0.0.0.0/0", "::/0"] if anyone else list(dict.fromkeys(addresses))
     lines = [
         "# From FORWARDED_ALLOW_IPS: the peers whose X-Forwarded-For (the client's address, for",
         "# limit_conn and the logs) and X-Forwarded-Proto nginx believes.",
         *(f"set_real_ip_from {network};" for network in networks),
         "geo $realip_remote_addr $from_trusted_proxy {",
-        "    default 0;",
-        *(f"    {network} 1;" for network in networks),
+        # (geo's default is its 0.0.0.0/0 entry: naming that network too, nginx warns.)
+        f"    default {1 if anyone else 0};",
+        *(f"    {network} 1;" for network in ([] if anyone else networks)),
         "}",
     ]
     return "\n".join(lines) + "\n"

@@ -259,5 +259,11 @@ def test_the_proxy_believes_forwarded_headers_from_the_apps_own_proxies_only():
     assert "10.0.0.0/8" not in trusted_proxies(Settings.one_from_env("forwarded_allow_ips", {}))
     anyone = trusted_proxies(("*",))
     assert re.findall(r"^set_real_ip_from (\S+);$", anyone, re.M) == ["0.0.0.0/0", "::/0"]
+    # geo's default stands for 0.0.0.0/0: named again, nginx warns at every start.
+    assert re.findall(r"^    (.+);$", anyone, re.M) == ["default 1"]
+    twice = trusted_proxies(("127.0.0.1", "127.0.0.1"))
+    assert re.findall(r"^set_real_ip_from (\S+);$", twice, re.M) == ["127.0.0.1"]
+    with pytest.raises(ConfigError, match="has a scope"):  # nginx refuses fe80::1%eth0
+        Settings.one_from_env("forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "fe80::1%eth0"})
     with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
         Settings.one_from_env("forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "10.0.0.1/8"})
