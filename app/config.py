@@ -260,6 +260,10 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = field(
         default=("127.0.0.1", "::1"), metadata=_variable("FORWARDED_ALLOW_IPS", _addresses)
     )
+    # The pod's nginx sidecar only (app/proxy.py): how long an idle client connection stays open.
+    proxy_keepalive_seconds: int = field(
+        default=20, metadata=_variable("PROXY_KEEPALIVE_SECONDS", _integer(1, 3600))
+    )
     log_level: str = field(default="INFO", metadata=_variable("LOG_LEVEL", _log_level))
     replica_name: str = field(
         default_factory=socket.gethostname, metadata=_variable("REPLICA_NAME", _text)
@@ -319,8 +323,8 @@ class Settings:
     def one_from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
         """The setting ``name`` alone, read and checked as ``from_env`` reads it (its default
         when unset): for the pod's nginx sidecar (app/proxy.py), which is given
-        MESSAGE_MAX_LENGTH and FORWARDED_ALLOW_IPS and nothing else (no Secret, no Redis
-        host)."""
+        MESSAGE_MAX_LENGTH, FORWARDED_ALLOW_IPS and PROXY_KEEPALIVE_SECONDS and nothing else
+        (no Secret, no Redis host)."""
         env = os.environ if environ is None else environ
         (setting,) = [f for f in fields(cls) if f.name == name]
         variable = setting.metadata["variable"]

@@ -4,6 +4,8 @@
 - The request body limits: nginx must refuse exactly the bodies the app would refuse
   (``Settings.max_content_length``, derived from MESSAGE_MAX_LENGTH) and hold every body it
   accepts in memory.
+- How long an idle client connection stays open (PROXY_KEEPALIVE_SECONDS), which depends on
+  the load balancer in front of the pod.
 - The proxies whose X-Forwarded-For and X-Forwarded-Proto nginx believes: FORWARDED_ALLOW_IPS,
   the list gunicorn and the app's rate limits believe (the ALB's subnets with the ALB; loopback
   alone behind the NLB, whose peer is the client itself). Any wider list would let whatever
@@ -51,13 +53,20 @@ def trusted_proxies(addresses: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keepalive(seconds: int) -> str:
+    """nginx's idle timeout for client connections (PROXY_KEEPALIVE_SECONDS): it depends on the
+    load balancer in front (k8s/config.env, k8s/components/alb say why)."""
+    return f"# From PROXY_KEEPALIVE_SECONDS.\nkeepalive_timeout {seconds}s;\n"
+
+
 def main() -> None:
     try:
         cap = body_cap(Settings.one_from_env("message_max_length"))
         proxies = Settings.one_from_env("forwarded_allow_ips")
+        idle = Settings.one_from_env("proxy_keepalive_seconds")
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    sys.stdout.write(limits(cap) + trusted_proxies(proxies))
+    sys.stdout.write(limits(cap) + trusted_proxies(proxies) + keepalive(idle))
 
 
 if __name__ == "__main__":

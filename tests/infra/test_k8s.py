@@ -512,7 +512,11 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
     assert start == "exec nginx -c /app/nginx.conf"
     assert "include /tmp/nginx/limits.conf;" in (REPO_ROOT / "nginx.conf").read_text()
     # The two settings app/proxy.py reads, from the app's own ConfigMap (the same values).
-    assert [setting.name for setting in proxy.env] == ["MESSAGE_MAX_LENGTH", "FORWARDED_ALLOW_IPS"]
+    assert [setting.name for setting in proxy.env] == [
+        "MESSAGE_MAX_LENGTH",
+        "FORWARDED_ALLOW_IPS",
+        "PROXY_KEEPALIVE_SECONDS",
+    ]
     for setting in proxy.env:
         assert setting.value_from.config_map_key_ref.name == models["ConfigMap"].metadata.name
         assert setting.value_from.config_map_key_ref.key == setting.name

@@ -167,25 +167,32 @@ def test_health_check_and_draining_match_the_pods(rendered: Any) -> None:
     assert pause + _graceful_timeout() < pod["terminationGracePeriodSeconds"]
 
 
+def _nginx_text() -> str:
+    return (REPO_ROOT / "nginx.conf").read_text()
+
+
 def _nginx_seconds(directive: str) -> int:
     """A timeout of nginx.conf's client side: set in the http block or a location, not in the
     upstream block (whose keepalive_timeout is gunicorn's side)."""
-    text = (REPO_ROOT / "nginx.conf").read_text()
-    text = re.sub(r"upstream \w+ \{.*?\n    \}", "", text, flags=re.S)
+    text = re.sub(r"upstream \w+ \{.*?\n    \}", "", _nginx_text(), flags=re.S)
     (value,) = re.findall(rf"^\s*{directive} (\d+)s;", text, re.M)
     return int(value)
 
 
 def test_the_idle_timeout_sits_between_nginxs_read_and_keepalive_timeouts(rendered: Any) -> None:
     """Above proxy_read_timeout, so a slow answer ends as nginx's own 504 page; below
-    keepalive_timeout, so the ALB (which reuses its connections to the pods) closes an idle one
-    first and never sends on a connection nginx has just closed."""
+    keepalive_timeout (PROXY_KEEPALIVE_SECONDS, which the component raises from the NLB's short
+    one), so the ALB (which reuses its connections to the pods) closes an idle one first and
+    never sends on a connection nginx has just closed."""
     _, kinds = rendered
     attributes = {
         a["key"]: a["value"] for a in kinds["IngressClassParams"]["spec"]["loadBalancerAttributes"]
     }
     idle = int(attributes["idle_timeout.timeout_seconds"])
-    assert _nginx_seconds("proxy_read_timeout") < idle < _nginx_seconds("keepalive_timeout")
+    keepalive = int(kinds["ConfigMap"]["data"]["PROXY_KEEPALIVE_SECONDS"])
+    assert _nginx_seconds("proxy_read_timeout") < idle < keepalive
+    client_side = re.sub(r"upstream \w+ \{.*?\n    \}", "", _nginx_text(), flags=re.S)
+    assert not re.search(r"^\s*keepalive_timeout ", client_side, re.M)  # only the setting's
 
 
 def test_https_redirects_port_80_and_marks_the_cookie_secure(rendered: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from app.config import ConfigError, Settings, Switch, body_cap, is_set, local_data_dir
 from app.connection import check_server
-from app.proxy import limits, trusted_proxies
+from app.proxy import keepalive, limits, trusted_proxies
 from localservers.ports import free_port
 from tests.support import REPO_ROOT
 
@@ -49,6 +49,7 @@ EVERY = {
     "RATE_LIMIT_SAVES": "5 per second; 100/hour",
     "RATE_LIMIT_NEW_SESSIONS": "off",
     "FORWARDED_ALLOW_IPS": "10.0.0.0/16, 127.0.0.1",
+    "PROXY_KEEPALIVE_SECONDS": "30",
     "LOG_LEVEL": "debug",
     "REPLICA_NAME": "pod-1",
     "GUNICORN_BIND": "127.0.0.1:8000",
@@ -83,6 +84,7 @@ def test_every_variable_is_read():
     assert (s.message_max_length, s.messages_max_per_session) == (100, 10)
     assert (s.rate_limit_saves, s.rate_limit_new_sessions) == ("5 per second; 100/hour", "off")
     assert s.forwarded_allow_ips == ("10.0.0.0/16", "127.0.0.1")
+    assert s.proxy_keepalive_seconds == 30
     assert (s.log_level, s.replica_name) == ("DEBUG", "pod-1")
     assert (s.gunicorn_bind, s.web_concurrency) == ("127.0.0.1:8000", 4)
     assert (s.metrics_port, s.metrics_host, s.metrics_dir) == (
@@ -267,3 +269,14 @@ def test_the_proxy_believes_forwarded_headers_from_the_apps_own_proxies_only():
         Settings.one_from_env("forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "fe80::1%eth0"})
     with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
         Settings.one_from_env("forwarded_allow_ips", {"FORWARDED_ALLOW_IPS": "10.0.0.1/8"})
+
+
+def test_the_proxy_keeps_an_idle_client_connection_as_long_as_its_setting_says():
+    """Short behind the NLB (the default), longer than the ALB's idle timeout with the ALB."""
+    assert keepalive(Settings.one_from_env("proxy_keepalive_seconds", {})).endswith(
+        "keepalive_timeout 20s;\n"
+    )
+    seconds = Settings.one_from_env("proxy_keepalive_seconds", {"PROXY_KEEPALIVE_SECONDS": "75"})
+    assert keepalive(seconds).endswith("keepalive_timeout 75s;\n")
+    with pytest.raises(ConfigError, match="PROXY_KEEPALIVE_SECONDS"):
+        Settings.one_from_env("proxy_keepalive_seconds", {"PROXY_KEEPALIVE_SECONDS": "0"})
