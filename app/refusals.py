@@ -27,6 +27,11 @@ class Refusal:
 # reason (the log line's and the metric's label) -> status and message.
 REFUSALS = {
     "empty": Refusal(400, "Write a message before saving: it was empty."),
+    # A crafted form: a browser's textarea sends no such characters (but tab and line breaks).
+    "control_characters": Refusal(
+        400,
+        "The message holds control characters that cannot be shown, so nothing was saved.",
+    ),
     "too_long": Refusal(
         400,
         "A message can be at most {limit:,} characters; this one has {length:,}. "
@@ -40,8 +45,13 @@ REFUSALS = {
     "invalid_utf8": Refusal(400, "The message was not valid UTF-8 text, so nothing was saved."),
     "csrf": Refusal(
         400,
-        "This form has expired or did not come from this site, so nothing was saved. "
-        "Please try again.",
+        "This form has expired or did not come from this site, so {outcome}. Please try again.",
+    ),
+    # The form is checked against a cookie (app/csrf.py): without cookies it can never pass.
+    "no_cookies": Refusal(
+        400,
+        "This site needs cookies to save messages, and your browser sent none, so {outcome}. "
+        "Allow cookies for this site, then reload the page and try again.",
     ),
     "body_too_large": Refusal(413, "That request was too large to accept, so nothing was saved."),
     "rate_limited": Refusal(

@@ -5,6 +5,7 @@ refusal, and the message itself. What each refusal answers is a row of refusals.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from typing import Any
@@ -24,8 +25,8 @@ from .errors import store_unavailable
 from .refusals import refuse
 from .sessions import SAVED_PARAMETER
 from .store import SessionFull, SessionOverBudget
+from .text import has_control_characters, invisible, normalised
 from .text import length as text_length
-from .text import normalised
 
 bp = Blueprint("messages", __name__)
 
@@ -51,8 +52,10 @@ def persist_message() -> Any:
         return refused("damaged_form", draft)
     # Stored, counted and budgeted as the page's textarea holds it (see app/text.py).
     text = normalised(draft).strip()
-    if not text:
+    if not text or invisible(text):
         return refused("empty", draft, save_id)
+    if has_control_characters(text):
+        return refused("control_characters", draft, save_id)
     length = text_length(text)
     if length > settings.message_max_length:
         return refused("too_long", draft, save_id, limit=settings.message_max_length, length=length)
@@ -127,7 +130,12 @@ def csrf_failed(exc: CSRFError) -> Any:
         save_id = request.form.get("save_id")
         if save_id is not None and not _SAVE_ID.fullmatch(save_id):
             save_id = None
-        return refused("csrf", request.form.get("message", ""), save_id, detail=exc.description)
+        destroying = request.endpoint == "messages.destroy"
+        outcome = "the session was not destroyed" if destroying else "nothing was saved"
+        # No cookie at all (blocked in the browser): trying again cannot help, so say why.
+        reason = "csrf" if request.cookies else "no_cookies"
+        draft = request.form.get("message", "")
+        return refused(reason, draft, save_id, detail=exc.description, outcome=outcome)
     except RedisError as error:
         # Raised in an error handler, it would reach Flask as an unhandled exception (logged
         # with its traceback) before becoming the 503: answer the outage's page here.
@@ -144,6 +152,15 @@ def refused(
     return render_page(status, message, draft, save_id)
 
 
+@functools.cache  # one value per process, on every page
+def lifetime_text(seconds: int) -> str:
+    """A session's lifetime as the page says it: "30 minutes", "1 minute", "90 seconds"."""
+    minutes, rest = divmod(seconds, 60)
+    if rest:
+        return f"{seconds:,} second{'' if seconds == 1 else 's'}"
+    return f"{minutes:,} minute{'' if minutes == 1 else 's'}"
+
+
 def render_page(
     status: int = 200, error: str | None = None, draft: str = "", save_id: str | None = None
 ) -> Any:
@@ -158,7 +175,7 @@ def render_page(
             messages=page.messages,
             fingerprint=page.fingerprint,
             started=page.started,
-            lifetime_minutes=settings.session_lifetime_seconds // 60,
+            lifetime=lifetime_text(settings.session_lifetime_seconds),
             replica=settings.replica_name,
             max_length=settings.message_max_length,
             error=error,

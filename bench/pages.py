@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import render_template
 
+from app.views import lifetime_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The ceiling and the anchor render the very same files as the app (index.html extends
 # base.html, which carries the page's stylesheet inline).
@@ -21,7 +23,7 @@ def render_page(**values: Any) -> str:
     """index.html with the context the app passes; the caller gives what varies by session."""
     return render_template(
         "index.html",
-        lifetime_minutes=LIFETIME_SECONDS // 60,
+        lifetime=lifetime_text(LIFETIME_SECONDS),
         max_length=MAX_LENGTH,
         error=None,
         draft="",

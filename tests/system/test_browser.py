@@ -207,3 +207,20 @@ def test_a_form_rendered_under_a_dropped_key_gets_a_clear_400_and_nothing_is_sto
     # Sent again from the page the refusal gave, it saves.
     submit(page, "Save Message")
     expect(page.locator("li.message")).to_have_text(["typed under a key that is gone"])
+
+
+def test_back_after_a_save_does_not_offer_the_saved_text_again(browser, valkey, start_replica):
+    """Back re-fetches the page (no-store), with a new form and save id; Chromium used to
+    restore the textarea's old text into it, so pressing Save stored the message twice (found
+    by review: ['alpha', 'beta', 'beta']). The form asks for no restoring (autocomplete off)."""
+    replica = start_replica(valkey.port, "browser-replica")
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{replica.url}/")
+    for text in ("alpha", "beta"):
+        page.fill("textarea[name=message]", text)
+        submit(page, "Save Message")
+    expect(page.locator("li.message")).to_have_text(["alpha", "beta"])
+    page.go_back(wait_until="load")
+    expect(page.locator("li.message")).to_have_text(["alpha", "beta"])
+    expect(page.locator("textarea[name=message]")).to_have_value("")

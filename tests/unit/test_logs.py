@@ -31,6 +31,7 @@ def test_response_echoes_the_request_id(client):
 
 def test_app_log_lines_are_json_with_the_request_id(capsys, make_app):
     client = make_app().test_client()  # made here, so that its log handler writes to capsys
+    client.get("/")  # the page's cookies: a refusal of the form itself, not of a cookieless one
     client.post("/persistMessage", data={"message": "x"}, headers={"X-Request-ID": "trace-7"})
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     refused = [line for line in lines if line["message"] == "refused: csrf"]

@@ -49,6 +49,7 @@ URLENCODED = "application/x-www-form-urlencoded"
 # reason -> a request that is refused for it.
 REQUESTS: dict[str, Callable] = {
     "empty": _simple(lambda c: _form(c, message=" \t ")),
+    "control_characters": _simple(lambda c: _form(c, message="bell\x07")),
     "too_long": _simple(lambda c: _form(c, message="x" * 2001)),
     "damaged_form": _simple(lambda c: _form(c, message="x", save_id="not a save id!")),
     "not_url_encoded": _simple(
@@ -59,7 +60,10 @@ REQUESTS: dict[str, Callable] = {
         )
     ),
     "invalid_utf8": _raw(lambda token: b"message=%FF&csrf_token=" + token.encode(), URLENCODED),
-    "csrf": _simple(lambda c: c.post("/persistMessage", data={"message": "no token"})),
+    # With the page's cookies (a page seen first), without its token.
+    "csrf": _simple(lambda c: c.get("/") and c.post("/persistMessage", data={"message": "no"})),
+    # A browser that sends no cookie at all.
+    "no_cookies": _simple(lambda c: c.post("/persistMessage", data={"message": "no token"})),
     "body_too_large": _raw(
         lambda token: b"message=" + b"x" * 30_000 + b"&csrf_token=" + token.encode(), URLENCODED
     ),

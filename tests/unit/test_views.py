@@ -95,9 +95,15 @@ def existing(client, fake_redis):
         ({}, "it was empty"),
         ({"message": ""}, "it was empty"),
         ({"message": " \t\n "}, "it was empty"),
+        # Shows nothing: a page would list an empty line (found by review).
+        ({"message": "\u200b"}, "it was empty"),
+        ({"message": " \u200e\u2060 "}, "it was empty"),
         ({"message": "x" * 2001}, "at most 2,000 characters; this one has 2,001"),
+        # Sent raw into the page before (found by review); no textarea sends them.
+        ({"message": "nul\x00"}, "control characters"),
+        ({"message": "bell\x07 esc\x1b[31m"}, "control characters"),
     ],
-    ids=["missing", "empty", "whitespace", "too-long"],
+    ids=["missing", "empty", "whitespace", "zero-width", "format-marks", "too-long", "nul", "c0"],
 )
 def test_refused_messages_answer_400_and_change_nothing(client, existing, data, reason):
     token, snapshot = existing
@@ -306,6 +312,55 @@ def test_a_chunked_body_past_the_cap_is_refused_and_one_at_the_cap_is_read_whole
 
 
 def test_a_post_without_a_body_gets_the_forms_refusal_not_an_error(client) -> None:
+    client.get("/")  # the page's cookies, as a browser has them
     response = client.post("/persistMessage")
     assert response.status_code == 400
     assert "did not come from this site" in response.get_data(as_text=True)
+
+
+def test_text_with_tabs_direction_marks_and_joined_emoji_is_kept(client):
+    text = "a\tb \u200f\u05e9\u05dc\u05d5\u05dd\u200f \U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert save(client, text).status_code == 303
+    assert listed_messages(client.get("/").get_data(as_text=True)) == [text]
+
+
+@pytest.mark.parametrize("path", ["/persistMessage", "/destroy"])
+def test_a_browser_sending_no_cookies_is_told_to_allow_them(client, path):
+    """Cookies blocked: the CSRF check can never pass, so "please try again" would send the
+    user round in circles (found by review); the page says what is missing instead, and what
+    was not done."""
+    response = client.post(path, data={"message": "hello", "csrf_token": "x"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "needs cookies" in page and "Allow cookies for this site" in page
+    outcome = "the session was not destroyed" if path == "/destroy" else "nothing was saved"
+    assert outcome in page
+
+
+def test_a_refused_destroy_says_the_session_was_not_destroyed(client, existing):
+    _, snapshot = existing
+    before = snapshot()
+    response = client.post("/destroy", data={"csrf_token": "forged"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "did not come from this site, so the session was not destroyed" in page
+    assert "nothing was saved" not in page
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(1800, "30 minutes"), (60, "1 minute"), (90, "90 seconds"), (86400, "1,440 minutes")],
+)
+def test_the_page_says_the_lifetime_in_words(make_app, seconds, said):
+    page = make_app(session_lifetime_seconds=seconds).test_client().get("/").get_data(as_text=True)
+    assert f"after {said} without a visit" in page
+
+
+def test_the_form_says_its_limit_and_is_not_refilled_by_the_browser(client):
+    """The limit is shown (the textarea's maxlength cuts a longer paste silently), and the
+    browser may not restore a previous value into a new form (Back after a save: the saved
+    text in a form with a new save id, stored twice on Save; found by review)."""
+    page = client.get("/").get_data(as_text=True)
+    assert "(up to 2,000 characters)" in page
+    assert 'action="/persistMessage" autocomplete="off"' in page
