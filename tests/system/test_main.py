@@ -129,3 +129,29 @@ def test_the_local_app_serves_every_workers_counts(tmp_path):
         stop(process)
     pattern = r'messageapp_http_request_duration_seconds_count\{[^}]*route="/"[^}]*\} (\S+)'
     assert [float(v) for v in re.findall(pattern, scraped)] == [3.0]
+
+
+def test_a_second_local_app_on_the_same_data_refuses_to_start(tmp_path):
+    """Two `python -m app` on one data directory: the second one started a second Valkey on
+    the first one's append-only file before failing on the taken port (found by review). It
+    now stops at once with a line saying what to do, and the first one goes on serving."""
+    data = tmp_path / "data"
+    process, url = run_local(data, tmp_path / "first.log")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
+        second = subprocess.run(
+            [sys.executable, "-m", "app", "--bind", "127.0.0.1:0"],
+            cwd=REPO_ROOT,
+            env={**env, "LOCAL_DATA_DIR": str(data), "METRICS_PORT": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert f"another `python -m app` is using {data}" in second.stderr
+        assert "valkey" not in second.stdout.lower()  # no second server was started
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        stop(process)
+    restarted, url = run_local(data, tmp_path / "again.log")  # free again once it stopped
+    stop(restarted)
