@@ -131,9 +131,6 @@ delete_kubernetes_objects() {
     kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
       die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
   else
-    # No overlay here (another machine deployed, or .deploy/ was removed): the Service is what
-    # holds AWS resources, so delete it by name; the rest goes with the cluster.
-    say "no .deploy/ overlay: deleting service message-app from cluster $cluster"
     # No overlay here (another machine deployed, or .deploy/ was removed): the Service (NLB) and
     # the Ingress (ALB) are what hold AWS resources, so delete them by name; the rest goes with
     # the cluster.

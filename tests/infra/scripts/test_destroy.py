@@ -137,7 +137,9 @@ def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> 
     )
     (sg_call, *_) = run.aws_calls("ec2", "describe-security-groups")
     assert option(sg_call["argv"], "--filters") == f"Name=vpc-id,Values={VPC}"
-    # Without .deploy/ the Service (an NLB) and the Ingress (an ALB) are deleted by name.
+    # Without .deploy/ the Service (an NLB) and the Ingress (an ALB) are deleted by name, and
+    # the script says so once.
+    assert run.stdout.count("no .deploy/ overlay") == 1, run.stdout
     (delete, _) = run.tool("kubectl")
     assert delete["argv"][2:] == [
         "delete",
