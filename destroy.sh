@@ -111,9 +111,10 @@ wait_for_load_balancer() {
 }
 
 # The Service's load balancer, target groups and security groups are not in any stack: unless they
-# are deleted first, they keep the VPC (and so the main stack) from being deleted.
+# are deleted first, they keep the VPC (and so the main stack) from being deleted. The kubeconfig
+# names no namespace: every call names the app's ($2).
 delete_kubernetes_objects() {
-  local cluster=$1 overlay kubeconfig="$WORK/kubeconfig" vpc
+  local cluster=$1 namespace=$2 overlay kubeconfig="$WORK/kubeconfig" vpc
   if ! awsp eks describe-cluster --name "$cluster" --output json >"$WORK/cluster.json" 2>"$WORK/err"; then
     grep -q 'ResourceNotFoundException' "$WORK/err" || {
       cat "$WORK/err" >&2
@@ -128,21 +129,23 @@ delete_kubernetes_objects() {
   if [ -f "$ROOT/.deploy/kustomization.yaml" ] && [ -f "$ROOT/.deploy/secrets.env" ]; then
     overlay="$ROOT/.deploy"
     say "deleting the Kubernetes objects of .deploy/ from cluster $cluster"
+    # No -n: the overlay names each object's namespace (init.sh), kube-system's ConfigMap too,
+    # and kubectl refuses an object whose namespace differs from -n.
     kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
       die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
   else
     # No overlay here (another machine deployed, or .deploy/ was removed): the Service (NLB) and
     # the Ingress (ALB) are what hold AWS resources, so delete them by name; the rest goes with
     # the cluster.
-    say "no .deploy/ overlay: deleting ingress and service message-app from cluster $cluster"
-    kubectl --kubeconfig "$kubeconfig" delete ingress,service message-app --ignore-not-found --wait=true ||
+    say "no .deploy/ overlay: deleting ingress and service message-app in namespace $namespace of cluster $cluster"
+    kubectl --kubeconfig "$kubeconfig" -n "$namespace" delete ingress,service message-app --ignore-not-found --wait=true ||
       die "could not delete service message-app; its load balancer would block deleting the VPC. Fix access to the cluster, then run $PROG again"
   fi
   # (delete --wait=true already waited for the Ingress's finalizer, which Auto Mode lifts once
   # the ALB is deleted.)
-  say "waiting until service message-app is gone"
-  kubectl --kubeconfig "$kubeconfig" wait --for=delete service/message-app --timeout=600s ||
-    die "service message-app is still there after 10 minutes; check it with kubectl describe service message-app, then run $PROG again"
+  say "waiting until service message-app in namespace $namespace is gone"
+  kubectl --kubeconfig "$kubeconfig" -n "$namespace" wait --for=delete service/message-app --timeout=600s ||
+    die "service message-app is still there after 10 minutes; check it with kubectl -n $namespace describe service message-app, then run $PROG again"
   if [ -n "$vpc" ]; then
     wait_for_load_balancer "$vpc" "$cluster"
   else
@@ -205,8 +208,10 @@ if [ -z "$MAIN_JSON" ]; then
   say "stack $STACK: already gone"
 else
   CLUSTER=$(stack_output "$MAIN_JSON" ClusterName)
+  # Where init.sh deployed the app; a stack from before AppNamespace existed ran it in default.
+  APP_NAMESPACE=$(stack_output "$MAIN_JSON" AppNamespace)
   if [ -n "$CLUSTER" ]; then
-    delete_kubernetes_objects "$CLUSTER"
+    delete_kubernetes_objects "$CLUSTER" "${APP_NAMESPACE:-default}"
   else
     say "stack $STACK has no ClusterName output (its creation never finished): no Kubernetes objects to delete"
   fi

@@ -390,7 +390,8 @@ def main_standin_template(
             "CacheAuth": {"Value": auth},
             "CacheName": {"Value": CACHE_NAME},
             "SecretKeyArn": {"Value": secret_key_arn},
-            "AppNamespace": {"Value": APP_NAMESPACE},
+            # main.yaml's parameter (default: APP_NAMESPACE), as main.yaml's output gives it.
+            "AppNamespace": {"Value": {"Ref": "AppNamespace"}},
         }
     if auth == "iam":  # no cache secret at all, the IAM user instead
         for name in ("CacheSecretArn", "CacheSecretKey", "AuthTokenSecretArn"):
