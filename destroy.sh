@@ -114,7 +114,7 @@ wait_for_load_balancer() {
 # are deleted first, they keep the VPC (and so the main stack) from being deleted. The kubeconfig
 # names no namespace: every call names the app's ($2).
 delete_kubernetes_objects() {
-  local cluster=$1 namespace=$2 overlay kubeconfig="$WORK/kubeconfig" vpc
+  local cluster=$1 namespace=$2 overlay="" kubeconfig="$WORK/kubeconfig" vpc
   if ! awsp eks describe-cluster --name "$cluster" --output json >"$WORK/cluster.json" 2>"$WORK/err"; then
     grep -q 'ResourceNotFoundException' "$WORK/err" || {
       cat "$WORK/err" >&2
@@ -126,31 +126,34 @@ delete_kubernetes_objects() {
   # A kubeconfig of our own: never act on whatever cluster the user's current context points at.
   vpc=$(jq -r '.cluster.resourcesVpcConfig.vpcId // empty' "$WORK/cluster.json")
   awsp eks update-kubeconfig --name "$cluster" --kubeconfig "$kubeconfig" >/dev/null
+  # The Ingress (an ALB) and the Service (an NLB) are what hold AWS resources: they go first, by
+  # name, overlay or not, while their IngressClass and its parameters are still there. `delete -k`
+  # alone deletes those before the Ingress (kustomize's order), and an Ingress whose class is gone
+  # can keep its finalizer, and so itself, for ever (kubernetes-sigs/aws-load-balancer-controller
+  # #4341); without --timeout kubectl would wait a week. --wait=true waits out the Ingress's
+  # finalizer, which EKS lifts once the ALB is deleted, and the Service's.
   if [ -f "$ROOT/.deploy/kustomization.yaml" ] && [ -f "$ROOT/.deploy/secrets.env" ]; then
     overlay="$ROOT/.deploy"
-    say "deleting the Kubernetes objects of .deploy/ from cluster $cluster"
-    # No -n: the overlay names each object's namespace (init.sh), kube-system's ConfigMap too,
-    # and kubectl refuses an object whose namespace differs from -n.
-    kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true ||
-      die "could not delete the Kubernetes objects; the load balancer would block deleting the VPC. Fix access to the cluster (or delete service message-app yourself), then run $PROG again"
+    say "deleting ingress and service message-app in namespace $namespace of cluster $cluster, then the rest of .deploy/"
   else
-    # No overlay here (another machine deployed, or .deploy/ was removed): the Service (NLB) and
-    # the Ingress (ALB) are what hold AWS resources, so delete them by name; the rest goes with
+    # No overlay here (another machine deployed, or .deploy/ was removed): the rest goes with
     # the cluster.
     say "no .deploy/ overlay: deleting ingress and service message-app in namespace $namespace of cluster $cluster"
-    kubectl --kubeconfig "$kubeconfig" -n "$namespace" delete ingress,service message-app --ignore-not-found --wait=true ||
-      die "could not delete service message-app; its load balancer would block deleting the VPC. Fix access to the cluster, then run $PROG again"
   fi
-  # (delete --wait=true already waited for the Ingress's finalizer, which Auto Mode lifts once
-  # the ALB is deleted.)
-  say "waiting until service message-app in namespace $namespace is gone"
-  kubectl --kubeconfig "$kubeconfig" -n "$namespace" wait --for=delete service/message-app --timeout=600s ||
-    die "service message-app is still there after 10 minutes; check it with kubectl -n $namespace describe service message-app, then run $PROG again"
+  kubectl --kubeconfig "$kubeconfig" -n "$namespace" delete ingress,service message-app \
+    --ignore-not-found --wait=true --timeout=600s ||
+    die "ingress or service message-app in namespace $namespace is not gone after 10 minutes, or could not be deleted (above); its load balancer would block deleting the VPC. Check access to the cluster and kubectl -n $namespace describe ingress,service message-app (an Ingress stays until EKS has deleted its ALB and lifts its finalizer; its IngressClass message-app-alb must still be there), then run $PROG again"
   if [ -n "$vpc" ]; then
     wait_for_load_balancer "$vpc" "$cluster"
   else
     say "cluster $cluster names no VPC: not waiting for load balancers"
   fi
+  [ -n "$overlay" ] || return 0
+  say "deleting the rest of the Kubernetes objects of .deploy/ from cluster $cluster"
+  # No -n: the overlay names each object's namespace (init.sh), kube-system's ConfigMap too,
+  # and kubectl refuses an object whose namespace differs from -n.
+  kubectl --kubeconfig "$kubeconfig" delete -k "$overlay" --ignore-not-found --wait=true --timeout=300s ||
+    die "could not delete the rest of the Kubernetes objects of .deploy/ within 5 minutes (their load balancer is gone already); fix access to the cluster or delete them yourself (kubectl delete -k .deploy/), then run $PROG again"
 }
 
 # Deletes every object version and delete marker, 1000 at a time (the DeleteObjects limit).

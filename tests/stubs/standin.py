@@ -28,7 +28,9 @@ emulate; everything else goes to the real tool:
   in $STUB_VALIDATE_CACHE by the template's content hash and replayed for the same bytes, so the
   templates are linted once per test session instead of once per deploy.sh run.
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
-  kubectl first (as kubectl does) and then pretends the cluster deleted the objects. `rollout
+  kubectl first (as kubectl does) and then pretends the cluster deleted the objects; with
+  STUB_INGRESS_STUCK=1 a delete that includes the Ingress times out as kubectl's does when the
+  Ingress keeps its finalizer. `rollout
   restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
   `rollout status` waits, within its --timeout, until the test creates $STUB_LOG.rollout-done.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
@@ -537,10 +539,28 @@ def kubectl() -> None:
     if "rollout" in ARGV:
         rollout()
     if "delete" in ARGV and "-k" in ARGV:
-        subprocess.run(
-            [real, "kustomize", option("-k") or ""], check=True, stdout=subprocess.DEVNULL
-        )
+        built = subprocess.run(
+            [real, "kustomize", option("-k") or ""], check=True, capture_output=True, text=True
+        ).stdout
+        if os.environ.get("STUB_INGRESS_STUCK") == "1" and "\nkind: Ingress\n" in built:
+            ingress_stuck()
         print('service "message-app" deleted')
+    elif "delete" in ARGV and os.environ.get("STUB_INGRESS_STUCK") == "1":
+        kinds = next(a for a in ARGV[ARGV.index("delete") + 1 :] if not a.startswith("-"))
+        if "ingress" in kinds.split(","):
+            ingress_stuck()
+
+
+def ingress_stuck() -> None:
+    """STUB_INGRESS_STUCK=1: the Ingress keeps its finalizer (no controller lifts it, as when its
+    IngressClass was deleted first: kubernetes-sigs/aws-load-balancer-controller#4341). A delete
+    --wait that includes it fails at its --timeout as kubectl does; without one kubectl would
+    wait 168 hours (its default), which the stand-in refuses to play."""
+    timeout = next((a.split("=", 1)[1] for a in ARGV if a.startswith("--timeout=")), "0s")
+    if timeout in ("0", "0s"):
+        sys.exit("stand-in kubectl: delete without --timeout: kubectl would wait up to 168 h")
+    print('ingress.networking.k8s.io "message-app" deleted')
+    sys.exit("error: timed out waiting for the condition on ingresses/message-app")
 
 
 def rollout() -> None:

@@ -25,6 +25,7 @@ from .harness import (
     assert_profile_and_region,
     fill_bucket,
     followed_deletion,
+    operation,
     option,
 )
 
@@ -76,15 +77,16 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
     (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")
     kubeconfig = option(update_kubeconfig["argv"], "--kubeconfig")
     assert kubeconfig and kubeconfig != world.env["KUBECONFIG"]
-    delete, wait = run.tool("kubectl")
-    assert delete["argv"] == [
+    by_name, rest = run.tool("kubectl")
+    assert by_name["argv"] == [
+        "--kubeconfig", kubeconfig, "-n", "default", "delete", "ingress,service", "message-app",
+        "--ignore-not-found", "--wait=true", "--timeout=600s",
+    ]  # fmt: skip
+    assert rest["argv"] == [
         "--kubeconfig", kubeconfig, "delete", "-k", str(world.root / ".deploy"),
-        "--ignore-not-found", "--wait=true",
+        "--ignore-not-found", "--wait=true", "--timeout=300s",
     ]  # fmt: skip
-    assert f"cluster/{CLUSTER}" in delete["kubeconfig_text"]
-    assert wait["argv"][2:] == [
-        "-n", "default", "wait", "--for=delete", "service/message-app", "--timeout=600s",
-    ]  # fmt: skip
+    assert f"cluster/{CLUSTER}" in by_name["kubeconfig_text"]
     assert Path(world.env["KUBECONFIG"]).read_text() == user_kubeconfig
     assert not Path(kubeconfig).exists(), "the temporary kubeconfig was left behind"
     (delete_objects,) = run.aws_calls("s3api", "delete-objects")
@@ -142,7 +144,7 @@ def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> 
     # Without .deploy/ the Service (an NLB) and the Ingress (an ALB) are deleted by name, and
     # the script says so once.
     assert run.stdout.count("no .deploy/ overlay") == 1, run.stdout
-    (delete, _) = run.tool("kubectl")
+    (delete,) = run.tool("kubectl")
     assert delete["argv"][2:] == [
         "-n",
         "default",
@@ -151,6 +153,7 @@ def test_destroy_waits_until_eks_has_removed_the_load_balancer(world: World) -> 
         "message-app",
         "--ignore-not-found",
         "--wait=true",
+        "--timeout=600s",
     ]
 
 
@@ -193,6 +196,62 @@ def test_destroy_with_the_overlay_waits_in_the_stacks_app_namespace(world: World
     assert by_name, "nothing looked up by name"
     assert all(option(argv, "-n") == "shop" for argv in by_name), by_name
     assert "-n" not in from_overlay
+
+
+def _alb_overlay(world: World) -> None:
+    """What deploy.sh -e alb and init.sh leave: an ALB stack and its overlay in .deploy/."""
+    world.create_stacks(parameters={"LoadBalancerType": "alb"})
+    world.create_cluster()
+    assert world.run("init.sh", "-p", PROFILE).returncode == 0
+
+
+def test_destroy_deletes_the_ingress_before_its_class(world: World) -> None:
+    """Real: init.sh's ALB overlay, stacks and EKS in moto. Recorded: the first poll still finds
+    the load balancer. `delete -k` alone deletes in kustomize's order, the IngressClass and its
+    parameters before the Ingress has been handled, and the Ingress can then keep its finalizer
+    for ever; so the Ingress and the Service go first, by name and within a bound, and the rest
+    of the overlay only once EKS has removed what it made for them."""
+    _alb_overlay(world)
+    run = world.run(
+        "destroy.sh", "-p", PROFILE, "-y",
+        env={"STUB_CLUSTER_VPC": VPC, "STUB_LB_LEFT": "1", "LB_WAIT_INTERVAL": "0"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    kubeconfig = option(run.aws_calls("eks", "update-kubeconfig")[0]["argv"], "--kubeconfig")
+    steps = [
+        ("kubectl", c["argv"]) if c["tool"] == "kubectl" else ("aws", operation(c)[1])
+        for c in run.calls
+        if c["tool"] == "kubectl" or operation(c)[0] in ("elbv2", "ec2")
+    ]
+    assert steps == [
+        ("kubectl", [
+            "--kubeconfig", kubeconfig, "-n", "default", "delete", "ingress,service",
+            "message-app", "--ignore-not-found", "--wait=true", "--timeout=600s",
+        ]),
+        *[("aws", name) for name in (
+            "describe-load-balancers", "describe-target-groups", "describe-security-groups",
+        )] * 2,
+        ("kubectl", [
+            "--kubeconfig", kubeconfig, "delete", "-k", str(world.root / ".deploy"),
+            "--ignore-not-found", "--wait=true", "--timeout=300s",
+        ]),
+    ]  # fmt: skip
+
+
+def test_destroy_stops_when_the_ingress_keeps_its_finalizer(world: World) -> None:
+    """Stand-in: the Ingress never loses its finalizer. The delete gives up at its --timeout
+    (without one kubectl waits a week) and the script stops, naming what to look at, before
+    deleting anything else: the ALB would block deleting the VPC."""
+    _alb_overlay(world)
+    run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_INGRESS_STUCK": "1"})
+    assert run.returncode == 1
+    assert "timed out waiting for the condition on ingresses/message-app" in run.stderr
+    assert (
+        "ingress or service message-app in namespace default is not gone after 10 minutes"
+    ) in run.stderr
+    assert "kubectl -n default describe ingress,service message-app" in run.stderr
+    assert len(run.tool("kubectl")) == 1, "went on after the Ingress stayed"
+    assert not [op for op in run.ops() if op[1] == "delete-stack"]
 
 
 def test_destroy_keeps_the_stacks_while_the_load_balancer_is_still_there(world: World) -> None:
@@ -254,7 +313,8 @@ def test_destroy_keeps_the_stacks_when_kubernetes_objects_cannot_be_deleted(worl
     world.create_cluster()
     run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_KUBECTL_FAILS": "1"})
     assert run.returncode == 1
-    assert "could not delete service message-app; its load balancer would block" in run.stderr
+    assert "error: You must be logged in to the server (Unauthorized)" in run.stderr
+    assert "or could not be deleted (above); its load balancer would block" in run.stderr
     assert not [op for op in run.ops() if op[1] == "delete-stack"]
     assert len(world.client("cloudformation").describe_stacks()["Stacks"]) == 2
     assert_profile_and_region(run)
