@@ -20,7 +20,8 @@ Usage: $PROG image|apply -p PROFILE -r REGION -t TAG [-s STACK_NAME] [-h]
          then only its SBOM is read back.
   apply  Write the overlay .deploy/ with init.sh -t TAG (which finds the pushed image and does
          not build again; SECRET_KEY comes from the stack's Secrets Manager secret, the same
-         as on every operator's machine), then kubectl apply -k .deploy/ and wait for the rollout.
+         as on every operator's machine), then kubectl apply -k .deploy/ and wait for the rollout
+         in the stack's AppNamespace; that namespace goes to \$GITHUB_OUTPUT as namespace=NS.
 
   -p PROFILE     AWS CLI profile (the workflow's OIDC step writes it)
   -r REGION      AWS region
@@ -89,13 +90,24 @@ image() {
 # init.sh writes SECRET_KEY (and a rotation's fallbacks) from Secrets Manager, so a CI job starting
 # without .deploy/ deploys the same key as the running pods, and a rotation step an operator took
 # (init.sh -R) reaches the pods as it is.
+# The kubeconfig init.sh writes names no namespace: the rollout is awaited in the stack's
+# AppNamespace (where the overlay puts the app), and the workflow's ops.verify step gets it as
+# this step's output `namespace` (GitHub's $GITHUB_OUTPUT file, when set).
 apply() {
   require_tools aws kubectl jq
+  make_work_dir
+  local json namespace
   "$ROOT/init.sh" -p "$PROFILE" -r "$REGION" -s "$STACK" -t "$TAG"
+  json=$(stack_json "$STACK")
+  namespace=$(stack_output "$json" AppNamespace)
+  [ -n "$namespace" ] || die "stack $STACK has no output AppNamespace"
   say "applying .deploy/"
   kubectl apply -k "$ROOT/.deploy/"
   # Three pods, each after a 40 s preStop pause and its readiness probe: minutes, not seconds.
-  kubectl rollout status deployment/message-app --timeout=15m
+  kubectl -n "$namespace" rollout status deployment/message-app --timeout=15m
+  if [ -n "${GITHUB_OUTPUT:-}" ]; then
+    printf 'namespace=%s\n' "$namespace" >>"$GITHUB_OUTPUT"
+  fi
 }
 
 "$COMMAND"

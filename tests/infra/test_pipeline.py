@@ -147,6 +147,19 @@ def test_deploy_runs_only_after_the_tests_and_only_when_switched_on() -> None:
     assert any("-m ops.verify" in s for s in steps)
 
 
+def test_verify_looks_in_the_namespace_the_apply_step_rolled_out_to() -> None:
+    """ops.verify reads the kubeconfig context's namespace by default, and init.sh's kubeconfig
+    names none: the apply step hands on the stack's AppNamespace (scripts/pipeline.sh writes
+    namespace=... to $GITHUB_OUTPUT), through the environment, never spliced into the script."""
+    steps = _workflow(DEPLOY_WORKFLOW)["jobs"]["deploy"]["steps"]
+    (apply,) = [s for s in steps if s.get("run", "").startswith("scripts/pipeline.sh apply ")]
+    (verify,) = [s for s in steps if "-m ops.verify" in s.get("run", "")]
+    assert steps.index(apply) < steps.index(verify)
+    assert verify["env"]["NAMESPACE"] == f"${{{{ steps.{apply['id']}.outputs.namespace }}}}"
+    assert '-m ops.verify --namespace "$NAMESPACE" ' in verify["run"]
+    assert "${{" not in verify["run"]
+
+
 def test_least_privilege_and_no_stored_aws_key() -> None:
     for path in WORKFLOWS:
         workflow = _workflow(path)

@@ -570,7 +570,7 @@ def rollout() -> None:
         print(f"deployment.apps/{target.split('/', 1)[1]} restarted")
         sys.exit(0)
     timeout = next((a.split("=", 1)[1] for a in ARGV if a.startswith("--timeout=")), "0s")
-    deadline = time.monotonic() + float(timeout.rstrip("s") or 0)
+    deadline = time.monotonic() + seconds(timeout)
     done = Path(os.environ["STUB_LOG"] + ".rollout-done")
     while not done.exists():
         if time.monotonic() > deadline:
@@ -578,6 +578,14 @@ def rollout() -> None:
         time.sleep(0.1)
     print(f'deployment "{target.split("/", 1)[1]}" successfully rolled out')
     sys.exit(0)
+
+
+def seconds(duration: str) -> float:
+    """A kubectl duration of one unit (600s, 15m, 1h; a bare number is seconds) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    if duration[-1:] in units:
+        return float(duration[:-1] or 0) * units[duration[-1]]
+    return float(duration or 0)
 
 
 def builder() -> None:
