@@ -9,13 +9,18 @@ so the check is behavioural: keep one cookie jar, save a message per step, and r
 list all messages saved so far, while the load balancer spreads the requests. It passes only when at
 least two different replicas (pods: REPLICA_NAME is the pod name) took part and nothing was missing.
 
+The address is the Service's load balancer (type LoadBalancer: the NLB), or else that of the
+Ingress of the same name (the ALB edge, k8s/components/alb, where the Service is ClusterIP); https
+when that load balancer listens for HTTPS.
+
 Exit status: 0 passed, 1 the check failed, 2 usage error, 3 could not reach the cluster, the
-Service's load balancer or the app within --timeout.
+load balancer or the app within --timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import time
@@ -35,6 +40,8 @@ from ops.page import Page, parse_page
 REQUEST_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 2.0
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# The ALB's listeners (k8s/components/alb, ../alb-https): a JSON list like [{"HTTP": 80}].
+ALB_LISTEN_PORTS = "alb.ingress.kubernetes.io/listen-ports"
 
 
 class Unreachable(Exception):
@@ -226,10 +233,22 @@ def _is_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
+def _address(load_balancer: Any) -> str | None:
+    """The first hostname or IP address of a Service's or an Ingress's status.loadBalancer."""
+    entries = (load_balancer and load_balancer.ingress) or []
+    return next((i.hostname or i.ip for i in entries if i.hostname or i.ip), None)
+
+
+def _base_url(scheme: str, host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + ("" if port == default else f":{port}")
+
+
 def _service_url(service: Any) -> str | None:
     """The load balancer's base URL: its `http` port, else `https` (TLS at the LB), else any."""
-    ingress = (service.status.load_balancer and service.status.load_balancer.ingress) or []
-    host = next((i.hostname or i.ip for i in ingress if i.hostname or i.ip), None)
+    host = _address(service.status.load_balancer)
     if host is None:
         return None
     ports = {p.name: p.port for p in service.spec.ports or []}
@@ -239,10 +258,39 @@ def _service_url(service: Any) -> str | None:
         scheme, port = "https", ports["https"]
     else:
         scheme, port = "http", next(iter(ports.values()), 80)
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}[scheme]
-    return f"{scheme}://{host}" + ("" if port == default else f":{port}")
+    return _base_url(scheme, host, port)
+
+
+def _listeners(ingress: Any) -> list[tuple[str, int]]:
+    """The ALB's listeners from the listen-ports annotation, as (HTTP or HTTPS, port); none when
+    it is missing or not the JSON list the controller reads."""
+    raw = (ingress.metadata.annotations or {}).get(ALB_LISTEN_PORTS, "")
+    try:
+        entries = json.loads(raw)
+        return [
+            (protocol.upper(), int(port)) for entry in entries for protocol, port in entry.items()
+        ]
+    except (ValueError, TypeError, AttributeError):
+        return []
+
+
+def _ingress_url(ingress: Any) -> str | None:
+    """The Ingress's load balancer's base URL: https when it listens for HTTPS (the listen-ports
+    annotation, as k8s/components/alb-https sets it, or a TLS section), else http (port 80 by
+    default)."""
+    host = _address(ingress.status and ingress.status.load_balancer)
+    if host is None:
+        return None
+    listeners = _listeners(ingress)
+    https = [port for protocol, port in listeners if protocol == "HTTPS"]
+    http = [port for protocol, port in listeners if protocol == "HTTP"]
+    if https:
+        return _base_url("https", host, 443 if 443 in https else https[0])
+    if http:
+        return _base_url("http", host, 80 if 80 in http else http[0])
+    if ingress.spec and ingress.spec.tls:
+        return _base_url("https", host, 443)
+    return _base_url("http", host, 80)
 
 
 def resolve_target(
@@ -250,7 +298,10 @@ def resolve_target(
     service_name: str,
     deadline: float,
 ) -> Target:
-    """Wait for the Service's load-balancer address and at least two ready pods behind it."""
+    """Wait for the load balancer's address and at least two ready pods behind the Service.
+
+    The address is the Service's when it is of type LoadBalancer, else that of the Ingress of
+    the same name (the ALB edge makes the Service ClusterIP)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -258,6 +309,7 @@ def resolve_target(
     default_namespace = _load_kube_config()
     namespace = namespace or default_namespace
     api = client.CoreV1Api()
+    networking = client.NetworkingV1Api()
     status = "no answer yet"
     while True:
         try:
@@ -272,13 +324,18 @@ def resolve_target(
             pods = api.list_namespaced_pod(
                 namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS
             ).items
+            if service.spec.type == "LoadBalancer":
+                url = _service_url(service)
+            else:
+                url = _ingress_url(
+                    _read_ingress(networking, namespace, service_name, service.spec.type)
+                )
         except ApiException as exc:
             if exc.status == 404:
                 raise Unreachable(f"service {namespace}/{service_name} not found") from None
             raise Unreachable(f"Kubernetes API error {exc.status}: {exc.reason}") from None
         except HTTPError as exc:
             raise Unreachable(f"Kubernetes API unreachable: {exc}") from None
-        url = _service_url(service)
         ready = tuple(sorted(p.metadata.name for p in pods if _is_ready(p)))
         if url and len(ready) >= 2:
             return Target(url=url, ready_pods=ready)
@@ -288,6 +345,33 @@ def resolve_target(
             raise Unreachable(f"service {namespace}/{service_name} not ready in time ({status})")
         print(f"waiting: {status}", file=sys.stderr)
         time.sleep(min(POLL_SECONDS, remaining))
+
+
+def _read_ingress(networking: Any, namespace: str, name: str, service_type: str) -> Any:
+    """The Ingress `name`; without one a Service that is not a load balancer cannot be reached."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return networking.read_namespaced_ingress(
+            name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    raise Unreachable(
+        f"service {namespace}/{name} is of type {service_type} and there is no ingress "
+        f"{namespace}/{name}: no load balancer leads to it (pass --url to check another address)"
+    )
+
+
+def tls_name_note(url: str) -> str:
+    """Printed once for an https address found in the cluster: it is the load balancer's own
+    name, which the operator's certificate does not name."""
+    return (
+        f"note: {url} is the load balancer's own name; the certificate names your domain, so "
+        "the TLS check (never switched off) fails unless the certificate also covers this name. "
+        "Point your domain at the load balancer and pass --url https://YOUR-DOMAIN"
+    )
 
 
 def format_report(run: Run, target: Target, planned: int) -> str:
@@ -376,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             target = Target(url=args.url.rstrip("/"))
         else:
             target = resolve_target(args.namespace, args.service, deadline)
+            if target.url.startswith("https://"):
+                print(tls_name_note(target.url), file=sys.stderr)
             if args.resolve_only:
                 print(f"URL: {target.url}")
                 print(f"Ready pods: {', '.join(target.ready_pods)}")

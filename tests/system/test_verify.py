@@ -6,9 +6,10 @@ sessions in their own Redis database, which is exactly the bug the command exist
 
 Kubernetes part: a small HTTP server answers the two API paths the command calls with JSON in
 tests/fixtures/k8s-api/ (hand-written in the API's response format: a Service with a Classic ELB
-hostname, the same Service before its load balancer exists, and five pods of which three are
-ready, one fails its readiness probe and one is terminating), reached through a kubeconfig
-in tmp_path.
+hostname, the same Service before its load balancer exists, the ClusterIP Service and the Ingress
+with the ALB's hostname that the ALB edge (k8s/components/alb) makes, and five pods of which
+three are ready, one fails its readiness probe and one is terminating), reached through a
+kubeconfig in tmp_path.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from kubernetes.client import (
+    V1Ingress,
+    V1IngressLoadBalancerIngress,
+    V1IngressLoadBalancerStatus,
+    V1IngressSpec,
+    V1IngressStatus,
+    V1IngressTLS,
     V1LoadBalancerIngress,
     V1LoadBalancerStatus,
+    V1ObjectMeta,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -40,7 +48,7 @@ from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
 from localservers.valkey import Valkey
-from ops.verify import _service_url
+from ops.verify import _ingress_url, _service_url
 from tests.support import FIXTURES, REPO_ROOT, replica_env, session_keys
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
@@ -211,6 +219,42 @@ def test_service_url_follows_the_load_balancer_ports(
 
 
 @pytest.mark.parametrize(
+    ("listen_ports", "tls", "address", "url"),
+    [
+        ('[{"HTTP": 80}]', False, {"hostname": "alb.example"}, "http://alb.example"),
+        (
+            '[{"HTTP": 80}, {"HTTPS": 443}]',
+            False,
+            {"hostname": "alb.example"},
+            "https://alb.example",
+        ),
+        ('[{"HTTPS": 8443}]', False, {"hostname": "alb.example"}, "https://alb.example:8443"),
+        ('[{"HTTP": 8080}]', False, {"ip": "192.0.2.7"}, "http://192.0.2.7:8080"),
+        (None, True, {"hostname": "alb.example"}, "https://alb.example"),
+        (None, False, {"ip": "2001:db8::1"}, "http://[2001:db8::1]"),
+        ("not json", False, {"hostname": "alb.example"}, "http://alb.example"),
+        ('[{"HTTP": 80}]', False, None, None),
+    ],
+)
+def test_ingress_url_follows_the_albs_listeners(
+    listen_ports: str | None, tls: bool, address: dict[str, str] | None, url: str | None
+) -> None:
+    """The listen-ports annotation (k8s/components/alb, alb-https) decides the scheme and port;
+    without it a TLS section means https on 443, as for any Ingress."""
+    annotations = {"alb.ingress.kubernetes.io/listen-ports": listen_ports} if listen_ports else None
+    ingress = V1Ingress(
+        metadata=V1ObjectMeta(name="message-app", annotations=annotations),
+        spec=V1IngressSpec(tls=[V1IngressTLS(hosts=["app.example"])] if tls else None),
+        status=V1IngressStatus(
+            load_balancer=V1IngressLoadBalancerStatus(
+                ingress=[V1IngressLoadBalancerIngress(**address)] if address else None
+            )
+        ),
+    )
+    assert _ingress_url(ingress) == url
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["--requests", "1"],
@@ -234,6 +278,8 @@ class _FakeApi(ThreadingHTTPServer):
         # Answer this many Service lookups with `pending` (no load balancer yet) first.
         self.pending: dict[str, Any] | None = None
         self.pending_lookups = 0
+        # The Ingress of the same name, if any (the ALB edge).
+        self.ingress: dict[str, Any] | None = None
 
 
 class _FakeApiHandler(BaseHTTPRequestHandler):
@@ -249,6 +295,11 @@ class _FakeApiHandler(BaseHTTPRequestHandler):
                 self._reply(200, self.server.pending)
             else:
                 self._reply(200, self.server.service)
+        elif (
+            url.path == f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses/{name}"
+            and self.server.ingress is not None
+        ):
+            self._reply(200, self.server.ingress)
         elif url.path == f"/api/v1/namespaces/{NAMESPACE}/pods":
             selector = parse_qs(url.query).get("labelSelector", [""])[0]
             wanted = dict(pair.split("=", 1) for pair in selector.split(","))
@@ -379,4 +430,76 @@ def test_full_run_through_the_kubernetes_lookup(
     assert f"URL: {shared[0]}" in result.stdout
     assert f"Ready pods behind the Service: {', '.join(READY_PODS)}" in result.stdout
     assert "not a ready pod" not in result.stdout and "not seen" not in result.stdout
+    assert "PASS" in result.stdout
+
+
+def _alb(server: _FakeApi, listen_ports: str | None = None) -> str:
+    """The ALB edge's objects on the stand-in API: the ClusterIP Service and the Ingress (its
+    listen-ports annotation replaced when given); returns the ALB's hostname."""
+    server.service = _fixture("service-alb.json")
+    server.ingress = _fixture("ingress-alb.json")
+    if listen_ports is not None:
+        annotations = server.ingress["metadata"]["annotations"]
+        annotations["alb.ingress.kubernetes.io/listen-ports"] = listen_ports
+    return str(server.ingress["status"]["loadBalancer"]["ingress"][0]["hostname"])
+
+
+def test_resolve_only_finds_the_albs_address_on_the_ingress(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    """With the ALB edge the Service is ClusterIP and never gets a load balancer's address: the
+    Ingress of the same name has it. HTTP only (no certificate): http, port 80 implied."""
+    server, env = fake_api
+    hostname = _alb(server)
+    result = _verify("--resolve-only", "--timeout", "10", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"URL: http://{hostname}\n" in result.stdout
+    assert f"Ready pods: {', '.join(READY_PODS)}\n" in result.stdout
+    paths = [urlsplit(path).path for path, _ in server.seen]
+    assert f"/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses/message-app" in paths
+    assert "certificate" not in result.stderr
+
+
+def test_an_ingress_listening_on_443_is_reached_over_https_with_one_warning(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    """k8s/components/alb-https adds HTTPS on 443 (port 80 only redirects): the URL is https.
+    The certificate names the operator's domain, not the ALB's hostname, so verify says once
+    how to pass that domain instead (it never turns the certificate check off)."""
+    server, env = fake_api
+    hostname = _alb(server, '[{"HTTP": 80}, {"HTTPS": 443}]')
+    result = _verify("--resolve-only", "--timeout", "10", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"URL: https://{hostname}\n" in result.stdout
+    assert result.stderr.count("--url https://YOUR-DOMAIN") == 1, result.stderr
+    assert "certificate" in result.stderr
+
+
+def test_a_clusterip_service_without_an_ingress_exits_3_at_once(
+    fake_api: tuple[_FakeApi, dict[str, str]],
+) -> None:
+    """No load balancer can ever appear: say so rather than wait out --timeout."""
+    server, env = fake_api
+    server.service = _fixture("service-alb.json")
+    result = _verify("--resolve-only", "--timeout", "60", env=env)
+    assert result.returncode == 3
+    assert (
+        f"service {NAMESPACE}/message-app is of type ClusterIP and there is no ingress "
+        f"{NAMESPACE}/message-app"
+    ) in result.stderr
+    assert "waiting:" not in result.stderr
+
+
+def test_full_run_through_the_ingress_lookup(
+    fake_api: tuple[_FakeApi, dict[str, str]], shared: tuple[str, list[str]]
+) -> None:
+    """The recorded Ingress, its ALB played by the local proxy (its address and listen port)."""
+    server, env = fake_api
+    proxy = urlsplit(shared[0])
+    _alb(server, json.dumps([{"HTTP": proxy.port}]))
+    assert server.ingress is not None
+    server.ingress["status"]["loadBalancer"]["ingress"] = [{"ip": proxy.hostname}]
+    result = _verify("--requests", "6", "--timeout", "30", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"URL: {shared[0]}" in result.stdout
     assert "PASS" in result.stdout
