@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 
 from app.redis_client import RedisClient
 from app.replication import NodeReplication, ReplicaWait
@@ -107,6 +108,18 @@ def save(client, text: str, token: str | None = None):
     if token is None:
         token = csrf_token(client.get("/").get_data(as_text=True))
     return client.post("/persistMessage", data={"message": text, "csrf_token": token})
+
+
+def post_message(browser: requests.Session, base: str, text: str) -> requests.Response:
+    """Save ``text`` as a browser does against a server at ``base``: the page's form with its
+    CSRF token, in the browser's cookie jar; the 303 is not followed."""
+    token = csrf_token(browser.get(f"{base}/", timeout=10).text)
+    return browser.post(
+        f"{base}/persistMessage",
+        data={"message": text, "csrf_token": token},
+        allow_redirects=False,
+        timeout=10,
+    )
 
 
 def command_calls(client: redis.Redis, command: str) -> int:

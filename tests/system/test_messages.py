@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from app.store import session_key
-from tests.support import csrf_token, listed_messages, session_keys, stored_messages
+from tests.support import csrf_token, listed_messages, post_message, session_keys, stored_messages
 
 
 @pytest.fixture
@@ -24,13 +24,7 @@ def visitor():
         browser = requests.Session()
 
         def save(text: str) -> requests.Response:
-            token = csrf_token(browser.get(f"{replica.url}/", timeout=10).text)
-            return browser.post(
-                f"{replica.url}/persistMessage",
-                data={"message": text, "csrf_token": token},
-                allow_redirects=False,
-                timeout=10,
-            )
+            return post_message(browser, replica.url, text)
 
         save.sid = lambda: browser.cookies["session"]  # type: ignore[attr-defined]
         return save

@@ -18,20 +18,10 @@ import requests
 from app.config import ConfigError, Settings
 from app.connection import check_server, worker_cluster_mode
 from localservers.waits import wait_until
-from tests.support import command_calls, csrf_token, listed_messages
+from tests.support import command_calls, listed_messages, post_message
 from tests.system.test_iam_auth import USER, add_user, change_password
 
 PASSWORD = "first-password-0123456789"
-
-
-def _save(browser: requests.Session, base: str, text: str) -> requests.Response:
-    token = csrf_token(browser.get(f"{base}/", timeout=10).text)
-    return browser.post(
-        f"{base}/persistMessage",
-        data={"message": text, "csrf_token": token},
-        allow_redirects=False,
-        timeout=10,
-    )
 
 
 def test_a_worker_replaced_while_the_password_is_refused_boots_and_recovers(valkey, start_replica):
@@ -41,7 +31,7 @@ def test_a_worker_replaced_while_the_password_is_refused_boots_and_recovers(valk
         valkey.port, "refused", REDIS_USERNAME=USER, REDIS_AUTH_TOKEN=PASSWORD, WEB_CONCURRENCY="1"
     )
     browser = requests.Session()
-    assert _save(browser, replica.url, "before").status_code == 303
+    assert post_message(browser, replica.url, "before").status_code == 303
 
     change_password(admin, "changed-on-the-server-0123")  # the app still sends PASSWORD
     (worker,) = replica.worker_pids()
@@ -62,7 +52,7 @@ def test_a_worker_replaced_while_the_password_is_refused_boots_and_recovers(valk
 
     change_password(admin, PASSWORD)  # put right on the server: no restart
     wait_until(lambda: browser.get(f"{replica.url}/", timeout=10).status_code == 200, 15, "pages")
-    assert _save(browser, replica.url, "after").status_code == 303
+    assert post_message(browser, replica.url, "after").status_code == 303
     page = browser.get(f"{replica.url}/", timeout=10)
     assert listed_messages(page.text) == ["before", "after"]
     assert "Worker failed to boot" not in replica.log()
@@ -107,5 +97,5 @@ def test_gunicorn_serves_as_a_user_without_dangerous_commands(valkey, start_repl
         valkey.port, "no-dangerous", REDIS_USERNAME=USER, REDIS_AUTH_TOKEN=PASSWORD
     )
     browser = requests.Session()
-    assert _save(browser, replica.url, "kept").status_code == 303
+    assert post_message(browser, replica.url, "kept").status_code == 303
     assert listed_messages(browser.get(f"{replica.url}/", timeout=10).text) == ["kept"]

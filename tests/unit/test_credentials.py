@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import logging
 from dataclasses import replace
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -22,7 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import CredentialRetrievalError
 
-from app import credentials
+from app import credentials, logs
 from app.config import Settings
 
 ACCESS_KEY = "AKIDEXAMPLE"
@@ -227,3 +228,20 @@ def test_signing_reads_no_service_model(iam, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     _, token = credentials.IamCredentialProvider(iam).get_credentials()
     assert "X-Amz-Signature=" in token
+
+
+def test_debug_logging_never_writes_what_a_signed_token_is_made_of(iam, capsys):
+    """LOG_LEVEL=DEBUG: botocore logs its canonical request (with the session token) and the
+    signature at DEBUG, from which anyone who reads the log could rebuild a token for the
+    cache, good for 15 minutes (found by review: both were in the log)."""
+    logs.configure("DEBUG")
+    try:
+        token = credentials.sign_token(iam, session_with(token="SESSION-TOKEN-VALUE"))
+        logging.getLogger("app").debug("still written")
+    finally:
+        logs.configure("INFO")
+    signature = token.rsplit("X-Amz-Signature=", 1)[1]
+    out = capsys.readouterr().out
+    assert "still written" in out
+    assert signature not in out
+    assert "SESSION-TOKEN-VALUE" not in out

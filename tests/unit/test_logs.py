@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import replace
 
-import botocore.session
-
-from app import credentials, logs
 from app.logs import JsonFormatter, RepeatLimit, request_id_from
 from localservers.waits import wait_until
 
@@ -109,30 +105,3 @@ def test_a_line_after_a_quiet_second_is_written_at_once_with_what_was_held(monke
     clock[0] += 61
     handler.handle(_record("alone"))
     assert handler.written[2].getMessage() == "alone" and not hasattr(handler.written[2], "repeats")
-
-
-def test_debug_logging_never_writes_what_a_signed_cache_token_is_made_of(capsys, settings):
-    """LOG_LEVEL=DEBUG: botocore logs its canonical request (with the session token) and the
-    signature at DEBUG, from which anyone who reads the log could rebuild a token for the
-    cache, good for 15 minutes (found by review: both were in the log)."""
-    iam = replace(
-        settings,
-        redis_tls=True,
-        redis_auth="iam",
-        redis_username="message-app",
-        redis_iam_cache_name="fes-0123456789ab",
-        aws_region="eu-central-1",
-    )
-    session = botocore.session.Session()
-    session.set_credentials("AKIDEXAMPLE", "secret", "SESSION-TOKEN-VALUE")
-    logs.configure("DEBUG")
-    try:
-        token = credentials.sign_token(iam, session)
-        logging.getLogger("app").debug("still written")
-    finally:
-        logs.configure("INFO")
-    signature = token.rsplit("X-Amz-Signature=", 1)[1]
-    out = capsys.readouterr().out
-    assert "still written" in out
-    assert signature not in out
-    assert "SESSION-TOKEN-VALUE" not in out
