@@ -24,12 +24,16 @@ def normalised(raw: str) -> str:
 def invisible(text: str) -> bool:
     """Whether ``text`` shows nothing: only whitespace and format characters (a zero-width
     space, a direction mark), which a page would list as an empty line."""
+    if text.isprintable():  # the common case, in C: no format or control character at all
+        return text.isspace()
     return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds a control character a textarea never sends (NUL, ESC, DEL...):
     only tab and line breaks (LF, after ``normalised``) are text."""
+    if text.isprintable():  # the common case, in C
+        return False
     return any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in text)
 
 
