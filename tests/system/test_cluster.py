@@ -33,6 +33,7 @@ from localservers.waits import wait_until
 from tests.support import csrf_token, listed_messages, replica_env, save, session_keys
 
 from .cluster import flushed
+from .test_iam_auth import USER, add_user, change_password
 
 
 def browse(url: str, browser: requests.Session) -> str:
@@ -462,24 +463,22 @@ def test_a_worker_booted_while_its_credentials_are_refused_takes_the_masters_ans
     hashed to another primary's slot answered 503 (MOVED; found by review: 18 of 30). It takes
     the master's answer instead, and recovers without a restart."""
 
-    def password(value: str) -> None:
-        for node in valkey_cluster.nodes:
-            node.client().execute_command(
-                "ACL", "SETUSER", "app", "reset", "on", f">{value}", "~*", "&*", "+@all"
-            )
-
-    password("app-password")
+    nodes = [node.client() for node in valkey_cluster.nodes]
+    for node in nodes:
+        add_user(node, "app-password")
     app_settings = replace(
         settings,
         redis_port=valkey_cluster.port,
         redis_cluster=Switch.AUTO,
-        redis_username="app",
+        redis_username=USER,
         redis_auth_token="app-password",
     )
     assert check_server(app_settings)  # the master, at start-up
-    password("changed-on-the-server")
+    for node in nodes:
+        change_password(node, "changed-on-the-server")
     app = create_app(app_settings)  # a worker booted now
-    password("app-password")
+    for node in nodes:
+        change_password(node, "app-password")
 
     def saves() -> Counter[int]:
         return Counter(save(app.test_client(), f"m{n}").status_code for n in range(30))
