@@ -208,7 +208,8 @@ def check_server(settings: Settings) -> bool:
                 raise ConfigError(refusal(settings, exc)) from None
         except (RedisConnectionError, RedisTimeoutError):
             pass  # not answering now: _ask_cluster says so
-        enabled = _ask_cluster(probe, wanted, "assuming one primary")
+        # Said only with auto: a setting of true or false is not guessed from it.
+        enabled = _ask_cluster(probe, "assuming one primary" if wanted == Switch.AUTO else None)
     finally:
         probe.close()
     _master_answer[:] = [] if enabled is None else [enabled]
@@ -249,7 +250,7 @@ def worker_cluster_mode(settings: Settings) -> bool:
         instead = "assuming one primary"
     probe = connect(settings, retry_on_error=[RedisTimeoutError])
     try:
-        answer = _ask_cluster(probe, Switch.AUTO, instead)
+        answer = _ask_cluster(probe, instead)
     finally:
         probe.close()
     if answer is None:
@@ -257,21 +258,19 @@ def worker_cluster_mode(settings: Settings) -> bool:
     return answer
 
 
-def _ask_cluster(probe: redis.Redis, wanted: Switch, instead: str) -> bool | None:
-    """``INFO cluster``'s answer, or None when the server did not give one (with
-    REDIS_CLUSTER=auto, warned once, saying what the caller does ``instead``)."""
+def _ask_cluster(probe: redis.Redis, instead: str | None) -> bool | None:
+    """``INFO cluster``'s answer, or None when the server did not give one: said in one warning
+    ending with what the caller does ``instead`` (no warning when that is None)."""
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
     except IamAuthError as exc:
-        if wanted == Switch.AUTO:
-            log.warning("no IAM token could be signed (%s): %s", exc, instead)
+        why = f"no IAM token could be signed ({exc})"
     except AuthenticationError as exc:
-        if wanted == Switch.AUTO:
-            log.warning("Redis refuses the app's credentials (%s): %s", exc, instead)
+        why = f"Redis refuses the app's credentials ({exc})"
     except ResponseError as exc:  # NOPERM (an ACL without INFO), or INFO renamed or disabled
-        if wanted == Switch.AUTO:
-            log.warning("the server refuses INFO cluster (%s): %s", exc, instead)
+        why = f"the server refuses INFO cluster ({exc})"
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        if wanted == Switch.AUTO:
-            log.warning("Redis is not answering (%s): %s", exc, instead)
+        why = f"Redis is not answering ({exc})"
+    if instead is not None:
+        log.warning("%s: %s", why, instead)
     return None
