@@ -25,6 +25,8 @@ CALLS = {
     "standard input": [*AWS, "s3", "cp", "-", "s3://fork-test/from-stdin", "--no-progress"],
     "relative path": [*AWS, "s3", "cp", "local.txt", "s3://fork-test/local.txt", "--no-progress"],
     "listing": [*AWS, "s3", "ls", "s3://fork-test/"],
+    # A service whose models the server did not load before forking (awsfork.SERVICES).
+    "other service": [*AWS, "elasticache", "describe-cache-clusters", "--output", "json"],
 }  # fmt: skip
 
 
