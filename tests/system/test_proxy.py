@@ -8,6 +8,7 @@ security headers.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import selectors
@@ -304,6 +305,31 @@ def test_a_gunicorn_that_is_gone_gets_a_page_saying_what_to_do(start_pod) -> Non
         assert dict(fields)["Retry-After"] == "5"
         body = reply.split(b"\r\n\r\n", 1)[1].decode()
         assert "may not have been carried out" in body and "nginx" not in body
+
+
+def _nginx_lines(proxy: Nginx) -> list[dict[str, Any]]:
+    """nginx's own access lines (JSON, logger nginx) in its log so far."""
+    lines = proxy.log_path.read_text().splitlines()
+    return [line for line in map(json.loads, filter(_is_json, lines)) if line["logger"] == "nginx"]
+
+
+def _is_json(line: str) -> bool:
+    return line.startswith("{")
+
+
+def test_nginx_logs_each_request_it_answers_itself_and_no_other(start_pod) -> None:
+    """The access-log metrics (cfn/edge.yaml) count gunicorn's lines and nginx's: nginx writes one
+    for a request it refused or could not pass on (its 502 once gunicorn is gone: missed while
+    the log's condition was an empty upstream status, found by review), and none for a request
+    gunicorn answered and logged itself."""
+    proxy, replica = start_pod()
+    assert requests.get(f"{proxy.url}/", timeout=10).status_code == 200
+    assert _exchange(proxy.port, _post_head(1_000_000, extra="Connection: close\r\n"))[0] == 413
+    replica.stop()
+    gone = raw_exchange(proxy.port, b"GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert _head(gone)[0] == 502
+    logged = [(line["status"], line["method"], line["path"]) for line in _nginx_lines(proxy)]
+    assert logged == [(413, "POST", "/persistMessage"), (502, "GET", "/gone")]
 
 
 def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
