@@ -96,6 +96,9 @@ class Cluster:
     fixed_nodes: int | None  # None: nodes are added for pending pods (Auto Mode)
     system_pods_per_node: list[tuple[int, int]] = field(default_factory=list)
     cluster_pods: list[tuple[int, int]] = field(default_factory=list)
+    # Nodes the app's pods do not tolerate: Auto Mode's system pool taints its nodes
+    # CriticalAddonsOnly, and the add-ons it runs keep one up.
+    tainted_nodes: int = 0
 
     def new_node(self) -> Node:
         cpu, memory = allocatable(INSTANCE_TYPES[self.instance], self.max_pods)
@@ -115,6 +118,9 @@ class Demand:
     cpu: int
     memory: int
     node_skew: int | None  # maxSkew of a DoNotSchedule spread over kubernetes.io/hostname
+    # That spread's nodeTaintsPolicy is Honor: a node whose taint the pod does not tolerate is
+    # no domain of it (Kubernetes' default, Ignore, counts it, with its 0 app pods).
+    taints_honored: bool = False
 
     @property
     def peak(self) -> int:
@@ -167,7 +173,11 @@ def cluster_from_templates(
             if "amazon-cloudwatch-observability" in declared:
                 switch = main["Parameters"].get("ContainerInsights", {}).get("Default", "enabled")
                 per_node = list(CLOUDWATCH_DAEMONSETS) if switch == "enabled" else []
-        return Cluster("EKS Auto Mode", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None, per_node)
+        system = 1 if "system" in cluster["ComputeConfig"]["NodePools"] else 0
+        return Cluster(
+            "EKS Auto Mode", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None, per_node,
+            tainted_nodes=system,
+        )  # fmt: skip
     (group,) = by_type["AWS::EKS::Nodegroup"]
     eks_params = next(
         s["Properties"]["Parameters"]
@@ -201,12 +211,13 @@ def demand_from_manifests(docs: list[dict[str, Any]]) -> Demand:
         requests = container["resources"]["requests"]
         cpu += int(parse_quantity(requests["cpu"]) * 1000)
         memory += int(parse_quantity(requests["memory"]) / 2**20)
-    skews = [
-        c["maxSkew"]
+    spreads = [
+        c
         for c in pod.get("topologySpreadConstraints", [])
         if c["topologyKey"] == "kubernetes.io/hostname"
         and c["whenUnsatisfiable"] == "DoNotSchedule"
     ]
+    skews = [c["maxSkew"] for c in spreads]
     return Demand(
         replicas=deployment["spec"]["replicas"],
         hpa_max=hpa["spec"]["maxReplicas"],
@@ -214,6 +225,7 @@ def demand_from_manifests(docs: list[dict[str, Any]]) -> Demand:
         cpu=cpu,
         memory=memory,
         node_skew=min(skews) if skews else None,
+        taints_honored=all(c.get("nodeTaintsPolicy") == "Honor" for c in spreads),
     )
 
 
@@ -225,13 +237,15 @@ def check(cluster: Cluster, demand: Demand, pods: int | None = None) -> Report:
         target = max((n for n in nodes if n.fits(*request)), key=lambda n: n.cpu, default=None)
         if target is not None:
             target.take(*request)
+    # Never fitting an app pod (no room for one); counted by the spread unless it honours taints.
+    tainted = [] if demand.taints_honored else [Node(0, 0, 0)] * cluster.tainted_nodes
     placed = 0
     for _ in range(needed):
         fitting = [n for n in nodes if n.fits(demand.cpu, demand.memory)]
         if demand.node_skew is not None and nodes:
             # PodTopologySpread: a node qualifies if its count + 1 exceeds the smallest count of
             # any node (full ones included) by at most maxSkew.
-            least = min(n.app_pods for n in nodes)
+            least = min(n.app_pods for n in nodes + tainted)
             fitting = [n for n in fitting if n.app_pods + 1 - least <= demand.node_skew]
         if not fitting and cluster.fixed_nodes is None and len(nodes) < 100:
             fitting = [cluster.new_node()]
@@ -303,3 +317,10 @@ def test_the_check_counts_memory_and_the_node_spread() -> None:
     auto = Cluster("auto", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None)
     grown = check(auto, Demand(replicas=3, hpa_max=9, surge=0, cpu=100, memory=1000, node_skew=1))
     assert grown.fits and grown.nodes == 5
+    # A tainted node the spread counts keeps the smallest count at 0: one app pod per node.
+    with_system = Cluster("auto", AUTO_MODE_SMALLEST, AUTO_MODE_MAX_PODS, None, tainted_nodes=1)
+    light_auto = Demand(replicas=3, hpa_max=9, surge=0, cpu=100, memory=100, node_skew=1)
+    assert check(auto, light_auto).nodes == 1
+    assert check(with_system, light_auto).nodes == 9
+    honoured = Demand(**{**light_auto.__dict__, "taints_honored": True})
+    assert check(with_system, honoured).nodes == 1
