@@ -21,7 +21,7 @@ import yaml
 
 from tests.support import checkov_report
 
-from .cfn import CFN, cfn_lint, load_path, resources, walk
+from .cfn import CFN, cfn_lint, load_path, present, resources, walk
 
 TEMPLATE = CFN / "observability.yaml"
 K8S_POLICY = CFN.parent / "k8s" / "networkpolicy.yaml"
@@ -390,7 +390,26 @@ def test_main_passes_the_observability_parameters_through_unchanged(
     template: dict[str, Any],
 ) -> None:
     passed = passed_through_unchanged("ObservabilityStack", template)
-    assert {"LoadBalancerArnSuffix", "TargetGroupArnSuffix", "ContainerInsights"} <= passed
+    assert {
+        "LoadBalancerArnSuffix", "TargetGroupArnSuffix", "LoadBalancerType", "ContainerInsights"
+    } <= passed  # fmt: skip
+
+
+@pytest.mark.parametrize("edge", ["nlb", "alb"])
+def test_the_nlb_alarms_exist_only_in_front_of_an_nlb(template: dict[str, Any], edge: str) -> None:
+    """Names kept from an NLB (deploy.sh keeps every parameter not given) after a switch to the
+    ALB would have the alarms watch a deleted load balancer, silent for ever; cfn/edge.yaml
+    watches the ALB's own."""
+    params = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    params |= {"LoadBalancerArnSuffix": LB_SUFFIX, "TargetGroupArnSuffix": TG_SUFFIX}
+    made = present(template["Resources"], template, params | {"LoadBalancerType": edge})
+    watching = {
+        name
+        for name, resource in resources(template, "AWS::CloudWatch::Alarm").items()
+        if "TargetGroupArnSuffix" in json.dumps(resource)
+    }
+    assert len(watching) == 2
+    assert (watching <= made) == (edge == "nlb"), sorted(watching & made)
 
 
 @pytest.mark.parametrize(
