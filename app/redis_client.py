@@ -137,13 +137,23 @@ class RedisClient:
 
     # The guard -----------------------------------------------------------------------------
 
-    def run(self, operation: str, call: Callable[[], T], circuit: Circuit | None = None) -> T:
+    def run(
+        self,
+        operation: str,
+        call: Callable[[], T],
+        circuit: Circuit | None = None,
+        *,
+        probe: bool = False,
+    ) -> T:
         """Make one Redis call under the failure policy; ``operation`` names it in the metrics.
-        ``circuit``: the one of the node the call goes to (``circuit_for``), else the worker's."""
+        ``circuit``: the one of the node the call goes to (``circuit_for``), else the worker's.
+        ``probe``: a refusal answers no request 503 (readiness reports it), so it is not
+        counted as one."""
         if circuit is None:
             circuit = self.circuit
         if not circuit.allow():
-            metrics.FAIL_FAST_RESPONSES.inc()
+            if not probe:
+                metrics.FAIL_FAST_RESPONSES.inc()
             raise RedisConnectionError("Redis is not answering (trying again after a cool-down)")
         started = time.perf_counter()
         try:
@@ -220,7 +230,7 @@ class RedisClient:
             else:
                 client = self._cluster()
                 call = functools.partial(self._ping_default_node, client)
-            return bool(self.run("ping", call))
+            return bool(self.run("ping", call, probe=True))
         except RedisError:
             return False
 

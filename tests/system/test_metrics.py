@@ -448,3 +448,10 @@ def test_503s_while_redis_is_away_are_counted_by_kind(metrics_replica, valkey):
     assert total(changed, "messageapp_redis_errors_total", kind="connection") == errors
     labels = {"route": "/", "method": "GET", "status": "503"}
     assert value(changed, REQUESTS, **labels) == 8
+    # Readiness asks through the same circuit and answers 200 either way: no 503 to count (the
+    # counter and its alarm said "503s" and counted these too; found by review).
+    before_probes = scrape(port)
+    probes = [browser.get(f"{replica.url}/readyz", timeout=30) for _ in range(8)]
+    assert [(p.status_code, p.json()["redis"]) for p in probes] == [(200, "unavailable")] * 8
+    after_probes = delta(before_probes, scrape(port))
+    assert value(after_probes, "messageapp_fail_fast_responses_total") == 0
