@@ -192,6 +192,11 @@ class RedisClient:
         child = self._durations.get(operation)
         if child is None:
             child = self._durations[operation] = metrics.REDIS_DURATION.labels(operation)
+            # Its error counts too, at 0 before any error: the CloudWatch agent takes a
+            # counter's first sample as its baseline, so errors counted in a series' first
+            # scrape would never reach CloudWatch.
+            for kind in dict.fromkeys(metrics.ERROR_KINDS):
+                self._errors[(operation, kind)] = metrics.REDIS_ERRORS.labels(operation, kind)
         return child
 
     def _count(self, operation: str, exc: BaseException) -> None:

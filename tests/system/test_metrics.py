@@ -133,6 +133,15 @@ def test_counts_match_a_known_sequence_of_requests(metrics_replica):
     assert value(changed, redis_count, operation="save") == 4
     assert value(changed, redis_count, operation="delete") == 1
     assert total(changed, "messageapp_redis_errors_total") == 0
+    # Every kind of error of an operation shows, at 0, from its first call: the CloudWatch agent
+    # takes a counter's first sample as its baseline, so a series born with its first error
+    # never showed that error (a short failover's burst, unseen on the dashboard; found by
+    # review).
+    after = scrape(port)
+    for kind in ("connection", "timeout", "readonly", "cluster", "other"):
+        assert ("messageapp_redis_errors_total", frozenset(
+            {"operation": "save", "kind": kind}.items()
+        )) in after, kind  # fmt: skip
     assert value(changed, "messageapp_fail_fast_responses_total") == 0
     # Reads are timed only when they reach Redis: exactly the read cache's misses (the worker
     # that saved keeps its copy current, so here there may be none).
