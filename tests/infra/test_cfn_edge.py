@@ -211,7 +211,9 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
     for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
         props = alarm["Properties"]
         assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopicArn"}], name
-        assert props["TreatMissingData"] == "notBreaching", name
+        # Missing data is fine, but for the one alarm that is about data going missing.
+        missing = "breaching" if name == "AppMetricsMissingAlarm" else "notBreaching"
+        assert props["TreatMissingData"] == missing, name
         for stat in _metric_stats(props):
             namespace = _namespace(stat["Namespace"])
             assert stat["MetricName"] in PUBLISHED[namespace], (name, stat["MetricName"])
@@ -225,6 +227,25 @@ def test_every_alarm_watches_a_published_metric_and_notifies_the_topic(
             assert used - {"fill", "if"} <= ids, (name, used - ids)
     for namespace, metrics in ALARMED.items():
         assert metrics <= watched.get(namespace, set()), (namespace, metrics)
+
+
+def test_the_missing_metrics_alarm_counts_samples_of_a_series_every_pod_sends(
+    template: dict[str, Any],
+) -> None:
+    """A counter without labels shows (at 0) from each worker's start, so every scrape of every
+    pod sends a sample of it (tests/system/test_metrics.py checks it is there before any
+    request): too few samples means the scrape stopped, not that all is quiet."""
+    from prometheus_client import REGISTRY
+
+    import app.metrics  # noqa: F401  (registers the app's metrics)
+
+    props = resources(template, "AWS::CloudWatch::Alarm")["AppMetricsMissingAlarm"]["Properties"]
+    assert (props["Statistic"], props["ComparisonOperator"], props["Threshold"]) == (
+        "SampleCount", "LessThanThreshold", 1
+    )  # fmt: skip
+    (family,) = [f for f in REGISTRY.collect() if f"{f.name}_total" == props["MetricName"]]
+    assert family.type == "counter"
+    assert [s.labels for s in family.samples if s.name == props["MetricName"]] == [{}]
 
 
 def test_the_app_metrics_are_published_as_the_alarms_read_them(template: dict[str, Any]) -> None:

@@ -79,6 +79,9 @@ def test_counts_match_a_known_sequence_of_requests(metrics_replica):
     replica, port = metrics_replica(MESSAGES_MAX_PER_SESSION="3")
     base = replica.url
     before = scrape(port)
+    # Shown from the start, before any request reached Redis: cfn/edge.yaml's alarm on missing
+    # app metrics counts its samples.
+    assert before[("messageapp_fail_fast_responses_total", frozenset())] == 0
     browser = requests.Session()
     statuses: Counter[tuple[str, str, str]] = Counter()
 
