@@ -1,5 +1,7 @@
 """haproxy on loopback: round robin over several gunicorns, like a load balancer without
-stickiness, with its runtime API on a unix socket (to take a server out, as a rollout does)."""
+stickiness, with its runtime API on a unix socket (to take a server out, as a rollout does).
+By request (mode http, as the ALB balances) or by connection (mode tcp, as the NLB does: every
+request of a kept-alive connection goes to the same server)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ from localservers.waits import answers_200, wait_until
 
 
 class Haproxy:
-    """Round robin over ``servers`` (name: port); its files in ``directory``."""
+    """Round robin over ``servers`` (name: port) by request, or by connection with
+    ``mode="tcp"``; its files in ``directory``."""
 
-    def __init__(self, directory: Path, servers: dict[str, int]) -> None:
+    def __init__(self, directory: Path, servers: dict[str, int], mode: str = "http") -> None:
+        if mode not in ("http", "tcp"):
+            raise ValueError(f"mode {mode!r}: http or tcp")
         self.directory = directory
         self.servers = servers
+        self.mode = mode
         self.admin = directory / "haproxy.sock"
         self.log_path = directory / "haproxy.log"
         self.port = 0
@@ -43,7 +49,7 @@ class Haproxy:
                 f"global\n    maxconn 256\n    stats socket {self.admin} mode 600 level admin\n"
                 # A second process binding the same port must fail, not share it silently.
                 "    noreuseport\n"
-                "defaults\n    mode http\n    timeout connect 2s\n"
+                f"defaults\n    mode {self.mode}\n    timeout connect 2s\n"
                 "    timeout client 15s\n    timeout server 15s\n"
                 f"frontend web\n    bind {HOST}:{self.port}\n    default_backend replicas\n"
                 f"backend replicas\n    balance roundrobin\n{backends}\n"

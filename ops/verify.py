@@ -77,6 +77,13 @@ class Run:
     saved: list[str] = field(default_factory=list)
     last_listed: list[str] = field(default_factory=list)
     destroyed: bool = False
+    first_status: int = 0  # of the first page, before any save
+
+    @property
+    def named_replicas(self) -> set[str]:
+        """The replicas that said who they are ("?": an answer that did not, such as a load
+        balancer's or a proxy's own error page, is no replica)."""
+        return set(self.replicas) - {"?"}
 
     @property
     def missing(self) -> list[str]:
@@ -84,10 +91,11 @@ class Run:
 
     def passed(self, planned: int) -> bool:
         return (
-            len(self.steps) == planned
+            self.first_status == 200
+            and len(self.steps) == planned
             and all(s.ok for s in self.steps)
             and not self.missing
-            and len(self.replicas) >= 2
+            and len(self.named_replicas) >= 2
         )
 
 
@@ -122,7 +130,11 @@ def run_session(url: str, saves: int, deadline: float) -> Run:
     run = Run(url=url)
     run_id = secrets.token_hex(3)
     with requests.Session() as session:
+        # A new connection for every request: a Network Load Balancer picks a pod per
+        # connection, and one kept alive (nginx keeps it up to 10 s) would show one pod only.
+        session.headers["Connection"] = "close"
         first = session.get(f"{url}/", timeout=REQUEST_TIMEOUT_SECONDS)
+        run.first_status = first.status_code
         page = parse_page(first.text)
         run.replicas[_served_by(first, page)] += 1
         for number in range(1, saves + 1):
@@ -397,7 +409,7 @@ def format_report(run: Run, target: Target, planned: int) -> str:
         "",
         f"URL: {run.url}",
         f"HTTP requests: {http_requests} in one session ({len(run.steps)} of {planned} saves)",
-        f"Replicas that served it: {len(run.replicas)} ({served})",
+        f"Replicas that served it: {len(run.named_replicas)} ({served})",
     ]
     if target.ready_pods:
         unseen = sorted(set(target.ready_pods) - run.replicas.keys())
@@ -416,7 +428,9 @@ def format_report(run: Run, target: Target, planned: int) -> str:
         summary.append("PASS: one session was served by several replicas and kept every message")
     else:
         reasons = []
-        if len(run.replicas) < 2:
+        if run.first_status != 200:
+            reasons.append(f"the first page answered {run.first_status}")
+        if len(run.named_replicas) < 2:
             reasons.append("fewer than 2 replicas served the session")
         if run.missing or not all(s.ok for s in run.steps):
             reasons.append("messages were missing or pages failed")

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,7 +49,7 @@ from localservers.gunicorn import Gunicorn, start_gunicorn, stop_together
 from localservers.haproxy import Haproxy
 from localservers.ports import free_port
 from localservers.valkey import Valkey
-from ops.verify import _ingress_url, _service_url
+from ops.verify import Run, Step, _ingress_url, _service_url
 from tests.support import FIXTURES, REPO_ROOT, replica_env, session_keys
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
@@ -67,9 +68,15 @@ READY_PODS = sorted(
 
 
 def _start_cluster(
-    tmp: Path, valkey: Valkey, names: list[str], redis_dbs: list[int], **extra_env: str
+    tmp: Path,
+    valkey: Valkey,
+    names: list[str],
+    redis_dbs: list[int],
+    mode: str = "http",
+    **extra_env: str,
 ) -> Iterator[tuple[str, list[str]]]:
-    """Start gunicorn replicas and haproxy; yield the proxy URL and the replicas' URLs."""
+    """Start gunicorn replicas and haproxy (balancing by request, or by connection with
+    mode tcp); yield the proxy URL and the replicas' URLs."""
     replicas: list[Gunicorn] = []
     proxy: Haproxy | None = None
     try:
@@ -84,7 +91,7 @@ def _start_cluster(
                 **extra_env,
             )
             replicas.append(start_gunicorn(name, env, tmp / f"{name}.log"))
-        proxy = Haproxy(tmp, {r.name: r.port for r in replicas})
+        proxy = Haproxy(tmp, {r.name: r.port for r in replicas}, mode)
         proxy.start()
         yield proxy.url, [r.url for r in replicas]
     finally:
@@ -97,9 +104,11 @@ def _start_cluster(
 def shared(
     shared_valkey: Valkey, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
-    """Three replicas sharing one Redis database, named like the fixture's ready pods."""
+    """Three replicas sharing one Redis database, named like the fixture's ready pods, behind a
+    balancer that picks a replica per connection, as the default edge's NLB does (verify
+    keeping its connection alive met one pod only, and failed: found by review)."""
     tmp = tmp_path_factory.mktemp("shared")
-    yield from _start_cluster(tmp, shared_valkey, READY_PODS, [0, 0, 0])
+    yield from _start_cluster(tmp, shared_valkey, READY_PODS, [0, 0, 0], "tcp")
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +195,20 @@ def test_fails_when_only_one_replica_answers(shared: tuple[str, list[str]]) -> N
     assert result.returncode == 1, result.stdout + result.stderr
     assert "missing: 0" in result.stdout
     assert "FAIL: fewer than 2 replicas served the session" in result.stdout
+
+
+def test_answers_that_name_no_replica_and_a_failed_first_page_do_not_pass() -> None:
+    """An answer without the replica's name (a load balancer's or a proxy's own error page)
+    counts as no replica, and the first page must have been served: else one real pod and one
+    error page passed (found by review)."""
+
+    def run(replicas: dict[str, int], first_status: int) -> Run:
+        steps = [Step(1, "pod-a", "pod-a", 1, 1, True)]
+        return Run("u", steps, Counter(replicas), ["m"], ["m"], first_status=first_status)
+
+    assert run({"pod-a": 2, "pod-b": 1}, 200).passed(1)
+    assert not run({"pod-a": 2, "?": 1}, 200).passed(1)
+    assert not run({"pod-a": 2, "pod-b": 1}, 502).passed(1)
 
 
 def test_unreachable_url_exits_3() -> None:
