@@ -114,6 +114,13 @@ def wait_until_serving(url: str, deadline: float) -> None:
             if response.status_code == 200:
                 return
             last_error = f"HTTP {response.status_code}"
+        except requests.exceptions.SSLError as exc:
+            # The address answers, with a certificate that names something else (or that no
+            # trusted authority signed): waiting will not change it.
+            raise Unreachable(
+                f"{url}: its TLS certificate does not verify for this name, and waiting will not "
+                f"change that ({exc})"
+            ) from exc
         except requests.RequestException as exc:
             last_error = type(exc).__name__
         remaining = deadline - time.monotonic()

@@ -156,8 +156,45 @@ def test_verify_looks_in_the_namespace_the_apply_step_rolled_out_to() -> None:
     (verify,) = [s for s in steps if "-m ops.verify" in s.get("run", "")]
     assert steps.index(apply) < steps.index(verify)
     assert verify["env"]["NAMESPACE"] == f"${{{{ steps.{apply['id']}.outputs.namespace }}}}"
-    assert '-m ops.verify --namespace "$NAMESPACE" ' in verify["run"]
+    assert verify["env"]["APP_URL"] == "${{ vars.APP_URL }}"
     assert "${{" not in verify["run"]
+
+
+@pytest.mark.parametrize(
+    ("app_url", "expected"),
+    [
+        ("", ["--namespace", "shop", "--timeout", "600"]),
+        # With a certificate: its domain, since the load balancer's name is not on it.
+        (
+            "https://messages.example.com",
+            ["--url", "https://messages.example.com", "--timeout", "600"],
+        ),
+    ],
+)
+def test_verify_checks_the_namespace_or_the_domain_the_repository_names(
+    tmp_path: Path, app_url: str, expected: list[str]
+) -> None:
+    """The verify step's script, run as GitHub runs it (bash -eo pipefail), with python3, pip and
+    the venv's python replaced by stand-ins that record their arguments."""
+    (verify,) = [
+        s for s in _workflow(DEPLOY_WORKFLOW)["jobs"]["deploy"]["steps"]
+        if "-m ops.verify" in s.get("run", "")
+    ]  # fmt: skip
+    bin_dir, venv_bin = tmp_path / "bin", tmp_path / "runner" / "verify" / "bin"
+    for folder in (bin_dir, venv_bin):
+        folder.mkdir(parents=True)
+    recorder = '#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n'
+    for tool in (bin_dir / "python3", venv_bin / "pip", venv_bin / "python"):
+        tool.write_text(recorder)
+        tool.chmod(0o755)
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", verify["run"]],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path / "runner"),
+             "NAMESPACE": "shop", "APP_URL": app_url},
+        check=True, timeout=30,
+    )  # fmt: skip
+    args = (venv_bin / "python.args").read_text().splitlines()
+    assert args == ["-m", "ops.verify", *expected]
 
 
 def test_least_privilege_and_no_stored_aws_key() -> None:

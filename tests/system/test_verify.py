@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,6 +52,8 @@ from localservers.ports import free_port
 from localservers.valkey import Valkey
 from ops.verify import Run, Step, _ingress_url, _service_url
 from tests.support import FIXTURES, REPO_ROOT, replica_env, session_keys
+
+from .tls import make_certificates
 
 NAMESPACE = "shop"  # the kubeconfig context's namespace in these tests
 
@@ -209,6 +212,52 @@ def test_answers_that_name_no_replica_and_a_failed_first_page_do_not_pass() -> N
     assert run({"pod-a": 2, "pod-b": 1}, 200).passed(1)
     assert not run({"pod-a": 2, "?": 1}, 200).passed(1)
     assert not run({"pod-a": 2, "pod-b": 1}, 502).passed(1)
+
+
+def test_a_certificate_that_does_not_name_the_address_exits_3_at_once(tmp_path: Path) -> None:
+    """An https address whose certificate names something else (the load balancer's own name,
+    when the certificate is for the operator's domain) will not start to verify by waiting: one
+    attempt, then exit 3 saying so, instead of retrying until --timeout (the pipeline spent its
+    600 s so on every HTTPS deploy; found by review)."""
+    ca, cert, key = make_certificates(tmp_path)  # for 127.0.0.1 only
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handshakes: list[str] = []
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class TlsServer(ThreadingHTTPServer):
+        def get_request(self) -> tuple[Any, Any]:
+            conn, address = super().get_request()
+            handshakes.append(address[0])
+            return context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            ), address
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # the client's refused handshake
+
+    server = TlsServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        trusted = {"REQUESTS_CA_BUNDLE": str(ca)}
+        named = _verify("--url", f"https://127.0.0.1:{port}", "--timeout", "5", env=trusted)
+        assert "does not verify" not in named.stderr  # the same server, named by its address
+        handshakes.clear()
+        result = _verify("--url", f"https://localhost:{port}", "--timeout", "60", env=trusted)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"https://localhost:{port}: its TLS certificate does not verify" in result.stderr
+    assert len(handshakes) == 1
 
 
 def test_unreachable_url_exits_3() -> None:
