@@ -495,6 +495,26 @@ EOF
 # Build the overlay offline once so a broken one fails here, not in kubectl apply; the output holds secrets.
 kubectl kustomize "$DEPLOY_DIR" >/dev/null || die "the overlay in $DEPLOY_DIR does not build (see above)"
 
+# k8s/deployment.yaml no longer sets replicas (the HPA owns the count). A Deployment applied from
+# the earlier manifests has `replicas: 3` in kubectl's last-applied record, and its next apply
+# would delete the field: the count would drop to 1 until the HPA restored it. So the record
+# loses the count first, as `kubectl apply edit-last-applied` would; the live count stays.
+forget_applied_replicas() {
+  local deployment applied
+  if ! deployment=$(kubectl -n "$APP_NAMESPACE" get deployment message-app --ignore-not-found -o json 2>"$WORK/err"); then
+    printf '%s: WARNING: could not read deployment %s/message-app (%s): if it was applied before, drop spec.replicas from its last-applied record (kubectl apply edit-last-applied) before kubectl apply, or its pods fall to 1 until the HPA scales them up again\n' \
+      "$PROG" "$APP_NAMESPACE" "$(tr '\n' ' ' <"$WORK/err")" >&2
+    return 0
+  fi
+  [ -n "$deployment" ] || return 0 # a first deploy
+  applied=$(jq -r '.metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"] // empty' <<<"$deployment")
+  [ -n "$applied" ] && jq -e '.spec.replicas != null' <<<"$applied" >/dev/null || return 0
+  kubectl -n "$APP_NAMESPACE" annotate deployment message-app --overwrite \
+    "kubectl.kubernetes.io/last-applied-configuration=$(jq -c 'del(.spec.replicas)' <<<"$applied")" >/dev/null
+  say "deployment $APP_NAMESPACE/message-app: its replica count is the HPA's alone from now on (dropped from kubectl's last-applied record)"
+}
+forget_applied_replicas
+
 say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG, namespace $APP_NAMESPACE)"
 [ -z "$ROTATION" ] || say "SECRET_KEY rotation $ROTATION"
 OVERLAY="$DEPLOY_DIR/"

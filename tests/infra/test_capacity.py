@@ -219,7 +219,7 @@ def demand_from_manifests(docs: list[dict[str, Any]]) -> Demand:
     ]
     skews = [c["maxSkew"] for c in spreads]
     return Demand(
-        replicas=deployment["spec"]["replicas"],
+        replicas=hpa["spec"]["minReplicas"],  # the Deployment leaves the count to the HPA
         hpa_max=hpa["spec"]["maxReplicas"],
         surge=int(deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]),
         cpu=cpu,

@@ -30,7 +30,8 @@ emulate; everything else goes to the real tool:
 - kubectl: `kustomize` runs the real kubectl (offline); `delete -k DIR` builds DIR with the real
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects; with
   STUB_INGRESS_STUCK=1 a delete that includes the Ingress times out as kubectl's does when the
-  Ingress keeps its finalizer. `rollout
+  Ingress keeps its finalizer. `get deployment message-app` answers $STUB_DEPLOYMENT (a file
+  of its `-o json`), else nothing (as --ignore-not-found does). `rollout
   restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
   `rollout status` waits, within its --timeout, until the test creates $STUB_LOG.rollout-done.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
@@ -538,6 +539,13 @@ def kubectl() -> None:
         sys.exit("error: You must be logged in to the server (Unauthorized)")
     if "rollout" in ARGV:
         rollout()
+    at = ARGV.index("get") + 1 if "get" in ARGV else len(ARGV)
+    if ARGV[at : at + 2] == ["deployment", "message-app"]:
+        # STUB_DEPLOYMENT: the Deployment as `-o json` shows it; else there is none.
+        path = os.environ.get("STUB_DEPLOYMENT")
+        if path:
+            print(Path(path).read_text())
+        return
     if "delete" in ARGV and "-k" in ARGV:
         built = subprocess.run(
             [real, "kustomize", option("-k") or ""], check=True, capture_output=True, text=True

@@ -71,7 +71,10 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
         ["push", f"{uri}:{tag}"],
     ]
     assert docker[0]["stdin"].strip() == password.split(":", 1)[1]
-    assert [c["argv"] for c in run.tool("kubectl")] == [["kustomize", str(world.root / ".deploy")]]
+    assert [c["argv"] for c in run.tool("kubectl")] == [
+        ["kustomize", str(world.root / ".deploy")],
+        ["-n", "default", "get", "deployment", "message-app", "--ignore-not-found", "-o", "json"],
+    ]
 
     deploy_dir = world.root / ".deploy"
     assert stat.S_IMODE(deploy_dir.stat().st_mode) == 0o700
@@ -132,6 +135,50 @@ def test_init_pushes_to_ecr_and_writes_the_overlay_then_reruns(world: World) -> 
     elsewhere = world.run("init.sh", "-p", PROFILE)
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert env_file(secrets)["SECRET_KEY"] == FIRST_SECRET_KEY
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def test_init_leaves_the_replica_count_of_a_deployment_applied_before_to_the_hpa(
+    world: World, tmp_path: Path
+) -> None:
+    """Stand-in cluster (kubectl): a Deployment applied from the manifests that still set
+    `replicas: 3`, scaled to 7 by the HPA. k8s/ no longer sets it, and the next apply would
+    delete the field (down to 1 pod): init.sh drops it from kubectl's last-applied record only,
+    once; a first deploy, or a cluster kubectl cannot read, changes nothing (the latter says
+    what to do)."""
+    world.create_stacks()
+    world.create_cluster()
+    applied = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "message-app", "namespace": "default"},
+        "spec": {"replicas": 3, "revisionHistoryLimit": 5},
+    }
+    live = tmp_path / "deployment.json"
+    live.write_text(json.dumps({
+        "metadata": {"name": "message-app", "annotations": {LAST_APPLIED: json.dumps(applied)}},
+        "spec": {"replicas": 7},
+    }))  # fmt: skip
+    run = world.run("init.sh", "-p", PROFILE, env={"STUB_DEPLOYMENT": str(live)})
+    assert run.returncode == 0, run.stderr
+    (annotate,) = [c["argv"] for c in run.tool("kubectl") if "annotate" in c["argv"]]
+    assert annotate[:6] == ["-n", "default", "annotate", "deployment", "message-app", "--overwrite"]
+    name, _, record = annotate[6].partition("=")
+    assert name == LAST_APPLIED
+    assert json.loads(record) == {**applied, "spec": {"revisionHistoryLimit": 5}}
+    assert "its replica count is the HPA's alone" in run.stdout
+
+    live.write_text(json.dumps({"metadata": {"annotations": {LAST_APPLIED: record}}}))
+    for env in ({"STUB_DEPLOYMENT": str(live)}, {}):  # done already; no Deployment yet
+        again = world.run("init.sh", "-p", PROFILE, env=env)
+        assert again.returncode == 0, again.stderr
+        assert not [c for c in again.tool("kubectl") if "annotate" in c["argv"]]
+    unreadable = world.run("init.sh", "-p", PROFILE, env={"STUB_KUBECTL_FAILS": "1"})
+    assert unreadable.returncode == 0, unreadable.stderr
+    assert "could not read deployment default/message-app" in unreadable.stderr
+    assert "kubectl apply edit-last-applied" in unreadable.stderr
 
 
 @pytest.mark.parametrize("builder", BUILDERS)

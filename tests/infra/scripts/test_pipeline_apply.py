@@ -28,6 +28,8 @@ def test_apply_rolls_out_and_hands_on_the_stacks_app_namespace(world: World) -> 
     assert run.returncode == 0, run.stderr
     cluster_calls = [c["argv"] for c in run.tool("kubectl") if c["argv"][:1] != ["kustomize"]]
     assert cluster_calls == [
+        # init.sh: whether a Deployment applied before keeps a replica count (here: none yet).
+        ["-n", "shop", "get", "deployment", "message-app", "--ignore-not-found", "-o", "json"],
         ["apply", "-k", f"{world.root}/.deploy/"],
         ["-n", "shop", "rollout", "status", "deployment/message-app", "--timeout=15m"],
     ]
