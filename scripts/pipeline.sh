@@ -83,7 +83,7 @@ image() {
     die "could not look up ${repo#*/}:$TAG in ECR"
   fi
   # The SBOM as a file too, for the workflow's artifact; it stays attached to the image in ECR.
-  docker buildx imagetools inspect "$image" --format '{{ json .SBOM }}' >"$ROOT/sbom.spdx.json"
+  docker buildx imagetools inspect "$image" --format '{{ json .SBOM.SPDX }}' >"$ROOT/sbom.spdx.json"
   say "SBOM written to sbom.spdx.json"
 }
 
