@@ -183,9 +183,25 @@ class Rollout:
         self.kubectl = ["kubectl", *(("--namespace", namespace) if namespace else ())]
 
     def prepare(self) -> str:
+        """Before any load or failover: kubectl is there, finds the Deployment in the namespace
+        asked for (the kubeconfig's, else), and may restart it. Found late, the drill would have
+        set off a real failover (one of 15 a day) before failing at the rollout."""
         if shutil.which("kubectl") is None:
             raise Unreachable("kubectl is not installed (https://kubernetes.io/docs/tasks/tools/)")
-        return f"kubectl rollout restart deployment/{self.deployment}"
+        target = f"deployment/{self.deployment}"
+        found = self._kubectl(["get", target, "-o", "name"], 30)
+        if found.returncode != 0:
+            raise Unreachable(
+                f"kubectl cannot read {target} ({found.stderr.strip()}): is the kubeconfig's "
+                "context the cluster, and --namespace the stack's AppNamespace?"
+            )
+        allowed = self._kubectl(["auth", "can-i", "patch", target], 30)
+        if allowed.stdout.strip() != "yes":
+            raise Refused(
+                f"kubectl may not restart {target} (kubectl auth can-i patch answered "
+                f"{(allowed.stdout or allowed.stderr).strip() or 'nothing'})"
+            )
+        return f"kubectl rollout restart {target}"
 
     def run(self, record: Disruption) -> None:
         record.started = time.time()

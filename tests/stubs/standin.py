@@ -31,7 +31,8 @@ emulate; everything else goes to the real tool:
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects; with
   STUB_INGRESS_STUCK=1 a delete that includes the Ingress times out as kubectl's does when the
   Ingress keeps its finalizer. `get deployment message-app` answers $STUB_DEPLOYMENT (a file
-  of its `-o json`), else nothing (as --ignore-not-found does). `rollout
+  of its `-o json`), else nothing (as --ignore-not-found does); `auth can-i` answers yes, or no
+  with STUB_KUBECTL_DENIED=1. `rollout
   restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
   `rollout status` waits, within its --timeout, until the test creates $STUB_LOG.rollout-done.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
@@ -539,6 +540,11 @@ def kubectl() -> None:
         sys.exit("error: You must be logged in to the server (Unauthorized)")
     if "rollout" in ARGV:
         rollout()
+    if "can-i" in ARGV:
+        # STUB_KUBECTL_DENIED=1: RBAC says no (kubectl prints it and exits 1).
+        denied = os.environ.get("STUB_KUBECTL_DENIED") == "1"
+        print("no" if denied else "yes")
+        sys.exit(1 if denied else 0)
     at = ARGV.index("get") + 1 if "get" in ARGV else len(ARGV)
     if ARGV[at : at + 2] == ["deployment", "message-app"]:
         # STUB_DEPLOYMENT: the Deployment as `-o json` shows it; else there is none.

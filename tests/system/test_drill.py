@@ -277,6 +277,9 @@ def test_a_failover_and_a_rollout_under_load_lose_no_acknowledged_save(
         json.loads(line)["argv"] for line in Path(kubectl["STUB_LOG"]).read_text().splitlines()
     ]
     assert calls == [
+        # Before any load: the Deployment is there and may be restarted.
+        ["get", "deployment/message-app", "-o", "name"],
+        ["auth", "can-i", "patch", "deployment/message-app"],
         ["rollout", "restart", "deployment/message-app"],
         ["rollout", "status", "deployment/message-app", "--timeout=120s"],
     ]
@@ -332,6 +335,23 @@ def test_a_serverless_or_unknown_cache_is_refused_before_any_load(
         "DescribeReplicationGroups",
         "DescribeServerlessCaches",
     ]
+
+
+def test_a_rollout_kubectl_may_not_make_is_refused_before_the_failover(
+    deployment: Deployment, aws: ElastiCacheStandIn, kubectl: dict[str, str]
+) -> None:
+    """kubectl may not restart the Deployment (RBAC, or the wrong namespace): the drill stops
+    before any load and before it sets off the failover, instead of after (found by review:
+    a real TestFailover, one of 15 a day, then a failed rollout)."""
+    url = deployment.start_replica("solo").url
+    result = _drill(
+        "--url", url, "--failover", GROUP, "--rollout",
+        env={**kubectl, "AWS_ENDPOINT_URL": aws.url, "STUB_KUBECTL_DENIED": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "kubectl may not restart deployment/message-app" in result.stderr
+    assert result.stdout == ""
+    assert "TestFailover" not in [c["Action"] for c in aws.calls]
 
 
 def test_an_unreachable_app_exits_3() -> None:
