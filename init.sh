@@ -510,7 +510,8 @@ forget_applied_replicas() {
   applied=$(jq -r '.metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"] // empty' <<<"$deployment")
   [ -n "$applied" ] && jq -e '.spec.replicas != null' <<<"$applied" >/dev/null || return 0
   kubectl -n "$APP_NAMESPACE" annotate deployment message-app --overwrite \
-    "kubectl.kubernetes.io/last-applied-configuration=$(jq -c 'del(.spec.replicas)' <<<"$applied")" >/dev/null
+    "kubectl.kubernetes.io/last-applied-configuration=$(jq -c 'del(.spec.replicas)' <<<"$applied")" >/dev/null ||
+    die "could not update deployment $APP_NAMESPACE/message-app's last-applied record (see above); kubectl apply now would take it down to 1 pod until the HPA scales it up again"
   say "deployment $APP_NAMESPACE/message-app: its replica count is the HPA's alone from now on (dropped from kubectl's last-applied record)"
 }
 forget_applied_replicas
