@@ -102,6 +102,7 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         self.cookie_due = False  # stored under a new id in this request: the browser needs it
         self.seen_saved = 0  # messages the browser saw saved (the saved cookie, the URL)
         self.saved_number: int | None = None  # the number of the message this request saved
+        self.replaced = False  # began in place of an ended session the cookie named
 
     def ensure_loaded(self) -> None:
         if self._loaded:
@@ -145,8 +146,10 @@ class MessageSession(CallbackDict[str, Any], SessionMixin):
         return any(key != CSRF_KEY for key in dict.keys(self))
 
     def began(self, sid: str, data: dict[str, Any], messages: tuple[str, ...]) -> None:
-        """The session was stored under the new id ``sid`` in this request."""
+        """The session was stored under the new id ``sid`` in this request (in place of the one
+        the cookie named, if it named one: that one had ended)."""
         self.ensure_loaded()
+        self.replaced = self.sid is not None
         self.sid = sid
         self._stored = StoredSession(data, messages, document_size=0)
         dict.update(self, data)
@@ -193,7 +196,7 @@ def _count(value: str | None) -> int:
     return int(value) if value is not None and _COUNT.fullmatch(value) else 0
 
 
-def _query_value(request: Request, name: str) -> str | None:
+def query_value(request: Request, name: str) -> str | None:
     """The URL's ``name`` parameter; None also for a query string that is not UTF-8, on which
     werkzeug's parser raises (gunicorn refuses such a request line today; another server
     might not, and a bad URL must not cost a 500)."""
@@ -263,7 +266,7 @@ class RedisSessions(SessionInterface):
             sid = None  # never one of ours: a fresh session, and Redis is not asked
         seen_saved = _count(request.cookies.get(self.saved_cookie_name(app)))
         if request.environ.get("QUERY_STRING"):  # parsing even an empty one costs 3.6 µs
-            seen_saved = max(seen_saved, _count(_query_value(request, SAVED_PARAMETER)))
+            seen_saved = max(seen_saved, _count(query_value(request, SAVED_PARAMETER)))
         session = MessageSession(
             sid,
             functools.partial(self.store.load, at_least=seen_saved)

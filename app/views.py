@@ -23,7 +23,7 @@ from .config import current_settings
 from .context import current_messages
 from .errors import store_unavailable
 from .refusals import refuse
-from .sessions import SAVED_PARAMETER
+from .sessions import SAVED_PARAMETER, query_value
 from .store import SessionFull, SessionOverBudget
 from .text import has_control_characters, invisible, normalised
 from .text import length as text_length
@@ -33,11 +33,19 @@ bp = Blueprint("messages", __name__)
 # Each rendered form carries a random save id: the same form submitted twice (Save pressed
 # again, a resent request, redis-py's retry) is stored once.
 _SAVE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# In the URL a save redirects to when it had to start a new session: the one the browser's cookie
+# named had ended (expired, or destroyed in another tab), and the page says so.
+ENDED_PARAMETER = "ended"
+ENDED_NOTICE = (
+    "Your earlier session had ended (after {lifetime} without a visit, or destroyed in another "
+    "tab), so your message started a new session."
+)
 
 
 @bp.get("/")
 def index() -> Any:
-    return render_page()
+    ended = request.environ.get("QUERY_STRING") and query_value(request, ENDED_PARAMETER) == "1"
+    return render_page(notice=ENDED_NOTICE if ended else None)
 
 
 @bp.post("/persistMessage")
@@ -72,7 +80,10 @@ def persist_message() -> Any:
         return (*page, {"Retry-After": str(wait)})
     metrics.MESSAGE_SAVES.inc()
     # The saved message's number, for the page this redirects to (see app/sessions.py).
-    return redirect(url_for(".index", **{SAVED_PARAMETER: current.saved_number}), code=303)
+    target = {SAVED_PARAMETER: current.saved_number}
+    if current.replaced:
+        target[ENDED_PARAMETER] = 1
+    return redirect(url_for(".index", **target), code=303)
 
 
 @bp.post("/destroy")
@@ -162,11 +173,17 @@ def lifetime_text(seconds: int) -> str:
 
 
 def render_page(
-    status: int = 200, error: str | None = None, draft: str = "", save_id: str | None = None
+    status: int = 200,
+    error: str | None = None,
+    draft: str = "",
+    save_id: str | None = None,
+    notice: str | None = None,
 ) -> Any:
     """The message page, also for refused input: the reason is shown above the messages,
-    which are read back from Redis to show that they are intact."""
+    which are read back from Redis to show that they are intact. ``notice``: news that is no
+    refusal (a template with the {lifetime} field)."""
     settings = current_settings()
+    lifetime = lifetime_text(settings.session_lifetime_seconds)
     page = current_messages().page(session._get_current_object())
     return (
         render_template(
@@ -175,10 +192,11 @@ def render_page(
             messages=page.messages,
             fingerprint=page.fingerprint,
             started=page.started,
-            lifetime=lifetime_text(settings.session_lifetime_seconds),
+            lifetime=lifetime,
             replica=settings.replica_name,
             max_length=settings.message_max_length,
             error=error,
+            notice=notice and notice.format(lifetime=lifetime),
             draft=draft,
             save_id=save_id or secrets.token_urlsafe(16),
         ),

@@ -174,7 +174,23 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
     assert response.status_code == 303
     assert tab1.get_cookie("session").value != old_sid
     assert session_keys(fake_redis, old_sid) == []
-    assert listed_messages(tab1.get("/").get_data(as_text=True)) == ["late"]
+    # The page it leads to says why the earlier messages are gone (it said nothing before).
+    page = tab1.get(response.headers["Location"]).get_data(as_text=True)
+    assert listed_messages(page) == ["late"]
+    assert ENDED in page
+    # Only that page: the next save, and the same page reloaded without the URL, say nothing.
+    assert ENDED not in tab1.get(save(tab1, "later").headers["Location"]).get_data(as_text=True)
+    assert ENDED not in tab1.get("/").get_data(as_text=True)
+
+
+ENDED = "Your earlier session had ended (after 30 minutes without a visit, or destroyed in"
+
+
+def test_a_first_save_starts_a_session_without_a_notice(client):
+    """No cookie named a session: nothing had ended."""
+    response = save(client, "first")
+    assert response.status_code == 303
+    assert ENDED not in client.get(response.headers["Location"]).get_data(as_text=True)
 
 
 def test_a_save_into_a_session_deleted_mid_request_starts_a_new_one(app, fake_redis, monkeypatch):
@@ -196,7 +212,9 @@ def test_a_save_into_a_session_deleted_mid_request_starts_a_new_one(app, fake_re
     assert response.status_code == 303
     assert client.get_cookie("session").value != old_sid
     assert session_keys(fake_redis, old_sid) == []
-    assert listed_messages(client.get("/").get_data(as_text=True)) == ["late"]
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert listed_messages(page) == ["late"]
+    assert ENDED in page
 
 
 def test_session_cookie_is_sent_when_created_and_when_the_ttl_slides(client):
