@@ -79,6 +79,13 @@ REDIS_ERRORS = Counter(
     "Redis operations that failed after their retries, by operation and kind of error.",
     ["operation", "kind"],
 )
+# The operations the app names in RedisClient.run, whose series every worker makes at 0 when it
+# starts (another one's on first use): the CloudWatch agent takes a counter's first sample as
+# its baseline, so a series first seen holding errors would never show them.
+REDIS_OPERATIONS = (
+    "connect", "ping", "role", "read", "save", "write_document", "refresh", "delete",
+    "rate_limit", "replication",
+)  # fmt: skip
 # Why a request was answered 503 because of the session store (app/errors.py says each one's
 # page): unreachable (also slow, failing over, loading: trying again soon helps), not_replicated
 # (no replica confirmed a save in time), out_of_memory (Redis refuses writes: trying again soon

@@ -108,6 +108,8 @@ class RedisClient:
         self._others: list[Client] = []
         self._durations: dict[str, Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
+        for operation in metrics.REDIS_OPERATIONS:
+            self._duration(operation)  # its series at 0 from the worker's start
 
     @property
     def pooled(self) -> Client:
@@ -192,9 +194,7 @@ class RedisClient:
         child = self._durations.get(operation)
         if child is None:
             child = self._durations[operation] = metrics.REDIS_DURATION.labels(operation)
-            # Its error counts too, at 0 before any error: the CloudWatch agent takes a
-            # counter's first sample as its baseline, so errors counted in a series' first
-            # scrape would never reach CloudWatch.
+            # Its error counts too, at 0 (see metrics.REDIS_OPERATIONS).
             for kind in dict.fromkeys(metrics.ERROR_KINDS):
                 self._errors[(operation, kind)] = metrics.REDIS_ERRORS.labels(operation, kind)
         return child
