@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import ssl
 import sys
 import time
 from collections import Counter
@@ -105,6 +106,24 @@ def _served_by(response: requests.Response, page: Page | None = None) -> str:
     return name or "?"
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether the TLS check refused the server's certificate (anywhere in the chain of causes:
+    requests and urllib3 wrap ssl's error), as opposed to a handshake cut off, which may pass
+    on the next try."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain is a few links; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = (
+            seen.__cause__
+            or seen.__context__
+            or next((a for a in seen.args if isinstance(a, BaseException)), None)
+        )
+    return False
+
+
 def wait_until_serving(url: str, deadline: float) -> None:
     """Poll /healthz: a fresh ELB name takes minutes to resolve and to pass its health checks."""
     last_error = "no attempt"
@@ -114,14 +133,14 @@ def wait_until_serving(url: str, deadline: float) -> None:
             if response.status_code == 200:
                 return
             last_error = f"HTTP {response.status_code}"
-        except requests.exceptions.SSLError as exc:
-            # The address answers, with a certificate that names something else (or that no
-            # trusted authority signed): waiting will not change it.
-            raise Unreachable(
-                f"{url}: its TLS certificate does not verify for this name, and waiting will not "
-                f"change that ({exc})"
-            ) from exc
         except requests.RequestException as exc:
+            if _certificate_refused(exc):
+                # The address answers, with a certificate that names something else (or that
+                # no trusted authority signed): waiting will not change it.
+                raise Unreachable(
+                    f"{url}: its TLS certificate does not verify for this name, and waiting "
+                    f"will not change that ({exc})"
+                ) from exc
             last_error = type(exc).__name__
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -258,6 +259,37 @@ def test_a_certificate_that_does_not_name_the_address_exits_3_at_once(tmp_path: 
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"https://localhost:{port}: its TLS certificate does not verify" in result.stderr
     assert len(handshakes) == 1
+
+
+def test_a_handshake_cut_off_is_tried_again_until_the_timeout() -> None:
+    """A TLS handshake the server cuts off (a load balancer still coming up) may pass on the
+    next try: only a certificate that does not verify stops verify at once."""
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def cut_off() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(1)
+                conn.close()  # before any handshake byte
+
+        thread = threading.Thread(target=cut_off, daemon=True)
+        thread.start()
+        try:
+            port = server.getsockname()[1]
+            result = _verify("--url", f"https://127.0.0.1:{port}", "--timeout", "3")
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "did not answer 200 in time" in result.stderr
+    assert "does not verify" not in result.stderr
+    assert len(accepted) >= 2
 
 
 def test_unreachable_url_exits_3() -> None:
