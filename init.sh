@@ -4,7 +4,8 @@
 # stack outputs for the stack's cache mode and authentication, a Secret with SECRET_KEY from Secrets
 # Manager - and with token authentication the cache's AUTH token or RBAC password - the pushed image,
 # HTTPS when a certificate is known). `kubectl apply -k .deploy/` is then the one command that deploys the app.
-# With -R (--rotate-secret-key) it first takes SECRET_KEY's rotation one step further.
+# With -R (--rotate-secret-key) it first takes SECRET_KEY's rotation one step further. In the
+# cluster it changes one thing only: the replica count in a Deployment's last-applied record.
 # Works with bash 3.2 (macOS) and GNU/BSD tools; edits no tracked file.
 set -euo pipefail
 
@@ -30,6 +31,8 @@ for cluster and serverless. With iam, REDIS_AUTH=iam and REDIS_USERNAME, REDIS_I
 REDIS_IAM_SERVERLESS, AWS_REGION: the pods sign in with their Pod Identity role and no cache secret
 is read or written. With token, REDIS_AUTH_TOKEN holds the AUTH token or the Serverless RBAC user's
 password (REDIS_USERNAME). After a CacheMode or CacheAuth change run it again, then kubectl apply -k .deploy/.
+One change in the cluster: a message-app Deployment applied from manifests that set a replica count
+loses that count from kubectl's last-applied record (the HPA owns it), so the next apply keeps its pods.
 
   -p PROFILE         AWS CLI profile (required); every aws call uses it
   -r REGION          AWS region (default: the profile's region, aws configure get region)

@@ -316,13 +316,22 @@ def _fluent_bit_record(line: str, container: str) -> dict[str, Any]:
     }
 
 
+# CloudWatch Logs' JSON filter patterns, as far as cfn/edge.yaml uses them: `{ ... }` around
+# comparisons of a selector with a quoted string (`*` matching any run of characters) or a
+# number, joined by && and || and grouped by parentheses. AWS's own evaluator is not available
+# offline (moto's logs backend matches plain terms only), so the filters are evaluated here.
+_TOKEN = re.compile(
+    r'\s*(\(|\)|&&|\|\||(\$\.[\w.]+)\s*(=|!=|>=|<=|>|<)\s*("[^"]*"|-?\d+(?:\.\d+)?))'
+)
+
+
 def _selectors(pattern: str) -> dict[str, list[str]]:
-    """The JSON selectors of a metric filter pattern with the literals they are compared with."""
+    """The JSON selectors of a metric filter pattern with the literals they are compared with
+    (read with _TOKEN, as _filter_matches reads them)."""
     found: dict[str, list[str]] = {}
-    for selector, literal in re.findall(
-        r"(\$\.[\w.]+)\s*(?:=|>=|<=|!=|>|<)\s*(\"[^\"]*\"|\d+)", pattern
-    ):
-        found.setdefault(selector, []).append(literal.strip('"'))
+    for token in _TOKEN.finditer(pattern):
+        if token.group(2) is not None:
+            found.setdefault(token.group(2), []).append(token.group(4).strip('"'))
     return found
 
 
@@ -391,15 +400,6 @@ def test_the_metric_filters_name_what_the_app_logs(template: dict[str, Any]) -> 
             assert isinstance(_lookup(app_record, transformation["MetricValue"]), float | int)
     assert app_record["log_processed"]["status"] == 503
     assert app_record["kubernetes"]["pod_name"].startswith("message-app-")
-
-
-# CloudWatch Logs' JSON filter patterns, as far as cfn/edge.yaml uses them: `{ ... }` around
-# comparisons of a selector with a quoted string (`*` matching any run of characters) or a
-# number, joined by && and || and grouped by parentheses. AWS's own evaluator is not available
-# offline (moto's logs backend matches plain terms only), so the filters are evaluated here.
-_TOKEN = re.compile(
-    r'\s*(\(|\)|&&|\|\||(\$\.[\w.]+)\s*(=|!=|>=|<=|>|<)\s*("[^"]*"|-?\d+(?:\.\d+)?))'
-)
 
 
 def _filter_matches(pattern: str, record: dict[str, Any]) -> bool:

@@ -201,31 +201,36 @@ def test_verify_checks_the_namespace_or_the_domain_the_repository_names(
 def test_only_the_newest_commit_of_the_branch_deploys(tmp_path: Path, newest: str) -> None:
     """The deploy job's first step, run as GitHub runs it with a stand-in `gh` answering the
     branch's newest commit: a run of an older commit (one that waited while a newer one's run
-    went first, or an old run re-run) stops before anything is built or rolled out (found by
-    review: the concurrency group alone let an older commit deploy over a newer one)."""
-    steps = _workflow(DEPLOY_WORKFLOW)["jobs"]["deploy"]["steps"]
-    guard = steps[0]
+    went first, or an old run re-run) skips every later step, with a notice, and fails nothing
+    (found by review: the concurrency group alone let an older commit deploy over a newer
+    one)."""
+    workflow = _workflow(DEPLOY_WORKFLOW)
+    assert workflow["defaults"] == {"run": {"shell": "bash"}}  # bash -eo pipefail on GitHub
+    guard, *later = workflow["jobs"]["deploy"]["steps"]
     assert guard["env"] == {"GH_TOKEN": "${{ github.token }}"}
+    assert all(step["if"] == f"steps.{guard['id']}.outputs.deploy == 'true'" for step in later)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     gh = bin_dir / "gh"
     gh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\necho {newest}\n')
     gh.chmod(0o755)
+    outputs = tmp_path / "github-output"
     this = "a" * 40
     ran = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", guard["run"]],
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "GITHUB_REPOSITORY": "owner/name",
-             "GITHUB_REF_NAME": "main", "GITHUB_SHA": this, "GH_TOKEN": "t"},
+             "GITHUB_REF_NAME": "main", "GITHUB_SHA": this, "GH_TOKEN": "t",
+             "GITHUB_OUTPUT": str(outputs)},
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
     assert (bin_dir / "gh.args").read_text().splitlines() == [
         "api", "repos/owner/name/commits/main", "--jq", ".sha",
     ]  # fmt: skip
-    if newest == this:
-        assert ran.returncode == 0, ran.stdout + ran.stderr
-    else:
-        assert ran.returncode == 1
-        assert f"{this} is not the newest commit of main ({newest} is)" in ran.stdout
+    deploy = "true" if newest == this else "false"
+    assert outputs.read_text() == f"deploy={deploy}\n"
+    if newest != this:
+        assert f"not deploying {this}: {newest} is the newest commit of main" in ran.stdout
 
 
 def test_least_privilege_and_no_stored_aws_key() -> None:
