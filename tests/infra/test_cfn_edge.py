@@ -425,28 +425,21 @@ def _filter_matches(pattern: str, record: dict[str, Any]) -> bool:
         return {"=": value == number, "!=": value != number, ">=": value >= number,
                 "<=": value <= number, ">": value > number, "<": value < number}[op]  # fmt: skip
 
-    def either(i: int) -> tuple[bool, int]:
-        value, i = both(i)
-        while i < len(tokens) and tokens[i] == "||":
-            other, i = both(i + 1)
-            value = value or other
+    def joined(i: int, level: int) -> tuple[bool, int]:
+        """Operands joined by || (level 0) or && (level 1; && binds tighter), from token i."""
+        if level == 2:  # one operand: a comparison, or an expression in parentheses
+            if tokens[i] == "(":
+                value, i = joined(i + 1, 0)
+                assert tokens[i] == ")", pattern
+                return value, i + 1
+            return compare(*tokens[i]), i + 1
+        value, i = joined(i, level + 1)
+        while i < len(tokens) and tokens[i] == ("||", "&&")[level]:
+            other, i = joined(i + 1, level + 1)
+            value = (value or other) if level == 0 else (value and other)
         return value, i
 
-    def both(i: int) -> tuple[bool, int]:
-        value, i = one(i)
-        while i < len(tokens) and tokens[i] == "&&":
-            other, i = one(i + 1)
-            value = value and other
-        return value, i
-
-    def one(i: int) -> tuple[bool, int]:
-        if tokens[i] == "(":
-            value, i = either(i + 1)
-            assert tokens[i] == ")", pattern
-            return value, i + 1
-        return compare(*tokens[i]), i + 1
-
-    value, end = either(0)
+    value, end = joined(0, 0)
     assert end == len(tokens), pattern
     return value
 
