@@ -41,7 +41,7 @@ _ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
     (redis.exceptions.TryAgainError, "cluster"),
     (redis.ResponseError, "response"),
 )
-ERROR_KINDS = (*(kind for _, kind in _ERROR_KINDS), "other")
+ERROR_KINDS = tuple(dict.fromkeys((*(kind for _, kind in _ERROR_KINDS), "other")))  # each once
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 

@@ -195,7 +195,7 @@ class RedisClient:
         if child is None:
             child = self._durations[operation] = metrics.REDIS_DURATION.labels(operation)
             # Its error counts too, at 0 (see metrics.REDIS_OPERATIONS).
-            for kind in dict.fromkeys(metrics.ERROR_KINDS):
+            for kind in metrics.ERROR_KINDS:
                 self._errors[(operation, kind)] = metrics.REDIS_ERRORS.labels(operation, kind)
         return child
 

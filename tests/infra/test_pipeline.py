@@ -160,6 +160,23 @@ def test_verify_looks_in_the_namespace_the_apply_step_rolled_out_to() -> None:
     assert "${{" not in verify["run"]
 
 
+def _stand_in(path: Path, answer: str = "") -> None:
+    """An executable at ``path`` that records its arguments in PATH.args and prints ``answer``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\necho {answer}\n')
+    path.chmod(0o755)
+
+
+def _run_step(script: str, bin_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """A workflow step's script as GitHub runs it with `shell: bash` (bash -eo pipefail), with
+    ``bin_dir`` (its stand-ins) first on PATH and only ``env`` besides."""
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("app_url", "expected"),
     [
@@ -181,18 +198,11 @@ def test_verify_checks_the_namespace_or_the_domain_the_repository_names(
         if "-m ops.verify" in s.get("run", "")
     ]  # fmt: skip
     bin_dir, venv_bin = tmp_path / "bin", tmp_path / "runner" / "verify" / "bin"
-    for folder in (bin_dir, venv_bin):
-        folder.mkdir(parents=True)
-    recorder = '#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n'
     for tool in (bin_dir / "python3", venv_bin / "pip", venv_bin / "python"):
-        tool.write_text(recorder)
-        tool.chmod(0o755)
-    subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", verify["run"]],
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path / "runner"),
-             "NAMESPACE": "shop", "APP_URL": app_url},
-        check=True, timeout=30,
-    )  # fmt: skip
+        _stand_in(tool)
+    ran = _run_step(verify["run"], bin_dir, RUNNER_TEMP=str(tmp_path / "runner"), NAMESPACE="shop",
+                    APP_URL=app_url)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
     args = (venv_bin / "python.args").read_text().splitlines()
     assert args == ["-m", "ops.verify", *expected]
 
@@ -210,19 +220,11 @@ def test_only_the_newest_commit_of_the_branch_deploys(tmp_path: Path, newest: st
     assert guard["env"] == {"GH_TOKEN": "${{ github.token }}"}
     assert all(step["if"] == f"steps.{guard['id']}.outputs.deploy == 'true'" for step in later)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    gh = bin_dir / "gh"
-    gh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\necho {newest}\n')
-    gh.chmod(0o755)
+    _stand_in(bin_dir / "gh", answer=newest)
     outputs = tmp_path / "github-output"
     this = "a" * 40
-    ran = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", guard["run"]],
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "GITHUB_REPOSITORY": "owner/name",
-             "GITHUB_REF_NAME": "main", "GITHUB_SHA": this, "GH_TOKEN": "t",
-             "GITHUB_OUTPUT": str(outputs)},
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    ran = _run_step(guard["run"], bin_dir, GITHUB_REPOSITORY="owner/name", GITHUB_REF_NAME="main",
+                    GITHUB_SHA=this, GH_TOKEN="t", GITHUB_OUTPUT=str(outputs))  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert (bin_dir / "gh.args").read_text().splitlines() == [
         "api", "repos/owner/name/commits/main", "--jq", ".sha",

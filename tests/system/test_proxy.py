@@ -309,12 +309,8 @@ def test_a_gunicorn_that_is_gone_gets_a_page_saying_what_to_do(start_pod) -> Non
 
 def _nginx_lines(proxy: Nginx) -> list[dict[str, Any]]:
     """nginx's own access lines (JSON, logger nginx) in its log so far."""
-    lines = proxy.log_path.read_text().splitlines()
-    return [line for line in map(json.loads, filter(_is_json, lines)) if line["logger"] == "nginx"]
-
-
-def _is_json(line: str) -> bool:
-    return line.startswith("{")
+    lines = [json.loads(x) for x in proxy.log_path.read_text().splitlines() if x.startswith("{")]
+    return [line for line in lines if line["logger"] == "nginx"]
 
 
 def test_nginx_logs_each_request_it_answers_itself_and_no_other(start_pod) -> None:
