@@ -14,6 +14,7 @@ crosses cluster slots.
 The client is the connection's peer address, or, when that peer is a trusted proxy
 (FORWARDED_ALLOW_IPS, gunicorn's variable), the nearest address in X-Forwarded-For that is
 not itself trusted: a client can prepend anything to that header, but not past our proxies.
+With "*" (any peer trusted) that is the header's last address, the one the peer appended.
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ class Trusted:
         if address not in self:
             return address
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
-        for hop in reversed([h for h in hops if h]):
+        hops = [h for h in hops if h]
+        if self._any:
+            # "*" trusts the peer, not the header's other entries: a load balancer keeps what
+            # the client sent and appends the address it saw, so only the last is believed
+            # (nginx's real_ip_recursive off reads it the same way).
+            return hops[-1] if hops else address
+        for hop in reversed(hops):
             address = hop
             if hop not in self:
                 break

@@ -36,6 +36,22 @@ def test_the_client_is_the_nearest_untrusted_address(peer, forwarded, client):
     assert trusted.client_address(request_from(peer, forwarded)) == client
 
 
+@pytest.mark.parametrize(
+    ("forwarded", "client"),
+    [
+        # An ALB keeps the header the client sent and appends the address it saw: with every
+        # peer trusted, only that last entry is known to come from a proxy, not the client.
+        ("10.9.7.1, 198.51.100.7", "198.51.100.7"),
+        ("10.9.7.1, 10.9.7.2, 198.51.100.7", "198.51.100.7"),
+        (None, "203.0.113.9"),
+        ("", "203.0.113.9"),
+    ],
+)
+def test_with_any_peer_trusted_the_client_is_the_address_the_peer_appended(forwarded, client):
+    trusted = Trusted(("*",))
+    assert trusted.client_address(request_from("203.0.113.9", forwarded)) == client
+
+
 def test_too_many_new_sessions_answer_429_with_retry_after(make_app):
     app = make_app(rate_limit_new_sessions="2/minute", rate_limit_saves="100/minute")
     client = app.test_client()
