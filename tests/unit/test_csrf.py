@@ -117,3 +117,20 @@ def test_a_form_another_site_sent_is_refused_without_a_cookie_or_its_text(app, c
         assert client.post("/persistMessage", data=mine, headers=headers).status_code == 303
     listed = listed_messages(client.get("/").get_data(as_text=True))
     assert listed == ["from same-origin", "from None"]
+
+
+def test_over_https_a_form_saves_without_a_referer(make_app):
+    """flask-wtf also demands a same-origin Referer on every HTTPS form (WTF_CSRF_SSL_STRICT),
+    against cookies a man in the middle plants over plain HTTP. A browser or extension that
+    sends no Referer then could never save behind the HTTPS ALB: every try read "the form has
+    expired". With SESSION_COOKIE_SECURE the cookies are __Host- ones, which nothing but this
+    host over HTTPS can set, so the Referer check guards against nothing more. (Found by
+    review.)"""
+    client = make_app(session_cookie_secure=True).test_client()
+    https = {"base_url": "https://localhost"}
+    token = csrf_token(client.get("/", **https).get_data(as_text=True))
+    response = client.post(
+        "/persistMessage", data={"message": "no referer", "csrf_token": token}, **https
+    )
+    assert response.status_code == 303, response.get_data(as_text=True)
+    assert listed_messages(client.get("/", **https).get_data(as_text=True)) == ["no referer"]
