@@ -148,6 +148,29 @@ stack_status() {
   fi
 }
 
+# Dies, saying what to do, for a stack that cannot be created or updated now ($2: its status, NONE
+# for none); returns for one deploy_stack creates, recreates or updates.
+check_deployable() {
+  local name=$1 status=$2
+  case $status in
+    NONE | ROLLBACK_COMPLETE | REVIEW_IN_PROGRESS) ;;
+    CREATE_COMPLETE | UPDATE_COMPLETE | UPDATE_ROLLBACK_COMPLETE | IMPORT_COMPLETE | IMPORT_ROLLBACK_COMPLETE) ;;
+    *_IN_PROGRESS)
+      die "stack $name is busy ($status); wait until it finishes, then run $PROG again"
+      ;;
+    UPDATE_ROLLBACK_FAILED)
+      # The stack and everything in it (the cluster, the sessions) can be kept: once the cause
+      # of the failed rollback is fixed, CloudFormation can finish it.
+      print_failed_events "$name"
+      die "stack $name is in state UPDATE_ROLLBACK_FAILED: fix what the events above name, then run: aws --profile $PROFILE --region $REGION cloudformation continue-update-rollback --stack-name $name (it may skip resources that cannot roll back: --resources-to-skip), and $PROG again once it reads UPDATE_ROLLBACK_COMPLETE"
+      ;;
+    *)
+      print_failed_events "$name"
+      die "stack $name is in state $status and cannot be updated; see the events above (./destroy.sh removes it)"
+      ;;
+  esac
+}
+
 # Creates the stack from the template or updates it, following it to its end however long it takes;
 # "no updates" is success. Remaining arguments go to create/update-stack.
 deploy_stack() {
@@ -155,6 +178,7 @@ deploy_stack() {
   shift 2
   total=$(template_resource_count "$template")
   status=$(stack_status "$name")
+  check_deployable "$name" "$status"
   case $status in
     ROLLBACK_COMPLETE | REVIEW_IN_PROGRESS)
       # A stack whose creation rolled back, or a change set never executed (e.g. by the original's
@@ -186,19 +210,6 @@ deploy_stack() {
         cat "$WORK/err" >&2
         die "could not update stack $name"
       fi
-      ;;
-    *_IN_PROGRESS)
-      die "stack $name is busy ($status); wait until it finishes, then run $PROG again"
-      ;;
-    UPDATE_ROLLBACK_FAILED)
-      # The stack and everything in it (the cluster, the sessions) can be kept: once the cause
-      # of the failed rollback is fixed, CloudFormation can finish it.
-      print_failed_events "$name"
-      die "stack $name is in state UPDATE_ROLLBACK_FAILED: fix what the events above name, then run: aws --profile $PROFILE --region $REGION cloudformation continue-update-rollback --stack-name $name (it may skip resources that cannot roll back: --resources-to-skip), and $PROG again once it reads UPDATE_ROLLBACK_COMPLETE"
-      ;;
-    *)
-      print_failed_events "$name"
-      die "stack $name is in state $status and cannot be updated; see the events above (./destroy.sh removes it)"
       ;;
   esac
 }
@@ -268,6 +279,9 @@ say "profile $PROFILE, region $REGION, stacks $BOOTSTRAP and $STACK"
 EXISTING_JSON=$(stack_json "$STACK")
 ZONES=""
 if [ -n "$EXISTING_JSON" ]; then
+  # Before the bootstrap stack and the nested templates change: a main stack still running an
+  # operation would start the nested stacks it has not reached yet from the new templates.
+  check_deployable "$STACK" "$(jq -r '.Stacks[0].StackStatus' <<<"$EXISTING_JSON")"
   ZONES=$(stack_parameter "$EXISTING_JSON" AvailabilityZones)
   [ -n "$CERTIFICATE" ] || CERTIFICATE=$(stack_parameter "$EXISTING_JSON" CertificateArn)
   # The cache mode, like the certificate, stays unless -m names another: a fallback to the default

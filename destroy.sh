@@ -22,6 +22,8 @@ and security groups are gone, up to \$LB_WAIT_SECONDS, default 900 s), the ALB's
 main stack
 STACK_NAME, the contents of the template bucket (every version and delete marker) and of the ECR
 repository, and the bootstrap stack STACK_NAME-bootstrap. Asks for the stack name as confirmation.
+Deletes nothing, and exits 1, when it finds neither stack in the region, or when one has
+termination protection or is still busy.
 
   -p PROFILE     AWS CLI profile (required); every aws call uses it
   -r REGION      AWS region (default: the profile's region, aws configure get region)
@@ -72,18 +74,42 @@ make_work_dir
 
 delete_stack() {
   say "deleting stack $1, followed until it is gone (Ctrl-C stops watching, not the deletion)"
-  delete_and_follow "$1" || die "deleting stack $1 failed (first failure above); fix the cause and run $PROG again"
+  local status=0
+  delete_and_follow "$1" || status=$?
+  case $status in
+    0) ;;
+    2) die "could not delete stack $1 (above); fix the cause and run $PROG again" ;;
+    *) die "deleting stack $1 failed (first failure above); fix the cause and run $PROG again" ;;
+  esac
+}
+
+# Before anything is deleted: a stack CloudFormation would not delete now keeps its Kubernetes
+# objects (the app's load balancer) and its twin. $1 is the stack's describe-stacks JSON.
+refuse_undeletable() {
+  local name status
+  name=$(jq -r '.Stacks[0].StackName' <<<"$1")
+  status=$(jq -r '.Stacks[0].StackStatus' <<<"$1")
+  if [ "$(jq -r '.Stacks[0].EnableTerminationProtection // false' <<<"$1")" = true ]; then
+    die "stack $name has termination protection: nothing was deleted. If it is to go, run: aws --profile $PROFILE --region $REGION cloudformation update-termination-protection --no-enable-termination-protection --stack-name $name, then $PROG again"
+  fi
+  case $status in
+    DELETE_IN_PROGRESS | REVIEW_IN_PROGRESS) ;; # followed to its end / holds nothing
+    *_IN_PROGRESS) die "stack $name is busy ($status): nothing was deleted; wait until it finishes, then run $PROG again" ;;
+  esac
 }
 
 # What EKS Auto Mode's load balancing made for the Service, outside any stack, in the cluster's VPC:
 # prints one line per load balancer, target group and security group still there. The security
 # groups are those carrying the tags EKS (or the AWS Load Balancer Controller) puts on its own.
+# Called in $(...), where errexit does not reach: each listing returns its own failure.
 load_balancer_leftovers() {
   local vpc=$1 cluster=$2
   awsp elbv2 describe-load-balancers --output json |
-    jq -r --arg vpc "$vpc" '.LoadBalancers[] | select(.VpcId == $vpc) | "load balancer \(.LoadBalancerName)"'
+    jq -r --arg vpc "$vpc" '.LoadBalancers[] | select(.VpcId == $vpc) | "load balancer \(.LoadBalancerName)"' ||
+    return 1
   awsp elbv2 describe-target-groups --output json |
-    jq -r --arg vpc "$vpc" '.TargetGroups[] | select(.VpcId == $vpc) | "target group \(.TargetGroupName)"'
+    jq -r --arg vpc "$vpc" '.TargetGroups[] | select(.VpcId == $vpc) | "target group \(.TargetGroupName)"' ||
+    return 1
   awsp ec2 describe-security-groups --filters "Name=vpc-id,Values=$vpc" --output json |
     jq -r --arg cluster "$cluster" '.SecurityGroups[]
       | select(any(.Tags // [] | .[]; (.Key == "eks:eks-cluster-name" and .Value == $cluster)
@@ -183,30 +209,52 @@ empty_bucket() {
 
 # Deletes every image as list-images names it (tag and digest, or digest alone when untagged), 100 at
 # a time (the BatchDeleteImage limit). An entry already gone with another tag of the same image is fine.
+# ECR keeps the manifests of an image index (a multi-platform push, or one with an SBOM or provenance,
+# as scripts/pipeline.sh pushes) while the index is there, even in the same call: they go in the next
+# round, which lists what is left. A round that deletes nothing ends it.
 empty_repository() {
-  local repo=$1 images count chunk failures
-  if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>"$WORK/err"); then
-    if grep -q 'RepositoryNotFoundException' "$WORK/err"; then
-      say "repository $repo: already gone"
-      return 0
+  local repo=$1 images count total="" chunk failures waiting
+  while :; do
+    if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>"$WORK/err"); then
+      if grep -q 'RepositoryNotFoundException' "$WORK/err"; then
+        say "repository $repo: already gone"
+        return 0
+      fi
+      cat "$WORK/err" >&2
+      die "could not list repository $repo"
     fi
-    cat "$WORK/err" >&2
-    die "could not list repository $repo"
-  fi
-  jq -c '.imageIds | range(0; length; 100) as $i | .[$i:$i + 100]' <<<"$images" >"$WORK/images.jsonl"
-  count=$(jq '.imageIds | length' <<<"$images")
-  # fd 3, so that nothing inside the loop can read the list as its standard input.
-  while read -r chunk <&3; do
-    failures=$(awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json |
-      jq '[.failures // [] | .[] | select(.failureCode != "ImageNotFound")] | length')
-    [ "$failures" -eq 0 ] || die "ECR refused to delete $failures images from $repo"
-  done 3<"$WORK/images.jsonl"
-  say "repository $repo: deleted $count images"
+    count=$(jq '.imageIds | length' <<<"$images")
+    total=${total:-$count}
+    [ "$count" -gt 0 ] || break
+    jq -c '.imageIds | range(0; length; 100) as $i | .[$i:$i + 100]' <<<"$images" >"$WORK/images.jsonl"
+    waiting=0
+    # fd 3, so that nothing inside the loop can read the list as its standard input.
+    while read -r chunk <&3; do
+      awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json >"$WORK/deleted.json"
+      failures=$(jq '[.failures // [] | .[] | select(.failureCode != "ImageNotFound"
+        and .failureCode != "ImageReferencedByManifestList")] | length' "$WORK/deleted.json")
+      [ "$failures" -eq 0 ] || die "ECR refused to delete $failures images from $repo"
+      waiting=$((waiting + $(jq '[.failures // [] | .[] | select(.failureCode == "ImageReferencedByManifestList")]
+        | length' "$WORK/deleted.json")))
+    done 3<"$WORK/images.jsonl"
+    [ "$waiting" -lt "$count" ] || die "ECR refused to delete the last $count images from $repo: each is part of an image index still there"
+  done
+  say "repository $repo: deleted $total images"
 }
 
 say "profile $PROFILE, region $REGION, stacks $STACK and $BOOTSTRAP"
 
 MAIN_JSON=$(stack_json "$STACK")
+BOOTSTRAP_JSON=$(stack_json "$BOOTSTRAP")
+if [ -z "$MAIN_JSON" ] && [ -z "$BOOTSTRAP_JSON" ]; then
+  # Most likely another region or a mistyped name: finding nothing is not "deleted".
+  deployed=$(awsp cloudformation describe-stacks --output json |
+    jq -r '[.Stacks[].StackName | select(endswith("-bootstrap")) | rtrimstr("-bootstrap")] | join(", ")') || deployed=""
+  die "no stack $STACK or $BOOTSTRAP in $REGION (profile $PROFILE): nothing was deleted. Check -r and -s (stacks deployed here: ${deployed:-none})"
+fi
+for json in "$MAIN_JSON" "$BOOTSTRAP_JSON"; do
+  [ -z "$json" ] || refuse_undeletable "$json"
+done
 if [ -z "$MAIN_JSON" ]; then
   say "stack $STACK: already gone"
 else

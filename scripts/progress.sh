@@ -140,7 +140,8 @@ follow_stack() {
   return 1
 }
 
-# Deletes the stack (by name, if it exists) and follows the deletion; returns 1 if it fails.
+# Deletes the stack (by name, if it exists) and follows the deletion; returns 1 if the deletion
+# fails, 2 if CloudFormation refuses to start it (its error is printed).
 delete_and_follow() {
   local json id total after
   json=$(stack_json "$1") || exit 1
@@ -149,6 +150,8 @@ delete_and_follow() {
   total=$(awsp cloudformation describe-stack-resources --stack-name "$id" --output json |
     jq '[.StackResources[] | select(.ResourceStatus != "DELETE_COMPLETE")] | length')
   after=$(newest_event_id "$id")
-  awsp cloudformation delete-stack --stack-name "$id"
+  # Called as `delete_and_follow ... || die`, where errexit does not reach: a refused deletion
+  # (permissions, termination protection) must not be "followed".
+  awsp cloudformation delete-stack --stack-name "$id" || return 2
   follow_stack "$id" delete "$total" "$after"
 }

@@ -22,6 +22,13 @@ emulate; everything else goes to the real tool:
   VPC; this one is added to describe-cluster), STUB_LB_LEFT=N (the first N polls for the Service's
   load balancer, target group and security group find them still there, as after a Service
   deletion EKS takes a while to clean up).
+  Refusals moto never gives: STUB_DENIED ("service command" pairs, separated by ";") answers
+  those calls AccessDenied, as for a profile without the permission; STUB_PROTECTED names a
+  stack with termination protection (describe-stacks says so, delete-stack is refused as
+  CloudFormation refuses it; moto does not enforce it);
+  STUB_ECR_INDEX (a JSON file {"index": DIGEST, "children": [DIGEST, ...]}) makes
+  batch-delete-image refuse a child while its image index is still there, as ECR does with
+  the manifests of a multi-platform or attested push (ImageReferencedByManifestList).
 - describe-stacks: moto's answer with list parameters written back as CloudFormation writes them.
 - validate-template: moto's real answer (it runs cfn-lint, about two seconds per template) with
   the template's Parameters filled in as CloudFormation lists them (moto's list is empty), kept
@@ -303,6 +310,8 @@ def describe_stacks_as_cloudformation(args: list[str]) -> None:
     (see as_cloudformation)."""
     answer = real_answer(args)
     for stack in answer.get("Stacks", []):
+        if stack["StackName"] == os.environ.get("STUB_PROTECTED"):
+            stack["EnableTerminationProtection"] = True
         for parameter in stack.get("Parameters", []):
             parameter["ParameterValue"] = as_cloudformation(parameter.get("ParameterValue", ""))
     print(json.dumps(answer))
@@ -419,8 +428,63 @@ def validate_template_once(args: list[str]) -> None:
     sys.exit(answer["code"])
 
 
+def refused(service: str, command: str, code: str, message: str) -> None:
+    """Ends this call as the AWS CLI ends one the service refused."""
+    operation = "".join(part.title() for part in command.split("-"))
+    sys.stderr.write(
+        f"\nAn error occurred ({code}) when calling the {operation} operation: {message}\n"
+    )
+    sys.exit(254)
+
+
+def refusals() -> None:
+    """The refusals of STUB_DENIED and STUB_PROTECTED; returns when the call is not refused."""
+    for pair in filter(None, os.environ.get("STUB_DENIED", "").split(";")):
+        service, command = pair.split()
+        if service in ARGV and command in ARGV:
+            refused(service, command, "AccessDenied", f"not authorized to {service}:{command}")
+    protected = os.environ.get("STUB_PROTECTED")
+    if (
+        protected
+        and "delete-stack" in ARGV
+        and option("--stack-name") in (protected, stack_id_of(protected, ""))
+    ):
+        refused(
+            "cloudformation", "delete-stack", "ValidationError",
+            f"Stack [{protected}] cannot be deleted while TerminationProtection is enabled",
+        )  # fmt: skip
+
+
+def images_behind_an_index() -> None:
+    """batch-delete-image under STUB_ECR_INDEX: the children of an index that was there when
+    the call began are refused (moto knows no image indexes); the rest go to moto."""
+    state_path = Path(os.environ["STUB_ECR_INDEX"])
+    state = json.loads(state_path.read_text())
+    ids = json.loads(option("--image-ids") or "[]")
+    refused_ids = [i for i in ids if state["index"] and i["imageDigest"] in state["children"]]
+    if any(i["imageDigest"] == state["index"] for i in ids):
+        state["index"] = None
+        state_path.write_text(json.dumps(state))
+    answer: dict[str, Any] = {"imageIds": [], "failures": []}
+    rest = [i for i in ids if i not in refused_ids]
+    if rest:
+        args = list(ARGV)
+        args[args.index("--image-ids") + 1] = json.dumps(rest)
+        answer = real_answer(args)
+    answer["failures"] = answer.get("failures", []) + [
+        {"imageId": i, "failureCode": "ImageReferencedByManifestList",
+         "failureReason": "Requested image referenced by manifest list"}
+        for i in refused_ids
+    ]  # fmt: skip
+    print(json.dumps(answer))
+    sys.exit(0)
+
+
 def recorded_answers() -> None:
     """Answers from a recording where the test asks for one; returns when it does not."""
+    refusals()
+    if "batch-delete-image" in ARGV and os.environ.get("STUB_ECR_INDEX"):
+        images_behind_an_index()
     if "validate-template" in ARGV:
         validate_template_once(ARGV)
     fixture = os.environ.get("STUB_AZ_FIXTURE")
