@@ -297,3 +297,8 @@ if [ -n "${CLUSTER:-}" ]; then
   echo "Your kubeconfig still has a context for cluster $CLUSTER: list them with kubectl config get-contexts,"
   echo "remove it with kubectl config delete-context NAME."
 fi
+# The pipeline's stack (docs/deploy-aws.md) is the operator's own, not deploy.sh's: named, not deleted.
+if [ -n "$(stack_json "$STACK-github")" ]; then
+  echo "Stack $STACK-github (the GitHub pipeline's role) is still there; its access entry named the deleted"
+  echo "cluster. Delete it with: aws --profile $PROFILE --region $REGION cloudformation delete-stack --stack-name $STACK-github"
+fi

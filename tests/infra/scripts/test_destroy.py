@@ -75,6 +75,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         ("ecr", "batch-delete-image", repo),
         ("ecr", "list-images", repo),  # nothing left (an index's images would be, a round)
         *followed_deletion(BOOTSTRAP),
+        ("cloudformation", "describe-stacks", f"{STACK}-github"),
     ]
     assert_profile_and_region(run)
     (update_kubeconfig,) = run.aws_calls("eks", "update-kubeconfig")
@@ -90,6 +91,7 @@ def test_destroy_removes_kubernetes_objects_stacks_versions_and_images(world: Wo
         "--ignore-not-found", "--wait=true", "--timeout=300s",
     ]  # fmt: skip
     assert f"cluster/{CLUSTER}" in by_name["kubeconfig_text"]
+    assert f"{STACK}-github" not in run.stdout
     assert Path(world.env["KUBECONFIG"]).read_text() == user_kubeconfig
     assert not Path(kubeconfig).exists(), "the temporary kubeconfig was left behind"
     (delete_objects,) = run.aws_calls("s3api", "delete-objects")
@@ -282,8 +284,13 @@ def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) ->
     the repository stays.)
     """
     boot = world.create_stacks()
-    world.client("cloudformation").delete_stack(StackName=STACK)
+    cfn = world.client("cloudformation")
+    cfn.delete_stack(StackName=STACK)
     fill_bucket(world, boot["TemplateBucketName"])
+    # The pipeline's stack, which the operator made (docs/deploy-aws.md): named, left alone.
+    pipeline = f"{STACK}-github"
+    topic = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}
+    cfn.create_stack(StackName=pipeline, TemplateBody=json.dumps(topic))
 
     run = world.run("destroy.sh", "-p", PROFILE, "-y")
     assert run.returncode == 0, run.stderr
@@ -292,7 +299,8 @@ def test_destroy_finishes_a_half_deleted_environment_and_reruns(world: World) ->
     assert run.tool("kubectl") == []
     assert ("cloudformation", "delete-stack", BOOTSTRAP) in run.ops()
     assert_profile_and_region(run)
-    assert world.client("cloudformation").describe_stacks()["Stacks"] == []
+    assert f"Stack {pipeline} (the GitHub pipeline's role) is still there" in run.stdout
+    assert [s["StackName"] for s in cfn.describe_stacks()["Stacks"]] == [pipeline]
     with pytest.raises(ClientError):
         world.client("s3").head_bucket(Bucket=boot["TemplateBucketName"])
 
