@@ -187,10 +187,10 @@ def refuse_cross_site(post: Request) -> None:
 
 def init_app(app: Flask) -> None:
     app.config["WTF_CSRF_TIME_LIMIT"] = TOKEN_LIFETIME_SECONDS
-    # flask-wtf's same-origin Referer check on HTTPS forms guards against a CSRF cookie a man in
-    # the middle planted over plain HTTP. Secure cookies are __Host- ones, which only this host
-    # over HTTPS can set: there the check adds nothing, and it refused every save of a browser
-    # that sends no Referer (privacy settings, extensions), as "the form has expired".
+    # flask-wtf's same-origin Referer check on HTTPS forms: secure cookies are __Host- ones,
+    # which neither plain HTTP nor a sibling subdomain can set, so with Sec-Fetch-Site it only
+    # still helps browsers that know neither (Internet Explorer, Edge before 79), and it
+    # refused every save of a browser that sends no Referer (privacy settings, extensions).
     app.config["WTF_CSRF_SSL_STRICT"] = not app.config["SESSION_COOKIE_SECURE"]
     if fallbacks := app.config["SECRET_KEY_FALLBACKS"]:
         # flask-wtf hands this to itsdangerous as it is: a list of keys, the last one signing.

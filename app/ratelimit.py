@@ -12,9 +12,11 @@ page view, which these limits never touch. Each counter is one key, so no comman
 crosses cluster slots.
 
 The client is the connection's peer address, or, when that peer is a trusted proxy
-(FORWARDED_ALLOW_IPS, gunicorn's variable), the nearest address in X-Forwarded-For that is
-not itself trusted: a client can prepend anything to that header, but not past our proxies.
-With "*" (any peer trusted) that is the header's last address, the one the peer appended.
+(FORWARDED_ALLOW_IPS, gunicorn's variable), the last address in X-Forwarded-For: the one that
+proxy appended, as the pod's nginx reads it (real_ip_recursive off), so both count the same
+client. Nothing before it is believed: a load balancer keeps whatever the client sent there,
+and walking on past addresses inside a trusted network would reach it whenever the client
+itself is in one (a pod, anything in the VPC; "*" or 0.0.0.0/0 trusts every address).
 """
 
 from __future__ import annotations
@@ -57,16 +59,7 @@ class Trusted:
             return address
         hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
         hops = [h for h in hops if h]
-        if self._any:
-            # "*" trusts the peer, not the header's other entries: a load balancer keeps what
-            # the client sent and appends the address it saw, so only the last is believed
-            # (nginx's real_ip_recursive off reads it the same way).
-            return hops[-1] if hops else address
-        for hop in reversed(hops):
-            address = hop
-            if hop not in self:
-                break
-        return address
+        return hops[-1] if hops else address
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,18 @@ def test_over_https_a_form_saves_without_a_referer(make_app):
     )
     assert response.status_code == 303, response.get_data(as_text=True)
     assert listed_messages(client.get("/", **https).get_data(as_text=True)) == ["no referer"]
+
+
+def test_over_https_with_plain_cookies_the_referer_is_still_demanded(make_app):
+    """Without __Host- cookies a man in the middle could plant a CSRF cookie over plain HTTP:
+    there flask-wtf's Referer check stays on."""
+    client = make_app(session_cookie_secure=False).test_client()
+    https = {"base_url": "https://localhost"}
+    token = csrf_token(client.get("/", **https).get_data(as_text=True))
+    form = {"message": "no referer", "csrf_token": token}
+    assert client.post("/persistMessage", data=form, **https).status_code == 400
+    assert listed_messages(client.get("/", **https).get_data(as_text=True)) == []
+    sent = client.post(
+        "/persistMessage", data=form, headers={"Referer": "https://localhost/"}, **https
+    )
+    assert sent.status_code == 303

@@ -25,30 +25,34 @@ def request_from(peer: str, forwarded: str | None = None) -> Request:
         # Not from a trusted proxy: the header is the client's own claim, ignored.
         ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
         ("10.0.0.5", "198.51.100.1", "198.51.100.1"),
-        # Whatever the client prepends, the address our proxy saw is the last untrusted one.
+        # Whatever the client prepends, the address our proxy appended is the last one.
         ("10.0.0.5", "1.2.3.4, 198.51.100.1", "198.51.100.1"),
-        ("10.0.0.5", "198.51.100.1, 10.0.0.7", "198.51.100.1"),
+        # A client inside a trusted network (a pod, a host in the VPC) behind the proxy: its
+        # own address, not the one it wrote before it (nginx, real_ip_recursive off, agrees).
+        ("10.0.0.5", "198.51.100.1, 10.0.0.7", "10.0.0.7"),
         ("10.0.0.5", "", "10.0.0.5"),
     ],
 )
-def test_the_client_is_the_nearest_untrusted_address(peer, forwarded, client):
+def test_the_client_is_the_address_the_trusted_proxy_appended(peer, forwarded, client):
     trusted = Trusted(("10.0.0.0/8",))
     assert trusted.client_address(request_from(peer, forwarded)) == client
 
 
+@pytest.mark.parametrize("everyone", [("*",), ("0.0.0.0/0", "::/0")])
 @pytest.mark.parametrize(
     ("forwarded", "client"),
     [
         # An ALB keeps the header the client sent and appends the address it saw: with every
-        # peer trusted, only that last entry is known to come from a proxy, not the client.
+        # address trusted, only that last entry is known to come from a proxy. (Found by
+        # review: with "*" the first entry, the client's own, was counted.)
         ("10.9.7.1, 198.51.100.7", "198.51.100.7"),
         ("10.9.7.1, 10.9.7.2, 198.51.100.7", "198.51.100.7"),
         (None, "203.0.113.9"),
         ("", "203.0.113.9"),
     ],
 )
-def test_with_any_peer_trusted_the_client_is_the_address_the_peer_appended(forwarded, client):
-    trusted = Trusted(("*",))
+def test_with_every_address_trusted_the_client_is_the_last_one(everyone, forwarded, client):
+    trusted = Trusted(everyone)
     assert trusted.client_address(request_from("203.0.113.9", forwarded)) == client
 
 
