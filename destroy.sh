@@ -3,7 +3,7 @@
 # Service's load balancer, its target groups and security groups are gone (EKS creates them outside
 # CloudFormation, and they would keep the VPC from being deleted), the main stack, then every object
 # version of the template bucket and every image in ECR, then the bootstrap stack.
-# Re-runnable: whatever is already gone is reported and skipped. Works with bash 3.2 (macOS) and GNU/BSD tools.
+# Re-runnable: whatever is already gone is reported and skipped (finding neither stack is an error). Works with bash 3.2 (macOS) and GNU/BSD tools.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -211,9 +211,9 @@ empty_bucket() {
 # a time (the BatchDeleteImage limit). An entry already gone with another tag of the same image is fine.
 # ECR keeps the manifests of an image index (a multi-platform push, or one with an SBOM or provenance,
 # as scripts/pipeline.sh pushes) while the index is there, even in the same call: they go in the next
-# round, which lists what is left. A round that deletes nothing ends it.
+# round, which lists what is left. A round after which no fewer are left ends the run.
 empty_repository() {
-  local repo=$1 images count total="" chunk failures waiting
+  local repo=$1 images count total="" left chunk failures
   while :; do
     if ! images=$(awsp ecr list-images --repository-name "$repo" --output json 2>"$WORK/err"); then
       if grep -q 'RepositoryNotFoundException' "$WORK/err"; then
@@ -224,22 +224,20 @@ empty_repository() {
       die "could not list repository $repo"
     fi
     count=$(jq '.imageIds | length' <<<"$images")
-    total=${total:-$count}
     [ "$count" -gt 0 ] || break
+    [ -z "$total" ] || [ "$count" -lt "$left" ] ||
+      die "ECR deleted none of the $count images left in $repo (each part of an image index still there?); run $PROG again in a minute"
+    total=${total:-$count} left=$count
     jq -c '.imageIds | range(0; length; 100) as $i | .[$i:$i + 100]' <<<"$images" >"$WORK/images.jsonl"
-    waiting=0
     # fd 3, so that nothing inside the loop can read the list as its standard input.
     while read -r chunk <&3; do
-      awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json >"$WORK/deleted.json"
-      failures=$(jq '[.failures // [] | .[] | select(.failureCode != "ImageNotFound"
-        and .failureCode != "ImageReferencedByManifestList")] | length' "$WORK/deleted.json")
+      failures=$(awsp ecr batch-delete-image --repository-name "$repo" --image-ids "$chunk" --output json |
+        jq '[.failures // [] | .[] | select(.failureCode != "ImageNotFound"
+          and .failureCode != "ImageReferencedByManifestList")] | length')
       [ "$failures" -eq 0 ] || die "ECR refused to delete $failures images from $repo"
-      waiting=$((waiting + $(jq '[.failures // [] | .[] | select(.failureCode == "ImageReferencedByManifestList")]
-        | length' "$WORK/deleted.json")))
     done 3<"$WORK/images.jsonl"
-    [ "$waiting" -lt "$count" ] || die "ECR refused to delete the last $count images from $repo: each is part of an image index still there"
   done
-  say "repository $repo: deleted $total images"
+  say "repository $repo: deleted ${total:-0} images"
 }
 
 say "profile $PROFILE, region $REGION, stacks $STACK and $BOOTSTRAP"
@@ -248,8 +246,10 @@ MAIN_JSON=$(stack_json "$STACK")
 BOOTSTRAP_JSON=$(stack_json "$BOOTSTRAP")
 if [ -z "$MAIN_JSON" ] && [ -z "$BOOTSTRAP_JSON" ]; then
   # Most likely another region or a mistyped name: finding nothing is not "deleted".
+  # deploy.sh's stacks come in pairs: a name here with its -bootstrap twin is probably one.
   deployed=$(awsp cloudformation describe-stacks --output json |
-    jq -r '[.Stacks[].StackName | select(endswith("-bootstrap")) | rtrimstr("-bootstrap")] | join(", ")') || deployed=""
+    jq -r '[.Stacks[].StackName] | map(select(endswith("-bootstrap")) | rtrimstr("-bootstrap")) as $b
+      | [.[] | select(. as $n | $b | index($n))] | join(", ")') || deployed="(could not list them)"
   die "no stack $STACK or $BOOTSTRAP in $REGION (profile $PROFILE): nothing was deleted. Check -r and -s (stacks deployed here: ${deployed:-none})"
 fi
 for json in "$MAIN_JSON" "$BOOTSTRAP_JSON"; do

@@ -474,22 +474,39 @@ def test_destroy_empties_a_repository_holding_image_indexes(world: World) -> Non
     boot = world.create_stacks()
     ecr, repo = world.client("ecr"), boot["EcrRepositoryName"]
 
+    oci = "application/vnd.oci.image"
+
     def put(manifest: dict, tag: str | None = None) -> str:
         body = {"imageManifest": json.dumps(manifest), **({"imageTag": tag} if tag else {})}
         return ecr.put_image(repositoryName=repo, **body)["image"]["imageId"]["imageDigest"]
 
-    oci = "application/vnd.oci.image"
-    children = [
-        put({"schemaVersion": 2, "mediaType": f"{oci}.manifest.v1+json",
-             "config": {"digest": f"sha256:{i:064x}"}, "layers": []})
-        for i in range(2)
-    ]  # fmt: skip
-    index = put(
-        {"schemaVersion": 2, "mediaType": f"{oci}.index.v1+json",
-         "manifests": [{"digest": d} for d in children]},
-        tag="20261207",
-    )  # fmt: skip
+    def push_index(first: int) -> tuple[str, list[str]]:
+        # moto makes a digest from the layers' digests (a random one of 101 without any): each
+        # manifest names a layer of its own, so that no two share a digest.
+        def layer(i: int) -> list[dict]:
+            return [{"digest": f"sha256:{i:064x}"}]
+
+        children = [
+            put({"schemaVersion": 2, "mediaType": f"{oci}.manifest.v1+json", "layers": layer(i)})
+            for i in range(first, first + 2)
+        ]
+        index = put(
+            {"schemaVersion": 2, "mediaType": f"{oci}.index.v1+json", "layers": layer(first + 2),
+             "manifests": [{"digest": d} for d in children]},
+            tag=f"2026120{first}",
+        )  # fmt: skip
+        return index, children
+
     state = world.root / "ecr-index.json"
+    # First an index ECR never lets go of (one not even listed): a round that deletes nothing
+    # stops the run instead of trying again for ever. A rerun finishes.
+    _, children = push_index(0)
+    state.write_text(json.dumps({"index": "sha256:" + "f" * 64, "children": children}))
+    stuck = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_ECR_INDEX": str(state)})
+    assert stuck.returncode == 1
+    assert f"ECR deleted none of the 2 images left in {repo}" in stuck.stderr
+    ecr.batch_delete_image(repositoryName=repo, imageIds=[{"imageDigest": d} for d in children])
+    index, children = push_index(3)
     state.write_text(json.dumps({"index": index, "children": children}))
 
     run = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_ECR_INDEX": str(state)})
@@ -526,6 +543,12 @@ def test_destroy_touches_nothing_of_a_stack_cloudformation_would_not_delete(worl
     to "stack ended CREATE_COMPLETE; first failure: none". (Found by review.)"""
     world.create_stacks()
     world.create_cluster()
+    busy = world.run(
+        "destroy.sh", "-p", PROFILE, "-y", env={"STUB_MAIN_STATUS": "UPDATE_IN_PROGRESS"}
+    )
+    assert busy.returncode == 1
+    assert f"stack {STACK} is busy (UPDATE_IN_PROGRESS): nothing was deleted" in busy.stderr
+    assert busy.tool("kubectl") == []
     for stack in (STACK, BOOTSTRAP):
         protected = world.run("destroy.sh", "-p", PROFILE, "-y", env={"STUB_PROTECTED": stack})
         assert protected.returncode == 1
