@@ -322,9 +322,8 @@ class Settings:
     @classmethod
     def one_from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
         """The setting ``name`` alone, read and checked as ``from_env`` reads it (its default
-        when unset): for the pod's nginx sidecar (app/proxy.py), which is given
-        MESSAGE_MAX_LENGTH, FORWARDED_ALLOW_IPS and PROXY_KEEPALIVE_SECONDS and nothing else
-        (no Secret, no Redis host)."""
+        when unset): for the pod's nginx sidecar (app/proxy.py), which is given the few
+        settings it reads and nothing else (no Secret, no Redis host)."""
         env = os.environ if environ is None else environ
         (setting,) = [f for f in fields(cls) if f.name == name]
         variable = setting.metadata["variable"]

@@ -11,6 +11,8 @@
   alone behind the NLB, whose peer is the client itself). Any wider list would let whatever
   else reaches the pod (another pod, anything in the VPC) choose the address its rate limits
   and connection limit count.
+- Whether nginx's own pages (413, 429, 502, ...) carry HSTS over plain HTTP: with
+  SESSION_COOKIE_SECURE, as the app's pages do (TLS ends at the load balancer).
 
 A constant in nginx.conf would drift from the settings, and nginx reads no environment
 variable in these directives. The sidecar runs the app's image, so app/config.py serves both.
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, Settings, body_cap
+from .hooks import HSTS
 
 
 def limits(cap: int) -> str:
@@ -53,20 +56,46 @@ def trusted_proxies(addresses: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hsts(secure_cookies: bool) -> str:
+    """$add_hsts: the HSTS header where the app sends it (app/hooks.py) and the response lacks
+    it, for nginx's own pages: over HTTPS ($forwarded_proto, nginx.conf), and with
+    SESSION_COOKIE_SECURE over plain HTTP too (TLS may end at a load balancer that says
+    nothing)."""
+    value = f'"{HSTS[1]}"'
+    lines = [
+        "# From SESSION_COOKIE_SECURE: HSTS on nginx's own pages as on the app's.",
+        'map "$forwarded_proto:$upstream_http_strict_transport_security" $add_hsts {',
+        f'    "https:" {value};',
+        *([f'    "http:" {value};'] if secure_cookies else []),
+        '    default "";',
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def keepalive(seconds: int) -> str:
     """nginx's idle timeout for client connections (PROXY_KEEPALIVE_SECONDS): it depends on the
     load balancer in front (k8s/config.env, k8s/components/alb say why)."""
     return f"# From PROXY_KEEPALIVE_SECONDS.\nkeepalive_timeout {seconds}s;\n"
 
 
+# The settings read here: the sidecar is given these and no other (k8s/deployment.yaml).
+SETTINGS = (
+    "message_max_length",
+    "forwarded_allow_ips",
+    "proxy_keepalive_seconds",
+    "session_cookie_secure",
+)
+
+
 def main() -> None:
     try:
-        cap = body_cap(Settings.one_from_env("message_max_length"))
-        proxies = Settings.one_from_env("forwarded_allow_ips")
-        idle = Settings.one_from_env("proxy_keepalive_seconds")
+        length, proxies, idle, secure = (Settings.one_from_env(name) for name in SETTINGS)
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    sys.stdout.write(limits(cap) + trusted_proxies(proxies) + keepalive(idle))
+    sys.stdout.write(
+        limits(body_cap(length)) + trusted_proxies(proxies) + keepalive(idle) + hsts(secure)
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.utils import parse_quantity
 
+from app import proxy as sidecar
 from app.config import Settings, body_cap
 from tests.support import NGINX_CONNECTION_OVERHEAD, REPO_ROOT, checkov_report
 
@@ -513,12 +514,9 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
     assert limits == "python -m app.proxy > /tmp/nginx/limits.conf"
     assert start == "exec nginx -c /app/nginx.conf"
     assert "include /tmp/nginx/limits.conf;" in (REPO_ROOT / "nginx.conf").read_text()
-    # The two settings app/proxy.py reads, from the app's own ConfigMap (the same values).
-    assert [setting.name for setting in proxy.env] == [
-        "MESSAGE_MAX_LENGTH",
-        "FORWARDED_ALLOW_IPS",
-        "PROXY_KEEPALIVE_SECONDS",
-    ]
+    # The settings app/proxy.py reads, from the app's own ConfigMap (the same values).
+    variables = {f.name: f.metadata["variable"] for f in fields(Settings)}
+    assert [setting.name for setting in proxy.env] == [variables[n] for n in sidecar.SETTINGS]
     for setting in proxy.env:
         assert setting.value_from.config_map_key_ref.name == models["ConfigMap"].metadata.name
         assert setting.value_from.config_map_key_ref.key == setting.name

@@ -346,6 +346,29 @@ def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
             assert "Strict-Transport-Security" not in answer.headers
 
 
+def test_nginxs_own_pages_carry_hsts_where_the_apps_do(start_pod) -> None:
+    """HSTS on the pages nginx makes itself (413 here) exactly where the app sends it: with
+    SESSION_COOKIE_SECURE, and for a request that arrived over HTTPS. Before (found by review)
+    nginx's pages never carried it; the app's page still carries it once."""
+    big = _post_head(1_000_000, extra="Connection: close\r\n")
+
+    def hsts(proxy: Nginx, data: bytes) -> list[str]:
+        status, fields = _head(_reply(proxy.port, data))
+        assert status in (200, 413), status
+        return [v for k, v in fields if k.lower() == "strict-transport-security"]
+
+    secure, _ = start_pod(SESSION_COOKIE_SECURE="true")
+    page = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    assert hsts(secure, big) == ["max-age=31536000"]
+    assert hsts(secure, page) == ["max-age=31536000"]
+
+    plain, _ = start_pod()
+    assert hsts(plain, big) == []
+    https = b"X-Forwarded-Proto: https\r\n"
+    assert hsts(plain, big.replace(b"\r\n", b"\r\n" + https, 1)) == ["max-age=31536000"]
+    assert hsts(plain, page.replace(b"\r\n", b"\r\n" + https, 1)) == ["max-age=31536000"]
+
+
 # --- Bodies and connection limits -----------------------------------------------------------
 
 DECLARED = 2_000_000  # what each attacking connection claims to send
@@ -470,16 +493,21 @@ def test_no_body_is_parked_on_disk_and_oversized_ones_are_refused_at_once(pod, s
     )
 
 
-def _exchange(port: int, head: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str]]:
-    """One request from the client address ``source``; the status and the response's header
-    fields (lower-case names), read up to the end of the header (a refused request's body is
-    never sent, so nginx keeps the connection until its timeout)."""
+def _reply(port: int, head: bytes, source: str = "127.0.0.1") -> bytes:
+    """One request from the client address ``source``; the response read up to the end of its
+    header (a refused request's body is never sent, so nginx keeps the connection until its
+    timeout)."""
     with _connect(port, source) as conn:
         conn.sendall(head)
         reply = b""
         while b"\r\n\r\n" not in reply and (chunk := conn.recv(65536)):
             reply += chunk
-    status, fields = _head(reply)
+    return reply
+
+
+def _exchange(port: int, head: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str]]:
+    """The status and header fields (lower-case names) of ``_reply``."""
+    status, fields = _head(_reply(port, head, source))
     return status, {name.lower(): value for name, value in fields}
 
 
