@@ -294,22 +294,29 @@ rotate_secret_key() {
   pending=$(key_version AWSPENDING)
   previous=$(key_version AWSPREVIOUS)
   if [ -n "$pending" ]; then
-    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSCURRENT \
-      --move-to-version-id "$pending" --remove-from-version-id "$current" --output json >/dev/null
-    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPENDING \
-      --remove-from-version-id "$pending" --output json >/dev/null
+    # The time first: without it step 3 could not tell how long the old key has been replaced.
     awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" \
       --tags "Key=$PROMOTED_TAG,Value=$(date -u +%s)"
+    # (An earlier run stopped between the two moves: AWSCURRENT is on the new key already.)
+    [ "$pending" = "$current" ] ||
+      awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSCURRENT \
+        --move-to-version-id "$pending" --remove-from-version-id "$current" --output json >/dev/null
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPENDING \
+      --remove-from-version-id "$pending" --output json >/dev/null
     ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
   elif [ -n "$previous" ]; then
     promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
       jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
     now=$(date -u +%s)
     case $promoted in
-      "" | *[!0-9]*) ;;
+      "" | *[!0-9]*)
+        # No record of the promotion: the hour is counted from now, never skipped.
+        awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" --tags "Key=$PROMOTED_TAG,Value=$now"
+        die "no record of when the new SECRET_KEY was promoted (tag $PROMOTED_TAG); forms rendered before that stay valid for an hour, so the old key stays: the hour counts from now, run $PROG -R again then (nothing else was changed)"
+        ;;
       *)
         [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
-          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago; forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes: run $PROG -R again then (nothing was changed)"
+          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago (step 2); forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes, counted from the promotion (if step 2's overlay was applied later, wait an hour from that rollout): run $PROG -R again then (nothing was changed)"
         ;;
     esac
     awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \
@@ -333,6 +340,9 @@ ROTATION=""
 if [ "$ROTATE" -eq 1 ]; then
   say "rotating SECRET_KEY one step (secret $SECRET_KEY_ARN)"
   rotate_secret_key
+  # Taken: should this run stop before .deploy/ is written, a plain rerun of -R would take the
+  # next step before any pod got this one.
+  FAILURE_NOTE="SECRET_KEY rotation ${ROTATION%%:*} was taken in Secrets Manager, but .deploy/ was not written: run $PROG -p $PROFILE (without -R) to write it, apply it, and only then go on with -R"
   read_key_versions
 fi
 say "reading SECRET_KEY from Secrets Manager"
@@ -518,6 +528,7 @@ forget_applied_replicas() {
   say "deployment $APP_NAMESPACE/message-app: its replica count is the HPA's alone from now on (dropped from kubectl's last-applied record)"
 }
 forget_applied_replicas
+FAILURE_NOTE=""
 
 say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG, namespace $APP_NAMESPACE)"
 [ -z "$ROTATION" ] || say "SECRET_KEY rotation $ROTATION"

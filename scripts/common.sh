@@ -80,9 +80,16 @@ awsp() {
 
 # WORK: a private scratch directory, removed on exit, for the error output of the calls whose
 # failure is inspected (kept apart from their JSON output) and for files passed to aws.
+# FAILURE_NOTE, when set, is printed last if the script fails (what a failure at that point left).
 make_work_dir() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/${PROG%.sh}.XXXXXX")
-  trap 'rm -rf "$WORK"' EXIT
+  FAILURE_NOTE=""
+  trap at_exit EXIT
+}
+at_exit() {
+  local status=$?
+  rm -rf "$WORK"
+  [ "$status" -eq 0 ] || [ -z "$FAILURE_NOTE" ] || printf '%s: %s\n' "$PROG" "$FAILURE_NOTE" >&2
 }
 
 # Prints describe-stacks JSON, or nothing when the stack does not exist; any other error is fatal.

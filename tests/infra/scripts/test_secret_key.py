@@ -104,3 +104,49 @@ def test_every_operator_and_run_writes_the_stacks_key_and_a_rotation_takes_three
     assert again.returncode == 0, again.stderr
     assert set(stages(world)) == {"AWSCURRENT", "AWSPENDING"}
     assert "step 1 of 3" in again.stdout
+
+
+def test_a_rotation_step_that_stops_half_way_never_skips_a_step(world: World) -> None:
+    """Real: Secrets Manager in moto. Stand-in: a profile refused one call (STUB_DENIED). Before
+    (found by review), a step 2 refused the promotion's tag had already moved the labels, and the
+    next -R found no tag and dropped the old key at once; a step that stopped after Secrets
+    Manager took it, before .deploy/ was written, said nothing, and a rerun of -R took the next
+    step before any pod had this one."""
+    world.use_cache_mode("replication-group", "iam")  # SECRET_KEY is all init.sh reads
+    world.create_stacks()
+    world.create_cluster()
+    assert world.run("init.sh", "-p", PROFILE, "-R").returncode == 0
+    new = stages(world)["AWSPENDING"]
+
+    # Step 2 refused its tag: nothing moved.
+    untagged = world.run(
+        "init.sh", "-p", PROFILE, "-R", env={"STUB_DENIED": "secretsmanager tag-resource"}
+    )
+    assert untagged.returncode != 0
+    assert stages(world) == {"AWSCURRENT": FIRST_SECRET_KEY, "AWSPENDING": new}
+
+    # Step 2 taken, then the run stopped before .deploy/: said so, with how to go on.
+    stopped = world.run(
+        "init.sh", "-p", PROFILE, "-R", env={"STUB_DENIED": "secretsmanager get-secret-value"}
+    )
+    assert stopped.returncode != 0
+    assert stages(world) == {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
+    assert (
+        f"SECRET_KEY rotation step 2 of 3 was taken in Secrets Manager, but .deploy/ was not "
+        f"written: run init.sh -p {PROFILE} (without -R) to write it"
+    ) in stopped.stderr
+    assert world.run("init.sh", "-p", PROFILE).returncode == 0
+    assert deployed(world) == (new, (FIRST_SECRET_KEY,))
+
+    # Step 3 with no record of the promotion: the hour counts from now, the old key stays.
+    world.client("secretsmanager").untag_resource(
+        SecretId=world.secret_key_arn, TagKeys=[PROMOTED_TAG]
+    )
+    unrecorded = world.run("init.sh", "-p", PROFILE, "-R")
+    assert unrecorded.returncode == 1
+    assert "no record of when the new SECRET_KEY was promoted" in unrecorded.stderr
+    assert "was taken in Secrets Manager" not in unrecorded.stderr
+    assert stages(world) == {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
+    again = world.run("init.sh", "-p", PROFILE, "-R")
+    assert again.returncode == 1
+    assert "the new SECRET_KEY was promoted 0 minutes ago" in again.stderr
