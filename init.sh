@@ -45,7 +45,8 @@ loses that count from kubectl's last-applied record (the HPA owns it), so the ne
   -u DOCKERHUB_USER  push to Docker Hub as docker.io/USER/REPO:TAG instead of the stack's ECR
   -n REPO            Docker Hub repository name (with -u; log in first: docker login)
   -t TAG             image tag (default: the short git commit, plus a UTC timestamp when the work
-                     tree has changes, or a timestamp outside git; never "latest": ECR tags are immutable)
+                     tree has changes, or a timestamp outside git; with -P, the platform after it, e.g.
+                     -arm64; never "latest": ECR tags are immutable)
   -P PLATFORM        image platform (default: linux/amd64, what EKS Auto Mode's built-in node pools run)
   -R, --rotate-secret-key
                      take SECRET_KEY's rotation one step, then write the overlay as usual:
@@ -219,6 +220,9 @@ if [ -z "$TAG" ]; then
       TAG="$sha-dirty-$TAG"
     fi
   fi
+  # Another platform's build of the same commit gets its own name: a tag found in ECR is taken
+  # as this very build, and an amd64 image on arm64 nodes would not start (exec format error).
+  [ "$PLATFORM" = linux/amd64 ] || TAG="$TAG-$(printf '%s' "$PLATFORM" | tr -c 'A-Za-z0-9_.\n-' '-' | sed 's/^linux-//')"
 fi
 
 build_image() {

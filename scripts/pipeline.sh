@@ -25,7 +25,8 @@ Usage: $PROG image|apply -p PROFILE -r REGION -t TAG [-s STACK_NAME] [-h]
 
   -p PROFILE     AWS CLI profile (the workflow's OIDC step writes it)
   -r REGION      AWS region
-  -t TAG         image tag (the workflow passes the commit's first 12 hex digits)
+  -t TAG         image tag (the workflow passes ci- and the commit's first 12 hex digits: its own
+                 name, so that an operator's init.sh build of the same commit is never taken for it)
   -s STACK_NAME  main stack name (default: flask-eks-sessions)
   -h             show this help
 EOF

@@ -181,6 +181,24 @@ def test_init_leaves_the_replica_count_of_a_deployment_applied_before_to_the_hpa
     assert "kubectl apply edit-last-applied" in unreadable.stderr
 
 
+def test_another_platforms_build_of_the_same_commit_gets_its_own_tag(world: World) -> None:
+    """Real: stacks, ECR in moto; git for the tag. Stand-in: docker (its push registers the tag).
+    Before (found by review), -P linux/arm64 after an amd64 build of the same commit found the
+    commit's tag in ECR, built nothing and deployed the amd64 image to arm64 nodes."""
+    boot = world.create_stacks()
+    world.create_cluster()
+    uri, tag = boot["EcrRepositoryUri"], git(world.root, "rev-parse", "--short=12", "HEAD")
+    assert world.run("init.sh", "-p", PROFILE).returncode == 0
+    run = world.run("init.sh", "-p", PROFILE, "-P", "linux/arm64")
+    assert run.returncode == 0, run.stderr
+    assert "already in ECR" not in run.stdout
+    builds = [c["argv"] for c in run.tool("docker") if c["argv"][0] == "build"]
+    assert builds == [["build", "--platform", "linux/arm64", "-t", f"{uri}:{tag}-arm64",
+                       str(world.root)]]  # fmt: skip
+    (container,) = rendered(world.root)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{uri}:{tag}-arm64"
+
+
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_init_pushes_to_docker_hub_with_the_builder_found(world: World, builder: str) -> None:
     """Real: stacks, EKS, Secrets Manager in moto; kubectl kustomize. Stand-in: the one builder on
