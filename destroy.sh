@@ -298,7 +298,8 @@ if [ -n "${CLUSTER:-}" ]; then
   echo "remove it with kubectl config delete-context NAME."
 fi
 # The pipeline's stack (docs/deploy-aws.md) is the operator's own, not deploy.sh's: named, not deleted.
-if [ -n "$(stack_json "$STACK-github")" ]; then
+# Only a hint: a profile that may not read that stack gets none, and no error.
+if awsp cloudformation describe-stacks --stack-name "$STACK-github" --output json >/dev/null 2>&1; then
   echo "Stack $STACK-github (the GitHub pipeline's role) is still there; its access entry named the deleted"
   echo "cluster. Delete it with: aws --profile $PROFILE --region $REGION cloudformation delete-stack --stack-name $STACK-github"
 fi

@@ -346,7 +346,7 @@ if [ "$ROTATE" -eq 1 ]; then
   rotate_secret_key
   # Taken: should this run stop before .deploy/ is written, a plain rerun of -R would take the
   # next step before any pod got this one.
-  FAILURE_NOTE="SECRET_KEY rotation ${ROTATION%%:*} was taken in Secrets Manager, but .deploy/ was not written: run $PROG -p $PROFILE (without -R) to write it, apply it, and only then go on with -R"
+  FAILURE_NOTE="SECRET_KEY rotation ${ROTATION%%:*} was taken in Secrets Manager, but .deploy/ was not written: run this same command again without -R to write it, apply it, and only then go on with -R"
   read_key_versions
 fi
 say "reading SECRET_KEY from Secrets Manager"
@@ -511,6 +511,7 @@ EOF
 
 # Build the overlay offline once so a broken one fails here, not in kubectl apply; the output holds secrets.
 kubectl kustomize "$DEPLOY_DIR" >/dev/null || die "the overlay in $DEPLOY_DIR does not build (see above)"
+FAILURE_NOTE="" # .deploy/ is written: a rotation step taken above is in it
 
 # k8s/deployment.yaml no longer sets replicas (the HPA owns the count). A Deployment applied from
 # the earlier manifests has `replicas: 3` in kubectl's last-applied record, and its next apply
@@ -532,7 +533,6 @@ forget_applied_replicas() {
   say "deployment $APP_NAMESPACE/message-app: its replica count is the HPA's alone from now on (dropped from kubectl's last-applied record)"
 }
 forget_applied_replicas
-FAILURE_NOTE=""
 
 say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG, namespace $APP_NAMESPACE)"
 [ -z "$ROTATION" ] || say "SECRET_KEY rotation $ROTATION"

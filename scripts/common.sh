@@ -81,10 +81,14 @@ awsp() {
 # WORK: a private scratch directory, removed on exit, for the error output of the calls whose
 # failure is inspected (kept apart from their JSON output) and for files passed to aws.
 # FAILURE_NOTE, when set, is printed last if the script fails (what a failure at that point left).
+# Killed by a signal, bash runs the EXIT trap with the last command's status (often 0): INT and
+# TERM exit with their own status instead, so that the note is printed then too.
 make_work_dir() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/${PROG%.sh}.XXXXXX")
   FAILURE_NOTE=""
   trap at_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }
 at_exit() {
   local status=$?

@@ -121,7 +121,7 @@ follow_stack() {
       *) break ;;
     esac
   done
-  trap - INT
+  trap 'exit 130' INT # back to make_work_dir's
   case $verb:$status in
     create:CREATE_COMPLETE | update:UPDATE_COMPLETE | delete:DELETE_COMPLETE)
       printf '  [%02d:%02d] %s\n' $(((now - started) / 60)) $(((now - started) % 60)) "$status"

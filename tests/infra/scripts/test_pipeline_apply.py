@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .harness import PROFILE, REGION, World
 
-TAG = "0123456789ab"  # the workflow passes the commit's first 12 hex digits
+TAG = "ci-0123456789ab"  # the workflow passes ci- and the commit's first 12 hex digits
 
 
 def test_apply_rolls_out_and_hands_on_the_stacks_app_namespace(world: World) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,29 @@ def test_the_resource_count_is_what_a_creation_makes(template: str) -> None:
     resources = load_path(path)["Resources"]
     assert int(out.stdout) == len(resources) > 0
     assert not [name for name, resource in resources.items() if "Condition" in resource]
+
+
+@pytest.mark.parametrize(("signal", "status"), [("INT", 130), ("TERM", 143)])
+def test_a_script_stopped_by_a_signal_says_what_it_left(signal: str, status: int) -> None:
+    """Real bash and scripts/common.sh. Stopped by Ctrl-C or SIGTERM, a script ran its EXIT trap
+    with the last command's status, 0, so the note on what it left (init.sh -R: a rotation step
+    taken, .deploy/ not written) was never printed (found by review). Its scratch directory
+    still goes; without a note it prints nothing."""
+    script = f"""
+        set -euo pipefail
+        PROG=test.sh
+        . scripts/common.sh
+        make_work_dir
+        echo "$WORK"
+        FAILURE_NOTE="${{NOTE:-}}"
+        kill -{signal} $$
+        sleep 30
+    """
+    for note in ("a step was taken", ""):
+        run = subprocess.run(
+            ["bash", "-c", script], cwd=REPO_ROOT, env={"NOTE": note, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert run.returncode == status
+        assert run.stderr == (f"test.sh: {note}\n" if note else "")
+        assert not Path(run.stdout.strip()).exists()

@@ -132,8 +132,8 @@ def test_a_rotation_step_that_stops_half_way_never_skips_a_step(world: World) ->
     assert stopped.returncode != 0
     assert stages(world) == {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
     assert (
-        f"SECRET_KEY rotation step 2 of 3 was taken in Secrets Manager, but .deploy/ was not "
-        f"written: run init.sh -p {PROFILE} (without -R) to write it"
+        "SECRET_KEY rotation step 2 of 3 was taken in Secrets Manager, but .deploy/ was not "
+        "written: run this same command again without -R to write it"
     ) in stopped.stderr
     assert world.run("init.sh", "-p", PROFILE).returncode == 0
     assert deployed(world) == (new, (FIRST_SECRET_KEY,))
