@@ -428,7 +428,7 @@ def validate_template_once(args: list[str]) -> None:
     sys.exit(answer["code"])
 
 
-def refused(service: str, command: str, code: str, message: str) -> None:
+def refused(command: str, code: str, message: str) -> None:
     """Ends this call as the AWS CLI ends one the service refused."""
     operation = "".join(part.title() for part in command.split("-"))
     sys.stderr.write(
@@ -442,7 +442,7 @@ def refusals() -> None:
     for pair in filter(None, os.environ.get("STUB_DENIED", "").split(";")):
         service, command = pair.split()
         if service in ARGV and command in ARGV:
-            refused(service, command, "AccessDenied", f"not authorized to {service}:{command}")
+            refused(command, "AccessDenied", f"not authorized to {service}:{command}")
     protected = os.environ.get("STUB_PROTECTED")
     if (
         protected
@@ -450,7 +450,7 @@ def refusals() -> None:
         and option("--stack-name") in (protected, stack_id_of(protected, ""))
     ):
         refused(
-            "cloudformation", "delete-stack", "ValidationError",
+            "delete-stack", "ValidationError",
             f"Stack [{protected}] cannot be deleted while TerminationProtection is enabled",
         )  # fmt: skip
 
@@ -481,7 +481,8 @@ def images_behind_an_index() -> None:
 
 
 def recorded_answers() -> None:
-    """Answers from a recording where the test asks for one; returns when it does not."""
+    """Answers the test asked for instead of moto's (recorded, or emulated where moto has no
+    such behaviour); returns when it asked for none."""
     refusals()
     if "batch-delete-image" in ARGV and os.environ.get("STUB_ECR_INDEX"):
         images_behind_an_index()

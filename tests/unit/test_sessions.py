@@ -160,6 +160,10 @@ def test_cookies_are_secure_when_configured(make_app):
     assert all("Secure" in c for c in response.headers.getlist("Set-Cookie"))
 
 
+# The notice on the page a save leads to when it had to start a new session.
+ENDED = "Your earlier session had ended (after 30 minutes without a visit, or destroyed in"
+
+
 def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, fake_redis):
     tab1 = app.test_client()
     save(tab1, "first")
@@ -181,9 +185,6 @@ def test_save_after_destroy_elsewhere_starts_a_new_session_not_the_old_one(app, 
     # Only that page: the next save, and the same page reloaded without the URL, say nothing.
     assert ENDED not in tab1.get(save(tab1, "later").headers["Location"]).get_data(as_text=True)
     assert ENDED not in tab1.get("/").get_data(as_text=True)
-
-
-ENDED = "Your earlier session had ended (after 30 minutes without a visit, or destroyed in"
 
 
 def test_a_first_save_starts_a_session_without_a_notice(client):

@@ -537,8 +537,8 @@ def test_destroy_stops_when_it_cannot_list_the_load_balancers(world: World) -> N
 
 
 def test_destroy_touches_nothing_of_a_stack_cloudformation_would_not_delete(world: World) -> None:
-    """Real: stacks and EKS in moto. Emulated: termination protection (moto neither shows nor
-    enforces it) and a profile that may not delete stacks. Before, the app's Service and
+    """Real: stacks and EKS in moto. Emulated: termination protection (moto does not enforce
+    it) and a profile that may not delete stacks. Before, the app's Service and
     Ingress (its load balancer) were deleted first, then the refused deletion was "followed"
     to "stack ended CREATE_COMPLETE; first failure: none". (Found by review.)"""
     world.create_stacks()
