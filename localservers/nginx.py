@@ -39,7 +39,7 @@ class Nginx:
         text = (REPO_ROOT / "nginx.conf").read_text()
         for old, new in (
             ("listen 8080;", f"listen {HOST}:{self.port};"),
-            ("server 127.0.0.1:8000;", f"server {HOST}:{self.upstream_port};"),
+            ("server 127.0.0.1:8000", f"server {HOST}:{self.upstream_port}"),  # both upstreams
             ("/tmp/nginx", str(workdir)),
         ):
             if old not in text:

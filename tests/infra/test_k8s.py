@@ -523,10 +523,11 @@ def test_the_proxy_sidecar_fronts_gunicorn(models: dict[str, Any]) -> None:
         assert setting.name in models["ConfigMap"].data
     nginx_conf = (REPO_ROOT / "nginx.conf").read_text()
     (listen,) = re.findall(r"^\s*listen (\d+);", nginx_conf, re.M)
-    (upstream,) = re.findall(r"^\s*server ([\d.:]+);", nginx_conf, re.M)
+    # The pages' way to gunicorn and the probes' (nginx.conf says why there are two).
+    upstreams = re.findall(r"^\s*server ([\d.:]+)[ ;]", nginx_conf, re.M)
     assert int(listen) == _resolve_port("http", app)
-    assert models["ConfigMap"].data["GUNICORN_BIND"] == upstream
-    assert upstream.startswith("127.0.0.1:")
+    assert upstreams == [models["ConfigMap"].data["GUNICORN_BIND"]] * 2
+    assert upstreams[0].startswith("127.0.0.1:")
     for probe in (proxy.startup_probe, proxy.liveness_probe, proxy.readiness_probe):
         assert probe.tcp_socket.port == int(listen)
     ctx = proxy.security_context

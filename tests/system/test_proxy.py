@@ -12,6 +12,7 @@ import json
 import os
 import re
 import selectors
+import signal
 import socket
 import statistics
 import threading
@@ -637,6 +638,88 @@ def test_connections_per_client_address_are_limited(pod, settings) -> None:
         assert header.lower() in fields, (header, fields)
     assert served == [303] * (3 * limit)  # the held requests lost nothing
     assert after == 200
+
+
+def _max_in_flight() -> int:
+    """The pod's bound on requests handed to gunicorn at once (max_conns in nginx.conf)."""
+    found = re.search(
+        r"^\s*server [\d.:]+ max_conns=(\d+);", (REPO_ROOT / "nginx.conf").read_text(), re.M
+    )
+    assert found, "nginx.conf sets no max_conns"
+    return int(found.group(1))
+
+
+def _request_id(client: str) -> str:
+    return "client-" + client.replace(".", "-")
+
+
+PROBES = ("/healthz", "/readyz")  # k8s/deployment.yaml's, and the load balancers'
+
+
+def _page_from(port: int, client: str, path: str = "/") -> tuple[int, list[tuple[str, str]], str]:
+    """GET ``path`` as the client ``client`` behind a trusted load balancer (X-Forwarded-For),
+    waiting as long as the test holds gunicorn; the status, header fields and body. Its request
+    id (in both logs) names the client."""
+    head = f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+    if client:
+        head += f"X-Forwarded-For: {client}\r\nX-Request-ID: {_request_id(client)}\r\n"
+    reply = raw_exchange(port, (head + "\r\n").encode(), timeout=120)
+    status, fields = _head(reply)
+    return status, fields, reply.split(b"\r\n\r\n", 1)[1].decode(errors="replace")
+
+
+def test_past_its_bound_the_pod_refuses_at_once_and_still_answers_its_probes(start_pod) -> None:
+    """A pod past what it can serve (here: gunicorn frozen, so nothing it is handed finishes)
+    holds at most max_conns requests in gunicorn's queue: each one more is answered 503 at once
+    with a page saying it was not carried out, Retry-After and the security headers, logged by
+    nginx and never passed on. The probes are not bounded with the pages: they are passed on
+    and answered, so the kubelet never restarts a pod for being busy. Every request held is
+    served once gunicorn goes on. Before the bound, every request queued and none was refused:
+    the probes waited behind all of them (docs/sizing.md)."""
+    proxy, replica = start_pod()
+    bound, extra = _max_in_flight(), 20
+    # Each from its own address, so that the per-address limit (limit_conn) refuses none.
+    clients = [f"198.18.{n // 200}.{n % 200 + 1}" for n in range(bound + extra)]
+    frozen = [replica.process.pid, *replica.worker_pids()]
+    with ThreadPoolExecutor(max_workers=len(clients) + 2) as pool:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            pages = [pool.submit(_page_from, proxy.port, client) for client in clients]
+            wait_until(
+                lambda: sum(page.done() for page in pages) >= extra,
+                30,
+                f"nginx to refuse the {extra} requests past its bound",
+            )
+            refused = {
+                client: page.result()
+                for client, page in zip(clients, pages, strict=True)
+                if page.done()
+            }
+            probes = [pool.submit(_page_from, proxy.port, "", path) for path in PROBES]
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        held = {client: page.result()[0] for client, page in zip(clients, pages, strict=True)}
+        probed = [probe.result()[0] for probe in probes]
+    assert len(refused) == extra  # no more: none of the held ones finished while frozen
+    for status, fields, body in refused.values():
+        assert status == 503
+        names = [name.lower() for name, _ in fields]
+        for header in (*SECURITY_HEADERS, "Retry-After"):
+            assert names.count(header.lower()) == 1, (header, fields)
+        assert dict(fields)["Retry-After"] == "5" and "X-Served-By" not in dict(fields)
+        assert "too busy" in body and "not carried out" in body and "nginx" not in body
+    assert sorted(held.values()) == [200] * bound + [503] * extra
+    assert probed == [200, 200]
+    logged = [(line["status"], line["remote_addr"]) for line in _nginx_lines(proxy)]
+    assert sorted(logged) == sorted((503, client) for client in refused)
+    access = [json.loads(x) for x in replica.log().splitlines() if x.startswith("{")]
+    served = {a["request_id"] for a in access if a["logger"] == "gunicorn.access"}
+    assert {_request_id(client) for client in clients} & served == {
+        _request_id(client) for client in clients if client not in refused
+    }
+    assert _page_from(proxy.port, clients[0])[0] == 200
 
 
 HELD_BODIES = 300  # from as many client addresses, so that the per-address limit allows them
