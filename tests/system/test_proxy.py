@@ -329,6 +329,58 @@ def test_nginx_logs_each_request_it_answers_itself_and_no_other(start_pod) -> No
     assert logged == [(413, "POST", "/persistMessage"), (502, "GET", "/gone")]
 
 
+@contextlib.contextmanager
+def _frozen(replica: Any) -> Iterator[None]:
+    """gunicorn's master and workers stopped (SIGSTOP) for the block: the kernel still accepts
+    connections to it, and nothing answers them until the block ends."""
+    pids = [replica.process.pid, *replica.worker_pids()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_the_apps_own_503_reaches_the_client_as_the_app_made_it(valkey, start_pod) -> None:
+    """nginx adds Retry-After to the pages it makes itself, never to the app's: Redis out of
+    memory is a 503 without one, since trying again soon will not help (found by review: nginx
+    added `Retry-After: 5` to every 503 gunicorn sent without it)."""
+    proxy, _ = start_pod()
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{proxy.url}/", timeout=10).text)
+    client = valkey.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # below what it holds: every write is refused
+    try:
+        full = browser.post(
+            f"{proxy.url}/persistMessage",
+            data={"message": "one more", "csrf_token": token},
+            allow_redirects=False,
+            timeout=10,
+        )
+    finally:
+        client.config_set("maxmemory", "0")
+    assert full.status_code == 503 and "full" in full.text
+    assert "Retry-After" not in full.headers
+
+
+def test_a_client_that_left_while_gunicorn_worked_is_logged_once(start_pod) -> None:
+    """A client gone before its answer came (nginx's 499) is in gunicorn's log, which answered
+    it, and not in nginx's as well: the access-log metrics (cfn/edge.yaml) count it once."""
+    proxy, replica = start_pod()
+    with _frozen(replica), _connect(proxy.port) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: client-that-left\r\n\r\n")
+        wait_until(lambda: _unread(replica.port) > 0, 15, "nginx to pass the request on")
+    # The client has left; gunicorn goes on and answers nobody.
+    wait_until(lambda: "client-that-left" in replica.log(), 30, "gunicorn to log the request")
+    assert requests.get(f"{proxy.url}/healthz", timeout=10).status_code == 200
+    logged = [json.loads(x) for x in replica.log().splitlines() if "client-that-left" in x]
+    assert [(line["logger"], line["path"]) for line in logged] == [("gunicorn.access", "/")]
+    assert _nginx_lines(proxy) == []
+
+
 def test_the_load_balancers_scheme_reaches_the_app(pod) -> None:
     """X-Forwarded-Proto from a private address (here loopback) passes nginx to gunicorn, which
     believes its one peer: the app sees HTTPS and sends HSTS. Without the header, nginx states
@@ -415,15 +467,20 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
 
 
-def _unread(port: int) -> int:
-    """Bytes that arrived on ``port``'s connections and that the server has not read yet
-    (the receive queues in /proc/net/tcp)."""
-    unread = 0
+def _receive_queues(port: int) -> list[int]:
+    """For each of ``port``'s connections, the bytes that arrived and that the server has not
+    read yet (the receive queues in /proc/net/tcp)."""
+    queues = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
-            unread += int(fields[4].split(":")[1], 16)
-    return unread
+            queues.append(int(fields[4].split(":")[1], 16))
+    return queues
+
+
+def _unread(port: int) -> int:
+    """Bytes that arrived on ``port``'s connections and that the server has not read yet."""
+    return sum(_receive_queues(port))
 
 
 def _body_files(proxy: Nginx) -> list[str]:
@@ -654,6 +711,7 @@ def _request_id(client: str) -> str:
 
 
 PROBES = ("/healthz", "/readyz")  # k8s/deployment.yaml's, and the load balancers'
+OUTSIDER = "203.0.113.9"  # an internet client, behind the ALB
 
 
 def _page_from(port: int, client: str, path: str = "/") -> tuple[int, list[tuple[str, str]], str]:
@@ -673,18 +731,16 @@ def test_past_its_bound_the_pod_refuses_at_once_and_still_answers_its_probes(sta
     holds at most max_conns requests in gunicorn's queue: each one more is answered 503 at once
     with a page saying it was not carried out, Retry-After and the security headers, logged by
     nginx and never passed on. The probes are not bounded with the pages: they are passed on
-    and answered, so the kubelet never restarts a pod for being busy. Every request held is
+    and answered, so the kubelet never restarts a pod for being busy (from private addresses
+    only: from the internet they are pages like the rest). Every request held is
     served once gunicorn goes on. Before the bound, every request queued and none was refused:
     the probes waited behind all of them (docs/sizing.md)."""
     proxy, replica = start_pod()
     bound, extra = _max_in_flight(), 20
     # Each from its own address, so that the per-address limit (limit_conn) refuses none.
     clients = [f"198.18.{n // 200}.{n % 200 + 1}" for n in range(bound + extra)]
-    frozen = [replica.process.pid, *replica.worker_pids()]
     with ThreadPoolExecutor(max_workers=len(clients) + 2) as pool:
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with _frozen(replica):
             pages = [pool.submit(_page_from, proxy.port, client) for client in clients]
             wait_until(
                 lambda: sum(page.done() for page in pages) >= extra,
@@ -697,9 +753,14 @@ def test_past_its_bound_the_pod_refuses_at_once_and_still_answers_its_probes(sta
                 if page.done()
             }
             probes = [pool.submit(_page_from, proxy.port, "", path) for path in PROBES]
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
+            # The same path from an internet address: a page like the rest, inside the bound.
+            outside = pool.submit(_page_from, proxy.port, OUTSIDER, PROBES[0])
+            wait_until(
+                lambda: sum(q > 0 for q in _receive_queues(replica.port)) >= bound + len(PROBES),
+                30,
+                "nginx to pass the probes on",
+            )
+            outsider = outside.result(timeout=30)[0]
         held = {client: page.result()[0] for client, page in zip(clients, pages, strict=True)}
         probed = [probe.result()[0] for probe in probes]
     assert len(refused) == extra  # no more: none of the held ones finished while frozen
@@ -711,14 +772,19 @@ def test_past_its_bound_the_pod_refuses_at_once_and_still_answers_its_probes(sta
         assert dict(fields)["Retry-After"] == "5" and "X-Served-By" not in dict(fields)
         assert "too busy" in body and "not carried out" in body and "nginx" not in body
     assert sorted(held.values()) == [200] * bound + [503] * extra
-    assert probed == [200, 200]
+    assert probed == [200, 200] and outsider == 503
     logged = [(line["status"], line["remote_addr"]) for line in _nginx_lines(proxy)]
-    assert sorted(logged) == sorted((503, client) for client in refused)
-    access = [json.loads(x) for x in replica.log().splitlines() if x.startswith("{")]
-    served = {a["request_id"] for a in access if a["logger"] == "gunicorn.access"}
-    assert {_request_id(client) for client in clients} & served == {
-        _request_id(client) for client in clients if client not in refused
-    }
+    assert sorted(logged) == sorted((503, client) for client in [*refused, OUTSIDER])
+    ids = {_request_id(client) for client in clients}
+
+    def served() -> set[str]:
+        access = [json.loads(x) for x in replica.log().splitlines() if x.startswith("{")]
+        return ids & {a["request_id"] for a in access if a["logger"] == "gunicorn.access"}
+
+    passed_on = {_request_id(client) for client in clients if client not in refused}
+    # gunicorn writes its line once the answer is sent: the client may have it first.
+    wait_until(lambda: served() >= passed_on, 15, "gunicorn to log what it answered")
+    assert served() == passed_on
     assert _page_from(proxy.port, clients[0])[0] == 200
 
 
