@@ -55,6 +55,7 @@ DASHBOARD_METRICS = {
 DASHBOARD_APP_METRICS = {
     "requests",
     "responses_5xx",
+    "responses_too_busy",
     "request_duration_ms",
     "messageapp_fail_fast_responses_total",
     "messageapp_saves_without_replica_total",

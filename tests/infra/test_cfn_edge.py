@@ -65,11 +65,13 @@ VARIANT_RESOURCES = {
     },
 }  # fmt: skip
 # The alarms the issue asks for, per option: on the ALB, target 5xx and target response time
-# p99; in both, the app's 5xx rate, p99 latency, fail-fast 503s and saves without a replica.
+# p99; in both, the app's 5xx rate, p99 latency, fail-fast 503s and saves without a replica;
+# and pods refusing requests as too busy (nginx.conf's bound).
 ALARMED = {
     "AWS/ApplicationELB": {"HTTPCode_Target_5XX_Count", "TargetResponseTime"},
     "MessageApp/<ClusterName>": {
         "responses_5xx",
+        "responses_too_busy",
         "request_duration_ms",
         "messageapp_fail_fast_responses_total",
         "messageapp_saves_without_replica_total",
@@ -293,6 +295,7 @@ def test_the_scraped_counters_are_counters_the_app_defines() -> None:
     selected = set(PUBLISHED["MessageApp/<ClusterName>"]) - {
         "requests",
         "responses_5xx",
+        "responses_too_busy",
         "request_duration_ms",
     }
     assert selected - PENDING_APP_METRICS <= samples, sorted(selected - samples)
@@ -466,6 +469,7 @@ def test_the_access_log_metrics_count_users_requests_not_health_checks(
         "page": app("GET", "/", 200),
         "save refused": app("POST", "/persistMessage", 503),
         "gunicorn gone": nginx("GET", "/", 502),
+        "too busy": nginx("GET", "/", 503),
         "too large": nginx("POST", "/persistMessage", 413),
         "liveness": app("GET", "/healthz", 200),
         "readiness": app("GET", "/readyz", 200),
@@ -483,9 +487,10 @@ def test_the_access_log_metrics_count_users_requests_not_health_checks(
         for resource in resources(template, "AWS::Logs::MetricFilter").values()
     }
     assert counted == {
-        "requests": ["gunicorn gone", "page", "save refused", "too large"],
-        "responses_5xx": ["gunicorn gone", "save refused"],
+        "requests": ["gunicorn gone", "page", "save refused", "too busy", "too large"],
+        "responses_5xx": ["gunicorn gone", "save refused", "too busy"],
         "request_duration_ms": ["page", "save refused"],
+        "responses_too_busy": ["too busy"],  # nginx's refusals past the pod's bound, no other
     }
 
 

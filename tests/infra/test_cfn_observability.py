@@ -113,7 +113,10 @@ PUBLISHED: dict[str, dict[str, set[frozenset[str]]]] = {
     # in cfn/observability.yaml, by ClusterName and Service), as the templates name the
     # namespace once rendered (test_cfn_edge checks both sides against this list).
     "MessageApp/<ClusterName>": {
-        **{name: {frozenset()} for name in ("requests", "responses_5xx", "request_duration_ms")},
+        **{
+            name: {frozenset()}
+            for name in ("requests", "responses_5xx", "responses_too_busy", "request_duration_ms")
+        },
         **{
             name: {frozenset({"ClusterName", "Service"})}
             for name in (
