@@ -470,6 +470,7 @@ def test_the_access_log_metrics_count_users_requests_not_health_checks(
         "save refused": app("POST", "/persistMessage", 503),
         "gunicorn gone": nginx("GET", "/", 502),
         "too busy": nginx("GET", "/", 503),
+        "an internet probe, too busy": nginx("GET", "/healthz", 503),
         "too large": nginx("POST", "/persistMessage", 413),
         "liveness": app("GET", "/healthz", 200),
         "readiness": app("GET", "/readyz", 200),

@@ -3,9 +3,12 @@ route tables, and the load balancer role tags."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
+
+from tests.support import REPO_ROOT
 
 from .cfn import resources
 
@@ -77,3 +80,35 @@ def test_subnets_carry_the_load_balancer_role_tags(templates: dict[str, dict[str
             roles = {k: v for k, v in tags.items() if k.startswith("kubernetes.io/role/")}
             assert roles == ({expected[tier]: "1"} if tier in expected else {}), (name, roles)
             assert props.get("MapPublicIpOnLaunch") is False, name
+
+
+def test_the_vpc_is_on_addresses_the_pods_nginx_lets_probes_from(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    """nginx passes the probes past its bound on requests only from private addresses (geo
+    $probe_way in nginx.conf): the kubelet's and the load balancers' addresses are the VPC's, so
+    the VPC must be on those ranges, or a busy pod's probes would be refused with the pages
+    (found by review: VPCcidr took any range)."""
+    patterns = {
+        name: templates[name]["Parameters"]["VPCcidr"]["AllowedPattern"]
+        for name in ("main.yaml", "network.yaml")
+    }
+    pattern = patterns["main.yaml"]
+    assert patterns["network.yaml"] == pattern
+    geo = re.search(r"geo \$probe_way \{(.*?)\}", (REPO_ROOT / "nginx.conf").read_text(), re.S)
+    assert geo, "nginx.conf has no geo $probe_way"
+    admitted = [
+        ipaddress.ip_network(network)
+        for network, way in re.findall(r"^\s*(\S+) (\w+);", geo.group(1), re.M)
+        if way == "probes"
+    ]
+    default = templates["main.yaml"]["Parameters"]["VPCcidr"]["Default"]
+    for cidr in (default, "10.20.0.0/16", "172.16.0.0/16", "172.31.240.0/20", "192.168.0.0/16",
+                 "100.64.0.0/16", "100.127.255.240/28"):  # fmt: skip
+        assert re.fullmatch(pattern, cidr), cidr
+        network = ipaddress.ip_network(cidr)
+        assert any(network.subnet_of(a) for a in admitted if a.version == 4), cidr
+    for cidr in ("198.19.0.0/16", "11.0.0.0/16", "172.32.0.0/16", "172.15.0.0/16",
+                 "100.128.0.0/16", "100.63.0.0/16", "192.169.0.0/16", "10.0.0.0/8",
+                 "10.0.0.0/29"):  # fmt: skip
+        assert not re.fullmatch(pattern, cidr), cidr
