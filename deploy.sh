@@ -270,7 +270,10 @@ choose_zones() {
   if [ "$count" -lt "$ZONES_NEEDED" ]; then
     die "region $REGION has $count Availability Zones EKS can use ($(printf '%s' "$usable" | tr '\n' ',' | sed 's/,/, /g; s/, $//')), $ZONES_NEEDED are needed (EKS refuses $EKS_UNSUPPORTED_ZONE_IDS): choose another region with -r; nothing was created"
   fi
-  printf '%s\n' "$usable" | head -n "$ZONES_NEEDED" | sed 's/ (.*//' | tr '\n' ',' | sed 's/,$//'
+  # sed, not head: head exits after its lines while bash's printf still writes the rest (one
+  # write per line), and that SIGPIPE failed the pipeline (pipefail): deploy.sh stopped with exit
+  # 1 and no message, once in a CI run.
+  printf '%s\n' "$usable" | sed -n "1,${ZONES_NEEDED}p" | sed 's/ (.*//' | tr '\n' ',' | sed 's/,$//'
 }
 
 say "profile $PROFILE, region $REGION, stacks $BOOTSTRAP and $STACK"
