@@ -370,10 +370,14 @@ def test_a_client_that_left_while_gunicorn_worked_is_logged_once(start_pod) -> N
     """A client gone before its answer came (nginx's 499) is in gunicorn's log, which answered
     it, and not in nginx's as well: the access-log metrics (cfn/edge.yaml) count it once."""
     proxy, replica = start_pod()
-    with _frozen(replica), _connect(proxy.port) as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: client-that-left\r\n\r\n")
-        wait_until(lambda: _unread(replica.port) > 0, 15, "nginx to pass the request on")
-    # The client has left; gunicorn goes on and answers nobody.
+    with _frozen(replica):
+        with _connect(proxy.port) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: client-that-left\r\n\r\n")
+            wait_until(lambda: _unread(replica.port) > 0, 15, "nginx to pass the request on")
+        # nginx has seen the client leave once it has closed its side of the request's
+        # connection to gunicorn (no longer ESTABLISHED): its 499 is decided before any answer.
+        wait_until(lambda: _unread(replica.port) == 0, 15, "nginx to see the client leave")
+    # gunicorn goes on and answers nobody.
     wait_until(lambda: "client-that-left" in replica.log(), 30, "gunicorn to log the request")
     assert requests.get(f"{proxy.url}/healthz", timeout=10).status_code == 200
     logged = [json.loads(x) for x in replica.log().splitlines() if "client-that-left" in x]
