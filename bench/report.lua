@@ -52,6 +52,21 @@ if #lines > 1 then
    end
 end
 
+-- BENCH_SPREAD_CLIENTS=1: each request from a client address of its own (X-Forwarded-For, which
+--   the pod's nginx believes from loopback as it believes the ALB), so that nginx's per-address
+--   limit refuses none of a flood from many clients (bench/overload.py). First line only.
+if os.getenv("BENCH_SPREAD_CLIENTS") == "1" then
+   local sent = 0
+
+   function request()
+      sent = sent + 1
+      local n = offset + sent
+      local headers = headers_for(first)
+      headers["X-Forwarded-For"] = string.format("198.18.%d.%d", math.floor(n / 250) % 250, n % 250 + 1)
+      return wrk.format(first.method, first.path, headers, first.body ~= "" and first.body or nil)
+   end
+end
+
 if os.getenv("BENCH_COUNT_STATUS") == "1" then
    statuses = {}
 

@@ -54,8 +54,10 @@ def run_wrk(
     count_statuses: bool = False,
     connections: int = CONNECTIONS,
     threads: int = THREADS,
+    spread_clients: bool = False,
 ) -> WrkResult:
-    """wrk -tT -cC -dD --latency with our Lua script; raises if wrk itself fails."""
+    """wrk -tT -cC -dD --latency with our Lua script; raises if wrk itself fails. With
+    ``spread_clients``, each request names a client address of its own (report.lua)."""
     request_file = workdir / "wrk-requests.tsv"
     lines = (f"{r.method}\t{r.path}\t{r.cookie}\t{r.body}\n" for r in requests)
     request_file.write_text("".join(lines))
@@ -63,6 +65,7 @@ def run_wrk(
         **os.environ,
         "BENCH_REQUESTS": str(request_file),
         "BENCH_COUNT_STATUS": "1" if count_statuses else "0",
+        "BENCH_SPREAD_CLIENTS": "1" if spread_clients else "0",
     }
     # wrk takes whole seconds at the least (units s, m, h), so 1 s is the shortest run.
     cmd = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import failover, memory, sizing
+from bench import failover, memory, overload, sizing
 from bench.fleet import (
     CacheFigures,
     PodFigures,
@@ -204,6 +204,23 @@ def test_saves_come_back_after_a_failover_that_leaves_no_replica(tmp_path: Path)
     assert no_replica.first_303_s is not None and no_replica.first_303_s <= 5
     assert no_replica.without_replica >= no_replica.answered_303 > 0
     assert demoted.lost == 0 and demoted.answered_303 > 0
+
+
+@needs_wrk
+def test_a_flooded_pod_refuses_past_its_bound_and_answers_its_probes(tmp_path: Path) -> None:
+    """bench/overload.py's flood, short: 300 connections, more than the pod's bound of 128
+    requests in flight, for 3 s, each request from an address of its own. Every page is answered
+    200 or refused with nginx's 503 (no 502 or 504), and every probe through nginx answers 200.
+    Behaviour, not speed: the probes' times are printed, not asserted."""
+    result = overload.run(tmp_path, print, connections=300, seconds=3)
+    print(overload.render(result))
+    assert set(result.statuses) == {200, 503}, result.statuses
+    assert [probe.name for probe in result.probes][:2] == [
+        "/healthz through nginx",
+        "/readyz through nginx",
+    ]
+    for probe in result.probes:
+        assert probe.answers and {status for status, _ in probe.answers} == {200}, probe
 
 
 @needs_wrk
