@@ -31,8 +31,9 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     status_errors: int
-    socket_errors: int
+    socket_errors: int  # connect, read, write and timeout errors
     statuses: dict[int, int] = field(default_factory=dict)
+    timeouts: int = 0  # of socket_errors: answers slower than wrk's timeout (2 s)
 
     @property
     def rps(self) -> float:
@@ -57,7 +58,10 @@ def run_wrk(
     spread_clients: bool = False,
 ) -> WrkResult:
     """wrk -tT -cC -dD --latency with our Lua script; raises if wrk itself fails. With
-    ``spread_clients``, each request names a client address of its own (report.lua)."""
+    ``spread_clients``, each request names a client address of its own (report.lua; one
+    request line only)."""
+    if spread_clients and len(requests) != 1:
+        raise ValueError("spread_clients sends one request line (report.lua)")
     request_file = workdir / "wrk-requests.tsv"
     lines = (f"{r.method}\t{r.path}\t{r.cookie}\t{r.body}\n" for r in requests)
     request_file.write_text("".join(lines))
@@ -94,4 +98,5 @@ def run_wrk(
         status_errors=errors["status"],
         socket_errors=errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
         statuses={int(k): v for k, v in data["statuses"].items()},
+        timeouts=errors["timeout"],
     )
