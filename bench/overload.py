@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ import requests
 from bench.variants import bench_valkey, our_app, serving
 from bench.wrk import Request, run_wrk
 from localservers.nginx import Nginx
+from localservers.processes import pin_to_cpu
 
 CONNECTIONS = 2000
 SECONDS = 20
@@ -76,14 +76,6 @@ def _probe(url: str) -> tuple[int | None, float]:
     return status, time.monotonic() - start
 
 
-def _pin(pids: list[int], cpu: int) -> None:
-    """Every thread of these processes on ``cpu`` (sched_setaffinity moves one thread only); the
-    threads they start later inherit it."""
-    for pid in pids:
-        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True,
-                       capture_output=True, timeout=10)  # fmt: skip
-
-
 def run(
     workdir: Path,
     log: Callable[[str], None],
@@ -99,7 +91,8 @@ def run(
             assert app.process is not None and proxy.process is not None and valkey.pid
             if pin:
                 pod = [app.process.pid, *app.worker_pids(), proxy.process.pid]
-                _pin([*pod, *proxy.worker_pids(), valkey.pid], 1)
+                for pid in [*pod, *proxy.worker_pids(), valkey.pid]:
+                    pin_to_cpu(pid, 1)
                 # This thread: the probe thread and wrk, started from it, inherit it.
                 os.sched_setaffinity(0, {0})
             targets = {

@@ -23,7 +23,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from bench.wrk import Request, run_wrk
 from localservers import REPO_ROOT
 from localservers.gunicorn import Gunicorn
 from localservers.nginx import Nginx
-from localservers.processes import cpu_seconds
+from localservers.processes import cpu_seconds, pin_to_cpu
 
 SESSION_SIZES = (1, 10, 100)
 SAVES_PER_MIX = 10  # the mixed run: one save per this many page views
@@ -134,12 +133,7 @@ class CpuLimit:
             if self.directory is not None:
                 (self.directory / "cgroup.procs").write_text(str(pid))
             else:
-                subprocess.run(
-                    ["taskset", "-a", "-p", "-c", str(self.fallback_cpu), str(pid)],
-                    check=True,
-                    capture_output=True,
-                    timeout=10,
-                )
+                pin_to_cpu(pid, self.fallback_cpu)
 
     def throttled(self) -> int | None:
         """CFS periods in which the group used its whole quota (None with taskset)."""

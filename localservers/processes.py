@@ -1,4 +1,5 @@
-"""Processes by PID: CPU time, a master's children, stopping one politely then firmly."""
+"""Processes by PID: CPU time, a master's children, holding one to a CPU, stopping one politely
+then firmly."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def child_pids(parent: int) -> set[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
             found.add(int(entry.name))
     return found
+
+
+def pin_to_cpu(pid: int, cpu: int) -> None:
+    """Every thread of process ``pid`` on CPU ``cpu`` (os.sched_setaffinity moves one thread
+    only); the threads and children it starts later inherit it."""
+    subprocess.run(
+        ["taskset", "-a", "-p", "-c", str(cpu), str(pid)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
 
 
 def stop_process(
