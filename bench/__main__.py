@@ -6,10 +6,9 @@ import argparse
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench import failover, memory, sizing
+from bench import failover, memory, progress_log, sizing
 from bench.plan import Plan
 from bench.report import render
 from bench.run import run
@@ -52,8 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = progress_log("bench")
 
 
 def main(argv: list[str]) -> int:

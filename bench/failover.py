@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import progress_log
 from bench.client import PageClient
 from bench.variants import our_app
 from localservers.endpoint import SwitchableProxy
@@ -236,8 +237,7 @@ def render(runs: list[FailoverRun]) -> str:
 def main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__).parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[failover {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = progress_log("failover")
 
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as workdir:
         print(render(run(Path(workdir), log)))

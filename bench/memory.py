@@ -17,7 +17,6 @@ import contextlib
 import secrets
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import redis
 
 from app.store import session_key
+from bench import progress_log
 from bench.client import PageClient
 from bench.variants import bench_valkey, our_app, serving
 
@@ -124,8 +124,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[memory {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = progress_log("memory")
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as workdir:
         print(render(run(Path(workdir), tuple(args.steps), log)))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from bench import progress_log
 from bench.variants import bench_valkey, our_app, serving
 from bench.wrk import Request, run_wrk
 from localservers.nginx import Nginx
@@ -164,8 +165,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pin", action="store_true", help="pod on CPU 1, wrk and probes on CPU 0")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[overload {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = progress_log("overload")
 
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as workdir:
         print(render(run(Path(workdir), log, args.connections, args.seconds, args.pin)))

@@ -34,6 +34,7 @@ import redis
 import yaml
 
 from app.store import session_key
+from bench import progress_log
 from bench.client import PageClient
 from bench.costs import NOT_THE_APPS, tally
 from bench.fleet import CacheFigures, PodFigures, render_fleet
@@ -451,8 +452,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run (default 5)")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[sizing {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = progress_log("sizing")
 
     with tempfile.TemporaryDirectory(prefix="bench-sizing-") as workdir:
         sizing = run(Path(workdir), log, smoke=args.smoke, seconds=args.seconds)
