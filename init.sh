@@ -53,7 +53,8 @@ loses that count from kubectl's last-applied record (the HPA owns it), so the ne
                      1 a new key is staged (every pod accepts it, none signs with it yet);
                      2 the new key signs, the old one is still accepted;
                      3 (an hour or more after 2) the old key is dropped.
-                     Apply the overlay after each step (docs/deploy-aws.md#rotating-secret_key)
+                     Apply the overlay after each step; steps 2 and 3 first check that every
+                     pod runs the last one (docs/deploy-aws.md#rotating-secret_key)
   -h                 show this help
 
 Changed from the original sample: -p is really used; -r is now the REGION (the Docker Hub repository
@@ -210,6 +211,125 @@ METRICS_PORT=$(sed -n 's/^METRICS_PORT=//p' "$ROOT/k8s/config.env")
 say "adding cluster $CLUSTER to your kubeconfig"
 awsp eks update-kubeconfig --name "$CLUSTER"
 
+# The live Deployment (kubectl get -o json) in DEPLOYMENT, empty when there is none yet; on a
+# refused read, 1 with kubectl's message in $WORK/err.
+read_deployment() {
+  DEPLOYMENT=$(kubectl -n "$APP_NAMESPACE" get deployment message-app --ignore-not-found -o json 2>"$WORK/err")
+}
+# The pod template names the SECRET_KEY versions its pods sign with and accept (Secrets Manager
+# version ids, never keys), so the next -R step can tell that every pod has the last one.
+SIGNING_ANNOTATION=flask-eks-sessions/secret-key-version
+ACCEPTED_ANNOTATION=flask-eks-sessions/secret-key-fallback-versions
+
+# SECRET_KEY lives in Secrets Manager (cfn/app.yaml), so every operator and every run gets the same
+# one. A rotation moves Secrets Manager's staging labels: AWSPENDING (a new key, accepted but not yet
+# signing), AWSCURRENT (the key that signs), AWSPREVIOUS (the key it replaced, still accepted).
+# Stage -> version id, from list-secret-version-ids JSON in KEY_VERSIONS.
+key_version() {
+  jq -r --arg s "$1" '[.Versions[] | select((.VersionStages // []) | index($s))][0].VersionId // empty' <<<"$KEY_VERSIONS"
+}
+read_key_versions() {
+  KEY_VERSIONS=$(awsp secretsmanager list-secret-version-ids --secret-id "$SECRET_KEY_ARN" --output json) ||
+    die "could not list the versions of SECRET_KEY's secret $SECRET_KEY_ARN"
+}
+# The value under a staging label, named explicitly (never the default version).
+key_value() {
+  awsp secretsmanager get-secret-value --secret-id "$SECRET_KEY_ARN" --version-stage "$1" \
+    --query SecretString --output text || die "could not read SECRET_KEY ($1) from $SECRET_KEY_ARN"
+}
+# -R's next step changes what pods sign with or accept, which is safe only once every pod runs
+# the last step's overlay: step 2 needs every pod to accept the staged key (or a pod still on the
+# old overlay refuses forms the new pods sign), step 3 needs every pod to sign with the new key (or
+# forms a pod signs with the old one fail once it is dropped). Checked before anything is built.
+require_last_step_rolled_out() {
+  local pending current want rollout
+  pending=$(key_version AWSPENDING)
+  current=$(key_version AWSCURRENT)
+  if [ -n "$pending" ]; then
+    want="accepts the staged key (step 1's overlay)"
+  elif [ -n "$(key_version AWSPREVIOUS)" ]; then
+    want="signs with the new key (step 2's overlay)"
+  else
+    return 0 # step 1 only adds a key that nothing signs with yet
+  fi
+  read_deployment ||
+    die "could not read deployment $APP_NAMESPACE/message-app ($(tr '\n' ' ' <"$WORK/err")): the next rotation step needs to see that every pod $want (nothing was changed)"
+  if [ -z "$DEPLOYMENT" ]; then
+    say "no deployment $APP_NAMESPACE/message-app yet: no pod to wait for"
+    return 0
+  fi
+  # What kubectl rollout status waits for, from the same fields.
+  rollout=$(jq -r '
+    (.spec.replicas // 1) as $want | .status as $s
+    | if ($s.observedGeneration // 0) < .metadata.generation then "the last apply is not picked up yet"
+      elif any($s.conditions[]?; .type == "Progressing" and .reason == "ProgressDeadlineExceeded") then "its progress deadline was exceeded"
+      elif ($s.updatedReplicas // 0) < $want then "pods updated: \($s.updatedReplicas // 0) of \($want)"
+      elif ($s.replicas // 0) > ($s.updatedReplicas // 0) then "old pods still running: \(($s.replicas // 0) - ($s.updatedReplicas // 0))"
+      elif ($s.availableReplicas // 0) < ($s.updatedReplicas // 0) then "updated pods available: \($s.availableReplicas // 0) of \($s.updatedReplicas // 0)"
+      else empty end' <<<"$DEPLOYMENT")
+  [ -z "$rollout" ] ||
+    die "deployment $APP_NAMESPACE/message-app has not finished rolling out ($rollout): wait for kubectl -n $APP_NAMESPACE rollout status deployment/message-app, then run $PROG -R again (nothing was changed)"
+  if ! jq -e --arg s "$SIGNING_ANNOTATION" --arg a "$ACCEPTED_ANNOTATION" --arg pending "$pending" --arg current "$current" '
+    (.spec.template.metadata.annotations // {}) as $n
+    | if $pending != "" then ([$n[$s]] + (($n[$a] // "") | split(","))) | index($pending) != null
+      else $n[$s] == $current end' <<<"$DEPLOYMENT" >/dev/null; then
+    die "not every pod of deployment $APP_NAMESPACE/message-app $want yet: run this same command without -R (it writes the overlay for the step taken), kubectl apply -k .deploy/, wait for the rollout, then run $PROG -R again (nothing was changed)"
+  fi
+}
+
+# Forms stay valid for an hour (flask-wtf's token lifetime): the old key may go only after that.
+PROMOTED_TAG=flask-eks-sessions:secret-key-promoted-at
+FORM_LIFETIME=3600
+rotate_secret_key() {
+  local current pending previous promoted now
+  current=$(key_version AWSCURRENT)
+  pending=$(key_version AWSPENDING)
+  previous=$(key_version AWSPREVIOUS)
+  if [ -n "$pending" ]; then
+    # The time first: without it step 3 could not tell how long the old key has been replaced.
+    awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" \
+      --tags "Key=$PROMOTED_TAG,Value=$(date -u +%s)"
+    # (An earlier run stopped between the two moves: AWSCURRENT is on the new key already.)
+    [ "$pending" = "$current" ] ||
+      awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSCURRENT \
+        --move-to-version-id "$pending" --remove-from-version-id "$current" --output json >/dev/null
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPENDING \
+      --remove-from-version-id "$pending" --output json >/dev/null
+    ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
+  elif [ -n "$previous" ]; then
+    promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
+      jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
+    now=$(date -u +%s)
+    case $promoted in
+      "" | *[!0-9]*)
+        # No record of the promotion: the hour is counted from now, never skipped.
+        awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" --tags "Key=$PROMOTED_TAG,Value=$now"
+        die "no record of when the new SECRET_KEY was promoted (tag $PROMOTED_TAG); forms rendered before that stay valid for an hour, so the old key stays: the hour counts from now, run $PROG -R again then (nothing else was changed)"
+        ;;
+      *)
+        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
+          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago (step 2); forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes, counted from the promotion (if step 2's overlay was applied later, wait an hour from that rollout): run $PROG -R again then (nothing was changed)"
+        ;;
+    esac
+    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \
+      --remove-from-version-id "$previous" --output json >/dev/null
+    ROTATION="step 3 of 3: the old SECRET_KEY is dropped. Apply the overlay; the rotation is complete"
+  else
+    # Generated by Secrets Manager, as the first key was; through a private file, never an argument.
+    awsp secretsmanager get-random-password --password-length 64 --exclude-punctuation \
+      --query RandomPassword --output text | tr -d '\n' >"$WORK/new-secret-key"
+    awsp secretsmanager put-secret-value --secret-id "$SECRET_KEY_ARN" \
+      --secret-string "file://$WORK/new-secret-key" --version-stages AWSPENDING --output json >/dev/null
+    rm -f "$WORK/new-secret-key"
+    ROTATION="step 1 of 3: a new SECRET_KEY is staged; every pod will accept it, none signs with it yet. Apply the overlay, wait for the rollout, then run $PROG -R again"
+  fi
+}
+
+if [ "$ROTATE" -eq 1 ]; then
+  read_key_versions
+  require_last_step_rolled_out
+fi
+
 if [ -z "$TAG" ]; then
   TAG=$(date -u +%Y%m%d%H%M%S)
   if command -v git >/dev/null 2>&1 && sha=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null); then
@@ -273,70 +393,6 @@ else
   [ -n "$TOKEN" ] || die "secret $SECRET_ARN has no JSON key '$SECRET_JSON_KEY'"
 fi
 
-# SECRET_KEY lives in Secrets Manager (cfn/app.yaml), so every operator and every run gets the same
-# one. A rotation moves Secrets Manager's staging labels: AWSPENDING (a new key, accepted but not yet
-# signing), AWSCURRENT (the key that signs), AWSPREVIOUS (the key it replaced, still accepted).
-# Stage -> version id, from list-secret-version-ids JSON in KEY_VERSIONS.
-key_version() {
-  jq -r --arg s "$1" '[.Versions[] | select((.VersionStages // []) | index($s))][0].VersionId // empty' <<<"$KEY_VERSIONS"
-}
-read_key_versions() {
-  KEY_VERSIONS=$(awsp secretsmanager list-secret-version-ids --secret-id "$SECRET_KEY_ARN" --output json) ||
-    die "could not list the versions of SECRET_KEY's secret $SECRET_KEY_ARN"
-}
-# The value under a staging label, named explicitly (never the default version).
-key_value() {
-  awsp secretsmanager get-secret-value --secret-id "$SECRET_KEY_ARN" --version-stage "$1" \
-    --query SecretString --output text || die "could not read SECRET_KEY ($1) from $SECRET_KEY_ARN"
-}
-# Forms stay valid for an hour (flask-wtf's token lifetime): the old key may go only after that.
-PROMOTED_TAG=flask-eks-sessions:secret-key-promoted-at
-FORM_LIFETIME=3600
-rotate_secret_key() {
-  local current pending previous promoted now
-  current=$(key_version AWSCURRENT)
-  pending=$(key_version AWSPENDING)
-  previous=$(key_version AWSPREVIOUS)
-  if [ -n "$pending" ]; then
-    # The time first: without it step 3 could not tell how long the old key has been replaced.
-    awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" \
-      --tags "Key=$PROMOTED_TAG,Value=$(date -u +%s)"
-    # (An earlier run stopped between the two moves: AWSCURRENT is on the new key already.)
-    [ "$pending" = "$current" ] ||
-      awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSCURRENT \
-        --move-to-version-id "$pending" --remove-from-version-id "$current" --output json >/dev/null
-    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPENDING \
-      --remove-from-version-id "$pending" --output json >/dev/null
-    ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
-  elif [ -n "$previous" ]; then
-    promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
-      jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
-    now=$(date -u +%s)
-    case $promoted in
-      "" | *[!0-9]*)
-        # No record of the promotion: the hour is counted from now, never skipped.
-        awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" --tags "Key=$PROMOTED_TAG,Value=$now"
-        die "no record of when the new SECRET_KEY was promoted (tag $PROMOTED_TAG); forms rendered before that stay valid for an hour, so the old key stays: the hour counts from now, run $PROG -R again then (nothing else was changed)"
-        ;;
-      *)
-        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
-          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago (step 2); forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes, counted from the promotion (if step 2's overlay was applied later, wait an hour from that rollout): run $PROG -R again then (nothing was changed)"
-        ;;
-    esac
-    awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \
-      --remove-from-version-id "$previous" --output json >/dev/null
-    ROTATION="step 3 of 3: the old SECRET_KEY is dropped. Apply the overlay; the rotation is complete"
-  else
-    # Generated by Secrets Manager, as the first key was; through a private file, never an argument.
-    awsp secretsmanager get-random-password --password-length 64 --exclude-punctuation \
-      --query RandomPassword --output text | tr -d '\n' >"$WORK/new-secret-key"
-    awsp secretsmanager put-secret-value --secret-id "$SECRET_KEY_ARN" \
-      --secret-string "file://$WORK/new-secret-key" --version-stages AWSPENDING --output json >/dev/null
-    rm -f "$WORK/new-secret-key"
-    ROTATION="step 1 of 3: a new SECRET_KEY is staged; every pod will accept it, none signs with it yet. Apply the overlay, wait for the rollout, then run $PROG -R again"
-  fi
-}
-
 # Secrets: owner-only from the start (umask), then replaced atomically.
 umask 077
 read_key_versions
@@ -354,10 +410,13 @@ SECRET_KEY=$(key_value AWSCURRENT)
 [ -n "$SECRET_KEY" ] || die "secret $SECRET_KEY_ARN holds no SECRET_KEY"
 # Accepted besides it: a staged key (step 1) and the replaced one (until step 3).
 FALLBACKS=""
+FALLBACK_VERSIONS=""
 for stage in AWSPENDING AWSPREVIOUS; do
-  [ -n "$(key_version "$stage")" ] || continue
+  version=$(key_version "$stage")
+  [ -n "$version" ] || continue
   value=$(key_value "$stage")
   FALLBACKS=${FALLBACKS:+$FALLBACKS,}$value
+  FALLBACK_VERSIONS=${FALLBACK_VERSIONS:+$FALLBACK_VERSIONS,}$version
 done
 mkdir -p "$DEPLOY_DIR"
 chmod 700 "$DEPLOY_DIR"
@@ -373,7 +432,19 @@ mv -f "$tmp" "$DEPLOY_DIR/secrets.env"
 # What the load balancer needs, as kustomize components and JSON patches of the base.
 COMPONENTS="  # Lifts the base's not-deployable guard and turns on NetworkPolicy enforcement.
   - ../k8s/components/deployable"
-PATCHES=""
+# Which keys the pods get, by version id (SIGNING_ANNOTATION and ACCEPTED_ANNOTATION; "/" is "~1"
+# in a JSON patch's path): the next -R reads them back from the live Deployment.
+PATCHES="
+  - target:
+      kind: Deployment
+      name: message-app
+    patch: |-
+      - op: add
+        path: /spec/template/metadata/annotations/flask-eks-sessions~1secret-key-version
+        value: \"$(key_version AWSCURRENT)\"
+      - op: add
+        path: /spec/template/metadata/annotations/flask-eks-sessions~1secret-key-fallback-versions
+        value: \"$FALLBACK_VERSIONS\""
 EDGE_LITERALS=""
 SCHEME=http
 [ -z "$CERTIFICATE" ] || SCHEME=https
@@ -518,14 +589,14 @@ FAILURE_NOTE="" # .deploy/ is written: a rotation step taken above is in it
 # would delete the field: the count would drop to 1 until the HPA restored it. So the record
 # loses the count first, as `kubectl apply edit-last-applied` would; the live count stays.
 forget_applied_replicas() {
-  local deployment applied
-  if ! deployment=$(kubectl -n "$APP_NAMESPACE" get deployment message-app --ignore-not-found -o json 2>"$WORK/err"); then
+  local applied
+  if ! read_deployment; then
     printf '%s: WARNING: could not read deployment %s/message-app (%s): if it was applied before, drop spec.replicas from its last-applied record (kubectl apply edit-last-applied) before kubectl apply, or its pods fall to 1 until the HPA scales them up again\n' \
       "$PROG" "$APP_NAMESPACE" "$(tr '\n' ' ' <"$WORK/err")" >&2
     return 0
   fi
-  [ -n "$deployment" ] || return 0 # a first deploy
-  applied=$(jq -r '.metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"] // empty' <<<"$deployment")
+  [ -n "$DEPLOYMENT" ] || return 0 # a first deploy
+  applied=$(jq -r '.metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"] // empty' <<<"$DEPLOYMENT")
   [ -n "$applied" ] && jq -e '.spec.replicas != null' <<<"$applied" >/dev/null || return 0
   kubectl -n "$APP_NAMESPACE" annotate deployment message-app --overwrite \
     "kubectl.kubernetes.io/last-applied-configuration=$(jq -c 'del(.spec.replicas)' <<<"$applied")" >/dev/null ||

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +44,18 @@ def deployed(world: World) -> tuple[str, tuple[str, ...]]:
     secret = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
     settings = Settings.from_env({**kinds["ConfigMap"]["data"], **secret})
     return settings.secret_key, settings.secret_key_fallbacks
+
+
+def applied(world: World, path: Path, **status: Any) -> dict[str, str]:
+    """The overlay's Deployment as the cluster shows it once applied, written for the stand-in
+    kubectl (STUB_DEPLOYMENT): rolled out on 3 pods, unless `status` says otherwise."""
+    deployment = rendered(world.root)["Deployment"]
+    deployment["metadata"]["generation"] = 2
+    deployment["spec"]["replicas"] = 3
+    rolled_out = {"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}
+    deployment["status"] = {"observedGeneration": 2, **rolled_out, **status}
+    path.write_text(json.dumps(deployment))
+    return {"STUB_DEPLOYMENT": str(path)}
 
 
 def test_every_operator_and_run_writes_the_stacks_key_and_a_rotation_takes_three_steps(
@@ -150,3 +165,89 @@ def test_a_rotation_step_that_stops_half_way_never_skips_a_step(world: World) ->
     again = world.run("init.sh", "-p", PROFILE, "-R")
     assert again.returncode == 1
     assert "the new SECRET_KEY was promoted 0 minutes ago" in again.stderr
+
+
+def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
+    world: World, tmp_path: Path
+) -> None:
+    """Real: Secrets Manager in moto; kubectl kustomize. Stand-in: the cluster's Deployment
+    (`kubectl get deployment`: the overlay as rendered, with a rollout status). Before, nothing
+    checked that a step was rolled out before the next -R: step 2 while pods that do not accept
+    the new key still served would fail the forms the new pods sign, and step 3 before step 2's
+    rollout would drop the key some pods still sign with. The pod template names the versions
+    by id (never a key); each refusal changes nothing and builds nothing."""
+    world.use_cache_mode("replication-group", "iam")  # SECRET_KEY is all init.sh reads
+    world.create_stacks()
+    world.create_cluster()
+    assert world.run("init.sh", "-p", PROFILE).returncode == 0
+    before = applied(world, tmp_path / "before.json")
+    assert world.run("init.sh", "-p", PROFILE, "-R", env=before).returncode == 0  # step 1
+    new = stages(world)["AWSPENDING"]
+    versions = {
+        stage: v["VersionId"]
+        for v in world.client("secretsmanager").list_secret_version_ids(
+            SecretId=world.secret_key_arn
+        )["Versions"]
+        for stage in v["VersionStages"]
+    }
+    annotations = rendered(world.root)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["flask-eks-sessions/secret-key-version"] == versions["AWSCURRENT"]
+    assert annotations["flask-eks-sessions/secret-key-fallback-versions"] == versions["AWSPENDING"]
+    assert new not in json.dumps(annotations) and FIRST_SECRET_KEY not in json.dumps(annotations)
+    staged = {"AWSCURRENT": FIRST_SECRET_KEY, "AWSPENDING": new}
+
+    def refused(env: dict[str, str], says: str, stays: dict[str, str]) -> None:
+        run = world.run("init.sh", "-p", PROFILE, "-R", env=env)
+        assert run.returncode == 1, run.stdout
+        assert says in run.stderr
+        assert "(nothing was changed)" in run.stderr
+        assert not run.tool("docker")
+        assert stages(world) == stays
+
+    # Step 2 while the pods still run the overlay from before step 1.
+    refused(
+        before,
+        "not every pod of deployment default/message-app accepts the staged key (step 1's "
+        "overlay) yet: run this same command without -R",
+        staged,
+    )
+    # Step 1's overlay applied, its rollout not finished (as kubectl rollout status sees it).
+    step_one = tmp_path / "step-one.json"
+    for status, says in (
+        ({"observedGeneration": 1}, "the last apply is not picked up yet"),
+        ({"updatedReplicas": 1, "replicas": 4}, "pods updated: 1 of 3"),
+        ({"replicas": 4}, "old pods still running: 1"),
+        ({"availableReplicas": 2}, "updated pods available: 2 of 3"),
+        (
+            {"conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]},
+            "its progress deadline was exceeded",
+        ),
+    ):
+        refused(
+            applied(world, step_one, **status),
+            f"deployment default/message-app has not finished rolling out ({says}): wait for "
+            "kubectl -n default rollout status deployment/message-app",
+            staged,
+        )
+    # A cluster kubectl cannot read: the step cannot be seen, so it is not taken.
+    refused({"STUB_KUBECTL_FAILS": "1"}, "could not read deployment default/message-app", staged)
+
+    two = world.run("init.sh", "-p", PROFILE, "-R", env=applied(world, step_one))
+    assert two.returncode == 0, two.stderr
+    promoted = {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
+    assert stages(world) == promoted
+
+    # An hour later, step 3 while the pods still run step 1's overlay (signing with the old key).
+    world.client("secretsmanager").tag_resource(
+        SecretId=world.secret_key_arn,
+        Tags=[{"Key": PROMOTED_TAG, "Value": str(int(time.time()) - 3601)}],
+    )
+    refused(
+        {"STUB_DEPLOYMENT": str(step_one)},
+        "not every pod of deployment default/message-app signs with the new key (step 2's "
+        "overlay) yet",
+        promoted,
+    )
+    three = world.run("init.sh", "-p", PROFILE, "-R", env=applied(world, tmp_path / "two.json"))
+    assert three.returncode == 0, three.stderr
+    assert stages(world) == {"AWSCURRENT": new}
