@@ -211,6 +211,9 @@ METRICS_PORT=$(sed -n 's/^METRICS_PORT=//p' "$ROOT/k8s/config.env")
 say "adding cluster $CLUSTER to your kubeconfig"
 awsp eks update-kubeconfig --name "$CLUSTER"
 
+# The overlay's path as the next commands name it.
+OVERLAY="$DEPLOY_DIR/"
+[ "$PWD" != "$ROOT" ] || OVERLAY=".deploy/"
 # The live Deployment (kubectl get -o json) in DEPLOYMENT, empty when there is none yet; on a
 # refused read, 1 with kubectl's message in $WORK/err.
 read_deployment() {
@@ -240,48 +243,83 @@ key_value() {
 # -R's next step changes what pods sign with or accept, which is safe only once every pod runs
 # the last step's overlay: step 2 needs every pod to accept the staged key (or a pod still on the
 # old overlay refuses forms the new pods sign), step 3 needs every pod to sign with the new key (or
-# forms a pod signs with the old one fail once it is dropped). Checked before anything is built.
-require_last_step_rolled_out() {
-  local pending current want rollout
-  pending=$(key_version AWSPENDING)
-  current=$(key_version AWSCURRENT)
-  if [ -n "$pending" ]; then
-    want="accepts the staged key (step 1's overlay)"
-  elif [ -n "$(key_version AWSPREVIOUS)" ]; then
-    want="signs with the new key (step 2's overlay)"
-  else
-    return 0 # step 1 only adds a key that nothing signs with yet
-  fi
+# forms a pod signs with the old one fail once it is dropped). $1: what the pods must do, in words;
+# $2 and $3: accepts or signs, and the key's version id.
+require_pods() {
+  local rollout annotated stale pods
+  # Whether a pod template's annotations name the version ($v) as signing, or as either.
+  # shellcheck disable=SC2016 # jq's variables, expanded by jq
+  local carries='def carries($n):
+    if $mode == "accepts" then [$n[$s]] + (($n[$a] // "") | split(",")) | index($v) != null
+    else $n[$s] == $v end;'
   read_deployment ||
-    die "could not read deployment $APP_NAMESPACE/message-app ($(tr '\n' ' ' <"$WORK/err")): the next rotation step needs to see that every pod $want (nothing was changed)"
+    die "could not read deployment $APP_NAMESPACE/message-app ($(tr '\n' ' ' <"$WORK/err")): the next rotation step needs to see that every pod $1 (nothing was changed)"
   if [ -z "$DEPLOYMENT" ]; then
     say "no deployment $APP_NAMESPACE/message-app yet: no pod to wait for"
     return 0
   fi
   # What kubectl rollout status waits for, from the same fields.
-  rollout=$(jq -r '
+  rollout=$(jq -r --arg ns "$APP_NAMESPACE" '
     (.spec.replicas // 1) as $want | .status as $s
-    | if ($s.observedGeneration // 0) < .metadata.generation then "the last apply is not picked up yet"
-      elif any($s.conditions[]?; .type == "Progressing" and .reason == "ProgressDeadlineExceeded") then "its progress deadline was exceeded"
+    | if .spec.paused then "it is paused: kubectl -n \($ns) rollout resume deployment/message-app"
+      elif ($s.observedGeneration // 0) < .metadata.generation then "a change, an apply or the HPA scaling it, is not picked up yet"
+      elif any($s.conditions[]?; .type == "Progressing" and .reason == "ProgressDeadlineExceeded") then "its rollout failed, past its progress deadline: see kubectl -n \($ns) describe deployment message-app"
       elif ($s.updatedReplicas // 0) < $want then "pods updated: \($s.updatedReplicas // 0) of \($want)"
       elif ($s.replicas // 0) > ($s.updatedReplicas // 0) then "old pods still running: \(($s.replicas // 0) - ($s.updatedReplicas // 0))"
       elif ($s.availableReplicas // 0) < ($s.updatedReplicas // 0) then "updated pods available: \($s.availableReplicas // 0) of \($s.updatedReplicas // 0)"
-      else empty end' <<<"$DEPLOYMENT")
+      else empty end' <<<"$DEPLOYMENT") || die "deployment $APP_NAMESPACE/message-app as kubectl gave it is not JSON (nothing was changed)"
   [ -z "$rollout" ] ||
-    die "deployment $APP_NAMESPACE/message-app has not finished rolling out ($rollout): wait for kubectl -n $APP_NAMESPACE rollout status deployment/message-app, then run $PROG -R again (nothing was changed)"
-  if ! jq -e --arg s "$SIGNING_ANNOTATION" --arg a "$ACCEPTED_ANNOTATION" --arg pending "$pending" --arg current "$current" '
-    (.spec.template.metadata.annotations // {}) as $n
-    | if $pending != "" then ([$n[$s]] + (($n[$a] // "") | split(","))) | index($pending) != null
-      else $n[$s] == $current end' <<<"$DEPLOYMENT" >/dev/null; then
-    die "not every pod of deployment $APP_NAMESPACE/message-app $want yet: run this same command without -R (it writes the overlay for the step taken), kubectl apply -k .deploy/, wait for the rollout, then run $PROG -R again (nothing was changed)"
-  fi
+    die "deployment $APP_NAMESPACE/message-app has not finished rolling out ($rollout); once kubectl -n $APP_NAMESPACE rollout status deployment/message-app says it has, run this same command again (nothing was changed)"
+  annotated=$(jq -r --arg s "$SIGNING_ANNOTATION" '.spec.template.metadata.annotations // {} | has($s)' <<<"$DEPLOYMENT")
+  [ "$annotated" = true ] ||
+    die "deployment $APP_NAMESPACE/message-app was applied from an overlay that does not name its SECRET_KEY versions (written before init.sh did), so this step cannot tell what its pods accept: run this same command without -R, kubectl apply -k $OVERLAY, wait for the rollout, then run this same command again (nothing was changed)"
+  jq -e --arg s "$SIGNING_ANNOTATION" --arg a "$ACCEPTED_ANNOTATION" --arg mode "$2" --arg v "$3" \
+    "$carries"' carries(.spec.template.metadata.annotations // {})' <<<"$DEPLOYMENT" >/dev/null ||
+    die "not every pod of deployment $APP_NAMESPACE/message-app $1 yet: run this same command without -R (it writes the overlay for the step taken), kubectl apply -k $OVERLAY, wait for the rollout, then run this same command again (nothing was changed)"
+  # The Deployment's status counts no terminating pod, yet such a pod serves until the load
+  # balancer lets it go (its preStop pause): every pod, terminating or not, must be on it.
+  pods=$(kubectl -n "$APP_NAMESPACE" get pods -l app.kubernetes.io/name=message-app,app.kubernetes.io/instance=message-app -o json 2>"$WORK/err") ||
+    die "could not list the pods of deployment $APP_NAMESPACE/message-app ($(tr '\n' ' ' <"$WORK/err")): the next rotation step needs to see that every pod $1 (nothing was changed)"
+  stale=$(jq --arg s "$SIGNING_ANNOTATION" --arg a "$ACCEPTED_ANNOTATION" --arg mode "$2" --arg v "$3" \
+    "$carries"' [.items[] | select(carries(.metadata.annotations // {}) | not)] | length' <<<"$pods") ||
+    die "the pods of deployment $APP_NAMESPACE/message-app as kubectl gave them are not JSON (nothing was changed)"
+  [ "$stale" -eq 0 ] ||
+    die "pods of an earlier overlay of deployment $APP_NAMESPACE/message-app are still running or terminating: $stale; once they are gone (kubectl -n $APP_NAMESPACE get pods), run this same command again (nothing was changed)"
 }
 
 # Forms stay valid for an hour (flask-wtf's token lifetime): the old key may go only after that.
 PROMOTED_TAG=flask-eks-sessions:secret-key-promoted-at
 FORM_LIFETIME=3600
+# Whether -R may take its next step now; stops with what to do if not. Run before the image is
+# built, and again just before the step (another operator may have taken one meanwhile).
+check_rotation_step() {
+  local pending previous promoted now
+  pending=$(key_version AWSPENDING)
+  previous=$(key_version AWSPREVIOUS)
+  if [ -n "$pending" ]; then
+    require_pods "accepts the staged key (step 1's overlay)" accepts "$pending"
+  elif [ -n "$previous" ]; then
+    require_pods "signs with the new key (step 2's overlay)" signs "$(key_version AWSCURRENT)"
+    promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
+      jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
+    now=$(date -u +%s)
+    case $promoted in
+      "" | *[!0-9]*)
+        # No record of the promotion: the hour is counted from now, never skipped.
+        awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" --tags "Key=$PROMOTED_TAG,Value=$now"
+        die "no record of when the new SECRET_KEY was promoted (tag $PROMOTED_TAG); forms rendered before that stay valid for an hour, so the old key stays: the hour counts from now, run $PROG -R again then (nothing else was changed)"
+        ;;
+      *)
+        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
+          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago (step 2); forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes, counted from the promotion (if step 2's overlay was applied later, wait an hour from that rollout): run $PROG -R again then (nothing was changed)"
+        ;;
+    esac
+  fi
+}
+# Takes the next step (the labels as read last, checked again).
 rotate_secret_key() {
-  local current pending previous promoted now
+  local current pending previous
+  check_rotation_step
   current=$(key_version AWSCURRENT)
   pending=$(key_version AWSPENDING)
   previous=$(key_version AWSPREVIOUS)
@@ -297,20 +335,6 @@ rotate_secret_key() {
       --remove-from-version-id "$pending" --output json >/dev/null
     ROTATION="step 2 of 3: the new SECRET_KEY now signs, the old one is still accepted. Apply the overlay; an hour or more after the rollout, run $PROG -R again to drop the old key"
   elif [ -n "$previous" ]; then
-    promoted=$(awsp secretsmanager describe-secret --secret-id "$SECRET_KEY_ARN" --output json |
-      jq -r --arg k "$PROMOTED_TAG" '.Tags // [] | .[] | select(.Key == $k) | .Value')
-    now=$(date -u +%s)
-    case $promoted in
-      "" | *[!0-9]*)
-        # No record of the promotion: the hour is counted from now, never skipped.
-        awsp secretsmanager tag-resource --secret-id "$SECRET_KEY_ARN" --tags "Key=$PROMOTED_TAG,Value=$now"
-        die "no record of when the new SECRET_KEY was promoted (tag $PROMOTED_TAG); forms rendered before that stay valid for an hour, so the old key stays: the hour counts from now, run $PROG -R again then (nothing else was changed)"
-        ;;
-      *)
-        [ $((now - promoted)) -ge "$FORM_LIFETIME" ] ||
-          die "the new SECRET_KEY was promoted $(((now - promoted) / 60)) minutes ago (step 2); forms rendered before that stay valid for an hour, so the old key must stay $(((FORM_LIFETIME - now + promoted + 59) / 60)) more minutes, counted from the promotion (if step 2's overlay was applied later, wait an hour from that rollout): run $PROG -R again then (nothing was changed)"
-        ;;
-    esac
     awsp secretsmanager update-secret-version-stage --secret-id "$SECRET_KEY_ARN" --version-stage AWSPREVIOUS \
       --remove-from-version-id "$previous" --output json >/dev/null
     ROTATION="step 3 of 3: the old SECRET_KEY is dropped. Apply the overlay; the rotation is complete"
@@ -327,7 +351,7 @@ rotate_secret_key() {
 
 if [ "$ROTATE" -eq 1 ]; then
   read_key_versions
-  require_last_step_rolled_out
+  check_rotation_step
 fi
 
 if [ -z "$TAG" ]; then
@@ -607,8 +631,6 @@ forget_applied_replicas
 
 say "wrote $DEPLOY_DIR/kustomization.yaml and $DEPLOY_DIR/secrets.env (image $IMAGE_REPO:$TAG, namespace $APP_NAMESPACE)"
 [ -z "$ROTATION" ] || say "SECRET_KEY rotation $ROTATION"
-OVERLAY="$DEPLOY_DIR/"
-[ "$PWD" != "$ROOT" ] || OVERLAY=".deploy/"
 if [ -z "$CERTIFICATE" ]; then
   printf '%s: WARNING: no certificate: the load balancer serves plain HTTP on port 80 and the session cookie travels unencrypted; for HTTPS run %s again with -c ACM_CERTIFICATE_ARN\n' "$PROG" "$PROG" >&2
 fi

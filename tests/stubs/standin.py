@@ -38,12 +38,14 @@ emulate; everything else goes to the real tool:
   kubectl first (as kubectl does) and then pretends the cluster deleted the objects; with
   STUB_INGRESS_STUCK=1 a delete that includes the Ingress times out as kubectl's does when the
   Ingress keeps its finalizer. `get deployment message-app` answers $STUB_DEPLOYMENT (a file
-  of its `-o json`), else nothing (as --ignore-not-found does); `auth can-i` answers yes, or no
-  with STUB_KUBECTL_DENIED=1. `rollout
+  of its `-o json`), else nothing (as --ignore-not-found does); `get pods` answers $STUB_PODS
+  (the same), else no pod; `auth can-i` answers yes, or no with STUB_KUBECTL_DENIED=1. `rollout
   restart` answers as kubectl does (the test watching $STUB_LOG replaces its local replicas);
   `rollout status` waits, within its --timeout, until the test creates $STUB_LOG.rollout-done.
 - docker/podman/buildah: `push` of an ECR image registers the tag in moto (as a real push would);
-  `login` records what it read on stdin.
+  `login` records what it read on stdin; with STUB_STAGE_ON_BUILD=SECRET_ARN, `build` first
+  stages a new version of that secret (AWSPENDING), as another operator's `init.sh -R` would
+  while this one builds.
 """
 
 import ast
@@ -617,6 +619,11 @@ def kubectl() -> None:
         if path:
             print(Path(path).read_text())
         return
+    if ARGV[at : at + 1] == ["pods"]:
+        # STUB_PODS: the pods as `-o json` lists them; else there are none.
+        path = os.environ.get("STUB_PODS")
+        print(Path(path).read_text() if path else '{"kind": "List", "items": []}')
+        return
     if "delete" in ARGV and "-k" in ARGV:
         built = subprocess.run(
             [real, "kustomize", option("-k") or ""], check=True, capture_output=True, text=True
@@ -671,6 +678,14 @@ def builder() -> None:
     """Records the call; a push to ECR leaves the tag in moto, like a real push."""
     stdin = sys.stdin.read() if "login" in ARGV else None
     record(stdin=stdin)
+    secret = os.environ.get("STUB_STAGE_ON_BUILD")
+    if "build" in ARGV and secret:
+        real_run(
+            ["--profile", os.environ["STUB_PROFILE"], "--region", os.environ["STUB_REGION"],
+             "secretsmanager", "put-secret-value", "--secret-id", secret,
+             "--secret-string", "AnotherOperatorsKey" * 3, "--version-stages", "AWSPENDING"],
+            check=True,
+        )  # fmt: skip
     if "push" not in ARGV:
         return
     image = ARGV[ARGV.index("push") + 1]

@@ -23,6 +23,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
 ]
 PROMOTED_TAG = "flask-eks-sessions:secret-key-promoted-at"
+SIGNING = "flask-eks-sessions/secret-key-version"
 
 
 def stages(world: World) -> dict[str, str]:
@@ -46,16 +47,27 @@ def deployed(world: World) -> tuple[str, tuple[str, ...]]:
     return settings.secret_key, settings.secret_key_fallbacks
 
 
-def applied(world: World, path: Path, **status: Any) -> dict[str, str]:
-    """The overlay's Deployment as the cluster shows it once applied, written for the stand-in
-    kubectl (STUB_DEPLOYMENT): rolled out on 3 pods, unless `status` says otherwise."""
+def applied(
+    world: World, path: Path, leaving: dict[str, str] | None = None, **status: Any
+) -> dict[str, str]:
+    """The overlay's Deployment as the cluster shows it once applied, and its pods, written for
+    the stand-in kubectl (STUB_DEPLOYMENT, STUB_PODS): rolled out on 3 pods, unless `status`
+    says otherwise; with `leaving`, one more pod with those annotations is still terminating."""
     deployment = rendered(world.root)["Deployment"]
     deployment["metadata"]["generation"] = 2
     deployment["spec"]["replicas"] = 3
     rolled_out = {"replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}
     deployment["status"] = {"observedGeneration": 2, **rolled_out, **status}
     path.write_text(json.dumps(deployment))
-    return {"STUB_DEPLOYMENT": str(path)}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    pods = [{"metadata": {"annotations": annotations}}] * 3
+    if leaving is not None:
+        pods.append(
+            {"metadata": {"annotations": leaving, "deletionTimestamp": "2026-12-07T00:00:00Z"}}
+        )
+    pods_path = path.with_suffix(".pods.json")
+    pods_path.write_text(json.dumps({"kind": "List", "items": pods}))
+    return {"STUB_DEPLOYMENT": str(path), "STUB_PODS": str(pods_path)}
 
 
 def test_every_operator_and_run_writes_the_stacks_key_and_a_rotation_takes_three_steps(
@@ -96,6 +108,7 @@ def test_every_operator_and_run_writes_the_stacks_key_and_a_rotation_takes_three
     assert early.returncode == 1
     assert "the new SECRET_KEY was promoted 0 minutes ago" in early.stderr
     assert "the old key must stay 60 more minutes" in early.stderr
+    assert not early.tool("docker")  # refused before the image is built
     assert stages(world) == {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
     assert deployed(world) == (new, (FIRST_SECRET_KEY,))
 
@@ -170,17 +183,20 @@ def test_a_rotation_step_that_stops_half_way_never_skips_a_step(world: World) ->
 def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
     world: World, tmp_path: Path
 ) -> None:
-    """Real: Secrets Manager in moto; kubectl kustomize. Stand-in: the cluster's Deployment
-    (`kubectl get deployment`: the overlay as rendered, with a rollout status). Before, nothing
-    checked that a step was rolled out before the next -R: step 2 while pods that do not accept
-    the new key still served would fail the forms the new pods sign, and step 3 before step 2's
-    rollout would drop the key some pods still sign with. The pod template names the versions
-    by id (never a key); each refusal changes nothing and builds nothing."""
+    """Real: Secrets Manager in moto; kubectl kustomize. Stand-in: the cluster (`kubectl get`
+    of the Deployment, the overlay as rendered with a rollout status, and of its pods). Before,
+    nothing checked that a step was rolled out before the next -R: step 2 while pods that do not
+    accept the new key still served would fail the forms the new pods sign, and step 3 before
+    step 2's rollout would drop the key some pods still sign with. The pod template names the
+    versions by id (never a key); each refusal changes nothing and builds nothing. Found by
+    review: a pod still terminating serves but is not in the Deployment's status, and another
+    operator's step taken while this run built its image was taken on unchecked."""
     world.use_cache_mode("replication-group", "iam")  # SECRET_KEY is all init.sh reads
     world.create_stacks()
     world.create_cluster()
     assert world.run("init.sh", "-p", PROFILE).returncode == 0
     before = applied(world, tmp_path / "before.json")
+    old_pod = json.loads(Path(before["STUB_DEPLOYMENT"]).read_text())["spec"]["template"]
     assert world.run("init.sh", "-p", PROFILE, "-R", env=before).returncode == 0  # step 1
     new = stages(world)["AWSPENDING"]
     versions = {
@@ -191,7 +207,7 @@ def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
         for stage in v["VersionStages"]
     }
     annotations = rendered(world.root)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["flask-eks-sessions/secret-key-version"] == versions["AWSCURRENT"]
+    assert annotations[SIGNING] == versions["AWSCURRENT"]
     assert annotations["flask-eks-sessions/secret-key-fallback-versions"] == versions["AWSPENDING"]
     assert new not in json.dumps(annotations) and FIRST_SECRET_KEY not in json.dumps(annotations)
     staged = {"AWSCURRENT": FIRST_SECRET_KEY, "AWSPENDING": new}
@@ -208,27 +224,53 @@ def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
     refused(
         before,
         "not every pod of deployment default/message-app accepts the staged key (step 1's "
-        "overlay) yet: run this same command without -R",
+        "overlay) yet: run this same command without -R (it writes the overlay for the step "
+        "taken), kubectl apply -k .deploy/",
+        staged,
+    )
+    # Applied from an overlay written before init.sh named the versions: told apart.
+    unnamed = json.loads(Path(before["STUB_DEPLOYMENT"]).read_text())
+    del unnamed["spec"]["template"]["metadata"]["annotations"][
+        "flask-eks-sessions/secret-key-version"
+    ]
+    (tmp_path / "unnamed.json").write_text(json.dumps(unnamed))
+    refused(
+        {**before, "STUB_DEPLOYMENT": str(tmp_path / "unnamed.json")},
+        "was applied from an overlay that does not name its SECRET_KEY versions",
         staged,
     )
     # Step 1's overlay applied, its rollout not finished (as kubectl rollout status sees it).
     step_one = tmp_path / "step-one.json"
     for status, says in (
-        ({"observedGeneration": 1}, "the last apply is not picked up yet"),
+        ({"observedGeneration": 1}, "a change, an apply or the HPA scaling it, is not picked up"),
         ({"updatedReplicas": 1, "replicas": 4}, "pods updated: 1 of 3"),
         ({"replicas": 4}, "old pods still running: 1"),
         ({"availableReplicas": 2}, "updated pods available: 2 of 3"),
         (
             {"conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]},
-            "its progress deadline was exceeded",
+            "its rollout failed, past its progress deadline",
         ),
     ):
         refused(
             applied(world, step_one, **status),
-            f"deployment default/message-app has not finished rolling out ({says}): wait for "
-            "kubectl -n default rollout status deployment/message-app",
+            f"deployment default/message-app has not finished rolling out ({says}",
             staged,
         )
+    paused = json.loads(step_one.read_text())
+    paused["spec"]["paused"] = True
+    step_one.write_text(json.dumps(paused))
+    refused(
+        {"STUB_DEPLOYMENT": str(step_one)},
+        "(it is paused: kubectl -n default rollout resume deployment/message-app)",
+        staged,
+    )
+    # Rolled out, but a pod of the earlier overlay is still terminating (and still serving).
+    refused(
+        applied(world, step_one, leaving=old_pod["metadata"]["annotations"]),
+        "pods of an earlier overlay of deployment default/message-app are still running or "
+        "terminating: 1",
+        staged,
+    )
     # A cluster kubectl cannot read: the step cannot be seen, so it is not taken.
     refused({"STUB_KUBECTL_FAILS": "1"}, "could not read deployment default/message-app", staged)
 
@@ -243,11 +285,22 @@ def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
         Tags=[{"Key": PROMOTED_TAG, "Value": str(int(time.time()) - 3601)}],
     )
     refused(
-        {"STUB_DEPLOYMENT": str(step_one)},
+        applied(world, tmp_path / "stale.json") | {"STUB_DEPLOYMENT": str(step_one)},
         "not every pod of deployment default/message-app signs with the new key (step 2's "
         "overlay) yet",
         promoted,
     )
-    three = world.run("init.sh", "-p", PROFILE, "-R", env=applied(world, tmp_path / "two.json"))
+    step_two = applied(world, tmp_path / "step-two.json")
+    three = world.run("init.sh", "-p", PROFILE, "-R", env=step_two)
     assert three.returncode == 0, three.stderr
     assert stages(world) == {"AWSCURRENT": new}
+
+    # Another operator stages step 1 while this run builds its image: checked again, not taken.
+    raced = world.run(
+        "init.sh", "-p", PROFILE, "-t", "raced", "-R",
+        env={**step_two, "STUB_STAGE_ON_BUILD": world.secret_key_arn},
+    )  # fmt: skip
+    assert raced.returncode == 1, raced.stdout
+    assert [c["argv"][0] for c in raced.tool("docker")] == ["login", "build", "push"]
+    assert "not every pod of deployment default/message-app accepts the staged key" in raced.stderr
+    assert stages(world) == {"AWSCURRENT": new, "AWSPENDING": "AnotherOperatorsKey" * 3}
