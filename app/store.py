@@ -59,10 +59,14 @@ _REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remember
 # new one, taken; -3 over budget; -4 not stored before (only with "1").
 _SAVE = Script("""
 local key = KEYS[1]
+-- A write before any answer, a no-op one (no field is named "s:"; allowed when memory is full,
+-- and not replicated): a demoted primary answers READONLY instead of a stale "stored" or
+-- "gone", and the retry asks the new primary (a session begun there after a failover is not
+-- yet on the demoted one, which would have answered "gone" and cost the user the session).
+redis.call('HDEL', key, 's:')
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
 if done and redis.call('HGET', key, 'm:' .. done) == ARGV[1] then
-  -- A write even here, so that a demoted primary answers READONLY rather than this stale
-  -- "stored" (the retry then asks the new primary, which may not have the save).
+  -- A repeat is a visit too.
   redis.call('EXPIRE', key, ARGV[3])
   redis.call('EXISTS', key)
   return {0, tonumber(done)}
@@ -98,7 +102,9 @@ return {1, n}
 """)
 
 # The document of an existing session (changed by code other than a save); 0 when it is gone.
+# Each script's no-op HDEL first: READONLY from a demoted primary, never its stale answer (_SAVE).
 _WRITE_DOCUMENT = Script("""
+redis.call('HDEL', KEYS[1], 's:')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
@@ -109,6 +115,7 @@ return redis.call('EXISTS', KEYS[1])
 
 # A new session holding only a document (code other than a save stored something in it).
 _CREATE_DOCUMENT = Script("""
+redis.call('HDEL', KEYS[1], 's:')
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end

@@ -177,6 +177,36 @@ def test_saves_and_reads_follow_a_failover_in_time(settings, servers, proxies):
     assert listed_messages(readers[1].page()) == ["before", "after"]
 
 
+def test_a_session_the_demoted_primary_lacks_is_not_taken_for_gone(settings, servers, proxies):
+    """A session begun on the new primary after a failover, saved to again through a worker
+    still connected to the demoted one, which has not resynced and so lacks it. Found by
+    review: the save script answered "gone" without a write, so no READONLY sent the save on;
+    the app began a new session, replaced the cookie and told the user theirs had ended. Every
+    answer of the script now follows a write (a no-op one), as its "stored" answer did."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    on_old = worker(settings, endpoint.port, redis_wait_replicas=Switch.OFF)
+    warm = User(on_old)
+    assert warm.submit(warm.form(), "warm-up") == 303  # connected to the primary, "old"
+
+    new.replicate(None)
+    endpoint.switch(new.port)
+    user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.OFF))
+    assert user.submit(user.form(), "first") == 303
+    cookie = user.client.get_cookie("session").value
+    form = user.form()
+    old.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+
+    tab = User(on_old)  # the load balancer sends the next save to the other worker
+    tab.share_cookies_with(user)
+    answer = tab.client.post(
+        "/persistMessage", data={**form, "message": "second"}, headers=tab.headers
+    )
+    assert answer.status_code == 303
+    assert "ended" not in answer.headers["Location"]
+    assert tab.client.get_cookie("session").value == cookie
+    assert listed_messages(tab.page()) == ["first", "second"]
+
+
 def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[list[str], list[str]]:
     """Save steadily while the primary is promoted away and demoted 0.3 s later.
 
