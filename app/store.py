@@ -59,37 +59,41 @@ _REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remember
 # new one, taken; -3 over budget; -4 not stored before (only with "1").
 _SAVE = Script("""
 local key = KEYS[1]
--- A write before any answer, a no-op one (no field is named "s:"; allowed when memory is full,
--- and not replicated): a demoted primary answers READONLY instead of a stale "stored" or
--- "gone", and the retry asks the new primary (a session begun there after a failover is not
--- yet on the demoted one, which would have answered "gone" and cost the user the session).
-redis.call('HDEL', key, 's:')
+-- Every answer follows a write, so that a demoted primary answers READONLY rather than a stale
+-- answer (the retry then asks the new primary): "stored" when it may not have the save, "gone"
+-- for a session begun on the new primary after a failover (the user would lose it). Where
+-- nothing else is written, a no-op one: HDEL of a field never used, allowed when memory is full
+-- and never replicated. Not at the start: a script's first write lets its later ones past a
+-- full memory (maxmemory), where a save must be refused.
+local function unwritten(status, number)
+  redis.call('HDEL', key, 's:')
+  return {status, number}
+end
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
 if done and redis.call('HGET', key, 'm:' .. done) == ARGV[1] then
-  -- A repeat is a visit too.
   redis.call('EXPIRE', key, ARGV[3])
   redis.call('EXISTS', key)
   return {0, tonumber(done)}
 end
 if ARGV[7] == '1' then
-  return {-4, 0}
+  return unwritten(-4, 0)
 end
 local state = redis.call('HMGET', key, 'doc', 'n', 'bytes')
 if ARGV[4] == '' then
   -- Gone, or a document this app would not read (not a JSON object): never appended to.
   if not state[1] or string.byte(state[1], 1) ~= 123 or not pcall(cjson.decode, state[1]) then
-    return {-2, 0}
+    return unwritten(-2, 0)
   end
 elseif redis.call('EXISTS', key) == 1 then
-  return {-2, 0}
+  return unwritten(-2, 0)
 end
 local n = tonumber(state[2] or '0')
 local bytes = tonumber(state[3] or '0') + #ARGV[1]
 if n >= tonumber(ARGV[2]) then
-  return {-1, n}
+  return unwritten(-1, n)
 end
 if bytes > tonumber(ARGV[6]) then
-  return {-3, n}
+  return unwritten(-3, n)
 end
 n = n + 1
 if ARGV[4] ~= '' then
@@ -102,10 +106,11 @@ return {1, n}
 """)
 
 # The document of an existing session (changed by code other than a save); 0 when it is gone.
-# Each script's no-op HDEL first: READONLY from a demoted primary, never its stale answer (_SAVE).
+# Its answers, and _CREATE_DOCUMENT's, follow a write as _SAVE's do (a no-op HDEL where
+# nothing else is written).
 _WRITE_DOCUMENT = Script("""
-redis.call('HDEL', KEYS[1], 's:')
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HDEL', KEYS[1], 's:')
   return 0
 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1])
@@ -115,8 +120,8 @@ return redis.call('EXISTS', KEYS[1])
 
 # A new session holding only a document (code other than a save stored something in it).
 _CREATE_DOCUMENT = Script("""
-redis.call('HDEL', KEYS[1], 's:')
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HDEL', KEYS[1], 's:')
   return 0
 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'n', 0, 'bytes', 0)
