@@ -6,8 +6,8 @@ saves the session after the view, where an error could only be a 500.
 A save does not read the session first: the save script knows whether it exists. A cookie
 naming a session that is gone (expired, or destroyed in another tab) never brings it back: the
 message starts a new session, under a new id. The rate limits count before anything is stored:
-every save, and a new session only when the save starts one; a form refused by them that was
-stored already is answered as stored.
+every save, and a new session only when the save starts one; a form refused by them, or by a
+full Redis that cannot count it, that was stored already is answered as stored.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Request
+from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .ratelimit import RateLimits, Refusal
@@ -54,16 +55,18 @@ class Messages:
         A Refusal when a rate limit says no; raises store.SessionFull, SessionOverBudget, or a
         RedisError (replication.NotReplicated included).
         """
-        refusal = self.rate_limits.check_save(request)
+        # The same form sent again after it was stored (pressed twice, or sent again after a
+        # 503) is acknowledged as the save itself would be (WAIT included), not refused as if
+        # nothing had been saved: by a rate limit, or by a full Redis refusing to count (the
+        # script's repeat check needs no memory).
+        try:
+            refusal = self.rate_limits.check_save(request)
+        except OutOfMemoryError:
+            if self._stored_before(session, save_id, text):
+                return None
+            raise
         if refusal is not None:
-            # The same form sent again after it was stored (pressed twice, or sent again after
-            # a 503) is acknowledged as the save itself would be (WAIT included), not refused
-            # as if nothing had been saved.
-            number = None if session.sid is None else self.store.saved(session.sid, save_id, text)
-            if number is None:
-                return refusal
-            session.saved_number = number
-            return None
+            return None if self._stored_before(session, save_id, text) else refusal
         if session.sid is not None and not session.known_absent:
             try:
                 # For the next page, wherever it is served (sessions.py: its URL and the
@@ -89,6 +92,15 @@ class Messages:
         session.began(sid, document, (text,))
         metrics.SESSIONS_CREATED.inc()
         return None
+
+    def _stored_before(self, session: MessageSession, save_id: str, text: str) -> bool:
+        """Whether ``save_id`` stored ``text`` before; if so, acknowledged again (its number
+        kept for the next page)."""
+        number = None if session.sid is None else self.store.saved(session.sid, save_id, text)
+        if number is None:
+            return False
+        session.saved_number = number
+        return True
 
     def destroy(self, session: MessageSession) -> None:
         if session.sid is not None and self.store.delete(session.sid):
