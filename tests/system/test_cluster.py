@@ -543,8 +543,7 @@ def test_redis_commands_per_request_on_a_cluster(shared_cluster, start_replica):
     assert per_view == {}
     # One round trip (EVALSHA, the rest inside the script); the worker that saved keeps its
     # cached copy current, so the page it redirects to reads nothing.
-    expected = {"evalsha": 1, "hget": 1, "hmget": 1, "hset": 1, "expire": 1, "exists": 1}
-    assert per_save == expected
+    assert per_save == {"evalsha": 1, "hget": 1, "hmget": 1, "hset": 1, "expire": 1, "exists": 1}
 
 
 def test_a_session_a_redirected_save_started_is_not_cached_where_nothing_tracks_it(
