@@ -161,10 +161,12 @@ class ReplicaWait:
             log.warning("the server refuses WAIT (%s): saves no longer wait", exc)
             self.mode = "off"
 
-    def settle(self, acknowledged: Any) -> None:
+    def settle(self, acknowledged: Any, *, stored: bool = True) -> None:
         """Whether the save just stored is acknowledged: ``acknowledged`` is what ``WAIT``
         answered (None when it was not sent). Returns, or raises NotReplicated. Called as soon
-        as the save's replies are read, before anything else uses the connection."""
+        as the save's replies are read, before anything else uses the connection. With
+        ``stored`` False, whether an answer that stored nothing (a session gone) can be
+        believed as the same save's would be; never counted as a save without a replica."""
         if self.mode == "off":
             return
         connection = self._connections  # the one the save's replies came on
@@ -203,7 +205,7 @@ class ReplicaWait:
                 if now - self._orphaned_since < ORPHANED_GRACE_SECONDS:
                     raise NotReplicated("the primary has just lost its replica")
             counted = self._had_replicas or node.promoted or node.replicated
-        if counted:
+        if counted and stored:
             metrics.SAVES_WITHOUT_REPLICA.inc()
 
     def _known_node(self) -> NodeReplication:

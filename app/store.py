@@ -243,6 +243,10 @@ class SessionStore:
         if status == -1:
             raise SessionFull
         if status == -2:
+            # Believed only where a save would be acknowledged: a primary on its way out of a
+            # failover (still writable, its replica promoted) lacks a session begun on the new
+            # primary, and "gone" would start the user a new session (NotReplicated: a 503).
+            self._acknowledge(replies, wait, stored=False)
             raise SessionGone
         if status == -3:
             raise SessionOverBudget
@@ -253,14 +257,19 @@ class SessionStore:
                 self.redis.appended(key, node, number, text)
             else:
                 self.redis.cached(key, node, StoredSession(document, (text,), len(encoded)))
-        acknowledged = replies[1] if wait else None
-        if isinstance(acknowledged, ResponseError):
-            self.replicas.wait_refused(acknowledged)
-        self.replicas.settle(acknowledged)
+        self._acknowledge(replies, wait, stored=True)
         # The script slid the expiry, and the answer carries the cookie (sessions.py). Not
         # recorded for a save answered 503: the next page view slides both again.
         self.refreshed.put(sid, time.monotonic())
         return status, number
+
+    def _acknowledge(self, replies: list[Any], wait: bool, *, stored: bool) -> None:
+        """Returns where the node's answer stands (``WAIT``'s reply, if sent, is the second);
+        raises NotReplicated where it may not (replication.ReplicaWait.settle)."""
+        acknowledged = replies[1] if wait else None
+        if isinstance(acknowledged, ResponseError):
+            self.replicas.wait_refused(acknowledged)
+        self.replicas.settle(acknowledged, stored=stored)
 
     def write_document(self, sid: str, document: dict[str, Any], *, new: bool) -> bool:
         """Store the session's document (changed by code other than a save); False when the

@@ -207,6 +207,36 @@ def test_a_session_the_demoted_primary_lacks_is_not_taken_for_gone(settings, ser
     assert listed_messages(tab.page()) == ["first", "second"]
 
 
+def test_a_session_the_primary_on_its_way_out_lacks_is_not_taken_for_gone(
+    settings, servers, proxies
+):
+    """As above, a moment earlier: the replica is promoted and the old primary, not yet
+    demoted, still takes writes, so the no-op write passes and its "gone" is no stale read.
+    Found by review: the app believed it, began a new session there and answered 503 with the
+    new session's cookie, and the browser no longer named the user's session. "Gone" is now
+    believed only where a save would be acknowledged (WAIT, the node's replication state)."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    on_old = worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO)
+    warm = User(on_old)
+    assert warm.submit(warm.form(), "warm-up") == 303  # connected to "old", which has a replica
+
+    new.replicate(None)
+    endpoint.switch(new.port)
+    user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
+    assert user.submit(user.form(), "first") == 303
+    cookie = user.client.get_cookie("session").value
+    form = user.form()
+
+    tab = User(on_old)  # the next save goes to the worker still on the old primary
+    tab.share_cookies_with(user)
+    assert tab.submit(form, "second") == 503  # not confirmed: nothing decided, nothing lost
+    assert tab.client.get_cookie("session").value == cookie
+    old.replicate(new)  # demoted at last: the same form, sent again, reaches the new primary
+    wait_until(lambda: tab.submit(form, "second") == 303, 10, "the save to go through")
+    assert tab.client.get_cookie("session").value == cookie
+    assert listed_messages(tab.page()) == ["first", "second"]
+
+
 def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[list[str], list[str]]:
     """Save steadily while the primary is promoted away and demoted 0.3 s later.
 

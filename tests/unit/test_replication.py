@@ -108,6 +108,25 @@ def test_a_promoted_primary_without_a_replica_acknowledges_at_once_and_counts():
     assert counted() == before + 2
 
 
+def test_an_answer_that_stored_nothing_is_checked_as_a_save_but_never_counted():
+    """A "session gone" from the save script is believed only where a save would be (a primary
+    that just lost its replica may be on its way out of a failover), and is no save made
+    without a replica."""
+    node = Node(replicas=1)
+    wait, clock = policy(node)
+    wait.wait_now()
+    wait.settle(1)
+    node.now = NodeReplication(0, OLD, promoted=False)  # its replica is gone (promoted, say)
+    with pytest.raises(NotReplicated):
+        wait.settle(0, stored=False)
+    clock.now += ORPHANED_GRACE_SECONDS
+    before = counted()
+    wait.settle(None, stored=False)
+    assert counted() == before
+    wait.settle(None)
+    assert counted() == before + 1
+
+
 def test_what_a_new_connection_says_does_not_decide_a_save_made_on_the_old_one():
     """WAIT fell short (here: cut short by the old primary's demotion, which then closes the
     connection); asking the node reconnects through the endpoint, to the promoted replica,

@@ -246,7 +246,7 @@ def test_after_a_save_answered_503_the_next_page_slides_the_cookie(client, monke
     store = client.application.session_interface.store
     store.refreshed.clear()  # the refresh interval elapsed since the cookie was sent
 
-    def unconfirmed(acknowledged):
+    def unconfirmed(acknowledged, *, stored=True):
         raise NotReplicated("no replica confirmed the save in time")
 
     monkeypatch.setattr(store.replicas, "settle", unconfirmed)
