@@ -56,7 +56,8 @@ _REFRESH_MEMORY = 50_000  # sessions whose last expiry refresh a worker remember
 # pressing Save again on the same form: stored once; a refused form shown again keeps its save
 # id, and edited there, its text is another message); -1 full; -2 the session is gone
 # (destroyed in another tab, or expired: never resurrected, as Spring Session does), or for a
-# new one, taken; -3 over budget; -4 not stored before (only with "1").
+# new one, taken; -3 over budget; -4 not stored before (only with "1"). ARGV[8]: "1" when WAIT
+# follows the script.
 _SAVE = Script("""
 local key = KEYS[1]
 -- Every answer follows a write, so that a demoted primary answers READONLY rather than a stale
@@ -68,6 +69,17 @@ local key = KEYS[1]
 local function unwritten(status, number)
   redis.call('HDEL', key, 's:')
   return {status, number}
+end
+-- "Gone" is believed only where WAIT confirms that the replicas hear this node now (a node cut
+-- off from them may be a primary replaced in a failover, lacking a session begun on the new
+-- one). The no-op write reaches no replica, and WAIT would count acknowledgements of this
+-- connection's last real write, made before: an empty message on a channel nobody uses does.
+-- (pcall: a user whose ACL refuses the channel keeps that weaker check, not a failed save.)
+local function gone()
+  if ARGV[8] == '1' then
+    redis.pcall('PUBLISH', 'session-store:gone', '')
+  end
+  return unwritten(-2, 0)
 end
 local done = redis.call('HGET', key, 's:' .. ARGV[5])
 if done and redis.call('HGET', key, 'm:' .. done) == ARGV[1] then
@@ -82,10 +94,10 @@ local state = redis.call('HMGET', key, 'doc', 'n', 'bytes')
 if ARGV[4] == '' then
   -- Gone, or a document this app would not read (not a JSON object): never appended to.
   if not state[1] or string.byte(state[1], 1) ~= 123 or not pcall(cjson.decode, state[1]) then
-    return unwritten(-2, 0)
+    return gone()
   end
 elseif redis.call('EXISTS', key) == 1 then
-  return unwritten(-2, 0)
+  return gone()
 end
 local n = tonumber(state[2] or '0')
 local bytes = tonumber(state[3] or '0') + #ARGV[1]
@@ -233,8 +245,8 @@ class SessionStore:
         key = session_key(sid)
         encoded = "" if document is None else _encode(document)
         args = [text, self.limits.messages, self.limits.ttl_seconds, encoded, save_id]
-        args += [self.limits.bytes, "1" if repeat_only else ""]
         wait = self.replicas.wait_now()
+        args += [self.limits.bytes, "1" if repeat_only else "", "1" if wait else ""]
         then = [("WAIT", 1, self.replicas.timeout_ms)] if wait else []
         replies, node = self.redis.script("save", key, _SAVE, args, then, creates=bool(encoded))
         status, number = (int(value) for value in replies[0])

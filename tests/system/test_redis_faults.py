@@ -8,7 +8,9 @@ checked is what a user would see.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from app import create_app, replication
 from app.config import Settings, Switch
+from app.store import session_key
 from localservers.endpoint import SwitchableProxy
 from localservers.ports import free_port
 from localservers.waits import wait_until
@@ -235,6 +238,44 @@ def test_a_session_the_primary_on_its_way_out_lacks_is_not_taken_for_gone(
     wait_until(lambda: tab.submit(form, "second") == 303, 10, "the save to go through")
     assert tab.client.get_cookie("session").value == cookie
     assert listed_messages(tab.page()) == ["first", "second"]
+
+
+def test_gone_is_not_believed_from_a_primary_its_replica_does_not_hear(settings, servers, proxies):
+    """The primary cut off from its replica (frozen here, as by a partition: the primary lists
+    it as online until repl-timeout), and the session not on the primary. Found by review of
+    the test above's fix: the script's no-op write reached no replica, so the WAIT after it
+    counted the acknowledgement of the connection's last real write, made long before, and the
+    "gone" was believed: a new session and its cookie, then a 503. The script now sends the
+    replicas something when WAIT follows: a 503 that keeps the cookie while no replica hears,
+    and once one does, the session begins anew as for any session that ended."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
+    assert user.submit(user.form(), "first") == 303
+    cookie = user.client.get_cookie("session").value
+    form = user.form()
+    old.client().delete(session_key(cookie))  # gone: destroyed in another tab, say
+    wait_until(lambda: new.in_sync_with(old), 10, "the replica to hear of it")
+
+    os.kill(new.pid, signal.SIGSTOP)
+    try:
+        assert user.submit(form, "second") == 503
+        assert user.client.get_cookie("session").value == cookie
+    finally:
+        os.kill(new.pid, signal.SIGCONT)
+    answers = []
+
+    def began_anew() -> bool:
+        answers.append(
+            user.client.post(
+                "/persistMessage", data={**form, "message": "second"}, headers=user.headers
+            )
+        )
+        return answers[-1].status_code == 303
+
+    wait_until(began_anew, 10, "the save to go through")
+    assert "ended=1" in answers[-1].headers["Location"]
+    assert user.client.get_cookie("session").value != cookie
+    assert listed_messages(user.page()) == ["second"]
 
 
 def _save_through_a_failover(settings, servers, proxies, **changes) -> tuple[list[str], list[str]]:
