@@ -180,27 +180,37 @@ def test_saves_and_reads_follow_a_failover_in_time(settings, servers, proxies):
     assert listed_messages(readers[1].page()) == ["before", "after"]
 
 
+def began_after_a_failover(
+    settings, servers, proxies, wait: Switch
+) -> tuple[ValkeyProcess, ValkeyProcess, User, dict[str, str]]:
+    """A session begun on the new primary after a failover ("first" saved there), and a tab of
+    the same browser on a worker still connected to the old primary, which it used before the
+    switch (as when the load balancer sends the next save to it). Returns the old and the new
+    primary, the tab, and the session's open form; the old primary is not demoted yet."""
+    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
+    on_old = worker(settings, endpoint.port, redis_wait_replicas=wait)
+    warm = User(on_old)
+    assert warm.submit(warm.form(), "warm-up") == 303  # connected to "old", which has a replica
+
+    new.replicate(None)
+    endpoint.switch(new.port)
+    user = User(worker(settings, endpoint.port, redis_wait_replicas=wait))
+    assert user.submit(user.form(), "first") == 303
+    tab = User(on_old)
+    tab.share_cookies_with(user)
+    return old, new, tab, user.form()
+
+
 def test_a_session_the_demoted_primary_lacks_is_not_taken_for_gone(settings, servers, proxies):
     """A session begun on the new primary after a failover, saved to again through a worker
     still connected to the demoted one, which has not resynced and so lacks it. Found by
     review: the save script answered "gone" without a write, so no READONLY sent the save on;
     the app began a new session, replaced the cookie and told the user theirs had ended. Every
     answer of the script now follows a write (a no-op one), as its "stored" answer did."""
-    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
-    on_old = worker(settings, endpoint.port, redis_wait_replicas=Switch.OFF)
-    warm = User(on_old)
-    assert warm.submit(warm.form(), "warm-up") == 303  # connected to the primary, "old"
-
-    new.replicate(None)
-    endpoint.switch(new.port)
-    user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.OFF))
-    assert user.submit(user.form(), "first") == 303
-    cookie = user.client.get_cookie("session").value
-    form = user.form()
+    old, _, tab, form = began_after_a_failover(settings, servers, proxies, Switch.OFF)
+    cookie = tab.client.get_cookie("session").value
     old.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
 
-    tab = User(on_old)  # the load balancer sends the next save to the other worker
-    tab.share_cookies_with(user)
     answer = tab.client.post(
         "/persistMessage", data={**form, "message": "second"}, headers=tab.headers
     )
@@ -218,20 +228,8 @@ def test_a_session_the_primary_on_its_way_out_lacks_is_not_taken_for_gone(
     Found by review: the app believed it, began a new session there and answered 503 with the
     new session's cookie, and the browser no longer named the user's session. "Gone" is now
     believed only where a save would be acknowledged (WAIT, the node's replication state)."""
-    old, new, endpoint = replicated_behind_endpoint(servers, proxies)
-    on_old = worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO)
-    warm = User(on_old)
-    assert warm.submit(warm.form(), "warm-up") == 303  # connected to "old", which has a replica
-
-    new.replicate(None)
-    endpoint.switch(new.port)
-    user = User(worker(settings, endpoint.port, redis_wait_replicas=Switch.AUTO))
-    assert user.submit(user.form(), "first") == 303
-    cookie = user.client.get_cookie("session").value
-    form = user.form()
-
-    tab = User(on_old)  # the next save goes to the worker still on the old primary
-    tab.share_cookies_with(user)
+    old, new, tab, form = began_after_a_failover(settings, servers, proxies, Switch.AUTO)
+    cookie = tab.client.get_cookie("session").value
     assert tab.submit(form, "second") == 503  # not confirmed: nothing decided, nothing lost
     assert tab.client.get_cookie("session").value == cookie
     old.replicate(new)  # demoted at last: the same form, sent again, reaches the new primary
