@@ -246,7 +246,7 @@ key_value() {
 # forms a pod signs with the old one fail once it is dropped). $1: what the pods must do, in words;
 # $2 and $3: accepts or signs, and the key's version id.
 require_pods() {
-  local rollout annotated stale pods
+  local rollout annotated stale pods selector
   # Whether a pod template's annotations name the version ($v) as signing, or as either.
   # shellcheck disable=SC2016 # jq's variables, expanded by jq
   local carries='def carries($n):
@@ -277,8 +277,10 @@ require_pods() {
     "$carries"' carries(.spec.template.metadata.annotations // {})' <<<"$DEPLOYMENT" >/dev/null ||
     die "not every pod of deployment $APP_NAMESPACE/message-app $1 yet: run this same command without -R (it writes the overlay for the step taken), kubectl apply -k $OVERLAY, wait for the rollout, then run this same command again (nothing was changed)"
   # The Deployment's status counts no terminating pod, yet such a pod serves until the load
-  # balancer lets it go (its preStop pause): every pod, terminating or not, must be on it.
-  pods=$(kubectl -n "$APP_NAMESPACE" get pods -l app.kubernetes.io/name=message-app,app.kubernetes.io/instance=message-app -o json 2>"$WORK/err") ||
+  # balancer lets it go (its preStop pause): every pod, terminating or not, must be on it. The
+  # pods are the Deployment's by its own selector.
+  selector=$(jq -r '.spec.selector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")' <<<"$DEPLOYMENT")
+  pods=$(kubectl -n "$APP_NAMESPACE" get pods -l "$selector" -o json 2>"$WORK/err") ||
     die "could not list the pods of deployment $APP_NAMESPACE/message-app ($(tr '\n' ' ' <"$WORK/err")): the next rotation step needs to see that every pod $1 (nothing was changed)"
   stale=$(jq --arg s "$SIGNING_ANNOTATION" --arg a "$ACCEPTED_ANNOTATION" --arg mode "$2" --arg v "$3" \
     "$carries"' [.items[] | select(carries(.metadata.annotations // {}) | not)] | length' <<<"$pods") ||

@@ -276,6 +276,10 @@ def test_each_rotation_step_waits_until_every_pod_has_the_last_one(
 
     two = world.run("init.sh", "-p", PROFILE, "-R", env=applied(world, step_one))
     assert two.returncode == 0, two.stderr
+    # The pods listed are the Deployment's, by its selector.
+    listed = [option(c["argv"], "-l") or "" for c in two.tool("kubectl") if "pods" in c["argv"]]
+    selector = {"app.kubernetes.io/name=message-app", "app.kubernetes.io/instance=message-app"}
+    assert listed and all(set(labels.split(",")) == selector for labels in listed)
     promoted = {"AWSCURRENT": new, "AWSPREVIOUS": FIRST_SECRET_KEY}
     assert stages(world) == promoted
 
